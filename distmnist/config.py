@@ -1,0 +1,51 @@
+"""Everything one training run needs, as a frozen dataclass. No TensorFlow here."""
+
+import dataclasses
+import math
+from typing import Optional
+
+from distmnist.errors import UserError
+
+INPUTS = ("device", "tfdata")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """One run's settings; the entry point builds it from flags, tests build it directly."""
+
+    data_dir: Optional[str] = None  # None: Keras cache, then download, then the PyPI mirror
+    logdir: str = "logs"
+    run_name: Optional[str] = None  # None: a timestamp
+    num_gpus: Optional[int] = None  # None: every visible GPU
+    cpu_replicas: int = 0  # >= 2: that many logical CPU devices under MirroredStrategy
+    batch_size: int = 128  # per replica
+    learning_rate: float = 1.5
+    epochs: int = 10
+    max_steps: int = 0  # > 0: stop after this many steps (smoke tests, benchmarks)
+    seed: int = 42
+    shuffle_buffer: int = 10000
+    log_every: int = 100
+    eval_every: int = 500
+    input: str = "device"  # "device": data resident on each replica; "tfdata": the tutorial's pipeline
+    steps_per_loop: int = 50  # training steps per tf.function call
+
+    def validate(self) -> "TrainConfig":
+        """Raises UserError naming the first bad value; returns self so calls chain."""
+        positive = ("batch_size", "epochs", "shuffle_buffer", "log_every", "eval_every", "steps_per_loop")
+        for name in positive:
+            value = getattr(self, name)
+            if value <= 0:
+                raise UserError(f"--{name} must be a positive integer, got {value}")
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise UserError(f"--learning_rate must be a positive finite number, got {self.learning_rate}")
+        if self.max_steps < 0:
+            raise UserError(f"--max_steps must be >= 0 (0 means: train --epochs), got {self.max_steps}")
+        if self.num_gpus is not None and self.num_gpus < 0:
+            raise UserError(f"--num_gpus must be >= 0 (leave it unset to use every visible GPU), got {self.num_gpus}")
+        if self.cpu_replicas < 0:
+            raise UserError(f"--cpu_replicas must be >= 0, got {self.cpu_replicas}")
+        if self.input not in INPUTS:
+            raise UserError(f"--input must be one of {', '.join(INPUTS)}, got {self.input!r}")
+        if self.run_name is not None and (not self.run_name or "/" in self.run_name or self.run_name in (".", "..")):
+            raise UserError(f"--run_name must be a plain directory name, got {self.run_name!r}")
+        return self

@@ -1,0 +1,191 @@
+"""The training and evaluation steps and the loop that drives them, the same code for 1 or N replicas.
+
+One tf.function call runs up to `steps_per_loop` training steps on the device (a tf.range loop around
+strategy.run) and hands back every step's loss at the end, so the host syncs once per call, not per step.
+Calls end early at epoch ends and evaluation points, so logged curves do not depend on steps_per_loop.
+"""
+
+import time
+from typing import Callable
+
+import numpy as np
+import tensorflow as tf
+
+from distmnist import inputs
+from distmnist.config import TrainConfig
+from distmnist.data import Mnist
+from distmnist.errors import TrainingDiverged, UserError
+from distmnist.model import MLP, images_to_features, labels_to_targets
+
+
+def mse_loss(targets: tf.Tensor, logits: tf.Tensor, global_batch_size: int) -> tf.Tensor:
+    """This replica's share of the global batch's mean squared error (summed over replicas it is the mean)."""
+    per_example = tf.reduce_mean(tf.square(targets - logits), axis=-1)
+    return tf.nn.compute_average_loss(per_example, global_batch_size=global_batch_size)
+
+
+class Reporter:
+    """What the loop tells the outside world; summaries.RunReporter writes it, tests may record it."""
+
+    def losses(self, first_step: int, values: np.ndarray, examples_per_sec: float) -> None:
+        pass
+
+    def accuracy(self, step: int, value: float) -> None:
+        pass
+
+
+class Trainer:
+    """Model, compiled steps and loop for one strategy and one data set."""
+
+    def __init__(self, config: TrainConfig, strategy: tf.distribute.Strategy, mnist: Mnist,
+                 loss_fn: Callable = mse_loss):
+        self.config = config
+        self.strategy = strategy
+        self.loss_fn = loss_fn
+        self.num_replicas = strategy.num_replicas_in_sync
+        self.per_replica_batch_size = config.batch_size
+        self.global_batch_size = config.batch_size * self.num_replicas
+        self.num_train = len(mnist.x_train)
+        self.num_test = len(mnist.x_test)
+        self.steps_per_epoch = self.num_train // self.global_batch_size
+        if self.steps_per_epoch == 0:
+            raise UserError(f"the global batch ({config.batch_size} x {self.num_replicas} replicas = "
+                            f"{self.global_batch_size}) is larger than the {self.num_train} training images; "
+                            "lower --batch_size")
+        self.total_steps = config.max_steps or config.epochs * self.steps_per_epoch
+        self.step = 0
+        self.trace_count = 0  # Python traces of the training function: stays 1 for a whole run
+
+        with strategy.scope():
+            self.model = MLP(seed=config.seed)
+        self._learning_rate = tf.constant(config.learning_rate, tf.float32)
+        self._order = inputs.EpochOrder(self.num_train, config.shuffle_buffer, config.seed)
+        self._test = self._shard_eval_set(mnist.x_test, mnist.y_test)
+        if config.input == "device":
+            self._images = inputs.on_each_replica(strategy, lambda r, n: mnist.x_train)
+            self._labels = inputs.on_each_replica(strategy, lambda r, n: mnist.y_train)
+            self._chunk = tf.function(self._device_chunk)
+        else:
+            dataset = inputs.tfdata_pipeline(mnist.x_train, mnist.y_train, self.global_batch_size,
+                                             config.shuffle_buffer, config.seed)
+            self._iterator = iter(strategy.experimental_distribute_dataset(dataset))
+            self._chunk = tf.function(self._tfdata_chunk)
+        self._evaluate = tf.function(self._evaluate_fn)
+
+    @property
+    def epochs(self) -> float:
+        return self.step / self.steps_per_epoch
+
+    # --- replica functions -------------------------------------------------------------------------------
+
+    def _replica_train_step(self, features, targets):
+        with tf.GradientTape() as tape:
+            loss = self.loss_fn(targets, self.model(features), self.global_batch_size)
+        grads = tape.gradient(loss, self.model.weights)
+        ctx = tf.distribute.get_replica_context()
+        # One all-reduce for the gradients and the loss together; the loss rides along for logging.
+        *grads, loss = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads + [loss])
+        ctx.merge_call(self._apply_sgd, args=(grads,))
+        return loss
+
+    def _apply_sgd(self, strategy, grads):
+        for variable, grad in zip(self.model.weights, grads):
+            strategy.extended.update(variable, lambda v, g: v.assign_sub(self._learning_rate * g),
+                                     args=(grad,), group=False)
+
+    def _replica_device_step(self, images, labels, batch_indices, step_in_epoch):
+        indices = batch_indices[step_in_epoch]
+        features = images_to_features(tf.gather(images, indices))
+        targets = labels_to_targets(tf.gather(labels, indices))
+        return self._replica_train_step(features, targets)
+
+    def _replica_count_correct(self, images, labels):
+        predicted = tf.argmax(self.model(images_to_features(images)), axis=-1, output_type=tf.int32)
+        return tf.reduce_sum(tf.cast(tf.equal(predicted, tf.cast(labels, tf.int32)), tf.int32))
+
+    # --- compiled functions (cross-replica context) --------------------------------------------------------
+
+    def _device_chunk(self, images, labels, batch_indices, first_step_in_epoch, num_steps):
+        self.trace_count += 1
+        losses = tf.TensorArray(tf.float32, size=num_steps)
+        for i in tf.range(num_steps):
+            loss = self.strategy.run(self._replica_device_step,
+                                     args=(images, labels, batch_indices, first_step_in_epoch + i))
+            losses = losses.write(i, self.strategy.experimental_local_results(loss)[0])
+        return losses.stack()
+
+    def _tfdata_chunk(self, iterator, num_steps):
+        self.trace_count += 1
+        losses = tf.TensorArray(tf.float32, size=num_steps)
+        for i in tf.range(num_steps):
+            features, targets = next(iterator)
+            loss = self.strategy.run(self._replica_train_step, args=(features, targets))
+            losses = losses.write(i, self.strategy.experimental_local_results(loss)[0])
+        return losses.stack()
+
+    def _evaluate_fn(self, images, labels):
+        correct = self.strategy.run(self._replica_count_correct, args=(images, labels))
+        return self.strategy.reduce(tf.distribute.ReduceOp.SUM, correct, axis=None)
+
+    # --- host side -------------------------------------------------------------------------------------------
+
+    def _shard_eval_set(self, x, y):
+        def shard(array):
+            return lambda r, n: array[slice(*inputs.shard_bounds(len(array), r, n))]
+        return inputs.on_each_replica(self.strategy, shard(x)), inputs.on_each_replica(self.strategy, shard(y))
+
+    def evaluate(self) -> float:
+        """Accuracy over the whole test set, every image counted once whatever the replica count."""
+        return int(self._evaluate(*self._test)) / self.num_test
+
+    def _run_chunk(self, step_in_epoch: int, num_steps: int) -> np.ndarray:
+        count = tf.constant(num_steps, tf.int32)
+        if self.config.input == "device":
+            return self._chunk(self._images, self._labels, self._batch_indices,
+                               tf.constant(step_in_epoch, tf.int32), count).numpy()
+        return self._chunk(self._iterator, count).numpy()
+
+    def _start_epoch(self) -> None:
+        order = self._order.next_epoch()
+        if self.config.input == "device":
+            self._batch_indices = inputs.on_each_replica(
+                self.strategy, lambda r, n: inputs.replica_batch_indices(
+                    order, self.steps_per_epoch, n, self.per_replica_batch_size, r))
+
+    def weights(self):
+        """The trained values as numpy arrays, kernel_0, bias_0, ... (from the first replica)."""
+        return [self.strategy.experimental_local_results(v)[0].numpy() for v in self.model.weights]
+
+    def train(self, reporter: Reporter) -> dict:
+        """Runs to total_steps; returns timing figures. Raises TrainingDiverged on a non-finite loss."""
+        cfg = self.config
+        reporter.accuracy(0, self.evaluate())
+        train_time_s, timed_examples, first_call_s = 0.0, 0, None
+        while self.step < self.total_steps:
+            step_in_epoch = self.step % self.steps_per_epoch
+            if step_in_epoch == 0:
+                self._start_epoch()
+            next_eval = (self.step // cfg.eval_every + 1) * cfg.eval_every
+            num_steps = min(cfg.steps_per_loop, self.steps_per_epoch - step_in_epoch, next_eval - self.step,
+                            self.total_steps - self.step)
+            start = time.perf_counter()
+            losses = self._run_chunk(step_in_epoch, num_steps)
+            elapsed = time.perf_counter() - start
+            if first_call_s is None:
+                first_call_s = elapsed  # includes tracing and compilation: kept out of the throughput
+            else:
+                train_time_s += elapsed
+                timed_examples += num_steps * self.global_batch_size
+            bad = np.flatnonzero(~np.isfinite(losses))
+            if bad.size:
+                raise TrainingDiverged(f"the loss became {losses[bad[0]]} at step {self.step + bad[0]}; "
+                                       "lower --learning_rate")
+            reporter.losses(self.step, losses, num_steps * self.global_batch_size / elapsed)
+            self.step += num_steps
+            if self.step % cfg.eval_every == 0 or self.step == self.total_steps:
+                reporter.accuracy(self.step, self.evaluate())
+        return {
+            "examples_per_sec": timed_examples / train_time_s if train_time_s else None,
+            "first_call_s": first_call_s,
+            "train_time_s": train_time_s + (first_call_s or 0.0),
+        }

@@ -1,0 +1,82 @@
+"""One training run from a config: data, strategy, training, then the artifacts in <logdir>/<run_name>/."""
+
+import dataclasses
+import logging
+import os
+import time
+from typing import Optional
+
+import tensorflow as tf
+
+from distmnist import data, export, files, plots
+from distmnist.config import TrainConfig
+from distmnist.data import Mnist
+from distmnist.loop import Trainer
+from distmnist.strategy import StrategyChoice, make_strategy
+from distmnist.summaries import RunReporter
+
+
+def describe_setup(choice: StrategyChoice, trainer: Trainer) -> str:
+    return "\n".join([
+        f"strategy:             {choice.name}",
+        f"devices:              {', '.join(choice.devices)}",
+        f"replicas:             {trainer.num_replicas}",
+        f"per-replica batch:    {trainer.per_replica_batch_size}",
+        f"global batch:         {trainer.global_batch_size}",
+        f"steps per epoch:      {trainer.steps_per_epoch} (total {trainer.total_steps})",
+        f"input:                {trainer.config.input}, {trainer.config.steps_per_loop} steps per call",
+    ])
+
+
+def train_and_evaluate(config: TrainConfig, choice: Optional[StrategyChoice] = None,
+                       mnist: Optional[Mnist] = None) -> dict:
+    """Trains, evaluates and exports; returns what run.json holds. `choice` and `mnist` override for tests."""
+    config.validate()
+    logging.getLogger("tensorflow").setLevel(logging.WARNING)  # SavedModel writing chatters at INFO
+    started = time.perf_counter()
+    run_name = config.run_name or files.default_run_name()
+    config = dataclasses.replace(config, run_name=run_name)
+    mnist = mnist or data.load(config.data_dir)
+    choice = choice or make_strategy(config.num_gpus, config.cpu_replicas)
+    trainer = Trainer(config, choice.strategy, mnist)
+    run_dir = files.create_run_dir(config.logdir, run_name)
+    print(describe_setup(choice, trainer), flush=True)
+
+    reporter = RunReporter(run_dir, config, trainer.total_steps)
+    try:
+        timing = trainer.train(reporter)
+    finally:
+        reporter.close()
+    weights = trainer.weights()
+    saved_model = os.path.join(run_dir, "saved_model")
+    export.export_saved_model(weights, saved_model)
+    written = plots.plot_run(run_dir, reporter.loss_history, reporter.accuracy_history)
+
+    summary = {
+        "final_test_accuracy": reporter.accuracy_history[-1][1],
+        "global_step": trainer.step,
+        "epochs": trainer.epochs,
+        "steps_per_epoch": trainer.steps_per_epoch,
+        "strategy": choice.name,
+        "num_replicas": trainer.num_replicas,
+        "devices": list(choice.devices),
+        "per_replica_batch_size": trainer.per_replica_batch_size,
+        "global_batch_size": trainer.global_batch_size,
+        "examples_per_sec": timing["examples_per_sec"],
+        "train_time_s": timing["train_time_s"],
+        "wall_time_s": time.perf_counter() - started,
+        "tf_version": tf.__version__,
+        "seed": config.seed,
+        "data_source": mnist.source,
+        "run_dir": run_dir,
+        "flags": dataclasses.asdict(config),
+        "history": {"loss": reporter.loss_history, "accuracy": reporter.accuracy_history},
+    }
+    run_json = os.path.join(run_dir, "run.json")
+    files.write_json(run_json, summary)
+    eps = summary["examples_per_sec"]
+    print(f"final test accuracy {summary['final_test_accuracy']:.4f} after {trainer.step} steps "
+          f"({summary['epochs']:.2f} epochs) in {summary['wall_time_s']:.1f} s"
+          + (f", {eps:,.0f} examples/s" if eps else ""))
+    print("wrote:\n  " + "\n  ".join([run_dir + " (TensorBoard events)", saved_model, *written, run_json]))
+    return summary

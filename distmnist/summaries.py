@@ -1,0 +1,69 @@
+"""Writing what the loop reports: TensorBoard scalars, console lines in the tutorial's spirit, and the history
+that the plots and run.json are drawn from."""
+
+import sys
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from distmnist.config import TrainConfig
+from distmnist.loop import Reporter
+
+
+def _format_duration(seconds: float) -> str:
+    minutes, seconds = divmod(int(seconds + 0.5), 60)
+    return f"{minutes}:{seconds:02d}"
+
+
+class RunReporter(Reporter):
+    """Scalars `loss`, `examples_per_sec`, `learning_rate` every log_every steps and `accuracy` at evaluations."""
+
+    def __init__(self, run_dir: str, config: TrainConfig, total_steps: int, stream=None):
+        self.config = config
+        self.total_steps = total_steps
+        self.stream = stream or sys.stdout
+        self.progress = self.stream.isatty()
+        self.writer = tf.summary.create_file_writer(run_dir)
+        self.loss_history = []  # (step, loss)
+        self.accuracy_history = []  # (step, accuracy)
+        self._started = time.perf_counter()
+
+    def _say(self, line: str) -> None:
+        if self.progress:
+            line = "\r\033[K" + line
+        print(line, file=self.stream, flush=True)
+
+    def losses(self, first_step: int, values: np.ndarray, examples_per_sec: float) -> None:
+        every = self.config.log_every
+        first_logged = -(-first_step // every) * every
+        with self.writer.as_default():
+            for step in range(first_logged, first_step + len(values), every):
+                loss = float(values[step - first_step])
+                self.loss_history.append((step, loss))
+                tf.summary.scalar("loss", loss, step=step)
+                tf.summary.scalar("examples_per_sec", examples_per_sec, step=step)
+                tf.summary.scalar("learning_rate", self.config.learning_rate, step=step)
+                self._say(f"step {step} loss: {loss:.4f}")
+        if self.progress:
+            self._draw_progress(first_step + len(values), examples_per_sec)
+
+    def accuracy(self, step: int, value: float) -> None:
+        self.accuracy_history.append((step, value))
+        with self.writer.as_default():
+            tf.summary.scalar("accuracy", value, step=step)
+        self.writer.flush()
+        self._say(f"step {step} Evaluate Acc: {value:.4f}")
+
+    def _draw_progress(self, step: int, examples_per_sec: float) -> None:
+        done = step / self.total_steps
+        elapsed = time.perf_counter() - self._started
+        eta = elapsed / done * (1 - done) if done else 0.0
+        bar = "#" * int(30 * done)
+        print(f"\r\033[K[{bar:<30}] {step}/{self.total_steps} {examples_per_sec:,.0f} ex/s ETA {_format_duration(eta)}",
+              end="", file=self.stream, flush=True)
+
+    def close(self) -> None:
+        self.writer.close()
+        if self.progress:
+            print("\r\033[K", end="", file=self.stream, flush=True)

