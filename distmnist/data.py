@@ -139,6 +139,8 @@ def read_npz(data: bytes, name: str) -> dict:
 
 
 def _read_data_dir(data_dir: str) -> dict:
+    if not _exists(data_dir):
+        raise DataError(f"--data_dir={data_dir} does not exist; point it at a folder with mnist.npz or the IDX files")
     npz = os.path.join(data_dir, "mnist.npz")
     if _exists(npz):
         return validate(read_npz(_read(npz), npz), npz)

@@ -13,11 +13,25 @@ def default_run_name() -> str:
     return datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
-def create_run_dir(logdir: str, run_name: str) -> str:
-    """Makes <logdir>/<run_name>; an existing one is never reused silently."""
+def check_run_dir_free(logdir: str, run_name: str) -> str:
+    """Fails early, before any expensive work, if the run directory cannot be created; returns its path."""
     if "://" in logdir:
         raise UserError(f"--logdir must be a local folder, got {logdir}; copy finished runs to a bucket afterwards")
     run_dir = os.path.join(logdir, run_name)
+    if os.path.exists(run_dir):
+        raise UserError(f"run directory {run_dir} already exists; choose another --run_name")
+    existing = logdir
+    while existing and not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if existing and not (os.path.isdir(existing) and os.access(existing, os.W_OK)):
+        raise UserError(f"cannot create run directory {run_dir}: {existing} is not a writable folder; "
+                        "choose another --logdir")
+    return run_dir
+
+
+def create_run_dir(logdir: str, run_name: str) -> str:
+    """Makes <logdir>/<run_name>; an existing one is never reused silently."""
+    run_dir = check_run_dir_free(logdir, run_name)
     try:
         os.makedirs(logdir, exist_ok=True)
         os.mkdir(run_dir)

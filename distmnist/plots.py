@@ -14,8 +14,13 @@ def plot_series(path: str, points, title: str, ylabel: str) -> None:
     """Draws (step, value) points as a line with labelled axes and writes an SVG atomically."""
     steps = [p[0] for p in points]
     values = [p[1] for p in points]
+    with plt.rc_context({"svg.fonttype": "none"}):  # text stays text: selectable, searchable, testable
+        _draw(path, steps, values, title, ylabel)
+
+
+def _draw(path, steps, values, title, ylabel):
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(steps, values, marker="." if len(points) < 50 else None)
+    ax.plot(steps, values, marker="." if len(steps) < 50 else None)
     ax.set_title(title)
     ax.set_xlabel("step")
     ax.set_ylabel(ylabel)

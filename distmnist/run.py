@@ -36,6 +36,7 @@ def train_and_evaluate(config: TrainConfig, choice: Optional[StrategyChoice] = N
     started = time.perf_counter()
     run_name = config.run_name or files.default_run_name()
     config = dataclasses.replace(config, run_name=run_name)
+    files.check_run_dir_free(config.logdir, run_name)
     mnist = mnist or data.load(config.data_dir)
     choice = choice or make_strategy(config.num_gpus, config.cpu_replicas)
     trainer = Trainer(config, choice.strategy, mnist)

@@ -22,11 +22,12 @@ class StrategyChoice:
 
 def _logical_cpus(count: int) -> list:
     """Returns `count` logical CPU device names, splitting the CPU into that many if TensorFlow has not started."""
-    cpus = tf.config.list_physical_devices("CPU")
-    try:
-        tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * count)
-    except RuntimeError:
-        pass  # already initialised: use what exists
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    if len(tf.config.get_logical_device_configuration(cpu) or []) < count:
+        try:
+            tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * count)
+        except RuntimeError:
+            pass  # TensorFlow has started: the devices it has are all there will be
     logical = tf.config.list_logical_devices("CPU")
     if len(logical) < count:
         raise UserError(f"--cpu_replicas={count} needs {count} logical CPUs but TensorFlow already started with "

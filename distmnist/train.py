@@ -7,7 +7,7 @@
 
 from absl import flags
 
-from distmnist import cli
+from distmnist import cli, tfquiet
 from distmnist.config import INPUTS, TrainConfig
 
 _D = TrainConfig()
@@ -37,8 +37,11 @@ def config_from_flags() -> TrainConfig:
 
 
 def main() -> None:
-    from distmnist.run import train_and_evaluate  # imports TensorFlow: after the flags are known to be good
-    train_and_evaluate(config_from_flags().validate())
+    config = config_from_flags().validate()  # before TensorFlow is imported: bad flags fail in a blink
+    tfquiet.import_tensorflow()
+    from distmnist.run import train_and_evaluate
+
+    train_and_evaluate(config)
 
 
 if __name__ == "__main__":

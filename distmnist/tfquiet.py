@@ -1,0 +1,37 @@
+"""Importing TensorFlow without its CUDA-probing noise on machines that have no GPU.
+
+TensorFlow's C++ runtime writes these lines to file descriptor 2 before its logging is set up, so
+TF_CPP_MIN_LOG_LEVEL does not silence them all. We capture stderr while TensorFlow imports and probes its
+devices, then replay every line except the known ones, so a user's error message is not buried in them.
+"""
+
+import os
+import sys
+import tempfile
+
+_NOISE = (
+    "All log messages before absl::InitializeLog() is called",
+    "Could not find cuda drivers on your machine",
+    "failed call to cuInit",
+    "cpu_feature_guard.cc",
+    "To enable the following instructions",
+)
+
+
+def import_tensorflow():
+    """Imports TensorFlow and lists its devices with the probing noise filtered out; returns the module."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            import tensorflow as tf
+            tf.config.list_physical_devices()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        capture.seek(0)
+        for line in capture.read().decode(errors="replace").splitlines(keepends=True):
+            if not any(noise in line for noise in _NOISE):
+                sys.stderr.write(line)
+    return tf
