@@ -32,7 +32,7 @@ def train_and_evaluate(config: TrainConfig, choice: Optional[StrategyChoice] = N
                        mnist: Optional[Mnist] = None) -> dict:
     """Trains, evaluates and exports; returns what run.json holds. `choice` and `mnist` override for tests."""
     config.validate()
-    logging.getLogger("tensorflow").setLevel(logging.WARNING)  # SavedModel writing chatters at INFO
+    tf.get_logger().setLevel(logging.WARNING)  # SavedModel writing chatters at INFO
     started = time.perf_counter()
     run_name = config.run_name or files.default_run_name()
     config = dataclasses.replace(config, run_name=run_name)
