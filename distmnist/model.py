@@ -22,6 +22,17 @@ def labels_to_targets(labels: tf.Tensor) -> tf.Tensor:
     return tf.one_hot(tf.cast(labels, tf.int32), NUM_CLASSES)
 
 
+def forward(weights, features: tf.Tensor) -> tf.Tensor:
+    """Logits from [kernel_0, bias_0, kernel_1, ...] (variables or tensors) and features [N, 784]."""
+    h = features
+    last = len(weights) // 2 - 1
+    for i in range(last + 1):
+        h = tf.matmul(h, weights[2 * i]) + weights[2 * i + 1]
+        if i < last:
+            h = tf.nn.relu(h)
+    return h
+
+
 class MLP(tf.Module):
     """Three dense layers; call it on float features [N, 784] for logits [N, 10]."""
 
@@ -41,13 +52,7 @@ class MLP(tf.Module):
         return [v for pair in zip(self.kernels, self.biases) for v in pair]
 
     def __call__(self, features: tf.Tensor) -> tf.Tensor:
-        h = features
-        last = len(self.kernels) - 1
-        for i, (kernel, bias) in enumerate(zip(self.kernels, self.biases)):
-            h = tf.matmul(h, kernel) + bias
-            if i < last:
-                h = tf.nn.relu(h)
-        return h
+        return forward(self.weights, features)
 
     def get_numpy(self):
         return [v.numpy() for v in self.weights]

@@ -12,7 +12,7 @@ from distmnist import data, export, files, plots
 from distmnist.config import TrainConfig
 from distmnist.data import Mnist
 from distmnist.loop import Trainer
-from distmnist.strategy import StrategyChoice, make_strategy
+from distmnist.strategy import StrategyChoice, make_strategy, set_host_threads
 from distmnist.summaries import RunReporter
 
 
@@ -24,7 +24,8 @@ def describe_setup(choice: StrategyChoice, trainer: Trainer) -> str:
         f"per-replica batch:    {trainer.per_replica_batch_size}",
         f"global batch:         {trainer.global_batch_size}",
         f"steps per epoch:      {trainer.steps_per_epoch} (total {trainer.total_steps})",
-        f"input:                {trainer.config.input}, {trainer.config.steps_per_loop} steps per call",
+        f"input:                {trainer.config.input}, {trainer.config.steps_per_loop} steps per call, "
+        f"XLA {'on' if trainer.config.resolved_jit_compile() else 'off'}",
     ])
 
 
@@ -38,6 +39,7 @@ def train_and_evaluate(config: TrainConfig, choice: Optional[StrategyChoice] = N
     config = dataclasses.replace(config, run_name=run_name)
     files.check_run_dir_free(config.logdir, run_name)
     mnist = mnist or data.load(config.data_dir)
+    set_host_threads(config.intra_op_threads, config.inter_op_threads)
     choice = choice or make_strategy(config.num_gpus, config.cpu_replicas)
     trainer = Trainer(config, choice.strategy, mnist)
     run_dir = files.create_run_dir(config.logdir, run_name)

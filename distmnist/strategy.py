@@ -20,6 +20,17 @@ class StrategyChoice:
         return self.strategy.num_replicas_in_sync
 
 
+def set_host_threads(intra_op_threads: int = 0, inter_op_threads: int = 0) -> None:
+    """Thread pools for ops (0 keeps TensorFlow's default); must run before TensorFlow starts."""
+    try:
+        if intra_op_threads:
+            tf.config.threading.set_intra_op_parallelism_threads(intra_op_threads)
+        if inter_op_threads:
+            tf.config.threading.set_inter_op_parallelism_threads(inter_op_threads)
+    except RuntimeError:
+        logging.warning("TensorFlow has started: --intra_op_threads/--inter_op_threads not applied")
+
+
 def _logical_cpus(count: int) -> list:
     """Returns `count` logical CPU device names, splitting the CPU into that many if TensorFlow has not started."""
     cpu = tf.config.list_physical_devices("CPU")[0]

@@ -28,6 +28,10 @@ flags.DEFINE_integer("eval_every", _D.eval_every, "Evaluate on the whole test se
 flags.DEFINE_enum("input", _D.input, INPUTS, "device: data resident on each replica (fast); tfdata: the "
                   "tutorial's tf.data pipeline.")
 flags.DEFINE_integer("steps_per_loop", _D.steps_per_loop, "Training steps per tf.function call.")
+flags.DEFINE_boolean("jit_compile", None, "XLA: the whole call for one replica, each replica's step for several "
+                     "(default: on for --input=device, off for --input=tfdata).")
+flags.DEFINE_integer("intra_op_threads", _D.intra_op_threads, "Threads inside one op (0: one per core).")
+flags.DEFINE_integer("inter_op_threads", _D.inter_op_threads, "Ops run at once (0: TensorFlow's default).")
 
 FLAGS = flags.FLAGS
 
