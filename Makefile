@@ -28,6 +28,9 @@ train: data
 test: $(VENV)/.installed-test
 	$(PY) -m pytest -q tests
 
+bench: $(VENV)/.installed
+	$(PY) -m distmnist.bench
+
 tensorboard: $(VENV)/.installed
 	$(VENV)/bin/tensorboard --logdir logs --host 127.0.0.1 --port 6006
 

@@ -1,7 +1,6 @@
 """One training run from a config: data, strategy, training, then the artifacts in <logdir>/<run_name>/."""
 
 import dataclasses
-import logging
 import os
 import time
 from typing import Optional
@@ -33,7 +32,6 @@ def train_and_evaluate(config: TrainConfig, choice: Optional[StrategyChoice] = N
                        mnist: Optional[Mnist] = None) -> dict:
     """Trains, evaluates and exports; returns what run.json holds. `choice` and `mnist` override for tests."""
     config.validate()
-    tf.get_logger().setLevel(logging.WARNING)  # SavedModel writing chatters at INFO
     started = time.perf_counter()
     run_name = config.run_name or files.default_run_name()
     config = dataclasses.replace(config, run_name=run_name)

@@ -27,6 +27,7 @@ def import_tensorflow():
         try:
             import tensorflow as tf
             tf.config.list_physical_devices()
+            tf.get_logger().setLevel("WARNING")  # tf.distribute narrates device placement at INFO
         finally:
             os.dup2(saved, 2)
             os.close(saved)

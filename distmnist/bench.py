@@ -1,0 +1,186 @@
+"""Benchmark: distmnist against the other ways of training this MLP in TensorFlow, on this machine, now.
+
+  python -m distmnist.bench            # about 3 minutes on a 2-core CPU; writes bench.json and bench.svg
+  python -m distmnist.bench --quick    # a smoke test: a few steps each, no meaningful figures
+
+Contenders, each at the same per-replica batch after a warm-up: the tutorial's eager loop, Keras Model.fit
+(default and tuned), distmnist --input=tfdata, distmnist's default, and the compute bound (a large matmul's
+FLOP/s over 2.41 MFLOP per example); for 1 and 2 CPU replicas, or 1..N GPUs. Then time to 98% test accuracy.
+"""
+
+import gc
+import os
+import platform
+
+from absl import flags
+
+from distmnist import cli, tfquiet
+
+flags.DEFINE_string("out", ".", "Folder for bench.json and bench.svg.")
+flags.DEFINE_boolean("quick", False, "A short smoke run: few steps, accuracy target 90% within one epoch.")
+flags.DEFINE_integer("batch_size", 128, "Per-replica batch size for every contender.")
+flags.DEFINE_integer("steps", 400, "Timed steps per contender.")
+flags.DEFINE_integer("warmup_steps", 50, "Untimed steps first (tracing, compiling, caches).")
+flags.DEFINE_integer("max_epochs", 15, "Give up the time-to-accuracy race after this many epochs.")
+flags.DEFINE_string("data_dir", None, "As for distmnist.train.")
+
+FLAGS = flags.FLAGS
+TARGET_ACCURACY = 0.98
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine(tf) -> dict:
+    gpus = [tf.config.experimental.get_device_details(g).get("device_name", g.name)
+            for g in tf.config.list_physical_devices("GPU")]
+    return {"cpu": cpu_name(), "cores": os.cpu_count(), "gpus": gpus, "tf_version": tf.__version__}
+
+
+def replica_setups(num_gpus: int):
+    """(replicas, device label, strategy factory) for each configuration to measure."""
+    from distmnist.strategy import make_strategy
+
+    if num_gpus:
+        return [(n, f"{n}x GPU", lambda n=n: make_strategy(num_gpus=n).strategy) for n in range(1, num_gpus + 1)]
+    return [(1, "CPU", lambda: make_strategy(num_gpus=0).strategy),
+            (2, "2 logical CPUs", lambda: make_strategy(cpu_replicas=2).strategy)]
+
+
+def run_bench() -> dict:
+    tf = tfquiet.import_tensorflow()
+    from distmnist import contenders, data, files
+    from distmnist.config import TrainConfig
+    from distmnist.errors import UserError
+    from distmnist.strategy import make_strategy
+
+    if FLAGS.batch_size <= 0 or FLAGS.steps <= 0 or FLAGS.warmup_steps < 0:
+        raise UserError("--batch_size and --steps must be positive and --warmup_steps >= 0")
+    os.makedirs(FLAGS.out, exist_ok=True)
+    num_gpus = len(tf.config.list_physical_devices("GPU"))
+    if not num_gpus:
+        make_strategy(cpu_replicas=2)  # split the CPU before any op runs
+    quick = FLAGS.quick
+    timing = contenders.Timing(per_replica_batch_size=FLAGS.batch_size,
+                               warmup_steps=5 if quick else FLAGS.warmup_steps,
+                               timed_steps=50 if quick else FLAGS.steps)
+    mnist = data.load(FLAGS.data_dir)
+    first_device = "/gpu:0" if num_gpus else "/cpu:0"
+    results = []
+
+    def record(name, replicas, device, measure):
+        # Iterators that earlier contenders left behind keep prefetching on their own threads until
+        # collected; on a small machine they steal a third of the next contender's throughput.
+        gc.collect()
+        examples_per_sec = measure()
+        results.append({"name": name, "replicas": replicas, "device": device,
+                        "per_replica_batch_size": timing.per_replica_batch_size,
+                        "examples_per_sec": examples_per_sec})
+        print(f"  {name:<28} {replicas} x {device:<16} {examples_per_sec:>12,.0f} examples/s", flush=True)
+
+    print(f"timing {timing.timed_steps} steps after {timing.warmup_steps} warm-up steps, "
+          f"batch {timing.per_replica_batch_size} per replica", flush=True)
+    record("compute bound", 1, first_device,
+           lambda: contenders.matmul_flops_per_sec(first_device, **({"sizes": (1024,), "trials": 1} if quick else {}))
+           / contenders.FLOP_PER_EXAMPLE)
+    record("tutorial eager", 1, first_device, lambda: contenders.tutorial_eager(mnist, first_device, timing))
+    for replicas, device, strategy_fn in replica_setups(num_gpus):
+        record("keras fit (default)", replicas, device,
+               lambda: contenders.keras_fit(mnist, strategy_fn(), timing, tuned=False))
+        record("keras fit (tuned)", replicas, device,
+               lambda: contenders.keras_fit(mnist, strategy_fn(), timing, tuned=True))
+        record("distmnist --input=tfdata", replicas, device,
+               lambda: contenders.distmnist_trainer(mnist, strategy_fn(), timing, "tfdata"))
+        record("distmnist (default)", replicas, device,
+               lambda: contenders.distmnist_trainer(mnist, strategy_fn(), timing, "device"))
+
+    def one_replica(name):
+        return next(r["examples_per_sec"] for r in results if r["name"] == name and r["replicas"] == 1)
+
+    ours = one_replica("distmnist (default)")
+    ratios = {
+        "vs_keras_default": ours / one_replica("keras fit (default)"),
+        "vs_keras_tuned": ours / one_replica("keras fit (tuned)"),
+        "vs_tutorial_eager": ours / one_replica("tutorial eager"),
+        "of_compute_bound": ours / one_replica("compute bound"),
+    }
+    target = 0.90 if quick else TARGET_ACCURACY
+    max_epochs = 1 if quick else FLAGS.max_epochs
+    config = TrainConfig(batch_size=FLAGS.batch_size)
+    race = {}
+    for name, fn in (("distmnist (default)", contenders.time_to_accuracy_distmnist),
+                     ("keras fit (tuned)", contenders.time_to_accuracy_keras)):
+        gc.collect()
+        seconds, epochs, accuracy = fn(mnist, replica_setups(num_gpus)[0][2](), target, max_epochs, config)
+        race[name] = {"seconds": seconds, "epochs": epochs, "accuracy": accuracy}
+        print(f"  time to {target:.1%}: {name:<22} "
+              + (f"{seconds:6.1f} s ({epochs} epochs, {accuracy:.2%})" if seconds else
+                 f"not reached in {epochs} epochs ({accuracy:.2%})"), flush=True)
+
+    report = {
+        "machine": machine(tf),
+        "settings": {"quick": quick, "timed_steps": timing.timed_steps, "warmup_steps": timing.warmup_steps,
+                     "learning_rate": timing.learning_rate},
+        "results": results,
+        "ratios": ratios,
+        "time_to_accuracy": {"target": target, "learning_rate": config.learning_rate, "by": race},
+    }
+    json_path = os.path.join(FLAGS.out, "bench.json")
+    files.write_json(json_path, report)
+    svg_path = os.path.join(FLAGS.out, "bench.svg")
+    plot(report, svg_path)
+    print(table(report))
+    print(f"wrote {json_path} and {svg_path}")
+    return report
+
+
+def table(report: dict) -> str:
+    m = report["machine"]
+    lines = [f"machine: {m['cpu']}, {m['cores']} cores, GPUs: {', '.join(m['gpus']) or 'none'}, "
+             f"TensorFlow {m['tf_version']}", f"{'contender':<28} {'replicas':>8} {'examples/s':>12}"]
+    for r in report["results"]:
+        lines.append(f"{r['name']:<28} {r['replicas']:>8} {r['examples_per_sec']:>12,.0f}")
+    lines.append("distmnist default, one replica: " + ", ".join(f"{k} {v:.2f}" for k, v in report["ratios"].items()))
+    return "\n".join(lines)
+
+
+def plot(report: dict, path: str) -> None:
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from distmnist import files
+
+    rows = report["results"]
+    labels = [f"{r['name']} ({r['replicas']}x {r['device']})" for r in rows]
+    values = [r["examples_per_sec"] for r in rows]
+    with plt.rc_context({"svg.fonttype": "none"}):
+        fig, ax = plt.subplots(figsize=(8, 0.4 * len(rows) + 1.5))
+        colors = ["tab:red" if "distmnist (default)" in label else "tab:gray" if "bound" in label
+                  else "tab:blue" for label in labels]
+        ax.barh(range(len(rows)), values, color=colors)
+        ax.set_yticks(range(len(rows)), labels)
+        ax.invert_yaxis()
+        ax.set_xlabel("examples/second (higher is better)")
+        m = report["machine"]
+        ax.set_title(f"{m['cpu']} ({m['cores']} cores), TF {m['tf_version']}", fontsize=9)
+        fig.tight_layout()
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="svg")
+        plt.close(fig)
+    files.write_bytes(path, buffer.getvalue())
+
+
+if __name__ == "__main__":
+    cli.run(run_bench, prog="distmnist.bench")

@@ -1,0 +1,180 @@
+"""The ways of training this MLP that distmnist.bench compares, each timed the same way: warm up, then run a
+fixed number of steps at the same per-replica batch and report examples per second."""
+
+import dataclasses
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from distmnist import inputs
+from distmnist.config import TrainConfig
+from distmnist.data import Mnist
+from distmnist.loop import Trainer
+from distmnist.model import LAYER_SIZES
+
+FLOP_PER_EXAMPLE = 2.41e6  # forward 1.07 + backward 1.34 MFLOP for 784-512-256-10
+
+
+@dataclasses.dataclass(frozen=True)
+class Timing:
+    """What every contender is measured with."""
+
+    per_replica_batch_size: int = 128
+    warmup_steps: int = 50
+    timed_steps: int = 400
+    learning_rate: float = 0.1  # small enough that no contender diverges; speed does not depend on it
+    seed: int = 0
+
+
+def _examples_per_sec(steps: int, global_batch_size: int, seconds: float) -> float:
+    return steps * global_batch_size / seconds
+
+
+def tutorial_eager(mnist: Mnist, device: str, timing: Timing) -> float:
+    """The tutorial as written: raw variables, an eager GradientTape loop over tf.data, assign_sub updates."""
+    with tf.device(device):
+        sizes = LAYER_SIZES
+        params = []
+        for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+            params.append(tf.Variable(tf.random.truncated_normal([fan_in, fan_out], stddev=0.1)))
+            params.append(tf.Variable(tf.zeros([fan_out])))
+        dataset = inputs.tfdata_pipeline(mnist.x_train, mnist.y_train, timing.per_replica_batch_size, 10000,
+                                         timing.seed)
+        batches = iter(dataset)
+
+        def step():
+            x, y = next(batches)
+            with tf.GradientTape() as tape:
+                h1 = tf.nn.relu(x @ params[0] + params[1])
+                h2 = tf.nn.relu(h1 @ params[2] + params[3])
+                out = h2 @ params[4] + params[5]
+                loss = tf.reduce_mean(tf.square(y - out))
+            grads = tape.gradient(loss, params)
+            for p, g in zip(params, grads):
+                p.assign_sub(timing.learning_rate * g)
+            return loss
+
+        for _ in range(timing.warmup_steps):
+            step()
+        float(step())
+        start = time.perf_counter()
+        for _ in range(timing.timed_steps - 1):
+            step()
+        float(step())  # wait for the last step
+        return _examples_per_sec(timing.timed_steps, timing.per_replica_batch_size, time.perf_counter() - start)
+
+
+def keras_model(seed: int):
+    """The same MLP in Keras, initialised as distmnist initialises it (uniform +-1/sqrt(fan_in))."""
+    import keras
+
+    layers = [keras.Input([LAYER_SIZES[0]])]
+    for i, (fan_in, fan_out) in enumerate(zip(LAYER_SIZES[:-1], LAYER_SIZES[1:])):
+        limit = 1 / np.sqrt(fan_in)
+        layers.append(keras.layers.Dense(
+            fan_out, activation="relu" if i < len(LAYER_SIZES) - 2 else None,
+            kernel_initializer=keras.initializers.RandomUniform(-limit, limit, seed=seed + 2 * i),
+            bias_initializer=keras.initializers.RandomUniform(-limit, limit, seed=seed + 2 * i + 1)))
+    return keras.Sequential(layers)
+
+
+def compiled_keras(strategy: tf.distribute.Strategy, learning_rate: float, seed: int, tuned: bool,
+                   steps_per_execution: int = 50):
+    import keras
+
+    with strategy.scope():
+        model = keras_model(seed)
+        # Keras's XLA cannot reach variables on other replicas' devices: tuned means XLA on one replica only.
+        jit = strategy.num_replicas_in_sync == 1
+        extra = {"steps_per_execution": steps_per_execution, "jit_compile": jit} if tuned else {}
+        model.compile(optimizer=keras.optimizers.SGD(learning_rate), loss="mse", **extra)
+    return model
+
+
+def keras_dataset(mnist: Mnist, global_batch_size: int, seed: int) -> tf.data.Dataset:
+    return inputs.tfdata_pipeline(mnist.x_train, mnist.y_train, global_batch_size, 10000, seed)
+
+
+def keras_fit(mnist: Mnist, strategy: tf.distribute.Strategy, timing: Timing, tuned: bool) -> float:
+    """Keras Model.fit on the tutorial's pipeline: default settings, or tuned (steps_per_execution, XLA)."""
+    model = compiled_keras(strategy, timing.learning_rate, timing.seed, tuned)
+    global_batch_size = timing.per_replica_batch_size * strategy.num_replicas_in_sync
+    dataset = keras_dataset(mnist, global_batch_size, timing.seed)
+    model.fit(dataset, epochs=1, steps_per_epoch=timing.warmup_steps, verbose=0)
+    start = time.perf_counter()
+    model.fit(dataset, epochs=1, steps_per_epoch=timing.timed_steps, verbose=0)
+    return _examples_per_sec(timing.timed_steps, global_batch_size, time.perf_counter() - start)
+
+
+def distmnist_trainer(mnist: Mnist, strategy: tf.distribute.Strategy, timing: Timing, input_path: str) -> float:
+    """distmnist's own loop with the given input path and its defaults otherwise."""
+    config = TrainConfig(batch_size=timing.per_replica_batch_size, learning_rate=timing.learning_rate,
+                         seed=timing.seed, input=input_path, max_steps=10 ** 9)
+    trainer = Trainer(config, strategy, mnist)
+    trainer.run_steps(timing.warmup_steps)
+    start = time.perf_counter()
+    trainer.run_steps(timing.timed_steps)
+    return _examples_per_sec(timing.timed_steps, trainer.global_batch_size, time.perf_counter() - start)
+
+
+def matmul_flops_per_sec(device: str, sizes=(2048, 3072), trials: int = 3) -> float:
+    """The best FLOP/s of large float32 matmuls on the device: the ceiling for any way of training this MLP."""
+    best = 0.0
+    with tf.device(device):
+        for size in sizes:
+            a = tf.random.uniform([size, size])
+            b = tf.random.uniform([size, size])
+
+            @tf.function
+            def run(n):
+                total = tf.zeros([])
+                for _ in tf.range(n):
+                    total += tf.matmul(a, b)[0, 0]
+                return total
+
+            repeats = max(1, int(8e10 // (2 * size ** 3)))  # about a second per trial on a 2-core CPU
+            float(run(tf.constant(1)))
+            for _ in range(trials):
+                start = time.perf_counter()
+                float(run(tf.constant(repeats)))
+                best = max(best, 2.0 * size ** 3 * repeats / (time.perf_counter() - start))
+    return best
+
+
+def time_to_accuracy_distmnist(mnist: Mnist, strategy, target: float, max_epochs: int, config: TrainConfig):
+    """Wall seconds from the first step until the test accuracy (checked every epoch) reaches the target."""
+    trainer = Trainer(config, strategy, mnist)
+    start = time.perf_counter()
+    for epoch in range(1, max_epochs + 1):
+        trainer.run_steps(trainer.steps_per_epoch)
+        accuracy = trainer.evaluate()
+        if accuracy >= target:
+            return time.perf_counter() - start, epoch, accuracy
+    return None, max_epochs, accuracy
+
+
+def time_to_accuracy_keras(mnist: Mnist, strategy, target: float, max_epochs: int, config: TrainConfig):
+    """The same for tuned Keras with the same hyperparameters, initialisation and steps per epoch."""
+    import keras
+
+    global_batch_size = config.batch_size * strategy.num_replicas_in_sync
+    steps_per_epoch = len(mnist.x_train) // global_batch_size  # as distmnist: the partial batch dropped
+    per_execution = max(k for k in range(1, 51) if steps_per_epoch % k == 0)  # must divide an epoch
+    model = compiled_keras(strategy, config.learning_rate, config.seed, tuned=True, steps_per_execution=per_execution)
+    test_x = mnist.x_test.reshape(-1, LAYER_SIZES[0]).astype(np.float32) / 255.0
+    reached = {}
+
+    class Stop(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            logits = self.model.predict(test_x, batch_size=2000, verbose=0)
+            accuracy = float(np.mean(np.argmax(logits, axis=1) == mnist.y_test))
+            reached.update(epoch=epoch + 1, accuracy=accuracy, seconds=time.perf_counter() - start)
+            if accuracy >= target:
+                self.model.stop_training = True
+
+    dataset = keras_dataset(mnist, global_batch_size, config.seed)
+    start = time.perf_counter()
+    model.fit(dataset, epochs=max_epochs, steps_per_epoch=steps_per_epoch, verbose=0, callbacks=[Stop()])
+    hit = reached["accuracy"] >= target
+    return (reached["seconds"] if hit else None), reached["epoch"], reached["accuracy"]

@@ -1,0 +1,39 @@
+"""`python -m distmnist.bench --quick`: every contender runs and the report has its contract (no timing asserts)."""
+
+import json
+import xml.etree.ElementTree as ET
+
+from helpers import run_module
+
+CONTENDERS = {"compute bound", "tutorial eager", "keras fit (default)", "keras fit (tuned)",
+              "distmnist --input=tfdata", "distmnist (default)"}
+
+
+def test_quick_bench_writes_a_complete_report(tmp_path):
+    result = run_module("distmnist.bench", "--quick", f"--out={tmp_path}", timeout_s=400)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "bench.json").read_text())
+
+    assert set(report["machine"]) == {"cpu", "cores", "gpus", "tf_version"}
+    assert report["machine"]["cores"] >= 1 and report["machine"]["tf_version"].startswith("2.")
+    rows = report["results"]
+    assert {r["name"] for r in rows if r["replicas"] == 1} == CONTENDERS
+    assert {r["name"] for r in rows if r["replicas"] == 2} == CONTENDERS - {"compute bound", "tutorial eager"}
+    for row in rows:
+        assert set(row) == {"name", "replicas", "device", "per_replica_batch_size", "examples_per_sec"}
+        assert row["per_replica_batch_size"] == 128 and row["examples_per_sec"] > 0
+
+    ours = next(r["examples_per_sec"] for r in rows if r["name"] == "distmnist (default)" and r["replicas"] == 1)
+    keras = next(r["examples_per_sec"] for r in rows if r["name"] == "keras fit (default)" and r["replicas"] == 1)
+    assert set(report["ratios"]) == {"vs_keras_default", "vs_keras_tuned", "vs_tutorial_eager", "of_compute_bound"}
+    assert abs(report["ratios"]["vs_keras_default"] - ours / keras) < 1e-9
+
+    race = report["time_to_accuracy"]["by"]
+    assert set(race) == {"distmnist (default)", "keras fit (tuned)"}
+    assert race["distmnist (default)"]["accuracy"] >= report["time_to_accuracy"]["target"] == 0.90
+
+    root = ET.parse(tmp_path / "bench.svg").getroot()
+    texts = {t.text for t in root.iter() if t.tag.endswith("text") and t.text}
+    assert "examples/second (higher is better)" in texts
+    assert "distmnist (default) (1x CPU)" in texts
+    assert "compute bound" in result.stdout and "vs_keras_default" in result.stdout
