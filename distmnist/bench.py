@@ -8,6 +8,7 @@ Contenders, each at the same per-replica batch after a warm-up: the tutorial's e
 FLOP/s over 2.41 MFLOP per example); for 1 and 2 CPU replicas, or 1..N GPUs. Then time to 98% test accuracy.
 """
 
+import dataclasses
 import gc
 import os
 import platform
@@ -71,7 +72,7 @@ def run_bench() -> dict:
     quick = FLAGS.quick
     timing = contenders.Timing(per_replica_batch_size=FLAGS.batch_size,
                                warmup_steps=5 if quick else FLAGS.warmup_steps,
-                               timed_steps=50 if quick else FLAGS.steps)
+                               timed_steps=50 if quick else FLAGS.steps, trials=1 if quick else 3)
     mnist = data.load(FLAGS.data_dir)
     first_device = "/gpu:0" if num_gpus else "/cpu:0"
     results = []
@@ -86,8 +87,8 @@ def run_bench() -> dict:
                         "examples_per_sec": examples_per_sec})
         print(f"  {name:<28} {replicas} x {device:<16} {examples_per_sec:>12,.0f} examples/s", flush=True)
 
-    print(f"timing {timing.timed_steps} steps after {timing.warmup_steps} warm-up steps, "
-          f"batch {timing.per_replica_batch_size} per replica", flush=True)
+    print(f"best of {timing.trials} timings of {timing.timed_steps} steps after {timing.warmup_steps} warm-up "
+          f"steps, batch {timing.per_replica_batch_size} per replica", flush=True)
     record("compute bound", 1, first_device,
            lambda: contenders.matmul_flops_per_sec(first_device, **({"sizes": (1024,), "trials": 1} if quick else {}))
            / contenders.FLOP_PER_EXAMPLE)
@@ -127,8 +128,7 @@ def run_bench() -> dict:
 
     report = {
         "machine": machine(tf),
-        "settings": {"quick": quick, "timed_steps": timing.timed_steps, "warmup_steps": timing.warmup_steps,
-                     "learning_rate": timing.learning_rate},
+        "settings": dict(dataclasses.asdict(timing), quick=quick),
         "results": results,
         "ratios": ratios,
         "time_to_accuracy": {"target": target, "learning_rate": config.learning_rate, "by": race},
