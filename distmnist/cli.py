@@ -4,7 +4,7 @@ import sys
 
 from absl import app, flags
 
-from distmnist.errors import TrainingDiverged, UserError
+from distmnist.errors import RunFailed, UserError
 
 
 def _fail(prog: str, message: str, status: int = 2) -> None:
@@ -13,8 +13,8 @@ def _fail(prog: str, message: str, status: int = 2) -> None:
 
 
 def run(main, prog: str = "distmnist") -> None:
-    """Parses flags, then calls main(): a flag error or a UserError is one line on stderr and exit 2, a diverged
-    run one line and exit 1."""
+    """Parses flags, then calls main(): a flag error or a UserError is one line on stderr and exit 2, a run that
+    started and failed (diverged, lost a peer) one line and exit 1."""
 
     def parse(argv):
         try:
@@ -29,7 +29,7 @@ def run(main, prog: str = "distmnist") -> None:
             main()
         except UserError as exc:
             _fail(prog, str(exc))
-        except TrainingDiverged as exc:
+        except RunFailed as exc:
             _fail(prog, str(exc), status=1)
 
     app.run(wrapped, flags_parser=parse)

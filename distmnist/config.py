@@ -7,6 +7,7 @@ from typing import Optional
 from distmnist.errors import UserError
 
 INPUTS = ("device", "tfdata")
+STRATEGIES = ("auto", "multi_worker", "mirrored", "one_device")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -16,6 +17,7 @@ class TrainConfig:
     data_dir: Optional[str] = None  # None: Keras cache, then download, then the PyPI mirror
     logdir: str = "logs"
     run_name: Optional[str] = None  # None: a timestamp
+    strategy: str = "auto"  # auto: multi_worker when TF_CONFIG names a cluster, else the single-host rules
     num_gpus: Optional[int] = None  # None: every visible GPU
     cpu_replicas: int = 0  # >= 2: that many logical CPU devices under MirroredStrategy
     batch_size: int = 128  # per replica
@@ -29,6 +31,8 @@ class TrainConfig:
     input: str = "device"  # "device": data resident on each replica; "tfdata": the tutorial's pipeline
     steps_per_loop: int = 50  # training steps per tf.function call
     jit_compile: Optional[bool] = None  # None: XLA on for --input=device (measured faster), off for tfdata
+    collective_timeout_s: int = 60  # a lost worker makes the others fail within this, not hang
+    cluster_start_timeout_s: int = 600  # how long workers wait for each other at start-up
     intra_op_threads: int = 0  # 0: TensorFlow's default (one per core)
     inter_op_threads: int = 0  # 0: TensorFlow's default
 
@@ -38,7 +42,8 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         """Raises UserError naming the first bad value; returns self so calls chain."""
-        positive = ("batch_size", "epochs", "shuffle_buffer", "log_every", "eval_every", "steps_per_loop")
+        positive = ("batch_size", "epochs", "shuffle_buffer", "log_every", "eval_every", "steps_per_loop",
+                    "collective_timeout_s", "cluster_start_timeout_s")
         for name in positive:
             value = getattr(self, name)
             if value <= 0:
@@ -54,6 +59,8 @@ class TrainConfig:
                 raise UserError(f"--{name} must be >= 0 (0 means TensorFlow's default), got {getattr(self, name)}")
         if self.cpu_replicas < 0:
             raise UserError(f"--cpu_replicas must be >= 0, got {self.cpu_replicas}")
+        if self.strategy not in STRATEGIES:
+            raise UserError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
         if self.input not in INPUTS:
             raise UserError(f"--input must be one of {', '.join(INPUTS)}, got {self.input!r}")
         if self.run_name is not None and (not self.run_name or "/" in self.run_name or self.run_name in (".", "..")):

@@ -9,5 +9,13 @@ class DataError(UserError):
     """MNIST could not be found, read or verified."""
 
 
-class TrainingDiverged(Exception):
-    """The loss became NaN or infinite; the entry point reports it in one line and exits 1."""
+class RunFailed(Exception):
+    """A run that started could not finish; the entry point reports it in one line and exits 1."""
+
+
+class TrainingDiverged(RunFailed):
+    """The loss became NaN or infinite."""
+
+
+class ClusterFailed(RunFailed):
+    """A peer in a multi-worker cluster was lost or a collective timed out."""

@@ -6,6 +6,8 @@ order in which `from_tensor_slices((x, y)).shuffle(...)` delivers images. Each e
 batch is dropped, so every step sees a full global batch and the loss scaling is exact.
 """
 
+from typing import Optional
+
 import numpy as np
 import tensorflow as tf
 
@@ -32,11 +34,29 @@ def preprocess(images: tf.Tensor, labels: tf.Tensor):
     return images_to_features(images), labels_to_targets(labels)
 
 
-def tfdata_pipeline(x: np.ndarray, y: np.ndarray, global_batch_size: int, shuffle_buffer: int,
-                    seed: int) -> tf.data.Dataset:
-    """The tutorial's pipeline, repeated forever: shuffle -> batch(global) -> map(preprocess) -> prefetch."""
+def tfdata_pipeline(x: np.ndarray, y: np.ndarray, global_batch_size: int, shuffle_buffer: int, seed: int,
+                    input_context: Optional[tf.distribute.InputContext] = None) -> tf.data.Dataset:
+    """The tutorial's pipeline, repeated forever: shuffle -> batch(global) -> map(preprocess) -> prefetch.
+
+    With an input_context (tf.distribute calls it once per worker), each global batch is cut into this
+    worker's per-replica batches, in the order of its replicas: replica r trains on the r-th slice of every
+    global batch, on any number of workers, as in the device-resident path.
+    """
     dataset = _shuffled(tf.data.Dataset.from_tensor_slices((x, y)), shuffle_buffer, seed)
     dataset = dataset.batch(global_batch_size, drop_remainder=True)
+    if input_context is not None:
+        replicas = input_context.num_replicas_in_sync
+        local_replicas = replicas // input_context.num_input_pipelines
+        per_replica = global_batch_size // replicas
+        first = input_context.input_pipeline_id * local_replicas * per_replica
+        size = local_replicas * per_replica
+
+        def split(images, labels):
+            return tf.data.Dataset.from_tensor_slices((
+                tf.reshape(images[first:first + size], [local_replicas, per_replica, 28, 28]),
+                tf.reshape(labels[first:first + size], [local_replicas, per_replica])))
+
+        dataset = dataset.flat_map(split)
     dataset = dataset.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return dataset.repeat().prefetch(tf.data.AUTOTUNE)
 

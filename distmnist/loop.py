@@ -73,9 +73,9 @@ class Trainer:
             self._labels = inputs.on_each_replica(strategy, lambda r, n: mnist.y_train)
             self._chunk = tf.function(self._device_chunk, jit_compile=whole_call_jit or None)
         else:
-            dataset = inputs.tfdata_pipeline(mnist.x_train, mnist.y_train, self.global_batch_size,
-                                             config.shuffle_buffer, config.seed)
-            self._iterator = iter(strategy.experimental_distribute_dataset(dataset))
+            self._iterator = iter(strategy.distribute_datasets_from_function(
+                lambda context: inputs.tfdata_pipeline(mnist.x_train, mnist.y_train, self.global_batch_size,
+                                                       config.shuffle_buffer, config.seed, context)))
             self._chunk = tf.function(self._tfdata_chunk)
         self._evaluate = tf.function(self._evaluate_fn)
 

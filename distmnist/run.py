@@ -8,8 +8,10 @@ from typing import Optional
 import tensorflow as tf
 
 from distmnist import data, export, files, plots
+from distmnist.cluster import parse_tf_config
 from distmnist.config import TrainConfig
 from distmnist.data import Mnist
+from distmnist.errors import ClusterFailed
 from distmnist.loop import Trainer
 from distmnist.strategy import StrategyChoice, make_strategy, set_host_threads
 from distmnist.summaries import RunReporter
@@ -28,26 +30,47 @@ def describe_setup(choice: StrategyChoice, trainer: Trainer) -> str:
     ])
 
 
+def _train(trainer: Trainer, reporter, choice: StrategyChoice) -> dict:
+    """Runs the loop; in a cluster, a collective that fails or times out means a peer is gone."""
+    try:
+        return trainer.train(reporter)
+    except tf.errors.OpError as exc:
+        if choice.cluster is None:
+            raise
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise ClusterFailed(f"{choice.cluster.name} lost contact with the cluster at step {trainer.step} (peers: "
+                            f"{', '.join(choice.cluster.peers())}): {type(exc).__name__}: {detail}") from None
+    finally:
+        reporter.close()
+
+
 def train_and_evaluate(config: TrainConfig, choice: Optional[StrategyChoice] = None,
                        mnist: Optional[Mnist] = None) -> dict:
-    """Trains, evaluates and exports; returns what run.json holds. `choice` and `mnist` override for tests."""
+    """Trains, evaluates and exports; returns what run.json holds. `choice` and `mnist` override for tests.
+
+    In a multi-worker cluster every worker trains, and only the chief writes the run directory.
+    """
     config.validate()
     started = time.perf_counter()
     run_name = config.run_name or files.default_run_name()
     config = dataclasses.replace(config, run_name=run_name)
-    files.check_run_dir_free(config.logdir, run_name)
+    cluster = parse_tf_config(os.environ.get("TF_CONFIG")) if config.strategy in ("auto", "multi_worker") else None
+    is_chief = cluster is None or cluster.is_chief
+    if is_chief:
+        files.check_run_dir_free(config.logdir, run_name)
     mnist = mnist or data.load(config.data_dir)
     set_host_threads(config.intra_op_threads, config.inter_op_threads)
-    choice = choice or make_strategy(config.num_gpus, config.cpu_replicas)
+    choice = choice or make_strategy(config.num_gpus, config.cpu_replicas, config.strategy, cluster,
+                                     config.collective_timeout_s, config.cluster_start_timeout_s)
     trainer = Trainer(config, choice.strategy, mnist)
-    run_dir = files.create_run_dir(config.logdir, run_name)
+    run_dir = files.create_run_dir(config.logdir, run_name) if is_chief else None
     print(describe_setup(choice, trainer), flush=True)
 
-    reporter = RunReporter(run_dir, config, trainer.total_steps)
-    try:
-        timing = trainer.train(reporter)
-    finally:
-        reporter.close()
+    reporter = RunReporter(run_dir, config, trainer.total_steps, verbose=is_chief)
+    timing = _train(trainer, reporter, choice)
+    if not is_chief:
+        print(f"{cluster.name}: done after {trainer.step} steps; the chief writes the run directory", flush=True)
+        return {"global_step": trainer.step, "num_replicas": trainer.num_replicas}
     weights = trainer.weights()
     saved_model = os.path.join(run_dir, "saved_model")
     export.export_saved_model(weights, saved_model)

@@ -6,6 +6,7 @@ from typing import Optional
 import tensorflow as tf
 from absl import logging
 
+from distmnist.cluster import Cluster
 from distmnist.errors import UserError
 
 
@@ -14,6 +15,12 @@ class StrategyChoice:
     strategy: tf.distribute.Strategy
     name: str
     devices: tuple
+    cluster: Optional[Cluster] = None  # set for multi-worker runs
+
+    @property
+    def is_chief(self) -> bool:
+        """Whether this process writes the run directory."""
+        return self.cluster is None or self.cluster.is_chief
 
     @property
     def num_replicas(self) -> int:
@@ -46,16 +53,64 @@ def _logical_cpus(count: int) -> list:
     return [d.name for d in logical[:count]]
 
 
-def make_strategy(num_gpus: Optional[int] = None, cpu_replicas: int = 0) -> StrategyChoice:
-    """Two or more GPUs: MirroredStrategy over exactly that many; one GPU or none: one device.
+def _bound_cluster_waits(collective_timeout_s: int, cluster_start_timeout_s: int) -> None:
+    """Makes MultiWorkerMirroredStrategy fail instead of hang: its peer health check (every 30 s, three
+    10 s tries, by default) is scaled so that a lost peer aborts the collectives within about
+    collective_timeout_s, naming the peer, and the start-up wait for all workers (default: forever) is bounded.
+    These are class attributes of TensorFlow's internal CollectiveAllReduceExtended, read when the strategy
+    is built; without them the strategy still works, with TensorFlow's defaults."""
+    try:
+        from tensorflow.python.distribute.collective_all_reduce_strategy import CollectiveAllReduceExtended
+    except ImportError:
+        logging.warning("cannot tune the multi-worker health check on this TensorFlow; using its defaults")
+        return
+    quarter = max(1, collective_timeout_s // 4)
+    CollectiveAllReduceExtended._check_health_interval = quarter
+    CollectiveAllReduceExtended._check_health_timeout = quarter
+    CollectiveAllReduceExtended._check_health_retry_limit = 3
+    CollectiveAllReduceExtended._check_health_initial_timeout = cluster_start_timeout_s
 
-    num_gpus None means every visible GPU; asking for more than are visible uses what exists, with a warning.
-    cpu_replicas >= 2 runs a real N-replica MirroredStrategy on N logical CPU devices, GPUs or not.
+
+def _multi_worker(cluster: Cluster, num_gpus: Optional[int], collective_timeout_s: int,
+                  cluster_start_timeout_s: int) -> StrategyChoice:
+    _bound_cluster_waits(collective_timeout_s, cluster_start_timeout_s)
+    gpus = tf.config.list_physical_devices("GPU")
+    if num_gpus is not None and num_gpus < len(gpus):
+        tf.config.set_visible_devices(gpus[:num_gpus], "GPU")
+        gpus = gpus[:num_gpus]
+    options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=collective_timeout_s)
+    resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
+        tf.train.ClusterSpec(cluster.spec), task_type=cluster.task_type, task_id=cluster.task_index,
+        rpc_layer="grpc")
+    strategy = tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver, communication_options=options)
+    local = [g.name.replace("physical_device:", "") for g in gpus] or ["/cpu:0"]
+    return StrategyChoice(strategy, f"MultiWorkerMirroredStrategy ({cluster.num_workers} workers)",
+                          tuple(f"{cluster.task_type}:{cluster.task_index}{d}" for d in local), cluster)
+
+
+def make_strategy(num_gpus: Optional[int] = None, cpu_replicas: int = 0, kind: str = "auto",
+                  cluster: Optional[Cluster] = None, collective_timeout_s: int = 60,
+                  cluster_start_timeout_s: int = 600) -> StrategyChoice:
+    """Picks the strategy from plain arguments.
+
+    kind "auto": a cluster (from TF_CONFIG) means multi_worker; otherwise two or more GPUs give
+    MirroredStrategy over exactly that many, one GPU or none a one-device strategy. num_gpus None means every
+    visible GPU; asking for more than are visible uses what exists, with a warning. cpu_replicas >= 2 runs a
+    real N-replica MirroredStrategy on N logical CPU devices.
     """
     if num_gpus is not None and num_gpus < 0:
         raise UserError(f"--num_gpus must be >= 0, got {num_gpus}")
     if cpu_replicas < 0:
         raise UserError(f"--cpu_replicas must be >= 0, got {cpu_replicas}")
+    if kind == "auto":
+        kind = "multi_worker" if cluster else "single_host"
+    if kind == "multi_worker":
+        if cluster is None:
+            raise UserError("--strategy=multi_worker needs TF_CONFIG naming the cluster (see launch/local_cluster.sh)")
+        if cpu_replicas:
+            raise UserError("--cpu_replicas cannot be combined with a multi-worker cluster: each worker trains on "
+                            "its GPUs or its CPU")
+        return _multi_worker(cluster, num_gpus, collective_timeout_s, cluster_start_timeout_s)
     if cpu_replicas >= 2:
         devices = _logical_cpus(cpu_replicas)
         strategy = tf.distribute.MirroredStrategy(
@@ -66,8 +121,8 @@ def make_strategy(num_gpus: Optional[int] = None, cpu_replicas: int = 0) -> Stra
     if wanted > len(visible):
         logging.warning("--num_gpus=%d requested but %d GPU(s) visible: using %d", wanted, len(visible), len(visible))
         wanted = len(visible)
-    if wanted >= 2:
-        devices = visible[:wanted]
+    if kind == "mirrored" or (kind != "one_device" and wanted >= 2):
+        devices = visible[:wanted] or ["/cpu:0"]
         return StrategyChoice(tf.distribute.MirroredStrategy(devices=devices), "MirroredStrategy", tuple(devices))
-    device = visible[0] if wanted == 1 else "/cpu:0"
+    device = visible[0] if wanted >= 1 else "/cpu:0"
     return StrategyChoice(tf.distribute.OneDeviceStrategy(device), "OneDeviceStrategy", (device,))

@@ -3,6 +3,7 @@ that the plots and run.json are drawn from."""
 
 import sys
 import time
+from typing import Optional
 
 import numpy as np
 import tensorflow as tf
@@ -19,17 +20,22 @@ def _format_duration(seconds: float) -> str:
 class RunReporter(Reporter):
     """Scalars `loss`, `examples_per_sec`, `learning_rate` every log_every steps and `accuracy` at evaluations."""
 
-    def __init__(self, run_dir: str, config: TrainConfig, total_steps: int, stream=None):
+    def __init__(self, run_dir: Optional[str], config: TrainConfig, total_steps: int, stream=None,
+                 verbose: bool = True):
+        """run_dir None: keep the history only (a cluster's non-chief workers); verbose False: no console."""
         self.config = config
         self.total_steps = total_steps
         self.stream = stream or sys.stdout
-        self.progress = self.stream.isatty()
-        self.writer = tf.summary.create_file_writer(run_dir)
+        self.verbose = verbose
+        self.progress = verbose and self.stream.isatty()
+        self.writer = tf.summary.create_file_writer(run_dir) if run_dir else tf.summary.create_noop_writer()
         self.loss_history = []  # (step, loss)
         self.accuracy_history = []  # (step, accuracy)
         self._started = time.perf_counter()
 
     def _say(self, line: str) -> None:
+        if not self.verbose:
+            return
         if self.progress:
             line = "\r\033[K" + line
         print(line, file=self.stream, flush=True)

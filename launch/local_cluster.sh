@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Rehearse a multi-worker cluster on this machine: N distmnist.train workers on free loopback ports, each with
+# its own TF_CONFIG, logs streamed with a [worker i] prefix. Exits with the first non-zero status (and stops
+# the other workers), or 0 when all finish.
+#
+#   launch/local_cluster.sh N [train flags...]
+#   launch/local_cluster.sh 2 --max_steps=200 --run_name=rehearsal
+#
+# PYTHON picks the interpreter (default: .venv/bin/python if present, else python3).
+set -euo pipefail
+
+usage() { echo "usage: $0 N [distmnist.train flags...]  (N >= 1 workers)" >&2; exit 2; }
+[[ $# -ge 1 && $1 =~ ^[1-9][0-9]*$ ]] || usage
+workers=$1
+shift
+
+repo=$(cd "$(dirname "$0")/.." && pwd)
+if [[ -z ${PYTHON:-} ]]; then
+  if [[ -x $repo/.venv/bin/python ]]; then PYTHON=$repo/.venv/bin/python; else PYTHON=python3; fi
+fi
+
+# Ask the kernel for N free ports (bound together, so they are distinct), then release them for the workers.
+ports=$("$PYTHON" - "$workers" <<'PY'
+import socket, sys
+socks = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in socks:
+    s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+PY
+)
+read -r -a port_list <<<"$ports"
+addresses=""
+for port in "${port_list[@]}"; do addresses+="${addresses:+,}\"localhost:$port\""; done
+
+pids=()
+cleanup() {
+  # TensorFlow may catch SIGTERM while blocked in C++ (waiting for peers): SIGKILL whoever is left after 5 s.
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for _ in {1..25}; do
+    local alive=0
+    for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+    ((alive)) || return 0
+    sleep 0.2
+  done
+  for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+cd "$repo"
+for ((i = 0; i < workers; i++)); do
+  tf_config="{\"cluster\": {\"worker\": [$addresses]}, \"task\": {\"type\": \"worker\", \"index\": $i}}"
+  TF_CONFIG=$tf_config "$PYTHON" -m distmnist.train "$@" > >(sed -u "s/^/[worker $i] /") 2>&1 &
+  pids+=($!)
+done
+
+# Poll rather than `wait -n`: the first failure must stop the rest, whichever worker it is.
+while ((${#pids[@]} > 0)); do
+  for i in "${!pids[@]}"; do
+    kill -0 "${pids[$i]}" 2>/dev/null && continue
+    status=0
+    wait "${pids[$i]}" || status=$?
+    unset "pids[$i]"
+    if ((status != 0)); then
+      echo "local_cluster: worker $i exited with status $status; stopping the others" >&2
+      exit "$status"
+    fi
+  done
+  sleep 0.2
+done
+trap - EXIT

@@ -1,0 +1,116 @@
+"""Real multi-worker clusters on loopback: launch/local_cluster.sh, equivalence with one process, and a lost
+worker ending the run within the collective timeout instead of hanging it."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from helpers import REPO, run_module
+
+FLAGS = ("--max_steps=20", "--batch_size=32", "--log_every=5", "--eval_every=10")
+
+
+def saved_weights(run_dir) -> dict:
+    reader = tf.train.load_checkpoint(os.path.join(run_dir, "saved_model", "variables", "variables"))
+    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
+            if name.startswith("mlp/")}
+
+
+def local_cluster(workers: int, *args: str, timeout_s: int = 240) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", os.path.join(REPO, "launch", "local_cluster.sh"), str(workers), *args],
+                          capture_output=True, text=True, timeout=timeout_s,
+                          env={**os.environ, "PYTHON": sys.executable})
+
+
+def test_two_workers_train_the_same_model_as_one_process_with_two_replicas(tmp_path, tiny_npz_dir):
+    tmp_path = tmp_path / "logs"
+    cluster = local_cluster(2, f"--data_dir={tiny_npz_dir}", f"--logdir={tmp_path}", "--run_name=cluster", *FLAGS)
+    assert cluster.returncode == 0, cluster.stdout[-3000:] + cluster.stderr[-3000:]
+    assert "[worker 0] step 10 Evaluate Acc:" in cluster.stdout
+    assert "[worker 1] worker 1 (localhost:" in cluster.stdout  # the other worker trained, and wrote nothing
+    summary = json.loads((tmp_path / "cluster" / "run.json").read_text())
+    assert summary["num_replicas"] == 2 and summary["global_batch_size"] == 64
+    assert summary["strategy"] == "MultiWorkerMirroredStrategy (2 workers)"
+    assert sorted(os.listdir(tmp_path)) == ["cluster"]  # only the chief's run directory
+    assert not [p for p in os.listdir(tmp_path / "cluster") if p.startswith(".tmp")]
+
+    single = run_module("distmnist.train", f"--data_dir={tiny_npz_dir}", f"--logdir={tmp_path}",
+                        "--run_name=single", "--cpu_replicas=2", *FLAGS)
+    assert single.returncode == 0, single.stderr[-3000:]
+    a, b = saved_weights(tmp_path / "cluster"), saved_weights(tmp_path / "single")
+    assert len(a) == 6 and a.keys() == b.keys()
+    assert max(float(np.abs(a[k] - b[k]).max()) for k in a) < 1e-5
+
+
+def test_tfdata_input_shards_across_workers(tmp_path, tiny_npz_dir):
+    result = local_cluster(2, f"--data_dir={tiny_npz_dir}", f"--logdir={tmp_path}", "--run_name=r",
+                           "--input=tfdata", *FLAGS)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    device = run_module("distmnist.train", f"--data_dir={tiny_npz_dir}", f"--logdir={tmp_path}", "--run_name=d",
+                        "--cpu_replicas=2", "--nojit_compile", *FLAGS)
+    assert device.returncode == 0, device.stderr[-3000:]
+    a, b = saved_weights(tmp_path / "r"), saved_weights(tmp_path / "d")
+    assert max(float(np.abs(a[k] - b[k]).max()) for k in a) < 1e-5
+
+
+def test_a_failing_worker_stops_the_cluster_with_its_status(tmp_path, tiny_npz_dir):
+    (tmp_path / "taken").mkdir()  # the chief refuses an existing run directory: exit 2
+    start = time.monotonic()
+    result = local_cluster(2, f"--data_dir={tiny_npz_dir}", f"--logdir={tmp_path}", "--run_name=taken", *FLAGS)
+    assert result.returncode == 2
+    assert "worker 0 exited with status 2; stopping the others" in result.stderr
+    assert time.monotonic() - start < 60
+
+
+def free_ports(count):
+    socks = [socket.socket() for _ in range(count)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+@pytest.mark.parametrize("timeout_s", [8])
+def test_a_killed_worker_makes_the_other_exit_within_the_timeout(tmp_path, tiny_npz_dir, timeout_s):
+    addresses = [f"localhost:{p}" for p in free_ports(2)]
+    logs, procs = [], []
+    for index in range(2):
+        env = {**os.environ, "TF_CONFIG": json.dumps({"cluster": {"worker": addresses},
+                                                      "task": {"type": "worker", "index": index}})}
+        log = open(tmp_path / f"worker{index}.log", "w")
+        logs.append(log)
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "distmnist.train", f"--data_dir={tiny_npz_dir}", f"--logdir={tmp_path}",
+             "--run_name=r", "--max_steps=100000000", "--log_every=1", "--steps_per_loop=5",
+             f"--collective_timeout_s={timeout_s}"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT))
+    try:
+        deadline = time.monotonic() + 120
+        while "step 20 loss" not in (tmp_path / "worker0.log").read_text():
+            assert time.monotonic() < deadline and procs[0].poll() is None, (tmp_path / "worker0.log").read_text()
+            time.sleep(0.2)
+        procs[1].send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        status = procs[0].wait(timeout=timeout_s + 30)
+        elapsed = time.monotonic() - killed
+    finally:
+        for proc in procs:
+            proc.kill()
+        for log in logs:
+            log.close()
+    output = (tmp_path / "worker0.log").read_text()
+    assert status == 1, output[-3000:]
+    errors = [line for line in output.splitlines() if "distmnist.train: error:" in line]
+    assert len(errors) == 1 and "worker 0 (localhost:" in errors[0] and "lost contact with the cluster" in errors[0]
+    assert f"worker 1 ({addresses[1]})" in errors[0]
+    assert "Traceback" not in output
+    assert elapsed < timeout_s + 20
