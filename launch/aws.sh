@@ -1,0 +1,151 @@
+#!/usr/bin/env bash
+# Train distmnist on N GPU instances on AWS EC2, one MultiWorkerMirroredStrategy worker each.
+#
+#   launch/aws.sh up --bucket s3://my-bucket --subnet subnet-0abc --instance-profile distmnist-vm -- --epochs=20
+#   launch/aws.sh down
+#   launch/aws.sh up --bucket s3://my-bucket --subnet subnet-0abc --dry-run   # print everything, run nothing
+#
+# `up` uploads this checkout (git archive HEAD) to the bucket, creates a security group that admits the gRPC
+# port from its own members only, and launches the instances in a private subnet (no public address, IMDSv2
+# required). Private addresses are known only after launch, so `up` then writes the cluster to
+# s3://BUCKET/NAME/cluster.json, which each instance's start-up script waits for to build its TF_CONFIG. Each
+# instance installs distmnist[gpu], fetches MNIST, trains; the chief copies its run directory to
+# s3://BUCKET/NAME/run; every instance then shuts down (and terminates). `down` terminates the instances and
+# deletes the security group. Needs the aws CLI, a subnet with a NAT gateway (pip reaches PyPI through it) and
+# an instance profile that can read and write the bucket: no credentials in this script or on the instances.
+# TensorFlow's gRPC servers run any graph sent to them: never open GRPC_PORT beyond the cluster.
+set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=common.sh
+source "$(dirname "$0")/common.sh"
+
+REGION=${AWS_REGION:-us-east-1}
+INSTANCE_TYPE=${AWS_INSTANCE_TYPE:-g5.xlarge}
+AMI=${AWS_AMI:-resolve:ssm:/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-22.04/latest/ami-id}
+SUBNET=${AWS_SUBNET:-}
+INSTANCE_PROFILE=${AWS_INSTANCE_PROFILE:-}
+SPOT=${AWS_SPOT:-0}
+
+help() {
+  sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
+  common_help
+  cat <<'HELP'
+AWS options:
+  --region REGION            [AWS_REGION, us-east-1]
+  --instance-type TYPE       [AWS_INSTANCE_TYPE, g5.xlarge: one A10G]
+  --ami AMI                  [AWS_AMI, the Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04) via SSM]
+  --subnet SUBNET            private subnet, required for up [AWS_SUBNET]
+  --instance-profile NAME    the instances' identity, required for up [AWS_INSTANCE_PROFILE]
+  --spot                     Spot instances (cheaper, can be reclaimed) [AWS_SPOT=1]
+TensorBoard, never on a public interface (through SSM, no open port):
+  aws ssm start-session --target INSTANCE_ID --document-name AWS-StartPortForwardingSession \
+    --parameters portNumber=6006,localPortNumber=6006
+  with '/opt/distmnist/venv/bin/tensorboard --logdir /opt/distmnist/logs --host 127.0.0.1' running there
+  (or ssh -L 6006:127.0.0.1:6006 through a bastion); then open http://127.0.0.1:6006 here.
+HELP
+}
+
+parse_common "$@"
+set -- ${REST[@]+"${REST[@]}"}
+while (($#)); do
+  case $1 in
+    --region) REGION=${2:?}; shift ;;
+    --instance-type) INSTANCE_TYPE=${2:?}; shift ;;
+    --ami) AMI=${2:?}; shift ;;
+    --subnet) SUBNET=${2:?}; shift ;;
+    --instance-profile) INSTANCE_PROFILE=${2:?}; shift ;;
+    --spot) SPOT=1 ;;
+    -h | --help) help; exit 0 ;;
+    *) die "unknown option '$1' (see --help)" ;;
+  esac
+  shift
+done
+check_common
+group_name="$NAME-grpc"
+
+if [[ $ACTION == down ]]; then
+  if ((DRY_RUN)); then
+    ids="<instances tagged distmnist-cluster=$NAME>"
+    group="<security group $group_name>"
+  else
+    ids=$(aws ec2 describe-instances --region "$REGION" --filters "Name=tag:distmnist-cluster,Values=$NAME" \
+      "Name=instance-state-name,Values=pending,running,stopping,stopped" \
+      --query 'Reservations[].Instances[].InstanceId' --output text)
+    group=$(aws ec2 describe-security-groups --region "$REGION" --filters "Name=group-name,Values=$group_name" \
+      --query 'SecurityGroups[0].GroupId' --output text)
+  fi
+  if [[ -n $ids ]]; then
+    # shellcheck disable=SC2086  # several instance ids
+    run aws ec2 terminate-instances --region "$REGION" --instance-ids $ids
+    # shellcheck disable=SC2086
+    run aws ec2 wait instance-terminated --region "$REGION" --instance-ids $ids
+  fi
+  if [[ -n $group && $group != None ]]; then run aws ec2 delete-security-group --region "$REGION" --group-id "$group"; fi
+  exit 0
+fi
+
+[[ $BUCKET == s3://* ]] || die "--bucket must be an s3:// URL, got '$BUCKET'"
+[[ -n $SUBNET ]] || die "--subnet is required for up: a private subnet with a NAT gateway"
+[[ -n $INSTANCE_PROFILE ]] || die "--instance-profile is required for up: it lets the instances use the bucket"
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+package_archive "$work/distmnist.tar.gz"
+run aws s3 cp "$work/distmnist.tar.gz" "$BUCKET/$NAME/distmnist.tar.gz"
+
+if ((DRY_RUN)); then
+  vpc="<vpc of $SUBNET>"
+  group="<new security group $group_name>"
+else
+  vpc=$(aws ec2 describe-subnets --region "$REGION" --subnet-ids "$SUBNET" --query 'Subnets[0].VpcId' --output text)
+fi
+run aws ec2 create-security-group --region "$REGION" --vpc-id "$vpc" --group-name "$group_name" \
+  --description "distmnist $NAME: gRPC between cluster members only"
+if ((!DRY_RUN)); then
+  group=$(aws ec2 describe-security-groups --region "$REGION" --filters "Name=group-name,Values=$group_name" \
+    "Name=vpc-id,Values=$vpc" --query 'SecurityGroups[0].GroupId' --output text)
+fi
+# gRPC only from members of the same group: TensorFlow's servers must not be reachable from elsewhere.
+run aws ec2 authorize-security-group-ingress --region "$REGION" --group-id "$group" --protocol tcp \
+  --port "$GRPC_PORT" --source-group "$group"
+
+# Each instance waits (up to 15 minutes) for cluster.json, then takes its own place in it.
+wait_for_cluster="for t in \$(seq 180); do if aws s3 cp $BUCKET/$NAME/cluster.json /opt/distmnist/cluster.json \
+>/dev/null 2>&1; then break; fi; sleep 5; done; python3 -c 'import json,sys; c=json.load(open(\"/opt/distmnist/\
+cluster.json\")); c[\"task\"]={\"type\":\"worker\",\"index\":int(sys.argv[1])}; print(json.dumps(c))'"
+market=()
+if ((SPOT)); then market=(--instance-market-options "MarketType=spot,SpotOptions={SpotInstanceType=one-time}"); fi
+echo "chief: $NAME-0 (worker 0 writes the run directory)"
+ids=()
+for ((i = 0; i < WORKERS; i++)); do
+  startup_script "$i" "aws s3 cp" "aws s3 cp --recursive" "$wait_for_cluster $i" >"$work/startup-$i.sh"
+  echo "--- start-up script of $NAME-$i ---"
+  cat "$work/startup-$i.sh"
+  echo "--- end ---"
+  launch=(aws ec2 run-instances --region "$REGION" --image-id "$AMI" --instance-type "$INSTANCE_TYPE" --count 1
+    --subnet-id "$SUBNET" --no-associate-public-ip-address --security-group-ids "$group"
+    --iam-instance-profile "Name=$INSTANCE_PROFILE" --instance-initiated-shutdown-behavior terminate
+    --metadata-options "HttpTokens=required,HttpEndpoint=enabled,HttpPutResponseHopLimit=1"
+    --block-device-mappings 'DeviceName=/dev/sda1,Ebs={VolumeSize=100,VolumeType=gp3}'
+    --tag-specifications "ResourceType=instance,Tags=[{Key=distmnist-cluster,Value=$NAME},{Key=Name,Value=$NAME-$i}]"
+    --user-data "file://$work/startup-$i.sh" ${market[@]+"${market[@]}"}
+    --query 'Instances[0].InstanceId' --output text)
+  run "${launch[@]}" >"$work/id-$i" || die "run-instances failed for $NAME-$i; remove what was made with: $0 down"
+  if ((DRY_RUN)); then cat "$work/id-$i"; fi  # in a dry run that file holds the printed command
+  ids+=("$(cat "$work/id-$i")")
+done
+
+hosts=()
+if ((DRY_RUN)); then
+  for ((i = 0; i < WORKERS; i++)); do hosts+=("<private-ip-of-$NAME-$i>"); done
+else
+  run aws ec2 wait instance-running --region "$REGION" --instance-ids "${ids[@]}"
+  for id in "${ids[@]}"; do
+    hosts+=("$(aws ec2 describe-instances --region "$REGION" --instance-ids "$id" \
+      --query 'Reservations[0].Instances[0].PrivateIpAddress' --output text)")
+  done
+fi
+for ((i = 0; i < WORKERS; i++)); do echo "TF_CONFIG[$i]: $(tf_config "$i" "${hosts[@]}")"; done
+tf_config 0 "${hosts[@]}" | python3 -c 'import json,sys; c=json.load(sys.stdin); del c["task"]; print(json.dumps(c))' \
+  >"$work/cluster.json"
+run aws s3 cp "$work/cluster.json" "$BUCKET/$NAME/cluster.json"
+echo "the chief's run lands in $BUCKET/$NAME/run; remove everything with: $0 down --name $NAME --region $REGION"

