@@ -13,21 +13,21 @@ from distmnist import files  # noqa: E402
 def plot_series(path: str, points, title: str, ylabel: str) -> None:
     """Draws (step, value) points as a line with labelled axes and writes an SVG atomically."""
     steps = [p[0] for p in points]
-    values = [p[1] for p in points]
-    with plt.rc_context({"svg.fonttype": "none"}):  # text stays text: selectable, searchable, testable
-        _draw(path, steps, values, title, ylabel)
-
-
-def _draw(path, steps, values, title, ylabel):
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(steps, values, marker="." if len(steps) < 50 else None)
+    ax.plot(steps, [p[1] for p in points], marker="." if len(steps) < 50 else None)
     ax.set_title(title)
     ax.set_xlabel("step")
     ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)
+    save_svg(fig, path)
+
+
+def save_svg(fig, path: str) -> None:
+    """Writes a figure as SVG atomically, text kept as text (selectable, searchable, testable), and closes it."""
     fig.tight_layout()
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="svg")
+    with plt.rc_context({"svg.fonttype": "none"}):
+        fig.savefig(buffer, format="svg")
     plt.close(fig)
     files.write_bytes(path, buffer.getvalue())
 
