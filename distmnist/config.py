@@ -30,6 +30,9 @@ class TrainConfig:
     eval_every: int = 500
     input: str = "device"  # "device": data resident on each replica; "tfdata": the tutorial's pipeline
     steps_per_loop: int = 50  # training steps per tf.function call
+    checkpoint_every: int = 200  # steps between checkpoints (0: only at the end); a run resumes from the last
+    keep_checkpoints: int = 3
+    overwrite: bool = False  # True: delete an existing run directory of the same name and start afresh
     jit_compile: Optional[bool] = None  # None: XLA on for --input=device (measured faster), off for tfdata
     collective_timeout_s: int = 60  # a lost worker makes the others fail within this, not hang
     cluster_start_timeout_s: int = 600  # how long workers wait for each other at start-up
@@ -50,6 +53,10 @@ class TrainConfig:
                 raise UserError(f"--{name} must be a positive integer, got {value}")
         if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
             raise UserError(f"--learning_rate must be a positive finite number, got {self.learning_rate}")
+        if self.checkpoint_every < 0:
+            raise UserError(f"--checkpoint_every must be >= 0 (0: only at the end), got {self.checkpoint_every}")
+        if self.keep_checkpoints < 1:
+            raise UserError(f"--keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
         if self.max_steps < 0:
             raise UserError(f"--max_steps must be >= 0 (0 means: train --epochs), got {self.max_steps}")
         if self.num_gpus is not None and self.num_gpus < 0:

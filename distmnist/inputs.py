@@ -35,7 +35,8 @@ def preprocess(images: tf.Tensor, labels: tf.Tensor):
 
 
 def tfdata_pipeline(x: np.ndarray, y: np.ndarray, global_batch_size: int, shuffle_buffer: int, seed: int,
-                    input_context: Optional[tf.distribute.InputContext] = None) -> tf.data.Dataset:
+                    input_context: Optional[tf.distribute.InputContext] = None,
+                    start_step: int = 0) -> tf.data.Dataset:
     """The tutorial's pipeline, repeated forever: shuffle -> batch(global) -> map(preprocess) -> prefetch.
 
     With an input_context (tf.distribute calls it once per worker), each global batch is cut into this
@@ -43,7 +44,8 @@ def tfdata_pipeline(x: np.ndarray, y: np.ndarray, global_batch_size: int, shuffl
     global batch, on any number of workers, as in the device-resident path.
     """
     dataset = _shuffled(tf.data.Dataset.from_tensor_slices((x, y)), shuffle_buffer, seed)
-    dataset = dataset.batch(global_batch_size, drop_remainder=True)
+    # Repeat before skipping, so a resumed run skips whole epochs' reshuffles exactly as they were drawn.
+    dataset = dataset.batch(global_batch_size, drop_remainder=True).repeat().skip(start_step)
     if input_context is not None:
         replicas = input_context.num_replicas_in_sync
         local_replicas = replicas // input_context.num_input_pipelines
@@ -51,6 +53,7 @@ def tfdata_pipeline(x: np.ndarray, y: np.ndarray, global_batch_size: int, shuffl
         first = input_context.input_pipeline_id * local_replicas * per_replica
         size = local_replicas * per_replica
 
+        @tf.autograph.experimental.do_not_convert  # plain tensor ops: nothing for AutoGraph to convert
         def split(images, labels):
             return tf.data.Dataset.from_tensor_slices((
                 tf.reshape(images[first:first + size], [local_replicas, per_replica, 28, 28]),
@@ -58,7 +61,7 @@ def tfdata_pipeline(x: np.ndarray, y: np.ndarray, global_batch_size: int, shuffl
 
         dataset = dataset.flat_map(split)
     dataset = dataset.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return dataset.repeat().prefetch(tf.data.AUTOTUNE)
+    return dataset.prefetch(tf.data.AUTOTUNE)
 
 
 def on_each_replica(strategy: tf.distribute.Strategy, value_fn):

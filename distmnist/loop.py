@@ -73,9 +73,8 @@ class Trainer:
             self._labels = inputs.on_each_replica(strategy, lambda r, n: mnist.y_train)
             self._chunk = tf.function(self._device_chunk, jit_compile=whole_call_jit or None)
         else:
-            self._iterator = iter(strategy.distribute_datasets_from_function(
-                lambda context: inputs.tfdata_pipeline(mnist.x_train, mnist.y_train, self.global_batch_size,
-                                                       config.shuffle_buffer, config.seed, context)))
+            self._train_arrays = (mnist.x_train, mnist.y_train)
+            self._iterator = self._tfdata_iterator(start_step=0)
             self._chunk = tf.function(self._tfdata_chunk)
         self._evaluate = tf.function(self._evaluate_fn)
 
@@ -146,6 +145,12 @@ class Trainer:
 
     # --- host side -------------------------------------------------------------------------------------------
 
+    def _tfdata_iterator(self, start_step: int):
+        x, y = self._train_arrays
+        return iter(self.strategy.distribute_datasets_from_function(
+            lambda context: inputs.tfdata_pipeline(x, y, self.global_batch_size, self.config.shuffle_buffer,
+                                                   self.config.seed, context, start_step)))
+
     def _shard_eval_set(self, x, y):
         def shard(array):
             return lambda r, n: array[slice(*inputs.shard_bounds(len(array), r, n))]
@@ -201,8 +206,23 @@ class Trainer:
             self.step += count
         return np.concatenate(collected) if collected else np.zeros([0], np.float32)
 
-    def train(self, reporter: Reporter) -> dict:
-        """Runs to total_steps, evaluating at step 0, every eval_every steps and at the end; returns timings."""
+    def resume_at(self, step: int) -> None:
+        """Puts the input where an uninterrupted run would be after `step` steps (after a checkpoint restore)."""
+        self.step = step
+        if self.config.input == "device":
+            for _ in range(step // self.steps_per_epoch):
+                self._order.next_epoch()
+            if step % self.steps_per_epoch:
+                self._start_epoch()
+        else:
+            self._iterator = self._tfdata_iterator(start_step=step)
+
+    def train(self, reporter: Reporter, on_boundary: Optional[Callable] = None) -> dict:
+        """Runs from self.step to total_steps, evaluating at step 0, every eval_every steps and at the end.
+
+        on_boundary(step) is called at every multiple of checkpoint_every and at the end (for checkpoints).
+        Returns timings.
+        """
         timing = {"first_call_s": None, "timed_s": 0.0, "timed_examples": 0, "train_time_s": 0.0}
 
         def on_chunk(first_step, losses, seconds):
@@ -215,12 +235,17 @@ class Trainer:
                 timing["timed_examples"] += examples
             reporter.losses(first_step, losses, examples / seconds)
 
-        reporter.accuracy(0, self.evaluate())
-        every = self.config.eval_every
+        if self.step == 0:
+            reporter.accuracy(0, self.evaluate())
+        every, save_every = self.config.eval_every, self.config.checkpoint_every or self.total_steps
         while self.step < self.total_steps:
-            next_eval = min((self.step // every + 1) * every, self.total_steps)
-            self.run_steps(next_eval - self.step, on_chunk)
-            reporter.accuracy(self.step, self.evaluate())
+            next_eval = (self.step // every + 1) * every
+            next_save = (self.step // save_every + 1) * save_every
+            self.run_steps(min(next_eval, next_save, self.total_steps) - self.step, on_chunk)
+            if self.step % every == 0 or self.step == self.total_steps:
+                reporter.accuracy(self.step, self.evaluate())
+            if on_boundary and (self.step % save_every == 0 or self.step == self.total_steps):
+                on_boundary(self.step)
         timed_s = timing["timed_s"]
         return {
             "examples_per_sec": timing["timed_examples"] / timed_s if timed_s else None,

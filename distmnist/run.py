@@ -11,7 +11,8 @@ from distmnist import data, export, files, plots
 from distmnist.cluster import parse_tf_config
 from distmnist.config import TrainConfig
 from distmnist.data import Mnist
-from distmnist.errors import ClusterFailed
+from distmnist.checkpoints import Checkpointer
+from distmnist.errors import ClusterFailed, UserError
 from distmnist.loop import Trainer
 from distmnist.strategy import StrategyChoice, make_strategy, set_host_threads
 from distmnist.summaries import RunReporter
@@ -30,10 +31,10 @@ def describe_setup(choice: StrategyChoice, trainer: Trainer) -> str:
     ])
 
 
-def _train(trainer: Trainer, reporter, choice: StrategyChoice) -> dict:
+def _train(trainer: Trainer, reporter, choice: StrategyChoice, on_boundary) -> dict:
     """Runs the loop; in a cluster, a collective that fails or times out means a peer is gone."""
     try:
-        return trainer.train(reporter)
+        return trainer.train(reporter, on_boundary)
     except tf.errors.OpError as exc:
         if choice.cluster is None:
             raise
@@ -48,26 +49,39 @@ def train_and_evaluate(config: TrainConfig, choice: Optional[StrategyChoice] = N
                        mnist: Optional[Mnist] = None) -> dict:
     """Trains, evaluates and exports; returns what run.json holds. `choice` and `mnist` override for tests.
 
-    In a multi-worker cluster every worker trains, and only the chief writes the run directory.
+    The same command with the same --run_name resumes from the run's latest checkpoint. In a multi-worker
+    cluster every worker trains, and only the chief writes the run directory.
     """
     config.validate()
     started = time.perf_counter()
     run_name = config.run_name or files.default_run_name()
     config = dataclasses.replace(config, run_name=run_name)
+    flags = dataclasses.asdict(config)
     cluster = parse_tf_config(os.environ.get("TF_CONFIG")) if config.strategy in ("auto", "multi_worker") else None
     is_chief = cluster is None or cluster.is_chief
-    if is_chief:
-        files.check_run_dir_free(config.logdir, run_name)
+    plan = files.plan_run_dir(config.logdir, run_name, flags) if is_chief else None
+    if plan == "resume" and cluster is not None:
+        raise UserError("resuming a multi-worker run is not supported yet; pass --overwrite or a new --run_name")
     mnist = mnist or data.load(config.data_dir)
     set_host_threads(config.intra_op_threads, config.inter_op_threads)
     choice = choice or make_strategy(config.num_gpus, config.cpu_replicas, config.strategy, cluster,
                                      config.collective_timeout_s, config.cluster_start_timeout_s)
     trainer = Trainer(config, choice.strategy, mnist)
-    run_dir = files.create_run_dir(config.logdir, run_name) if is_chief else None
+    run_dir = files.open_run_dir(config.logdir, run_name, flags, plan) if is_chief else None
+    checkpointer = Checkpointer(trainer, run_dir, config.keep_checkpoints)
+    history = None
+    if plan == "resume":
+        step = checkpointer.restore_latest()
+        history = checkpointer.history(step)
+        trainer.resume_at(step)
+        print(f"resuming {run_dir} from step {step} (its latest checkpoint)", flush=True)
     print(describe_setup(choice, trainer), flush=True)
 
-    reporter = RunReporter(run_dir, config, trainer.total_steps, verbose=is_chief)
-    timing = _train(trainer, reporter, choice)
+    reporter = RunReporter(run_dir, config, trainer.total_steps, verbose=is_chief, history=history)
+    try:
+        timing = _train(trainer, reporter, choice, lambda step: checkpointer.save(step, reporter.history()))
+    finally:
+        checkpointer.close()
     if not is_chief:
         print(f"{cluster.name}: done after {trainer.step} steps; the chief writes the run directory", flush=True)
         return {"global_step": trainer.step, "num_replicas": trainer.num_replicas}
@@ -93,7 +107,7 @@ def train_and_evaluate(config: TrainConfig, choice: Optional[StrategyChoice] = N
         "seed": config.seed,
         "data_source": mnist.source,
         "run_dir": run_dir,
-        "flags": dataclasses.asdict(config),
+        "flags": flags,
         "history": {"loss": reporter.loss_history, "accuracy": reporter.accuracy_history},
     }
     run_json = os.path.join(run_dir, "run.json")
@@ -102,5 +116,6 @@ def train_and_evaluate(config: TrainConfig, choice: Optional[StrategyChoice] = N
     print(f"final test accuracy {summary['final_test_accuracy']:.4f} after {trainer.step} steps "
           f"({summary['epochs']:.2f} epochs) in {summary['wall_time_s']:.1f} s"
           + (f", {eps:,.0f} examples/s" if eps else ""))
-    print("wrote:\n  " + "\n  ".join([run_dir + " (TensorBoard events)", saved_model, *written, run_json]))
+    print("wrote:\n  " + "\n  ".join([run_dir + " (TensorBoard events)", checkpointer.directory, saved_model,
+                                        *written, run_json]))
     return summary

@@ -21,16 +21,17 @@ class RunReporter(Reporter):
     """Scalars `loss`, `examples_per_sec`, `learning_rate` every log_every steps and `accuracy` at evaluations."""
 
     def __init__(self, run_dir: Optional[str], config: TrainConfig, total_steps: int, stream=None,
-                 verbose: bool = True):
-        """run_dir None: keep the history only (a cluster's non-chief workers); verbose False: no console."""
+                 verbose: bool = True, history: Optional[dict] = None):
+        """run_dir None: keep the history only (a cluster's non-chief workers); verbose False: no console;
+        history: what a resumed run logged before (lists of [step, value] under "loss" and "accuracy")."""
         self.config = config
         self.total_steps = total_steps
         self.stream = stream or sys.stdout
         self.verbose = verbose
         self.progress = verbose and self.stream.isatty()
         self.writer = tf.summary.create_file_writer(run_dir) if run_dir else tf.summary.create_noop_writer()
-        self.loss_history = []  # (step, loss)
-        self.accuracy_history = []  # (step, accuracy)
+        self.loss_history = [tuple(p) for p in (history or {}).get("loss", [])]  # (step, loss)
+        self.accuracy_history = [tuple(p) for p in (history or {}).get("accuracy", [])]  # (step, accuracy)
         self._started = time.perf_counter()
 
     def _say(self, line: str) -> None:
@@ -53,6 +54,9 @@ class RunReporter(Reporter):
                 self._say(f"step {step} loss: {loss:.4f}")
         if self.progress:
             self._draw_progress(first_step + len(values), examples_per_sec)
+
+    def history(self) -> dict:
+        return {"loss": self.loss_history, "accuracy": self.accuracy_history}
 
     def accuracy(self, step: int, value: float) -> None:
         self.accuracy_history.append((step, value))

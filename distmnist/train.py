@@ -35,6 +35,10 @@ flags.DEFINE_integer("eval_every", _D.eval_every, "Evaluate on the whole test se
 flags.DEFINE_enum("input", _D.input, INPUTS, "device: data resident on each replica (fast); tfdata: the "
                   "tutorial's tf.data pipeline.")
 flags.DEFINE_integer("steps_per_loop", _D.steps_per_loop, "Training steps per tf.function call.")
+flags.DEFINE_integer("checkpoint_every", _D.checkpoint_every, "Steps between checkpoints (0: only at the end); "
+                     "the same command with the same --run_name resumes from the latest.")
+flags.DEFINE_integer("keep_checkpoints", _D.keep_checkpoints, "How many recent checkpoints to keep.")
+flags.DEFINE_boolean("overwrite", _D.overwrite, "Delete an existing run of the same --run_name and start afresh.")
 flags.DEFINE_boolean("jit_compile", None, "XLA: the whole call for one replica, each replica's step for several "
                      "(default: on for --input=device, off for --input=tfdata).")
 flags.DEFINE_integer("intra_op_threads", _D.intra_op_threads, "Threads inside one op (0: one per core).")

@@ -100,7 +100,7 @@ def test_bad_data_and_existing_runs_leave_everything_untouched(tmp_path, tiny_np
     (earlier / "run.json").write_text("{}")
     result = run_module("distmnist.train", f"--data_dir={tiny_npz_dir}", f"--logdir={logdir}",
                         "--run_name=earlier", *TINY_FLAGS)
-    assert_one_line_error(result, "already exists; choose another --run_name")
+    assert_one_line_error(result, "already exists and is not a distmnist run; choose another --run_name")
     assert os.listdir(earlier) == ["run.json"] and (earlier / "run.json").read_text() == "{}"
 
     broken = tmp_path / "broken"
