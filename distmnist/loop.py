@@ -2,7 +2,8 @@
 
 One tf.function call runs up to `steps_per_loop` training steps on the device (a while loop around
 strategy.run) and hands back every step's loss at the end, so the host syncs once per call, not per step.
-Calls end early at epoch ends and evaluation points, so logged curves do not depend on steps_per_loop.
+Calls end early at epoch ends, evaluation points and checkpoints, so logged curves do not depend on
+steps_per_loop.
 
 With jit_compile, XLA compiles the whole multi-step call when there is one replica (measured on a 2-core CPU:
 +15-25%), and each replica's gradient computation when there are several (collectives stay outside XLA).

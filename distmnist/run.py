@@ -8,10 +8,10 @@ from typing import Optional
 import tensorflow as tf
 
 from distmnist import data, export, files, plots
+from distmnist.checkpoints import Checkpointer
 from distmnist.cluster import parse_tf_config
 from distmnist.config import TrainConfig
 from distmnist.data import Mnist
-from distmnist.checkpoints import Checkpointer
 from distmnist.errors import ClusterFailed, UserError
 from distmnist.loop import Trainer
 from distmnist.strategy import StrategyChoice, make_strategy, set_host_threads

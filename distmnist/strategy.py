@@ -18,11 +18,6 @@ class StrategyChoice:
     cluster: Optional[Cluster] = None  # set for multi-worker runs
 
     @property
-    def is_chief(self) -> bool:
-        """Whether this process writes the run directory."""
-        return self.cluster is None or self.cluster.is_chief
-
-    @property
     def num_replicas(self) -> int:
         return self.strategy.num_replicas_in_sync
 

@@ -1,7 +1,6 @@
 """The training loop: replica-count invariance, input-path agreement, logging independent of steps_per_loop,
 exact evaluation, no retracing, divergence detection, and accuracy on the real MNIST."""
 
-import dataclasses
 
 import numpy as np
 import pytest

@@ -4,7 +4,6 @@ import json
 import os
 import xml.etree.ElementTree as ET
 
-import numpy as np
 import pytest
 from tensorboard.backend.event_processing import event_accumulator
 from tensorflow.python.framework import tensor_util
