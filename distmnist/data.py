@@ -15,7 +15,6 @@ import hashlib
 import io
 import os
 import struct
-import tempfile
 import urllib.error
 import urllib.request
 import zipfile
@@ -25,7 +24,7 @@ from typing import Optional
 import numpy as np
 from absl import logging
 
-from distmnist import mirror
+from distmnist import files, mirror
 from distmnist.errors import DataError
 
 KERAS_URL = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/mnist.npz"
@@ -162,22 +161,10 @@ def _read_data_dir(data_dir: str) -> dict:
     return validate(arrays, data_dir)
 
 
-def _write_atomically(path: Path, write) -> None:
-    """Writes through a temporary file in the same folder, then renames, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def _save_cache(path: Path, write) -> None:
     try:
-        _write_atomically(path, write)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        files.write_with(str(path), write)
         logging.info("MNIST: saved to the Keras cache %s", path)
     except OSError as exc:
         logging.warning("MNIST: could not write the Keras cache %s (%s); continuing without it", path, exc)

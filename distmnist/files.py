@@ -75,16 +75,21 @@ def _umask() -> int:
     return mask
 
 
-def write_bytes(path: str, data: bytes) -> None:
+def write_with(path: str, write) -> None:
+    """Calls write(binary_file) on a temporary file beside `path`, then renames it into place."""
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-" + os.path.basename(path))
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; finished files get the usual mode
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    write_with(path, lambda f: f.write(data))
 
 
 def write_json(path: str, value) -> None:

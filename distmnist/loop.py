@@ -117,28 +117,25 @@ class Trainer:
 
     # --- compiled functions (cross-replica context) --------------------------------------------------------
 
-    def _device_chunk(self, images, labels, batch_indices, first_step_in_epoch, num_steps):
+    def _steps(self, num_steps, run_step):
+        """Runs run_step(i) for i < num_steps on the device, collecting each step's loss (from replica 0).
+
+        A fixed-size loss buffer (not num_steps) and a plain while loop: XLA then compiles once for every length.
+        """
         self.trace_count += 1
-        # A fixed size (not num_steps) and a plain while loop: XLA then compiles once for every chunk length.
         losses = tf.TensorArray(tf.float32, size=self.config.steps_per_loop)
         i = tf.constant(0)
         while i < num_steps:
-            loss = self.strategy.run(self._replica_device_step,
-                                     args=(images, labels, batch_indices, first_step_in_epoch + i))
-            losses = losses.write(i, self.strategy.experimental_local_results(loss)[0])
+            losses = losses.write(i, self.strategy.experimental_local_results(run_step(i))[0])
             i += 1
         return losses.stack()
 
+    def _device_chunk(self, images, labels, batch_indices, first_step_in_epoch, num_steps):
+        return self._steps(num_steps, lambda i: self.strategy.run(
+            self._replica_device_step, args=(images, labels, batch_indices, first_step_in_epoch + i)))
+
     def _tfdata_chunk(self, iterator, num_steps):
-        self.trace_count += 1
-        losses = tf.TensorArray(tf.float32, size=self.config.steps_per_loop)
-        i = tf.constant(0)
-        while i < num_steps:
-            features, targets = next(iterator)
-            loss = self.strategy.run(self._replica_train_step, args=(features, targets))
-            losses = losses.write(i, self.strategy.experimental_local_results(loss)[0])
-            i += 1
-        return losses.stack()
+        return self._steps(num_steps, lambda i: self.strategy.run(self._replica_train_step, args=next(iterator)))
 
     def _evaluate_fn(self, images, labels):
         correct = self.strategy.run(self._replica_count_correct, args=(images, labels))

