@@ -42,6 +42,12 @@ class Checkpointer:
         self._step.assign(step)
         return self._manager.save(checkpoint_number=step)
 
+    @property
+    def latest_step(self) -> Optional[int]:
+        """The step of the newest complete checkpoint, None when there is none."""
+        latest = self._manager.latest_checkpoint
+        return int(latest.rpartition("-")[2]) if latest else None
+
     def restore_latest(self) -> int:
         """Restores the newest readable checkpoint and returns its step (0 when there is none)."""
         for path in reversed(self._manager.checkpoints):

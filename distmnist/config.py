@@ -36,6 +36,7 @@ class TrainConfig:
     jit_compile: Optional[bool] = None  # None: XLA on for --input=device (measured faster), off for tfdata
     collective_timeout_s: int = 60  # a lost worker makes the others fail within this, not hang
     cluster_start_timeout_s: int = 600  # how long workers wait for each other at start-up
+    deterministic: bool = False  # True: TensorFlow's op determinism (bit-identical reruns and resumes)
     intra_op_threads: int = 0  # 0: TensorFlow's default (one per core)
     inter_op_threads: int = 0  # 0: TensorFlow's default
 

@@ -14,8 +14,22 @@ class RunFailed(Exception):
 
 
 class TrainingDiverged(RunFailed):
-    """The loss became NaN or infinite."""
+    """The loss or a gradient became NaN or infinite at `step` on `replica`; `saved` says what was kept."""
+
+    def __init__(self, step: int, replica: int, loss: float, saved: str = ""):
+        super().__init__(f"the loss or a gradient became non-finite at step {step} on replica {replica} (loss "
+                         f"{loss:.4g}){'; ' + saved if saved else ''}; lower --learning_rate")
+        self.step, self.replica, self.loss = step, replica, loss
 
 
 class ClusterFailed(RunFailed):
     """A peer in a multi-worker cluster was lost or a collective timed out."""
+
+
+class Stopped(Exception):
+    """A signal stopped the run after a checkpoint; the entry point says so in one line and exits with
+    `exit_status` (128 + the signal number)."""
+
+    def __init__(self, message: str, exit_status: int):
+        super().__init__(message)
+        self.exit_status = exit_status

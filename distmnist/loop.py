@@ -3,7 +3,8 @@
 One tf.function call runs up to `steps_per_loop` training steps on the device (a while loop around
 strategy.run) and hands back every step's loss at the end, so the host syncs once per call, not per step.
 Calls end early at epoch ends, evaluation points and checkpoints, so logged curves do not depend on
-steps_per_loop.
+steps_per_loop. A non-finite loss or gradient ends the call on the device after the step it appeared in,
+and a stop request (a signal) is honoured between calls.
 
 With jit_compile, XLA compiles the whole multi-step call when there is one replica (measured on a 2-core CPU:
 +15-25%), and each replica's gradient computation when there are several (collectives stay outside XLA).
@@ -58,6 +59,7 @@ class Trainer:
                             "lower --batch_size")
         self.total_steps = config.max_steps or config.epochs * self.steps_per_epoch
         self.step = 0
+        self.stopped = False  # set when a stop request ended run_steps early
         self.trace_count = 0  # Python traces of the training function: stays 1 for a whole run
 
         with strategy.scope():
@@ -86,25 +88,35 @@ class Trainer:
     # --- replica functions -------------------------------------------------------------------------------
 
     def _gradients_fn(self, weights, features, targets):
-        """Pure maths, so XLA can compile it: (gradients, this replica's loss) for explicit weight tensors."""
+        """Pure maths, so XLA can compile it: (gradients, this replica's loss, whether both are finite)."""
         with tf.GradientTape() as tape:
             tape.watch(weights)
             loss = self.loss_fn(targets, forward(weights, features), self.global_batch_size)
-        return tape.gradient(loss, weights), loss
+        grads = tape.gradient(loss, weights)
+        # A NaN or inf anywhere makes the sum non-finite: one reduction per tensor, no per-element flags.
+        finite = tf.math.is_finite(loss + tf.add_n([tf.reduce_sum(g) for g in grads]))
+        return grads, loss, finite
 
     def _replica_train_step(self, features, targets):
+        """One SGD step; returns the global batch's loss and, per replica, 1 where its loss or gradient was
+        not finite."""
         weights = [tf.convert_to_tensor(v) for v in self.model.weights]
-        grads, loss = self._gradients(weights, features, targets)
+        grads, loss, finite = self._gradients(weights, features, targets)
         ctx = tf.distribute.get_replica_context()
-        # One all-reduce for the gradients and the loss together; the loss rides along for logging.
-        *grads, loss = ctx.all_reduce(tf.distribute.ReduceOp.SUM, list(grads) + [loss])
+        bad = tf.one_hot(ctx.replica_id_in_sync_group, self.num_replicas) * (1.0 - tf.cast(finite, tf.float32))
+        # One all-reduce for the gradients, the loss and the non-finite marks together.
+        *grads, loss, bad = ctx.all_reduce(tf.distribute.ReduceOp.SUM, list(grads) + [loss, bad])
         ctx.merge_call(self._apply_sgd, args=(grads,))
-        return loss
+        return loss, bad
 
     def _apply_sgd(self, strategy, grads):
         for variable, grad in zip(self.model.weights, grads):
             strategy.extended.update(variable, lambda v, g: v.assign_sub(self._learning_rate * g),
                                      args=(grad,), group=False)
+
+    def _assign(self, strategy, values):
+        for variable, value in zip(self.model.weights, values):
+            strategy.extended.update(variable, lambda v, x: v.assign(x), args=(value,), group=False)
 
     def _replica_device_step(self, images, labels, batch_indices, step_in_epoch):
         indices = tf.gather(batch_indices, step_in_epoch)  # a gather, not a slice: XLA keeps the step dynamic
@@ -118,17 +130,20 @@ class Trainer:
     # --- compiled functions (cross-replica context) --------------------------------------------------------
 
     def _steps(self, num_steps, run_step):
-        """Runs run_step(i) for i < num_steps on the device, collecting each step's loss (from replica 0).
+        """Runs run_step(i) for i < num_steps on the device, collecting each step's loss (from replica 0), and
+        stops after a step that marked a replica non-finite. Returns (losses, steps run, the last marks).
 
         A fixed-size loss buffer (not num_steps) and a plain while loop: XLA then compiles once for every length.
         """
         self.trace_count += 1
         losses = tf.TensorArray(tf.float32, size=self.config.steps_per_loop)
+        bad = tf.zeros([self.num_replicas])
         i = tf.constant(0)
-        while i < num_steps:
-            losses = losses.write(i, self.strategy.experimental_local_results(run_step(i))[0])
+        while i < num_steps and tf.reduce_max(bad) == 0.0:
+            loss, bad = (self.strategy.experimental_local_results(v)[0] for v in run_step(i))
+            losses = losses.write(i, loss)
             i += 1
-        return losses.stack()
+        return losses.stack(), i, bad
 
     def _device_chunk(self, images, labels, batch_indices, first_step_in_epoch, num_steps):
         return self._steps(num_steps, lambda i: self.strategy.run(
@@ -141,7 +156,35 @@ class Trainer:
         correct = self.strategy.run(self._replica_count_correct, args=(images, labels))
         return self.strategy.reduce(tf.distribute.ReduceOp.SUM, correct, axis=None)
 
+    def _any_replica_fn(self, flag):
+        summed = self.strategy.run(  # tf.identity puts the host's flag on the replica's device
+            lambda f: tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, tf.identity(f)),
+            args=(flag,))
+        return self.strategy.experimental_local_results(summed)[0]
+
+    def _from_replica_0_fn(self, step):
+        """Every replica takes replica 0's weights and step: a sum in which every other replica adds zeros."""
+        def replica(step):
+            ctx = tf.distribute.get_replica_context()
+            keep = tf.cast(tf.equal(ctx.replica_id_in_sync_group, 0), tf.float32)
+            values = [tf.convert_to_tensor(v) * keep for v in self.model.weights] + [step * keep]
+            *weights, step = ctx.all_reduce(tf.distribute.ReduceOp.SUM, values)
+            ctx.merge_call(self._assign, args=(weights,))
+            return step
+        return self.strategy.experimental_local_results(self.strategy.run(replica, args=(step,)))[0]
+
     # --- host side -------------------------------------------------------------------------------------------
+
+    def any_replica(self, flag: bool) -> bool:
+        """Whether flag is true on any worker. A collective: every worker calls it at the same point."""
+        if not hasattr(self, "_any_replica"):
+            self._any_replica = tf.function(self._any_replica_fn)
+        return float(self._any_replica(tf.constant(float(flag)))) > 0
+
+    def adopt_replica_0(self, step: int) -> int:
+        """Gives every worker the chief's weights and step (a resumed multi-worker run restores on the chief
+        only); returns the step. A collective, like any_replica."""
+        return int(tf.function(self._from_replica_0_fn)(tf.constant(float(step))))
 
     def _tfdata_iterator(self, start_step: int):
         x, y = self._train_arrays
@@ -172,21 +215,30 @@ class Trainer:
     def _run_chunk(self, step_in_epoch: int, num_steps: int) -> np.ndarray:
         count = tf.constant(num_steps, tf.int32)
         if self.config.input == "device":
-            losses = self._chunk(self._images, self._labels, self._batch_indices,
-                                 tf.constant(step_in_epoch, tf.int32), count)
+            losses, done, bad = self._chunk(self._images, self._labels, self._batch_indices,
+                                            tf.constant(step_in_epoch, tf.int32), count)
         else:
-            losses = self._chunk(self._iterator, count)
-        return losses.numpy()[:num_steps]
+            losses, done, bad = self._chunk(self._iterator, count)
+        losses, replicas = losses.numpy()[:int(done)], np.flatnonzero(bad.numpy())
+        if replicas.size:
+            step = self.step + len(losses) - 1
+            raise TrainingDiverged(step, int(replicas[0]), float(losses[-1]))
+        return losses
 
-    def run_steps(self, num_steps: int, on_chunk: Optional[Callable] = None) -> np.ndarray:
+    def run_steps(self, num_steps: int, on_chunk: Optional[Callable] = None,
+                  should_stop: Callable[[], bool] = lambda: False) -> np.ndarray:
         """Trains num_steps more steps across epochs, in calls of at most steps_per_loop; returns their losses.
 
-        on_chunk(first_step, losses, seconds) is called after each call. Raises TrainingDiverged on a
-        non-finite loss.
+        on_chunk(first_step, losses, seconds) is called after each call. should_stop() is asked before each
+        call; when it says yes, the steps end there and self.stopped is set. Raises TrainingDiverged when a
+        step's loss or gradient is not finite (the weights are then not to be saved).
         """
         end = self.step + num_steps
         collected = []
         while self.step < end:
+            if should_stop():
+                self.stopped = True
+                break
             step_in_epoch = self.step % self.steps_per_epoch
             if step_in_epoch == 0:
                 self._start_epoch()
@@ -194,10 +246,6 @@ class Trainer:
             start = time.perf_counter()
             losses = self._run_chunk(step_in_epoch, count)
             elapsed = time.perf_counter() - start
-            bad = np.flatnonzero(~np.isfinite(losses))
-            if bad.size:
-                raise TrainingDiverged(f"the loss became {losses[bad[0]]} at step {self.step + bad[0]}; "
-                                       "lower --learning_rate")
             if on_chunk:
                 on_chunk(self.step, losses, elapsed)
             collected.append(losses)
@@ -215,11 +263,12 @@ class Trainer:
         else:
             self._iterator = self._tfdata_iterator(start_step=step)
 
-    def train(self, reporter: Reporter, on_boundary: Optional[Callable] = None) -> dict:
+    def train(self, reporter: Reporter, on_boundary: Optional[Callable] = None,
+              should_stop: Callable[[], bool] = lambda: False) -> dict:
         """Runs from self.step to total_steps, evaluating at step 0, every eval_every steps and at the end.
 
-        on_boundary(step) is called at every multiple of checkpoint_every and at the end (for checkpoints).
-        Returns timings.
+        on_boundary(step) is called at every multiple of checkpoint_every and at the end (for checkpoints), and
+        where a stop request ends the run early (then self.stopped is True). Returns timings.
         """
         timing = {"first_call_s": None, "timed_s": 0.0, "timed_examples": 0, "train_time_s": 0.0}
 
@@ -236,14 +285,20 @@ class Trainer:
         if self.step == 0:
             reporter.accuracy(0, self.evaluate())
         every, save_every = self.config.eval_every, self.config.checkpoint_every or self.total_steps
+        saved_at = self.step
         while self.step < self.total_steps:
             next_eval = (self.step // every + 1) * every
             next_save = (self.step // save_every + 1) * save_every
-            self.run_steps(min(next_eval, next_save, self.total_steps) - self.step, on_chunk)
+            self.run_steps(min(next_eval, next_save, self.total_steps) - self.step, on_chunk, should_stop)
+            if self.stopped:
+                if on_boundary and saved_at != self.step:
+                    on_boundary(self.step)
+                break
             if self.step % every == 0 or self.step == self.total_steps:
                 reporter.accuracy(self.step, self.evaluate())
             if on_boundary and (self.step % save_every == 0 or self.step == self.total_steps):
                 on_boundary(self.step)
+                saved_at = self.step
         timed_s = timing["timed_s"]
         return {
             "examples_per_sec": timing["timed_examples"] / timed_s if timed_s else None,

@@ -12,10 +12,11 @@ from distmnist.checkpoints import Checkpointer
 from distmnist.cluster import parse_tf_config
 from distmnist.config import TrainConfig
 from distmnist.data import Mnist
-from distmnist.errors import ClusterFailed, UserError
+from distmnist.errors import ClusterFailed, Stopped, TrainingDiverged
 from distmnist.loop import Trainer
+from distmnist.signals import StopOnSignal
 from distmnist.strategy import StrategyChoice, make_strategy, set_host_threads
-from distmnist.summaries import RunReporter
+from distmnist.summaries import RunReporter, drop_events_after
 
 
 def describe_setup(choice: StrategyChoice, trainer: Trainer) -> str:
@@ -31,10 +32,17 @@ def describe_setup(choice: StrategyChoice, trainer: Trainer) -> str:
     ])
 
 
-def _train(trainer: Trainer, reporter, choice: StrategyChoice, on_boundary) -> dict:
+def _train(trainer: Trainer, reporter, choice: StrategyChoice, checkpointer: Checkpointer,
+           stop: StopOnSignal) -> dict:
     """Runs the loop; in a cluster, a collective that fails or times out means a peer is gone."""
+    # In a cluster every worker must stop at the same step: they agree on it, one collective per call.
+    should_stop = (lambda: trainer.any_replica(stop.requested)) if choice.cluster else (lambda: stop.requested)
     try:
-        return trainer.train(reporter, on_boundary)
+        return trainer.train(reporter, lambda step: checkpointer.save(step, reporter.history()), should_stop)
+    except TrainingDiverged as exc:
+        kept = checkpointer.latest_step
+        saved = f"the checkpoint of step {kept} stays the latest" if kept is not None else "no checkpoint written"
+        raise TrainingDiverged(exc.step, exc.replica, exc.loss, saved + ", nothing exported") from None
     except tf.errors.OpError as exc:
         if choice.cluster is None:
             raise
@@ -50,7 +58,8 @@ def train_and_evaluate(config: TrainConfig, choice: Optional[StrategyChoice] = N
     """Trains, evaluates and exports; returns what run.json holds. `choice` and `mnist` override for tests.
 
     The same command with the same --run_name resumes from the run's latest checkpoint. In a multi-worker
-    cluster every worker trains, and only the chief writes the run directory.
+    cluster every worker trains, and only the chief writes the run directory (and holds the checkpoints).
+    SIGTERM or SIGINT stops the run at the next call boundary with a checkpoint (errors.Stopped).
     """
     config.validate()
     started = time.perf_counter()
@@ -60,28 +69,39 @@ def train_and_evaluate(config: TrainConfig, choice: Optional[StrategyChoice] = N
     cluster = parse_tf_config(os.environ.get("TF_CONFIG")) if config.strategy in ("auto", "multi_worker") else None
     is_chief = cluster is None or cluster.is_chief
     plan = files.plan_run_dir(config.logdir, run_name, flags) if is_chief else None
-    if plan == "resume" and cluster is not None:
-        raise UserError("resuming a multi-worker run is not supported yet; pass --overwrite or a new --run_name")
     mnist = mnist or data.load(config.data_dir)
     set_host_threads(config.intra_op_threads, config.inter_op_threads)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
     choice = choice or make_strategy(config.num_gpus, config.cpu_replicas, config.strategy, cluster,
                                      config.collective_timeout_s, config.cluster_start_timeout_s)
     trainer = Trainer(config, choice.strategy, mnist)
     run_dir = files.open_run_dir(config.logdir, run_name, flags, plan) if is_chief else None
     checkpointer = Checkpointer(trainer, run_dir, config.keep_checkpoints)
-    history = None
+    history, step = None, 0
     if plan == "resume":
         step = checkpointer.restore_latest()
         history = checkpointer.history(step)
+        drop_events_after(run_dir, step)
+    if cluster is not None:
+        step = trainer.adopt_replica_0(step)  # only the chief has the run directory: the others take its state
+    if step:
         trainer.resume_at(step)
-        print(f"resuming {run_dir} from step {step} (its latest checkpoint)", flush=True)
+        print(f"resuming from step {step}, the latest checkpoint in "
+              f"{checkpointer.directory if is_chief else 'the chief'}", flush=True)
     print(describe_setup(choice, trainer), flush=True)
 
     reporter = RunReporter(run_dir, config, trainer.total_steps, verbose=is_chief, history=history)
     try:
-        timing = _train(trainer, reporter, choice, lambda step: checkpointer.save(step, reporter.history()))
+        with StopOnSignal() as stop:
+            timing = _train(trainer, reporter, choice, checkpointer, stop)
     finally:
         checkpointer.close()
+    if trainer.stopped:
+        cause = f"by {stop.name}" if stop.requested else "because another worker was stopped"
+        where = f"with a checkpoint in {checkpointer.directory}" if is_chief else "(the chief holds the checkpoint)"
+        raise Stopped(f"stopped {cause} at step {trainer.step} of {trainer.total_steps} {where}; run the same "
+                      "command to resume", stop.exit_status if stop.requested else 143)
     if not is_chief:
         print(f"{cluster.name}: done after {trainer.step} steps; the chief writes the run directory", flush=True)
         return {"global_step": trainer.step, "num_replicas": trainer.num_replicas}

@@ -1,15 +1,51 @@
 """Writing what the loop reports: TensorBoard scalars, console lines in the tutorial's spirit, and the history
 that the plots and run.json are drawn from."""
 
+import glob
+import os
 import sys
+import tempfile
 import time
 from typing import Optional
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.core.util import event_pb2
 
 from distmnist.config import TrainConfig
 from distmnist.loop import Reporter
+
+
+# Logged at evaluations, which happen at a checkpoint's own step too; every other tag is a training step's.
+EVALUATION_TAGS = ("accuracy",)
+
+
+def drop_events_after(run_dir: str, step: int) -> int:
+    """Rewrites a run's event files without what an interrupted run logged after its checkpoint at `step`
+    (training steps from `step` on, evaluations after it), and without a record cut short by the kill, so a
+    resumed run's TensorBoard curves have each step once. Returns the number of events dropped."""
+    dropped = 0
+    for path in sorted(glob.glob(os.path.join(run_dir, "events.out.tfevents.*"))):
+        kept, changed = [], False
+        try:
+            for record in tf.data.TFRecordDataset(path):
+                event = event_pb2.Event.FromString(record.numpy())
+                limit = step + 1 if any(v.tag in EVALUATION_TAGS for v in event.summary.value) else step
+                if event.summary.value and event.step >= limit:
+                    dropped += 1
+                    changed = True
+                else:
+                    kept.append(record.numpy())
+        except tf.errors.DataLossError:
+            changed = True  # a record cut short by the kill: drop it
+        if changed:
+            fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".tmp-resume-")
+            os.close(fd)
+            with tf.io.TFRecordWriter(tmp) as writer:
+                for record in kept:
+                    writer.write(record)
+            os.replace(tmp, path)
+    return dropped
 
 
 def _format_duration(seconds: float) -> str:

@@ -41,6 +41,9 @@ flags.DEFINE_integer("keep_checkpoints", _D.keep_checkpoints, "How many recent c
 flags.DEFINE_boolean("overwrite", _D.overwrite, "Delete an existing run of the same --run_name and start afresh.")
 flags.DEFINE_boolean("jit_compile", None, "XLA: the whole call for one replica, each replica's step for several "
                      "(default: on for --input=device, off for --input=tfdata).")
+flags.DEFINE_boolean("deterministic", _D.deterministic, "TensorFlow op determinism: the same command gives "
+                     "bit-identical weights, also across a kill and resume (on CPU runs already are without it; GPU "
+                     "reductions need it).")
 flags.DEFINE_integer("intra_op_threads", _D.intra_op_threads, "Threads inside one op (0: one per core).")
 flags.DEFINE_integer("inter_op_threads", _D.inter_op_threads, "Ops run at once (0: TensorFlow's default).")
 

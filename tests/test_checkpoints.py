@@ -1,5 +1,6 @@
-"""Checkpoints and exact resume: a run killed with SIGKILL and run again ends bit-identical to one that was
-never interrupted; extending a run continues its logs without gaps or duplicates; other flags are refused."""
+"""Checkpoints, exact resume and stopping: a run killed with SIGKILL at several points and stopped with a
+signal, then run again, ends bit-identical to one that was never interrupted, with TensorBoard curves that
+have each step once; a diverging run keeps its last good checkpoint; other flags are refused."""
 
 import json
 import os
@@ -13,8 +14,11 @@ import pytest
 import tensorflow as tf
 
 from helpers import REPO, run_module
+from test_train import read_scalars
 
-FLAGS = ("--batch_size=32", "--log_every=50", "--eval_every=500", "--checkpoint_every=250", "--steps_per_loop=50")
+STEPS = 600
+FLAGS = ("--batch_size=32", "--log_every=20", "--eval_every=200", "--checkpoint_every=250", "--steps_per_loop=25",
+         f"--max_steps={STEPS}", "--deterministic")
 
 
 def saved_weights(run_dir) -> list:
@@ -22,48 +26,117 @@ def saved_weights(run_dir) -> list:
     return [reader.get_tensor(name) for name in sorted(reader.get_variable_to_shape_map()) if name.startswith("mlp/")]
 
 
+def command(tiny_npz_dir, logdir, run_name, *extra):
+    return [sys.executable, "-m", "distmnist.train", f"--data_dir={tiny_npz_dir}", f"--logdir={logdir}",
+            f"--run_name={run_name}", *FLAGS, *extra]
+
+
 def train(tiny_npz_dir, logdir, run_name, *extra):
-    result = run_module("distmnist.train", f"--data_dir={tiny_npz_dir}", f"--logdir={logdir}",
-                        f"--run_name={run_name}", *FLAGS, *extra)
+    result = run_module("distmnist.train", *command(tiny_npz_dir, logdir, run_name, *extra)[3:])
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
 
-def assert_same_weights(a, b):
-    assert len(a) == len(b) == 6
-    for x, y in zip(a, b):
-        np.testing.assert_array_equal(x, y)  # bit for bit
+class Run:
+    """A training process whose console we read line by line, to signal it at a known point."""
+
+    def __init__(self, args, stderr_path):
+        self.stderr_path = stderr_path
+        with open(stderr_path, "w") as stderr:
+            self.proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=stderr, text=True)
+        self.lines = []
+
+    def read_until(self, text: str) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line)
+            if text in line:
+                return
+        raise AssertionError(f"the run ended before printing {text!r}: {''.join(self.lines)[-2000:]}"
+                             f"{open(self.stderr_path).read()[-2000:]}")
+
+    def signal_and_wait(self, signum) -> tuple:
+        self.proc.send_signal(signum)
+        sent = time.monotonic()
+        self.lines += self.proc.stdout.readlines()
+        status = self.proc.wait(timeout=60)
+        return status, time.monotonic() - sent, open(self.stderr_path).read()
 
 
-@pytest.mark.parametrize("input_path", ["device", "tfdata"])
-def test_sigkill_then_rerun_ends_bit_identical(tmp_path, tiny_npz_dir, input_path):
-    steps = "--max_steps=1500"
-    train(tiny_npz_dir, tmp_path, "whole", steps, f"--input={input_path}")
+@pytest.mark.parametrize("extra, stop_signal", [
+    ((), signal.SIGTERM),
+    (("--cpu_replicas=2", "--input=tfdata"), signal.SIGINT),
+])
+def test_killed_and_stopped_runs_resume_bit_identical(tmp_path, tiny_npz_dir, extra, stop_signal):
+    train(tiny_npz_dir, tmp_path, "whole", *extra)
+    args = command(tiny_npz_dir, tmp_path, "killed", *extra)
+    checkpoints = tmp_path / "killed" / "checkpoints"
 
-    command = [sys.executable, "-m", "distmnist.train", f"--data_dir={tiny_npz_dir}", f"--logdir={tmp_path}",
-               "--run_name=killed", *FLAGS, steps, f"--input={input_path}"]
-    proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    index = tmp_path / "killed" / "checkpoints" / "checkpoint"
+    # Kill point 1: as soon as the first checkpoint (step 250) is recorded, mid-call.
+    first = Run(args, tmp_path / "1.err")
     deadline = time.monotonic() + 120
-    while not index.exists():  # kill as soon as the first checkpoint is recorded, mid-run
-        assert proc.poll() is None and time.monotonic() < deadline
+    while not (checkpoints / "checkpoint").exists():
+        assert first.proc.poll() is None and time.monotonic() < deadline
         time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    first.proc.kill()
+    first.proc.wait()
     assert not (tmp_path / "killed" / "run.json").exists()  # it really died before the end
 
-    resumed = train(tiny_npz_dir, tmp_path, "killed", steps, f"--input={input_path}")
-    assert "resuming" in resumed.stdout and "from step 1500" not in resumed.stdout
-    assert_same_weights(saved_weights(tmp_path / "whole"), saved_weights(tmp_path / "killed"))
+    # Kill point 2: between checkpoints (250 and 500), after it logged steps that the resumed run redoes.
+    second = Run(args, tmp_path / "2.err")
+    second.read_until("step 300 loss")
+    second.proc.kill()
+    second.proc.wait()
+    assert "resuming from step 250," in second.lines[0]
+
+    # A signal: the run finishes the call in flight, writes a checkpoint at that step and exits 128 + signum.
+    third = Run(args, tmp_path / "3.err")
+    third.read_until("step 400 loss")
+    status, signal_to_exit_s, stderr = third.signal_and_wait(stop_signal)
+    assert "resuming from step 250," in third.lines[0]  # the checkpoint before kill point 2, not the start
+    assert status == 128 + stop_signal, stderr[-3000:]
+    assert "Traceback" not in stderr
+    stopped = [line for line in stderr.splitlines() if line.startswith("distmnist.train: stopped")]
+    assert len(stopped) == 1 and f"by {signal.Signals(stop_signal).name} at step" in stopped[0]
+    stop_step = int(stopped[0].split(" at step ")[1].split()[0])
+    assert 400 <= stop_step < 500
+    assert tf.train.latest_checkpoint(str(checkpoints)).endswith(f"ckpt-{stop_step}")
+    assert signal_to_exit_s < 10, signal_to_exit_s
+    print(f"signal to exit: {signal_to_exit_s:.2f} s")
+
+    resumed = train(tiny_npz_dir, tmp_path, "killed", *extra)
+    assert f"resuming from step {stop_step}," in resumed.stdout
+    for a, b in zip(saved_weights(tmp_path / "whole"), saved_weights(tmp_path / "killed"), strict=True):
+        np.testing.assert_array_equal(a, b)  # bit for bit
+
     history = json.loads((tmp_path / "killed" / "run.json").read_text())["history"]
-    assert [s for s, _ in history["loss"]] == list(range(0, 1500, 50))  # no gaps, no duplicates
-    assert [s for s, _ in history["accuracy"]] == list(range(0, 1501, 500))
+    assert [s for s, _ in history["loss"]] == list(range(0, STEPS, 20))  # no gaps, no duplicates
+    assert [s for s, _ in history["accuracy"]] == [0, 200, 400, 600]
+    killed, whole = read_scalars(str(tmp_path / "killed")), read_scalars(str(tmp_path / "whole"))
+    assert killed["loss"] == whole["loss"]  # TensorBoard's own reader: every step once, the same values
+    assert killed["accuracy"] == whole["accuracy"]
+
+
+def test_a_diverging_run_keeps_its_last_good_checkpoint_and_exports_nothing(tmp_path, tiny_npz_dir):
+    result = run_module("distmnist.train", f"--data_dir={tiny_npz_dir}", f"--logdir={tmp_path}", "--run_name=nan",
+                        "--learning_rate=50", "--batch_size=32", "--checkpoint_every=2", "--steps_per_loop=10",
+                        "--max_steps=200", "--cpu_replicas=2")
+    assert result.returncode == 1, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "Traceback" not in result.stderr
+    step = int(errors[0].split("non-finite at step ")[1].split()[0])
+    assert "on replica 0 (loss" in errors[0] and "lower --learning_rate" in errors[0]
+    good = step - step % 2  # the checkpoint that ended the call before the diverging step
+    assert f"the checkpoint of step {good} stays the latest" in errors[0]
+    run_dir = tmp_path / "nan"
+    assert tf.train.latest_checkpoint(str(run_dir / "checkpoints")).endswith(f"ckpt-{good}")
+    assert not (run_dir / "saved_model").exists() and not (run_dir / "run.json").exists()
+    assert not (run_dir / "train.svg").exists()
 
 
 def test_flags_must_match_to_resume_and_overwrite_starts_afresh(tmp_path, tiny_npz_dir):
     train(tiny_npz_dir, tmp_path, "r", "--max_steps=500")
-    refused = run_module("distmnist.train", f"--data_dir={tiny_npz_dir}", f"--logdir={tmp_path}", "--run_name=r",
-                         *FLAGS, "--max_steps=500", "--learning_rate=0.5")
+    refused = run_module("distmnist.train", *command(tiny_npz_dir, tmp_path, "r", "--max_steps=500",
+                                                     "--learning_rate=0.5")[3:])
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
     assert "was started with --learning_rate=1.5, not 0.5" in refused.stderr
     again = train(tiny_npz_dir, tmp_path, "r", "--max_steps=500", "--learning_rate=0.5", "--overwrite")

@@ -1,12 +1,15 @@
 """The SavedModel reproduces the in-memory model exactly, in a fresh process with no distmnist import."""
 
+import os
+
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from distmnist.config import TrainConfig
 from distmnist.export import export_saved_model
 from distmnist.loop import Reporter, Trainer
-from distmnist.model import images_to_features
+from distmnist.model import MLP, images_to_features
 from distmnist.strategy import make_strategy
 
 from helpers import run_python
@@ -39,3 +42,27 @@ assert "distmnist" not in sys.modules
     np.testing.assert_allclose(out["logits"], trained_logits, rtol=0, atol=1e-6)
     np.testing.assert_array_equal(out["classes"], np.argmax(trained_logits, axis=1))
     assert out["classes"].dtype == np.int64 and out["probabilities"].dtype == np.float32
+
+
+def test_an_export_that_fails_half_way_leaves_the_previous_one_whole(tmp_path, tiny_mnist, monkeypatch):
+    rng = np.random.default_rng(0)
+    old = [rng.normal(size=v.shape).astype(np.float32) for v in MLP().weights]
+    new = [w + 1 for w in old]
+    path = tmp_path / "saved_model"
+    export_saved_model(old, str(path))
+    before = tf.saved_model.load(str(path))
+    expected = before.serve(tf.constant(tiny_mnist.x_test))["logits"].numpy()
+
+    real_save = tf.saved_model.save
+
+    def crash_after_writing(obj, export_dir, **kwargs):
+        real_save(obj, export_dir, **kwargs)  # the new model is complete in the temporary folder...
+        raise OSError("disk full")  # ...and the process fails before it is swapped in
+
+    monkeypatch.setattr(tf.saved_model, "save", crash_after_writing)
+    with pytest.raises(OSError, match="disk full"):
+        export_saved_model(new, str(path))
+    assert sorted(os.listdir(tmp_path)) == ["saved_model"]  # no temporary folder left behind
+    after = tf.saved_model.load(str(path))
+    reloaded = after.serve(tf.constant(tiny_mnist.x_test))["logits"].numpy()
+    np.testing.assert_array_equal(reloaded, expected)  # the complete old model

@@ -116,9 +116,17 @@ def test_evaluation_counts_every_test_image_once(mnist, replicas):
     assert 0 < trainer.evaluate() < 1  # a real mix of right and wrong, so a miscount would show
 
 
-def test_non_finite_loss_stops_the_run_and_names_the_step(mnist):
-    with pytest.raises(TrainingDiverged, match=r"the loss became (nan|inf) at step \d+; lower --learning_rate"):
-        train(mnist, 1, steps=60, learning_rate=50.0)
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_non_finite_loss_stops_on_the_device_and_names_the_step_and_replica(mnist, replicas):
+    recorder = Recorder()
+    trainer = Trainer(TrainConfig(max_steps=60, learning_rate=50.0, batch_size=32, steps_per_loop=50),
+                      make_strategy(cpu_replicas=replicas).strategy, mnist)
+    with pytest.raises(TrainingDiverged, match=r"non-finite at step (\d+) on replica 0 \(loss (nan|inf)\); "
+                                               r"lower --learning_rate") as caught:
+        trainer.train(recorder)
+    # The call stopped on the device right after the bad step: no later step ran, nothing was reported.
+    assert 0 < caught.value.step < 10 and trainer.step == 0 and recorder.loss == {}
+    assert not np.isfinite(caught.value.loss)
 
 
 def test_one_epoch_of_real_mnist_reaches_94_percent():

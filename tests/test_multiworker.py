@@ -114,3 +114,52 @@ def test_a_killed_worker_makes_the_other_exit_within_the_timeout(tmp_path, tiny_
     assert f"worker 1 ({addresses[1]})" in errors[0]
     assert "Traceback" not in output
     assert elapsed < timeout_s + 20
+
+
+def start_workers(tmp_path, tag, *args):
+    addresses = [f"localhost:{p}" for p in free_ports(2)]
+    procs = []
+    for index in range(2):
+        env = {**os.environ, "TF_CONFIG": json.dumps({"cluster": {"worker": addresses},
+                                                      "task": {"type": "worker", "index": index}})}
+        with open(tmp_path / f"{tag}{index}.log", "w") as log:
+            procs.append(subprocess.Popen([sys.executable, "-m", "distmnist.train", *args], cwd=REPO, env=env,
+                                          stdout=log, stderr=subprocess.STDOUT))
+    return procs
+
+
+def test_a_stopped_worker_stops_the_cluster_at_one_checkpoint_and_the_cluster_resumes(tmp_path, tiny_npz_dir):
+    args = (f"--data_dir={tiny_npz_dir}", f"--logdir={tmp_path}", "--run_name=r", "--max_steps=400",
+            "--batch_size=32", "--log_every=10", "--eval_every=100", "--checkpoint_every=100")
+    procs = start_workers(tmp_path, "first", *args)
+    try:
+        deadline = time.monotonic() + 120
+        while "step 120 loss" not in (tmp_path / "first0.log").read_text():
+            assert time.monotonic() < deadline and procs[0].poll() is None, (tmp_path / "first0.log").read_text()
+            time.sleep(0.1)
+        procs[1].send_signal(signal.SIGTERM)  # the worker that holds no checkpoints: the chief must stop too
+        statuses = [proc.wait(timeout=60) for proc in procs]
+    finally:
+        for proc in procs:
+            proc.kill()
+    chief, other = ((tmp_path / f"first{i}.log").read_text() for i in range(2))
+    assert statuses == [143, 143], chief[-2000:] + other[-2000:]
+    assert "Traceback" not in chief + other
+    step = int(other.split("stopped by SIGTERM at step ")[1].split()[0])
+    assert f"stopped because another worker was stopped at step {step} of 400 with a checkpoint" in chief
+    assert 120 <= step < 400
+    assert tf.train.latest_checkpoint(str(tmp_path / "r" / "checkpoints")).endswith(f"ckpt-{step}")
+
+    procs = start_workers(tmp_path, "again", *args)
+    statuses = [proc.wait(timeout=240) for proc in procs]
+    chief, other = ((tmp_path / f"again{i}.log").read_text() for i in range(2))
+    assert statuses == [0, 0], chief[-2000:] + other[-2000:]
+    assert f"resuming from step {step}, the latest checkpoint in {tmp_path / 'r' / 'checkpoints'}" in chief
+    assert f"resuming from step {step}, the latest checkpoint in the chief" in other
+    history = json.loads((tmp_path / "r" / "run.json").read_text())["history"]
+    assert [s for s, _ in history["loss"]] == list(range(0, 400, 10))
+
+    single = run_module("distmnist.train", *args[:2], "--run_name=single", "--cpu_replicas=2", *args[3:])
+    assert single.returncode == 0, single.stderr[-3000:]
+    a, b = saved_weights(tmp_path / "r"), saved_weights(tmp_path / "single")
+    assert max(float(np.abs(a[k] - b[k]).max()) for k in a) < 1e-5

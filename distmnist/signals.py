@@ -1,0 +1,54 @@
+"""SIGTERM and SIGINT become a request to stop cleanly: the loop finishes the call in flight (at most
+steps_per_loop steps), writes a checkpoint and exits with 128 + the signal number (143, 130).
+
+A second signal gets the default behaviour at once (Ctrl-C twice quits without a checkpoint).
+"""
+
+import signal
+import sys
+from typing import Optional
+
+HANDLED = (signal.SIGTERM, signal.SIGINT)
+
+
+class StopOnSignal:
+    """Context manager: while active, SIGTERM/SIGINT set `signum` instead of killing the process."""
+
+    def __init__(self, stream=None):
+        self.signum: Optional[int] = None
+        self._stream = stream or sys.stderr
+        self._previous = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name if self.signum else ""
+
+    @property
+    def exit_status(self) -> int:
+        return 128 + self.signum
+
+    def _handle(self, signum, frame) -> None:
+        self.signum = signum
+        self._restore()
+        print(f"{signal.Signals(signum).name} received: stopping after the current steps and writing a checkpoint "
+              "(send it again to quit at once)", file=self._stream, flush=True)
+
+    def _restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+    def __enter__(self) -> "StopOnSignal":
+        for signum in HANDLED:
+            try:
+                self._previous[signum] = signal.signal(signum, self._handle)
+            except ValueError:  # not the main thread (a library caller's worker thread): signals stay theirs
+                break
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._restore()
