@@ -109,7 +109,7 @@ run aws ec2 authorize-security-group-ingress --region "$REGION" --group-id "$gro
   --port "$GRPC_PORT" --source-group "$group"
 
 # Each instance waits (up to 15 minutes) for cluster.json, then takes its own place in it.
-wait_for_cluster="for t in \$(seq 180); do if aws s3 cp $BUCKET/$NAME/cluster.json /opt/distmnist/cluster.json \
+wait_for_cluster="for _ in \$(seq 180); do if aws s3 cp $BUCKET/$NAME/cluster.json /opt/distmnist/cluster.json \
 >/dev/null 2>&1; then break; fi; sleep 5; done; python3 -c 'import json,sys; c=json.load(open(\"/opt/distmnist/\
 cluster.json\")); c[\"task\"]={\"type\":\"worker\",\"index\":int(sys.argv[1])}; print(json.dumps(c))'"
 market=()
@@ -117,7 +117,7 @@ if ((SPOT)); then market=(--instance-market-options "MarketType=spot,SpotOptions
 echo "chief: $NAME-0 (worker 0 writes the run directory)"
 ids=()
 for ((i = 0; i < WORKERS; i++)); do
-  startup_script "$i" "aws s3 cp" "aws s3 cp --recursive" "$wait_for_cluster $i" >"$work/startup-$i.sh"
+  startup_script "$i" aws "aws s3 cp" "aws s3 sync" "$wait_for_cluster $i" >"$work/startup-$i.sh"
   echo "--- start-up script of $NAME-$i ---"
   cat "$work/startup-$i.sh"
   echo "--- end ---"

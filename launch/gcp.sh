@@ -92,7 +92,7 @@ echo "chief: ${hosts[0]} (worker 0 writes the run directory)"
 for ((i = 0; i < WORKERS; i++)); do
   config=$(tf_config "$i" "${hosts[@]}")
   echo "TF_CONFIG[$i]: $config"
-  startup_script "$i" "gcloud storage cp" "gcloud storage cp -r" "echo '$config'" >"$work/startup-$i.sh"
+  startup_script "$i" gcp "gcloud storage cp" "gcloud storage rsync --recursive" "printf %s '$config'" >"$work/startup-$i.sh"
   echo "--- start-up script of ${hosts[$i]} ---"
   cat "$work/startup-$i.sh"
   echo "--- end ---"

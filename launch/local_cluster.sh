@@ -34,9 +34,10 @@ for port in "${port_list[@]}"; do addresses+="${addresses:+,}\"localhost:$port\"
 
 pids=()
 cleanup() {
-  # TensorFlow may catch SIGTERM while blocked in C++ (waiting for peers): SIGKILL whoever is left after 5 s.
+  # SIGTERM: the workers agree on a step, the chief checkpoints, all exit 143. A worker blocked waiting for a
+  # lost peer cannot act on it: SIGKILL whoever is left after 30 s.
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for _ in {1..25}; do
+  for _ in {1..150}; do
     local alive=0
     for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
     ((alive)) || return 0

@@ -1,12 +1,16 @@
 """The launch scripts: syntax and shellcheck, and what their --dry-run says they would create."""
 
 import glob
+import http.server
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 
@@ -114,3 +118,81 @@ def test_bad_launch_arguments_get_one_line_and_exit_2(script, args, message):
     result = dry_run(script, *args)
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.count("\n") == 1 and message in result.stderr
+
+
+@pytest.mark.parametrize("script, args, cloud", [
+    ("gcp.sh", ["up", "--bucket", "gs://bkt", "--spot"], "gcp"),
+    ("aws.sh", ["up", "--bucket", "s3://bkt", "--subnet", "subnet-9", "--instance-profile", "vm", "--spot"], "aws"),
+])
+def test_start_up_scripts_pass_shellcheck_and_watch_for_preemption(tmp_path, script, args, cloud):
+    result = dry_run(script, *args, "--workers", "2", "--", "--epochs=3")
+    assert result.returncode == 0, result.stderr
+    scripts = re.findall(r"^--- start-up script of \S+ ---\n(.*?)^--- end ---$", result.stdout, re.M | re.S)
+    assert len(scripts) == 2
+    for index, text in enumerate(scripts):
+        path = tmp_path / f"startup-{index}.sh"
+        path.write_text(text)
+        check = subprocess.run([shellcheck(), str(path)], capture_output=True, text=True)
+        assert check.returncode == 0, check.stdout
+        assert f"distmnist/launch/preemption_watch.sh {cloud} $train &" in text
+        assert "wait $train" in text
+        # Only the chief brings back a run saved by an earlier VM and mirrors its run (and checkpoints) back.
+        assert ("/run /opt/distmnist/logs/distmnist" in text) == (index == 0)
+        assert ("/opt/distmnist/logs/distmnist s3://bkt/distmnist/run" in text or
+                "/opt/distmnist/logs/distmnist gs://bkt/distmnist/run" in text) == (index == 0)
+
+
+class FakeMetadata(http.server.BaseHTTPRequestHandler):
+    """GCE's and EC2's metadata servers, as far as preemption goes; `preempted` flips the answer."""
+
+    preempted = False
+
+    def _answer(self, status, body=""):
+        self.send_response(status)
+        self.end_headers()
+        self.wfile.write(body.encode())
+
+    def do_GET(self):
+        if self.path.startswith("/computeMetadata/v1/instance/"):
+            if self.headers.get("Metadata-Flavor") != "Google":
+                return self._answer(403)
+            key = self.path.rsplit("/", 1)[1]
+            return self._answer(200, {"preempted": "TRUE" if self.preempted else "FALSE",
+                                      "maintenance-event": "NONE"}[key])
+        if self.path == "/latest/meta-data/spot/instance-action":
+            if self.headers.get("X-aws-ec2-metadata-token") != "t0ken":
+                return self._answer(401)
+            return self._answer(200, '{"action": "terminate"}') if self.preempted else self._answer(404)
+        self._answer(404)
+
+    def do_PUT(self):
+        self._answer(200, "t0ken" if self.path == "/latest/api/token" else "")
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.parametrize("cloud", ["gcp", "aws"])
+def test_preemption_notice_becomes_sigterm(cloud):
+    FakeMetadata.preempted = False
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FakeMetadata)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    target = subprocess.Popen(["sleep", "300"])
+    env = {**os.environ, "DISTMNIST_METADATA_URL": f"http://127.0.0.1:{server.server_address[1]}",
+           "DISTMNIST_POLL_S": "0.2"}
+    watch = subprocess.Popen(["bash", os.path.join(REPO, "launch", "preemption_watch.sh"), cloud, str(target.pid)],
+                             env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.5)
+        assert watch.poll() is None and target.poll() is None  # no notice, no signal
+        FakeMetadata.preempted = True
+        assert watch.wait(timeout=10) == 0
+        assert target.wait(timeout=10) == -signal.SIGTERM
+        assert f"preemption notice from {cloud}: SIGTERM to {target.pid}" in watch.stdout.read()
+    finally:
+        target.kill()
+        watch.kill()
+        server.shutdown()
+    ended = subprocess.run(["bash", os.path.join(REPO, "launch", "preemption_watch.sh"), cloud, str(target.pid)],
+                           env=env, timeout=10)
+    assert ended.returncode == 1  # the process is gone: nothing to watch
