@@ -33,11 +33,12 @@ addresses=""
 for port in "${port_list[@]}"; do addresses+="${addresses:+,}\"localhost:$port\""; done
 
 pids=()
+grace_s=30
 cleanup() {
-  # SIGTERM: the workers agree on a step, the chief checkpoints, all exit 143. A worker blocked waiting for a
-  # lost peer cannot act on it: SIGKILL whoever is left after 30 s.
+  # SIGTERM: the workers agree on a step, the chief checkpoints, all exit 143 (grace_s allows for that). A worker
+  # blocked waiting for a lost peer cannot act on it: SIGKILL whoever is left after grace_s.
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for _ in {1..150}; do
+  for ((tick = 0; tick < grace_s * 5; tick++)); do
     local alive=0
     for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
     ((alive)) || return 0
@@ -65,6 +66,7 @@ while ((${#pids[@]} > 0)); do
     unset "pids[$i]"
     if ((status != 0)); then
       echo "local_cluster: worker $i exited with status $status; stopping the others" >&2
+      grace_s=5  # the others cannot finish a step without it: no checkpoint to wait for
       exit "$status"
     fi
   done

@@ -60,7 +60,7 @@ def test_xla_trains_the_same_model_up_to_rounding(mnist):
     """XLA's kernels round differently; at lr 1.5 the first steps amplify any rounding difference (to about
     1e-3 by step 20, on real MNIST too), so compare before that: 1e-8 after 5 steps."""
     plain, _ = train(mnist, 1, steps=5, batch_size=64, jit_compile=False)
-    for replicas in (1, 2, 4):  # one replica compiles the whole loop, several compile each replica's step
+    for replicas in (1, 2):  # one replica compiles the whole loop, several compile each replica's step
         xla, _ = train(mnist, replicas, steps=5, batch_size=64 // replicas, jit_compile=True)
         assert max_weight_difference(plain, xla) < 1e-6
 
