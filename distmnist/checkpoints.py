@@ -16,7 +16,7 @@ from typing import Optional
 import tensorflow as tf
 from absl import logging
 
-from distmnist import files
+from distmnist import files, tfquiet
 from distmnist.errors import UserError
 from distmnist.loop import Trainer
 
@@ -40,7 +40,8 @@ class Checkpointer:
             os.makedirs(self.directory, exist_ok=True)
             files.write_json(os.path.join(self.directory, HISTORY), history)
         self._step.assign(step)
-        return self._manager.save(checkpoint_number=step)
+        with tfquiet.absl_warnings_only():
+            return self._manager.save(checkpoint_number=step)
 
     @property
     def latest_step(self) -> Optional[int]:

@@ -5,9 +5,8 @@ and no distmnist import; the preprocessing lives inside it.
 """
 
 import tensorflow as tf
-from absl import logging
 
-from distmnist import files
+from distmnist import files, tfquiet
 from distmnist.model import MLP, images_to_features
 
 
@@ -32,11 +31,7 @@ class Classifier(tf.Module):
 def export_saved_model(weights, path: str) -> Classifier:
     """Writes the SavedModel to `path` atomically (a temporary folder renamed into place)."""
     classifier = Classifier(weights)
-    verbosity = logging.get_verbosity()
-    logging.set_verbosity(logging.WARNING)  # tf.saved_model.save narrates every file it writes at INFO
-    try:
+    with tfquiet.absl_warnings_only():
         files.replace_dir(path, lambda tmp: tf.saved_model.save(
             classifier, tmp, signatures={"serving_default": classifier.serve}))
-    finally:
-        logging.set_verbosity(verbosity)
     return classifier

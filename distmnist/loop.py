@@ -38,6 +38,9 @@ class Reporter:
     def accuracy(self, step: int, value: float) -> None:
         pass
 
+    def predictions(self, step: int, classes: np.ndarray) -> None:
+        """The predicted class of every test image at an evaluation (-1 for images another worker holds)."""
+
 
 class Trainer:
     """Model, compiled steps and loop for one strategy and one data set."""
@@ -123,9 +126,9 @@ class Trainer:
         features = images_to_features(tf.gather(images, indices))
         return self._replica_train_step(features, labels_to_targets(tf.gather(labels, indices)))
 
-    def _replica_count_correct(self, images, labels):
+    def _replica_evaluate(self, images, labels):
         predicted = tf.argmax(self.model(images_to_features(images)), axis=-1, output_type=tf.int32)
-        return tf.reduce_sum(tf.cast(tf.equal(predicted, tf.cast(labels, tf.int32)), tf.int32))
+        return tf.reduce_sum(tf.cast(tf.equal(predicted, tf.cast(labels, tf.int32)), tf.int32)), predicted
 
     # --- compiled functions (cross-replica context) --------------------------------------------------------
 
@@ -153,8 +156,9 @@ class Trainer:
         return self._steps(num_steps, lambda i: self.strategy.run(self._replica_train_step, args=next(iterator)))
 
     def _evaluate_fn(self, images, labels):
-        correct = self.strategy.run(self._replica_count_correct, args=(images, labels))
-        return self.strategy.reduce(tf.distribute.ReduceOp.SUM, correct, axis=None)
+        correct, predicted = self.strategy.run(self._replica_evaluate, args=(images, labels))
+        total = self.strategy.reduce(tf.distribute.ReduceOp.SUM, correct, axis=None)
+        return total, self.strategy.experimental_local_results(predicted)
 
     def _any_replica_fn(self, flag):
         summed = self.strategy.run(  # tf.identity puts the host's flag on the replica's device
@@ -195,11 +199,23 @@ class Trainer:
     def _shard_eval_set(self, x, y):
         def shard(array):
             return lambda r, n: array[slice(*inputs.shard_bounds(len(array), r, n))]
+        ids = inputs.on_each_replica(self.strategy, lambda r, n: np.int32(r))
+        self._local_test_rows = [slice(*inputs.shard_bounds(len(x), int(r), self.num_replicas))
+                                 for r in self.strategy.experimental_local_results(ids)]
         return inputs.on_each_replica(self.strategy, shard(x)), inputs.on_each_replica(self.strategy, shard(y))
 
     def evaluate(self) -> float:
-        """Accuracy over the whole test set, every image counted once whatever the replica count."""
-        return int(self._evaluate(*self._test)) / self.num_test
+        """Accuracy over the whole test set, every image counted once whatever the replica count; the predicted
+        classes are kept in self.test_predictions (-1 for images another worker holds)."""
+        correct, predicted = self._evaluate(*self._test)
+        self.test_predictions = np.full([self.num_test], -1, np.int32)
+        for rows, classes in zip(self._local_test_rows, predicted):
+            self.test_predictions[rows] = classes.numpy()
+        return int(correct) / self.num_test
+
+    def _report_evaluation(self, reporter: Reporter) -> None:
+        reporter.accuracy(self.step, self.evaluate())
+        reporter.predictions(self.step, self.test_predictions)
 
     def weights(self):
         """The trained values as numpy arrays, kernel_0, bias_0, ... (from the first replica)."""
@@ -283,7 +299,7 @@ class Trainer:
             reporter.losses(first_step, losses, examples / seconds)
 
         if self.step == 0:
-            reporter.accuracy(0, self.evaluate())
+            self._report_evaluation(reporter)
         every, save_every = self.config.eval_every, self.config.checkpoint_every or self.total_steps
         saved_at = self.step
         while self.step < self.total_steps:
@@ -295,7 +311,7 @@ class Trainer:
                     on_boundary(self.step)
                 break
             if self.step % every == 0 or self.step == self.total_steps:
-                reporter.accuracy(self.step, self.evaluate())
+                self._report_evaluation(reporter)
             if on_boundary and (self.step % save_every == 0 or self.step == self.total_steps):
                 on_boundary(self.step)
                 saved_at = self.step

@@ -1,8 +1,10 @@
-"""The tutorial's two figures, train.svg (MSE vs step) and test.svg (accuracy vs step), as SVG."""
+"""The run's figures: the tutorial's train.svg (MSE vs step) and test.svg (accuracy vs step), and
+confusion.svg (the test set's confusion matrix), as SVG with text kept as text."""
 
 import io
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -30,6 +32,28 @@ def save_svg(fig, path: str) -> None:
         fig.savefig(buffer, format="svg")
     plt.close(fig)
     files.write_bytes(path, buffer.getvalue())
+
+
+def plot_confusion(path: str, labels: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """Draws the 10x10 confusion matrix (rows: true digit, columns: predicted) with the count in every cell;
+    returns the matrix."""
+    matrix = np.zeros([10, 10], np.int64)
+    np.add.at(matrix, (labels.astype(np.int64), predicted.astype(np.int64)), 1)
+    fig, ax = plt.subplots(figsize=(6.4, 5.6))
+    ax.imshow(np.log1p(matrix), cmap="Blues")
+    threshold = np.log1p(matrix).max() / 2
+    for true in range(10):
+        for guess in range(10):
+            ax.text(guess, true, str(matrix[true, guess]), ha="center", va="center", fontsize=8,
+                    color="white" if np.log1p(matrix[true, guess]) > threshold else "black")
+    ax.set_xticks(range(10))
+    ax.set_yticks(range(10))
+    ax.set_xlabel("predicted digit")
+    ax.set_ylabel("true digit")
+    accuracy = np.trace(matrix) / max(1, matrix.sum())
+    ax.set_title(f"Confusion matrix: {matrix.sum()} test images, accuracy {accuracy:.2%}")
+    save_svg(fig, path)
+    return matrix
 
 
 def plot_run(run_dir: str, loss_history, accuracy_history) -> list:

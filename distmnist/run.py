@@ -7,7 +7,9 @@ from typing import Optional
 
 import tensorflow as tf
 
-from distmnist import data, export, files, plots
+import numpy as np
+
+from distmnist import data, export, files, images, plots
 from distmnist.checkpoints import Checkpointer
 from distmnist.cluster import parse_tf_config
 from distmnist.config import TrainConfig
@@ -53,6 +55,23 @@ def _train(trainer: Trainer, reporter, choice: StrategyChoice, checkpointer: Che
         reporter.close()
 
 
+def picture_mistakes(run_dir: str, classifier: export.Classifier, mnist: Mnist, shown: int = 40) -> list:
+    """confusion.svg over the test set and mistakes.png, the most confident wrong answers with their labels."""
+    probabilities = classifier.serve(tf.constant(mnist.x_test))["probabilities"].numpy()
+    predicted = np.argmax(probabilities, axis=1)
+    confusion = os.path.join(run_dir, "confusion.svg")
+    plots.plot_confusion(confusion, mnist.y_test, predicted)
+    wrong = np.flatnonzero(predicted != mnist.y_test)
+    worst = wrong[np.argsort(-probabilities[wrong, predicted[wrong]], kind="stable")][:shown]
+    mistakes = os.path.join(run_dir, "mistakes.png")
+    files.write_bytes(mistakes, images.grid_png(
+        mnist.x_test[worst], [f"{predicted[i]} {probabilities[i, predicted[i]]:.0%} (true {mnist.y_test[i]})"
+                              for i in worst], columns=8, scale=3,
+        title=f"the {len(worst)} most confident of {len(wrong)} mistakes on {len(predicted)} test digits: "
+              "predicted, probability (true)" if len(wrong) else f"no mistakes on {len(predicted)} test digits"))
+    return [confusion, mistakes]
+
+
 def train_and_evaluate(config: TrainConfig, choice: Optional[StrategyChoice] = None,
                        mnist: Optional[Mnist] = None) -> dict:
     """Trains, evaluates and exports; returns what run.json holds. `choice` and `mnist` override for tests.
@@ -91,7 +110,8 @@ def train_and_evaluate(config: TrainConfig, choice: Optional[StrategyChoice] = N
               f"{checkpointer.directory if is_chief else 'the chief'}", flush=True)
     print(describe_setup(choice, trainer), flush=True)
 
-    reporter = RunReporter(run_dir, config, trainer.total_steps, verbose=is_chief, history=history)
+    reporter = RunReporter(run_dir, config, trainer.total_steps, verbose=is_chief, history=history,
+                           test_set=(mnist.x_test, mnist.y_test))
     try:
         with StopOnSignal() as stop:
             timing = _train(trainer, reporter, choice, checkpointer, stop)
@@ -107,8 +127,9 @@ def train_and_evaluate(config: TrainConfig, choice: Optional[StrategyChoice] = N
         return {"global_step": trainer.step, "num_replicas": trainer.num_replicas}
     weights = trainer.weights()
     saved_model = os.path.join(run_dir, "saved_model")
-    export.export_saved_model(weights, saved_model)
+    classifier = export.export_saved_model(weights, saved_model)
     written = plots.plot_run(run_dir, reporter.loss_history, reporter.accuracy_history)
+    written += picture_mistakes(run_dir, classifier, mnist)
 
     summary = {
         "final_test_accuracy": reporter.accuracy_history[-1][1],

@@ -1,6 +1,7 @@
 """Writing what the loop reports: TensorBoard scalars, console lines in the tutorial's spirit, and the history
 that the plots and run.json are drawn from."""
 
+import dataclasses
 import glob
 import os
 import sys
@@ -10,14 +11,21 @@ from typing import Optional
 
 import numpy as np
 import tensorflow as tf
+from tensorboard.plugins.hparams import api as hparams
 from tensorflow.core.util import event_pb2
 
+from distmnist import images
 from distmnist.config import TrainConfig
 from distmnist.loop import Reporter
+from distmnist.model import MLP
+
+MISTAKES_SHOWN = 24  # misclassified test digits in each evaluation's TensorBoard image
 
 
-# Logged at evaluations, which happen at a checkpoint's own step too; every other tag is a training step's.
-EVALUATION_TAGS = ("accuracy",)
+# Logged at evaluations, which happen at a checkpoint's own step too; every other tag is a training step's,
+# except what a fresh run logs once about itself, which a resumed run keeps.
+EVALUATION_TAGS = ("accuracy", "mistakes")
+RUN_TAGS = ("config", "_hparams_/experiment", "_hparams_/session_start_info")
 
 
 def drop_events_after(run_dir: str, step: int) -> int:
@@ -30,8 +38,9 @@ def drop_events_after(run_dir: str, step: int) -> int:
         try:
             for record in tf.data.TFRecordDataset(path):
                 event = event_pb2.Event.FromString(record.numpy())
-                limit = step + 1 if any(v.tag in EVALUATION_TAGS for v in event.summary.value) else step
-                if event.summary.value and event.step >= limit:
+                tags = [v.tag for v in event.summary.value]
+                limit = step + 1 if any(tag in EVALUATION_TAGS for tag in tags) else step
+                if tags and event.step >= limit and not any(tag in RUN_TAGS for tag in tags):
                     dropped += 1
                     changed = True
                 else:
@@ -53,13 +62,26 @@ def _format_duration(seconds: float) -> str:
     return f"{minutes}:{seconds:02d}"
 
 
+def config_table(config: TrainConfig) -> str:
+    """The run's settings as a Markdown table (TensorBoard's Text dashboard renders it)."""
+    rows = [f"| `--{name}` | `{value}` |" for name, value in dataclasses.asdict(config).items()]
+    return "\n".join(["| flag | value |", "|---|---|", *rows])
+
+
+def _hparam_value(value):
+    return value if isinstance(value, (bool, int, float, str)) else str(value)
+
+
 class RunReporter(Reporter):
-    """Scalars `loss`, `examples_per_sec`, `learning_rate` every log_every steps and `accuracy` at evaluations."""
+    """Scalars `loss`, `examples_per_sec`, `learning_rate` every log_every steps, `accuracy` and an image of
+    misclassified test digits (`mistakes`) at evaluations; at the start of a run its config (HParams and a
+    text table) and the model's graph."""
 
     def __init__(self, run_dir: Optional[str], config: TrainConfig, total_steps: int, stream=None,
-                 verbose: bool = True, history: Optional[dict] = None):
+                 verbose: bool = True, history: Optional[dict] = None, test_set=None):
         """run_dir None: keep the history only (a cluster's non-chief workers); verbose False: no console;
-        history: what a resumed run logged before (lists of [step, value] under "loss" and "accuracy")."""
+        history: what a resumed run logged before (lists of [step, value] under "loss" and "accuracy");
+        test_set: (images, labels), for the pictures of mistakes."""
         self.config = config
         self.total_steps = total_steps
         self.stream = stream or sys.stdout
@@ -68,7 +90,24 @@ class RunReporter(Reporter):
         self.writer = tf.summary.create_file_writer(run_dir) if run_dir else tf.summary.create_noop_writer()
         self.loss_history = [tuple(p) for p in (history or {}).get("loss", [])]  # (step, loss)
         self.accuracy_history = [tuple(p) for p in (history or {}).get("accuracy", [])]  # (step, accuracy)
+        self.test_set = test_set
+        self.run_dir = run_dir
         self._started = time.perf_counter()
+        if run_dir and history is None:
+            self._describe_run()
+
+    def _describe_run(self) -> None:
+        """What a fresh run logs once: its config for the HParams and Text dashboards, and the model's graph."""
+        settings = {name: _hparam_value(value) for name, value in dataclasses.asdict(self.config).items()}
+        model = MLP()
+        graph = tf.function(model).get_concrete_function(tf.TensorSpec([None, 784], tf.float32, name="features"))
+        with self.writer.as_default():
+            hparams.hparams_config(hparams=[hparams.HParam(name) for name in settings],
+                                   metrics=[hparams.Metric("accuracy"), hparams.Metric("loss")])
+            hparams.hparams(settings, trial_id=self.config.run_name)
+            tf.summary.text("config", config_table(self.config), step=0)
+            tf.summary.graph(graph.graph)
+        self.writer.flush()
 
     def _say(self, line: str) -> None:
         if not self.verbose:
@@ -100,6 +139,18 @@ class RunReporter(Reporter):
             tf.summary.scalar("accuracy", value, step=step)
         self.writer.flush()
         self._say(f"step {step} Evaluate Acc: {value:.4f}")
+
+    def predictions(self, step: int, classes: np.ndarray) -> None:
+        if self.test_set is None or self.run_dir is None:
+            return
+        x, y = self.test_set
+        wrong = np.flatnonzero((classes >= 0) & (classes != y))[:MISTAKES_SHOWN]
+        if not wrong.size:
+            return
+        png = images.grid_png(x[wrong], [f"{classes[i]} (true {y[i]})" for i in wrong], columns=8, scale=2)
+        with self.writer.as_default():
+            tf.summary.image("mistakes", tf.io.decode_png(png)[tf.newaxis], step=step,
+                             description="test digits the model got wrong: predicted (true)")
 
     def _draw_progress(self, step: int, examples_per_sec: float) -> None:
         done = step / self.total_steps

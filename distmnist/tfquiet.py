@@ -5,9 +5,12 @@ TF_CPP_MIN_LOG_LEVEL does not silence them all. We capture stderr while TensorFl
 devices, then replay every line except the known ones, so a user's error message is not buried in them.
 """
 
+import contextlib
 import os
 import sys
 import tempfile
+
+from absl import logging
 
 _NOISE = (
     "All log messages before absl::InitializeLog() is called",
@@ -36,3 +39,14 @@ def import_tensorflow():
             if not any(noise in line for noise in _NOISE):
                 sys.stderr.write(line)
     return tf
+
+
+@contextlib.contextmanager
+def absl_warnings_only():
+    """TensorFlow narrates saving (every SavedModel file, each checkpoint's sharding) through absl at INFO."""
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.set_verbosity(verbosity)

@@ -12,6 +12,7 @@ import time
 import numpy as np
 import pytest
 import tensorflow as tf
+from tensorboard.backend.event_processing import event_accumulator
 
 from helpers import REPO, run_module
 from test_train import read_scalars
@@ -19,6 +20,12 @@ from test_train import read_scalars
 STEPS = 600
 FLAGS = ("--batch_size=32", "--log_every=20", "--eval_every=200", "--checkpoint_every=250", "--steps_per_loop=25",
          f"--max_steps={STEPS}", "--deterministic")
+
+
+def tensor_steps(run_dir) -> dict:
+    acc = event_accumulator.EventAccumulator(str(run_dir), size_guidance={event_accumulator.TENSORS: 0})
+    acc.Reload()
+    return {tag: [e.step for e in acc.Tensors(tag)] for tag in acc.Tags()["tensors"]}
 
 
 def saved_weights(run_dir) -> list:
@@ -114,6 +121,8 @@ def test_killed_and_stopped_runs_resume_bit_identical(tmp_path, tiny_npz_dir, ex
     killed, whole = read_scalars(str(tmp_path / "killed")), read_scalars(str(tmp_path / "whole"))
     assert killed["loss"] == whole["loss"]  # TensorBoard's own reader: every step once, the same values
     assert killed["accuracy"] == whole["accuracy"]
+    # Every summary (the mistakes images, the config text and HParams too) once, at the same steps.
+    assert tensor_steps(tmp_path / "killed") == tensor_steps(tmp_path / "whole")
 
 
 def test_a_diverging_run_keeps_its_last_good_checkpoint_and_exports_nothing(tmp_path, tiny_npz_dir):
@@ -134,11 +143,11 @@ def test_a_diverging_run_keeps_its_last_good_checkpoint_and_exports_nothing(tmp_
 
 
 def test_flags_must_match_to_resume_and_overwrite_starts_afresh(tmp_path, tiny_npz_dir):
-    train(tiny_npz_dir, tmp_path, "r", "--max_steps=500")
-    refused = run_module("distmnist.train", *command(tiny_npz_dir, tmp_path, "r", "--max_steps=500",
+    train(tiny_npz_dir, tmp_path, "r", "--max_steps=50")
+    refused = run_module("distmnist.train", *command(tiny_npz_dir, tmp_path, "r", "--max_steps=50",
                                                      "--learning_rate=0.5")[3:])
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
     assert "was started with --learning_rate=1.5, not 0.5" in refused.stderr
-    again = train(tiny_npz_dir, tmp_path, "r", "--max_steps=500", "--learning_rate=0.5", "--overwrite")
+    again = train(tiny_npz_dir, tmp_path, "r", "--max_steps=50", "--learning_rate=0.5", "--overwrite")
     assert "resuming" not in again.stdout
     assert json.loads((tmp_path / "r" / "run.json").read_text())["flags"]["learning_rate"] == 0.5

@@ -2,10 +2,13 @@
 
 import json
 import os
+import re
 import xml.etree.ElementTree as ET
 
 import pytest
+from PIL import Image
 from tensorboard.backend.event_processing import event_accumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
 from tensorflow.python.framework import tensor_util
 
 from helpers import run_module, run_python
@@ -17,7 +20,7 @@ def read_scalars(run_dir: str) -> dict:
     acc = event_accumulator.EventAccumulator(run_dir, size_guidance={event_accumulator.TENSORS: 0})
     acc.Reload()
     return {tag: [(e.step, float(tensor_util.MakeNdarray(e.tensor_proto))) for e in acc.Tensors(tag)]
-            for tag in acc.Tags()["tensors"]}
+            for tag in acc.Tags()["tensors"] if acc.SummaryMetadata(tag).plugin_data.plugin_name == "scalars"}
 
 
 def svg_texts(path: str) -> list:
@@ -54,6 +57,10 @@ def test_a_run_writes_every_artifact(tmp_path, tiny_npz_dir, tiny_mnist, replica
     train_texts, test_texts = svg_texts(run_dir / "train.svg"), svg_texts(run_dir / "test.svg")
     assert {"step", "MSE", "Training loss"} <= set(train_texts)
     assert {"step", "accuracy", "Test accuracy"} <= set(test_texts)
+    assert_pictures_of_the_test_set(run_dir, summary["final_test_accuracy"], len(tiny_mnist.y_test))
+    for path in ("confusion.svg", "mistakes.png", "saved_model", "run.json", "train.svg"):
+        assert f"  {run_dir / path}\n" in result.stdout  # the console summary lists everything written
+    assert_run_described_in_tensorboard(str(run_dir), summary["flags"])
 
     reload = run_python(f"""
 import sys, numpy as np, tensorflow as tf
@@ -68,6 +75,37 @@ print(float(np.mean(out["classes"].numpy() == np.load({tiny_npz_dir + '/mnist.np
     assert names == "['classes', 'logits', 'probabilities'] float32 int64 (100, 10)"
     assert float(accuracy) == pytest.approx(summary["final_test_accuracy"])
     assert not [p for p in os.listdir(run_dir) if p.startswith(".tmp")]
+
+
+def assert_pictures_of_the_test_set(run_dir, final_accuracy: float, num_test: int):
+    texts = svg_texts(run_dir / "confusion.svg")
+    assert {"predicted digit", "true digit"} <= set(texts)
+    title = next(t for t in texts if t.startswith("Confusion matrix"))
+    assert title == f"Confusion matrix: {num_test} test images, accuracy {final_accuracy:.2%}"
+    numbers = [int(t) for t in texts if t.isdigit()]
+    assert len(numbers) == 20 + 100 and sum(numbers) - 2 * sum(range(10)) == num_test  # ticks, then the cells
+
+    mistakes = Image.open(run_dir / "mistakes.png")
+    assert mistakes.format == "PNG"
+    captions = [c for c in mistakes.text["captions"].split("\n") if c]
+    expected = min(40, round(num_test * (1 - final_accuracy)))
+    assert len(captions) == expected
+    assert all(re.fullmatch(r"\d \d+% \(true \d\)", c) and c[0] != c[-2] for c in captions)
+
+
+def assert_run_described_in_tensorboard(run_dir: str, flags: dict):
+    acc = event_accumulator.EventAccumulator(run_dir, size_guidance={event_accumulator.TENSORS: 0})
+    acc.Reload()
+    assert acc.SummaryMetadata("config").plugin_data.plugin_name == "text"
+    table = tensor_util.MakeNdarray(acc.Tensors("config")[0].tensor_proto).item().decode()
+    assert "| `--batch_size` | `32` |" in table
+    assert acc.SummaryMetadata("mistakes").plugin_data.plugin_name == "images"
+    assert acc.Tensors("mistakes")[0].step == 0  # at step 0 the untrained model gets most digits wrong
+    start = plugin_data_pb2.HParamsPluginData.FromString(
+        acc.PluginTagToContent("hparams")["_hparams_/session_start_info"]).session_start_info
+    assert start.hparams["batch_size"].number_value == 32 and start.hparams["input"].string_value == flags["input"]
+    assert start.hparams["cpu_replicas"].number_value == flags["cpu_replicas"]
+    assert "features" in [node.name for node in acc.Graph().node]  # the model's graph
 
 
 def assert_one_line_error(result, *fragments):

@@ -1,0 +1,116 @@
+"""`python -m distmnist.predict` on digits cut from the real MNIST test set and saved as image files, plain and
+altered, and the MNIST-style preparation behind it."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from distmnist import data, images
+from distmnist.config import TrainConfig
+from distmnist.export import export_saved_model
+from distmnist.loop import Reporter, Trainer
+from distmnist.strategy import make_strategy
+
+from helpers import run_module
+
+COUNT = 40
+
+
+@pytest.fixture(scope="module")
+def mnist():
+    return data.load()
+
+
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory, mnist):
+    """A model trained for one epoch on real MNIST (about 95% on the test set)."""
+    trainer = Trainer(TrainConfig(epochs=1), make_strategy().strategy, mnist)
+    trainer.train(Reporter())
+    path = tmp_path_factory.mktemp("run") / "saved_model"
+    export_saved_model(trainer.weights(), str(path))
+    return str(path)
+
+
+def test_mnist_digits_pass_through_and_altered_ones_come_back_close(mnist):
+    digits = mnist.x_test[:COUNT]
+    for digit in digits:
+        np.testing.assert_array_equal(images.to_mnist(digit), digit)  # already MNIST's form: untouched
+    for digit in digits[:10]:
+        altered = 255 - np.asarray(Image.fromarray(digit).resize((61, 47), Image.Resampling.BICUBIC), np.float32)
+        prepared = images.to_mnist(altered)
+        assert prepared.dtype == np.uint8 and prepared.shape == (28, 28)
+        rows, cols = np.nonzero(prepared > 64)
+        assert max(rows.max() - rows.min(), cols.max() - cols.min()) < 21  # fitted into the 20x20 box
+        weights = prepared.astype(np.float64)
+        centre = [(np.indices(prepared.shape)[axis] * weights).sum() / weights.sum() for axis in (0, 1)]
+        assert np.allclose(centre, 13.5, atol=1.0)  # centred by centre of mass
+    with pytest.raises(images.ImageError, match="no digit found"):
+        images.to_mnist(np.full([40, 30], 200.0), "blank.png")
+
+
+def test_cli_agrees_with_the_saved_model_and_reports_bad_files(tmp_path, mnist, saved_model):
+    digits, labels = mnist.x_test[:COUNT], mnist.y_test[:COUNT]
+    plain, altered = [], []
+    for i, digit in enumerate(digits):
+        path = tmp_path / f"plain{i}.png"
+        Image.fromarray(digit).save(path)  # white on black, 28x28
+        plain.append(str(path))
+        size = (45 + 4 * (i % 5), 33 + 6 * (i % 7))  # odd sizes, aspect changed
+        ink = 255 - digit if i % 2 else digit  # black on white, or white on black
+        photo = Image.fromarray(ink).resize(size, Image.Resampling.BICUBIC).convert("RGB")
+        path = tmp_path / (f"scan{i}.jpg" if i % 3 else f"scan{i}.bmp")  # in colour, JPEG or BMP
+        photo.save(path)
+        altered.append(str(path))
+    np.save(tmp_path / "batch.npy", digits[:5])
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "notes.png").write_text("not an image")
+    bad = [str(tmp_path / "missing.png"), str(tmp_path / "empty.png"), str(tmp_path / "notes.png")]
+
+    result = run_module("distmnist.predict", f"--model={saved_model}", "--json", "--top_k=3",
+                        f"--show_preprocessed={tmp_path / 'seen.png'}",
+                        *plain, bad[0], *altered, bad[1], str(tmp_path / "batch.npy"), bad[2])
+    assert result.returncode == 2, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 3 and "Traceback" not in result.stderr
+    assert "missing.png: no such file" in errors[0] and "empty.png: an empty file" in errors[1]
+    assert "notes.png: not an image" in errors[2]
+
+    answers = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert [a["path"] for a in answers] == plain + altered + [f"{tmp_path / 'batch.npy'}[{i}]" for i in range(5)]
+    for answer in answers:
+        assert [t["digit"] for t in answer["top_k"]][0] == answer["digit"] and len(answer["top_k"]) == 3
+        assert answer["top_k"][0]["probability"] == answer["probability"] >= answer["top_k"][1]["probability"]
+
+    serve = tf.saved_model.load(saved_model).signatures["serving_default"]
+    direct = serve(images=tf.constant(digits))["probabilities"].numpy()
+    by_path = {a["path"]: a for a in answers}
+    # The plain images are the raw arrays: the same answers (to float32 rounding: batches of other sizes).
+    for i, path in enumerate(plain):
+        assert by_path[path]["digit"] == int(np.argmax(direct[i]))
+        assert by_path[path]["probability"] == pytest.approx(float(direct[i].max()), abs=1e-6)
+    for i in range(5):
+        answer = by_path[f"{tmp_path / 'batch.npy'}[{i}]"]
+        assert answer["digit"] == int(np.argmax(direct[i]))
+        assert answer["probability"] == pytest.approx(float(direct[i].max()), abs=1e-6)
+    raw_accuracy = np.mean(np.argmax(direct, axis=1) == labels)
+    altered_accuracy = np.mean([by_path[p]["digit"] == y for p, y in zip(altered, labels)])
+    assert raw_accuracy >= 0.9 and altered_accuracy >= raw_accuracy - 0.1, (raw_accuracy, altered_accuracy)
+
+    seen = Image.open(tmp_path / "seen.png")
+    assert seen.text["captions"].split("\n") == [str(a["digit"]) for a in answers]
+
+
+def test_cli_prints_a_line_per_image_and_accepts_a_run_directory(tmp_path, mnist, saved_model):
+    Image.fromarray(mnist.x_test[0]).save(tmp_path / "seven.png")
+    run_dir = os.path.dirname(saved_model)
+    result = run_module("distmnist.predict", f"--model={run_dir}", "--top_k=2", str(tmp_path / "seven.png"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    line = result.stdout.strip().splitlines()[-1]
+    assert line.startswith(f"{tmp_path / 'seven.png'}: 7 (") and "%)  then " in line
+
+    missing = run_module("distmnist.predict", f"--model={tmp_path}", str(tmp_path / "seven.png"))
+    assert missing.returncode == 2 and "is neither a SavedModel nor a run directory" in missing.stderr
