@@ -1,5 +1,5 @@
-"""The run's figures: the tutorial's train.svg (MSE vs step) and test.svg (accuracy vs step), and
-confusion.svg (the test set's confusion matrix), as SVG with text kept as text."""
+"""The run's figures: the tutorial's train.svg (MSE vs step) and test.svg (accuracy vs step), the final model's
+confusion.svg over the test set (SVG, text kept as text), and mistakes.png, its most confident wrong answers."""
 
 import io
 
@@ -9,7 +9,7 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from distmnist import files  # noqa: E402
+from distmnist import files, images  # noqa: E402
 
 
 def plot_series(path: str, points, title: str, ylabel: str) -> None:
@@ -62,3 +62,20 @@ def plot_run(run_dir: str, loss_history, accuracy_history) -> list:
     plot_series(train, loss_history, "Training loss", "MSE")
     plot_series(test, accuracy_history, "Test accuracy", "accuracy")
     return [train, test]
+
+
+def plot_test_set(run_dir: str, x_test: np.ndarray, y_test: np.ndarray, probabilities: np.ndarray,
+                  shown: int = 40) -> list:
+    """confusion.svg, and mistakes.png: the `shown` most confident wrong answers, captioned
+    `predicted probability (true label)`. Returns their paths."""
+    predicted = np.argmax(probabilities, axis=1)
+    confusion = f"{run_dir}/confusion.svg"
+    plot_confusion(confusion, y_test, predicted)
+    wrong = np.flatnonzero(predicted != y_test)
+    worst = wrong[np.argsort(-probabilities[wrong, predicted[wrong]], kind="stable")][:shown]
+    captions = [f"{predicted[i]} {probabilities[i, predicted[i]]:.0%} (true {y_test[i]})" for i in worst]
+    title = (f"the {len(worst)} most confident of {len(wrong)} mistakes on {len(y_test)} test digits: predicted, "
+             "probability (true)") if len(wrong) else f"no mistakes on {len(y_test)} test digits"
+    mistakes = f"{run_dir}/mistakes.png"
+    files.write_bytes(mistakes, images.grid_png(x_test[worst], captions, columns=8, scale=3, title=title))
+    return [confusion, mistakes]

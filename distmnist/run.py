@@ -7,9 +7,7 @@ from typing import Optional
 
 import tensorflow as tf
 
-import numpy as np
-
-from distmnist import data, export, files, images, plots
+from distmnist import data, export, files, plots
 from distmnist.checkpoints import Checkpointer
 from distmnist.cluster import parse_tf_config
 from distmnist.config import TrainConfig
@@ -53,23 +51,6 @@ def _train(trainer: Trainer, reporter, choice: StrategyChoice, checkpointer: Che
                             f"{', '.join(choice.cluster.peers())}): {type(exc).__name__}: {detail}") from None
     finally:
         reporter.close()
-
-
-def picture_mistakes(run_dir: str, classifier: export.Classifier, mnist: Mnist, shown: int = 40) -> list:
-    """confusion.svg over the test set and mistakes.png, the most confident wrong answers with their labels."""
-    probabilities = classifier.serve(tf.constant(mnist.x_test))["probabilities"].numpy()
-    predicted = np.argmax(probabilities, axis=1)
-    confusion = os.path.join(run_dir, "confusion.svg")
-    plots.plot_confusion(confusion, mnist.y_test, predicted)
-    wrong = np.flatnonzero(predicted != mnist.y_test)
-    worst = wrong[np.argsort(-probabilities[wrong, predicted[wrong]], kind="stable")][:shown]
-    mistakes = os.path.join(run_dir, "mistakes.png")
-    files.write_bytes(mistakes, images.grid_png(
-        mnist.x_test[worst], [f"{predicted[i]} {probabilities[i, predicted[i]]:.0%} (true {mnist.y_test[i]})"
-                              for i in worst], columns=8, scale=3,
-        title=f"the {len(worst)} most confident of {len(wrong)} mistakes on {len(predicted)} test digits: "
-              "predicted, probability (true)" if len(wrong) else f"no mistakes on {len(predicted)} test digits"))
-    return [confusion, mistakes]
 
 
 def train_and_evaluate(config: TrainConfig, choice: Optional[StrategyChoice] = None,
@@ -129,7 +110,8 @@ def train_and_evaluate(config: TrainConfig, choice: Optional[StrategyChoice] = N
     saved_model = os.path.join(run_dir, "saved_model")
     classifier = export.export_saved_model(weights, saved_model)
     written = plots.plot_run(run_dir, reporter.loss_history, reporter.accuracy_history)
-    written += picture_mistakes(run_dir, classifier, mnist)
+    probabilities = classifier.serve(tf.constant(mnist.x_test))["probabilities"].numpy()  # what users will get
+    written += plots.plot_test_set(run_dir, mnist.x_test, mnist.y_test, probabilities)
 
     summary = {
         "final_test_accuracy": reporter.accuracy_history[-1][1],
