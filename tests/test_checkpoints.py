@@ -1,6 +1,7 @@
 """Checkpoints, exact resume and stopping: a run killed with SIGKILL at several points and stopped with a
 signal, then run again, ends bit-identical to one that was never interrupted, with TensorBoard curves that
-have each step once; a diverging run keeps its last good checkpoint; other flags are refused."""
+have each step once; half-written and corrupt checkpoints are never used; a diverging run keeps its last good
+checkpoint; other flags are refused."""
 
 import json
 import os
@@ -14,6 +15,11 @@ import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
+from distmnist.checkpoints import Checkpointer
+from distmnist.config import TrainConfig
+from distmnist.errors import UserError
+from distmnist.loop import Trainer
+from distmnist.strategy import make_strategy
 from helpers import REPO, run_module
 from test_train import read_scalars
 
@@ -151,3 +157,41 @@ def test_flags_must_match_to_resume_and_overwrite_starts_afresh(tmp_path, tiny_n
     again = train(tiny_npz_dir, tmp_path, "r", "--max_steps=50", "--learning_rate=0.5", "--overwrite")
     assert "resuming" not in again.stdout
     assert json.loads((tmp_path / "r" / "run.json").read_text())["flags"]["learning_rate"] == 0.5
+
+
+def test_a_half_written_or_corrupt_latest_checkpoint_is_never_used(tmp_path, tiny_mnist, caplog):
+    def trainer():
+        return Trainer(TrainConfig(batch_size=32, max_steps=30), make_strategy().strategy, tiny_mnist)
+
+    first = trainer()
+    saver = Checkpointer(first, str(tmp_path), keep=3)
+    saved = {}
+    for step in (10, 20):
+        first.run_steps(10)
+        saver.save(step, {"loss": [], "accuracy": []})
+        saved[step] = first.weights()
+    directory = tmp_path / "checkpoints"
+    # A process killed while writing step 30: its files exist, but the index never named it.
+    for path in directory.glob("ckpt-20.*"):
+        (directory / path.name.replace("ckpt-20", "ckpt-30")).write_bytes(path.read_bytes())
+
+    resumed = trainer()
+    assert Checkpointer(resumed, str(tmp_path), keep=3).restore_latest() == 20
+    for a, b in zip(resumed.weights(), saved[20], strict=True):
+        np.testing.assert_array_equal(a, b)
+
+    # The latest recorded checkpoint corrupted on disk: reported, and the one before it used.
+    data = next(directory.glob("ckpt-20.data-*"))
+    data.write_bytes(data.read_bytes()[:1000])
+    resumed = trainer()
+    with caplog.at_level("WARNING"):
+        assert Checkpointer(resumed, str(tmp_path), keep=3).restore_latest() == 10
+    assert "ckpt-20 cannot be read" in caplog.text and "trying the one before it" in caplog.text
+    for a, b in zip(resumed.weights(), saved[10], strict=True):
+        np.testing.assert_array_equal(a, b)
+
+    # None readable: a clear error, never a silent restart from step 0.
+    data = next(directory.glob("ckpt-10.data-*"))
+    data.write_bytes(b"")
+    with pytest.raises(UserError, match="no checkpoint in .* can be read; start afresh with --overwrite"):
+        Checkpointer(trainer(), str(tmp_path), keep=3).restore_latest()
