@@ -83,6 +83,8 @@ class Trainer:
             self._iterator = self._tfdata_iterator(start_step=0)
             self._chunk = tf.function(self._tfdata_chunk)
         self._evaluate = tf.function(self._evaluate_fn)
+        self._any_replica = tf.function(self._any_replica_fn)  # traced only in a cluster, where it is used
+        self._from_replica_0 = tf.function(self._from_replica_0_fn)
 
     @property
     def epochs(self) -> float:
@@ -181,14 +183,12 @@ class Trainer:
 
     def any_replica(self, flag: bool) -> bool:
         """Whether flag is true on any worker. A collective: every worker calls it at the same point."""
-        if not hasattr(self, "_any_replica"):
-            self._any_replica = tf.function(self._any_replica_fn)
         return float(self._any_replica(tf.constant(float(flag)))) > 0
 
     def adopt_replica_0(self, step: int) -> int:
         """Gives every worker the chief's weights and step (a resumed multi-worker run restores on the chief
         only); returns the step. A collective, like any_replica."""
-        return int(tf.function(self._from_replica_0_fn)(tf.constant(float(step))))
+        return int(self._from_replica_0(tf.constant(float(step))))
 
     def _tfdata_iterator(self, start_step: int):
         x, y = self._train_arrays

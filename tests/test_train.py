@@ -1,8 +1,15 @@
-"""`python -m distmnist.train` end to end on tiny data, and its answers to bad input."""
+"""`python -m distmnist.train` end to end on tiny data (every artifact, read back by TensorBoard's own reader and
+served by a real TensorBoard server), and its answers to bad input."""
 
 import json
 import os
 import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -61,6 +68,8 @@ def test_a_run_writes_every_artifact(tmp_path, tiny_npz_dir, tiny_mnist, replica
     for path in ("confusion.svg", "mistakes.png", "saved_model", "run.json", "train.svg"):
         assert f"  {run_dir / path}\n" in result.stdout  # the console summary lists everything written
     assert_run_described_in_tensorboard(str(run_dir), summary["flags"])
+    if replicas == 1:
+        assert_tensorboard_serves(logdir, "r", summary["history"])
 
     reload = run_python(f"""
 import sys, numpy as np, tensorflow as tf
@@ -75,6 +84,56 @@ print(float(np.mean(out["classes"].numpy() == np.load({tiny_npz_dir + '/mnist.np
     assert names == "['classes', 'logits', 'probabilities'] float32 int64 (100, 10)"
     assert float(accuracy) == pytest.approx(summary["final_test_accuracy"])
     assert not [p for p in os.listdir(run_dir) if p.startswith(".tmp")]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get_json(url: str):
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return json.loads(response.read())
+
+
+def assert_tensorboard_serves(logdir, run: str, history: dict):
+    """Starts a real TensorBoard server on a free loopback port and reads the run's loss and accuracy back
+    through its HTTP data API (bounded wait; the server is always stopped)."""
+    port = free_port()
+    tensorboard = os.path.join(os.path.dirname(sys.executable), "tensorboard")  # what `make tensorboard` runs
+    server = subprocess.Popen([tensorboard, "--logdir", str(logdir), "--host", "127.0.0.1", "--port", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}/data"
+    try:
+        deadline = time.monotonic() + 90
+        series = {}
+        while time.monotonic() < deadline:
+            assert server.poll() is None, server.stderr.read()[-3000:]
+            try:
+                if run in get_json(f"{base}/runs"):
+                    series = {tag: get_json(f"{base}/plugin/scalars/scalars?run={run}&tag={tag}")
+                              for tag in ("loss", "accuracy")}
+                    if all(series.values()):
+                        break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass  # not listening yet, or still loading the run
+            time.sleep(0.5)
+        else:
+            raise AssertionError("TensorBoard did not serve the run's loss and accuracy within 90 s")
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+    # Each point is [wall_time, step, value]: the same steps and values the run recorded.
+    assert [(step, round(value, 5)) for _, step, value in series["loss"]] == \
+        [(step, round(value, 5)) for step, value in history["loss"]]
+    assert [step for _, step, _ in series["accuracy"]] == [0, 10, 20, 25]
+    assert series["accuracy"][-1][2] == history["accuracy"][-1][1]
 
 
 def assert_pictures_of_the_test_set(run_dir, final_accuracy: float, num_test: int):
