@@ -109,10 +109,11 @@ class Trainer:
         grads, loss, finite = self._gradients(weights, features, targets)
         ctx = tf.distribute.get_replica_context()
         bad = tf.one_hot(ctx.replica_id_in_sync_group, self.num_replicas) * (1.0 - tf.cast(finite, tf.float32))
-        # One all-reduce for the gradients, the loss and the non-finite marks together.
-        *grads, loss, bad = ctx.all_reduce(tf.distribute.ReduceOp.SUM, list(grads) + [loss, bad])
+        # One all-reduce for the gradients and, in one small vector, the loss and the non-finite marks: each
+        # tensor is a collective of its own between workers, so the marks must not add one.
+        *grads, stats = ctx.all_reduce(tf.distribute.ReduceOp.SUM, list(grads) + [tf.concat([[loss], bad], 0)])
         ctx.merge_call(self._apply_sgd, args=(grads,))
-        return loss, bad
+        return stats[0], stats[1:]
 
     def _apply_sgd(self, strategy, grads):
         for variable, grad in zip(self.model.weights, grads):
