@@ -10,6 +10,7 @@ With jit_compile, XLA compiles the whole multi-step call when there is one repli
 +15-25%), and each replica's gradient computation when there are several (collectives stay outside XLA).
 """
 
+import functools
 import time
 from typing import Callable, Optional
 
@@ -69,6 +70,9 @@ class Trainer:
             self.model = MLP(seed=config.seed)
         self._learning_rate = tf.constant(config.learning_rate, tf.float32)
         self._test = self._shard_eval_set(mnist.x_test, mnist.y_test)
+        replica_ids = strategy.experimental_local_results(inputs.on_each_replica(strategy, lambda r, n: np.int32(r)))
+        self._local_test_rows = [slice(*inputs.shard_bounds(self.num_test, int(r), self.num_replicas))
+                                 for r in replica_ids]  # the test rows each of this worker's replicas holds
         jit = config.resolved_jit_compile()
         whole_call_jit = jit and self.num_replicas == 1 and config.input == "device"
         self._gradients = tf.function(self._gradients_fn, jit_compile=True) if jit and not whole_call_jit \
@@ -112,17 +116,17 @@ class Trainer:
         # One all-reduce for the gradients and, in one small vector, the loss and the non-finite marks: each
         # tensor is a collective of its own between workers, so the marks must not add one.
         *grads, stats = ctx.all_reduce(tf.distribute.ReduceOp.SUM, list(grads) + [tf.concat([[loss], bad], 0)])
-        ctx.merge_call(self._apply_sgd, args=(grads,))
+        ctx.merge_call(functools.partial(self._update_weights, update=self._sgd), args=(grads,))
         return stats[0], stats[1:]
 
-    def _apply_sgd(self, strategy, grads):
-        for variable, grad in zip(self.model.weights, grads):
-            strategy.extended.update(variable, lambda v, g: v.assign_sub(self._learning_rate * g),
-                                     args=(grad,), group=False)
+    def _sgd(self, variable, grad):
+        return variable.assign_sub(self._learning_rate * grad)
 
-    def _assign(self, strategy, values):
+    def _update_weights(self, strategy, values, update):
+        """update(variable, value) on every replica's copy of each weight (SGD, or taking replica 0's); the
+        merge_call target, with `update` bound beforehand (merge_call would treat it as per-replica data)."""
         for variable, value in zip(self.model.weights, values):
-            strategy.extended.update(variable, lambda v, x: v.assign(x), args=(value,), group=False)
+            strategy.extended.update(variable, update, args=(value,), group=False)
 
     def _replica_device_step(self, images, labels, batch_indices, step_in_epoch):
         indices = tf.gather(batch_indices, step_in_epoch)  # a gather, not a slice: XLA keeps the step dynamic
@@ -176,7 +180,7 @@ class Trainer:
             keep = tf.cast(tf.equal(ctx.replica_id_in_sync_group, 0), tf.float32)
             values = [tf.convert_to_tensor(v) * keep for v in self.model.weights] + [step * keep]
             *weights, step = ctx.all_reduce(tf.distribute.ReduceOp.SUM, values)
-            ctx.merge_call(self._assign, args=(weights,))
+            ctx.merge_call(functools.partial(self._update_weights, update=lambda v, x: v.assign(x)), args=(weights,))
             return step
         return self.strategy.experimental_local_results(self.strategy.run(replica, args=(step,)))[0]
 
@@ -200,9 +204,6 @@ class Trainer:
     def _shard_eval_set(self, x, y):
         def shard(array):
             return lambda r, n: array[slice(*inputs.shard_bounds(len(array), r, n))]
-        ids = inputs.on_each_replica(self.strategy, lambda r, n: np.int32(r))
-        self._local_test_rows = [slice(*inputs.shard_bounds(len(x), int(r), self.num_replicas))
-                                 for r in self.strategy.experimental_local_results(ids)]
         return inputs.on_each_replica(self.strategy, shard(x)), inputs.on_each_replica(self.strategy, shard(y))
 
     def evaluate(self) -> float:

@@ -13,9 +13,10 @@ import json
 import os
 import sys
 
+import numpy as np
 from absl import flags
 
-from distmnist import cli, tfquiet
+from distmnist import cli, files, images, tfquiet  # none of them imports TensorFlow: bad files fail fast
 from distmnist.errors import UserError
 
 flags.DEFINE_string("model", None, "A SavedModel written by distmnist.train, or its run directory.")
@@ -44,8 +45,6 @@ def main(paths) -> int:
         raise UserError(f"--top_k must be between 1 and 10, got {FLAGS.top_k}")
     saved_model = model_path(FLAGS.model)
 
-    from distmnist import images  # Pillow and numpy only: bad files are reported before TensorFlow loads
-
     names, prepared, failures = [], [], 0
     for path in paths:
         try:
@@ -57,8 +56,6 @@ def main(paths) -> int:
             failures += 1
 
     if names:
-        import numpy as np
-
         tf = tfquiet.import_tensorflow()
         serve = tf.saved_model.load(saved_model).signatures["serving_default"]
         probabilities = serve(images=tf.constant(np.stack(prepared)))["probabilities"].numpy()
@@ -71,8 +68,6 @@ def main(paths) -> int:
                 others = ", ".join(f"{d} {p[d]:.1%}" for d in top[1:])
                 print(f"{name}: {top[0]} ({p[top[0]]:.1%})" + (f"  then {others}" if others else ""))
         if FLAGS.show_preprocessed:
-            from distmnist import files
-
             files.write_bytes(FLAGS.show_preprocessed, images.grid_png(
                 prepared, [str(int(np.argmax(p))) for p in probabilities],
                 title="what the model saw, with its answers"))

@@ -1,8 +1,11 @@
-"""Running the entry points as a user would: a subprocess with the test's Python."""
+"""Running the entry points as a user would (a subprocess with the test's Python), and what tests read back."""
 
 import os
+import socket
 import subprocess
 import sys
+
+import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -17,3 +20,30 @@ def run_python(code: str, timeout_s: int = 120) -> subprocess.CompletedProcess:
     """Runs code in a fresh interpreter outside the repository, so distmnist cannot be imported by accident."""
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout_s,
                           cwd="/", env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+
+
+def free_ports(count: int) -> list:
+    """Ports the kernel says are free on loopback (bound together, so distinct), released for the caller."""
+    socks = [socket.socket() for _ in range(count)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def saved_weights(run_dir) -> dict:
+    """The exported model's weights, by variable name, read from the SavedModel's variables."""
+    import tensorflow as tf
+
+    reader = tf.train.load_checkpoint(os.path.join(run_dir, "saved_model", "variables", "variables"))
+    return {name: reader.get_tensor(name) for name in sorted(reader.get_variable_to_shape_map())
+            if name.startswith("mlp/")}
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    """Bit for bit."""
+    assert len(a) == 6 and a.keys() == b.keys()
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name])

@@ -4,7 +4,6 @@ have each step once; half-written and corrupt checkpoints are never used; a dive
 checkpoint; other flags are refused."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from distmnist.config import TrainConfig
 from distmnist.errors import UserError
 from distmnist.loop import Trainer
 from distmnist.strategy import make_strategy
-from helpers import REPO, run_module
+from helpers import REPO, assert_same_weights, run_module, saved_weights
 from test_train import read_scalars
 
 STEPS = 1000
@@ -33,10 +32,6 @@ def tensor_steps(run_dir) -> dict:
     acc.Reload()
     return {tag: [e.step for e in acc.Tensors(tag)] for tag in acc.Tags()["tensors"]}
 
-
-def saved_weights(run_dir) -> list:
-    reader = tf.train.load_checkpoint(os.path.join(run_dir, "saved_model", "variables", "variables"))
-    return [reader.get_tensor(name) for name in sorted(reader.get_variable_to_shape_map()) if name.startswith("mlp/")]
 
 
 def command(tiny_npz_dir, logdir, run_name, *extra):
@@ -118,8 +113,7 @@ def test_killed_and_stopped_runs_resume_bit_identical(tmp_path, tiny_npz_dir, ex
 
     resumed = train(tiny_npz_dir, tmp_path, "killed", *extra)
     assert f"resuming from step {stop_step}," in resumed.stdout
-    for a, b in zip(saved_weights(tmp_path / "whole"), saved_weights(tmp_path / "killed"), strict=True):
-        np.testing.assert_array_equal(a, b)  # bit for bit
+    assert_same_weights(saved_weights(tmp_path / "whole"), saved_weights(tmp_path / "killed"))
 
     history = json.loads((tmp_path / "killed" / "run.json").read_text())["history"]
     assert [s for s, _ in history["loss"]] == list(range(0, STEPS, 20))  # no gaps, no duplicates

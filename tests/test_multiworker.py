@@ -5,7 +5,6 @@ at one checkpoint that the cluster resumes from."""
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,15 +13,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import REPO, run_module
+from helpers import REPO, free_ports, run_module, saved_weights
 
 FLAGS = ("--max_steps=20", "--batch_size=32", "--log_every=5", "--eval_every=10")
 
-
-def saved_weights(run_dir) -> dict:
-    reader = tf.train.load_checkpoint(os.path.join(run_dir, "saved_model", "variables", "variables"))
-    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
-            if name.startswith("mlp/")}
 
 
 def local_cluster(workers: int, *args: str, timeout_s: int = 240) -> subprocess.CompletedProcess:
@@ -50,15 +44,6 @@ def test_a_failing_worker_stops_the_cluster_with_its_status(tmp_path, tiny_npz_d
     assert "worker 0 exited with status 2; stopping the others" in result.stderr
     assert time.monotonic() - start < 60
 
-
-def free_ports(count):
-    socks = [socket.socket() for _ in range(count)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 @pytest.mark.parametrize("timeout_s", [8])

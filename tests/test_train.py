@@ -4,7 +4,6 @@ served by a real TensorBoard server), and its answers to bad input."""
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 from tensorflow.python.framework import tensor_util
 
-from helpers import run_module, run_python
+from helpers import free_ports, run_module, run_python
 
 TINY_FLAGS = ("--max_steps=25", "--log_every=5", "--eval_every=10", "--batch_size=32", "--steps_per_loop=4")
 
@@ -86,12 +85,6 @@ print(float(np.mean(out["classes"].numpy() == np.load({tiny_npz_dir + '/mnist.np
     assert not [p for p in os.listdir(run_dir) if p.startswith(".tmp")]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def get_json(url: str):
     with urllib.request.urlopen(url, timeout=5) as response:
         return json.loads(response.read())
@@ -100,7 +93,7 @@ def get_json(url: str):
 def assert_tensorboard_serves(logdir, run: str, history: dict):
     """Starts a real TensorBoard server on a free loopback port and reads the run's loss and accuracy back
     through its HTTP data API (bounded wait; the server is always stopped)."""
-    port = free_port()
+    port, = free_ports(1)
     tensorboard = os.path.join(os.path.dirname(sys.executable), "tensorboard")  # what `make tensorboard` runs
     server = subprocess.Popen([tensorboard, "--logdir", str(logdir), "--host", "127.0.0.1", "--port", str(port)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
