@@ -23,23 +23,19 @@ class Timing:
     per_replica_batch_size: int = 128
     warmup_steps: int = 50
     timed_steps: int = 400
-    trials: int = 3  # the best of several timings: shared machines have noisy neighbours
     learning_rate: float = 0.1  # small enough that no contender diverges; speed does not depend on it
     seed: int = 0
 
 
-def _best_examples_per_sec(run_steps, timing: Timing, global_batch_size: int) -> float:
-    """Warms up with run_steps(warmup_steps), then returns the best rate over timing.trials timed runs.
+def _examples_per_sec(run_steps, timing: Timing, global_batch_size: int) -> float:
+    """Warms up with run_steps(warmup_steps), then times run_steps(timed_steps).
 
     run_steps(n) must run n training steps and wait for them to finish.
     """
     run_steps(timing.warmup_steps)
-    best = 0.0
-    for _ in range(timing.trials):
-        start = time.perf_counter()
-        run_steps(timing.timed_steps)
-        best = max(best, timing.timed_steps * global_batch_size / (time.perf_counter() - start))
-    return best
+    start = time.perf_counter()
+    run_steps(timing.timed_steps)
+    return timing.timed_steps * global_batch_size / (time.perf_counter() - start)
 
 
 def tutorial_eager(mnist: Mnist, device: str, timing: Timing) -> float:
@@ -71,7 +67,7 @@ def tutorial_eager(mnist: Mnist, device: str, timing: Timing) -> float:
                 step()
             float(step())  # wait for the last step
 
-        return _best_examples_per_sec(run_steps, timing, timing.per_replica_batch_size)
+        return _examples_per_sec(run_steps, timing, timing.per_replica_batch_size)
 
 
 def keras_model(seed: int):
@@ -114,7 +110,7 @@ def keras_fit(mnist: Mnist, strategy: tf.distribute.Strategy, timing: Timing, tu
     def run_steps(n):
         model.fit(dataset, epochs=1, steps_per_epoch=n, verbose=0)
 
-    return _best_examples_per_sec(run_steps, timing, global_batch_size)
+    return _examples_per_sec(run_steps, timing, global_batch_size)
 
 
 def distmnist_trainer(mnist: Mnist, strategy: tf.distribute.Strategy, timing: Timing, input_path: str) -> float:
@@ -122,30 +118,29 @@ def distmnist_trainer(mnist: Mnist, strategy: tf.distribute.Strategy, timing: Ti
     config = TrainConfig(batch_size=timing.per_replica_batch_size, learning_rate=timing.learning_rate,
                          seed=timing.seed, input=input_path, max_steps=10 ** 9)
     trainer = Trainer(config, strategy, mnist)
-    return _best_examples_per_sec(trainer.run_steps, timing, trainer.global_batch_size)
+    return _examples_per_sec(trainer.run_steps, timing, trainer.global_batch_size)
 
 
-def matmul_flops_per_sec(device: str, sizes=(2048, 3072), trials: int = 3) -> float:
+@tf.function
+def _repeated_matmul(a, b, n):
+    total = tf.zeros([])
+    for _ in tf.range(n):
+        total += tf.matmul(a, b)[0, 0]
+    return total
+
+
+def matmul_flops_per_sec(device: str, sizes=(2048, 3072)) -> float:
     """The best FLOP/s of large float32 matmuls on the device: the ceiling for any way of training this MLP."""
     best = 0.0
     with tf.device(device):
         for size in sizes:
             a = tf.random.uniform([size, size])
             b = tf.random.uniform([size, size])
-
-            @tf.function
-            def run(n):
-                total = tf.zeros([])
-                for _ in tf.range(n):
-                    total += tf.matmul(a, b)[0, 0]
-                return total
-
-            repeats = max(1, int(8e10 // (2 * size ** 3)))  # about a second per trial on a 2-core CPU
-            float(run(tf.constant(1)))
-            for _ in range(trials):
-                start = time.perf_counter()
-                float(run(tf.constant(repeats)))
-                best = max(best, 2.0 * size ** 3 * repeats / (time.perf_counter() - start))
+            repeats = max(1, int(8e10 // (2 * size ** 3)))  # about a second on a 2-core CPU
+            float(_repeated_matmul(a, b, tf.constant(1)))
+            start = time.perf_counter()
+            float(_repeated_matmul(a, b, tf.constant(repeats)))
+            best = max(best, 2.0 * size ** 3 * repeats / (time.perf_counter() - start))
     return best
 
 

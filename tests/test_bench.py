@@ -20,8 +20,9 @@ def test_quick_bench_writes_a_complete_report(tmp_path):
     assert {r["name"] for r in rows if r["replicas"] == 1} == CONTENDERS
     assert {r["name"] for r in rows if r["replicas"] == 2} == CONTENDERS - {"compute bound", "tutorial eager"}
     for row in rows:
-        assert set(row) == {"name", "replicas", "device", "per_replica_batch_size", "examples_per_sec"}
+        assert set(row) == {"name", "replicas", "device", "per_replica_batch_size", "examples_per_sec", "rounds"}
         assert row["per_replica_batch_size"] == 128 and row["examples_per_sec"] > 0
+        assert row["examples_per_sec"] == max(row["rounds"]) and len(row["rounds"]) == report["settings"]["rounds"]
 
     ours = next(r["examples_per_sec"] for r in rows if r["name"] == "distmnist (default)" and r["replicas"] == 1)
     keras = next(r["examples_per_sec"] for r in rows if r["name"] == "keras fit (default)" and r["replicas"] == 1)
