@@ -1,5 +1,6 @@
 """Shared test set-up: four logical CPUs for multi-replica tests, and tiny MNIST-shaped data."""
 
+import gc
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -29,6 +30,15 @@ def make_tiny_mnist(num_train: int = 512, num_test: int = 100, seed: int = 0) ->
 
     (x_train, y_train), (x_test, y_test) = split(num_train), split(num_test)
     return Mnist(x_train, y_train, x_test, y_test, source="tiny synthetic")
+
+
+@pytest.fixture(autouse=True)
+def collect_garbage():
+    """Collect each test's TensorFlow objects when it ends: tf.data iterators left uncollected keep prefetching
+    on their own threads and slow the tests after them, and a single collection at the end of the session (pytest
+    makes one) took a minute (all tests: 7 min 36 s of tests plus 63 s at exit, before this)."""
+    yield
+    gc.collect()
 
 
 @pytest.fixture(scope="session")

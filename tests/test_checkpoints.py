@@ -75,7 +75,10 @@ class Run:
     (("--cpu_replicas=2",), signal.SIGINT),
 ])
 def test_killed_and_stopped_runs_resume_bit_identical(tmp_path, tiny_npz_dir, extra, stop_signal):
-    train(tiny_npz_dir, tmp_path, "whole", *extra)
+    # The uninterrupted run to compare with shares nothing with the others, so it runs beside them.
+    with open(tmp_path / "whole.out", "w") as out:
+        whole = subprocess.Popen(command(tiny_npz_dir, tmp_path, "whole", *extra), cwd=REPO, stdout=out,
+                                 stderr=subprocess.STDOUT)
     args = command(tiny_npz_dir, tmp_path, "killed", *extra)
     checkpoints = tmp_path / "killed" / "checkpoints"
 
@@ -113,6 +116,7 @@ def test_killed_and_stopped_runs_resume_bit_identical(tmp_path, tiny_npz_dir, ex
 
     resumed = train(tiny_npz_dir, tmp_path, "killed", *extra)
     assert f"resuming from step {stop_step}," in resumed.stdout
+    assert whole.wait(timeout=300) == 0, (tmp_path / "whole.out").read_text()[-3000:]
     assert_same_weights(saved_weights(tmp_path / "whole"), saved_weights(tmp_path / "killed"))
 
     history = json.loads((tmp_path / "killed" / "run.json").read_text())["history"]
