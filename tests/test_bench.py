@@ -38,3 +38,12 @@ def test_quick_bench_writes_a_complete_report(tmp_path):
     assert "examples/second (higher is better)" in texts
     assert "distmnist (default) (1x CPU)" in texts
     assert "compute bound" in result.stdout and "vs_keras_default" in result.stdout
+
+
+def test_bad_counts_are_one_line_and_write_nothing(tmp_path):
+    out = tmp_path / "out"
+    result = run_module("distmnist.bench", "--rounds=0", f"--out={out}")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "distmnist.bench: error: --batch_size, --steps and --rounds must be positive and --warmup_steps >= 0"]
+    assert not out.exists()
