@@ -34,9 +34,8 @@ def save_svg(fig, path: str) -> None:
     files.write_bytes(path, buffer.getvalue())
 
 
-def plot_confusion(path: str, labels: np.ndarray, predicted: np.ndarray) -> np.ndarray:
-    """Draws the 10x10 confusion matrix (rows: true digit, columns: predicted) with the count in every cell;
-    returns the matrix."""
+def plot_confusion(path: str, labels: np.ndarray, predicted: np.ndarray) -> None:
+    """Draws the 10x10 confusion matrix (rows: true digit, columns: predicted) with the count in every cell."""
     matrix = np.zeros([10, 10], np.int64)
     np.add.at(matrix, (labels.astype(np.int64), predicted.astype(np.int64)), 1)
     fig, ax = plt.subplots(figsize=(6.4, 5.6))
@@ -53,7 +52,6 @@ def plot_confusion(path: str, labels: np.ndarray, predicted: np.ndarray) -> np.n
     accuracy = np.trace(matrix) / max(1, matrix.sum())
     ax.set_title(f"Confusion matrix: {matrix.sum()} test images, accuracy {accuracy:.2%}")
     save_svg(fig, path)
-    return matrix
 
 
 def plot_run(run_dir: str, loss_history, accuracy_history) -> list:
