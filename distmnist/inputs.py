@@ -59,15 +59,24 @@ def tfdata_pipeline(x: np.ndarray, y: np.ndarray, global_batch_size: int, shuffl
                 tf.reshape(images[first:first + size], [local_replicas, per_replica, 28, 28]),
                 tf.reshape(labels[first:first + size], [local_replicas, per_replica])))
 
-        dataset = dataset.flat_map(split)
+        # flat_map hides that the stream never ends; said again, tf.distribute skips the check that every worker
+        # still has data, an int64 all-reduce in every step (and a SplitV that GPUs have no int64 kernel for).
+        dataset = dataset.flat_map(split).apply(tf.data.experimental.assert_cardinality(tf.data.INFINITE_CARDINALITY))
     dataset = dataset.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
 def on_each_replica(strategy: tf.distribute.Strategy, value_fn):
-    """Places value_fn(replica_id, num_replicas) (a numpy array) on each replica's device, once."""
+    """value_fn(replica_id, num_replicas) (a numpy array or a tensor), made on each replica's own device once.
+
+    value_fn runs under that replica's device scope, so what it computes runs there too. TensorFlow calls the
+    function with no device scope of its own: without this every replica's copy would sit on the first device.
+    """
+    devices = strategy.extended.worker_devices  # this worker's replicas, in order
+
     def place(ctx):
-        return tf.identity(value_fn(ctx.replica_id_in_sync_group, ctx.num_replicas_in_sync))
+        with tf.device(devices[ctx.replica_id_in_sync_group % len(devices)]):
+            return tf.identity(value_fn(ctx.replica_id_in_sync_group, ctx.num_replicas_in_sync))
     return strategy.experimental_distribute_values_from_function(place)
 
 
@@ -78,9 +87,10 @@ def shard_bounds(num_examples: int, replica_id: int, num_replicas: int):
 
 def replica_batch_indices(order: np.ndarray, steps: int, num_replicas: int, per_replica_batch_size: int,
                           replica_id: int) -> np.ndarray:
-    """The indices that one replica trains on at each step of an epoch: int32 [steps, per_replica_batch_size].
+    """The indices that one replica trains on at each step of an epoch: int64 [steps, per_replica_batch_size]
+    (int64, as int32 tensors on a GPU live in host memory and would be copied to the device every step).
 
     Replica r takes the r-th contiguous slice of each global batch, as tf.distribute splits a tf.data batch.
     """
     used = order[:steps * num_replicas * per_replica_batch_size]
-    return used.reshape(steps, num_replicas, per_replica_batch_size)[:, replica_id, :].astype(np.int32)
+    return used.reshape(steps, num_replicas, per_replica_batch_size)[:, replica_id, :].astype(np.int64)

@@ -27,7 +27,9 @@ from distmnist.model import MLP, forward, images_to_features, labels_to_targets
 def mse_loss(targets: tf.Tensor, logits: tf.Tensor, global_batch_size: int) -> tf.Tensor:
     """This replica's share of the global batch's mean squared error (summed over replicas it is the mean)."""
     per_example = tf.reduce_mean(tf.square(targets - logits), axis=-1)
-    return tf.nn.compute_average_loss(per_example, global_batch_size=global_batch_size)
+    # tf.nn.compute_average_loss's arithmetic without its Assert, which checks a Python constant in every step
+    # and, on a GPU, copies its condition to the host to do so.
+    return tf.math.divide_no_nan(tf.reduce_sum(per_example), tf.constant(global_batch_size, per_example.dtype))
 
 
 class Reporter:
@@ -78,9 +80,11 @@ class Trainer:
         self._gradients = tf.function(self._gradients_fn, jit_compile=True) if jit and not whole_call_jit \
             else self._gradients_fn
         if config.input == "device":
+            # In the training dtype already, computed on each replica's device: a step only gathers float32 rows
+            # (GatherV2 has GPU kernels for float32, none for uint8), with int64 indices.
             self._order = inputs.EpochOrder(self.num_train, config.shuffle_buffer, config.seed)
-            self._images = inputs.on_each_replica(strategy, lambda r, n: mnist.x_train)
-            self._labels = inputs.on_each_replica(strategy, lambda r, n: mnist.y_train)
+            self._features = inputs.on_each_replica(strategy, lambda r, n: images_to_features(mnist.x_train))
+            self._targets = inputs.on_each_replica(strategy, lambda r, n: labels_to_targets(mnist.y_train))
             self._chunk = tf.function(self._device_chunk, jit_compile=whole_call_jit or None)
         else:
             self._train_arrays = (mnist.x_train, mnist.y_train)
@@ -128,14 +132,16 @@ class Trainer:
         for variable, value in zip(self.model.weights, values):
             strategy.extended.update(variable, update, args=(value,), group=False)
 
-    def _replica_device_step(self, images, labels, batch_indices, step_in_epoch):
+    def _replica_device_step(self, features, targets, batch_indices, step_in_epoch):
         indices = tf.gather(batch_indices, step_in_epoch)  # a gather, not a slice: XLA keeps the step dynamic
-        features = images_to_features(tf.gather(images, indices))
-        return self._replica_train_step(features, labels_to_targets(tf.gather(labels, indices)))
+        return self._replica_train_step(tf.gather(features, indices), tf.gather(targets, indices))
 
     def _replica_evaluate(self, images, labels):
+        """(correct answers as float32, predicted classes): GPUs do not all-reduce int32 (TensorFlow's
+        collective executor refuses it), and float32 counts exactly up to 2**24."""
         predicted = tf.argmax(self.model(images_to_features(images)), axis=-1, output_type=tf.int32)
-        return tf.reduce_sum(tf.cast(tf.equal(predicted, tf.cast(labels, tf.int32)), tf.int32)), predicted
+        correct = tf.cast(tf.equal(predicted, tf.cast(labels, tf.int32)), tf.float32)
+        return tf.reduce_sum(correct), predicted
 
     # --- compiled functions (cross-replica context) --------------------------------------------------------
 
@@ -155,9 +161,9 @@ class Trainer:
             i += 1
         return losses.stack(), i, bad
 
-    def _device_chunk(self, images, labels, batch_indices, first_step_in_epoch, num_steps):
+    def _device_chunk(self, features, targets, batch_indices, first_step_in_epoch, num_steps):
         return self._steps(num_steps, lambda i: self.strategy.run(
-            self._replica_device_step, args=(images, labels, batch_indices, first_step_in_epoch + i)))
+            self._replica_device_step, args=(features, targets, batch_indices, first_step_in_epoch + i)))
 
     def _tfdata_chunk(self, iterator, num_steps):
         return self._steps(num_steps, lambda i: self.strategy.run(self._replica_train_step, args=next(iterator)))
@@ -174,12 +180,14 @@ class Trainer:
         return self.strategy.experimental_local_results(summed)[0]
 
     def _from_replica_0_fn(self, step):
-        """Every replica takes replica 0's weights and step: a sum in which every other replica adds zeros."""
+        """Every replica takes replica 0's weights and step: a sum in which every other replica adds zeros (the
+        step in float64, exact far beyond any run's length; GPUs do not all-reduce integers)."""
         def replica(step):
             ctx = tf.distribute.get_replica_context()
             keep = tf.cast(tf.equal(ctx.replica_id_in_sync_group, 0), tf.float32)
-            values = [tf.convert_to_tensor(v) * keep for v in self.model.weights] + [step * keep]
-            *weights, step = ctx.all_reduce(tf.distribute.ReduceOp.SUM, values)
+            weights = ctx.all_reduce(tf.distribute.ReduceOp.SUM, [tf.convert_to_tensor(v) * keep
+                                                                  for v in self.model.weights])
+            step = ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.identity(step) * tf.cast(keep, tf.float64))
             ctx.merge_call(functools.partial(self._update_weights, update=lambda v, x: v.assign(x)), args=(weights,))
             return step
         return self.strategy.experimental_local_results(self.strategy.run(replica, args=(step,)))[0]
@@ -193,7 +201,25 @@ class Trainer:
     def adopt_replica_0(self, step: int) -> int:
         """Gives every worker the chief's weights and step (a resumed multi-worker run restores on the chief
         only); returns the step. A collective, like any_replica."""
-        return int(self._from_replica_0(tf.constant(float(step))))
+        return int(self._from_replica_0(tf.constant(step, tf.float64)))
+
+    def graphs(self) -> dict:
+        """The GraphDefs of every function this trainer runs, by name, traced for its strategy and input path:
+        what TensorFlow will place on the devices (the tests check them against the GPU kernel registry)."""
+        count = tf.constant(1, tf.int32)
+        if self.config.input == "device":
+            self._start_epoch()
+            chunk = self._chunk.get_concrete_function(self._features, self._targets, self._batch_indices,
+                                                      tf.constant(0, tf.int32), count)
+        else:
+            chunk = self._chunk.get_concrete_function(self._iterator, count)
+        functions = {
+            "train": chunk,
+            "evaluate": self._evaluate.get_concrete_function(*self._test),
+            "any_replica": self._any_replica.get_concrete_function(tf.constant(0.0)),
+            "from_replica_0": self._from_replica_0.get_concrete_function(tf.constant(0.0, tf.float64)),
+        }
+        return {name: fn.graph.as_graph_def() for name, fn in functions.items()}
 
     def _tfdata_iterator(self, start_step: int):
         x, y = self._train_arrays
@@ -213,7 +239,7 @@ class Trainer:
         self.test_predictions = np.full([self.num_test], -1, np.int32)
         for rows, classes in zip(self._local_test_rows, predicted):
             self.test_predictions[rows] = classes.numpy()
-        return int(correct) / self.num_test
+        return int(round(float(correct))) / self.num_test
 
     def _report_evaluation(self, reporter: Reporter) -> None:
         reporter.accuracy(self.step, self.evaluate())
@@ -233,7 +259,7 @@ class Trainer:
     def _run_chunk(self, step_in_epoch: int, num_steps: int) -> np.ndarray:
         count = tf.constant(num_steps, tf.int32)
         if self.config.input == "device":
-            losses, done, bad = self._chunk(self._images, self._labels, self._batch_indices,
+            losses, done, bad = self._chunk(self._features, self._targets, self._batch_indices,
                                             tf.constant(step_in_epoch, tf.int32), count)
         else:
             losses, done, bad = self._chunk(self._iterator, count)

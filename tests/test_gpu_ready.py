@@ -1,0 +1,129 @@
+"""GPU readiness, established on the CPU from what TensorFlow itself reports: every op TensorFlow runs outside XLA
+has a GPU kernel for its dtypes, no collective reduces int32 (GPUs refuse it), each replica's data lives on
+its own device, and multi-worker picks NCCL on GPUs."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import tensorflow as tf
+
+from distmnist.config import TrainConfig
+from distmnist.export import Classifier
+from distmnist.loop import Reporter, Trainer
+from distmnist.strategy import communication, make_strategy
+
+from helpers import REPO, free_ports
+from kernel_registry import ops_without_gpu_kernel
+
+INT32 = tf.int32.as_datatype_enum
+
+
+def test_the_registry_check_finds_an_op_without_a_gpu_kernel():
+    """The check can fail: TensorFlow 2.21 has no GPU GatherV2 for uint8, and has one for float32."""
+    images = tf.zeros([8, 28, 28], tf.uint8)
+    graph = tf.function(lambda x, i: tf.gather(x, i)).get_concrete_function(images, tf.constant([1, 2]))
+    assert [op for op, _ in ops_without_gpu_kernel(graph.graph.as_graph_def())] == ["GatherV2"]
+    as_float = tf.function(lambda x, i: tf.gather(tf.cast(x, tf.float32), i)).get_concrete_function(
+        images, tf.constant([1, 2]))
+    assert ops_without_gpu_kernel(as_float.graph.as_graph_def()) == []
+
+
+@pytest.mark.parametrize("replicas,input_path,jit", [
+    (1, "device", False),  # one GPU with --nojit_compile: nothing hides in XLA
+    (1, "tfdata", False),
+    (2, "device", None),  # the default on 2 replicas: XLA per replica, the loop and collectives outside
+    (2, "device", False),
+    (2, "tfdata", False),
+])
+def test_every_op_outside_xla_has_a_gpu_kernel(tiny_mnist, replicas, input_path, jit):
+    config = TrainConfig(max_steps=5, batch_size=16, input=input_path, jit_compile=jit)
+    trainer = Trainer(config, make_strategy(cpu_replicas=replicas).strategy, tiny_mnist)
+    graphs = trainer.graphs()
+    assert set(graphs) == {"train", "evaluate", "any_replica", "from_replica_0"}
+    for name, graph in graphs.items():
+        assert ops_without_gpu_kernel(graph) == [], name
+    classifier = Classifier(trainer.weights())
+    assert ops_without_gpu_kernel(classifier.serve.get_concrete_function().graph.as_graph_def()) == []
+    trainer.train(Reporter())  # and the traced code runs
+    assert trainer.step == 5 and trainer.trace_count == 1
+
+
+@pytest.mark.parametrize("replicas", [2, 4])
+def test_each_replica_holds_its_data_on_its_own_device(tiny_mnist, replicas):
+    choice = make_strategy(cpu_replicas=replicas)
+    trainer = Trainer(TrainConfig(max_steps=2, batch_size=8), choice.strategy, tiny_mnist)
+    trainer.graphs()  # starts the first epoch: the batch indices exist from here
+    local = choice.strategy.experimental_local_results
+    expected = [tf.DeviceSpec.from_string(d) for d in choice.devices]
+    for name, value in [("features", trainer._features), ("targets", trainer._targets),
+                        ("batch indices", trainer._batch_indices), ("test images", trainer._test[0]),
+                        ("test labels", trainer._test[1])]:
+        placed = [tf.DeviceSpec.from_string(t.device) for t in local(value)]
+        assert [(d.device_type, d.device_index) for d in placed] == \
+            [(d.device_type.upper(), d.device_index) for d in expected], name
+    assert local(trainer._features)[0].dtype == tf.float32 and local(trainer._batch_indices)[0].dtype == tf.int64
+
+
+def test_multi_worker_asks_for_nccl_on_gpus_only():
+    implementation = tf.distribute.experimental.CommunicationImplementation
+    assert communication(["/gpu:0", "/gpu:1"]) == implementation.NCCL
+    assert communication(["/cpu:0"]) == implementation.AUTO
+    assert communication(["/gpu:0", "/cpu:0"]) == implementation.AUTO
+
+
+WORKER = """
+import json, os, sys, time
+sys.path.insert(0, {tests!r})
+from distmnist import tfquiet
+tf = tfquiet.import_tensorflow()
+from conftest import make_tiny_mnist
+from kernel_registry import collective_dtypes, ops_without_gpu_kernel
+from distmnist.cluster import parse_tf_config
+from distmnist.config import TrainConfig
+from distmnist.loop import Trainer
+from distmnist.strategy import make_strategy
+choice = make_strategy(cluster=parse_tf_config(os.environ["TF_CONFIG"]), collective_timeout_s=60,
+                       cluster_start_timeout_s=60)
+report = {{}}
+for input_path in ("device", "tfdata"):
+    trainer = Trainer(TrainConfig(max_steps=4, batch_size=8, input=input_path), choice.strategy, make_tiny_mnist())
+    for name, graph in trainer.graphs().items():
+        report[f"{{input_path}} {{name}}"] = {{"missing": ops_without_gpu_kernel(graph),
+                                           "collectives": sorted(collective_dtypes(graph))}}
+    report[f"{{input_path}} accuracy"] = trainer.evaluate()  # the float32 count, all-reduced across workers
+print("REPORT " + json.dumps(report), flush=True)
+# Leave together: a worker that exits while its peer still reads the last all-reduce resets the connection.
+open(os.path.join({done!r}, str(choice.cluster.task_index)), "w").close()
+while len(os.listdir({done!r})) < 2:
+    time.sleep(0.1)
+os._exit(0)
+"""
+
+
+def test_a_two_worker_cluster_reduces_no_int32_and_needs_no_host_only_op(tmp_path):
+    addresses = [f"localhost:{p}" for p in free_ports(2)]
+    (tmp_path / "done").mkdir()
+    script = WORKER.format(tests=os.path.join(REPO, "tests"), done=str(tmp_path / "done"))
+    procs = []
+    for index in range(2):
+        env = {**os.environ, "TF_CONFIG": json.dumps(
+            {"cluster": {"worker": addresses}, "task": {"type": "worker", "index": index}})}
+        procs.append(subprocess.Popen([sys.executable, "-c", script], cwd=REPO, env=env, text=True,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    outputs = [p.communicate(timeout=240) for p in procs]
+    for proc, (out, err) in zip(procs, outputs):
+        assert proc.returncode == 0, out[-2000:] + err[-3000:]
+    report = json.loads(next(line for line in outputs[0][0].splitlines() if line.startswith("REPORT "))[7:])
+    reduced = set()
+    for name, found in report.items():
+        if name.endswith("accuracy"):
+            assert 0.0 <= found <= 1.0
+            continue
+        assert found["missing"] == [], name
+        reduced |= {tuple(c) for c in found["collectives"]}
+    assert ("CollectiveReduceV2", tf.float32.as_datatype_enum) in reduced  # the walk does see the collectives
+    assert not [c for c in reduced if c[1] == INT32], reduced
+    assert {name for name in report if name.endswith("evaluate")} == {"device evaluate", "tfdata evaluate"}
