@@ -20,6 +20,7 @@ class TrainConfig:
     strategy: str = "auto"  # auto: multi_worker when TF_CONFIG names a cluster, else the single-host rules
     num_gpus: Optional[int] = None  # None: every visible GPU
     cpu_replicas: int = 0  # >= 2: that many logical CPU devices under MirroredStrategy
+    gpu_memory_growth: bool = True  # take GPU memory as needed, not all of it at start-up
     batch_size: int = 128  # per replica
     learning_rate: float = 1.5
     epochs: int = 10

@@ -74,7 +74,8 @@ def train_and_evaluate(config: TrainConfig, choice: Optional[StrategyChoice] = N
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     choice = choice or make_strategy(config.num_gpus, config.cpu_replicas, config.strategy, cluster,
-                                     config.collective_timeout_s, config.cluster_start_timeout_s)
+                                     config.collective_timeout_s, config.cluster_start_timeout_s,
+                                     config.gpu_memory_growth)
     trainer = Trainer(config, choice.strategy, mnist)
     run_dir = files.open_run_dir(config.logdir, run_name, flags, plan) if is_chief else None
     checkpointer = Checkpointer(trainer, run_dir, config.keep_checkpoints)

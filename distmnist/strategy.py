@@ -7,7 +7,10 @@ import tensorflow as tf
 from absl import logging
 
 from distmnist.cluster import Cluster
+from distmnist.devices import configure_gpus, nvidia_driver_present
 from distmnist.errors import UserError
+
+DOCTOR_HINT = "python -m distmnist.doctor says why"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,32 +69,42 @@ def _bound_cluster_waits(collective_timeout_s: int, cluster_start_timeout_s: int
     CollectiveAllReduceExtended._check_health_initial_timeout = cluster_start_timeout_s
 
 
+def communication(local_devices) -> "tf.distribute.experimental.CommunicationImplementation":
+    """NCCL when every local device is a GPU (TensorFlow's AUTO picks it only when asked); else AUTO (rings over
+    gRPC, for CPU workers)."""
+    implementation = tf.distribute.experimental.CommunicationImplementation
+    if local_devices and all("gpu" in d.lower() for d in local_devices):
+        return implementation.NCCL
+    return implementation.AUTO
+
+
 def _multi_worker(cluster: Cluster, num_gpus: Optional[int], collective_timeout_s: int,
-                  cluster_start_timeout_s: int) -> StrategyChoice:
+                  cluster_start_timeout_s: int, gpu_memory_growth: bool) -> StrategyChoice:
     _bound_cluster_waits(collective_timeout_s, cluster_start_timeout_s)
-    gpus = tf.config.list_physical_devices("GPU")
-    if num_gpus is not None and num_gpus < len(gpus):
-        tf.config.set_visible_devices(gpus[:num_gpus], "GPU")
-        gpus = gpus[:num_gpus]
-    options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=collective_timeout_s)
+    local = configure_gpus(num_gpus, gpu_memory_growth) or ["/cpu:0"]
+    implementation = communication(local)
+    options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=collective_timeout_s,
+                                                              implementation=implementation)
     resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
         tf.train.ClusterSpec(cluster.spec), task_type=cluster.task_type, task_id=cluster.task_index,
         rpc_layer="grpc")
     strategy = tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver, communication_options=options)
-    local = [g.name.replace("physical_device:", "") for g in gpus] or ["/cpu:0"]
-    return StrategyChoice(strategy, f"MultiWorkerMirroredStrategy ({cluster.num_workers} workers)",
+    collectives = "NCCL" if implementation == implementation.NCCL else "ring"  # AUTO picks rings on CPUs
+    return StrategyChoice(strategy, f"MultiWorkerMirroredStrategy ({cluster.num_workers} workers, "
+                          f"{collectives} collectives)",
                           tuple(f"{cluster.task_type}:{cluster.task_index}{d}" for d in local), cluster)
 
 
 def make_strategy(num_gpus: Optional[int] = None, cpu_replicas: int = 0, kind: str = "auto",
                   cluster: Optional[Cluster] = None, collective_timeout_s: int = 60,
-                  cluster_start_timeout_s: int = 600) -> StrategyChoice:
+                  cluster_start_timeout_s: int = 600, gpu_memory_growth: bool = True) -> StrategyChoice:
     """Picks the strategy from plain arguments.
 
     kind "auto": a cluster (from TF_CONFIG) means multi_worker; otherwise two or more GPUs give
     MirroredStrategy over exactly that many, one GPU or none a one-device strategy. num_gpus None means every
-    visible GPU; asking for more than are visible uses what exists, with a warning. cpu_replicas >= 2 runs a
-    real N-replica MirroredStrategy on N logical CPU devices.
+    visible GPU; asking for more than are visible uses what exists, with a warning. The process sees only the
+    GPUs it uses, with memory growth as asked (see devices.py). cpu_replicas >= 2 runs a real N-replica
+    MirroredStrategy on N logical CPU devices and leaves every GPU alone.
     """
     if num_gpus is not None and num_gpus < 0:
         raise UserError(f"--num_gpus must be >= 0, got {num_gpus}")
@@ -105,19 +118,23 @@ def make_strategy(num_gpus: Optional[int] = None, cpu_replicas: int = 0, kind: s
         if cpu_replicas:
             raise UserError("--cpu_replicas cannot be combined with a multi-worker cluster: each worker trains on "
                             "its GPUs or its CPU")
-        return _multi_worker(cluster, num_gpus, collective_timeout_s, cluster_start_timeout_s)
+        return _multi_worker(cluster, num_gpus, collective_timeout_s, cluster_start_timeout_s, gpu_memory_growth)
     if cpu_replicas >= 2:
+        configure_gpus(0)
         devices = _logical_cpus(cpu_replicas)
         strategy = tf.distribute.MirroredStrategy(
             devices=devices, cross_device_ops=tf.distribute.ReductionToOneDevice(reduce_to_device=devices[0]))
         return StrategyChoice(strategy, "MirroredStrategy (logical CPUs)", tuple(devices))
-    visible = [d.name.replace("physical_device:", "") for d in tf.config.list_physical_devices("GPU")]
-    wanted = len(visible) if num_gpus is None else num_gpus
-    if wanted > len(visible):
-        logging.warning("--num_gpus=%d requested but %d GPU(s) visible: using %d", wanted, len(visible), len(visible))
-        wanted = len(visible)
-    if kind == "mirrored" or (kind != "one_device" and wanted >= 2):
-        devices = visible[:wanted] or ["/cpu:0"]
+    available = len(tf.config.list_physical_devices("GPU"))
+    if num_gpus is not None and num_gpus > available:
+        logging.warning("--num_gpus=%d requested but %d GPU(s) visible: using %d (%s)", num_gpus, available,
+                        available, DOCTOR_HINT)
+    elif not available and num_gpus != 0 and nvidia_driver_present():
+        logging.warning("this machine has an NVIDIA driver but TensorFlow registered no GPU: training on the CPU "
+                        "(%s)", DOCTOR_HINT)
+    gpus = configure_gpus(num_gpus, gpu_memory_growth)
+    if kind == "mirrored" or (kind != "one_device" and len(gpus) >= 2):
+        devices = gpus or ["/cpu:0"]
         return StrategyChoice(tf.distribute.MirroredStrategy(devices=devices), "MirroredStrategy", tuple(devices))
-    device = visible[0] if wanted >= 1 else "/cpu:0"
+    device = gpus[0] if gpus else "/cpu:0"
     return StrategyChoice(tf.distribute.OneDeviceStrategy(device), "OneDeviceStrategy", (device,))

@@ -22,7 +22,10 @@ flags.DEFINE_integer("collective_timeout_s", _D.collective_timeout_s, "Seconds a
                      "before the run fails (multi-worker).")
 flags.DEFINE_integer("cluster_start_timeout_s", _D.cluster_start_timeout_s, "Seconds workers wait for each other "
                      "at start-up (multi-worker).")
-flags.DEFINE_integer("num_gpus", None, "GPUs to use (default: every visible GPU; 0: the CPU).")
+flags.DEFINE_integer("num_gpus", None, "GPUs to use, the first N visible (default: all; 0: the CPU); the "
+                     "process sees only those.")
+flags.DEFINE_boolean("gpu_memory_growth", _D.gpu_memory_growth, "Take GPU memory as it is needed rather than "
+                     "nearly all of every visible GPU at start-up (TF_FORCE_GPU_ALLOW_GROWTH, if set, wins).")
 flags.DEFINE_integer("cpu_replicas", _D.cpu_replicas, "N >= 2: N-replica MirroredStrategy on N logical CPUs.")
 flags.DEFINE_integer("batch_size", _D.batch_size, "Examples per replica per step.")
 flags.DEFINE_float("learning_rate", _D.learning_rate, "Plain SGD learning rate.")

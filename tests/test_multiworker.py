@@ -125,7 +125,7 @@ def test_a_stopped_worker_stops_the_cluster_at_one_checkpoint_and_the_cluster_re
     assert "[worker 1] worker 1 (localhost:" in again.stdout  # it trained to the end, and wrote nothing
     summary = json.loads((tmp_path / "r" / "run.json").read_text())
     assert summary["num_replicas"] == 2 and summary["global_batch_size"] == 64
-    assert summary["strategy"] == "MultiWorkerMirroredStrategy (2 workers)"
+    assert summary["strategy"] == "MultiWorkerMirroredStrategy (2 workers, ring collectives)"
     assert [s for s, _ in summary["history"]["loss"]] == list(range(0, 400, 10))
     written = {n for n in os.listdir(tmp_path / "r") if not n.startswith("events.out.tfevents.")}
     assert written == {"checkpoints", "saved_model", "run.json", "run_config.json", "train.svg", "test.svg",
