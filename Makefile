@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 TRAIN_FLAGS ?=
 
-.PHONY: train test data bench tensorboard clean
+.PHONY: train test data bench doctor tensorboard clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,9 @@ train: data
 
 test: $(VENV)/.installed-test
 	$(PY) -m pytest -q tests
+
+doctor: $(VENV)/.installed
+	$(PY) -m distmnist.doctor
 
 bench: $(VENV)/.installed
 	$(PY) -m distmnist.bench

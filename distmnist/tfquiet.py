@@ -1,8 +1,11 @@
-"""Importing TensorFlow without its CUDA-probing noise on machines that have no GPU.
+"""Importing TensorFlow without the banners it prints on every start.
 
 TensorFlow's C++ runtime writes these lines to file descriptor 2 before its logging is set up, so
-TF_CPP_MIN_LOG_LEVEL does not silence them all. We capture stderr while TensorFlow imports and probes its
-devices, then replay every line except the known ones, so a user's error message is not buried in them.
+TF_CPP_MIN_LOG_LEVEL does not silence them all: CUDA probing on machines without a GPU, the CPU-feature note,
+and on Intel CPUs with AVX-512 the oneDNN banner (twice). We capture stderr while TensorFlow imports and probes
+its devices, then replay every line except the known ones, so a user's error message is not buried in them.
+The dropped lines are kept in `captured`: the CUDA ones say why no GPU was registered, and
+`python -m distmnist.doctor` reports them when a GPU was expected.
 """
 
 import contextlib
@@ -18,11 +21,16 @@ _NOISE = (
     "failed call to cuInit",
     "cpu_feature_guard.cc",
     "To enable the following instructions",
+    "oneDNN custom operations are on",
 )
+captured = []  # every line TensorFlow printed while importing, the dropped ones included
 
 
 def import_tensorflow():
     """Imports TensorFlow and lists its devices with the probing noise filtered out; returns the module."""
+    # INFO lines after start-up (XLA's "service initialized", "Compiled cluster using XLA") are not for users;
+    # a TF_CPP_MIN_LOG_LEVEL that the user set wins.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as capture:
@@ -36,6 +44,7 @@ def import_tensorflow():
             os.close(saved)
         capture.seek(0)
         for line in capture.read().decode(errors="replace").splitlines(keepends=True):
+            captured.append(line.rstrip("\n"))
             if not any(noise in line for noise in _NOISE):
                 sys.stderr.write(line)
     return tf
