@@ -75,6 +75,18 @@ if [ ! -e installed ]; then
   python3 -m venv venv && venv/bin/pip install --upgrade pip || exit 1
   venv/bin/pip install "distmnist[gpu] @ file:///opt/distmnist/distmnist.tar.gz" && touch installed || exit 1
 fi
+# The image installs the NVIDIA driver on first boot: wait for it (10 minutes at most), then make sure
+# TensorFlow can use the GPUs. A VM whose GPUs are not usable stops here with the doctor's report (in this log
+# and in the bucket) instead of training on its CPU.
+for _ in \$(seq 60); do nvidia-smi -L >/dev/null 2>&1 && break; sleep 10; done
+venv/bin/python -m distmnist.doctor --smoke_steps=50 >doctor.txt 2>&1
+doctor=\$?
+cat doctor.txt
+$fetch doctor.txt $BUCKET/$NAME/doctor-$index.txt
+if [ \$doctor -ne 0 ] || ! grep -q "can train on its GPUs" doctor.txt; then
+  echo "distmnist: this VM's GPUs are not usable (doctor.txt above, and $BUCKET/$NAME/doctor-$index.txt); not training"
+  exit 1
+fi
 venv/bin/python -m distmnist.data || exit 1
 TF_CONFIG=\$($tf_config_shell) || exit 1
 export TF_CONFIG

@@ -5,14 +5,45 @@
 #
 #   launch/local_cluster.sh N [train flags...]
 #   launch/local_cluster.sh 2 --max_steps=200 --run_name=rehearsal
+#   launch/local_cluster.sh --dry-run 2        # print each worker's environment and command, start nothing
 #
+# GPUs: each worker sees its own disjoint share of this host's GPUs through CUDA_VISIBLE_DEVICES (the GPUs
+# that CUDA_VISIBLE_DEVICES already names, else those `nvidia-smi -L` lists; none without either), so no two
+# TensorFlow processes take memory on one GPU. With G GPUs, each worker gets G / N of them (G >= N).
 # PYTHON picks the interpreter (default: .venv/bin/python if present, else python3).
 set -euo pipefail
 
-usage() { echo "usage: $0 N [distmnist.train flags...]  (N >= 1 workers)" >&2; exit 2; }
+usage() { echo "usage: $0 [--dry-run] N [distmnist.train flags...]  (N >= 1 workers)" >&2; exit 2; }
+dry_run=0
+if [[ ${1:-} == --dry-run ]]; then dry_run=1; shift; fi
 [[ $# -ge 1 && $1 =~ ^[1-9][0-9]*$ ]] || usage
 workers=$1
 shift
+
+# The host's GPUs, as CUDA indices or UUIDs.
+gpus=()
+if [[ -v CUDA_VISIBLE_DEVICES ]]; then
+  IFS=, read -r -a gpus <<<"$CUDA_VISIBLE_DEVICES"
+elif command -v nvidia-smi >/dev/null; then
+  while read -r line; do
+    [[ $line =~ ^GPU\ ([0-9]+): ]] && gpus+=("${BASH_REMATCH[1]}")
+  done < <(nvidia-smi -L 2>/dev/null || true)
+fi
+per_worker=0
+if ((${#gpus[@]})); then
+  per_worker=$((${#gpus[@]} / workers))
+  if ((per_worker == 0)); then
+    echo "local_cluster: $workers workers but ${#gpus[@]} GPU(s): start at most ${#gpus[@]} workers, or train on" \
+      "the CPU with CUDA_VISIBLE_DEVICES=''" >&2
+    exit 2
+  fi
+fi
+# gpu_slice I: worker I's CUDA_VISIBLE_DEVICES (empty when the host has no GPU).
+gpu_slice() {
+  local first=$(($1 * per_worker)) slice
+  slice=$(IFS=,; echo "${gpus[*]:first:per_worker}")
+  echo "${slice}"
+}
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 if [[ -z ${PYTHON:-} ]]; then
@@ -51,9 +82,22 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 cd "$repo"
+if ((dry_run)); then
+  trap - EXIT
+  for ((i = 0; i < workers; i++)); do
+    tf_config="{\"cluster\": {\"worker\": [$addresses]}, \"task\": {\"type\": \"worker\", \"index\": $i}}"
+    printf "worker %d: TF_CONFIG='%s' CUDA_VISIBLE_DEVICES='%s'" "$i" "$tf_config" "$(gpu_slice "$i")"
+    printf ' %q' "$PYTHON" -m distmnist.train "$@"
+    printf '\n'
+  done
+  unused=$((${#gpus[@]} - per_worker * workers))
+  if ((unused > 0)); then echo "local_cluster: $unused GPU(s) left unused (an equal share per worker)"; fi
+  exit 0
+fi
 for ((i = 0; i < workers; i++)); do
   tf_config="{\"cluster\": {\"worker\": [$addresses]}, \"task\": {\"type\": \"worker\", \"index\": $i}}"
-  TF_CONFIG=$tf_config "$PYTHON" -m distmnist.train "$@" > >(sed -u "s/^/[worker $i] /") 2>&1 &
+  TF_CONFIG=$tf_config CUDA_VISIBLE_DEVICES=$(gpu_slice "$i") "$PYTHON" -m distmnist.train "$@" \
+    > >(sed -u "s/^/[worker $i] /") 2>&1 &
   pids+=($!)
 done
 

@@ -138,6 +138,10 @@ def test_start_up_scripts_pass_shellcheck_and_watch_for_preemption(tmp_path, scr
         assert "wait $train" in text
         # Only the chief brings back a run saved by an earlier VM and mirrors its run (and checkpoints) back.
         assert ("/run /opt/distmnist/logs/distmnist" in text) == (index == 0)
+        # No training on the CPU of a GPU VM: the doctor's verdict decides, its report goes to the bucket.
+        doctor = text.index("venv/bin/python -m distmnist.doctor")
+        assert text.index("nvidia-smi -L") < doctor < text.index("venv/bin/python -m distmnist.train")
+        assert f"/distmnist/doctor-{index}.txt" in text and 'grep -q "can train on its GPUs" doctor.txt' in text
         assert ("/opt/distmnist/logs/distmnist s3://bkt/distmnist/run" in text or
                 "/opt/distmnist/logs/distmnist gs://bkt/distmnist/run" in text) == (index == 0)
 
@@ -196,3 +200,36 @@ def test_preemption_notice_becomes_sigterm(cloud):
     ended = subprocess.run(["bash", os.path.join(REPO, "launch", "preemption_watch.sh"), cloud, str(target.pid)],
                            env=env, timeout=10)
     assert ended.returncode == 1  # the process is gone: nothing to watch
+
+
+def local_cluster_dry_run(workers: int, env: dict) -> list:
+    """Each worker's (TF_CONFIG, CUDA_VISIBLE_DEVICES) as local_cluster.sh --dry-run prints them."""
+    result = subprocess.run(["bash", os.path.join(REPO, "launch", "local_cluster.sh"), "--dry-run", str(workers),
+                             "--max_steps=3"], capture_output=True, text=True, cwd=REPO, timeout=60,
+                            env={"PATH": "/usr/bin:/bin", "PYTHON": sys.executable, **env})
+    assert result.returncode == 0, result.stderr
+    rows = re.findall(r"^worker (\d+): TF_CONFIG='(.*)' CUDA_VISIBLE_DEVICES='(.*)' (.*)$", result.stdout, re.M)
+    assert [int(r[0]) for r in rows] == list(range(workers)) and all(r[3].endswith("--max_steps=3") for r in rows)
+    return [(parse_tf_config(r[1]), r[2]) for r in rows]
+
+
+def test_local_cluster_gives_each_worker_its_own_gpus(tmp_path):
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text("#!/bin/sh\nfor i in 0 1 2 3; do echo \"GPU $i: NVIDIA L4 (UUID: GPU-$i)\"; done\n")
+    fake.chmod(0o755)
+    workers = local_cluster_dry_run(2, {"PATH": f"{tmp_path}:/usr/bin:/bin"})
+    assert [gpus for _, gpus in workers] == ["0,1", "2,3"]
+    assert [c.task_index for c, _ in workers] == [0, 1] and workers[0][0].spec == workers[1][0].spec
+    # GPUs already narrowed by CUDA_VISIBLE_DEVICES are shared out in turn; none means the CPU.
+    assert [g for _, g in local_cluster_dry_run(2, {"CUDA_VISIBLE_DEVICES": "4,5,6,7"})] == ["4,5", "6,7"]
+    assert [g for _, g in local_cluster_dry_run(4, {"CUDA_VISIBLE_DEVICES": "4,5,6,7"})] == ["4", "5", "6", "7"]
+    assert [g for _, g in local_cluster_dry_run(2, {})] == ["", ""]
+
+
+def test_local_cluster_refuses_more_workers_than_gpus():
+    result = subprocess.run(["bash", os.path.join(REPO, "launch", "local_cluster.sh"), "--dry-run", "3"],
+                            capture_output=True, text=True, cwd=REPO, timeout=60,
+                            env={"PATH": "/usr/bin:/bin", "PYTHON": sys.executable, "CUDA_VISIBLE_DEVICES": "0,1"})
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.splitlines() == ["local_cluster: 3 workers but 2 GPU(s): start at most 2 workers, or "
+                                          "train on the CPU with CUDA_VISIBLE_DEVICES=''"]
