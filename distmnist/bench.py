@@ -48,12 +48,12 @@ def machine(tf) -> dict:
     return {"cpu": cpu_name(), "cores": os.cpu_count(), "gpus": gpus, "tf_version": tf.__version__}
 
 
-def replica_setups(num_gpus: int):
+def replica_setups(num_gpus: int, gpu_name: str = "GPU"):
     """(replicas, device label, strategy factory) for each configuration to measure."""
     from distmnist.strategy import make_strategy
 
     if num_gpus:
-        return [(n, f"{n}x GPU", lambda n=n: make_strategy(num_gpus=n).strategy) for n in range(1, num_gpus + 1)]
+        return [(n, gpu_name, lambda n=n: make_strategy(num_gpus=n).strategy) for n in range(1, num_gpus + 1)]
     return [(1, "CPU", lambda: make_strategy(num_gpus=0).strategy),
             (2, "2 logical CPUs", lambda: make_strategy(cpu_replicas=2).strategy)]
 
@@ -78,11 +78,12 @@ def run_bench() -> dict:
     rounds = 1 if quick else FLAGS.rounds
     mnist = data.load(FLAGS.data_dir)
     first_device = "/gpu:0" if num_gpus else "/cpu:0"
-    bound_sizes = {"sizes": (1024,)} if quick else {}
-    lineup = [("compute bound", 1, first_device,
+    device_name = machine(tf)["gpus"][0] if num_gpus else "CPU"  # every row names its device
+    bound_sizes = {"sizes": (1024,), "min_seconds": 0.1} if quick else {}
+    lineup = [("compute bound", 1, device_name,
                lambda: contenders.matmul_flops_per_sec(first_device, **bound_sizes) / contenders.FLOP_PER_EXAMPLE),
-              ("tutorial eager", 1, first_device, lambda: contenders.tutorial_eager(mnist, first_device, timing))]
-    for replicas, device, strategy_fn in replica_setups(num_gpus):
+              ("tutorial eager", 1, device_name, lambda: contenders.tutorial_eager(mnist, first_device, timing))]
+    for replicas, device, strategy_fn in replica_setups(num_gpus, device_name):
         lineup += [
             ("keras fit (default)", replicas, device,
              lambda s=strategy_fn: contenders.keras_fit(mnist, s(), timing, tuned=False)),
@@ -129,7 +130,8 @@ def run_bench() -> dict:
     for name, fn in (("distmnist (default)", contenders.time_to_accuracy_distmnist),
                      ("keras fit (tuned)", contenders.time_to_accuracy_keras)):
         gc.collect()
-        seconds, epochs, accuracy = fn(mnist, replica_setups(num_gpus)[0][2](), target, max_epochs, config)
+        seconds, epochs, accuracy = fn(mnist, replica_setups(num_gpus, device_name)[0][2](), target, max_epochs,
+                                       config)
         race[name] = {"seconds": seconds, "epochs": epochs, "accuracy": accuracy}
         print(f"  time to {target:.1%}: {name:<22} "
               + (f"{seconds:6.1f} s ({epochs} epochs, {accuracy:.2%})" if seconds else

@@ -3,6 +3,7 @@ fixed number of steps at the same per-replica batch and report examples per seco
 
 import dataclasses
 import time
+import warnings
 
 import numpy as np
 import tensorflow as tf
@@ -101,6 +102,13 @@ def keras_dataset(mnist: Mnist, global_batch_size: int, seed: int) -> tf.data.Da
     return inputs.tfdata_pipeline(mnist.x_train, mnist.y_train, global_batch_size, 10000, seed)
 
 
+def _fit(model, dataset, **kwargs):
+    """model.fit without Keras's warning that a tf.data input is not shuffled again (ours is already)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*shuffle=True. was passed", category=UserWarning)
+        model.fit(dataset, **kwargs)
+
+
 def keras_fit(mnist: Mnist, strategy: tf.distribute.Strategy, timing: Timing, tuned: bool) -> float:
     """Keras Model.fit on the tutorial's pipeline: default settings, or tuned (steps_per_execution, XLA)."""
     model = compiled_keras(strategy, timing.learning_rate, timing.seed, tuned)
@@ -108,7 +116,7 @@ def keras_fit(mnist: Mnist, strategy: tf.distribute.Strategy, timing: Timing, tu
     dataset = keras_dataset(mnist, global_batch_size, timing.seed)
 
     def run_steps(n):
-        model.fit(dataset, epochs=1, steps_per_epoch=n, verbose=0)
+        _fit(model, dataset, epochs=1, steps_per_epoch=n, verbose=0)
 
     return _examples_per_sec(run_steps, timing, global_batch_size)
 
@@ -129,18 +137,27 @@ def _repeated_matmul(a, b, n):
     return total
 
 
-def matmul_flops_per_sec(device: str, sizes=(2048, 3072)) -> float:
-    """The best FLOP/s of large float32 matmuls on the device: the ceiling for any way of training this MLP."""
+def matmul_flops_per_sec(device: str, sizes=(2048, 3072), min_seconds: float = 0.5) -> float:
+    """The best FLOP/s of large float32 matmuls on the device: the ceiling for any way of training this MLP.
+
+    Each size is timed over at least min_seconds of work: a first guess of the repeats (about a second on a
+    2-core CPU, milliseconds on a GPU) is scaled up until the timing is that long.
+    """
     best = 0.0
     with tf.device(device):
         for size in sizes:
             a = tf.random.uniform([size, size])
             b = tf.random.uniform([size, size])
-            repeats = max(1, int(8e10 // (2 * size ** 3)))  # about a second on a 2-core CPU
+            repeats = max(1, int(8e10 // (2 * size ** 3)))
             float(_repeated_matmul(a, b, tf.constant(1)))
-            start = time.perf_counter()
-            float(_repeated_matmul(a, b, tf.constant(repeats)))
-            best = max(best, 2.0 * size ** 3 * repeats / (time.perf_counter() - start))
+            while True:
+                start = time.perf_counter()
+                float(_repeated_matmul(a, b, tf.constant(repeats)))
+                seconds = time.perf_counter() - start
+                if seconds >= min_seconds:
+                    break
+                repeats = int(repeats * min(100.0, 1.2 * min_seconds / max(seconds, 1e-6))) + 1
+            best = max(best, 2.0 * size ** 3 * repeats / seconds)
     return best
 
 
@@ -177,6 +194,6 @@ def time_to_accuracy_keras(mnist: Mnist, strategy, target: float, max_epochs: in
 
     dataset = keras_dataset(mnist, global_batch_size, config.seed)
     start = time.perf_counter()
-    model.fit(dataset, epochs=max_epochs, steps_per_epoch=steps_per_epoch, verbose=0, callbacks=[Stop()])
+    _fit(model, dataset, epochs=max_epochs, steps_per_epoch=steps_per_epoch, verbose=0, callbacks=[Stop()])
     hit = reached["accuracy"] >= target
     return (reached["seconds"] if hit else None), reached["epoch"], reached["accuracy"]

@@ -1,4 +1,8 @@
-"""Shared test set-up: four logical CPUs for multi-replica tests, and tiny MNIST-shaped data."""
+"""Shared test set-up: four logical CPUs for multi-replica tests, tiny MNIST-shaped data, and the `gpu` marker.
+
+The in-process tests run on the CPU whatever the machine has: GPUs are hidden from this process before any op
+runs, and from every process the tests start through CUDA_VISIBLE_DEVICES (see helpers). Tests marked `gpu` run
+their own processes with the GPUs visible, and are skipped where there is none."""
 
 import gc
 import os
@@ -10,10 +14,23 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from distmnist.data import Mnist  # noqa: E402
+from helpers import hide_gpus_from_subprocesses  # noqa: E402
 
 # Split the CPU before any op runs, so tests can build 1-, 2- and 4-replica MirroredStrategies in one process.
 tf.config.set_logical_device_configuration(
     tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * 4)
+GPUS = tf.config.list_physical_devices("GPU")  # physical: hiding them below does not change this list
+tf.config.set_visible_devices([], "GPU")
+hide_gpus_from_subprocesses()
+
+
+def pytest_collection_modifyitems(config, items):
+    if GPUS:
+        return
+    skip = pytest.mark.skip(reason="needs a GPU that TensorFlow can use (python -m distmnist.doctor)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
 
 
 def make_tiny_mnist(num_train: int = 512, num_test: int = 100, seed: int = 0) -> Mnist:

@@ -10,16 +10,37 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_module(module: str, *args: str, timeout_s: int = 300, env=None) -> subprocess.CompletedProcess:
+_GPU_VISIBILITY = os.environ.get("CUDA_VISIBLE_DEVICES")  # as the machine had it, before the tests hid GPUs
+
+
+def hide_gpus_from_subprocesses() -> None:
+    """Every process the tests start trains on the CPU, whatever the machine has (conftest calls this)."""
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
+
+def _environment(env=None, gpu: bool = False, unset=()) -> dict:
     full_env = {**os.environ, **(env or {})}
+    if gpu:
+        full_env.pop("CUDA_VISIBLE_DEVICES", None)
+        if _GPU_VISIBILITY is not None:
+            full_env["CUDA_VISIBLE_DEVICES"] = _GPU_VISIBILITY
+    for name in unset:
+        full_env.pop(name, None)
+    return full_env
+
+
+def run_module(module: str, *args: str, timeout_s: int = 300, env=None, gpu: bool = False,
+               unset=()) -> subprocess.CompletedProcess:
+    """The entry point in a fresh process, on the CPU (gpu=True: with the GPUs the machine shows); `unset` names
+    environment variables to remove, as a user's shell would not have them."""
     return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
-                          timeout=timeout_s, cwd=REPO, env=full_env)
+                          timeout=timeout_s, cwd=REPO, env=_environment(env, gpu, unset))
 
 
-def run_python(code: str, timeout_s: int = 120) -> subprocess.CompletedProcess:
+def run_python(code: str, timeout_s: int = 120, gpu: bool = False, env=None) -> subprocess.CompletedProcess:
     """Runs code in a fresh interpreter outside the repository, so distmnist cannot be imported by accident."""
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout_s,
-                          cwd="/", env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+                          cwd="/", env=_environment({"TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}, gpu))
 
 
 def free_ports(count: int) -> list:
