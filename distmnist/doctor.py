@@ -53,7 +53,8 @@ def _version(text: str) -> tuple:
 def check_python() -> Check:
     v = sys.version_info[:2]
     lo, hi = SUPPORTED_PYTHONS
-    found = f"Python {platform.python_version()} ({sys.executable})"
+    where = os.path.relpath(sys.executable) if sys.executable.startswith(os.getcwd() + os.sep) else sys.executable
+    found = f"Python {platform.python_version()} ({where})"
     if lo <= v <= hi:
         return Check("python", "ok", found)
     return Check("python", "FAIL", found, f"TensorFlow 2.21 supports Python {lo[0]}.{lo[1]}-{hi[0]}.{hi[1]}: "
