@@ -5,14 +5,15 @@
 #   launch/aws.sh down
 #   launch/aws.sh up --bucket s3://my-bucket --subnet subnet-0abc --dry-run   # print everything, run nothing
 #
-# `up` uploads this checkout (git archive HEAD) to the bucket, creates a security group that admits the gRPC
-# port from its own members only, and launches the instances in a private subnet (no public address, IMDSv2
+# `up` uploads this checkout (git archive HEAD) to the bucket, creates a security group that admits TCP (gRPC,
+# NCCL) from its own members only, and launches the instances in a private subnet (no public address, IMDSv2
 # required). Private addresses are known only after launch, so `up` then writes the cluster to
 # s3://BUCKET/NAME/cluster.json, which each instance's start-up script waits for to build its TF_CONFIG. Each
 # instance installs distmnist[gpu], fetches MNIST, trains; the chief copies its run directory to
 # s3://BUCKET/NAME/run; every instance then shuts down (and terminates). `down` terminates the instances and
-# deletes the security group. Needs the aws CLI, a subnet with a NAT gateway (pip reaches PyPI through it) and
-# an instance profile that can read and write the bucket: no credentials in this script or on the instances.
+# deletes the security group, past whatever is already gone. Needs the aws CLI, a subnet with a NAT gateway (pip
+# reaches PyPI through it) and an instance profile that can use the bucket and nothing else (docs/cloud.md has
+# the policy): no credentials in this script or on the instances.
 # TensorFlow's gRPC servers run any graph sent to them: never open GRPC_PORT beyond the cluster.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=common.sh
@@ -69,17 +70,26 @@ if [[ $ACTION == down ]]; then
   else
     ids=$(aws ec2 describe-instances --region "$REGION" --filters "Name=tag:distmnist-cluster,Values=$NAME" \
       "Name=instance-state-name,Values=pending,running,stopping,stopped" \
-      --query 'Reservations[].Instances[].InstanceId' --output text)
+      --query 'Reservations[].Instances[].InstanceId' --output text) || die "cannot list the instances (aws ec2 describe-instances failed)"
     group=$(aws ec2 describe-security-groups --region "$REGION" --filters "Name=group-name,Values=$group_name" \
-      --query 'SecurityGroups[0].GroupId' --output text)
+      --query 'SecurityGroups[0].GroupId' --output text) || group=""
   fi
-  if [[ -n $ids ]]; then
+  # Each piece on its own, past whatever is already gone; the status says whether anything could not be removed.
+  failed=()
+  if [[ -n $ids && $ids != None ]]; then
     # shellcheck disable=SC2086  # several instance ids
-    run aws ec2 terminate-instances --region "$REGION" --instance-ids $ids
+    run aws ec2 terminate-instances --region "$REGION" --instance-ids $ids || failed+=("instances $ids")
     # shellcheck disable=SC2086
-    run aws ec2 wait instance-terminated --region "$REGION" --instance-ids $ids
+    run aws ec2 wait instance-terminated --region "$REGION" --instance-ids $ids || failed+=("instances $ids")
+  else
+    echo "instances of $NAME: already gone"
   fi
-  if [[ -n $group && $group != None ]]; then run aws ec2 delete-security-group --region "$REGION" --group-id "$group"; fi
+  if [[ -n $group && $group != None ]]; then
+    run aws ec2 delete-security-group --region "$REGION" --group-id "$group" || failed+=("security group $group")
+  else
+    echo "security group $group_name: already gone"
+  fi
+  if ((${#failed[@]})); then die "could not remove: ${failed[*]} (see above); run down again or remove them by hand"; fi
   exit 0
 fi
 
@@ -99,14 +109,15 @@ else
   vpc=$(aws ec2 describe-subnets --region "$REGION" --subnet-ids "$SUBNET" --query 'Subnets[0].VpcId' --output text)
 fi
 run aws ec2 create-security-group --region "$REGION" --vpc-id "$vpc" --group-name "$group_name" \
-  --description "distmnist $NAME: gRPC between cluster members only"
+  --description "distmnist $NAME: TCP between cluster members only"
 if ((!DRY_RUN)); then
   group=$(aws ec2 describe-security-groups --region "$REGION" --filters "Name=group-name,Values=$group_name" \
     "Name=vpc-id,Values=$vpc" --query 'SecurityGroups[0].GroupId' --output text)
 fi
-# gRPC only from members of the same group: TensorFlow's servers must not be reachable from elsewhere.
+# TCP only from members of the same group: TensorFlow's gRPC servers (port GRPC_PORT) must not be reachable from
+# elsewhere, and NCCL (GPU workers) opens its own TCP connections between the same instances.
 run aws ec2 authorize-security-group-ingress --region "$REGION" --group-id "$group" --protocol tcp \
-  --port "$GRPC_PORT" --source-group "$group"
+  --port 0-65535 --source-group "$group"
 
 # Each instance waits (up to 15 minutes) for cluster.json, then takes its own place in it.
 wait_for_cluster="for _ in \$(seq 180); do if aws s3 cp $BUCKET/$NAME/cluster.json /opt/distmnist/cluster.json \

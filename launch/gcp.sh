@@ -2,50 +2,102 @@
 # Train distmnist on N GPU VMs on Google Cloud, one MultiWorkerMirroredStrategy worker each.
 #
 #   launch/gcp.sh up --bucket gs://my-bucket --workers 2 -- --epochs=20
+#   launch/gcp.sh up --bucket gs://my-bucket --accelerator-count 2     # g2-standard-24: two L4s per VM
 #   launch/gcp.sh down --workers 2
-#   launch/gcp.sh up --bucket gs://my-bucket --dry-run     # print everything, run nothing
+#   launch/gcp.sh up --bucket gs://my-bucket --dry-run                 # print everything, run nothing
 #
-# `up` uploads this checkout (git archive HEAD) to the bucket, opens the gRPC port between cluster members
-# only, and creates the VMs without public addresses; each VM's start-up script installs distmnist[gpu],
-# fetches MNIST, trains, and the chief copies its run directory to gs://BUCKET/NAME/run; then every VM shuts
-# down. `down` deletes the VMs and the firewall rule. Needs gcloud, a project with GPU quota, a subnet with
-# Private Google Access and Cloud NAT (pip reaches PyPI through it), and a service account for the VMs that
-# can read and write the bucket. No credentials are in this script or on the VMs beyond that identity.
+# `up` checks the image family, the subnet's Private Google Access and the network's Cloud NAT (the VMs have
+# no public address), uploads this checkout (git archive HEAD) to the bucket, gives the VMs a service account
+# that can use that bucket and nothing else, opens the gRPC port between cluster members only and SSH to
+# IAP's range only, and creates the VMs. Each VM's start-up script installs distmnist[gpu] in a Python 3.10+
+# venv, waits for the NVIDIA driver, stops unless `python -m distmnist.doctor` says TensorFlow can use its GPUs,
+# fetches MNIST and trains; the chief mirrors its run directory to gs://BUCKET/NAME/run (also from its
+# shutdown script, so a preempted Spot VM saves its checkpoint); then every VM shuts down. `down` deletes
+# whatever of the VMs, firewall rules and up's service account exists, and goes on past what is gone.
 # TensorFlow's gRPC servers run any graph sent to them: never open GRPC_PORT beyond the cluster.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=common.sh
 source "$(dirname "$0")/common.sh"
 
 ZONE=${GCP_ZONE:-us-central1-a}
-MACHINE_TYPE=${GCP_MACHINE_TYPE:-g2-standard-8}
 ACCELERATOR=${GCP_ACCELERATOR:-nvidia-l4}
-ACCELERATOR_COUNT=${GCP_ACCELERATOR_COUNT:-1}
-IMAGE_FAMILY=${GCP_IMAGE_FAMILY:-common-cu123-debian-11-py310}
+ACCELERATOR_COUNT=${GCP_ACCELERATOR_COUNT:-}
+MACHINE_TYPE=${GCP_MACHINE_TYPE:-}
+# Deep Learning VM family: Ubuntu 22.04 (python3 3.10), NVIDIA driver 570 (CUDA 12.8), which serves TensorFlow
+# 2.21's CUDA 12.5 wheels.
+IMAGE_FAMILY=${GCP_IMAGE_FAMILY:-common-cu128-ubuntu-2204-nvidia-570}
 IMAGE_PROJECT=${GCP_IMAGE_PROJECT:-deeplearning-platform-release}
 NETWORK=${GCP_NETWORK:-default}
 SUBNET=${GCP_SUBNET:-default}
 SERVICE_ACCOUNT=${GCP_SERVICE_ACCOUNT:-}
 SPOT=${GCP_SPOT:-0}
+IAP_RANGE=35.235.240.0/20  # where IAP's TCP forwarding (gcloud compute ssh --tunnel-through-iap) comes from
 
 help() {
-  sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
   common_help
   cat <<'HELP'
 Google Cloud options:
   --zone ZONE               [GCP_ZONE, us-central1-a]
-  --machine-type TYPE       [GCP_MACHINE_TYPE, g2-standard-8]
-  --accelerator TYPE        [GCP_ACCELERATOR, nvidia-l4]
-  --accelerator-count N     GPUs per VM [GCP_ACCELERATOR_COUNT, 1]
-  --image-family FAMILY     [GCP_IMAGE_FAMILY, common-cu123-debian-11-py310] from --image-project
+  --accelerator TYPE        GPU model [GCP_ACCELERATOR, nvidia-l4]: nvidia-l4 (G2), nvidia-tesla-a100,
+                            nvidia-a100-80gb (A2), nvidia-h100-80gb (A3), or for N1 VMs nvidia-tesla-t4,
+                            nvidia-tesla-v100, nvidia-tesla-p100, nvidia-tesla-p4
+  --accelerator-count N     GPUs per VM [GCP_ACCELERATOR_COUNT, 1, or what --machine-type has]
+  --machine-type TYPE       [GCP_MACHINE_TYPE, chosen from the two above: g2-standard-8/24/48/96 for 1/2/4/8
+                            L4s, a2-highgpu-Ng, a2-ultragpu-Ng, a3-highgpu-Ng; n1-standard-8 for N1 GPUs].
+                            A2, A3 and G2 types come with their GPUs; only N1 types take --accelerator
+  --image-family FAMILY     [GCP_IMAGE_FAMILY, common-cu128-ubuntu-2204-nvidia-570] from --image-project;
+                            pick one whose driver serves CUDA 12.5 (>= 555) and whose python3 is 3.10-3.13.
+                            Check it: gcloud compute images describe-from-family FAMILY \
+                              --project deeplearning-platform-release
   --image-project PROJECT   [GCP_IMAGE_PROJECT, deeplearning-platform-release]
-  --network NET, --subnet S [GCP_NETWORK, GCP_SUBNET, default]
-  --service-account EMAIL   the VMs' identity [GCP_SERVICE_ACCOUNT, the project's default]
+  --network NET, --subnet S [GCP_NETWORK, GCP_SUBNET, default]; the subnet needs Private Google Access and
+                            the network a Cloud NAT in the zone's region (up checks both)
+  --service-account EMAIL   the VMs' identity [GCP_SERVICE_ACCOUNT, NAME-vm@PROJECT, which up creates and
+                            allows the bucket's objects and nothing else]
   --spot                    Spot VMs (cheaper, preemptible) [GCP_SPOT=1]
-TensorBoard, never on a public interface:
+TensorBoard, never on a public interface (IAP's SSH tunnel; up opens tcp:22 to IAP's range only):
   gcloud compute ssh NAME-0 --zone ZONE --tunnel-through-iap -- -L 6006:127.0.0.1:6006 \
     '/opt/distmnist/venv/bin/tensorboard --logdir /opt/distmnist/logs --host 127.0.0.1'
   then open http://127.0.0.1:6006 here.
 HELP
+}
+
+# gpus_of MACHINE_TYPE: "MODEL COUNT" for the A2, A3 and G2 types that come with GPUs, "n1" for N1, "" else.
+gpus_of() {
+  case $1 in
+    g2-standard-4 | g2-standard-8 | g2-standard-12 | g2-standard-16 | g2-standard-32) echo "nvidia-l4 1" ;;
+    g2-standard-24) echo "nvidia-l4 2" ;;
+    g2-standard-48) echo "nvidia-l4 4" ;;
+    g2-standard-96) echo "nvidia-l4 8" ;;
+    a2-highgpu-1g | a2-highgpu-2g | a2-highgpu-4g | a2-highgpu-8g) echo "nvidia-tesla-a100 ${1:11:1}" ;;
+    a2-megagpu-16g) echo "nvidia-tesla-a100 16" ;;
+    a2-ultragpu-1g | a2-ultragpu-2g | a2-ultragpu-4g | a2-ultragpu-8g) echo "nvidia-a100-80gb ${1:12:1}" ;;
+    a3-highgpu-1g | a3-highgpu-2g | a3-highgpu-4g | a3-highgpu-8g) echo "nvidia-h100-80gb ${1:11:1}" ;;
+    n1-*) echo n1 ;;
+    *) echo "" ;;
+  esac
+}
+
+# machine_for MODEL COUNT: the machine type that comes with COUNT GPUs of MODEL (N1 GPUs: n1-standard-8).
+machine_for() {
+  local model=$1 count=$2
+  case "$model:$count" in
+    nvidia-l4:1) echo g2-standard-8 ;;
+    nvidia-l4:2) echo g2-standard-24 ;;
+    nvidia-l4:4) echo g2-standard-48 ;;
+    nvidia-l4:8) echo g2-standard-96 ;;
+    nvidia-tesla-a100:[1248]) echo "a2-highgpu-${count}g" ;;
+    nvidia-tesla-a100:16) echo a2-megagpu-16g ;;
+    nvidia-a100-80gb:[1248]) echo "a2-ultragpu-${count}g" ;;
+    nvidia-h100-80gb:[1248]) echo "a3-highgpu-${count}g" ;;
+    nvidia-tesla-t4:[124] | nvidia-tesla-p100:[124] | nvidia-tesla-p4:[124] | nvidia-tesla-v100:[1248])
+      echo n1-standard-8 ;;
+    nvidia-l4:* | nvidia-tesla-a100:* | nvidia-a100-80gb:* | nvidia-h100-80gb:* | nvidia-tesla-*:*)
+      die "$model does not come $count to a VM (L4: 1, 2, 4 or 8; A100: 1, 2, 4, 8 or 16; A100 80GB and H100:" \
+        "1, 2, 4 or 8; T4, P100, P4: 1, 2 or 4; V100: 1, 2, 4 or 8)" ;;
+    *) die "unknown --accelerator '$model' (see --help)" ;;
+  esac
 }
 
 parse_common "$@"
@@ -69,26 +121,134 @@ while (($#)); do
 done
 check_common
 [[ $BUCKET == gs://* || $ACTION == down ]] || die "--bucket must be a gs:// URL, got '$BUCKET'"
+[[ -z $ACCELERATOR_COUNT || $ACCELERATOR_COUNT =~ ^[1-9][0-9]*$ ]] ||
+  die "--accelerator-count must be a positive integer, got '$ACCELERATOR_COUNT'"
+[[ $ZONE =~ ^[a-z]+-[a-z]+[0-9]+-[a-z]$ ]] || die "--zone must look like us-central1-a, got '$ZONE'"
+REGION=${ZONE%-*}
+
+# The machine type and GPUs: A2/A3/G2 types come with theirs (no --accelerator), N1 types take --accelerator.
+accelerator_flags=()
+if [[ -z $MACHINE_TYPE ]]; then
+  MACHINE_TYPE=$(machine_for "$ACCELERATOR" "${ACCELERATOR_COUNT:-1}")
+fi
+attached=$(gpus_of "$MACHINE_TYPE")
+case $attached in
+  "") die "--machine-type $MACHINE_TYPE takes no GPUs: use an A2, A3 or G2 type, or an N1 type with --accelerator" ;;
+  n1)
+    [[ $ACCELERATOR =~ ^nvidia-tesla-(t4|v100|p100|p4)$ ]] ||
+      die "N1 machine types take nvidia-tesla-t4, -v100, -p100 or -p4, not $ACCELERATOR (L4: G2 types; A100: A2; H100: A3)"
+    machine_for "$ACCELERATOR" "${ACCELERATOR_COUNT:-1}" >/dev/null
+    accelerator_flags=(--accelerator "type=$ACCELERATOR,count=${ACCELERATOR_COUNT:-1}")
+    ;;
+  *)
+    read -r model count <<<"$attached"
+    if [[ -n $ACCELERATOR_COUNT && $ACCELERATOR_COUNT != "$count" ]]; then
+      die "$MACHINE_TYPE comes with $count $model GPU(s), not $ACCELERATOR_COUNT: leave --machine-type out to get" \
+        "the type with $ACCELERATOR_COUNT (for L4s: g2-standard-8/24/48/96 have 1/2/4/8)"
+    fi
+    ACCELERATOR=$model ACCELERATOR_COUNT=$count
+    ;;
+esac
 
 hosts=()
 for ((i = 0; i < WORKERS; i++)); do hosts+=("$NAME-$i"); done
-firewall="$NAME-grpc"
+grpc_rule="$NAME-grpc"
+ssh_rule="$NAME-iap-ssh"
+sa_id="$NAME-vm"  # a service account id: 6-30 characters
+
+project() {
+  if ((DRY_RUN)); then echo "PROJECT"; else gcloud config get-value project 2>/dev/null; fi
+}
 
 if [[ $ACTION == down ]]; then
-  run gcloud compute instances delete "${hosts[@]}" --zone "$ZONE" --quiet
-  run gcloud compute firewall-rules delete "$firewall" --quiet
+  # Each piece on its own, past whatever is already gone; the status says whether anything could not be removed.
+  failed=()
+  for host in "${hosts[@]}"; do
+    if ((!DRY_RUN)) && ! gcloud compute instances describe "$host" --zone "$ZONE" --format 'value(name)' >/dev/null 2>&1
+    then
+      echo "$host: already gone"; continue
+    fi
+    run gcloud compute instances delete "$host" --zone "$ZONE" --quiet || failed+=("$host")
+  done
+  for rule in "$grpc_rule" "$ssh_rule"; do
+    if ((!DRY_RUN)) && ! gcloud compute firewall-rules describe "$rule" --format 'value(name)' >/dev/null 2>&1; then
+      echo "$rule: already gone"; continue
+    fi
+    run gcloud compute firewall-rules delete "$rule" --quiet || failed+=("$rule")
+  done
+  if [[ -z $SERVICE_ACCOUNT ]]; then  # the one up made; one passed with --service-account is yours to keep
+    account="$sa_id@$(project).iam.gserviceaccount.com"
+    if ((!DRY_RUN)) && ! gcloud iam service-accounts describe "$account" >/dev/null 2>&1; then
+      echo "$account: already gone"
+    else
+      run gcloud iam service-accounts delete "$account" --quiet || failed+=("$account")
+    fi
+  fi
+  if ((${#failed[@]})); then die "could not remove: ${failed[*]} (see above); run down again or remove them by hand"; fi
   exit 0
 fi
+
+# Checks before anything is made: each failure is one line naming the fix. A dry run prints the queries.
+ask() {  # a read-only query: printed like the commands, run unless --dry-run, its answer on stdout
+  printf '+' >&3
+  printf ' %q' "$@" >&3
+  printf '\n' >&3
+  if ((DRY_RUN)); then return 0; fi
+  "$@" 2>/dev/null
+}
+exec 3>&1
+image=$(ask gcloud compute images describe-from-family "$IMAGE_FAMILY" --project "$IMAGE_PROJECT" \
+  --format 'value(name)') || image=""
+if ((!DRY_RUN)) && [[ -z $image ]]; then
+  die "image family $IMAGE_FAMILY is not in project $IMAGE_PROJECT (retired?); list current ones with: gcloud" \
+    "compute images list --project $IMAGE_PROJECT --no-standard-images --filter='family~^common-cu'"
+fi
+google_access=$(ask gcloud compute networks subnets describe "$SUBNET" --region "$REGION" \
+  --format 'value(privateIpGoogleAccess)') || google_access=""
+if ((!DRY_RUN)) && [[ ${google_access,,} != true ]]; then
+  die "subnet $SUBNET ($REGION) has no Private Google Access, which VMs without public addresses need for the" \
+    "bucket: gcloud compute networks subnets update $SUBNET --region $REGION --enable-private-ip-google-access"
+fi
+routers=$(ask gcloud compute routers list --regions "$REGION" --format 'value(name,network.basename())') || routers=""
+nat=""
+while read -r router network; do
+  [[ -n $router && $network == "$NETWORK" ]] || continue
+  nat+=$(ask gcloud compute routers nats list --router "$router" --region "$REGION" --format 'value(name)') || true
+done <<<"$routers"
+if ((!DRY_RUN)) && [[ -z $nat ]]; then
+  die "network $NETWORK has no Cloud NAT in $REGION, which VMs without public addresses need for PyPI: gcloud" \
+    "compute routers create $NAME-router --network $NETWORK --region $REGION && gcloud compute routers nats create" \
+    "$NAME-nat --router $NAME-router --region $REGION --auto-allocate-nat-external-ips --nat-all-subnet-ip-ranges"
+fi
+exec 3>&-
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 package_archive "$work/distmnist.tar.gz"
 run gcloud storage cp "$work/distmnist.tar.gz" "$BUCKET/$NAME/distmnist.tar.gz"
-# gRPC only between VMs carrying the cluster's tag: TensorFlow's servers must not be reachable from elsewhere.
-run gcloud compute firewall-rules create "$firewall" --network "$NETWORK" --direction INGRESS \
-  --allow "tcp:$GRPC_PORT" --source-tags "$NAME" --target-tags "$NAME"
 
-echo "chief: ${hosts[0]} (worker 0 writes the run directory)"
+# Least privilege: the VMs' identity can use the bucket's objects and nothing else in the project.
+if [[ -z $SERVICE_ACCOUNT ]]; then
+  ((${#sa_id} >= 6 && ${#sa_id} <= 30)) ||
+    die "--name makes the service account id '$sa_id', which must have 6-30 characters; pass --service-account"
+  SERVICE_ACCOUNT="$sa_id@$(project).iam.gserviceaccount.com"
+  if ((DRY_RUN)) || ! gcloud iam service-accounts describe "$SERVICE_ACCOUNT" >/dev/null 2>&1; then
+    run gcloud iam service-accounts create "$sa_id" --display-name "distmnist $NAME VMs (bucket only)"
+  fi
+fi
+bucket_root=$(cut -d/ -f1-3 <<<"$BUCKET")
+run gcloud storage buckets add-iam-policy-binding "$bucket_root" --member "serviceAccount:$SERVICE_ACCOUNT" \
+  --role roles/storage.objectAdmin
+
+# gRPC only between VMs carrying the cluster's tag: TensorFlow's servers must not be reachable from elsewhere.
+# NCCL (GPU workers) opens its own TCP connections between the same VMs: all TCP from the cluster's tag to it.
+run gcloud compute firewall-rules create "$grpc_rule" --network "$NETWORK" --direction INGRESS \
+  --allow tcp --source-tags "$NAME" --target-tags "$NAME"
+# SSH only from IAP's TCP-forwarding range (gcloud compute ssh --tunnel-through-iap), to the cluster's VMs.
+run gcloud compute firewall-rules create "$ssh_rule" --network "$NETWORK" --direction INGRESS \
+  --allow tcp:22 --source-ranges "$IAP_RANGE" --target-tags "$NAME"
+
+echo "chief: ${hosts[0]} (worker 0 writes the run directory); $WORKERS x $MACHINE_TYPE, $ACCELERATOR_COUNT x $ACCELERATOR each"
 for ((i = 0; i < WORKERS; i++)); do
   config=$(tf_config "$i" "${hosts[@]}")
   echo "TF_CONFIG[$i]: $config"
@@ -96,14 +256,22 @@ for ((i = 0; i < WORKERS; i++)); do
   echo "--- start-up script of ${hosts[$i]} ---"
   cat "$work/startup-$i.sh"
   echo "--- end ---"
+  metadata="startup-script=$work/startup-$i.sh"
+  if ((i == 0)); then
+    shutdown_script "gcloud storage rsync --recursive" >"$work/shutdown.sh"
+    echo "--- shutdown script of ${hosts[0]} ---"
+    cat "$work/shutdown.sh"
+    echo "--- end ---"
+    metadata+=",shutdown-script=$work/shutdown.sh"
+  fi
   extra=()
   if ((SPOT)); then extra+=(--provisioning-model SPOT --instance-termination-action STOP); fi
-  if [[ -n $SERVICE_ACCOUNT ]]; then extra+=(--service-account "$SERVICE_ACCOUNT"); fi
   run gcloud compute instances create "${hosts[$i]}" --zone "$ZONE" --machine-type "$MACHINE_TYPE" \
-    --accelerator "type=$ACCELERATOR,count=$ACCELERATOR_COUNT" --maintenance-policy TERMINATE \
+    ${accelerator_flags[@]+"${accelerator_flags[@]}"} --maintenance-policy TERMINATE \
     --image-family "$IMAGE_FAMILY" --image-project "$IMAGE_PROJECT" --boot-disk-size 100GB \
-    --subnet "$SUBNET" --no-address --tags "$NAME" --scopes cloud-platform \
-    --metadata install-nvidia-driver=True --metadata-from-file "startup-script=$work/startup-$i.sh" \
+    --network "$NETWORK" --subnet "$SUBNET" --no-address --tags "$NAME" \
+    --service-account "$SERVICE_ACCOUNT" --scopes storage-rw \
+    --metadata install-nvidia-driver=True --metadata-from-file "$metadata" \
     ${extra[@]+"${extra[@]}"}
 done
 echo "the chief's run lands in $BUCKET/$NAME/run; follow a VM with:"
