@@ -1,37 +1,61 @@
-"""The SavedModel: raw uint8 MNIST pixels in, logits, probabilities and classes out.
+"""The SavedModel: raw uint8 MNIST pixels in; the network's outputs, calibrated logits, probabilities and classes
+out.
 
 A plain tf.Module with an explicit signature, so it loads with tf.saved_model.load anywhere, with no strategy
-and no distmnist import; the preprocessing lives inside it.
+and no distmnist import; the preprocessing and the calibration temperature live inside it.
 """
 
+import numpy as np
 import tensorflow as tf
 
-from distmnist import files, tfquiet
+from distmnist import calibration, files, tfquiet
 from distmnist.model import MLP, images_to_features
 
 
 class Classifier(tf.Module):
-    """Wraps trained weights with the serving signature."""
+    """Wraps trained weights and a temperature with the serving signature:
 
-    def __init__(self, weights):
+    outputs        the network's raw outputs (trained by MSE towards one-hot targets: regression values near 0
+                   and 1, not logits)
+    logits         outputs / temperature: logits in the proper sense, softmax(logits) == probabilities
+    probabilities  calibrated class probabilities (temperature scaling, see calibration.py)
+    classes        the most likely digit (the same for any temperature)
+    """
+
+    def __init__(self, weights, temperature: float = 1.0):
         super().__init__(name="distmnist_classifier")
         self.mlp = MLP()
         self.mlp.set_numpy(weights)
+        self.temperature = tf.Variable(temperature, dtype=tf.float32, trainable=False, name="temperature")
 
     @tf.function(input_signature=[tf.TensorSpec([None, 28, 28], tf.uint8, name="images")])
     def serve(self, images):
-        logits = self.mlp(images_to_features(images))
+        outputs = self.mlp(images_to_features(images))
+        logits = outputs / self.temperature
         return {
+            "outputs": outputs,
             "logits": logits,
             "probabilities": tf.nn.softmax(logits),
-            "classes": tf.argmax(logits, axis=-1, output_type=tf.int64),
+            "classes": tf.argmax(outputs, axis=-1, output_type=tf.int64),
         }
 
+    def fit_temperature(self, images: np.ndarray, labels: np.ndarray) -> float:
+        """Fits and keeps the temperature that calibrates the probabilities on (images, labels); returns it."""
+        outputs = self.serve(tf.constant(images))["outputs"].numpy()
+        temperature = calibration.fit_temperature(outputs, labels)
+        self.temperature.assign(temperature)
+        return temperature
 
-def export_saved_model(weights, path: str) -> Classifier:
+
+def save(classifier: Classifier, path: str) -> None:
     """Writes the SavedModel to `path` atomically (a temporary folder renamed into place)."""
-    classifier = Classifier(weights)
     with tfquiet.absl_warnings_only():
         files.replace_dir(path, lambda tmp: tf.saved_model.save(
             classifier, tmp, signatures={"serving_default": classifier.serve}))
+
+
+def export_saved_model(weights, path: str, temperature: float = 1.0) -> Classifier:
+    """A Classifier of these weights and temperature, saved to `path`; returns it."""
+    classifier = Classifier(weights, temperature)
+    save(classifier, path)
     return classifier

@@ -1,5 +1,6 @@
 """The run's figures: the tutorial's train.svg (MSE vs step) and test.svg (accuracy vs step), the final model's
-confusion.svg over the test set (SVG, text kept as text), and mistakes.png, its most confident wrong answers."""
+confusion.svg over the test set (SVG, text kept as text), mistakes.png, its most confident wrong answers, and
+calibration.svg, its reliability diagram."""
 
 import io
 
@@ -9,7 +10,7 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from distmnist import files, images  # noqa: E402
+from distmnist import calibration, files, images  # noqa: E402
 
 
 def plot_series(path: str, points, title: str, ylabel: str) -> None:
@@ -77,3 +78,31 @@ def plot_test_set(run_dir: str, x_test: np.ndarray, y_test: np.ndarray, probabil
     mistakes = f"{run_dir}/mistakes.png"
     files.write_bytes(mistakes, images.grid_png(x_test[worst], captions, columns=8, scale=3, title=title))
     return [confusion, mistakes]
+
+
+def plot_calibration(path: str, probabilities: np.ndarray, labels: np.ndarray, ece_uncalibrated: float) -> bytes:
+    """The reliability diagram: accuracy against mean confidence in each of 15 equal-width bins of the top
+    probability (marker area: the bin's share of the images), the diagonal of perfect calibration, the ECE in
+    the title. Writes the SVG; returns the same figure as PNG bytes (for TensorBoard)."""
+    rows = [r for r in calibration.reliability(probabilities, labels) if r[2]]
+    ece = calibration.expected_calibration_error(probabilities, labels)
+    fig, ax = plt.subplots(figsize=(5.6, 5.2))
+    ax.plot([0, 1], [0, 1], color="gray", linestyle="--", linewidth=1, label="perfect calibration")
+    confidence = [r[3] for r in rows]
+    accuracy = [r[4] for r in rows]
+    sizes = [20 + 2000 * r[2] / len(labels) for r in rows]
+    ax.plot(confidence, accuracy, color="tab:blue", linewidth=1)
+    ax.scatter(confidence, accuracy, s=sizes, color="tab:blue", alpha=0.7, label="bins (area: share of the images)")
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("confidence (top probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"Calibration on {len(labels)} test images: ECE {ece:.4f}\n"
+                 f"(softmax of the raw outputs: ECE {ece_uncalibrated:.3f})", fontsize=10)
+    ax.legend(loc="upper left", fontsize=8, markerscale=0.3)
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=80)
+    save_svg(fig, path)
+    return png.getvalue()

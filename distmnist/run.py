@@ -7,7 +7,8 @@ from typing import Optional
 
 import tensorflow as tf
 
-from distmnist import data, export, files, plots
+from distmnist import calibration as calibration_lib
+from distmnist import data, export, files, plots, summaries
 from distmnist.checkpoints import Checkpointer
 from distmnist.cluster import parse_tf_config
 from distmnist.config import TrainConfig
@@ -17,6 +18,8 @@ from distmnist.loop import Trainer
 from distmnist.signals import StopOnSignal
 from distmnist.strategy import StrategyChoice, make_strategy, set_host_threads
 from distmnist.summaries import RunReporter, drop_events_after
+
+CALIBRATION_STRIDE = 6
 
 
 def describe_setup(choice: StrategyChoice, trainer: Trainer) -> str:
@@ -51,6 +54,16 @@ def _train(trainer: Trainer, reporter, choice: StrategyChoice, checkpointer: Che
                             f"{', '.join(choice.cluster.peers())}): {type(exc).__name__}: {detail}") from None
     finally:
         reporter.close()
+
+
+def _calibrate(classifier: export.Classifier, mnist: Mnist) -> dict:
+    """Temperature scaling fitted on training images (every sixth, 10,000 of MNIST's 60,000), never the test set,
+    which stays for scoring; the fitted temperature goes into the SavedModel."""
+    images, labels = mnist.x_train[::CALIBRATION_STRIDE], mnist.y_train[::CALIBRATION_STRIDE]
+    temperature = classifier.fit_temperature(images, labels)
+    return {"method": "temperature scaling", "temperature": temperature,
+            "fitted_on": f"{len(labels)} training images (every {CALIBRATION_STRIDE}th)",
+            "ece_bins": calibration_lib.ECE_BINS}
 
 
 def train_and_evaluate(config: TrainConfig, choice: Optional[StrategyChoice] = None,
@@ -107,12 +120,19 @@ def train_and_evaluate(config: TrainConfig, choice: Optional[StrategyChoice] = N
     if not is_chief:
         print(f"{cluster.name}: done after {trainer.step} steps; the chief writes the run directory", flush=True)
         return {"global_step": trainer.step, "num_replicas": trainer.num_replicas}
-    weights = trainer.weights()
     saved_model = os.path.join(run_dir, "saved_model")
-    classifier = export.export_saved_model(weights, saved_model)
+    classifier = export.Classifier(trainer.weights())
+    calibration = _calibrate(classifier, mnist)
+    export.save(classifier, saved_model)
     written = plots.plot_run(run_dir, reporter.loss_history, reporter.accuracy_history)
-    probabilities = classifier.serve(tf.constant(mnist.x_test))["probabilities"].numpy()  # what users will get
+    test = classifier.serve(tf.constant(mnist.x_test))  # what users will get
+    probabilities = test["probabilities"].numpy()
+    calibration["test"] = calibration_lib.report(test["outputs"].numpy(), mnist.y_test, calibration["temperature"])
     written += plots.plot_test_set(run_dir, mnist.x_test, mnist.y_test, probabilities)
+    written.append(os.path.join(run_dir, "calibration.svg"))
+    png = plots.plot_calibration(written[-1], probabilities, mnist.y_test, calibration["test"]["ece_before"])
+    summaries.write_image(run_dir, "calibration", png, trainer.step,
+                          "reliability diagram of the exported probabilities on the test set")
 
     summary = {
         "final_test_accuracy": reporter.accuracy_history[-1][1],
@@ -126,6 +146,7 @@ def train_and_evaluate(config: TrainConfig, choice: Optional[StrategyChoice] = N
         "global_batch_size": trainer.global_batch_size,
         "examples_per_sec": timing["examples_per_sec"],
         "train_time_s": timing["train_time_s"],
+        "calibration": calibration,
         "wall_time_s": time.perf_counter() - started,
         "tf_version": tf.__version__,
         "seed": config.seed,

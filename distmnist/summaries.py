@@ -57,6 +57,14 @@ def drop_events_after(run_dir: str, step: int) -> int:
     return dropped
 
 
+def write_image(run_dir: str, tag: str, png: bytes, step: int, description: str) -> None:
+    """One PNG image into the run's TensorBoard events (for pictures made after the training loop's writer closed)."""
+    writer = tf.summary.create_file_writer(run_dir)
+    with writer.as_default():
+        tf.summary.image(tag, tf.io.decode_png(png, channels=3)[tf.newaxis], step=step, description=description)
+    writer.close()
+
+
 def _format_duration(seconds: float) -> str:
     minutes, seconds = divmod(int(seconds + 0.5), 60)
     return f"{minutes}:{seconds:02d}"

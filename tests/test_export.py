@@ -21,7 +21,7 @@ def test_reloaded_model_matches_the_trained_one_exactly(tmp_path, tiny_mnist):
     trained_logits = trainer.model(images_to_features(tiny_mnist.x_test)).numpy()
 
     path = tmp_path / "saved_model"
-    classifier = export_saved_model(trainer.weights(), str(path))
+    classifier = export_saved_model(trainer.weights(), str(path), temperature=0.1)
     in_memory = {k: v.numpy() for k, v in classifier.serve(tf.constant(tiny_mnist.x_test)).items()}
     np.save(tmp_path / "images.npy", tiny_mnist.x_test)
     result = run_python(f"""
@@ -36,10 +36,13 @@ assert "distmnist" not in sys.modules
 """)
     assert result.returncode == 0, result.stderr[-3000:]
     out = np.load(tmp_path / "out.npz")
-    for key in ("logits", "probabilities", "classes"):
-        np.testing.assert_array_equal(out[key], in_memory[key])  # bit for bit
+    assert set(out) == {"outputs", "logits", "probabilities", "classes"}
+    for key in out:
+        np.testing.assert_array_equal(out[key], in_memory[key])  # bit for bit, the temperature included
     # The trainer's eager, strategy-placed model agrees up to the rounding of fused kernels.
-    np.testing.assert_allclose(out["logits"], trained_logits, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(out["outputs"], trained_logits, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(out["logits"], out["outputs"] / 0.1, rtol=1e-6)
+    np.testing.assert_allclose(out["probabilities"], tf.nn.softmax(out["logits"]).numpy(), rtol=0, atol=1e-6)
     np.testing.assert_array_equal(out["classes"], np.argmax(trained_logits, axis=1))
     assert out["classes"].dtype == np.int64 and out["probabilities"].dtype == np.float32
 

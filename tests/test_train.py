@@ -64,7 +64,15 @@ def test_a_run_writes_every_artifact(tmp_path, tiny_npz_dir, tiny_mnist, replica
     assert {"step", "MSE", "Training loss"} <= set(train_texts)
     assert {"step", "accuracy", "Test accuracy"} <= set(test_texts)
     assert_pictures_of_the_test_set(run_dir, summary["final_test_accuracy"], len(tiny_mnist.y_test))
-    for path in ("confusion.svg", "mistakes.png", "saved_model", "run.json", "train.svg"):
+    calibration = summary["calibration"]
+    assert calibration["method"] == "temperature scaling" and calibration["temperature"] > 0
+    assert calibration["fitted_on"] == "86 training images (every 6th)" and calibration["ece_bins"] == 15
+    assert set(calibration["test"]) == {"ece_before", "nll_before", "ece_after", "nll_after"}
+    title = next(t for t in svg_texts(run_dir / "calibration.svg") if t.startswith("Calibration on"))
+    assert title.startswith(f"Calibration on 100 test images: ECE {calibration['test']['ece_after']:.4f}")
+    assert {"confidence (top probability)", "accuracy", "perfect calibration"} <= set(svg_texts(
+        run_dir / "calibration.svg"))
+    for path in ("confusion.svg", "mistakes.png", "calibration.svg", "saved_model", "run.json", "train.svg"):
         assert f"  {run_dir / path}\n" in result.stdout  # the console summary lists everything written
     assert_run_described_in_tensorboard(str(run_dir), summary["flags"])
     if replicas == 1:
@@ -80,7 +88,7 @@ print(float(np.mean(out["classes"].numpy() == np.load({tiny_npz_dir + '/mnist.np
 """)
     assert reload.returncode == 0, reload.stderr[-3000:]
     names, accuracy = reload.stdout.strip().splitlines()
-    assert names == "['classes', 'logits', 'probabilities'] float32 int64 (100, 10)"
+    assert names == "['classes', 'logits', 'outputs', 'probabilities'] float32 int64 (100, 10)"
     assert float(accuracy) == pytest.approx(summary["final_test_accuracy"])
     assert not [p for p in os.listdir(run_dir) if p.startswith(".tmp")]
 
@@ -158,6 +166,8 @@ def assert_run_described_in_tensorboard(run_dir: str, flags: dict):
     assert start.hparams["batch_size"].number_value == 32 and start.hparams["input"].string_value == flags["input"]
     assert start.hparams["cpu_replicas"].number_value == flags["cpu_replicas"]
     assert "features" in [node.name for node in acc.Graph().node]  # the model's graph
+    assert acc.SummaryMetadata("calibration").plugin_data.plugin_name == "images"
+    assert [e.step for e in acc.Tensors("calibration")] == [25]  # the reliability diagram, at the last step
 
 
 def assert_one_line_error(result, *fragments):
