@@ -101,7 +101,7 @@ def run_bench() -> dict:
     print(f"{rounds} round(s), each contender set up afresh, warmed up for {timing.warmup_steps} steps and timed "
           f"for {timing.timed_steps} at batch {timing.per_replica_batch_size} per replica; the best round counts",
           flush=True)
-    # Rounds rather than back-to-back repeats: these machines drift by 20-30% over minutes, and a contender
+    # Rounds rather than back-to-back repeats: shared machines drift over minutes, and a contender
     # timed only in a slow spell would skew every ratio. Each measurement builds its contender anew and
     # gc.collect() first ends the tf.data iterators the one before left prefetching on their own threads.
     for round_number in range(1, rounds + 1):

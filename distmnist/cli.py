@@ -11,7 +11,7 @@ from distmnist.errors import RunFailed, Stopped, UserError
 
 def _leave(status: int) -> None:
     """Exits at once, everything flushed. Every file a run writes is closed (and renamed into place) by then;
-    what is skipped is TensorFlow's interpreter teardown, 1.5-7 s on a 2-core machine: time a preempted VM may
+    what is skipped is TensorFlow's interpreter teardown, seconds on a small machine: time a preempted VM may
     not have, and a wait for everyone else."""
     logging.flush()
     sys.stdout.flush()

@@ -34,7 +34,7 @@ class TrainConfig:
     checkpoint_every: int = 200  # steps between checkpoints (0: only at the end); a run resumes from the last
     keep_checkpoints: int = 3
     overwrite: bool = False  # True: delete an existing run directory of the same name and start afresh
-    jit_compile: Optional[bool] = None  # None: XLA on for --input=device (measured faster), off for tfdata
+    jit_compile: Optional[bool] = None  # None: XLA on for --input=device (faster, docs/performance.md), off for tfdata
     collective_timeout_s: int = 60  # a lost worker makes the others fail within this, not hang
     cluster_start_timeout_s: int = 600  # how long workers wait for each other at start-up
     deterministic: bool = False  # True: TensorFlow's op determinism (bit-identical reruns and resumes)

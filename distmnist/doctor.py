@@ -120,7 +120,8 @@ def check_cuda_libraries(tf, gpus: list) -> Check:
                      "pip install 'distmnist[gpu]' in this venv (the CUDA wheels), and unset LD_LIBRARY_PATH "
                      "entries pointing at another CUDA")
     if not gpus:
-        return Check("cuda libraries", "info", (", ".join(installed) or "no CUDA wheels") + ": none needed without a GPU")
+        found = ", ".join(installed) or "no CUDA wheels"
+        return Check("cuda libraries", "info", found + ": none needed without a GPU")
     if installed:
         return Check("cuda libraries", "ok", ", ".join(installed))
     return Check("cuda libraries", "info", "no CUDA wheels (system CUDA libraries, if any)",

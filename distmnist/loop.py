@@ -6,8 +6,8 @@ Calls end early at epoch ends, evaluation points and checkpoints, so logged curv
 steps_per_loop. A non-finite loss or gradient ends the call on the device after the step it appeared in,
 and a stop request (a signal) is honoured between calls.
 
-With jit_compile, XLA compiles the whole multi-step call when there is one replica (measured on a 2-core CPU:
-+15-25%), and each replica's gradient computation when there are several (collectives stay outside XLA).
+With jit_compile, XLA compiles the whole multi-step call when there is one replica, and each replica's gradient
+computation when there are several (collectives stay outside XLA); docs/performance.md has what each is worth.
 """
 
 import functools

@@ -1,8 +1,9 @@
-"""The tutorial's network: Dense 784-512-256-10 with ReLU, outputting logits (535,818 parameters).
+"""The tutorial's network: Dense 784-512-256-10 with ReLU (535,818 parameters). Its outputs are trained by MSE
+towards one-hot targets: regression values, not logits (export.py turns them into calibrated probabilities).
 
 A plain tf.Module: it runs unchanged under any tf.distribute strategy, exports as a portable SavedModel, and
-its initialisation is a pure function of the seed (weights and biases uniform in +-1/sqrt(fan_in), which
-trains MSE + plain SGD to 98% where Glorot with zero biases stops near 97.6%).
+its initialisation is a pure function of the seed (weights and biases uniform in +-1/sqrt(fan_in), which suits
+MSE and plain SGD better than Glorot with zero biases; docs/design.md).
 """
 
 import numpy as np
@@ -23,7 +24,7 @@ def labels_to_targets(labels: tf.Tensor) -> tf.Tensor:
 
 
 def forward(weights, features: tf.Tensor) -> tf.Tensor:
-    """Logits from [kernel_0, bias_0, kernel_1, ...] (variables or tensors) and features [N, 784]."""
+    """Outputs from [kernel_0, bias_0, kernel_1, ...] (variables or tensors) and features [N, 784]."""
     h = features
     last = len(weights) // 2 - 1
     for i in range(last + 1):
@@ -34,7 +35,7 @@ def forward(weights, features: tf.Tensor) -> tf.Tensor:
 
 
 class MLP(tf.Module):
-    """Three dense layers; call it on float features [N, 784] for logits [N, 10]."""
+    """Three dense layers; call it on float features [N, 784] for outputs [N, 10]."""
 
     def __init__(self, seed: int = 0, name: str = "mlp"):
         super().__init__(name=name)

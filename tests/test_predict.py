@@ -3,6 +3,7 @@ altered, and the MNIST-style preparation behind it."""
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -11,11 +12,11 @@ from PIL import Image
 
 from distmnist import data, images
 from distmnist.config import TrainConfig
-from distmnist.export import export_saved_model
+from distmnist.export import Classifier, save
 from distmnist.loop import Reporter, Trainer
 from distmnist.strategy import make_strategy
 
-from helpers import run_module
+from helpers import REPO, run_module
 
 COUNT = 40
 
@@ -31,8 +32,31 @@ def saved_model(tmp_path_factory, mnist):
     trainer = Trainer(TrainConfig(epochs=1), make_strategy().strategy, mnist)
     trainer.train(Reporter())
     path = tmp_path_factory.mktemp("run") / "saved_model"
-    export_saved_model(trainer.weights(), str(path))
+    classifier = Classifier(trainer.weights())
+    classifier.fit_temperature(mnist.x_train[::6], mnist.y_train[::6])  # as a run does
+    save(classifier, str(path))
     return str(path)
+
+
+def test_the_readme_example_prints_what_the_readme_shows(tmp_path, mnist, saved_model):
+    """The README's predict example, on the test-set digit it is written from: the same command gives a line of
+    the documented form, with the same digit."""
+    readme = open(os.path.join(REPO, "README.md")).read()
+    section = readme[readme.index("### Predicting digits in pictures"):]
+    start = section.index("```sh\n") + 6
+    example = section[start:section.index("\n```", start)].splitlines()
+    command = next(line for line in example if "-m distmnist.predict" in line)
+    documented = example[example.index(command) + 1]
+    assert command == "$ .venv/bin/python -m distmnist.predict --model=logs/RUN digit.png"
+    writer = next(line for line in example if "save('digit.png')" in line)
+    index = int(re.search(r"x_test\[(\d+)\]", writer).group(1))
+    Image.fromarray(mnist.x_test[index]).save(tmp_path / "digit.png")
+    result = run_module("distmnist.predict", f"--model={saved_model}", str(tmp_path / "digit.png"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    printed = result.stdout.strip().replace(str(tmp_path) + "/", "")
+    form = re.sub(r"\d+", r"\\d+", re.escape(documented))
+    assert re.fullmatch(form, printed), (documented, printed)
+    assert printed.split()[1] == documented.split()[1] == str(mnist.y_test[index])
 
 
 def test_mnist_digits_pass_through_and_altered_ones_come_back_close(mnist):
