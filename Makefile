@@ -1,13 +1,19 @@
 # The two set-up commands: `make train` and `make test`. Both create .venv if missing, install only when
 # setup.cfg changed, and are fast the second time.
-PYTHON ?= python3
-VENV := .venv
+# TensorFlow 2.21 has wheels for Python 3.10-3.13 only: the venv is made with the first of these in that range
+# (PYTHON=... overrides).
+PYTHON ?= $(shell for p in python3 python3.13 python3.12 python3.11 python3.10; do command -v $$p >/dev/null && \
+  $$p -c 'import sys; sys.exit(not (3, 10) <= sys.version_info[:2] <= (3, 13))' 2>/dev/null && { echo $$p; break; }; \
+  done)
+VENV ?= .venv
 PY := $(VENV)/bin/python
 TRAIN_FLAGS ?=
 
 .PHONY: train test data bench doctor tensorboard clean
 
 $(PY):
+	$(if $(strip $(PYTHON)),,$(error no Python 3.10-3.13 here (TensorFlow 2.21 has wheels for those only): \
+	  install one (python3.12 for example) or name it with make PYTHON=/path/to/python3.12))
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
 
