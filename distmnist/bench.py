@@ -17,6 +17,8 @@ import platform
 from absl import flags
 
 from distmnist import cli, tfquiet
+from distmnist.config import TrainConfig
+from distmnist.errors import UserError
 
 flags.DEFINE_string("out", ".", "Folder for bench.json and bench.svg.")
 flags.DEFINE_boolean("quick", False, "A short smoke run: few steps, accuracy target 90% within one epoch.")
@@ -59,14 +61,14 @@ def replica_setups(num_gpus: int, gpu_name: str = "GPU"):
 
 
 def run_bench() -> dict:
-    tf = tfquiet.import_tensorflow()
-    from distmnist import contenders, data, files
-    from distmnist.config import TrainConfig
-    from distmnist.errors import UserError
-    from distmnist.strategy import make_strategy
-
+    # Settings checked before TensorFlow is imported, as the train entry point does: bad flags fail at once.
     if FLAGS.batch_size <= 0 or FLAGS.steps <= 0 or FLAGS.rounds <= 0 or FLAGS.warmup_steps < 0:
         raise UserError("--batch_size, --steps and --rounds must be positive and --warmup_steps >= 0")
+    config = TrainConfig(batch_size=FLAGS.batch_size)  # the time-to-accuracy race's settings
+    tf = tfquiet.import_tensorflow()
+    from distmnist import contenders, data, files
+    from distmnist.strategy import make_strategy
+
     os.makedirs(FLAGS.out, exist_ok=True)
     num_gpus = len(tf.config.list_physical_devices("GPU"))
     if not num_gpus:
@@ -125,7 +127,6 @@ def run_bench() -> dict:
     }
     target = 0.90 if quick else TARGET_ACCURACY
     max_epochs = 1 if quick else FLAGS.max_epochs
-    config = TrainConfig(batch_size=FLAGS.batch_size)
     race = {}
     for name, fn in (("distmnist (default)", contenders.time_to_accuracy_distmnist),
                      ("keras fit (tuned)", contenders.time_to_accuracy_keras)):

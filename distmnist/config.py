@@ -1,4 +1,6 @@
-"""Everything one training run needs, as a frozen dataclass. No TensorFlow here."""
+"""Everything one training run needs, as a frozen dataclass, and the one description of every setting: each
+field's help (and, where it is not plain, how its default reads) lives in its metadata; the entry point's flags
+and the README's flags table are made from it. No TensorFlow here."""
 
 import dataclasses
 import math
@@ -10,43 +12,59 @@ INPUTS = ("device", "tfdata")
 STRATEGIES = ("auto", "multi_worker", "mirrored", "one_device")
 
 
+def _setting(default, help: str, shown: Optional[str] = None, choices: tuple = ()):
+    """A TrainConfig field with its help text; `shown` is how the default reads in the flags table."""
+    return dataclasses.field(default=default, metadata={"help": help, "shown": shown, "choices": choices})
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """One run's settings; the entry point builds it from flags, tests build it directly."""
+    """One run's settings; the entry point builds it from flags, tests build it directly. Built means valid:
+    a bad value raises UserError naming it."""
 
-    data_dir: Optional[str] = None  # None: Keras cache, then download, then the PyPI mirror
-    logdir: str = "logs"
-    run_name: Optional[str] = None  # None: a timestamp
-    strategy: str = "auto"  # auto: multi_worker when TF_CONFIG names a cluster, else the single-host rules
-    num_gpus: Optional[int] = None  # None: every visible GPU
-    cpu_replicas: int = 0  # >= 2: that many logical CPU devices under MirroredStrategy
-    gpu_memory_growth: bool = True  # take GPU memory as needed, not all of it at start-up
-    batch_size: int = 128  # per replica
-    learning_rate: float = 1.5
-    epochs: int = 10
-    max_steps: int = 0  # > 0: stop after this many steps (smoke tests, benchmarks)
-    seed: int = 42
-    shuffle_buffer: int = 10000
-    log_every: int = 100
-    eval_every: int = 500
-    input: str = "device"  # "device": data resident on each replica; "tfdata": the tutorial's pipeline
-    steps_per_loop: int = 50  # training steps per tf.function call
-    checkpoint_every: int = 200  # steps between checkpoints (0: only at the end); a run resumes from the last
-    keep_checkpoints: int = 3
-    overwrite: bool = False  # True: delete an existing run directory of the same name and start afresh
-    jit_compile: Optional[bool] = None  # None: XLA on for --input=device (faster, docs/performance.md), off for tfdata
-    collective_timeout_s: int = 60  # a lost worker makes the others fail within this, not hang
-    cluster_start_timeout_s: int = 600  # how long workers wait for each other at start-up
-    deterministic: bool = False  # True: TensorFlow's op determinism (bit-identical reruns and resumes)
-    intra_op_threads: int = 0  # 0: TensorFlow's default (one per core)
-    inter_op_threads: int = 0  # 0: TensorFlow's default
+    data_dir: Optional[str] = _setting(None, "folder or `gs://` URL with `mnist.npz` or the four IDX files "
+                                       "(unset: the Keras cache, Keras's download, the PyPI mirror)", "unset")
+    logdir: str = _setting("logs", "where run directories go")
+    run_name: Optional[str] = _setting(None, "the run's directory under `--logdir`; the same command again "
+                                       "resumes it", "timestamp")
+    strategy: str = _setting("auto", "`auto`: multi-worker with TF_CONFIG, mirrored over 2+ GPUs, else one "
+                             "device; or `multi_worker`, `mirrored`, `one_device`", choices=STRATEGIES)
+    num_gpus: Optional[int] = _setting(None, "the first N GPUs, the only ones the process sees; 0: the CPU",
+                                       "all visible")
+    gpu_memory_growth: bool = _setting(True, "take GPU memory as needed, not all of it at start-up "
+                                       "(`TF_FORCE_GPU_ALLOW_GROWTH`, if set, wins)")
+    cpu_replicas: int = _setting(0, "N >= 2: an N-replica MirroredStrategy on N logical CPUs")
+    batch_size: int = _setting(128, "examples **per replica** per step (global batch: this x replicas)")
+    learning_rate: float = _setting(1.5, "plain SGD learning rate")
+    epochs: int = _setting(10, "passes over the 60,000 training images")
+    max_steps: int = _setting(0, "if > 0, this many steps instead of `--epochs`")
+    seed: int = _setting(42, "seeds the initialisation and the shuffling")
+    shuffle_buffer: int = _setting(10000, "the tutorial's `shuffle(10000)` buffer")
+    log_every: int = _setting(100, "log the training loss every this many steps")
+    eval_every: int = _setting(500, "evaluate on the whole test set every this many steps and at the end")
+    input: str = _setting("device", "`device`: data resident on each replica's device; `tfdata`: the "
+                          "tutorial's pipeline", choices=INPUTS)
+    steps_per_loop: int = _setting(50, "training steps per `tf.function` call (one host sync per call)")
+    checkpoint_every: int = _setting(200, "steps between checkpoints (0: only at the end)")
+    keep_checkpoints: int = _setting(3, "how many recent checkpoints to keep")
+    overwrite: bool = _setting(False, "delete an existing distmnist run of that name and start afresh")
+    jit_compile: Optional[bool] = _setting(None, "XLA: the whole call with one replica, each replica's step "
+                                           "with several", "on for `device`")
+    collective_timeout_s: int = _setting(60, "multi-worker: a lost peer fails the run within about this")
+    cluster_start_timeout_s: int = _setting(600, "multi-worker: how long workers wait for each other")
+    deterministic: bool = _setting(False, "op determinism: bit-identical reruns on GPUs too")
+    intra_op_threads: int = _setting(0, "threads inside one op (0: TensorFlow's default)")
+    inter_op_threads: int = _setting(0, "ops run at once (0: TensorFlow's default)")
+
+    def __post_init__(self):
+        self._validate()
 
     def resolved_jit_compile(self) -> bool:
         """XLA cannot hold a tf.data iterator, so the default is on for the device input only."""
         return self.input == "device" if self.jit_compile is None else self.jit_compile
 
-    def validate(self) -> "TrainConfig":
-        """Raises UserError naming the first bad value; returns self so calls chain."""
+    def _validate(self) -> None:
+        """Raises UserError naming the first bad value."""
         positive = ("batch_size", "epochs", "shuffle_buffer", "log_every", "eval_every", "steps_per_loop",
                     "collective_timeout_s", "cluster_start_timeout_s")
         for name in positive:
@@ -74,4 +92,21 @@ class TrainConfig:
             raise UserError(f"--input must be one of {', '.join(INPUTS)}, got {self.input!r}")
         if self.run_name is not None and (not self.run_name or "/" in self.run_name or self.run_name in (".", "..")):
             raise UserError(f"--run_name must be a plain directory name, got {self.run_name!r}")
-        return self
+
+
+def settings():
+    """(name, default, type annotation, help, how the default reads, choices) for every setting, in order."""
+    for field in dataclasses.fields(TrainConfig):
+        meta = field.metadata
+        yield field.name, field.default, field.type, meta["help"], meta["shown"], meta["choices"]
+
+
+def flags_table() -> str:
+    """The README's flags table, made from the settings."""
+    rows = ["| flag | default | meaning |", "|---|---|---|"]
+    for name, default, _, help_text, shown, _ in settings():
+        if shown is None:
+            shown = ("on" if default else "off") if isinstance(default, bool) else f"`{default}`" \
+                if isinstance(default, str) else str(default)
+        rows.append(f"| `--{name}` | {shown} | {help_text} |")
+    return "\n".join(rows)

@@ -74,7 +74,6 @@ def train_and_evaluate(config: TrainConfig, choice: Optional[StrategyChoice] = N
     cluster every worker trains, and only the chief writes the run directory (and holds the checkpoints).
     SIGTERM or SIGINT stops the run at the next call boundary with a checkpoint (errors.Stopped).
     """
-    config.validate()
     started = time.perf_counter()
     run_name = config.run_name or files.default_run_name()
     config = dataclasses.replace(config, run_name=run_name)
