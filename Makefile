@@ -9,7 +9,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TRAIN_FLAGS ?=
 
-.PHONY: train test data bench doctor tensorboard clean
+.PHONY: train test test-fast data bench doctor tensorboard clean
 
 $(PY):
 	$(if $(strip $(PYTHON)),,$(error no Python 3.10-3.13 here (TensorFlow 2.21 has wheels for those only): \
@@ -32,7 +32,11 @@ train: data
 	$(PY) -m distmnist.train $(TRAIN_FLAGS)
 
 test: $(VENV)/.installed-test
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=15 tests
+
+# In process, no subprocess, cluster, network or real-MNIST training: under a minute on 2 cores.
+test-fast: $(VENV)/.installed-test
+	$(PY) -m pytest -q -m "not slow and not cluster and not network and not gpu" tests
 
 doctor: $(VENV)/.installed
 	$(PY) -m distmnist.doctor

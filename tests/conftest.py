@@ -14,7 +14,7 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from distmnist.data import Mnist  # noqa: E402
-from helpers import hide_gpus_from_subprocesses  # noqa: E402
+from helpers import hide_gpus_from_subprocesses, make_tiny_mnist  # noqa: E402
 
 # Split the CPU before any op runs, so tests can build 1-, 2- and 4-replica MirroredStrategies in one process.
 tf.config.set_logical_device_configuration(
@@ -31,22 +31,6 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
-
-
-def make_tiny_mnist(num_train: int = 512, num_test: int = 100, seed: int = 0) -> Mnist:
-    """Learnable MNIST-shaped data: each class is a fixed random template plus noise, uint8 [N, 28, 28]."""
-    rng = np.random.default_rng(seed)
-    templates = rng.integers(0, 256, size=(10, 28, 28))
-
-    def split(n):
-        labels = np.arange(n) % 10
-        rng.shuffle(labels)
-        noise = rng.integers(-60, 61, size=(n, 28, 28))
-        images = np.clip(templates[labels] + noise, 0, 255).astype(np.uint8)
-        return images, labels.astype(np.uint8)
-
-    (x_train, y_train), (x_test, y_test) = split(num_train), split(num_test)
-    return Mnist(x_train, y_train, x_test, y_test, source="tiny synthetic")
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,5 @@
-"""Running the entry points as a user would (a subprocess with the test's Python), and what tests read back."""
+"""What the tests share: running the entry points as a user would (a subprocess with the test's Python), tiny
+MNIST-shaped data, and reading back what runs wrote."""
 
 import os
 import socket
@@ -6,6 +7,8 @@ import subprocess
 import sys
 
 import numpy as np
+
+from distmnist.data import Mnist
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -68,3 +71,30 @@ def assert_same_weights(a: dict, b: dict) -> None:
     assert len(a) == 6 and a.keys() == b.keys()
     for name in a:
         np.testing.assert_array_equal(a[name], b[name])
+
+
+def make_tiny_mnist(num_train: int = 512, num_test: int = 100, seed: int = 0) -> Mnist:
+    """Learnable MNIST-shaped data: each class is a fixed random template plus noise, uint8 [N, 28, 28]."""
+    rng = np.random.default_rng(seed)
+    templates = rng.integers(0, 256, size=(10, 28, 28))
+
+    def split(n):
+        labels = np.arange(n) % 10
+        rng.shuffle(labels)
+        noise = rng.integers(-60, 61, size=(n, 28, 28))
+        images = np.clip(templates[labels] + noise, 0, 255).astype(np.uint8)
+        return images, labels.astype(np.uint8)
+
+    (x_train, y_train), (x_test, y_test) = split(num_train), split(num_test)
+    return Mnist(x_train, y_train, x_test, y_test, source="tiny synthetic")
+
+
+def read_scalars(run_dir: str) -> dict:
+    """Every scalar a run's TensorBoard events hold, by tag: [(step, value)], read by TensorBoard's own reader."""
+    from tensorboard.backend.event_processing import event_accumulator
+    from tensorflow.python.framework import tensor_util
+
+    acc = event_accumulator.EventAccumulator(run_dir, size_guidance={event_accumulator.TENSORS: 0})
+    acc.Reload()
+    return {tag: [(e.step, float(tensor_util.MakeNdarray(e.tensor_proto))) for e in acc.Tensors(tag)]
+            for tag in acc.Tags()["tensors"] if acc.SummaryMetadata(tag).plugin_data.plugin_name == "scalars"}

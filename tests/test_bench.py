@@ -3,7 +3,11 @@
 import json
 import xml.etree.ElementTree as ET
 
+import pytest
+
 from helpers import run_module
+
+pytestmark = [pytest.mark.slow]
 
 CONTENDERS = {"compute bound", "tutorial eager", "keras fit (default)", "keras fit (tuned)",
               "distmnist --input=tfdata", "distmnist (default)"}

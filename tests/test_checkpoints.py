@@ -19,8 +19,9 @@ from distmnist.config import TrainConfig
 from distmnist.errors import UserError
 from distmnist.loop import Trainer
 from distmnist.strategy import make_strategy
-from helpers import REPO, assert_same_weights, run_module, saved_weights
-from test_train import read_scalars
+from helpers import REPO, assert_same_weights, read_scalars, run_module, saved_weights
+
+pytestmark = [pytest.mark.slow]
 
 STEPS = 1000
 FLAGS = ("--batch_size=32", "--log_every=20", "--eval_every=200", "--checkpoint_every=400", "--steps_per_loop=25",

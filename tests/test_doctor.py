@@ -5,7 +5,11 @@ import json
 import os
 import stat
 
+import pytest
+
 from helpers import run_module
+
+pytestmark = [pytest.mark.slow]
 
 CHECKS = ["python", "tensorflow", "driver", "cuda libraries", "gpus", "xla", "all-reduce", "training"]
 

@@ -15,6 +15,7 @@ from distmnist.strategy import make_strategy
 from helpers import run_python
 
 
+@pytest.mark.slow
 def test_reloaded_model_matches_the_trained_one_exactly(tmp_path, tiny_mnist):
     trainer = Trainer(TrainConfig(max_steps=10, batch_size=32), make_strategy(cpu_replicas=2).strategy, tiny_mnist)
     trainer.train(Reporter())

@@ -33,10 +33,10 @@ def test_the_registry_check_finds_an_op_without_a_gpu_kernel():
 
 @pytest.mark.parametrize("replicas,input_path,jit", [
     (1, "device", False),  # one GPU with --nojit_compile: nothing hides in XLA
-    (1, "tfdata", False),
+    pytest.param(1, "tfdata", False, marks=pytest.mark.slow),
     (2, "device", None),  # the default on 2 replicas: XLA per replica, the loop and collectives outside
-    (2, "device", False),
-    (2, "tfdata", False),
+    pytest.param(2, "device", False, marks=pytest.mark.slow),
+    pytest.param(2, "tfdata", False, marks=pytest.mark.slow),
 ])
 def test_every_op_outside_xla_has_a_gpu_kernel(tiny_mnist, replicas, input_path, jit):
     config = TrainConfig(max_steps=5, batch_size=16, input=input_path, jit_compile=jit)
@@ -51,7 +51,7 @@ def test_every_op_outside_xla_has_a_gpu_kernel(tiny_mnist, replicas, input_path,
     assert trainer.step == 5 and trainer.trace_count == 1
 
 
-@pytest.mark.parametrize("replicas", [2, 4])
+@pytest.mark.parametrize("replicas", [2, pytest.param(4, marks=pytest.mark.slow)])
 def test_each_replica_holds_its_data_on_its_own_device(tiny_mnist, replicas):
     choice = make_strategy(cpu_replicas=replicas)
     trainer = Trainer(TrainConfig(max_steps=2, batch_size=8), choice.strategy, tiny_mnist)
@@ -79,7 +79,7 @@ import json, os, sys, time
 sys.path.insert(0, {tests!r})
 from distmnist import tfquiet
 tf = tfquiet.import_tensorflow()
-from conftest import make_tiny_mnist
+from helpers import make_tiny_mnist
 from kernel_registry import collective_dtypes, ops_without_gpu_kernel
 from distmnist.cluster import parse_tf_config
 from distmnist.config import TrainConfig
@@ -103,6 +103,8 @@ os._exit(0)
 """
 
 
+@pytest.mark.slow
+@pytest.mark.cluster
 def test_a_two_worker_cluster_reduces_no_int32_and_needs_no_host_only_op(tmp_path):
     addresses = [f"localhost:{p}" for p in free_ports(2)]
     (tmp_path / "done").mkdir()

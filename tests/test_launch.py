@@ -19,6 +19,8 @@ import tensorflow as tf
 from distmnist.cluster import parse_tf_config
 from helpers import REPO, free_ports
 
+pytestmark = [pytest.mark.slow]
+
 SCRIPTS = sorted(glob.glob(os.path.join(REPO, "launch", "*.sh"))) + [os.path.join(REPO, ".ci", "run")]
 
 

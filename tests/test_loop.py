@@ -13,7 +13,7 @@ from distmnist.loop import Reporter, Trainer
 from distmnist.model import images_to_features
 from distmnist.strategy import make_strategy
 
-from conftest import make_tiny_mnist
+from helpers import make_tiny_mnist
 
 
 class Recorder(Reporter):
@@ -46,7 +46,7 @@ def max_weight_difference(a, b):
     return max(float(np.abs(x - y).max()) for x, y in zip(a.weights(), b.weights()))
 
 
-@pytest.mark.parametrize("input_path", ["device", "tfdata"])
+@pytest.mark.parametrize("input_path", ["device", pytest.param("tfdata", marks=pytest.mark.slow)])
 def test_replica_count_does_not_change_the_model(mnist, input_path):
     """N replicas x batch b train the same model as 1 replica x batch N*b (same examples in each step)."""
     one, _ = train(mnist, 1, batch_size=64, input=input_path, jit_compile=False)
@@ -75,7 +75,7 @@ def test_per_replica_mean_under_a_sum_all_reduce_fails_the_invariance_check(mnis
     assert max_weight_difference(one, two) > 1e-2
 
 
-@pytest.mark.parametrize("replicas", [1, 2])
+@pytest.mark.parametrize("replicas", [1, pytest.param(2, marks=pytest.mark.slow)])
 def test_device_and_tfdata_inputs_train_the_same_model(mnist, replicas):
     device, device_log = train(mnist, replicas, batch_size=32, input="device", jit_compile=False)
     tfdata, tfdata_log = train(mnist, replicas, batch_size=32, input="tfdata", jit_compile=False)
@@ -103,7 +103,7 @@ def test_loss_falls_and_the_function_is_traced_once_across_epochs(mnist):
     assert log.acc[150] > 0.9
 
 
-@pytest.mark.parametrize("replicas", [1, 2, 4])
+@pytest.mark.parametrize("replicas", [1, 2, pytest.param(4, marks=pytest.mark.slow)])
 def test_evaluation_counts_every_test_image_once(mnist, replicas):
     """203 test images split over 1, 2 or 4 replicas: the accuracy equals a plain numpy count."""
     trainer, _ = train(mnist, replicas, steps=5, batch_size=16, jit_compile=False)
@@ -129,6 +129,7 @@ def test_non_finite_loss_stops_on_the_device_and_names_the_step_and_replica(mnis
     assert not np.isfinite(caught.value.loss)
 
 
+@pytest.mark.slow
 def test_one_epoch_of_real_mnist_reaches_94_percent():
     mnist = data.load()
     trainer, log = train(mnist, 1, steps=0, epochs=1)

@@ -15,6 +15,8 @@ import tensorflow as tf
 
 from helpers import REPO, free_ports, run_module, saved_weights
 
+pytestmark = [pytest.mark.slow, pytest.mark.cluster]
+
 FLAGS = ("--max_steps=20", "--batch_size=32", "--log_every=5", "--eval_every=10")
 
 

@@ -18,6 +18,8 @@ from distmnist.strategy import make_strategy
 
 from helpers import REPO, run_module
 
+pytestmark = [pytest.mark.slow]
+
 COUNT = 40
 
 

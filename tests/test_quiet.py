@@ -12,6 +12,8 @@ from distmnist.model import MLP
 
 from helpers import run_module
 
+pytestmark = [pytest.mark.slow]
+
 AS_USERS_RUN = {"unset": ("TF_CPP_MIN_LOG_LEVEL",), "env": {"TF_ENABLE_ONEDNN_OPTS": "1"}}
 TENSORFLOW_LINE = re.compile(r"\.cc:\d+\]|oneDNN|absl::InitializeLog|cuInit|cuda|rebuild TensorFlow", re.I)
 

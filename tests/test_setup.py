@@ -5,7 +5,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from helpers import REPO
+
+pytestmark = [pytest.mark.slow]
 
 FAKE_PYTHON_314 = """#!/bin/sh
 case "$*" in *version_info*) exit 1 ;; esac

@@ -17,16 +17,11 @@ from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 from tensorflow.python.framework import tensor_util
 
-from helpers import free_ports, run_module, run_python
+from helpers import free_ports, read_scalars, run_module, run_python
+
+pytestmark = [pytest.mark.slow]
 
 TINY_FLAGS = ("--max_steps=25", "--log_every=5", "--eval_every=10", "--batch_size=32", "--steps_per_loop=4")
-
-
-def read_scalars(run_dir: str) -> dict:
-    acc = event_accumulator.EventAccumulator(run_dir, size_guidance={event_accumulator.TENSORS: 0})
-    acc.Reload()
-    return {tag: [(e.step, float(tensor_util.MakeNdarray(e.tensor_proto))) for e in acc.Tensors(tag)]
-            for tag in acc.Tags()["tensors"] if acc.SummaryMetadata(tag).plugin_data.plugin_name == "scalars"}
 
 
 def svg_texts(path: str) -> list:
