@@ -16,7 +16,7 @@ from typing import Optional
 import tensorflow as tf
 from absl import logging
 
-from distmnist import files, tfquiet
+from distmnist import files, rundir, tfquiet
 from distmnist.errors import UserError
 from distmnist.loop import Trainer
 
@@ -68,9 +68,7 @@ class Checkpointer:
         if not os.path.exists(path):
             return {"loss": [], "accuracy": []}
         with open(path) as f:
-            saved = json.load(f)
-        return {"loss": [p for p in saved["loss"] if p[0] < step],
-                "accuracy": [p for p in saved["accuracy"] if p[0] <= step]}
+            return rundir.kept_history(json.load(f), step)
 
     def close(self) -> None:
         if self._scratch:

@@ -167,7 +167,7 @@ def time_to_accuracy_distmnist(mnist: Mnist, strategy, target: float, max_epochs
     start = time.perf_counter()
     for epoch in range(1, max_epochs + 1):
         trainer.run_steps(trainer.steps_per_epoch)
-        accuracy = trainer.evaluate()
+        accuracy, _ = trainer.evaluate()
         if accuracy >= target:
             return time.perf_counter() - start, epoch, accuracy
     return None, max_epochs, accuracy

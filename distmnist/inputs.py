@@ -94,3 +94,81 @@ def replica_batch_indices(order: np.ndarray, steps: int, num_replicas: int, per_
     """
     used = order[:steps * num_replicas * per_replica_batch_size]
     return used.reshape(steps, num_replicas, per_replica_batch_size)[:, replica_id, :].astype(np.int64)
+
+
+class DeviceInput:
+    """The training set resident on every replica's device, in its training dtype: float32 features [N, 784] and
+    one-hot targets [N, 10], made once on each replica's own device (GatherV2 has GPU kernels for float32, none
+    for uint8). Each step gathers its rows with int64 indices (int32 tensors on a GPU live in host memory), the
+    epoch's order drawn from the seed as tf.data's shuffle draws it."""
+
+    xla_whole_call = True  # plain tensors in, so XLA can compile the whole multi-step call
+
+    def __init__(self, strategy: tf.distribute.Strategy, x: np.ndarray, y: np.ndarray, steps_per_epoch: int,
+                 per_replica_batch_size: int, shuffle_buffer: int, seed: int):
+        self.strategy = strategy
+        self.steps_per_epoch = steps_per_epoch
+        self.per_replica_batch_size = per_replica_batch_size
+        self._order = EpochOrder(len(x), shuffle_buffer, seed)
+        self.features = on_each_replica(strategy, lambda r, n: images_to_features(x))
+        self.targets = on_each_replica(strategy, lambda r, n: labels_to_targets(y))
+        self.batch_indices = None  # the current epoch's, per replica: int64 [steps_per_epoch, batch]
+
+    def start_epoch(self) -> None:
+        order = self._order.next_epoch()
+        self.batch_indices = on_each_replica(self.strategy, lambda r, n: replica_batch_indices(
+            order, self.steps_per_epoch, n, self.per_replica_batch_size, r))
+
+    def seek(self, step: int) -> None:
+        """Puts the input where an uninterrupted run is after `step` steps."""
+        for _ in range(step // self.steps_per_epoch):
+            self._order.next_epoch()
+        if step % self.steps_per_epoch:
+            self.start_epoch()
+
+    def call_args(self, step_in_epoch: int) -> tuple:
+        """What the compiled multi-step call takes, for a call starting at this step of the epoch."""
+        return self.features, self.targets, self.batch_indices, tf.constant(step_in_epoch, tf.int32)
+
+    @staticmethod
+    def step_args(call_args: tuple, i) -> tuple:
+        """strategy.run's arguments for the call's i-th step (cross-replica context, inside the call)."""
+        features, targets, batch_indices, first = call_args
+        return features, targets, batch_indices, first + i
+
+    @staticmethod
+    def batch(features, targets, batch_indices, step_in_epoch):
+        """One replica's (features, targets) for a step: a gather, not a slice, so XLA keeps the step dynamic."""
+        indices = tf.gather(batch_indices, step_in_epoch)
+        return tf.gather(features, indices), tf.gather(targets, indices)
+
+
+class TfdataInput:
+    """The tutorial's tf.data pipeline, distributed with distribute_datasets_from_function: each worker cuts its
+    replicas' slices out of every global batch."""
+
+    xla_whole_call = False  # XLA cannot hold a tf.data iterator
+
+    def __init__(self, strategy: tf.distribute.Strategy, x: np.ndarray, y: np.ndarray, global_batch_size: int,
+                 shuffle_buffer: int, seed: int):
+        self.strategy = strategy
+        self._make = lambda start_step: iter(strategy.distribute_datasets_from_function(
+            lambda context: tfdata_pipeline(x, y, global_batch_size, shuffle_buffer, seed, context, start_step)))
+        self.iterator = self._make(0)
+
+    def start_epoch(self) -> None:
+        """Nothing to do: the pipeline reshuffles each epoch itself."""
+
+    def seek(self, step: int) -> None:
+        self.iterator = self._make(step)
+
+    def call_args(self, step_in_epoch: int) -> tuple:
+        return (self.iterator,)
+
+    @staticmethod
+    def step_args(call_args: tuple, i) -> tuple:
+        return next(call_args[0])
+
+    @staticmethod
+    def batch(features, targets):
+        return features, targets

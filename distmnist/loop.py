@@ -1,13 +1,14 @@
-"""The training and evaluation steps and the loop that drives them, the same code for 1 or N replicas.
+"""The trainer: the model under a strategy, the compiled multi-step call, evaluation, and the collectives a
+cluster needs. The same code for 1 or N replicas and for either input path (inputs.DeviceInput or
+inputs.TfdataInput); when to evaluate, checkpoint and stop is the controller's business (controller.py).
 
-One tf.function call runs up to `steps_per_loop` training steps on the device (a while loop around
-strategy.run) and hands back every step's loss at the end, so the host syncs once per call, not per step.
-Calls end early at epoch ends, evaluation points and checkpoints, so logged curves do not depend on
-steps_per_loop. A non-finite loss or gradient ends the call on the device after the step it appeared in,
-and a stop request (a signal) is honoured between calls.
+One tf.function call runs up to `steps_per_loop` training steps on the device (a while loop around strategy.run)
+and hands back every step's loss at the end, so the host syncs once per call, not per step. A non-finite loss or
+gradient ends the call on the device after the step it appeared in.
 
-With jit_compile, XLA compiles the whole multi-step call when there is one replica, and each replica's gradient
-computation when there are several (collectives stay outside XLA); docs/performance.md has what each is worth.
+With jit_compile, XLA compiles the whole multi-step call when there is one replica and the input allows it, and
+each replica's gradient computation otherwise (collectives stay outside XLA); docs/performance.md has what each
+is worth.
 """
 
 import functools
@@ -17,19 +18,13 @@ from typing import Callable, Optional
 import numpy as np
 import tensorflow as tf
 
-from distmnist import inputs
+from distmnist import inputs, step
 from distmnist.config import TrainConfig
 from distmnist.data import Mnist
 from distmnist.errors import TrainingDiverged, UserError
-from distmnist.model import MLP, forward, images_to_features, labels_to_targets
+from distmnist.model import MLP, images_to_features
 
-
-def mse_loss(targets: tf.Tensor, logits: tf.Tensor, global_batch_size: int) -> tf.Tensor:
-    """This replica's share of the global batch's mean squared error (summed over replicas it is the mean)."""
-    per_example = tf.reduce_mean(tf.square(targets - logits), axis=-1)
-    # tf.nn.compute_average_loss's arithmetic without its Assert, which checks a Python constant in every step
-    # and, on a GPU, copies its condition to the host to do so.
-    return tf.math.divide_no_nan(tf.reduce_sum(per_example), tf.constant(global_batch_size, per_example.dtype))
+mse_loss = step.mse_loss  # the default loss_fn, kept importable here
 
 
 class Reporter:
@@ -46,10 +41,11 @@ class Reporter:
 
 
 class Trainer:
-    """Model, compiled steps and loop for one strategy and one data set."""
+    """Model, compiled steps and the step loop for one strategy and one data set."""
 
     def __init__(self, config: TrainConfig, strategy: tf.distribute.Strategy, mnist: Mnist,
-                 loss_fn: Callable = mse_loss):
+                 loss_fn: Callable = step.mse_loss):
+        """Raises UserError when the global batch is larger than the training set."""
         self.config = config
         self.strategy = strategy
         self.loss_fn = loss_fn
@@ -75,21 +71,17 @@ class Trainer:
         replica_ids = strategy.experimental_local_results(inputs.on_each_replica(strategy, lambda r, n: np.int32(r)))
         self._local_test_rows = [slice(*inputs.shard_bounds(self.num_test, int(r), self.num_replicas))
                                  for r in replica_ids]  # the test rows each of this worker's replicas holds
-        jit = config.resolved_jit_compile()
-        whole_call_jit = jit and self.num_replicas == 1 and config.input == "device"
-        self._gradients = tf.function(self._gradients_fn, jit_compile=True) if jit and not whole_call_jit \
-            else self._gradients_fn
         if config.input == "device":
-            # In the training dtype already, computed on each replica's device: a step only gathers float32 rows
-            # (GatherV2 has GPU kernels for float32, none for uint8), with int64 indices.
-            self._order = inputs.EpochOrder(self.num_train, config.shuffle_buffer, config.seed)
-            self._features = inputs.on_each_replica(strategy, lambda r, n: images_to_features(mnist.x_train))
-            self._targets = inputs.on_each_replica(strategy, lambda r, n: labels_to_targets(mnist.y_train))
-            self._chunk = tf.function(self._device_chunk, jit_compile=whole_call_jit or None)
+            self.input = inputs.DeviceInput(strategy, mnist.x_train, mnist.y_train, self.steps_per_epoch,
+                                            self.per_replica_batch_size, config.shuffle_buffer, config.seed)
         else:
-            self._train_arrays = (mnist.x_train, mnist.y_train)
-            self._iterator = self._tfdata_iterator(start_step=0)
-            self._chunk = tf.function(self._tfdata_chunk)
+            self.input = inputs.TfdataInput(strategy, mnist.x_train, mnist.y_train, self.global_batch_size,
+                                            config.shuffle_buffer, config.seed)
+        jit = config.resolved_jit_compile()
+        whole_call_jit = jit and self.num_replicas == 1 and self.input.xla_whole_call
+        self._gradients = tf.function(step.gradients, jit_compile=True) if jit and not whole_call_jit \
+            else step.gradients
+        self._call = tf.function(self._call_fn, jit_compile=whole_call_jit or None)
         self._evaluate = tf.function(self._evaluate_fn)
         self._any_replica = tf.function(self._any_replica_fn)  # traced only in a cluster, where it is used
         self._from_replica_0 = tf.function(self._from_replica_0_fn)
@@ -100,21 +92,12 @@ class Trainer:
 
     # --- replica functions -------------------------------------------------------------------------------
 
-    def _gradients_fn(self, weights, features, targets):
-        """Pure maths, so XLA can compile it: (gradients, this replica's loss, whether both are finite)."""
-        with tf.GradientTape() as tape:
-            tape.watch(weights)
-            loss = self.loss_fn(targets, forward(weights, features), self.global_batch_size)
-        grads = tape.gradient(loss, weights)
-        # A NaN or inf anywhere makes the sum non-finite: one reduction per tensor, no per-element flags.
-        finite = tf.math.is_finite(loss + tf.add_n([tf.reduce_sum(g) for g in grads]))
-        return grads, loss, finite
-
-    def _replica_train_step(self, features, targets):
-        """One SGD step; returns the global batch's loss and, per replica, 1 where its loss or gradient was
-        not finite."""
+    def _replica_train_step(self, *batch_args):
+        """One SGD step on this replica's batch; returns the global batch's loss and, per replica, 1 where its
+        loss or gradient was not finite."""
+        features, targets = self.input.batch(*batch_args)
         weights = [tf.convert_to_tensor(v) for v in self.model.weights]
-        grads, loss, finite = self._gradients(weights, features, targets)
+        grads, loss, finite = self._gradients(weights, features, targets, self.global_batch_size, self.loss_fn)
         ctx = tf.distribute.get_replica_context()
         bad = tf.one_hot(ctx.replica_id_in_sync_group, self.num_replicas) * (1.0 - tf.cast(finite, tf.float32))
         # One all-reduce for the gradients and, in one small vector, the loss and the non-finite marks: each
@@ -124,17 +107,13 @@ class Trainer:
         return stats[0], stats[1:]
 
     def _sgd(self, variable, grad):
-        return variable.assign_sub(self._learning_rate * grad)
+        return step.sgd(variable, grad, self._learning_rate)
 
     def _update_weights(self, strategy, values, update):
         """update(variable, value) on every replica's copy of each weight (SGD, or taking replica 0's); the
         merge_call target, with `update` bound beforehand (merge_call would treat it as per-replica data)."""
         for variable, value in zip(self.model.weights, values):
             strategy.extended.update(variable, update, args=(value,), group=False)
-
-    def _replica_device_step(self, features, targets, batch_indices, step_in_epoch):
-        indices = tf.gather(batch_indices, step_in_epoch)  # a gather, not a slice: XLA keeps the step dynamic
-        return self._replica_train_step(tf.gather(features, indices), tf.gather(targets, indices))
 
     def _replica_evaluate(self, images, labels):
         """(correct answers as float32, predicted classes): GPUs do not all-reduce int32 (TensorFlow's
@@ -145,9 +124,9 @@ class Trainer:
 
     # --- compiled functions (cross-replica context) --------------------------------------------------------
 
-    def _steps(self, num_steps, run_step):
-        """Runs run_step(i) for i < num_steps on the device, collecting each step's loss (from replica 0), and
-        stops after a step that marked a replica non-finite. Returns (losses, steps run, the last marks).
+    def _call_fn(self, num_steps, *call_args):
+        """Runs up to num_steps steps on the device, collecting each step's loss (from replica 0), and stops after
+        a step that marked a replica non-finite. Returns (losses, steps run, the last marks).
 
         A fixed-size loss buffer (not num_steps) and a plain while loop: XLA then compiles once for every length.
         """
@@ -156,17 +135,11 @@ class Trainer:
         bad = tf.zeros([self.num_replicas])
         i = tf.constant(0)
         while i < num_steps and tf.reduce_max(bad) == 0.0:
-            loss, bad = (self.strategy.experimental_local_results(v)[0] for v in run_step(i))
+            outputs = self.strategy.run(self._replica_train_step, args=self.input.step_args(call_args, i))
+            loss, bad = (self.strategy.experimental_local_results(v)[0] for v in outputs)
             losses = losses.write(i, loss)
             i += 1
         return losses.stack(), i, bad
-
-    def _device_chunk(self, features, targets, batch_indices, first_step_in_epoch, num_steps):
-        return self._steps(num_steps, lambda i: self.strategy.run(
-            self._replica_device_step, args=(features, targets, batch_indices, first_step_in_epoch + i)))
-
-    def _tfdata_chunk(self, iterator, num_steps):
-        return self._steps(num_steps, lambda i: self.strategy.run(self._replica_train_step, args=next(iterator)))
 
     def _evaluate_fn(self, images, labels):
         correct, predicted = self.strategy.run(self._replica_evaluate, args=(images, labels))
@@ -206,74 +179,46 @@ class Trainer:
     def graphs(self) -> dict:
         """The GraphDefs of every function this trainer runs, by name, traced for its strategy and input path:
         what TensorFlow will place on the devices (the tests check them against the GPU kernel registry)."""
-        count = tf.constant(1, tf.int32)
-        if self.config.input == "device":
-            self._start_epoch()
-            chunk = self._chunk.get_concrete_function(self._features, self._targets, self._batch_indices,
-                                                      tf.constant(0, tf.int32), count)
-        else:
-            chunk = self._chunk.get_concrete_function(self._iterator, count)
+        if self.step % self.steps_per_epoch == 0:
+            self.input.start_epoch()
         functions = {
-            "train": chunk,
+            "train": self._call.get_concrete_function(tf.constant(1, tf.int32), *self.input.call_args(0)),
             "evaluate": self._evaluate.get_concrete_function(*self._test),
             "any_replica": self._any_replica.get_concrete_function(tf.constant(0.0)),
             "from_replica_0": self._from_replica_0.get_concrete_function(tf.constant(0.0, tf.float64)),
         }
         return {name: fn.graph.as_graph_def() for name, fn in functions.items()}
 
-    def _tfdata_iterator(self, start_step: int):
-        x, y = self._train_arrays
-        return iter(self.strategy.distribute_datasets_from_function(
-            lambda context: inputs.tfdata_pipeline(x, y, self.global_batch_size, self.config.shuffle_buffer,
-                                                   self.config.seed, context, start_step)))
-
     def _shard_eval_set(self, x, y):
         def shard(array):
             return lambda r, n: array[slice(*inputs.shard_bounds(len(array), r, n))]
         return inputs.on_each_replica(self.strategy, shard(x)), inputs.on_each_replica(self.strategy, shard(y))
 
-    def evaluate(self) -> float:
-        """Accuracy over the whole test set, every image counted once whatever the replica count; the predicted
-        classes are kept in self.test_predictions (-1 for images another worker holds)."""
+    def evaluate(self) -> tuple:
+        """Accuracy over the whole test set, every image counted once whatever the replica count, and the
+        predicted class of every test image (-1 for images another worker holds)."""
         correct, predicted = self._evaluate(*self._test)
-        self.test_predictions = np.full([self.num_test], -1, np.int32)
-        for rows, classes in zip(self._local_test_rows, predicted):
-            self.test_predictions[rows] = classes.numpy()
-        return int(round(float(correct))) / self.num_test
-
-    def _report_evaluation(self, reporter: Reporter) -> None:
-        reporter.accuracy(self.step, self.evaluate())
-        reporter.predictions(self.step, self.test_predictions)
+        classes = np.full([self.num_test], -1, np.int32)
+        for rows, replica_classes in zip(self._local_test_rows, predicted):
+            classes[rows] = replica_classes.numpy()
+        return int(round(float(correct))) / self.num_test, classes
 
     def weights(self):
         """The trained values as numpy arrays, kernel_0, bias_0, ... (from the first replica)."""
         return [self.strategy.experimental_local_results(v)[0].numpy() for v in self.model.weights]
 
-    def _start_epoch(self) -> None:
-        if self.config.input == "device":
-            order = self._order.next_epoch()
-            self._batch_indices = inputs.on_each_replica(
-                self.strategy, lambda r, n: inputs.replica_batch_indices(
-                    order, self.steps_per_epoch, n, self.per_replica_batch_size, r))
-
-    def _run_chunk(self, step_in_epoch: int, num_steps: int) -> np.ndarray:
-        count = tf.constant(num_steps, tf.int32)
-        if self.config.input == "device":
-            losses, done, bad = self._chunk(self._features, self._targets, self._batch_indices,
-                                            tf.constant(step_in_epoch, tf.int32), count)
-        else:
-            losses, done, bad = self._chunk(self._iterator, count)
+    def _run_call(self, step_in_epoch: int, num_steps: int) -> np.ndarray:
+        losses, done, bad = self._call(tf.constant(num_steps, tf.int32), *self.input.call_args(step_in_epoch))
         losses, replicas = losses.numpy()[:int(done)], np.flatnonzero(bad.numpy())
         if replicas.size:
-            step = self.step + len(losses) - 1
-            raise TrainingDiverged(step, int(replicas[0]), float(losses[-1]))
+            raise TrainingDiverged(self.step + len(losses) - 1, int(replicas[0]), float(losses[-1]))
         return losses
 
-    def run_steps(self, num_steps: int, on_chunk: Optional[Callable] = None,
+    def run_steps(self, num_steps: int, on_call: Optional[Callable] = None,
                   should_stop: Callable[[], bool] = lambda: False) -> np.ndarray:
         """Trains num_steps more steps across epochs, in calls of at most steps_per_loop; returns their losses.
 
-        on_chunk(first_step, losses, seconds) is called after each call. should_stop() is asked before each
+        on_call(first_step, losses, seconds) is called after each call. should_stop() is asked before each
         call; when it says yes, the steps end there and self.stopped is set. Raises TrainingDiverged when a
         step's loss or gradient is not finite (the weights are then not to be saved).
         """
@@ -285,13 +230,13 @@ class Trainer:
                 break
             step_in_epoch = self.step % self.steps_per_epoch
             if step_in_epoch == 0:
-                self._start_epoch()
+                self.input.start_epoch()
             count = min(self.config.steps_per_loop, self.steps_per_epoch - step_in_epoch, end - self.step)
             start = time.perf_counter()
-            losses = self._run_chunk(step_in_epoch, count)
+            losses = self._run_call(step_in_epoch, count)
             elapsed = time.perf_counter() - start
-            if on_chunk:
-                on_chunk(self.step, losses, elapsed)
+            if on_call:
+                on_call(self.step, losses, elapsed)
             collected.append(losses)
             self.step += count
         return np.concatenate(collected) if collected else np.zeros([0], np.float32)
@@ -299,53 +244,4 @@ class Trainer:
     def resume_at(self, step: int) -> None:
         """Puts the input where an uninterrupted run would be after `step` steps (after a checkpoint restore)."""
         self.step = step
-        if self.config.input == "device":
-            for _ in range(step // self.steps_per_epoch):
-                self._order.next_epoch()
-            if step % self.steps_per_epoch:
-                self._start_epoch()
-        else:
-            self._iterator = self._tfdata_iterator(start_step=step)
-
-    def train(self, reporter: Reporter, on_boundary: Optional[Callable] = None,
-              should_stop: Callable[[], bool] = lambda: False) -> dict:
-        """Runs from self.step to total_steps, evaluating at step 0, every eval_every steps and at the end.
-
-        on_boundary(step) is called at every multiple of checkpoint_every and at the end (for checkpoints), and
-        where a stop request ends the run early (then self.stopped is True). Returns timings.
-        """
-        timing = {"first_call_s": None, "timed_s": 0.0, "timed_examples": 0, "train_time_s": 0.0}
-
-        def on_chunk(first_step, losses, seconds):
-            examples = len(losses) * self.global_batch_size
-            timing["train_time_s"] += seconds
-            if timing["first_call_s"] is None:
-                timing["first_call_s"] = seconds  # includes tracing and compilation: kept out of the throughput
-            else:
-                timing["timed_s"] += seconds
-                timing["timed_examples"] += examples
-            reporter.losses(first_step, losses, examples / seconds)
-
-        if self.step == 0:
-            self._report_evaluation(reporter)
-        every, save_every = self.config.eval_every, self.config.checkpoint_every or self.total_steps
-        saved_at = self.step
-        while self.step < self.total_steps:
-            next_eval = (self.step // every + 1) * every
-            next_save = (self.step // save_every + 1) * save_every
-            self.run_steps(min(next_eval, next_save, self.total_steps) - self.step, on_chunk, should_stop)
-            if self.stopped:
-                if on_boundary and saved_at != self.step:
-                    on_boundary(self.step)
-                break
-            if self.step % every == 0 or self.step == self.total_steps:
-                self._report_evaluation(reporter)
-            if on_boundary and (self.step % save_every == 0 or self.step == self.total_steps):
-                on_boundary(self.step)
-                saved_at = self.step
-        timed_s = timing["timed_s"]
-        return {
-            "examples_per_sec": timing["timed_examples"] / timed_s if timed_s else None,
-            "first_call_s": timing["first_call_s"],
-            "train_time_s": timing["train_time_s"],
-        }
+        self.input.seek(step)

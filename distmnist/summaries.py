@@ -2,17 +2,13 @@
 that the plots and run.json are drawn from."""
 
 import dataclasses
-import glob
-import os
 import sys
-import tempfile
 import time
 from typing import Optional
 
 import numpy as np
 import tensorflow as tf
 from tensorboard.plugins.hparams import api as hparams
-from tensorflow.core.util import event_pb2
 
 from distmnist import images
 from distmnist.config import TrainConfig
@@ -20,41 +16,6 @@ from distmnist.loop import Reporter
 from distmnist.model import MLP
 
 MISTAKES_SHOWN = 24  # misclassified test digits in each evaluation's TensorBoard image
-
-
-# Logged at evaluations, which happen at a checkpoint's own step too; every other tag is a training step's,
-# except what a fresh run logs once about itself, which a resumed run keeps.
-EVALUATION_TAGS = ("accuracy", "mistakes")
-RUN_TAGS = ("config", "_hparams_/experiment", "_hparams_/session_start_info")
-
-
-def drop_events_after(run_dir: str, step: int) -> int:
-    """Rewrites a run's event files without what an interrupted run logged after its checkpoint at `step`
-    (training steps from `step` on, evaluations after it), and without a record cut short by the kill, so a
-    resumed run's TensorBoard curves have each step once. Returns the number of events dropped."""
-    dropped = 0
-    for path in sorted(glob.glob(os.path.join(run_dir, "events.out.tfevents.*"))):
-        kept, changed = [], False
-        try:
-            for record in tf.data.TFRecordDataset(path):
-                event = event_pb2.Event.FromString(record.numpy())
-                tags = [v.tag for v in event.summary.value]
-                limit = step + 1 if any(tag in EVALUATION_TAGS for tag in tags) else step
-                if tags and event.step >= limit and not any(tag in RUN_TAGS for tag in tags):
-                    dropped += 1
-                    changed = True
-                else:
-                    kept.append(record.numpy())
-        except tf.errors.DataLossError:
-            changed = True  # a record cut short by the kill: drop it
-        if changed:
-            fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".tmp-resume-")
-            os.close(fd)
-            with tf.io.TFRecordWriter(tmp) as writer:
-                for record in kept:
-                    writer.write(record)
-            os.replace(tmp, path)
-    return dropped
 
 
 def write_image(run_dir: str, tag: str, png: bytes, step: int, description: str) -> None:

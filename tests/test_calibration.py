@@ -8,6 +8,7 @@ import pytest
 
 from distmnist import calibration, data, run
 from distmnist.config import TrainConfig
+from distmnist.controller import Controller
 from distmnist.export import Classifier
 from distmnist.loop import Reporter, Trainer
 from distmnist.model import MLP
@@ -55,7 +56,7 @@ def test_on_real_mnist_the_exported_probabilities_are_calibrated():
     asserted. Accuracy is unchanged."""
     mnist = data.load(None)
     trainer = Trainer(TrainConfig(epochs=1), make_strategy(num_gpus=0).strategy, mnist)
-    trainer.train(Reporter())
+    Controller(trainer, Reporter()).run()
     classifier = Classifier(trainer.weights())
     temperature = classifier.fit_temperature(mnist.x_train[::6], mnist.y_train[::6])
     out = {k: v.numpy() for k, v in classifier.serve(mnist.x_test).items()}
@@ -64,4 +65,4 @@ def test_on_real_mnist_the_exported_probabilities_are_calibrated():
     assert calibration.expected_calibration_error(out["probabilities"], mnist.y_test) == pytest.approx(
         report["ece_after"], abs=1e-4)
     assert np.array_equal(out["classes"], out["outputs"].argmax(axis=1))
-    assert np.mean(out["classes"] == mnist.y_test) == pytest.approx(trainer.evaluate(), abs=1e-4)
+    assert np.mean(out["classes"] == mnist.y_test) == pytest.approx(trainer.evaluate()[0], abs=1e-4)

@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 from distmnist.config import TrainConfig
+from distmnist.controller import Controller
 from distmnist.export import export_saved_model
 from distmnist.loop import Reporter, Trainer
 from distmnist.model import MLP, images_to_features
@@ -18,7 +19,7 @@ from helpers import run_python
 @pytest.mark.slow
 def test_reloaded_model_matches_the_trained_one_exactly(tmp_path, tiny_mnist):
     trainer = Trainer(TrainConfig(max_steps=10, batch_size=32), make_strategy(cpu_replicas=2).strategy, tiny_mnist)
-    trainer.train(Reporter())
+    Controller(trainer, Reporter()).run()
     trained_logits = trainer.model(images_to_features(tiny_mnist.x_test)).numpy()
 
     path = tmp_path / "saved_model"

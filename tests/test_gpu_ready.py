@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 
 from distmnist.config import TrainConfig
+from distmnist.controller import Controller
 from distmnist.export import Classifier
 from distmnist.loop import Reporter, Trainer
 from distmnist.strategy import communication, make_strategy
@@ -47,7 +48,7 @@ def test_every_op_outside_xla_has_a_gpu_kernel(tiny_mnist, replicas, input_path,
         assert ops_without_gpu_kernel(graph) == [], name
     classifier = Classifier(trainer.weights())
     assert ops_without_gpu_kernel(classifier.serve.get_concrete_function().graph.as_graph_def()) == []
-    trainer.train(Reporter())  # and the traced code runs
+    Controller(trainer, Reporter()).run()  # and the traced code runs
     assert trainer.step == 5 and trainer.trace_count == 1
 
 
@@ -58,13 +59,14 @@ def test_each_replica_holds_its_data_on_its_own_device(tiny_mnist, replicas):
     trainer.graphs()  # starts the first epoch: the batch indices exist from here
     local = choice.strategy.experimental_local_results
     expected = [tf.DeviceSpec.from_string(d) for d in choice.devices]
-    for name, value in [("features", trainer._features), ("targets", trainer._targets),
-                        ("batch indices", trainer._batch_indices), ("test images", trainer._test[0]),
+    for name, value in [("features", trainer.input.features), ("targets", trainer.input.targets),
+                        ("batch indices", trainer.input.batch_indices), ("test images", trainer._test[0]),
                         ("test labels", trainer._test[1])]:
         placed = [tf.DeviceSpec.from_string(t.device) for t in local(value)]
         assert [(d.device_type, d.device_index) for d in placed] == \
             [(d.device_type.upper(), d.device_index) for d in expected], name
-    assert local(trainer._features)[0].dtype == tf.float32 and local(trainer._batch_indices)[0].dtype == tf.int64
+    assert local(trainer.input.features)[0].dtype == tf.float32
+    assert local(trainer.input.batch_indices)[0].dtype == tf.int64
 
 
 def test_multi_worker_asks_for_nccl_on_gpus_only():
@@ -93,7 +95,7 @@ for input_path in ("device", "tfdata"):
     for name, graph in trainer.graphs().items():
         report[f"{{input_path}} {{name}}"] = {{"missing": ops_without_gpu_kernel(graph),
                                            "collectives": sorted(collective_dtypes(graph))}}
-    report[f"{{input_path}} accuracy"] = trainer.evaluate()  # the float32 count, all-reduced across workers
+    report[f"{{input_path}} accuracy"] = trainer.evaluate()[0]  # the float32 count, all-reduced across workers
 print("REPORT " + json.dumps(report), flush=True)
 # Leave together: a worker that exits while its peer still reads the last all-reduce resets the connection.
 open(os.path.join({done!r}, str(choice.cluster.task_index)), "w").close()

@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from distmnist import data
 from distmnist.config import TrainConfig
+from distmnist.controller import Controller
 from distmnist.errors import TrainingDiverged
 from distmnist.loop import Reporter, Trainer
 from distmnist.model import images_to_features
@@ -38,7 +39,7 @@ def train(mnist, replicas, steps=20, loss_fn=None, **overrides):
     extra = {"loss_fn": loss_fn} if loss_fn else {}
     trainer = Trainer(config, make_strategy(cpu_replicas=replicas).strategy, mnist, **extra)
     recorder = Recorder()
-    trainer.train(recorder)
+    Controller(trainer, recorder).run()
     return trainer, recorder
 
 
@@ -112,8 +113,8 @@ def test_evaluation_counts_every_test_image_once(mnist, replicas):
     h = np.maximum(features @ w[0] + w[1], 0)
     h = np.maximum(h @ w[2] + w[3], 0)
     expected = np.mean(np.argmax(h @ w[4] + w[5], axis=1) == mnist.y_test)
-    assert trainer.evaluate() == pytest.approx(expected, abs=1e-12)
-    assert 0 < trainer.evaluate() < 1  # a real mix of right and wrong, so a miscount would show
+    assert trainer.evaluate()[0] == pytest.approx(expected, abs=1e-12)
+    assert 0 < trainer.evaluate()[0] < 1  # a real mix of right and wrong, so a miscount would show
 
 
 @pytest.mark.parametrize("replicas", [1, 2])
@@ -123,7 +124,7 @@ def test_non_finite_loss_stops_on_the_device_and_names_the_step_and_replica(mnis
                       make_strategy(cpu_replicas=replicas).strategy, mnist)
     with pytest.raises(TrainingDiverged, match=r"non-finite at step (\d+) on replica 0 \(loss (nan|inf)\); "
                                                r"lower --learning_rate") as caught:
-        trainer.train(recorder)
+        Controller(trainer, recorder).run()
     # The call stopped on the device right after the bad step: no later step ran, nothing was reported.
     assert 0 < caught.value.step < 10 and trainer.step == 0 and recorder.loss == {}
     assert not np.isfinite(caught.value.loss)

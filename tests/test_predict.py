@@ -12,6 +12,7 @@ from PIL import Image
 
 from distmnist import data, images
 from distmnist.config import TrainConfig
+from distmnist.controller import Controller
 from distmnist.export import Classifier, save
 from distmnist.loop import Reporter, Trainer
 from distmnist.strategy import make_strategy
@@ -32,7 +33,7 @@ def mnist():
 def saved_model(tmp_path_factory, mnist):
     """A model trained for one epoch on real MNIST (about 95% on the test set)."""
     trainer = Trainer(TrainConfig(epochs=1), make_strategy().strategy, mnist)
-    trainer.train(Reporter())
+    Controller(trainer, Reporter()).run()
     path = tmp_path_factory.mktemp("run") / "saved_model"
     classifier = Classifier(trainer.weights())
     classifier.fit_temperature(mnist.x_train[::6], mnist.y_train[::6])  # as a run does

@@ -1,0 +1,40 @@
+"""The replica step's maths as pure functions: the loss, the gradients with their finiteness, the SGD update.
+
+No strategy here: these run inside one replica (and XLA can compile them); the trainer sums the gradients
+across replicas and applies the update to every replica's copy of the weights.
+"""
+
+from typing import Callable
+
+import tensorflow as tf
+
+from distmnist.model import forward
+
+
+def mse_loss(targets: tf.Tensor, outputs: tf.Tensor, global_batch_size: int) -> tf.Tensor:
+    """This replica's share of the global batch's mean squared error (summed over replicas it is the mean).
+
+    tf.nn.compute_average_loss's arithmetic without its Assert, which checks a Python constant in every step and,
+    on a GPU, copies its condition to the host to do so.
+    """
+    per_example = tf.reduce_mean(tf.square(targets - outputs), axis=-1)
+    return tf.math.divide_no_nan(tf.reduce_sum(per_example), tf.constant(global_batch_size, per_example.dtype))
+
+
+def gradients(weights, features: tf.Tensor, targets: tf.Tensor, global_batch_size: int,
+              loss_fn: Callable = mse_loss):
+    """Returns (the loss's gradients for each weight, this replica's loss, whether both are finite).
+
+    A NaN or inf anywhere makes the sum of everything non-finite: one reduction per tensor, no per-element flags.
+    """
+    with tf.GradientTape() as tape:
+        tape.watch(weights)
+        loss = loss_fn(targets, forward(weights, features), global_batch_size)
+    grads = tape.gradient(loss, weights)
+    finite = tf.math.is_finite(loss + tf.add_n([tf.reduce_sum(g) for g in grads]))
+    return grads, loss, finite
+
+
+def sgd(variable: tf.Variable, grad: tf.Tensor, learning_rate: tf.Tensor):
+    """Plain SGD on one weight."""
+    return variable.assign_sub(learning_rate * grad)
