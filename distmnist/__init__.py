@@ -2,7 +2,9 @@
 
 import os
 
-# TensorFlow prints CUDA probing noise at import on machines without a GPU; this must be set before the import.
+# TensorFlow's C++ runtime logs INFO and WARNING lines (CUDA probing, XLA) that are not for users; a level the
+# user set wins. Must be set before TensorFlow is imported. The doctor lowers it to see every reason.
+LOG_LEVEL_SET_BY_USER = "TF_CPP_MIN_LOG_LEVEL" in os.environ
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 __version__ = "0.1.0"

@@ -20,6 +20,7 @@ import time
 
 from absl import flags
 
+import distmnist
 from distmnist import cli, tfquiet
 
 flags.DEFINE_boolean("json", False, "Print the report as one JSON object instead of lines.")
@@ -219,7 +220,14 @@ def check_training(tf, steps: int) -> Check:
 def diagnose(smoke_steps: int) -> list:
     checks = [check_python()]
     gpus = driver_gpus()
-    tf = tfquiet.import_tensorflow()
+    if not distmnist.LOG_LEVEL_SET_BY_USER:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"  # every line TensorFlow gives, kept (not shown) for the reasons
+    with tfquiet.capturing_stderr(replay=False):
+        return checks + _diagnose_with_tensorflow(gpus, smoke_steps)
+
+
+def _diagnose_with_tensorflow(gpus: list, smoke_steps: int) -> list:
+    tf = tfquiet.import_tensorflow(replay=False)
     from distmnist.devices import configure_gpus
 
     if not tf.config.list_physical_devices("GPU"):
@@ -228,8 +236,8 @@ def diagnose(smoke_steps: int) -> list:
         make_strategy(cpu_replicas=2)  # split the CPU before any op runs, for the all-reduce check
     else:
         configure_gpus(None, memory_growth=True)
-    checks += [check_tensorflow(tf), check_driver(gpus), check_cuda_libraries(tf, gpus), check_gpus(tf, gpus),
-               check_xla(tf), check_all_reduce(tf)]
+    checks = [check_tensorflow(tf), check_driver(gpus), check_cuda_libraries(tf, gpus), check_gpus(tf, gpus),
+              check_xla(tf), check_all_reduce(tf)]
     if smoke_steps > 0:
         checks.append(check_training(tf, smoke_steps))
     return checks

@@ -3,7 +3,6 @@ that the plots and run.json are drawn from."""
 
 import dataclasses
 import sys
-import time
 from typing import Optional
 
 import numpy as np
@@ -24,11 +23,6 @@ def write_image(run_dir: str, tag: str, png: bytes, step: int, description: str)
     with writer.as_default():
         tf.summary.image(tag, tf.io.decode_png(png, channels=3)[tf.newaxis], step=step, description=description)
     writer.close()
-
-
-def _format_duration(seconds: float) -> str:
-    minutes, seconds = divmod(int(seconds + 0.5), 60)
-    return f"{minutes}:{seconds:02d}"
 
 
 def config_table(config: TrainConfig) -> str:
@@ -55,13 +49,12 @@ class RunReporter(Reporter):
         self.total_steps = total_steps
         self.stream = stream or sys.stdout
         self.verbose = verbose
-        self.progress = verbose and self.stream.isatty()
+        self.progress = self._make_progress() if verbose and self.stream.isatty() else None
         self.writer = tf.summary.create_file_writer(run_dir) if run_dir else tf.summary.create_noop_writer()
         self.loss_history = [tuple(p) for p in (history or {}).get("loss", [])]  # (step, loss)
         self.accuracy_history = [tuple(p) for p in (history or {}).get("accuracy", [])]  # (step, accuracy)
         self.test_set = test_set
         self.run_dir = run_dir
-        self._started = time.perf_counter()
         if run_dir and history is None:
             self._describe_run()
 
@@ -78,12 +71,26 @@ class RunReporter(Reporter):
             tf.summary.graph(graph.graph)
         self.writer.flush()
 
+    def _make_progress(self):
+        """A bar with the step, examples/s and time left at the foot of a terminal (rich draws it; the console
+        lines print above it)."""
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        progress = Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
+                            console=Console(file=self.stream), transient=True)
+        self._task = progress.add_task("training", total=self.total_steps, rate="")
+        progress.start()
+        return progress
+
     def _say(self, line: str) -> None:
         if not self.verbose:
             return
         if self.progress:
-            line = "\r\033[K" + line
-        print(line, file=self.stream, flush=True)
+            self.progress.console.print(line, highlight=False, markup=False)
+        else:
+            print(line, file=self.stream, flush=True)
 
     def losses(self, first_step: int, values: np.ndarray, examples_per_sec: float) -> None:
         every = self.config.log_every
@@ -97,7 +104,7 @@ class RunReporter(Reporter):
                 tf.summary.scalar("learning_rate", self.config.learning_rate, step=step)
                 self._say(f"step {step} loss: {loss:.4f}")
         if self.progress:
-            self._draw_progress(first_step + len(values), examples_per_sec)
+            self.progress.update(self._task, completed=first_step + len(values), rate=f"{examples_per_sec:,.0f} ex/s")
 
     def history(self) -> dict:
         return {"loss": self.loss_history, "accuracy": self.accuracy_history}
@@ -121,15 +128,7 @@ class RunReporter(Reporter):
             tf.summary.image("mistakes", tf.io.decode_png(png)[tf.newaxis], step=step,
                              description="test digits the model got wrong: predicted (true)")
 
-    def _draw_progress(self, step: int, examples_per_sec: float) -> None:
-        done = step / self.total_steps
-        elapsed = time.perf_counter() - self._started
-        eta = elapsed / done * (1 - done) if done else 0.0
-        bar = "#" * int(30 * done)
-        print(f"\r\033[K[{bar:<30}] {step}/{self.total_steps} {examples_per_sec:,.0f} ex/s ETA {_format_duration(eta)}",
-              end="", file=self.stream, flush=True)
-
     def close(self) -> None:
         self.writer.close()
         if self.progress:
-            print("\r\033[K", end="", file=self.stream, flush=True)
+            self.progress.stop()

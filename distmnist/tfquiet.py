@@ -23,30 +23,36 @@ _NOISE = (
     "To enable the following instructions",
     "oneDNN custom operations are on",
 )
-captured = []  # every line TensorFlow printed while importing, the dropped ones included
+captured = []  # every line TensorFlow printed while stderr was captured, the dropped ones included
 
 
-def import_tensorflow():
-    """Imports TensorFlow and lists its devices with the probing noise filtered out; returns the module."""
-    # INFO lines after start-up (XLA's "service initialized", "Compiled cluster using XLA") are not for users;
-    # a TF_CPP_MIN_LOG_LEVEL that the user set wins.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+@contextlib.contextmanager
+def capturing_stderr(replay: bool = True):
+    """Captures file descriptor 2 (where TensorFlow's C++ runtime writes) into `captured`; at the end, replays
+    the lines that are not known noise to stderr, or none when replay is False."""
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as capture:
         os.dup2(capture.fileno(), 2)
         try:
-            import tensorflow as tf
-            tf.config.list_physical_devices()
-            tf.get_logger().setLevel("WARNING")  # tf.distribute narrates device placement at INFO
+            yield
         finally:
+            sys.stderr.flush()
             os.dup2(saved, 2)
             os.close(saved)
-        capture.seek(0)
-        for line in capture.read().decode(errors="replace").splitlines(keepends=True):
-            captured.append(line.rstrip("\n"))
-            if not any(noise in line for noise in _NOISE):
-                sys.stderr.write(line)
+            capture.seek(0)
+            for line in capture.read().decode(errors="replace").splitlines(keepends=True):
+                captured.append(line.rstrip("\n"))
+                if replay and not any(noise in line for noise in _NOISE):
+                    sys.stderr.write(line)
+
+
+def import_tensorflow(replay: bool = True):
+    """Imports TensorFlow and lists its devices with the start-up banners filtered out; returns the module."""
+    with capturing_stderr(replay):
+        import tensorflow as tf
+        tf.config.list_physical_devices()
+        tf.get_logger().setLevel("WARNING")  # tf.distribute narrates device placement at INFO
     return tf
 
 

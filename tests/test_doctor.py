@@ -42,6 +42,9 @@ def test_gpus_that_tensorflow_cannot_use_are_broken_and_json_says_why(tmp_path):
     assert checks["gpus"]["status"] == "FAIL"
     assert "lists 2 GPU(s), TensorFlow registered none" in checks["gpus"]["found"]
     assert checks["gpus"]["fix"]
+    # TensorFlow's own words for why it registered no GPU, captured instead of hidden.
+    assert checks["cuda libraries"]["status"] == "FAIL" and "TensorFlow said: " in checks["cuda libraries"]["found"]
+    assert "cuInit" in checks["cuda libraries"]["found"] or "cuda drivers" in checks["cuda libraries"]["found"]
 
 
 def test_an_old_driver_is_named(tmp_path):

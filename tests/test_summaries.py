@@ -1,0 +1,34 @@
+"""What a run shows in a terminal: the tutorial's lines above a progress bar that rich draws, and plain lines
+(no bar, no control codes) when the output is not a terminal."""
+
+import io
+
+import numpy as np
+
+from distmnist.config import TrainConfig
+from distmnist.summaries import RunReporter
+
+
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def report(stream):
+    reporter = RunReporter(None, TrainConfig(log_every=2), total_steps=8, stream=stream)
+    reporter.accuracy(0, 0.1)
+    reporter.losses(0, np.array([0.5, 0.4, 0.3, 0.2], np.float32), 12345.0)
+    reporter.close()
+    return stream.getvalue()
+
+
+def test_a_terminal_gets_the_lines_and_a_bar():
+    shown = report(Terminal())
+    for line in ("step 0 Evaluate Acc: 0.1000", "step 0 loss: 0.5000", "step 2 loss: 0.3000"):
+        assert line in shown
+    assert "12,345 ex/s" in shown and "4/8" in shown  # the bar: examples/s and steps done of all
+
+
+def test_a_pipe_gets_plain_lines_only():
+    assert report(io.StringIO()).splitlines() == ["step 0 Evaluate Acc: 0.1000", "step 0 loss: 0.5000",
+                                                  "step 2 loss: 0.3000"]
