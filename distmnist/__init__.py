@@ -1,6 +1,9 @@
 """distmnist: the classic MNIST MLP (784-512-256-10, ReLU, MSE, plain SGD) trained with tf.distribute."""
 
 import os
+import time
+
+STARTED = time.perf_counter()  # when distmnist was first imported: the start of a run's timings
 
 # TensorFlow's C++ runtime logs INFO and WARNING lines (CUDA probing, XLA) that are not for users; a level the
 # user set wins. Must be set before TensorFlow is imported. The doctor lowers it to see every reason.

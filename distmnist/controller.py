@@ -2,6 +2,7 @@
 every multiple of checkpoint_every, at the end, and where a stop request ends the run; the timing of the calls.
 The trainer knows nothing of it (as orbit's Controller around a StandardTrainer)."""
 
+import time
 from typing import Callable, Optional
 
 from distmnist.loop import Reporter, Trainer
@@ -21,6 +22,8 @@ class Controller:
         self.timed_s = 0.0
         self.timed_examples = 0
         self.train_time_s = 0.0
+        self.evaluations_s = 0.0
+        self.checkpoints_s = 0.0
 
     def _on_call(self, first_step: int, losses, seconds: float) -> None:
         examples = len(losses) * self.trainer.global_batch_size
@@ -33,13 +36,21 @@ class Controller:
         self.reporter.losses(first_step, losses, examples / seconds)
 
     def _evaluate(self) -> None:
+        start = time.perf_counter()
         accuracy, classes = self.trainer.evaluate()
         self.reporter.accuracy(self.trainer.step, accuracy)
         self.reporter.predictions(self.trainer.step, classes)
+        self.evaluations_s += time.perf_counter() - start
+
+    def _checkpoint(self, step: int) -> None:
+        start = time.perf_counter()
+        self.save_checkpoint(step)
+        self.checkpoints_s += time.perf_counter() - start
 
     def run(self) -> dict:
         """Trains to the trainer's total_steps (or a stop request: then trainer.stopped is True). Returns the
-        timings: examples_per_sec (calls after the first), first_call_s, train_time_s."""
+        timings: examples_per_sec (calls after the first), first_call_s (tracing and compilation included),
+        train_time_s (all calls), evaluations_s, checkpoints_s."""
         trainer, config = self.trainer, self.trainer.config
         if trainer.step == 0:
             self._evaluate()
@@ -52,15 +63,17 @@ class Controller:
                               self.should_stop)
             if trainer.stopped:
                 if self.save_checkpoint and saved_at != trainer.step:
-                    self.save_checkpoint(trainer.step)
+                    self._checkpoint(trainer.step)
                 break
             if trainer.step % every == 0 or trainer.step == trainer.total_steps:
                 self._evaluate()
             if self.save_checkpoint and (trainer.step % save_every == 0 or trainer.step == trainer.total_steps):
-                self.save_checkpoint(trainer.step)
+                self._checkpoint(trainer.step)
                 saved_at = trainer.step
         return {
             "examples_per_sec": self.timed_examples / self.timed_s if self.timed_s else None,
             "first_call_s": self.first_call_s,
             "train_time_s": self.train_time_s,
+            "evaluations_s": self.evaluations_s,
+            "checkpoints_s": self.checkpoints_s,
         }

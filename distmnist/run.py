@@ -9,6 +9,7 @@ from typing import Optional
 
 import tensorflow as tf
 
+import distmnist
 from distmnist import calibration as calibration_lib
 from distmnist import data, export, files, plots, rundir, summaries
 from distmnist.checkpoints import Checkpointer
@@ -38,6 +39,7 @@ class Run:
     run_dir: Optional[str]  # None on a cluster's workers other than the chief
     history: Optional[dict]  # what a resumed run logged before its checkpoint
     started: float
+    timings: dict  # seconds per part of the run, filled as it goes
 
     @property
     def is_chief(self) -> bool:
@@ -61,12 +63,14 @@ def set_up(config: TrainConfig, choice: Optional[StrategyChoice] = None, mnist: 
     """Plans the run directory before any expensive work (bad input fails fast), then loads the data, picks the
     strategy, builds the trainer and, for a resumed run, restores the latest checkpoint."""
     started = time.perf_counter()
+    timings = {}
     config = dataclasses.replace(config, run_name=config.run_name or rundir.default_run_name())
     flags = dataclasses.asdict(config)
     cluster = parse_tf_config(os.environ.get("TF_CONFIG")) if config.strategy in ("auto", "multi_worker") else None
     is_chief = cluster is None or cluster.is_chief
     plan = rundir.plan(config.logdir, config.run_name, flags) if is_chief else None
     mnist = mnist or data.load(config.data_dir)
+    timings["data_s"] = time.perf_counter() - started
     set_host_threads(config.intra_op_threads, config.inter_op_threads)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
@@ -88,7 +92,8 @@ def set_up(config: TrainConfig, choice: Optional[StrategyChoice] = None, mnist: 
         print(f"resuming from step {step}, the latest checkpoint in "
               f"{checkpointer.directory if is_chief else 'the chief'}", flush=True)
     print(describe_setup(choice, trainer), flush=True)
-    return Run(config, mnist, choice, trainer, checkpointer, cluster, run_dir, history, started)
+    timings["setup_s"] = time.perf_counter() - started - timings["data_s"]
+    return Run(config, mnist, choice, trainer, checkpointer, cluster, run_dir, history, started, timings)
 
 
 def train(run: Run) -> tuple:
@@ -139,9 +144,12 @@ def write_artifacts(run: Run, timing: dict, history: dict) -> dict:
     """The chief's SavedModel (calibrated), pictures and run.json; returns what run.json holds."""
     trainer, mnist, run_dir = run.trainer, run.mnist, run.run_dir
     saved_model = os.path.join(run_dir, "saved_model")
+    start = time.perf_counter()
     classifier = export.Classifier(trainer.weights())
     calibration = _calibrate(classifier, mnist)
     export.save(classifier, saved_model)
+    run.timings["export_s"] = time.perf_counter() - start
+    start = time.perf_counter()
     written = plots.plot_run(run_dir, history["loss"], history["accuracy"])
     test = classifier.serve(tf.constant(mnist.x_test))  # what users will get
     probabilities = test["probabilities"].numpy()
@@ -151,6 +159,13 @@ def write_artifacts(run: Run, timing: dict, history: dict) -> dict:
     png = plots.plot_calibration(written[-1], probabilities, mnist.y_test, calibration["test"]["ece_before"])
     summaries.write_image(run_dir, "calibration", png, trainer.step,
                           "reliability diagram of the exported probabilities on the test set")
+    run.timings["pictures_s"] = time.perf_counter() - start
+    first_call_s = timing["first_call_s"] or 0.0  # none when a finished run is resumed: nothing left to train
+    run.timings.update(first_call_s=first_call_s, steps_s=timing["train_time_s"] - first_call_s,
+                       evaluations_s=timing["evaluations_s"], checkpoints_s=timing["checkpoints_s"])
+    # From the first distmnist import when the entry point timed its imports; from set_up's start otherwise.
+    run.timings["total_s"] = time.perf_counter() - (run.started if run.timings["imports_s"] is None
+                                                    else distmnist.STARTED)
 
     summary = {
         "final_test_accuracy": history["accuracy"][-1][1],
@@ -165,6 +180,7 @@ def write_artifacts(run: Run, timing: dict, history: dict) -> dict:
         "examples_per_sec": timing["examples_per_sec"],
         "train_time_s": timing["train_time_s"],
         "calibration": calibration,
+        "timings": run.timings,
         "wall_time_s": time.perf_counter() - run.started,
         "tf_version": tf.__version__,
         "seed": run.config.seed,
@@ -181,18 +197,32 @@ def write_artifacts(run: Run, timing: dict, history: dict) -> dict:
           + (f", {eps:,.0f} examples/s" if eps else ""))
     print("wrote:\n  " + "\n  ".join([run_dir + " (TensorBoard events)", run.checkpointer.directory, saved_model,
                                         *written, run_json]))
+    print(time_line(run.timings))
     return summary
 
 
+TIMING_NAMES = {"imports_s": "imports", "data_s": "data", "setup_s": "set-up", "first_call_s": "first call",
+                "steps_s": "training steps", "evaluations_s": "evaluations", "checkpoints_s": "checkpoints",
+                "export_s": "export", "pictures_s": "pictures"}
+
+
+def time_line(timings: dict) -> str:
+    """The run's last console line: the total and its three largest parts."""
+    parts = sorted(((v, k) for k, v in timings.items() if k in TIMING_NAMES and v is not None), reverse=True)[:3]
+    return f"time: {timings['total_s']:.1f} s in all; " + ", ".join(f"{TIMING_NAMES[k]} {v:.1f} s" for v, k in parts)
+
+
 def train_and_evaluate(config: TrainConfig, choice: Optional[StrategyChoice] = None,
-                       mnist: Optional[Mnist] = None) -> dict:
-    """Trains, evaluates and exports; returns what run.json holds. `choice` and `mnist` override for tests.
+                       mnist: Optional[Mnist] = None, imports_s: Optional[float] = None) -> dict:
+    """Trains, evaluates and exports; returns what run.json holds. `choice` and `mnist` override for tests;
+    imports_s is how long the entry point took to import TensorFlow (for run.json's timings).
 
     The same command with the same --run_name resumes from the run's latest checkpoint. In a multi-worker
     cluster every worker trains, and only the chief writes the run directory (and holds the checkpoints).
     SIGTERM or SIGINT stops the run at the next call boundary with a checkpoint (errors.Stopped).
     """
     run = set_up(config, choice, mnist)
+    run.timings["imports_s"] = imports_s
     timing, history = train(run)
     if not run.is_chief:
         print(f"{run.cluster.name}: done after {run.trainer.step} steps; the chief writes the run directory",
