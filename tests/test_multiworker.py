@@ -44,7 +44,7 @@ def test_a_failing_worker_stops_the_cluster_with_its_status(tmp_path, tiny_npz_d
     result = local_cluster(2, f"--data_dir={tiny_npz_dir}", f"--logdir={tmp_path}", "--run_name=taken", *FLAGS)
     assert result.returncode == 2
     assert "worker 0 exited with status 2; stopping the others" in result.stderr
-    assert time.monotonic() - start < 60
+    assert time.monotonic() - start < 120  # about 10 s here; a cluster that hung would never end
 
 
 
@@ -131,7 +131,7 @@ def test_a_stopped_worker_stops_the_cluster_at_one_checkpoint_and_the_cluster_re
     assert [s for s, _ in summary["history"]["loss"]] == list(range(0, 400, 10))
     written = {n for n in os.listdir(tmp_path / "r") if not n.startswith("events.out.tfevents.")}
     assert written == {"checkpoints", "saved_model", "run.json", "run_config.json", "train.svg", "test.svg",
-                       "confusion.svg", "mistakes.png"}  # the chief's whole run, no temporary leftovers
+                       "confusion.svg", "mistakes.png", "calibration.svg"}  # the chief's whole run, no leftovers
 
     single = run_module("distmnist.train", *args[:2], "--run_name=single", "--cpu_replicas=2", *args[3:])
     assert single.returncode == 0, single.stderr[-3000:]
