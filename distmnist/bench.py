@@ -16,7 +16,7 @@ import platform
 
 from absl import flags
 
-from distmnist import cli, tfquiet
+from distmnist import cli, progress, tfquiet
 from distmnist.config import TrainConfig
 from distmnist.errors import UserError
 
@@ -106,12 +106,15 @@ def run_bench() -> dict:
     # Rounds rather than back-to-back repeats: shared machines drift over minutes, and a contender
     # timed only in a slow spell would skew every ratio. Each measurement builds its contender anew and
     # gc.collect() first ends the tf.data iterators the one before left prefetching on their own threads.
+    bar = progress.Bar(rounds * len(lineup), "measuring")
     for round_number in range(1, rounds + 1):
         for (name, replicas, device, measure), row in zip(lineup, results):
             gc.collect()
             row["rounds"].append(measure())
-            print(f"  round {round_number}: {name:<28} {replicas} x {device:<16} "
-                  f"{row['rounds'][-1]:>12,.0f} examples/s", flush=True)
+            bar.say(f"  round {round_number}: {name:<28} {replicas} x {device:<16} "
+                    f"{row['rounds'][-1]:>12,.0f} examples/s")
+            bar.update(sum(len(r["rounds"]) for r in results))
+    bar.close()
     for row in results:
         row["examples_per_sec"] = max(row["rounds"])
 

@@ -16,7 +16,7 @@ import sys
 import numpy as np
 from absl import flags
 
-from distmnist import cli, files, images, tfquiet  # none of them imports TensorFlow: bad files fail fast
+from distmnist import cli, files, images, progress, tfquiet  # none imports TensorFlow: bad files fail fast
 from distmnist.errors import UserError
 
 flags.DEFINE_string("model", None, "A SavedModel written by distmnist.train, or its run directory.")
@@ -25,6 +25,7 @@ flags.DEFINE_integer("top_k", 3, "How many most likely digits to list per image 
 flags.DEFINE_string("show_preprocessed", None, "Write the 28x28 images the model saw, as a PNG grid, here.")
 
 FLAGS = flags.FLAGS
+PROGRESS_FROM = 20  # files: more than this draw a progress bar on a terminal's stderr
 
 
 def model_path(path: str) -> str:
@@ -46,14 +47,19 @@ def main(paths) -> int:
     saved_model = model_path(FLAGS.model)
 
     names, prepared, failures = [], [], 0
-    for path in paths:
+    bar = progress.Bar(len(paths), "reading", sys.stderr) if len(paths) > PROGRESS_FROM else None
+    for done, path in enumerate(paths, 1):
         try:
             for name, gray in images.load(path):
                 prepared.append(images.to_mnist(gray, name))
                 names.append(name)
         except images.ImageError as exc:
-            print(f"distmnist.predict: error: {exc}", file=sys.stderr)
+            (bar.say if bar else lambda line: print(line, file=sys.stderr))(f"distmnist.predict: error: {exc}")
             failures += 1
+        if bar:
+            bar.update(done)
+    if bar:
+        bar.close()
 
     if names:
         tf = tfquiet.import_tensorflow()

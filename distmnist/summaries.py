@@ -9,7 +9,7 @@ import numpy as np
 import tensorflow as tf
 from tensorboard.plugins.hparams import api as hparams
 
-from distmnist import images
+from distmnist import images, progress
 from distmnist.config import TrainConfig
 from distmnist.loop import Reporter
 from distmnist.model import MLP
@@ -49,7 +49,7 @@ class RunReporter(Reporter):
         self.total_steps = total_steps
         self.stream = stream or sys.stdout
         self.verbose = verbose
-        self.progress = self._make_progress() if verbose and self.stream.isatty() else None
+        self.bar = progress.Bar(total_steps, "training", self.stream, rate_unit="ex/s") if verbose else None
         self.writer = tf.summary.create_file_writer(run_dir) if run_dir else tf.summary.create_noop_writer()
         self.loss_history = [tuple(p) for p in (history or {}).get("loss", [])]  # (step, loss)
         self.accuracy_history = [tuple(p) for p in (history or {}).get("accuracy", [])]  # (step, accuracy)
@@ -71,26 +71,9 @@ class RunReporter(Reporter):
             tf.summary.graph(graph.graph)
         self.writer.flush()
 
-    def _make_progress(self):
-        """A bar with the step, examples/s and time left at the foot of a terminal (rich draws it; the console
-        lines print above it)."""
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        progress = Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
-                            console=Console(file=self.stream), transient=True)
-        self._task = progress.add_task("training", total=self.total_steps, rate="")
-        progress.start()
-        return progress
-
     def _say(self, line: str) -> None:
-        if not self.verbose:
-            return
-        if self.progress:
-            self.progress.console.print(line, highlight=False, markup=False)
-        else:
-            print(line, file=self.stream, flush=True)
+        if self.verbose:
+            self.bar.say(line)
 
     def losses(self, first_step: int, values: np.ndarray, examples_per_sec: float) -> None:
         every = self.config.log_every
@@ -103,8 +86,8 @@ class RunReporter(Reporter):
                 tf.summary.scalar("examples_per_sec", examples_per_sec, step=step)
                 tf.summary.scalar("learning_rate", self.config.learning_rate, step=step)
                 self._say(f"step {step} loss: {loss:.4f}")
-        if self.progress:
-            self.progress.update(self._task, completed=first_step + len(values), rate=f"{examples_per_sec:,.0f} ex/s")
+        if self.bar:
+            self.bar.update(first_step + len(values), examples_per_sec)
 
     def history(self) -> dict:
         return {"loss": self.loss_history, "accuracy": self.accuracy_history}
@@ -130,5 +113,5 @@ class RunReporter(Reporter):
 
     def close(self) -> None:
         self.writer.close()
-        if self.progress:
-            self.progress.stop()
+        if self.bar:
+            self.bar.close()

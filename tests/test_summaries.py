@@ -32,3 +32,16 @@ def test_a_terminal_gets_the_lines_and_a_bar():
 def test_a_pipe_gets_plain_lines_only():
     assert report(io.StringIO()).splitlines() == ["step 0 Evaluate Acc: 0.1000", "step 0 loss: 0.5000",
                                                   "step 2 loss: 0.3000"]
+
+
+def test_the_bar_counts_and_says_lines_above_itself():
+    from distmnist.progress import Bar
+
+    terminal, pipe = Terminal(), io.StringIO()
+    for stream in (terminal, pipe):
+        bar = Bar(3, "reading", stream)
+        bar.say("a.png: 7 (99.9%)")
+        bar.update(2)
+        bar.close()
+    assert pipe.getvalue() == "a.png: 7 (99.9%)\n"
+    assert "a.png: 7 (99.9%)" in terminal.getvalue() and "2/3" in terminal.getvalue()
