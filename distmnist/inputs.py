@@ -130,6 +130,13 @@ class DeviceInput:
         """What the compiled multi-step call takes, for a call starting at this step of the epoch."""
         return self.features, self.targets, self.batch_indices, tf.constant(step_in_epoch, tf.int32)
 
+    def traced_args(self) -> tuple:
+        """Arguments of the call's shape and placement, for tracing it without drawing an epoch's order."""
+        shape = (self.steps_per_epoch, self.per_replica_batch_size)
+        indices = self.batch_indices if self.batch_indices is not None else on_each_replica(
+            self.strategy, lambda r, n: np.zeros(shape, np.int64))
+        return self.features, self.targets, indices, tf.constant(0, tf.int32)
+
     @staticmethod
     def step_args(call_args: tuple, i) -> tuple:
         """strategy.run's arguments for the call's i-th step (cross-replica context, inside the call)."""
@@ -163,6 +170,9 @@ class TfdataInput:
         self.iterator = self._make(step)
 
     def call_args(self, step_in_epoch: int) -> tuple:
+        return (self.iterator,)
+
+    def traced_args(self) -> tuple:
         return (self.iterator,)
 
     @staticmethod

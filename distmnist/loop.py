@@ -24,8 +24,6 @@ from distmnist.data import Mnist
 from distmnist.errors import TrainingDiverged, UserError
 from distmnist.model import MLP, images_to_features
 
-mse_loss = step.mse_loss  # the default loss_fn, kept importable here
-
 
 class Reporter:
     """What the loop tells the outside world; summaries.RunReporter writes it, tests may record it."""
@@ -179,10 +177,8 @@ class Trainer:
     def graphs(self) -> dict:
         """The GraphDefs of every function this trainer runs, by name, traced for its strategy and input path:
         what TensorFlow will place on the devices (the tests check them against the GPU kernel registry)."""
-        if self.step % self.steps_per_epoch == 0:
-            self.input.start_epoch()
         functions = {
-            "train": self._call.get_concrete_function(tf.constant(1, tf.int32), *self.input.call_args(0)),
+            "train": self._call.get_concrete_function(tf.constant(1, tf.int32), *self.input.traced_args()),
             "evaluate": self._evaluate.get_concrete_function(*self._test),
             "any_replica": self._any_replica.get_concrete_function(tf.constant(0.0)),
             "from_replica_0": self._from_replica_0.get_concrete_function(tf.constant(0.0, tf.float64)),
