@@ -92,7 +92,9 @@ def driver_gpus() -> list:
 
 def check_driver(gpus: list) -> Check:
     if not gpus:
-        if shutil.which("nvidia-smi") or os.path.exists("/proc/driver/nvidia/version"):
+        from distmnist.devices import nvidia_driver_present
+
+        if nvidia_driver_present():
             return Check("driver", "FAIL", "an NVIDIA driver is installed but nvidia-smi lists no GPU",
                          "run nvidia-smi; reboot after a driver install, or reinstall the driver")
         return Check("driver", "info", "no NVIDIA driver (no nvidia-smi): this machine trains on its CPU")
