@@ -7,7 +7,7 @@ from typing import Optional
 
 import numpy as np
 import tensorflow as tf
-from tensorboard.plugins.hparams import api as hparams
+from tensorboard.plugins.hparams import summary_v2 as hparams  # api would import Keras (its callback)
 
 from distmnist import images, progress
 from distmnist.config import TrainConfig

@@ -10,7 +10,7 @@ import pytest
 from distmnist.export import export_saved_model
 from distmnist.model import MLP
 
-from helpers import run_module
+from helpers import run_module, run_python
 
 pytestmark = [pytest.mark.slow]
 
@@ -56,3 +56,15 @@ def test_a_training_run_prints_nothing_from_tensorflow(tmp_path, tiny_npz_dir):
                         "--batch_size=16", "--cpu_replicas=2", **AS_USERS_RUN)
     assert result.returncode == 0, result.stderr[-3000:]
     assert [line for line in result.stderr.splitlines() if TENSORFLOW_LINE.search(line)] == []
+
+
+def test_tensorflow_is_imported_without_keras_which_still_works_when_used():
+    result = run_python("""
+import sys
+from distmnist import tfquiet
+tf = tfquiet.import_tensorflow()
+print("keras" in sys.modules, "matplotlib" in sys.modules, any(m.startswith("keras") for m in sys.modules))
+print(tf.keras.layers.Dense(2)(tf.zeros([1, 3])).shape, tf.keras.optimizers.SGD.__name__)
+""")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.splitlines() == ["False False False", "(1, 2) SGD"]
