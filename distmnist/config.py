@@ -55,6 +55,8 @@ class TrainConfig:
     deterministic: bool = _setting(False, "op determinism: bit-identical reruns on GPUs too")
     intra_op_threads: int = _setting(0, "threads inside one op (0: TensorFlow's default)")
     inter_op_threads: int = _setting(0, "ops run at once (0: TensorFlow's default)")
+    profile_steps: str = _setting("", "`START,END`: a TensorBoard profile of steps START to END (Profile tab; "
+                                  "docs/performance.md)", shown="none")
 
     def __post_init__(self):
         self._validate()
@@ -90,8 +92,24 @@ class TrainConfig:
             raise UserError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
         if self.input not in INPUTS:
             raise UserError(f"--input must be one of {', '.join(INPUTS)}, got {self.input!r}")
+        self.profile_range()
         if self.run_name is not None and (not self.run_name or "/" in self.run_name or self.run_name in (".", "..")):
             raise UserError(f"--run_name must be a plain directory name, got {self.run_name!r}")
+
+
+    def profile_range(self) -> Optional[tuple]:
+        """--profile_steps as (start, end), None when not set; UserError when it does not read START,END."""
+        if not self.profile_steps:
+            return None
+        parts = self.profile_steps.split(",")
+        try:
+            start, end = (int(p) for p in parts) if len(parts) == 2 else (None, None)
+        except ValueError:
+            start = end = None
+        if start is None or not 0 <= start < end:
+            raise UserError(f"--profile_steps must read START,END with 0 <= START < END (for example 200,300), got "
+                            f"{self.profile_steps!r}")
+        return start, end
 
 
 def settings():

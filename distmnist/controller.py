@@ -2,22 +2,26 @@
 every multiple of checkpoint_every, at the end, and where a stop request ends the run; the timing of the calls.
 The trainer knows nothing of it (as orbit's Controller around a StandardTrainer)."""
 
+import math
 import time
 from typing import Callable, Optional
 
 from distmnist.loop import Reporter, Trainer
+from distmnist.profiling import StepProfiler
 
 
 class Controller:
     """Drives a Trainer from its current step to its total, telling a Reporter what happens."""
 
     def __init__(self, trainer: Trainer, reporter: Reporter, save_checkpoint: Optional[Callable[[int], None]] = None,
-                 should_stop: Callable[[], bool] = lambda: False):
-        """save_checkpoint(step) writes a checkpoint; should_stop() is asked before each compiled call."""
+                 should_stop: Callable[[], bool] = lambda: False, profiler: Optional[StepProfiler] = None):
+        """save_checkpoint(step) writes a checkpoint; should_stop() is asked before each compiled call; profiler
+        (--profile_steps) profiles its range of steps."""
         self.trainer = trainer
         self.reporter = reporter
         self.save_checkpoint = save_checkpoint
         self.should_stop = should_stop
+        self.profiler = profiler or StepProfiler(None, None)
         self.first_call_s = None  # the first call includes tracing and compilation: kept out of the throughput
         self.timed_s = 0.0
         self.timed_examples = 0
@@ -56,11 +60,20 @@ class Controller:
             self._evaluate()
         every, save_every = config.eval_every, config.checkpoint_every or trainer.total_steps
         saved_at = trainer.step
+        profiler = self.profiler
         while trainer.step < trainer.total_steps:
             next_eval = (trainer.step // every + 1) * every
             next_save = (trainer.step // save_every + 1) * save_every
-            trainer.run_steps(min(next_eval, next_save, trainer.total_steps) - trainer.step, self._on_call,
-                              self.should_stop)
+            until = min(next_eval, next_save, trainer.total_steps, profiler.boundaries(trainer.step) or math.inf)
+            profiler.before_call(trainer.step)
+            try:
+                trainer.run_steps(until - trainer.step, self._on_call, self.should_stop, profiler.marker)
+            except BaseException:
+                profiler.stop()  # what was profiled before the error is written
+                raise
+            profiler.after_call(trainer.step)
+            if trainer.stopped or trainer.step >= trainer.total_steps:
+                profiler.stop()  # a range cut short by a stop, or reaching beyond the end
             if trainer.stopped:
                 if self.save_checkpoint and saved_at != trainer.step:
                     self._checkpoint(trainer.step)
@@ -71,6 +84,7 @@ class Controller:
                 self._checkpoint(trainer.step)
                 saved_at = trainer.step
         return {
+            "profile_s": profiler.seconds,
             "examples_per_sec": self.timed_examples / self.timed_s if self.timed_s else None,
             "first_call_s": self.first_call_s,
             "train_time_s": self.train_time_s,

@@ -11,9 +11,10 @@ each replica's gradient computation otherwise (collectives stay outside XLA); do
 is worth.
 """
 
+import contextlib
 import functools
 import time
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -211,12 +212,14 @@ class Trainer:
         return losses
 
     def run_steps(self, num_steps: int, on_call: Optional[Callable] = None,
-                  should_stop: Callable[[], bool] = lambda: False) -> np.ndarray:
+                  should_stop: Callable[[], bool] = lambda: False,
+                  around_call: Callable[[int], Any] = lambda step: contextlib.nullcontext()) -> np.ndarray:
         """Trains num_steps more steps across epochs, in calls of at most steps_per_loop; returns their losses.
 
         on_call(first_step, losses, seconds) is called after each call. should_stop() is asked before each
-        call; when it says yes, the steps end there and self.stopped is set. Raises TrainingDiverged when a
-        step's loss or gradient is not finite (the weights are then not to be saved).
+        call; when it says yes, the steps end there and self.stopped is set. around_call(first_step) is a
+        context entered around each call (the profiler's step marker). Raises TrainingDiverged when a step's
+        loss or gradient is not finite (the weights are then not to be saved).
         """
         end = self.step + num_steps
         collected = []
@@ -229,7 +232,8 @@ class Trainer:
                 self.input.start_epoch()
             count = min(self.config.steps_per_loop, self.steps_per_epoch - step_in_epoch, end - self.step)
             start = time.perf_counter()
-            losses = self._run_call(step_in_epoch, count)
+            with around_call(self.step):
+                losses = self._run_call(step_in_epoch, count)
             elapsed = time.perf_counter() - start
             if on_call:
                 on_call(self.step, losses, elapsed)

@@ -106,3 +106,13 @@ def plot_calibration(path: str, probabilities: np.ndarray, labels: np.ndarray, e
     fig.savefig(png, format="png", dpi=80)
     save_svg(fig, path)
     return png.getvalue()
+
+
+def draw_test_pictures(run_dir: str, x_test: np.ndarray, y_test: np.ndarray, probabilities: np.ndarray,
+                       ece_uncalibrated: float) -> tuple:
+    """The final model's pictures: confusion.svg, mistakes.png and calibration.svg. Returns their paths and the
+    reliability diagram as PNG bytes (for TensorBoard)."""
+    written = plot_test_set(run_dir, x_test, y_test, probabilities)
+    written.append(f"{run_dir}/calibration.svg")
+    png = plot_calibration(written[-1], probabilities, y_test, ece_uncalibrated)
+    return written, png

@@ -11,7 +11,7 @@ import tensorflow as tf
 
 import distmnist
 from distmnist import calibration as calibration_lib
-from distmnist import data, export, files, plots, rundir, summaries
+from distmnist import data, export, files, rundir, summaries
 from distmnist.checkpoints import Checkpointer
 from distmnist.cluster import Cluster, parse_tf_config
 from distmnist.config import TrainConfig
@@ -19,6 +19,8 @@ from distmnist.controller import Controller
 from distmnist.data import Mnist
 from distmnist.errors import ClusterFailed, Stopped, TrainingDiverged
 from distmnist.loop import Trainer
+from distmnist.pictures import Painter
+from distmnist.profiling import StepProfiler
 from distmnist.signals import StopOnSignal
 from distmnist.strategy import StrategyChoice, make_strategy, set_host_threads
 from distmnist.summaries import RunReporter
@@ -107,7 +109,7 @@ def train(run: Run) -> tuple:
             # In a cluster every worker must stop at the same step: they agree on it, one collective per call.
             should_stop = (lambda: trainer.any_replica(stop.requested)) if cluster else (lambda: stop.requested)
             controller = Controller(trainer, reporter, lambda step: checkpointer.save(step, reporter.history()),
-                                    should_stop)
+                                    should_stop, StepProfiler(run.run_dir, run.config.profile_range()))
             timing = controller.run()
     except TrainingDiverged as exc:
         kept = checkpointer.latest_step
@@ -140,29 +142,33 @@ def _calibrate(classifier: export.Classifier, mnist: Mnist) -> dict:
             "ece_bins": calibration_lib.ECE_BINS}
 
 
-def write_artifacts(run: Run, timing: dict, history: dict) -> dict:
-    """The chief's SavedModel (calibrated), pictures and run.json; returns what run.json holds."""
+def write_artifacts(run: Run, timing: dict, history: dict, painter: Painter) -> dict:
+    """The chief's SavedModel (calibrated), pictures (drawn by `painter` meanwhile) and run.json; returns what
+    run.json holds."""
     trainer, mnist, run_dir = run.trainer, run.mnist, run.run_dir
     saved_model = os.path.join(run_dir, "saved_model")
     start = time.perf_counter()
+    painter.submit("plot_run", run_dir, history["loss"], history["accuracy"])  # drawn while this calibrates
     classifier = export.Classifier(trainer.weights())
     calibration = _calibrate(classifier, mnist)
-    export.save(classifier, saved_model)
-    run.timings["export_s"] = time.perf_counter() - start
-    start = time.perf_counter()
-    written = plots.plot_run(run_dir, history["loss"], history["accuracy"])
     test = classifier.serve(tf.constant(mnist.x_test))  # what users will get
     probabilities = test["probabilities"].numpy()
     calibration["test"] = calibration_lib.report(test["outputs"].numpy(), mnist.y_test, calibration["temperature"])
-    written += plots.plot_test_set(run_dir, mnist.x_test, mnist.y_test, probabilities)
-    written.append(os.path.join(run_dir, "calibration.svg"))
-    png = plots.plot_calibration(written[-1], probabilities, mnist.y_test, calibration["test"]["ece_before"])
+    written = painter.result()
+    painter.submit("draw_test_pictures", run_dir, mnist.x_test, mnist.y_test, probabilities,
+                   calibration["test"]["ece_before"])  # drawn while this exports
+    export.save(classifier, saved_model)
+    run.timings["export_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    test_written, png = painter.result()
+    written += test_written
     summaries.write_image(run_dir, "calibration", png, trainer.step,
                           "reliability diagram of the exported probabilities on the test set")
-    run.timings["pictures_s"] = time.perf_counter() - start
+    run.timings["pictures_s"] = time.perf_counter() - start  # what drawing adds: it overlaps the export
     first_call_s = timing["first_call_s"] or 0.0  # none when a finished run is resumed: nothing left to train
     run.timings.update(first_call_s=first_call_s, steps_s=timing["train_time_s"] - first_call_s,
-                       evaluations_s=timing["evaluations_s"], checkpoints_s=timing["checkpoints_s"])
+                       evaluations_s=timing["evaluations_s"], checkpoints_s=timing["checkpoints_s"],
+                       profile_s=timing["profile_s"])
     # From the first distmnist import when the entry point timed its imports; from set_up's start otherwise.
     run.timings["total_s"] = time.perf_counter() - (run.started if run.timings["imports_s"] is None
                                                     else distmnist.STARTED)
@@ -203,7 +209,7 @@ def write_artifacts(run: Run, timing: dict, history: dict) -> dict:
 
 TIMING_NAMES = {"imports_s": "imports", "data_s": "data", "setup_s": "set-up", "first_call_s": "first call",
                 "steps_s": "training steps", "evaluations_s": "evaluations", "checkpoints_s": "checkpoints",
-                "export_s": "export", "pictures_s": "pictures"}
+                "profile_s": "profiler", "export_s": "export", "pictures_s": "pictures"}
 
 
 def time_line(timings: dict) -> str:
@@ -213,19 +219,25 @@ def time_line(timings: dict) -> str:
 
 
 def train_and_evaluate(config: TrainConfig, choice: Optional[StrategyChoice] = None,
-                       mnist: Optional[Mnist] = None, imports_s: Optional[float] = None) -> dict:
+                       mnist: Optional[Mnist] = None, imports_s: Optional[float] = None,
+                       painter: Optional[Painter] = None) -> dict:
     """Trains, evaluates and exports; returns what run.json holds. `choice` and `mnist` override for tests;
-    imports_s is how long the entry point took to import TensorFlow (for run.json's timings).
+    imports_s is how long the entry point took to import TensorFlow (for run.json's timings); painter draws the
+    pictures (the entry point's helper process; by default they are drawn here, at the end).
 
     The same command with the same --run_name resumes from the run's latest checkpoint. In a multi-worker
     cluster every worker trains, and only the chief writes the run directory (and holds the checkpoints).
     SIGTERM or SIGINT stops the run at the next call boundary with a checkpoint (errors.Stopped).
     """
-    run = set_up(config, choice, mnist)
-    run.timings["imports_s"] = imports_s
-    timing, history = train(run)
-    if not run.is_chief:
-        print(f"{run.cluster.name}: done after {run.trainer.step} steps; the chief writes the run directory",
-              flush=True)
-        return {"global_step": run.trainer.step, "num_replicas": run.trainer.num_replicas}
-    return write_artifacts(run, timing, history)
+    painter = painter or Painter(inline=True)
+    try:
+        run = set_up(config, choice, mnist)
+        run.timings["imports_s"] = imports_s
+        timing, history = train(run)
+        if not run.is_chief:
+            print(f"{run.cluster.name}: done after {run.trainer.step} steps; the chief writes the run directory",
+                  flush=True)
+            return {"global_step": run.trainer.step, "num_replicas": run.trainer.num_replicas}
+        return write_artifacts(run, timing, history, painter)
+    finally:
+        painter.close()

@@ -12,7 +12,7 @@ from typing import Optional
 from absl import flags
 
 import distmnist
-from distmnist import cli, config, tfquiet
+from distmnist import cli, config, pictures, tfquiet
 from distmnist.config import TrainConfig
 
 
@@ -43,10 +43,11 @@ def config_from_flags() -> TrainConfig:
 
 def main() -> None:
     settings = config_from_flags()  # before TensorFlow is imported: bad flags fail in a blink
+    painter = pictures.Painter()  # forked now, while this process is small and single-threaded
     tfquiet.import_tensorflow()
     from distmnist.run import train_and_evaluate
 
-    train_and_evaluate(settings, imports_s=time.perf_counter() - distmnist.STARTED)
+    train_and_evaluate(settings, imports_s=time.perf_counter() - distmnist.STARTED, painter=painter)
 
 
 if __name__ == "__main__":

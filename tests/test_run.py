@@ -30,11 +30,12 @@ def test_a_run_in_process(tmp_path, tiny_mnist, replicas):
     assert [s for s, _ in scalars["loss"]] == [0, 4, 8] and [s for s, _ in scalars["accuracy"]] == [0, 6, 12]
     assert summary["calibration"]["temperature"] > 0
     timings = summary["timings"]
-    parts = ("data_s", "setup_s", "first_call_s", "steps_s", "evaluations_s", "checkpoints_s", "export_s",
-             "pictures_s")
+    parts = ("data_s", "setup_s", "first_call_s", "steps_s", "evaluations_s", "checkpoints_s", "profile_s",
+             "export_s", "pictures_s")
     assert set(timings) == {"imports_s", "total_s", *parts} and timings["imports_s"] is None  # not an entry point
     assert all(timings[p] >= 0 for p in parts) and sum(timings[p] for p in parts) <= timings["total_s"]
     assert timings["checkpoints_s"] > 0 and timings["evaluations_s"] > 0  # 2 checkpoints, 3 evaluations
+    assert timings["profile_s"] == 0  # no --profile_steps
 
     again = train_and_evaluate(dataclasses.replace(config), choice=make_strategy(cpu_replicas=replicas),
                                mnist=tiny_mnist)  # the same command: resumes at step 12, nothing left to train

@@ -1,6 +1,7 @@
 """`python -m distmnist.train` end to end on tiny data (every artifact, read back by TensorBoard's own reader and
 served by a real TensorBoard server), and its answers to bad input."""
 
+import gzip
 import json
 import os
 import re
@@ -33,8 +34,9 @@ def svg_texts(path: str) -> list:
 @pytest.mark.parametrize("replica_flags, replicas", [((), 1), (("--cpu_replicas=2", "--input=tfdata"), 2)])
 def test_a_run_writes_every_artifact(tmp_path, tiny_npz_dir, tiny_mnist, replica_flags, replicas):
     logdir = tmp_path / "logs"
+    profile = ("--profile_steps=8,16",) if replicas == 1 else ()
     result = run_module("distmnist.train", f"--data_dir={tiny_npz_dir}", f"--logdir={logdir}", "--run_name=r",
-                        *TINY_FLAGS, *replica_flags)
+                        *TINY_FLAGS, *replica_flags, *profile)
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = logdir / "r"
     assert f"replicas:             {replicas}" in result.stdout
@@ -94,7 +96,10 @@ print(float(np.mean(out["classes"].numpy() == np.load({tiny_npz_dir + '/mnist.np
 
 def get_json(url: str):
     with urllib.request.urlopen(url, timeout=5) as response:
-        return json.loads(response.read())
+        body = response.read()
+        if response.headers.get("Content-Encoding") == "gzip":  # the profile plugin compresses its answers
+            body = gzip.decompress(body)
+        return json.loads(body)
 
 
 def assert_tensorboard_serves(logdir, run: str, history: dict):
@@ -114,13 +119,25 @@ def assert_tensorboard_serves(logdir, run: str, history: dict):
                 if run in get_json(f"{base}/runs"):
                     series = {tag: get_json(f"{base}/plugin/scalars/scalars?run={run}&tag={tag}")
                               for tag in ("loss", "accuracy")}
-                    if all(series.values()):
+                    profiles = get_json(f"{base}/plugin/profile/runs")
+                    if all(series.values()) and profiles:
                         break
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 pass  # not listening yet, or still loading the run
             time.sleep(0.5)
         else:
-            raise AssertionError("TensorBoard did not serve the run's loss and accuracy within 90 s")
+            raise AssertionError("TensorBoard did not serve the run's loss, accuracy and profile within 90 s")
+        # --profile_steps=8,16: the Profile tab lists the run's profile, with its tools; the overview page counts
+        # one step per compiled call, at the calls' first steps (the schedule cuts calls at 8, 10 and 16).
+        profile_run, = profiles
+        assert profile_run.startswith(f"{run}/")
+        tools = get_json(f"{base}/plugin/profile/run_tools?run={profile_run}")
+        assert {"overview_page", "trace_viewer@"} <= set(tools)
+        host, = [h["hostname"] for h in get_json(f"{base}/plugin/profile/hosts?run={profile_run}&tag=overview_page")]
+        overview = get_json(f"{base}/plugin/profile/data?run={profile_run}&tag=overview_page&host={host}")
+        steps, = [[row["c"][0]["v"] for row in table["rows"]] for table in overview
+                  if "stepnum" in [col["id"] for col in table.get("cols", [])]]
+        assert steps == ["train 8", "train 10", "train 14"]
     finally:
         server.terminate()
         try:
@@ -185,6 +202,8 @@ def assert_one_line_error(result, *fragments):
     (("--learning_rate=abc",), ("flag --learning_rate=abc",)),
     (("--num_gpus=-1",), ("--num_gpus must be >= 0",)),
     (("--input=gpu",), ("flag --input=gpu",)),
+    (("--profile_steps=100",), ("--profile_steps must read START,END", "got '100'")),
+    (("--profile_steps=300,200",), ("--profile_steps must read START,END with 0 <= START < END",)),
     (("positional",), ("unexpected arguments ['positional']",)),
 ])
 def test_bad_flags_get_one_line_and_exit_2(args, fragments):
