@@ -1,12 +1,14 @@
 """Benchmark: distmnist against the other ways of training this MLP in TensorFlow, on this machine, now.
 
-  python -m distmnist.bench            # about 7 minutes on a 2-core CPU; writes bench.json and bench.svg
+  python -m distmnist.bench            # about 12 minutes on a 2-core CPU; writes bench.json and bench.svg
   python -m distmnist.bench --quick    # a smoke test: one round of a few steps each, no meaningful figures
 
 Contenders, each at the same per-replica batch after a warm-up: the tutorial's eager loop, Keras Model.fit
 (default and tuned), distmnist --input=tfdata, distmnist's default, and the compute bound (a large matmul's
 FLOP/s over 2.41 MFLOP per example); for 1 and 2 CPU replicas, or 1..N GPUs. All of them are timed in turn,
---rounds times, and each one's best round counts. Then time to 98% test accuracy.
+--rounds times, and each one's best round counts. Then time to 98% test accuracy. Then the whole process
+(wholeprocess.py): `python -m distmnist.train` at its defaults against a Keras fit script doing the same
+training, and a bare `import tensorflow`, each a fresh process timed from outside, --process_rounds times.
 """
 
 import dataclasses
@@ -16,7 +18,7 @@ import platform
 
 from absl import flags
 
-from distmnist import cli, progress, tfquiet
+from distmnist import cli, progress, tfquiet, wholeprocess
 from distmnist.config import TrainConfig
 from distmnist.errors import UserError
 
@@ -28,6 +30,8 @@ flags.DEFINE_integer("warmup_steps", 50, "Untimed steps first (tracing, compilin
 flags.DEFINE_integer("rounds", 3, "Times each contender is measured, all contenders in turn; the best counts.")
 flags.DEFINE_integer("max_epochs", 15, "Give up the time-to-accuracy race after this many epochs.")
 flags.DEFINE_string("data_dir", None, "As for distmnist.train.")
+flags.DEFINE_integer("process_rounds", 3, "Rounds of the whole-process section (distmnist.train at its defaults, "
+                     "a Keras fit script, a bare TensorFlow import, each a fresh process); 0 skips it.")
 
 FLAGS = flags.FLAGS
 TARGET_ACCURACY = 0.98
@@ -62,8 +66,10 @@ def replica_setups(num_gpus: int, gpu_name: str = "GPU"):
 
 def run_bench() -> dict:
     # Settings checked before TensorFlow is imported, as the train entry point does: bad flags fail at once.
-    if FLAGS.batch_size <= 0 or FLAGS.steps <= 0 or FLAGS.rounds <= 0 or FLAGS.warmup_steps < 0:
-        raise UserError("--batch_size, --steps and --rounds must be positive and --warmup_steps >= 0")
+    if FLAGS.batch_size <= 0 or FLAGS.steps <= 0 or FLAGS.rounds <= 0 or FLAGS.warmup_steps < 0 \
+            or FLAGS.process_rounds < 0:
+        raise UserError("--batch_size, --steps and --rounds must be positive, --warmup_steps and --process_rounds "
+                        ">= 0")
     config = TrainConfig(batch_size=FLAGS.batch_size)  # the time-to-accuracy race's settings
     tf = tfquiet.import_tensorflow()
     from distmnist import contenders, data, files
@@ -148,6 +154,10 @@ def run_bench() -> dict:
         "ratios": ratios,
         "time_to_accuracy": {"target": target, "learning_rate": config.learning_rate, "by": race},
     }
+    process_rounds = min(1, FLAGS.process_rounds) if quick else FLAGS.process_rounds
+    if process_rounds:
+        print(f"whole process: {process_rounds} round(s) of three fresh processes, in turn", flush=True)
+        report["whole_process"] = wholeprocess.measure(process_rounds, FLAGS.data_dir, quick)
     json_path = os.path.join(FLAGS.out, "bench.json")
     files.write_json(json_path, report)
     svg_path = os.path.join(FLAGS.out, "bench.svg")
@@ -164,6 +174,8 @@ def table(report: dict) -> str:
     for r in report["results"]:
         lines.append(f"{r['name']:<28} {r['replicas']:>8} {r['examples_per_sec']:>12,.0f}")
     lines.append("distmnist default, one replica: " + ", ".join(f"{k} {v:.2f}" for k, v in report["ratios"].items()))
+    if "whole_process" in report:
+        lines.append(wholeprocess.table(report["whole_process"]))
     return "\n".join(lines)
 
 

@@ -43,11 +43,25 @@ def test_quick_bench_writes_a_complete_report(tmp_path):
     assert "distmnist (default) (1x CPU)" in texts
     assert "compute bound" in result.stdout and "vs_keras_default" in result.stdout
 
+    # The whole-process section: each command once in quick mode, distmnist's parts from its run.json.
+    whole = report["whole_process"]
+    assert whole["rounds"] == 1 and set(whole["seconds"]) == {"tensorflow import", "distmnist.train",
+                                                              "keras fit script"}
+    m = whole["median_s"]
+    assert all(len(v) == 1 and v[0] == m[k] > 0 for k, v in whole["seconds"].items())
+    assert whole["keras_over_distmnist"] == pytest.approx(m["keras fit script"] / m["distmnist.train"])
+    assert whole["outside_over_import"] == pytest.approx(whole["distmnist_outside_training_s"] / m["tensorflow import"])
+    parts = whole["distmnist_timings"]
+    assert whole["distmnist_outside_training_s"] > parts["imports_s"] > 0 and parts["steps_s"] > 0
+    assert 0 < whole["accuracy"]["distmnist.train"] <= 1 and 0 < whole["accuracy"]["keras fit script"] <= 1
+    assert "Keras script / distmnist:" in result.stdout and "the bare import (goal <= 1.3x)" in result.stdout
+
 
 def test_bad_counts_are_one_line_and_write_nothing(tmp_path):
     out = tmp_path / "out"
     result = run_module("distmnist.bench", "--rounds=0", f"--out={out}")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "distmnist.bench: error: --batch_size, --steps and --rounds must be positive and --warmup_steps >= 0"]
+        "distmnist.bench: error: --batch_size, --steps and --rounds must be positive, --warmup_steps and "
+        "--process_rounds >= 0"]
     assert not out.exists()
