@@ -1,6 +1,6 @@
 """Benchmark: distmnist against the other ways of training this MLP in TensorFlow, on this machine, now.
 
-  python -m distmnist.bench            # about 12 minutes on a 2-core CPU; writes bench.json and bench.svg
+  python -m distmnist.bench            # about 10 minutes on a 2-core CPU; writes bench.json and bench.svg
   python -m distmnist.bench --quick    # a smoke test: one round of a few steps each, no meaningful figures
 
 Contenders, each at the same per-replica batch after a warm-up: the tutorial's eager loop, Keras Model.fit

@@ -50,10 +50,10 @@ def capturing_stderr(replay: bool = True):
 
 class _KerasLater(importlib.abc.MetaPathFinder):
     """TensorFlow's __init__ imports Keras eagerly, inside `try: ... except ImportError: pass`, only so that
-    Keras's optimizers are registered for SavedModels that hold them: 1.2 s of its 4.7 s on a 2-core EPYC (Keras
-    imports matplotlib.pyplot, among much else). distmnist's training, export and prediction use no Keras. While
-    this finder is on sys.meta_path Keras's implementation cannot be imported; nothing of Keras is left half
-    imported, and tf.keras still works afterwards (imported on first use, as any lazy module)."""
+    Keras's optimizers are registered for SavedModels that hold them: about a third of the import's time
+    (docs/performance.md; Keras imports matplotlib.pyplot, among much else). distmnist's training, export and
+    prediction use no Keras. While this finder is on sys.meta_path Keras's implementation cannot be imported;
+    nothing of Keras is left half imported, and tf.keras still works afterwards (imported on first use)."""
 
     def find_spec(self, name, path=None, target=None):
         if name == "keras.src" or name.startswith("keras.src."):
