@@ -1,4 +1,15 @@
-"""TF_CONFIG: reading and checking the cluster a multi-worker job runs in. No TensorFlow here."""
+"""TF_CONFIG: reading and checking the cluster a multi-worker job runs in, as every engine writes it. No
+TensorFlow here.
+
+  - launch/local_cluster.sh and the VM scripts: {"cluster": {"worker": [...]}, "task": {"type": "worker", ...}}
+  - Kubeflow's TFJob: lower-case task types, a "chief" beside the "worker"s, and an "environment" key;
+  - Vertex AI and AI Platform: "chief" and "worker", "environment", "job" (the job's spec) and, in a task,
+    "trial"/"cloud" keys; older jobs call the chief "master" (treated as "chief");
+  - SageMaker's TensorFlow containers with MultiWorkerMirroredStrategy: "worker"s only, worker 0 the chief.
+Keys beyond "cluster" and "task" are ignored. MultiWorkerMirroredStrategy has no use for parameter servers or
+an evaluator: such a task exits at once (NoRole, exit status 2, which engines do not restart), and a cluster
+with parameter servers is refused by every task, so no one waits for peers that will never join.
+"""
 
 import dataclasses
 import json
@@ -7,6 +18,12 @@ from typing import Optional
 from distmnist.errors import UserError
 
 TASK_TYPES = ("chief", "worker")
+ALIASES = {"master": "chief"}  # AI Platform's and older Estimator jobs' name for the chief
+NO_ROLE = ("ps", "evaluator")
+
+
+class NoRole(UserError):
+    """TF_CONFIG gives this process a task that distmnist has no role for (a parameter server, an evaluator)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,20 +66,41 @@ def parse_tf_config(text: Optional[str]) -> Optional[Cluster]:
             not isinstance(config.get("task"), dict):
         raise UserError('TF_CONFIG needs {"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", '
                         '"index": N}}')
-    spec = config["cluster"]
-    for kind, addresses in spec.items():
-        if kind not in TASK_TYPES:
-            raise UserError(f"TF_CONFIG cluster has task type {kind!r}; distmnist runs only {' and '.join(TASK_TYPES)}")
+    task = config["task"]
+    kind = task.get("type")
+    kind = ALIASES.get(kind.lower(), kind.lower()) if isinstance(kind, str) else kind
+    if kind in NO_ROLE:
+        raise NoRole(f"TF_CONFIG gives this process the task type {task.get('type')!r}; distmnist trains with "
+                     "MultiWorkerMirroredStrategy (a chief and workers), which has none: leave parameter servers and "
+                     "evaluators out of the job")
+    spec = {}
+    for name, addresses in config["cluster"].items():
+        normal = ALIASES.get(name.lower(), name.lower()) if isinstance(name, str) else name
+        if normal == "evaluator":
+            continue  # not part of the training collective; that task itself exits above
+        if normal == "ps":
+            raise UserError("TF_CONFIG's cluster has parameter servers ('ps'); distmnist trains with "
+                            "MultiWorkerMirroredStrategy, which uses none: submit the job with a chief and workers "
+                            "only")
+        if normal in spec:
+            raise UserError(f"TF_CONFIG cluster names {normal!r} twice (as {name!r})")
+        spec[normal] = addresses
+    if not spec:
+        raise UserError('TF_CONFIG needs {"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", '
+                        '"index": N}}')
+    for kind_in_spec, addresses in spec.items():
+        if kind_in_spec not in TASK_TYPES:
+            raise UserError(f"TF_CONFIG cluster has task type {kind_in_spec!r}; distmnist runs only "
+                            f"{' and '.join(TASK_TYPES)}")
         if not isinstance(addresses, list) or not addresses or \
                 not all(isinstance(a, str) and a.rpartition(":")[2].isdigit() for a in addresses):
-            raise UserError(f"TF_CONFIG cluster {kind!r} must be a non-empty list of \"host:port\" strings")
+            raise UserError(f"TF_CONFIG cluster {kind_in_spec!r} must be a non-empty list of \"host:port\" strings")
     if len(spec.get("chief", [])) > 1:
         raise UserError("TF_CONFIG cluster may have at most one chief")
     everyone = [a for addresses in spec.values() for a in addresses]
     if len(set(everyone)) != len(everyone):
         raise UserError("TF_CONFIG cluster lists an address twice")
-    task = config["task"]
-    kind, index = task.get("type"), task.get("index")
+    index = task.get("index")
     if kind not in spec:
         raise UserError(f"TF_CONFIG task type {kind!r} is not in the cluster ({', '.join(spec)})")
     if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(spec[kind]):

@@ -6,6 +6,7 @@
   launch/local_cluster.sh 2 [flags]            # two workers on this machine (MultiWorkerMirroredStrategy)
 """
 
+import os
 import time
 from typing import Optional
 
@@ -13,6 +14,7 @@ from absl import flags
 
 import distmnist
 from distmnist import cli, config, pictures, tfquiet
+from distmnist.cluster import parse_tf_config
 from distmnist.config import TrainConfig
 
 
@@ -43,6 +45,8 @@ def config_from_flags() -> TrainConfig:
 
 def main() -> None:
     settings = config_from_flags()  # before TensorFlow is imported: bad flags fail in a blink
+    if settings.strategy in ("auto", "multi_worker"):  # a bad TF_CONFIG, or a task with no role here, too
+        parse_tf_config(os.environ.get("TF_CONFIG"))
     painter = pictures.Painter()  # forked now, while this process is small and single-threaded
     tfquiet.import_tensorflow()
     from distmnist.run import train_and_evaluate
