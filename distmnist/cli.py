@@ -27,8 +27,8 @@ def _fail(prog: str, message: str, status: int = 2) -> None:
 def run(main, prog: str = "distmnist", takes_args: bool = False) -> None:
     """Parses flags, then calls main() (main(args) with the arguments after the flags when takes_args) and exits
     with what it returns if that is an int, else 0. A flag error or a UserError is one line on stderr and exit 2,
-    a run that started and failed (diverged, lost a peer) one line and exit 1, a run stopped by a signal one line
-    and 128 + the signal number."""
+    a run that started and failed one line and exit 1 (diverged) or 138 (lost a peer: a retry resumes), a run
+    stopped by a signal one line and 128 + the signal number."""
 
     def parse(argv):
         try:
@@ -44,7 +44,7 @@ def run(main, prog: str = "distmnist", takes_args: bool = False) -> None:
         except UserError as exc:
             _fail(prog, str(exc))
         except RunFailed as exc:
-            _fail(prog, str(exc), status=1)
+            _fail(prog, str(exc), status=exc.exit_status)
         except Stopped as exc:
             print(f"{prog}: {exc}", file=sys.stderr)
             _leave(exc.exit_status)

@@ -10,7 +10,10 @@ class DataError(UserError):
 
 
 class RunFailed(Exception):
-    """A run that started could not finish; the entry point reports it in one line and exits 1."""
+    """A run that started could not finish; the entry point reports it in one line and exits with
+    `exit_status`: 1 when running it again would fail the same way."""
+
+    exit_status = 1
 
 
 class TrainingDiverged(RunFailed):
@@ -23,7 +26,11 @@ class TrainingDiverged(RunFailed):
 
 
 class ClusterFailed(RunFailed):
-    """A peer in a multi-worker cluster was lost or a collective timed out."""
+    """A peer in a multi-worker cluster was lost or a collective timed out. Exit status 138: running the same
+    command again resumes from the chief's latest checkpoint, and job engines retry statuses of 128 and above
+    (Kubeflow's ExitCode restart policy) while treating 1-127 as permanent."""
+
+    exit_status = 138
 
 
 class Stopped(Exception):

@@ -76,7 +76,7 @@ def test_a_killed_worker_makes_the_other_exit_within_the_timeout(tmp_path, tiny_
         for log in logs:
             log.close()
     output = (tmp_path / "worker0.log").read_text()
-    assert status == 1, output[-3000:]
+    assert status == 138, output[-3000:]  # a lost peer: retryable (engines retry 128 and above)
     errors = [line for line in output.splitlines() if "distmnist.train: error:" in line]
     assert len(errors) == 1 and "worker 0 (localhost:" in errors[0] and "lost contact with the cluster" in errors[0]
     assert f"worker 1 ({addresses[1]})" in errors[0]
