@@ -9,7 +9,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TRAIN_FLAGS ?=
 
-.PHONY: train test test-fast data bench doctor tensorboard clean
+.PHONY: train test test-fast data bench doctor tensorboard image clean
 
 $(PY):
 	$(if $(strip $(PYTHON)),,$(error no Python 3.10-3.13 here (TensorFlow 2.21 has wheels for those only): \
@@ -49,3 +49,10 @@ tensorboard: $(VENV)/.installed
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# The job image (Dockerfile) for Kubernetes and Vertex AI, where Docker is installed.
+VERSION := $(shell sed -n 's/^version = //p' setup.cfg)
+IMAGE ?= distmnist:$(VERSION)
+image:
+	@docker info >/dev/null 2>&1 || { echo "make image: no Docker here (docker info fails): run it where Docker runs, or docker build -t $(IMAGE) . there" >&2; exit 2; }
+	docker build -t $(IMAGE) .
