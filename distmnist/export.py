@@ -48,10 +48,16 @@ class Classifier(tf.Module):
 
 
 def save(classifier: Classifier, path: str) -> None:
-    """Writes the SavedModel to `path` atomically (a temporary folder renamed into place)."""
+    """Writes the SavedModel to `path`: a folder atomically (a temporary folder renamed into place), a
+    tf.io.gfile URL (gs://, Vertex AI's AIP_MODEL_DIR) directly."""
+    def write(target):
+        tf.saved_model.save(classifier, target, signatures={"serving_default": classifier.serve})
+
     with tfquiet.absl_warnings_only():
-        files.replace_dir(path, lambda tmp: tf.saved_model.save(
-            classifier, tmp, signatures={"serving_default": classifier.serve}))
+        if "://" in path:
+            write(path)
+        else:
+            files.replace_dir(path, write)
 
 
 def export_saved_model(weights, path: str, temperature: float = 1.0) -> Classifier:

@@ -35,20 +35,31 @@ def write_json(path: str, value) -> None:
 
 
 def replace_dir(path: str, fill) -> None:
-    """Calls fill(tmp_dir) on a fresh folder beside `path`, then swaps it into place."""
+    """Calls fill(tmp_dir) on a fresh folder beside `path`, then swaps it into place. Where folders cannot be
+    renamed (Cloud Storage FUSE, as Vertex AI mounts buckets under /gcs, refuses by default), the finished folder
+    is copied into place instead: complete when this returns, but not atomic."""
     parent = os.path.dirname(path) or "."
     tmp = tempfile.mkdtemp(dir=parent, prefix=".tmp-" + os.path.basename(path))
     try:
         os.chmod(tmp, 0o777 & ~_umask())
         fill(tmp)
-        if os.path.exists(path):
-            old = tempfile.mkdtemp(dir=parent, prefix=".old-" + os.path.basename(path))
-            os.rmdir(old)
-            os.rename(path, old)
-            os.rename(tmp, path)
-            shutil.rmtree(old)
-        else:
-            os.rename(tmp, path)
+        try:
+            _swap_into_place(tmp, path, parent)
+        except OSError:
+            shutil.rmtree(path, ignore_errors=True)
+            shutil.copytree(tmp, path)
+            shutil.rmtree(tmp, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _swap_into_place(tmp: str, path: str, parent: str) -> None:
+    if os.path.exists(path):
+        old = tempfile.mkdtemp(dir=parent, prefix=".old-" + os.path.basename(path))
+        os.rmdir(old)
+        os.rename(path, old)
+        os.rename(tmp, path)
+        shutil.rmtree(old)
+    else:
+        os.rename(tmp, path)

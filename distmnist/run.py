@@ -47,6 +47,11 @@ class Run:
     def is_chief(self) -> bool:
         return self.cluster is None or self.cluster.is_chief
 
+    @property
+    def events_dir(self) -> Optional[str]:
+        """Where this run's TensorBoard events go: --events_dir, else the run directory (None: not written)."""
+        return (self.config.events_dir or self.run_dir) if self.run_dir else None
+
 
 def describe_setup(choice: StrategyChoice, trainer: Trainer) -> str:
     return "\n".join([
@@ -81,12 +86,14 @@ def set_up(config: TrainConfig, choice: Optional[StrategyChoice] = None, mnist: 
                                      config.gpu_memory_growth)
     trainer = Trainer(config, choice.strategy, mnist)
     run_dir = rundir.open_dir(config.logdir, config.run_name, flags, plan) if is_chief else None
+    if is_chief and config.events_dir:
+        rundir.open_events_dir(config.events_dir, plan)
     checkpointer = Checkpointer(trainer, run_dir, config.keep_checkpoints)
     history, step = None, 0
     if plan == "resume":
         step = checkpointer.restore_latest()
         history = checkpointer.history(step)
-        rundir.drop_events_after(run_dir, step)
+        rundir.drop_events_after(config.events_dir or run_dir, step)
     if cluster is not None:
         step = trainer.adopt_replica_0(step)  # only the chief has the run directory: the others take its state
     if step:
@@ -102,7 +109,7 @@ def train(run: Run) -> tuple:
     """Trains to the end, or to a stop request (errors.Stopped); returns (timings, the reporter's history). In a
     cluster a collective that fails or times out means a peer is gone (errors.ClusterFailed)."""
     trainer, checkpointer, cluster = run.trainer, run.checkpointer, run.cluster
-    reporter = RunReporter(run.run_dir, run.config, trainer.total_steps, verbose=run.is_chief, history=run.history,
+    reporter = RunReporter(run.events_dir, run.config, trainer.total_steps, verbose=run.is_chief, history=run.history,
                            test_set=(run.mnist.x_test, run.mnist.y_test))
     try:
         with StopOnSignal() as stop:
@@ -158,11 +165,13 @@ def write_artifacts(run: Run, timing: dict, history: dict, painter: Painter) -> 
     painter.submit("draw_test_pictures", run_dir, mnist.x_test, mnist.y_test, probabilities,
                    calibration["test"]["ece_before"])  # drawn while this exports
     export.save(classifier, saved_model)
+    if run.config.export_dir:
+        export.save(classifier, run.config.export_dir)
     run.timings["export_s"] = time.perf_counter() - start
     start = time.perf_counter()
     test_written, png = painter.result()
     written += test_written
-    summaries.write_image(run_dir, "calibration", png, trainer.step,
+    summaries.write_image(run.events_dir, "calibration", png, trainer.step,
                           "reliability diagram of the exported probabilities on the test set")
     run.timings["pictures_s"] = time.perf_counter() - start  # what drawing adds: it overlaps the export
     first_call_s = timing["first_call_s"] or 0.0  # none when a finished run is resumed: nothing left to train
@@ -201,8 +210,9 @@ def write_artifacts(run: Run, timing: dict, history: dict, painter: Painter) -> 
     print(f"final test accuracy {summary['final_test_accuracy']:.4f} after {trainer.step} steps "
           f"({summary['epochs']:.2f} epochs) in {summary['wall_time_s']:.1f} s"
           + (f", {eps:,.0f} examples/s" if eps else ""))
-    print("wrote:\n  " + "\n  ".join([run_dir + " (TensorBoard events)", run.checkpointer.directory, saved_model,
-                                        *written, run_json]))
+    exported = [run.config.export_dir] if run.config.export_dir else []
+    print("wrote:\n  " + "\n  ".join([run.events_dir + " (TensorBoard events)", run.checkpointer.directory,
+                                        saved_model, *exported, *written, run_json]))
     print(time_line(run.timings))
     return summary
 

@@ -2,11 +2,9 @@
 the interrupted one logged. Every rule of resumption is here."""
 
 import datetime
-import glob
 import json
 import os
 import shutil
-import tempfile
 
 import tensorflow as tf
 from tensorflow.core.util import event_pb2
@@ -94,12 +92,30 @@ EVALUATION_TAGS = ("accuracy", "mistakes")
 RUN_TAGS = ("config", "_hparams_/experiment", "_hparams_/session_start_info")
 
 
+def _event_files(events_dir: str) -> list:
+    return sorted(tf.io.gfile.glob(f"{events_dir.rstrip('/')}/events.out.tfevents.*"))
+
+
+def open_events_dir(events_dir: str, plan: str) -> None:
+    """An --events_dir holds one run's events, as a run directory does: created when missing, emptied of event
+    files when the run starts afresh with --overwrite (a folder or a tf.io.gfile URL such as gs://)."""
+    try:
+        tf.io.gfile.makedirs(events_dir)
+        if plan == "overwrite":
+            for path in _event_files(events_dir):
+                tf.io.gfile.remove(path)
+    except tf.errors.OpError as exc:
+        raise UserError(f"cannot write TensorBoard events to {events_dir} ({exc.message}); choose a writable "
+                        "--events_dir") from None
+
+
 def drop_events_after(run_dir: str, step: int) -> int:
-    """Rewrites a run's event files without what an interrupted run logged after its checkpoint at `step`
-    (training steps from `step` on, evaluations after it), and without a record cut short by the kill, so a
-    resumed run's TensorBoard curves have each step once. Returns the number of events dropped."""
+    """Rewrites a run's event files (in its run directory or --events_dir, a folder or a tf.io.gfile URL)
+    without what an interrupted run logged after its checkpoint at `step` (training steps from `step` on,
+    evaluations after it), and without a record cut short by the kill, so a resumed run's TensorBoard curves
+    have each step once. Returns the number of events dropped."""
     dropped = 0
-    for path in sorted(glob.glob(os.path.join(run_dir, "events.out.tfevents.*"))):
+    for path in _event_files(run_dir):
         records, changed = [], False
         try:
             for record in tf.data.TFRecordDataset(path):
@@ -114,10 +130,9 @@ def drop_events_after(run_dir: str, step: int) -> int:
         except tf.errors.DataLossError:
             changed = True  # a record cut short by the kill: drop it
         if changed:
-            fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".tmp-resume-")
-            os.close(fd)
+            tmp = f"{run_dir.rstrip('/')}/.tmp-resume-{os.path.basename(path)}"
             with tf.io.TFRecordWriter(tmp) as writer:
                 for record in records:
                     writer.write(record)
-            os.replace(tmp, path)
+            tf.io.gfile.rename(tmp, path, overwrite=True)
     return dropped

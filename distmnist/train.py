@@ -13,7 +13,7 @@ from typing import Optional
 from absl import flags
 
 import distmnist
-from distmnist import cli, config, pictures, tfquiet
+from distmnist import cli, config, pictures, tfquiet, vertex
 from distmnist.cluster import parse_tf_config
 from distmnist.config import TrainConfig
 
@@ -44,7 +44,8 @@ def config_from_flags() -> TrainConfig:
 
 
 def main() -> None:
-    settings = config_from_flags()  # before TensorFlow is imported: bad flags fail in a blink
+    # Before TensorFlow is imported: bad flags fail in a blink. Vertex AI's AIP_* folders fill what was not given.
+    settings = vertex.from_environment(config_from_flags(), os.environ)
     if settings.strategy in ("auto", "multi_worker"):  # a bad TF_CONFIG, or a task with no role here, too
         parse_tf_config(os.environ.get("TF_CONFIG"))
     painter = pictures.Painter()  # forked now, while this process is small and single-threaded
