@@ -63,3 +63,91 @@ print(sorted(serve(images=tf.zeros([2, 28, 28], tf.uint8))))
 """)
     assert loaded.returncode == 0 and loaded.stdout.strip() == "['classes', 'logits', 'outputs', 'probabilities']", \
         loaded.stderr[-2000:]
+
+
+SCRIPT = os.path.join(REPO, "launch", "vertex.sh")
+IMAGE = "us-central1-docker.pkg.dev/my-project/ml/distmnist:0.1.0"
+# gcloud's reference (https://cloud.google.com/sdk/gcloud/reference/ai/custom-jobs/...): each command's flags.
+GCLOUD_FLAGS = {"create": {"--region", "--project", "--display-name", "--config"},
+                "list": {"--region", "--project", "--filter", "--format"},
+                "cancel": {"--region", "--project"}}
+
+
+def vertex(*args, env=None):
+    return subprocess.run([SCRIPT, *args], capture_output=True, text=True, cwd=REPO, timeout=30,
+                          env={**os.environ, **(env or {})})
+
+
+def printed_gcloud(stdout: str) -> list:
+    """The printed gcloud commands as (verb, {flag: value}, positional arguments), each flag one gcloud documents."""
+    found = []
+    for line in stdout.splitlines():
+        if line.startswith("gcloud ai custom-jobs "):
+            words = __import__("shlex").split(line)
+            verb, flags, positional = words[3], {}, []
+            for word in words[4:]:
+                if word.startswith("--"):
+                    flag, _, value = word.partition("=")
+                    assert flag in GCLOUD_FLAGS[verb], f"gcloud ai custom-jobs {verb} has no flag {flag}"
+                    flags[flag] = value
+                else:
+                    positional.append(word)
+            found.append((verb, flags, positional))
+    return found
+
+
+def test_the_job_spec_is_a_valid_custom_job_spec():
+    from google.cloud.aiplatform_v1.types import CustomJobSpec
+
+    result = vertex("up", "--project=my-project", "--region=europe-west4", "--bucket=gs://my-bucket/jobs",
+                    f"--image={IMAGE}", "--name=mnist-a", "--workers=3", "--machine-type=a2-highgpu-1g",
+                    "--accelerator-type=NVIDIA_TESLA_A100", "--accelerator-count=1",
+                    "--service-account=trainer@my-project.iam.gserviceaccount.com", "--dry-run", "--", "--epochs=3")
+    assert result.returncode == 0 and not result.stderr, result.stderr
+    text = result.stdout.split("\n", 1)[1].rsplit("\ngcloud ", 1)[0]  # between the heading and the command
+    spec = CustomJobSpec.from_json(text, ignore_unknown_fields=False)  # Google's own type: unknown fields fail
+    chief, workers = spec.worker_pool_specs
+    assert (chief.replica_count, workers.replica_count) == (1, 3)  # pool 0 the chief, pool 1 the workers
+    for pool in (chief, workers):
+        assert pool.container_spec.image_uri == IMAGE and list(pool.container_spec.args) == ["--epochs=3"]
+        assert pool.machine_spec.machine_type == "a2-highgpu-1g" and pool.machine_spec.accelerator_count == 1
+        assert pool.machine_spec.accelerator_type.name == "NVIDIA_TESLA_A100"
+    assert spec.base_output_directory.output_uri_prefix == "gs://my-bucket/jobs/mnist-a"  # the AIP_* folders' root
+    assert spec.scheduling.restart_job_on_worker_restart  # one restarts, all restart and resume together
+    assert spec.service_account == "trainer@my-project.iam.gserviceaccount.com"
+    (verb, flags, positional), = printed_gcloud(result.stdout)
+    assert verb == "create" and not positional
+    assert flags["--region"] == "europe-west4" and flags["--project"] == "my-project"
+    assert flags["--display-name"] == "mnist-a" and flags["--config"].endswith(".json")
+
+
+def test_without_gpus_and_down():
+    from google.cloud.aiplatform_v1.types import CustomJobSpec
+
+    result = vertex("up", "--bucket=gs://my-bucket", f"--image={IMAGE}", "--workers=0", "--machine-type=n2-standard-8",
+                    "--accelerator-type=NONE", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    spec = CustomJobSpec.from_json(result.stdout.split("\n", 1)[1].rsplit("\ngcloud ", 1)[0],
+                                   ignore_unknown_fields=False)
+    pool, = spec.worker_pool_specs
+    assert pool.machine_spec.accelerator_count == 0 and pool.replica_count == 1
+    down = vertex("down", "--name=mnist-a", "--dry-run")
+    assert down.returncode == 0, down.stderr
+    (verb, flags, _), (verb2, _, positional) = printed_gcloud(down.stdout)
+    assert verb == "list" and flags["--filter"] == "displayName=mnist-a AND state=JOB_STATE_RUNNING"
+    assert verb2 == "cancel" and positional == ["JOB_ID"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (("up", f"--image={IMAGE}"), "--bucket must be a gs:// bucket"),
+    (("up", "--bucket=gs://my-bucket"), "--image must name the job image"),
+    (("up", "--bucket=gs://my-bucket", f"--image={IMAGE}", "--", "--logdir=/x"), "--logdir=/x is set by Vertex AI"),
+    (("up", "--name=Bad_Name"), "--name must be lower-case letters"),
+    (("up", "--accelerator-type=nvidia-l4"), "--accelerator-type must be a Vertex accelerator name"),
+    (("start",), "unknown action 'start'"),
+])
+def test_bad_options_get_one_line(args, message):
+    result = vertex(*args)
+    assert result.returncode == 2 and not result.stdout
+    assert result.stderr.startswith("vertex.sh: ") and len(result.stderr.splitlines()) == 1, result.stderr
+    assert message in result.stderr
