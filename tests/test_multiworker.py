@@ -137,3 +137,31 @@ def test_a_stopped_worker_stops_the_cluster_at_one_checkpoint_and_the_cluster_re
     assert single.returncode == 0, single.stderr[-3000:]
     a, b = saved_weights(tmp_path / "r"), saved_weights(tmp_path / "single")
     assert max(float(np.abs(a[k] - b[k]).max()) for k in a) < 1e-5
+
+
+def test_a_chief_and_a_worker_as_kubeflow_starts_them_train_and_the_chief_alone_writes(tmp_path, tiny_npz_dir):
+    """TF_CONFIG as Kubeflow's operator writes it (a chief beside the workers, an environment key); each pod with
+    its own --logdir, as only the chief mounts the claim."""
+    chief, worker = (f"localhost:{p}" for p in free_ports(2))
+    procs = []
+    for kind, logdir in (("chief", tmp_path / "claim"), ("worker", tmp_path / "pod")):
+        tf_config = {"cluster": {"chief": [chief], "worker": [worker]}, "task": {"type": kind, "index": 0},
+                     "environment": "cloud"}
+        with open(tmp_path / f"{kind}.log", "w") as log:
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "distmnist.train", f"--data_dir={tiny_npz_dir}", f"--logdir={logdir}",
+                 "--run_name=job", *FLAGS], cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                env={**os.environ, "TF_CONFIG": json.dumps(tf_config)}))
+    try:
+        statuses = [proc.wait(timeout=240) for proc in procs]
+    finally:
+        for proc in procs:
+            proc.kill()
+    chief_log, worker_log = ((tmp_path / f"{kind}.log").read_text() for kind in ("chief", "worker"))
+    assert statuses == [0, 0], chief_log[-2000:] + worker_log[-2000:]
+    assert "MultiWorkerMirroredStrategy (2 workers" in chief_log
+    summary = json.loads((tmp_path / "claim" / "job" / "run.json").read_text())
+    assert summary["global_step"] == 20 and summary["num_replicas"] == 2
+    assert (tmp_path / "claim" / "job" / "saved_model" / "saved_model.pb").exists()
+    assert f"worker 0 ({worker}): done after 20 steps; the chief writes the run directory" in worker_log
+    assert not (tmp_path / "pod").exists()  # the worker wrote nothing of the run
