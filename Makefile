@@ -51,7 +51,7 @@ clean:
 	rm -rf $(VENV) build *.egg-info
 
 # The job image (Dockerfile) for Kubernetes and Vertex AI, where Docker is installed.
-VERSION := $(shell sed -n 's/^version = //p' setup.cfg)
+VERSION = $(shell sed -n 's/^version = //p' setup.cfg)
 IMAGE ?= distmnist:$(VERSION)
 image:
 	@docker info >/dev/null 2>&1 || { echo "make image: no Docker here (docker info fails): run it where Docker runs, or docker build -t $(IMAGE) . there" >&2; exit 2; }

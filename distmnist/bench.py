@@ -1,7 +1,7 @@
 """Benchmark: distmnist against the other ways of training this MLP in TensorFlow, on this machine, now.
 
   python -m distmnist.bench            # about 10 minutes on a 2-core CPU; writes bench.json and bench.svg
-  python -m distmnist.bench --quick    # a smoke test: one round of a few steps each, no meaningful figures
+  python -m distmnist.bench --quick    # a smoke test: one round of a few steps each, one replica count
 
 Contenders, each at the same per-replica batch after a warm-up: the tutorial's eager loop, Keras Model.fit
 (default and tuned), distmnist --input=tfdata, distmnist's default, and the compute bound (a large matmul's
@@ -23,7 +23,8 @@ from distmnist.config import TrainConfig
 from distmnist.errors import UserError
 
 flags.DEFINE_string("out", ".", "Folder for bench.json and bench.svg.")
-flags.DEFINE_boolean("quick", False, "A short smoke run: few steps, accuracy target 90% within one epoch.")
+flags.DEFINE_boolean("quick", False, "A short smoke run: few steps, one replica count, accuracy target 90% "
+                     "within one epoch, one whole-process round of short runs.")
 flags.DEFINE_integer("batch_size", 128, "Per-replica batch size for every contender.")
 flags.DEFINE_integer("steps", 400, "Timed steps per contender.")
 flags.DEFINE_integer("warmup_steps", 50, "Untimed steps first (tracing, compiling, caches).")
@@ -91,7 +92,8 @@ def run_bench() -> dict:
     lineup = [("compute bound", 1, device_name,
                lambda: contenders.matmul_flops_per_sec(first_device, **bound_sizes) / contenders.FLOP_PER_EXAMPLE),
               ("tutorial eager", 1, device_name, lambda: contenders.tutorial_eager(mnist, first_device, timing))]
-    for replicas, device, strategy_fn in replica_setups(num_gpus, device_name):
+    setups = replica_setups(num_gpus, device_name)
+    for replicas, device, strategy_fn in setups[:1] if quick else setups:  # --quick: one replica count
         lineup += [
             ("keras fit (default)", replicas, device,
              lambda s=strategy_fn: contenders.keras_fit(mnist, s(), timing, tuned=False)),

@@ -21,8 +21,7 @@ def test_quick_bench_writes_a_complete_report(tmp_path):
     assert set(report["machine"]) == {"cpu", "cores", "gpus", "tf_version"}
     assert report["machine"]["cores"] >= 1 and report["machine"]["tf_version"].startswith("2.")
     rows = report["results"]
-    assert {r["name"] for r in rows if r["replicas"] == 1} == CONTENDERS
-    assert {r["name"] for r in rows if r["replicas"] == 2} == CONTENDERS - {"compute bound", "tutorial eager"}
+    assert {r["name"] for r in rows} == CONTENDERS and {r["replicas"] for r in rows} == {1}  # --quick: one count
     for row in rows:
         assert set(row) == {"name", "replicas", "device", "per_replica_batch_size", "examples_per_sec", "rounds"}
         assert row["per_replica_batch_size"] == 128 and row["examples_per_sec"] > 0
