@@ -64,7 +64,8 @@ class Controller:
         while trainer.step < trainer.total_steps:
             next_eval = (trainer.step // every + 1) * every
             next_save = (trainer.step // save_every + 1) * save_every
-            until = min(next_eval, next_save, trainer.total_steps, profiler.boundaries(trainer.step) or math.inf)
+            profile_edge = profiler.boundaries(trainer.step)
+            until = min(next_eval, next_save, trainer.total_steps, math.inf if profile_edge is None else profile_edge)
             profiler.before_call(trainer.step)
             try:
                 trainer.run_steps(until - trainer.step, self._on_call, self.should_stop, profiler.marker)

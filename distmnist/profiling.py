@@ -29,8 +29,9 @@ class StepProfiler:
         self.seconds = 0.0  # starting and stopping the profiler (writing the profile), not training
 
     def boundaries(self, step: int) -> Optional[int]:
-        """The next step after `step` where a call must end so that the profile covers exactly its steps."""
-        if self.done:
+        """The next step after `step` where a call must end so that the profile covers exactly its steps; None
+        when there is none (no profile, or a run resumed past its range)."""
+        if self.done or step >= self.end:
             return None
         return self.start if step < self.start else self.end
 

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from distmnist.config import TrainConfig
+from distmnist.profiling import StepProfiler
 from distmnist.run import train_and_evaluate
 from distmnist.strategy import make_strategy
 
@@ -41,3 +42,12 @@ def test_a_run_in_process(tmp_path, tiny_mnist, replicas):
                                mnist=tiny_mnist)  # the same command: resumes at step 12, nothing left to train
     assert again["global_step"] == 12 and again["final_test_accuracy"] == summary["final_test_accuracy"]
     assert [s for s, _ in read_scalars(str(run_dir))["loss"]] == [0, 4, 8]  # each step once
+
+
+def test_the_profiler_cuts_calls_at_its_range_and_not_after_it():
+    """The controller ends calls where --profile_steps starts and ends; a run resumed past the range (or one
+    without a profile) gets no edge at all: an edge behind the current step would make no progress."""
+    profiler = StepProfiler("/nonexistent", (200, 300))
+    assert [profiler.boundaries(step) for step in (0, 199, 200, 250, 300, 1000)] == [200, 200, 300, 300, None, None]
+    assert StepProfiler("/nonexistent", None).boundaries(0) is None
+    assert StepProfiler(None, (200, 300)).boundaries(0) is None  # a worker without a run directory
