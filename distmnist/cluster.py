@@ -22,8 +22,16 @@ ALIASES = {"master": "chief"}  # AI Platform's and older Estimator jobs' name fo
 NO_ROLE = ("ps", "evaluator")
 
 
+FORM = ('TF_CONFIG needs {"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", "index": N}}')
+
+
 class NoRole(UserError):
     """TF_CONFIG gives this process a task that distmnist has no role for (a parameter server, an evaluator)."""
+
+
+def _task_type(name):
+    """A task type as distmnist names it: lower case, "master" read as "chief"."""
+    return ALIASES.get(name.lower(), name.lower()) if isinstance(name, str) else name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,18 +72,16 @@ def parse_tf_config(text: Optional[str]) -> Optional[Cluster]:
         raise UserError(f"TF_CONFIG is not valid JSON ({exc}); see launch/local_cluster.sh for its form") from None
     if not isinstance(config, dict) or not isinstance(config.get("cluster"), dict) or \
             not isinstance(config.get("task"), dict):
-        raise UserError('TF_CONFIG needs {"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", '
-                        '"index": N}}')
+        raise UserError(FORM)
     task = config["task"]
-    kind = task.get("type")
-    kind = ALIASES.get(kind.lower(), kind.lower()) if isinstance(kind, str) else kind
+    kind = _task_type(task.get("type"))
     if kind in NO_ROLE:
         raise NoRole(f"TF_CONFIG gives this process the task type {task.get('type')!r}; distmnist trains with "
                      "MultiWorkerMirroredStrategy (a chief and workers), which has none: leave parameter servers and "
                      "evaluators out of the job")
     spec = {}
     for name, addresses in config["cluster"].items():
-        normal = ALIASES.get(name.lower(), name.lower()) if isinstance(name, str) else name
+        normal = _task_type(name)
         if normal == "evaluator":
             continue  # not part of the training collective; that task itself exits above
         if normal == "ps":
@@ -86,8 +92,7 @@ def parse_tf_config(text: Optional[str]) -> Optional[Cluster]:
             raise UserError(f"TF_CONFIG cluster names {normal!r} twice (as {name!r})")
         spec[normal] = addresses
     if not spec:
-        raise UserError('TF_CONFIG needs {"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", '
-                        '"index": N}}')
+        raise UserError(FORM)
     for kind_in_spec, addresses in spec.items():
         if kind_in_spec not in TASK_TYPES:
             raise UserError(f"TF_CONFIG cluster has task type {kind_in_spec!r}; distmnist runs only "

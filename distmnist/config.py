@@ -100,7 +100,6 @@ class TrainConfig:
         if self.run_name is not None and (not self.run_name or "/" in self.run_name or self.run_name in (".", "..")):
             raise UserError(f"--run_name must be a plain directory name, got {self.run_name!r}")
 
-
     def profile_range(self) -> Optional[tuple]:
         """--profile_steps as (start, end), None when not set; UserError when it does not read START,END."""
         if not self.profile_steps:

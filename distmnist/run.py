@@ -49,8 +49,12 @@ class Run:
 
     @property
     def events_dir(self) -> Optional[str]:
-        """Where this run's TensorBoard events go: --events_dir, else the run directory (None: not written)."""
-        return (self.config.events_dir or self.run_dir) if self.run_dir else None
+        return events_dir(self.config, self.run_dir)
+
+
+def events_dir(config: TrainConfig, run_dir: Optional[str]) -> Optional[str]:
+    """Where a run's TensorBoard events go: --events_dir, else the run directory (None: not written here)."""
+    return (config.events_dir or run_dir) if run_dir else None
 
 
 def describe_setup(choice: StrategyChoice, trainer: Trainer) -> str:
@@ -93,7 +97,7 @@ def set_up(config: TrainConfig, choice: Optional[StrategyChoice] = None, mnist: 
     if plan == "resume":
         step = checkpointer.restore_latest()
         history = checkpointer.history(step)
-        rundir.drop_events_after(config.events_dir or run_dir, step)
+        rundir.drop_events_after(events_dir(config, run_dir), step)
     if cluster is not None:
         step = trainer.adopt_replica_0(step)  # only the chief has the run directory: the others take its state
     if step:
