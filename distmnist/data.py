@@ -105,19 +105,15 @@ def parse_idx(data: bytes, name: str, ndim: int) -> np.ndarray:
     return np.frombuffer(body, np.uint8).reshape(dims)
 
 
-def _is_url(path: str) -> bool:
-    return "://" in path
-
-
 def _exists(path: str) -> bool:
-    if _is_url(path):
+    if files.is_url(path):
         import tensorflow as tf
         return tf.io.gfile.exists(path)
     return os.path.exists(path)
 
 
 def _read(path: str) -> bytes:
-    if _is_url(path):
+    if files.is_url(path):
         import tensorflow as tf
         with tf.io.gfile.GFile(path, "rb") as f:
             return f.read()

@@ -54,7 +54,7 @@ def save(classifier: Classifier, path: str) -> None:
         tf.saved_model.save(classifier, target, signatures={"serving_default": classifier.serve})
 
     with tfquiet.absl_warnings_only():
-        if "://" in path:
+        if files.is_url(path):
             write(path)
         else:
             files.replace_dir(path, write)

@@ -1,10 +1,14 @@
-"""Atomic writes: a reader sees the old file or the new one, never half of one."""
+"""Atomic writes: a reader sees the old file or the new one, never half of one; and which paths are URLs."""
 
 import json
 import os
 import shutil
 import tempfile
 
+
+def is_url(path: str) -> bool:
+    """A tf.io.gfile URL (gs://, s3://, ...) rather than a local path."""
+    return "://" in path
 
 
 def _umask() -> int:
