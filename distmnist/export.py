@@ -28,7 +28,7 @@ class Classifier(tf.Module):
         self.mlp.set_numpy(weights)
         self.temperature = tf.Variable(temperature, dtype=tf.float32, trainable=False, name="temperature")
 
-    @tf.function(input_signature=[tf.TensorSpec([None, 28, 28], tf.uint8, name="images")])
+    @tf.function(input_signature=[tf.TensorSpec([None, 28, 28], tf.uint8, name="images")], autograph=False)
     def serve(self, images):
         outputs = self.mlp(images_to_features(images))
         logits = outputs / self.temperature

@@ -81,9 +81,10 @@ class Trainer:
         self._gradients = tf.function(step.gradients, jit_compile=True) if jit and not whole_call_jit \
             else step.gradients
         self._call = tf.function(self._call_fn, jit_compile=whole_call_jit or None)
-        self._evaluate = tf.function(self._evaluate_fn)
-        self._any_replica = tf.function(self._any_replica_fn)  # traced only in a cluster, where it is used
-        self._from_replica_0 = tf.function(self._from_replica_0_fn)
+        # No Python control flow on tensors in these: AutoGraph's conversion would only add to their tracing.
+        self._evaluate = tf.function(self._evaluate_fn, autograph=False)
+        self._any_replica = tf.function(self._any_replica_fn, autograph=False)  # traced only in a cluster
+        self._from_replica_0 = tf.function(self._from_replica_0_fn, autograph=False)
 
     @property
     def epochs(self) -> float:
