@@ -25,6 +25,10 @@ $(VENV)/.installed-test: $(VENV)/.installed
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
 	touch $@
 
+$(VENV)/.installed-bench: $(VENV)/.installed
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[bench]'
+	touch $@
+
 data: $(VENV)/.installed
 	$(PY) -m distmnist.data
 
@@ -41,7 +45,7 @@ test-fast: $(VENV)/.installed-test
 doctor: $(VENV)/.installed
 	$(PY) -m distmnist.doctor
 
-bench: $(VENV)/.installed
+bench: $(VENV)/.installed-bench
 	$(PY) -m distmnist.bench
 
 tensorboard: $(VENV)/.installed

@@ -4,8 +4,9 @@
   python -m distmnist.bench --quick    # a smoke test: one round of a few steps each, one replica count
 
 Contenders, each at the same per-replica batch after a warm-up: the tutorial's eager loop, Keras Model.fit
-(default and tuned), distmnist --input=tfdata, distmnist's default, and the compute bound (a large matmul's
-FLOP/s over 2.41 MFLOP per example); for 1 and 2 CPU replicas, or 1..N GPUs. All of them are timed in turn,
+(default and tuned), distmnist --input=tfdata, distmnist's default, JAX's compiled scan where JAX is installed
+(the `bench` extra; jax_contender.py, a process of its own), and the compute bound (a large matmul's FLOP/s
+over 2.41 MFLOP per example); for 1 and 2 CPU replicas, or 1..N GPUs. All of them are timed in turn,
 --rounds times, and each one's best round counts. Then time to 98% test accuracy. Then the whole process
 (wholeprocess.py): `python -m distmnist.train` at its defaults against a Keras fit script doing the same
 training, and a bare `import tensorflow`, each a fresh process timed from outside, --process_rounds times.
@@ -13,8 +14,11 @@ training, and a bare `import tensorflow`, each a fresh process timed from outsid
 
 import dataclasses
 import gc
+import importlib.util
 import os
 import platform
+import shutil
+import tempfile
 
 from absl import flags
 
@@ -65,6 +69,9 @@ def replica_setups(num_gpus: int, gpu_name: str = "GPU"):
             (2, "2 logical CPUs", lambda: make_strategy(cpu_replicas=2).strategy)]
 
 
+JAX_NAME = "jax scan"
+
+
 def run_bench() -> dict:
     # Settings checked before TensorFlow is imported, as the train entry point does: bad flags fail at once.
     if FLAGS.batch_size <= 0 or FLAGS.steps <= 0 or FLAGS.rounds <= 0 or FLAGS.warmup_steps < 0 \
@@ -73,7 +80,7 @@ def run_bench() -> dict:
                         ">= 0")
     config = TrainConfig(batch_size=FLAGS.batch_size)  # the time-to-accuracy race's settings
     tf = tfquiet.import_tensorflow()
-    from distmnist import contenders, data, files
+    from distmnist import contenders, data
     from distmnist.strategy import make_strategy
 
     os.makedirs(FLAGS.out, exist_ok=True)
@@ -86,6 +93,35 @@ def run_bench() -> dict:
                                timed_steps=50 if quick else FLAGS.steps)
     rounds = 1 if quick else FLAGS.rounds
     mnist = data.load(FLAGS.data_dir)
+    jax_dir = None if importlib.util.find_spec("jax") is None else tempfile.mkdtemp(prefix="distmnist-bench-")
+    try:
+        return _measure_all(tf, mnist, num_gpus, timing, rounds, config, quick, jax_dir)
+    finally:
+        if jax_dir:
+            shutil.rmtree(jax_dir, ignore_errors=True)
+
+
+def _jax_rate(npz: str, replicas: int, platform_name: str, timing) -> float:
+    from distmnist import contenders
+    from distmnist.errors import RunFailed
+
+    result = contenders.jax_scan(npz, replicas, platform_name, timing)
+    if "skipped" in result:
+        raise RunFailed(f"the JAX contender: {result['skipped']}")
+    return result["examples_per_sec"]
+
+
+def _measure_all(tf, mnist, num_gpus: int, timing, rounds: int, config: TrainConfig, quick: bool,
+                 jax_dir) -> dict:
+    import numpy as np
+
+    from distmnist import contenders, files
+
+    if jax_dir:
+        npz = os.path.join(jax_dir, "mnist.npz")  # the JAX process reads the same arrays, whatever the source
+        np.savez(npz, x_train=mnist.x_train, y_train=mnist.y_train)
+    else:
+        print(f"{JAX_NAME}: skipped, {contenders.jax_contender.NOT_INSTALLED}", flush=True)
     first_device = "/gpu:0" if num_gpus else "/cpu:0"
     device_name = machine(tf)["gpus"][0] if num_gpus else "CPU"  # every row names its device
     bound_sizes = {"sizes": (1024,), "min_seconds": 0.1} if quick else {}
@@ -104,6 +140,9 @@ def run_bench() -> dict:
             ("distmnist (default)", replicas, device,
              lambda s=strategy_fn: contenders.distmnist_trainer(mnist, s(), timing, "device")),
         ]
+        if jax_dir:
+            lineup.append((JAX_NAME, replicas, device,
+                           lambda r=replicas: _jax_rate(npz, r, "gpu" if num_gpus else "cpu", timing)))
     results = [{"name": name, "replicas": replicas, "device": device,
                 "per_replica_batch_size": timing.per_replica_batch_size, "rounds": []}
                for name, replicas, device, _ in lineup]
@@ -126,16 +165,23 @@ def run_bench() -> dict:
     for row in results:
         row["examples_per_sec"] = max(row["rounds"])
 
-    def one_replica(name):
-        return next(r["examples_per_sec"] for r in results if r["name"] == name and r["replicas"] == 1)
+    def rate(name, replicas=1):
+        return next(r["examples_per_sec"] for r in results if r["name"] == name and r["replicas"] == replicas)
 
-    ours = one_replica("distmnist (default)")
+    ours = rate("distmnist (default)")
     ratios = {
-        "vs_keras_default": ours / one_replica("keras fit (default)"),
-        "vs_keras_tuned": ours / one_replica("keras fit (tuned)"),
-        "vs_tutorial_eager": ours / one_replica("tutorial eager"),
-        "of_compute_bound": ours / one_replica("compute bound"),
+        "vs_keras_default": ours / rate("keras fit (default)"),
+        "vs_keras_tuned": ours / rate("keras fit (tuned)"),
+        "vs_tutorial_eager": ours / rate("tutorial eager"),
+        "of_compute_bound": ours / rate("compute bound"),
     }
+    if jax_dir:
+        ratios["vs_jax_scan"] = ours / rate(JAX_NAME)
+        jax_section = {"by_replicas": {str(r): rate("distmnist (default)", r) / rate(JAX_NAME, r)
+                                       for r in sorted({row["replicas"] for row in results
+                                                        if row["name"] == JAX_NAME})}}
+    else:
+        jax_section = {"skipped": contenders.jax_contender.NOT_INSTALLED}
     target = 0.90 if quick else TARGET_ACCURACY
     max_epochs = 1 if quick else FLAGS.max_epochs
     race = {}
@@ -154,6 +200,7 @@ def run_bench() -> dict:
         "settings": dict(dataclasses.asdict(timing), rounds=rounds, quick=quick),
         "results": results,
         "ratios": ratios,
+        "distmnist_over_jax": jax_section,
         "time_to_accuracy": {"target": target, "learning_rate": config.learning_rate, "by": race},
     }
     process_rounds = min(1, FLAGS.process_rounds) if quick else FLAGS.process_rounds
@@ -176,6 +223,9 @@ def table(report: dict) -> str:
     for r in report["results"]:
         lines.append(f"{r['name']:<28} {r['replicas']:>8} {r['examples_per_sec']:>12,.0f}")
     lines.append("distmnist default, one replica: " + ", ".join(f"{k} {v:.2f}" for k, v in report["ratios"].items()))
+    jax = report["distmnist_over_jax"]
+    lines.append("distmnist default / jax scan: " + (f"skipped, {jax['skipped']}" if "skipped" in jax else ", ".join(
+        f"{replicas} replica(s) {ratio:.2f}" for replicas, ratio in jax["by_replicas"].items())))
     if "whole_process" in report:
         lines.append(wholeprocess.table(report["whole_process"]))
     return "\n".join(lines)

@@ -2,15 +2,19 @@
 fixed number of steps at the same per-replica batch and report examples per second."""
 
 import dataclasses
+import json
+import subprocess
+import sys
 import time
 import warnings
 
 import numpy as np
 import tensorflow as tf
 
-from distmnist import inputs
+from distmnist import inputs, jax_contender
 from distmnist.config import TrainConfig
 from distmnist.data import Mnist
+from distmnist.errors import RunFailed
 from distmnist.loop import Trainer
 from distmnist.model import LAYER_SIZES
 
@@ -127,6 +131,20 @@ def distmnist_trainer(mnist: Mnist, strategy: tf.distribute.Strategy, timing: Ti
                          seed=timing.seed, input=input_path, max_steps=10 ** 9)
     trainer = Trainer(config, strategy, mnist)
     return _examples_per_sec(trainer.run_steps, timing, trainer.global_batch_size)
+
+
+def jax_scan(npz: str, replicas: int, platform: str, timing: Timing) -> dict:
+    """JAX's compiled scan (jax_contender.py) in a process of its own: {"examples_per_sec": ...} or
+    {"skipped": why}. RunFailed with its last line of stderr if it fails."""
+    command = [sys.executable, "-m", "distmnist.jax_contender", f"--npz={npz}", f"--replicas={replicas}",
+               f"--batch_size={timing.per_replica_batch_size}", f"--steps={timing.timed_steps}",
+               f"--learning_rate={timing.learning_rate}", f"--seed={timing.seed}", f"--platform={platform}"]
+    result = subprocess.run(command, env=jax_contender.environment(replicas, platform), capture_output=True,
+                            text=True, timeout=900)
+    if result.returncode != 0:
+        last = (result.stderr.strip().splitlines() or [f"exit status {result.returncode}"])[-1]
+        raise RunFailed(f"the JAX contender failed: {last}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 @tf.function

@@ -85,69 +85,85 @@ def shard_bounds(num_examples: int, replica_id: int, num_replicas: int):
     return num_examples * replica_id // num_replicas, num_examples * (replica_id + 1) // num_replicas
 
 
-def replica_batch_indices(order: np.ndarray, steps: int, num_replicas: int, per_replica_batch_size: int,
-                          replica_id: int) -> np.ndarray:
-    """The indices that one replica trains on at each step of an epoch: int64 [steps, per_replica_batch_size]
-    (int64, as int32 tensors on a GPU live in host memory and would be copied to the device every step).
+def replica_call_indices(epoch_order, first_step: int, count: int, steps_per_loop: int, steps_per_epoch: int,
+                         num_replicas: int, per_replica_batch_size: int, replica_id: int) -> np.ndarray:
+    """The indices that one replica trains on at each step of a call: int64 [steps_per_loop, batch] for global
+    steps first_step .. first_step + count - 1, across epoch ends; rows past `count` are zeros (the call masks
+    those steps). epoch_order(e) is epoch e's order of example indices. Int64, as int32 tensors on a GPU live in
+    host memory and would be copied to the device every step.
 
     Replica r takes the r-th contiguous slice of each global batch, as tf.distribute splits a tf.data batch.
     """
-    used = order[:steps * num_replicas * per_replica_batch_size]
-    return used.reshape(steps, num_replicas, per_replica_batch_size)[:, replica_id, :].astype(np.int64)
+    rows = np.zeros([steps_per_loop, per_replica_batch_size], np.int64)
+    global_batch = num_replicas * per_replica_batch_size
+    for row, step in enumerate(range(first_step, first_step + count)):
+        at = (step % steps_per_epoch) * global_batch + replica_id * per_replica_batch_size
+        rows[row] = epoch_order(step // steps_per_epoch)[at:at + per_replica_batch_size]
+    return rows
 
 
 class DeviceInput:
     """The training set resident on every replica's device, in its training dtype: float32 features [N, 784] and
     one-hot targets [N, 10], made once on each replica's own device (GatherV2 has GPU kernels for float32, none
-    for uint8). Each step gathers its rows with int64 indices (int32 tensors on a GPU live in host memory), the
-    epoch's order drawn from the seed as tf.data's shuffle draws it."""
+    for uint8). Each call gets its steps' rows as int64 indices, [steps_per_loop, batch] per replica (int32
+    tensors on a GPU live in host memory), the epochs' orders drawn from the seed as tf.data's shuffle draws them;
+    a call runs across an epoch's end."""
 
     xla_whole_call = True  # plain tensors in, so XLA can compile the whole multi-step call
+    static_trip_count = True  # every call runs steps_per_loop iterations and masks those past its count
 
     def __init__(self, strategy: tf.distribute.Strategy, x: np.ndarray, y: np.ndarray, steps_per_epoch: int,
-                 per_replica_batch_size: int, shuffle_buffer: int, seed: int):
+                 per_replica_batch_size: int, steps_per_loop: int, shuffle_buffer: int, seed: int):
         self.strategy = strategy
         self.steps_per_epoch = steps_per_epoch
         self.per_replica_batch_size = per_replica_batch_size
-        self._order = EpochOrder(len(x), shuffle_buffer, seed)
+        self.steps_per_loop = steps_per_loop
+        self._new_order = lambda: EpochOrder(len(x), shuffle_buffer, seed)
+        self._order = self._new_order()
+        self._orders = {}  # epoch -> order, for the epochs the current call needs
+        self._next_epoch = 0  # the epoch self._order draws next
         self.features = on_each_replica(strategy, lambda r, n: images_to_features(x))
         self.targets = on_each_replica(strategy, lambda r, n: labels_to_targets(y))
-        self.batch_indices = None  # the current epoch's, per replica: int64 [steps_per_epoch, batch]
 
-    def start_epoch(self) -> None:
-        order = self._order.next_epoch()
-        self.batch_indices = on_each_replica(self.strategy, lambda r, n: replica_batch_indices(
-            order, self.steps_per_epoch, n, self.per_replica_batch_size, r))
+    def _epoch_order(self, epoch: int) -> np.ndarray:
+        while self._next_epoch <= epoch:
+            self._orders[self._next_epoch] = self._order.next_epoch()
+            self._next_epoch += 1
+        return self._orders[epoch]
 
     def seek(self, step: int) -> None:
-        """Puts the input where an uninterrupted run is after `step` steps."""
+        """Puts the input where an uninterrupted run is after `step` steps (the epochs before drawn and dropped)."""
+        self._order, self._orders = self._new_order(), {}
         for _ in range(step // self.steps_per_epoch):
             self._order.next_epoch()
-        if step % self.steps_per_epoch:
-            self.start_epoch()
+        self._next_epoch = step // self.steps_per_epoch
 
-    def call_args(self, step_in_epoch: int) -> tuple:
-        """What the compiled multi-step call takes, for a call starting at this step of the epoch."""
-        return self.features, self.targets, self.batch_indices, tf.constant(step_in_epoch, tf.int32)
+    def call_args(self, first_step: int, count: int) -> tuple:
+        """What the compiled multi-step call takes, for `count` steps from global step first_step."""
+        first_epoch = first_step // self.steps_per_epoch
+        for epoch in [e for e in self._orders if e < first_epoch]:
+            del self._orders[epoch]  # epochs behind the run are not needed again
+        indices = on_each_replica(self.strategy, lambda r, n: replica_call_indices(
+            self._epoch_order, first_step, count, self.steps_per_loop, self.steps_per_epoch, n,
+            self.per_replica_batch_size, r))
+        return self.features, self.targets, indices
 
     def traced_args(self) -> tuple:
         """Arguments of the call's shape and placement, for tracing it without drawing an epoch's order."""
-        shape = (self.steps_per_epoch, self.per_replica_batch_size)
-        indices = self.batch_indices if self.batch_indices is not None else on_each_replica(
-            self.strategy, lambda r, n: np.zeros(shape, np.int64))
-        return self.features, self.targets, indices, tf.constant(0, tf.int32)
+        shape = (self.steps_per_loop, self.per_replica_batch_size)
+        return self.features, self.targets, on_each_replica(self.strategy, lambda r, n: np.zeros(shape, np.int64))
 
     @staticmethod
     def step_args(call_args: tuple, i) -> tuple:
         """strategy.run's arguments for the call's i-th step (cross-replica context, inside the call)."""
-        features, targets, batch_indices, first = call_args
-        return features, targets, batch_indices, first + i
+        features, targets, indices = call_args
+        return features, targets, indices, i
 
     @staticmethod
-    def batch(features, targets, batch_indices, step_in_epoch):
+    def batch(features, targets, indices, i):
         """One replica's (features, targets) for a step: a gather, not a slice, so XLA keeps the step dynamic."""
-        indices = tf.gather(batch_indices, step_in_epoch)
-        return tf.gather(features, indices), tf.gather(targets, indices)
+        rows = tf.gather(indices, i)
+        return tf.gather(features, rows), tf.gather(targets, rows)
 
 
 class TfdataInput:
@@ -155,6 +171,7 @@ class TfdataInput:
     replicas' slices out of every global batch."""
 
     xla_whole_call = False  # XLA cannot hold a tf.data iterator
+    static_trip_count = False  # a masked step would still take a batch from the iterator
 
     def __init__(self, strategy: tf.distribute.Strategy, x: np.ndarray, y: np.ndarray, global_batch_size: int,
                  shuffle_buffer: int, seed: int):
@@ -163,13 +180,10 @@ class TfdataInput:
             lambda context: tfdata_pipeline(x, y, global_batch_size, shuffle_buffer, seed, context, start_step)))
         self.iterator = self._make(0)
 
-    def start_epoch(self) -> None:
-        """Nothing to do: the pipeline reshuffles each epoch itself."""
-
     def seek(self, step: int) -> None:
         self.iterator = self._make(step)
 
-    def call_args(self, step_in_epoch: int) -> tuple:
+    def call_args(self, first_step: int, count: int) -> tuple:
         return (self.iterator,)
 
     def traced_args(self) -> tuple:

@@ -2,9 +2,11 @@
 cluster needs. The same code for 1 or N replicas and for either input path (inputs.DeviceInput or
 inputs.TfdataInput); when to evaluate, checkpoint and stop is the controller's business (controller.py).
 
-One tf.function call runs up to `steps_per_loop` training steps on the device (a while loop around strategy.run)
-and hands back every step's loss at the end, so the host syncs once per call, not per step. A non-finite loss or
-gradient ends the call on the device after the step it appeared in.
+One tf.function call runs `steps_per_loop` training steps on the device (a loop around strategy.run) and hands
+back every step's loss at the end, so the host syncs once per call, not per step. With the device-resident input
+the trip count is a constant of the trace (a call of fewer steps masks the rest), and a call runs across epoch
+ends. Nothing in the loop is read back by the host: a step whose loss or gradient is not finite, and every step
+after it in the call, leave the weights as they were, and the call returns the first such step and its replicas.
 
 With jit_compile, XLA compiles the whole multi-step call when there is one replica and the input allows it, and
 each replica's gradient computation otherwise (collectives stay outside XLA); docs/performance.md has what each
@@ -72,7 +74,8 @@ class Trainer:
                                  for r in replica_ids]  # the test rows each of this worker's replicas holds
         if config.input == "device":
             self.input = inputs.DeviceInput(strategy, mnist.x_train, mnist.y_train, self.steps_per_epoch,
-                                            self.per_replica_batch_size, config.shuffle_buffer, config.seed)
+                                            self.per_replica_batch_size, config.steps_per_loop,
+                                            config.shuffle_buffer, config.seed)
         else:
             self.input = inputs.TfdataInput(strategy, mnist.x_train, mnist.y_train, self.global_batch_size,
                                             config.shuffle_buffer, config.seed)
@@ -92,9 +95,9 @@ class Trainer:
 
     # --- replica functions -------------------------------------------------------------------------------
 
-    def _replica_train_step(self, *batch_args):
-        """One SGD step on this replica's batch; returns the global batch's loss and, per replica, 1 where its
-        loss or gradient was not finite."""
+    def _replica_train_step(self, active, *batch_args):
+        """One SGD step on this replica's batch, applied where `active` and every replica's loss and gradient are
+        finite; returns the global batch's loss and, per replica, 1 where its loss or gradient was not finite."""
         features, targets = self.input.batch(*batch_args)
         weights = [tf.convert_to_tensor(v) for v in self.model.weights]
         grads, loss, finite = self._gradients(weights, features, targets, self.global_batch_size, self.loss_fn)
@@ -103,11 +106,13 @@ class Trainer:
         # One all-reduce for the gradients and, in one small vector, the loss and the non-finite marks: each
         # tensor is a collective of its own between workers, so the marks must not add one.
         *grads, stats = ctx.all_reduce(tf.distribute.ReduceOp.SUM, list(grads) + [tf.concat([[loss], bad], 0)])
-        ctx.merge_call(functools.partial(self._update_weights, update=self._sgd), args=(grads,))
+        apply = tf.logical_and(active, tf.reduce_max(stats[1:]) == 0.0)
+        ctx.merge_call(functools.partial(self._update_weights, update=functools.partial(self._sgd, apply=apply)),
+                       args=(grads,))
         return stats[0], stats[1:]
 
-    def _sgd(self, variable, grad):
-        return step.sgd(variable, grad, self._learning_rate)
+    def _sgd(self, variable, grad, apply):
+        return step.sgd(variable, grad, self._learning_rate, apply)
 
     def _update_weights(self, strategy, values, update):
         """update(variable, value) on every replica's copy of each weight (SGD, or taking replica 0's); the
@@ -125,21 +130,30 @@ class Trainer:
     # --- compiled functions (cross-replica context) --------------------------------------------------------
 
     def _call_fn(self, num_steps, *call_args):
-        """Runs up to num_steps steps on the device, collecting each step's loss (from replica 0), and stops after
-        a step that marked a replica non-finite. Returns (losses, steps run, the last marks).
+        """Runs num_steps (<= steps_per_loop) steps on the device, collecting each step's loss (from replica 0).
+        Returns (losses [steps_per_loop], the first step whose loss or gradient was not finite or -1, and that
+        step's non-finite marks per replica).
 
-        A fixed-size loss buffer (not num_steps) and a plain while loop: XLA then compiles once for every length.
+        The loop runs steps_per_loop iterations, a constant of the trace, when the input can mask a step (the
+        device-resident one: XLA then knows the trip count, and no GPU copies a loop condition to the host);
+        over tf.data it runs num_steps, as a masked step would still take a batch. A step past num_steps or after
+        a non-finite one changes nothing.
         """
         self.trace_count += 1
-        losses = tf.TensorArray(tf.float32, size=self.config.steps_per_loop)
-        bad = tf.zeros([self.num_replicas])
-        i = tf.constant(0)
-        while i < num_steps and tf.reduce_max(bad) == 0.0:
-            outputs = self.strategy.run(self._replica_train_step, args=self.input.step_args(call_args, i))
+        size = self.config.steps_per_loop
+        trip = size if self.input.static_trip_count else num_steps
+        losses = tf.TensorArray(tf.float32, size=size)
+        first_bad = tf.constant(-1)
+        bad_marks = tf.zeros([self.num_replicas])
+        for i in tf.range(trip):
+            active = tf.logical_and(i < num_steps, first_bad < 0)
+            outputs = self.strategy.run(self._replica_train_step, args=(active, *self.input.step_args(call_args, i)))
             loss, bad = (self.strategy.experimental_local_results(v)[0] for v in outputs)
+            newly_bad = tf.logical_and(active, tf.reduce_max(bad) > 0.0)
+            first_bad = tf.where(newly_bad, i, first_bad)
+            bad_marks = tf.where(newly_bad, bad, bad_marks)
             losses = losses.write(i, loss)
-            i += 1
-        return losses.stack(), i, bad
+        return losses.stack(), first_bad, bad_marks
 
     def _evaluate_fn(self, images, labels):
         correct, predicted = self.strategy.run(self._replica_evaluate, args=(images, labels))
@@ -180,7 +194,7 @@ class Trainer:
         """The GraphDefs of every function this trainer runs, by name, traced for its strategy and input path:
         what TensorFlow will place on the devices (the tests check them against the GPU kernel registry)."""
         functions = {
-            "train": self._call.get_concrete_function(tf.constant(1, tf.int32), *self.input.traced_args()),
+            "train": self._call.get_concrete_function(tf.constant(1), *self.input.traced_args()),
             "evaluate": self._evaluate.get_concrete_function(*self._test),
             "any_replica": self._any_replica.get_concrete_function(tf.constant(0.0)),
             "from_replica_0": self._from_replica_0.get_concrete_function(tf.constant(0.0, tf.float64)),
@@ -205,12 +219,13 @@ class Trainer:
         """The trained values as numpy arrays, kernel_0, bias_0, ... (from the first replica)."""
         return [self.strategy.experimental_local_results(v)[0].numpy() for v in self.model.weights]
 
-    def _run_call(self, step_in_epoch: int, num_steps: int) -> np.ndarray:
-        losses, done, bad = self._call(tf.constant(num_steps, tf.int32), *self.input.call_args(step_in_epoch))
-        losses, replicas = losses.numpy()[:int(done)], np.flatnonzero(bad.numpy())
-        if replicas.size:
-            raise TrainingDiverged(self.step + len(losses) - 1, int(replicas[0]), float(losses[-1]))
-        return losses
+    def _run_call(self, num_steps: int) -> np.ndarray:
+        losses, first_bad, marks = self._call(tf.constant(num_steps), *self.input.call_args(self.step, num_steps))
+        first_bad = int(first_bad)
+        if first_bad >= 0:
+            replica = int(np.flatnonzero(marks.numpy())[0])
+            raise TrainingDiverged(self.step + first_bad, replica, float(losses[first_bad]))
+        return losses.numpy()[:num_steps]
 
     def run_steps(self, num_steps: int, on_call: Optional[Callable] = None,
                   should_stop: Callable[[], bool] = lambda: False,
@@ -228,13 +243,10 @@ class Trainer:
             if should_stop():
                 self.stopped = True
                 break
-            step_in_epoch = self.step % self.steps_per_epoch
-            if step_in_epoch == 0:
-                self.input.start_epoch()
-            count = min(self.config.steps_per_loop, self.steps_per_epoch - step_in_epoch, end - self.step)
+            count = min(self.config.steps_per_loop, end - self.step)
             start = time.perf_counter()
             with around_call(self.step):
-                losses = self._run_call(step_in_epoch, count)
+                losses = self._run_call(count)
             elapsed = time.perf_counter() - start
             if on_call:
                 on_call(self.step, losses, elapsed)

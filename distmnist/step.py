@@ -35,6 +35,7 @@ def gradients(weights, features: tf.Tensor, targets: tf.Tensor, global_batch_siz
     return grads, loss, finite
 
 
-def sgd(variable: tf.Variable, grad: tf.Tensor, learning_rate: tf.Tensor):
-    """Plain SGD on one weight."""
-    return variable.assign_sub(learning_rate * grad)
+def sgd(variable: tf.Variable, grad: tf.Tensor, learning_rate: tf.Tensor, apply: tf.Tensor = True):
+    """Plain SGD on one weight, where `apply` (a boolean scalar) says so: a select, not a branch (nothing for
+    the host to wait on), and a non-finite gradient that is not applied leaves the weight as it was."""
+    return variable.assign(tf.where(apply, variable - learning_rate * grad, variable))

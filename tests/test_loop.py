@@ -125,9 +125,13 @@ def test_non_finite_loss_stops_on_the_device_and_names_the_step_and_replica(mnis
     with pytest.raises(TrainingDiverged, match=r"non-finite at step (\d+) on replica 0 \(loss (nan|inf)\); "
                                                r"lower --learning_rate") as caught:
         Controller(trainer, recorder).run()
-    # The call stopped on the device right after the bad step: no later step ran, nothing was reported.
+    # Nothing was reported, and on the device the bad step and every later one in the call were masked, not
+    # branched on: the weights are those after the last good step, as a run of exactly that many steps leaves them.
     assert 0 < caught.value.step < 10 and trainer.step == 0 and recorder.loss == {}
     assert not np.isfinite(caught.value.loss)
+    good, _ = train(mnist, replicas, steps=caught.value.step, learning_rate=50.0, batch_size=32, steps_per_loop=50)
+    assert all(np.isfinite(w).all() for w in trainer.weights())
+    assert max_weight_difference(good, trainer) == 0.0
 
 
 @pytest.mark.slow

@@ -1,0 +1,112 @@
+"""The bench's JAX contender: the same MLP, loss, SGD and batch written as JAX's best users write it, run in a
+process of its own (no TensorFlow in it; JAX's CPU devices are fixed by XLA_FLAGS before JAX starts).
+
+  python -m distmnist.jax_contender --npz=mnist.npz --replicas=2 --batch_size=128 --steps=400
+
+The training set lives on the device(s) in its training dtype (float32 features, one-hot targets); one jax.jit
+call runs `steps` steps in a lax.scan with a static trip count, nothing checked inside; with N replicas the
+global batch is sharded over N devices (CPU devices split by XLA_FLAGS, or GPUs) along the batch axis and the
+weights are replicated (XLA's SPMD partitioner adds the all-reduce). The call is made once untimed (it compiles
+for its length), then timed. Prints one JSON line: examples_per_sec, jax_version, devices, final_loss; or
+{"skipped": why} where JAX is not installed.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+LAYER_SIZES = (784, 512, 256, 10)  # as distmnist.model (not imported: it imports TensorFlow)
+
+
+NOT_INSTALLED = "JAX is not installed (pip install -e '.[bench]' adds it)"
+
+
+def measure(npz: str, replicas: int, per_replica_batch_size: int, steps: int, learning_rate: float, seed: int,
+            platform: str = "cpu") -> dict:
+    try:
+        import jax
+    except ImportError:
+        return {"skipped": NOT_INSTALLED}
+    import jax.numpy as jnp
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    devices = jax.devices(platform)[:replicas]
+    if len(devices) < replicas:
+        raise SystemExit(f"jax_contender: {replicas} {platform} devices wanted, JAX has {len(devices)}")
+    mesh = Mesh(np.array(devices), ("batch",))
+    replicated = NamedSharding(mesh, PartitionSpec())
+    by_batch = NamedSharding(mesh, PartitionSpec(None, "batch"))  # indices [steps, global batch]
+
+    with np.load(npz) as data:
+        x_train, y_train = data["x_train"], data["y_train"]
+    features = jax.device_put(x_train.reshape(-1, LAYER_SIZES[0]).astype(np.float32) / 255.0, replicated)
+    targets = jax.device_put(np.eye(LAYER_SIZES[-1], dtype=np.float32)[y_train], replicated)
+
+    rng = np.random.default_rng(seed)
+    params = []
+    for fan_in, fan_out in zip(LAYER_SIZES[:-1], LAYER_SIZES[1:]):
+        limit = 1.0 / np.sqrt(fan_in)
+        params += [rng.uniform(-limit, limit, [fan_in, fan_out]).astype(np.float32),
+                   rng.uniform(-limit, limit, [fan_out]).astype(np.float32)]
+    params = jax.device_put(params, replicated)
+
+    def loss_fn(params, x, y):
+        h = x
+        for i in range(0, len(params), 2):
+            h = h @ params[i] + params[i + 1]
+            if i + 2 < len(params):
+                h = jax.nn.relu(h)
+        return jnp.mean(jnp.mean(jnp.square(y - h), axis=-1))
+
+    @jax.jit
+    def train_steps(params, features, targets, indices):
+        def one_step(params, batch):
+            loss, grads = jax.value_and_grad(loss_fn)(params, features[batch], targets[batch])
+            return [p - learning_rate * g for p, g in zip(params, grads)], loss
+        return jax.lax.scan(one_step, params, indices)
+
+    global_batch = per_replica_batch_size * replicas
+    epochs = -(-steps * global_batch // len(x_train))  # enough shuffled epochs for the steps
+    order = np.concatenate([rng.permutation(len(x_train)) for _ in range(epochs)])
+    order = order[:steps * global_batch].reshape(steps, global_batch)
+    indices = jax.device_put(order.astype(np.int32), by_batch)
+    params, losses = train_steps(params, features, targets, indices)  # compiles for this length
+    jax.block_until_ready(losses)
+    start = time.perf_counter()
+    params, losses = train_steps(params, features, targets, indices)
+    jax.block_until_ready((params, losses))
+    seconds = time.perf_counter() - start
+    return {"examples_per_sec": steps * global_batch / seconds, "jax_version": jax.__version__,
+            "devices": [str(d) for d in devices], "final_loss": float(losses[-1])}
+
+
+def environment(replicas: int, platform: str = "cpu") -> dict:
+    """The environment the contender needs: on CPUs, JAX's host platform split into `replicas` devices."""
+    env = dict(os.environ)
+    if platform == "cpu":
+        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={replicas}").strip()
+    env["JAX_PLATFORMS"] = platform
+    return env
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="distmnist.jax_contender")
+    parser.add_argument("--npz", required=True)
+    parser.add_argument("--replicas", type=int, default=1)
+    parser.add_argument("--batch_size", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--learning_rate", type=float, default=0.1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--platform", choices=("cpu", "gpu"), default="cpu")
+    args = parser.parse_args(argv)
+    result = measure(args.npz, args.replicas, args.batch_size, args.steps, args.learning_rate, args.seed,
+                     args.platform)
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
