@@ -53,6 +53,34 @@ def test_every_op_outside_xla_has_a_gpu_kernel(tiny_mnist, replicas, input_path,
     assert trainer.step == 5 and trainer.trace_count == 1
 
 
+def training_loop_limit(graph_def):
+    """(the ops of the training call's loop condition, the node that gives the loop its step limit)."""
+    functions = {f.signature.name: f for f in graph_def.library.function}
+    nodes = list(graph_def.node) + [n for f in functions.values() for n in f.node_def]
+    loops = [n for n in nodes if n.op in ("While", "StatelessWhile")]
+    assert len(loops) == 1, [n.name for n in loops]
+    cond = functions[loops[0].attr["cond"].func.name]
+    args = [a.name for a in cond.signature.input_arg]
+    (less,) = [n for n in cond.node_def if n.op == "Less" and args[0] not in n.input[0]]  # i < limit
+    source = loops[0].input[args.index(less.input[1])].split(":")[0]
+    return {n.op for n in cond.node_def}, next(n for n in nodes if n.name == source)
+
+
+@pytest.mark.parametrize("replicas,input_path", [(1, "device"), (2, "device"), (2, "tfdata")])
+def test_the_loop_goes_on_by_its_step_count_never_a_device_value(tiny_mnist, replicas, input_path):
+    """The call's loop condition compares step counters with limits and nothing else (no non-finite flag from the
+    device: on a GPU that was a copy to the host every step); with the device input the limit is steps_per_loop,
+    a constant of the trace (XLA knows the trip count), over tf.data the call's step count."""
+    config = TrainConfig(max_steps=5, batch_size=16, steps_per_loop=7, input=input_path)
+    trainer = Trainer(config, make_strategy(cpu_replicas=replicas).strategy, tiny_mnist)
+    ops, limit = training_loop_limit(trainer.graphs()["train"])
+    assert ops <= {"Less", "LogicalAnd", "Identity"}
+    if input_path == "device":
+        assert limit.op == "Const" and tf.make_ndarray(limit.attr["value"].tensor) == 7
+    else:
+        assert limit.op == "Placeholder" and limit.name == "num_steps"
+
+
 @pytest.mark.parametrize("replicas", [2, pytest.param(4, marks=pytest.mark.slow)])
 def test_each_replica_holds_its_data_on_its_own_device(tiny_mnist, replicas):
     choice = make_strategy(cpu_replicas=replicas)
