@@ -11,7 +11,7 @@ import warnings
 import numpy as np
 import tensorflow as tf
 
-from distmnist import inputs, jax_contender
+from distmnist import inputs, solo
 from distmnist.config import TrainConfig
 from distmnist.data import Mnist
 from distmnist.errors import RunFailed
@@ -133,17 +133,18 @@ def distmnist_trainer(mnist: Mnist, strategy: tf.distribute.Strategy, timing: Ti
     return _examples_per_sec(trainer.run_steps, timing, trainer.global_batch_size)
 
 
-def jax_scan(npz: str, replicas: int, platform: str, timing: Timing) -> dict:
-    """JAX's compiled scan (jax_contender.py) in a process of its own: {"examples_per_sec": ...} or
+def in_own_process(contender: str, npz: str, replicas: int, platform: str, timing: Timing) -> dict:
+    """solo.py's contender ("jax" or "distmnist") in a fresh process: {"examples_per_sec": ...}, or JAX's
     {"skipped": why}. RunFailed with its last line of stderr if it fails."""
-    command = [sys.executable, "-m", "distmnist.jax_contender", f"--npz={npz}", f"--replicas={replicas}",
-               f"--batch_size={timing.per_replica_batch_size}", f"--steps={timing.timed_steps}",
-               f"--learning_rate={timing.learning_rate}", f"--seed={timing.seed}", f"--platform={platform}"]
-    result = subprocess.run(command, env=jax_contender.environment(replicas, platform), capture_output=True,
-                            text=True, timeout=900)
+    command = [sys.executable, "-m", "distmnist.solo", f"--contender={contender}", f"--npz={npz}",
+               f"--replicas={replicas}", f"--batch_size={timing.per_replica_batch_size}",
+               f"--steps={timing.timed_steps}", f"--learning_rate={timing.learning_rate}", f"--seed={timing.seed}",
+               f"--platform={platform}"]
+    result = subprocess.run(command, env=solo.environment(replicas, platform), capture_output=True, text=True,
+                            timeout=900)
     if result.returncode != 0:
         last = (result.stderr.strip().splitlines() or [f"exit status {result.returncode}"])[-1]
-        raise RunFailed(f"the JAX contender failed: {last}")
+        raise RunFailed(f"the {contender} contender in its own process failed: {last}")
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 

@@ -1,14 +1,19 @@
-"""The bench's JAX contender: the same MLP, loss, SGD and batch written as JAX's best users write it, run in a
-process of its own (no TensorFlow in it; JAX's CPU devices are fixed by XLA_FLAGS before JAX starts).
+"""The bench's contenders that run in a process of their own, so that they are compared on equal terms: JAX's
+compiled scan (no TensorFlow in its process; JAX's CPU devices are fixed by XLA_FLAGS before JAX starts) and
+distmnist's default trainer, each a fresh process, each warmed up by an untimed run of the timed length.
 
-  python -m distmnist.jax_contender --npz=mnist.npz --replicas=2 --batch_size=128 --steps=400
+  python -m distmnist.solo --contender=jax --npz=mnist.npz --replicas=2 --batch_size=128 --steps=400
+  python -m distmnist.solo --contender=distmnist --npz=mnist.npz --replicas=2
 
-The training set lives on the device(s) in its training dtype (float32 features, one-hot targets); one jax.jit
+JAX, as its best users write it: the training set lives on the device(s) in its training dtype (float32
+features, one-hot targets); one jax.jit
 call runs `steps` steps in a lax.scan with a static trip count, nothing checked inside; with N replicas the
 global batch is sharded over N devices (CPU devices split by XLA_FLAGS, or GPUs) along the batch axis and the
 weights are replicated (XLA's SPMD partitioner adds the all-reduce). The call is made once untimed (it compiles
-for its length), then timed. Prints one JSON line: examples_per_sec, jax_version, devices, final_loss; or
-{"skipped": why} where JAX is not installed.
+for its length), then timed. distmnist: its Trainer at its defaults (TrainConfig) on 1 device or N (logical CPUs,
+or GPUs), the same learning rate and batch, one untimed run of `steps` steps, then `steps` timed. Each prints one
+JSON line: examples_per_sec, devices, final_loss (and jax_version); JAX's {"skipped": why} where it is not
+installed.
 """
 
 import argparse
@@ -25,7 +30,7 @@ LAYER_SIZES = (784, 512, 256, 10)  # as distmnist.model (not imported: it import
 NOT_INSTALLED = "JAX is not installed (pip install -e '.[bench]' adds it)"
 
 
-def measure(npz: str, replicas: int, per_replica_batch_size: int, steps: int, learning_rate: float, seed: int,
+def measure_jax(npz: str, replicas: int, per_replica_batch_size: int, steps: int, learning_rate: float, seed: int,
             platform: str = "cpu") -> dict:
     try:
         import jax
@@ -36,7 +41,7 @@ def measure(npz: str, replicas: int, per_replica_batch_size: int, steps: int, le
 
     devices = jax.devices(platform)[:replicas]
     if len(devices) < replicas:
-        raise SystemExit(f"jax_contender: {replicas} {platform} devices wanted, JAX has {len(devices)}")
+        raise SystemExit(f"distmnist.solo: {replicas} {platform} devices wanted, JAX has {len(devices)}")
     mesh = Mesh(np.array(devices), ("batch",))
     replicated = NamedSharding(mesh, PartitionSpec())
     by_batch = NamedSharding(mesh, PartitionSpec(None, "batch"))  # indices [steps, global batch]
@@ -84,6 +89,33 @@ def measure(npz: str, replicas: int, per_replica_batch_size: int, steps: int, le
             "devices": [str(d) for d in devices], "final_loss": float(losses[-1])}
 
 
+def measure_distmnist(npz: str, replicas: int, per_replica_batch_size: int, steps: int, learning_rate: float,
+                      seed: int, platform: str = "cpu") -> dict:
+    from distmnist import tfquiet
+
+    tfquiet.import_tensorflow()
+    from distmnist.config import TrainConfig
+    from distmnist.data import Mnist
+    from distmnist.loop import Trainer
+    from distmnist.strategy import make_strategy
+
+    if platform == "cpu":
+        choice = make_strategy(num_gpus=0) if replicas == 1 else make_strategy(cpu_replicas=replicas)
+    else:
+        choice = make_strategy(num_gpus=replicas)
+    with np.load(npz) as data:
+        mnist = Mnist(*(data[key] for key in ("x_train", "y_train", "x_test", "y_test")), source=npz)
+    config = TrainConfig(batch_size=per_replica_batch_size, learning_rate=learning_rate, seed=seed,
+                         max_steps=10 ** 9)
+    trainer = Trainer(config, choice.strategy, mnist)
+    trainer.run_steps(steps)  # tracing, compilation, caches
+    start = time.perf_counter()
+    losses = trainer.run_steps(steps)
+    seconds = time.perf_counter() - start
+    return {"examples_per_sec": steps * trainer.global_batch_size / seconds, "devices": list(choice.devices),
+            "final_loss": float(losses[-1])}
+
+
 def environment(replicas: int, platform: str = "cpu") -> dict:
     """The environment the contender needs: on CPUs, JAX's host platform split into `replicas` devices."""
     env = dict(os.environ)
@@ -94,7 +126,8 @@ def environment(replicas: int, platform: str = "cpu") -> dict:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="distmnist.jax_contender")
+    parser = argparse.ArgumentParser(prog="distmnist.solo")
+    parser.add_argument("--contender", choices=("jax", "distmnist"), required=True)
     parser.add_argument("--npz", required=True)
     parser.add_argument("--replicas", type=int, default=1)
     parser.add_argument("--batch_size", type=int, default=128)
@@ -103,8 +136,9 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--platform", choices=("cpu", "gpu"), default="cpu")
     args = parser.parse_args(argv)
-    result = measure(args.npz, args.replicas, args.batch_size, args.steps, args.learning_rate, args.seed,
-                     args.platform)
+    measure_fn = measure_jax if args.contender == "jax" else measure_distmnist
+    result = measure_fn(args.npz, args.replicas, args.batch_size, args.steps, args.learning_rate, args.seed,
+                        args.platform)
     print(json.dumps(result), flush=True)
 
 
