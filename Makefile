@@ -8,8 +8,9 @@ PYTHON ?= $(shell for p in python3 python3.13 python3.12 python3.11 python3.10; 
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TRAIN_FLAGS ?=
+SWEEP_FLAGS ?= --learning_rate=0.5,1.0,1.5 --batch_size=64,128 --epochs=2
 
-.PHONY: train test test-fast data bench doctor tensorboard image clean
+.PHONY: train test test-fast data bench sweep doctor tensorboard image clean
 
 $(PY):
 	$(if $(strip $(PYTHON)),,$(error no Python 3.10-3.13 here (TensorFlow 2.21 has wheels for those only): \
@@ -34,6 +35,10 @@ data: $(VENV)/.installed
 
 train: data
 	$(PY) -m distmnist.train $(TRAIN_FLAGS)
+
+# One run per point of the grid into logs/sweep, then a table, sweep.json and sweep.svg there.
+sweep: data
+	$(PY) -m distmnist.sweep $(SWEEP_FLAGS)
 
 test: $(VENV)/.installed-test
 	$(PY) -m pytest -q --durations=15 tests

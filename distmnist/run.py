@@ -11,7 +11,7 @@ import tensorflow as tf
 
 import distmnist
 from distmnist import calibration as calibration_lib
-from distmnist import data, export, files, rundir, summaries
+from distmnist import data, experiment, export, files, rundir, summaries
 from distmnist.checkpoints import Checkpointer
 from distmnist.cluster import Cluster, parse_tf_config
 from distmnist.config import TrainConfig
@@ -114,7 +114,7 @@ def train(run: Run) -> tuple:
     cluster a collective that fails or times out means a peer is gone (errors.ClusterFailed)."""
     trainer, checkpointer, cluster = run.trainer, run.checkpointer, run.cluster
     reporter = RunReporter(run.events_dir, run.config, trainer.total_steps, verbose=run.is_chief, history=run.history,
-                           test_set=(run.mnist.x_test, run.mnist.y_test))
+                           test_set=(run.mnist.x_test, run.mnist.y_test), num_replicas=trainer.num_replicas)
     try:
         with StopOnSignal() as stop:
             # In a cluster every worker must stop at the same step: they agree on it, one collective per call.
@@ -177,6 +177,8 @@ def write_artifacts(run: Run, timing: dict, history: dict, painter: Painter) -> 
     written += test_written
     summaries.write_image(run.events_dir, "calibration", png, trainer.step,
                           "reliability diagram of the exported probabilities on the test set")
+    summaries.write_scalars(run.events_dir, experiment.final_scalars(
+        time.perf_counter() - run.started, calibration["test"]["ece_after"]), trainer.step)
     run.timings["pictures_s"] = time.perf_counter() - start  # what drawing adds: it overlaps the export
     first_call_s = timing["first_call_s"] or 0.0  # none when a finished run is resumed: nothing left to train
     run.timings.update(first_call_s=first_call_s, steps_s=timing["train_time_s"] - first_call_s,

@@ -9,7 +9,7 @@ import numpy as np
 import tensorflow as tf
 from tensorboard.plugins.hparams import summary_v2 as hparams  # api would import Keras (its callback)
 
-from distmnist import images, progress
+from distmnist import experiment, images, progress
 from distmnist.config import TrainConfig
 from distmnist.loop import Reporter
 from distmnist.model import MLP
@@ -31,17 +31,22 @@ def config_table(config: TrainConfig) -> str:
     return "\n".join(["| flag | value |", "|---|---|", *rows])
 
 
-def _hparam_value(value):
-    return value if isinstance(value, (bool, int, float, str)) else str(value)
+def write_scalars(run_dir: str, scalars: dict, step: int) -> None:
+    """Scalars into the run's TensorBoard events after the training loop's writer closed (end-of-run metrics)."""
+    writer = tf.summary.create_file_writer(run_dir)
+    with writer.as_default():
+        for tag, value in scalars.items():
+            tf.summary.scalar(tag, value, step=step)
+    writer.close()
 
 
 class RunReporter(Reporter):
     """Scalars `loss`, `examples_per_sec`, `learning_rate` every log_every steps, `accuracy` and an image of
-    misclassified test digits (`mistakes`) at evaluations; at the start of a run its config (HParams and a
-    text table) and the model's graph."""
+    misclassified test digits (`mistakes`) at evaluations; at the start of a run its config (its values of the
+    experiment's HParams, and every setting in a text table) and the model's graph."""
 
     def __init__(self, run_dir: Optional[str], config: TrainConfig, total_steps: int, stream=None,
-                 verbose: bool = True, history: Optional[dict] = None, test_set=None):
+                 verbose: bool = True, history: Optional[dict] = None, test_set=None, num_replicas: int = 1):
         """run_dir None: keep the history only (a cluster's non-chief workers); verbose False: no console;
         history: what a resumed run logged before (lists of [step, value] under "loss" and "accuracy");
         test_set: (images, labels), for the pictures of mistakes."""
@@ -55,18 +60,16 @@ class RunReporter(Reporter):
         self.accuracy_history = [tuple(p) for p in (history or {}).get("accuracy", [])]  # (step, accuracy)
         self.test_set = test_set
         self.run_dir = run_dir
+        self.num_replicas = num_replicas
         if run_dir and history is None:
             self._describe_run()
 
     def _describe_run(self) -> None:
         """What a fresh run logs once: its config for the HParams and Text dashboards, and the model's graph."""
-        settings = {name: _hparam_value(value) for name, value in dataclasses.asdict(self.config).items()}
         model = MLP()
         graph = tf.function(model).get_concrete_function(tf.TensorSpec([None, 784], tf.float32, name="features"))
         with self.writer.as_default():
-            hparams.hparams_config(hparams=[hparams.HParam(name) for name in settings],
-                                   metrics=[hparams.Metric("accuracy"), hparams.Metric("loss")])
-            hparams.hparams(settings, trial_id=self.config.run_name)
+            hparams.hparams(experiment.values(self.config, self.num_replicas), trial_id=self.config.run_name)
             tf.summary.text("config", config_table(self.config), step=0)
             tf.summary.graph(graph.graph)
         self.writer.flush()

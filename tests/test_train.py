@@ -180,7 +180,11 @@ def assert_run_described_in_tensorboard(run_dir: str, flags: dict):
     start = plugin_data_pb2.HParamsPluginData.FromString(
         acc.PluginTagToContent("hparams")["_hparams_/session_start_info"]).session_start_info
     assert start.hparams["batch_size"].number_value == 32 and start.hparams["input"].string_value == flags["input"]
-    assert start.hparams["cpu_replicas"].number_value == flags["cpu_replicas"]
+    replicas = max(1, flags["cpu_replicas"])
+    assert start.hparams["replicas"].number_value == replicas
+    assert start.hparams["global_batch_size"].number_value == 32 * replicas
+    assert "cpu_replicas" not in start.hparams and "logdir" not in start.hparams  # in the config text only
+    assert [e.step for e in acc.Tensors("run/wall_time_s")] == [25] and acc.Tensors("run/calibration_ece")
     assert "features" in [node.name for node in acc.Graph().node]  # the model's graph
     assert acc.SummaryMetadata("calibration").plugin_data.plugin_name == "images"
     assert [e.step for e in acc.Tensors("calibration")] == [25]  # the reliability diagram, at the last step
