@@ -142,17 +142,18 @@ class Trainer:
         self.trace_count += 1
         size = self.config.steps_per_loop
         trip = size if self.input.static_trip_count else num_steps
-        losses = tf.TensorArray(tf.float32, size=size)
-        first_bad = tf.constant(-1)
-        bad_marks = tf.zeros([self.num_replicas])
-        for i in tf.range(trip):
+
+        def step(i, losses, first_bad, bad_marks):
             active = tf.logical_and(i < num_steps, first_bad < 0)
             outputs = self.strategy.run(self._replica_train_step, args=(active, *self.input.step_args(call_args, i)))
             loss, bad = (self.strategy.experimental_local_results(v)[0] for v in outputs)
             newly_bad = tf.logical_and(active, tf.reduce_max(bad) > 0.0)
-            first_bad = tf.where(newly_bad, i, first_bad)
-            bad_marks = tf.where(newly_bad, bad, bad_marks)
-            losses = losses.write(i, loss)
+            return (i + 1, losses.write(i, loss), tf.where(newly_bad, i, first_bad),
+                    tf.where(newly_bad, bad, bad_marks))
+
+        # A plain counter against a limit, the loop's only condition: XLA finds the trip count in it.
+        start = (tf.constant(0), tf.TensorArray(tf.float32, size=size), tf.constant(-1), tf.zeros([self.num_replicas]))
+        _, losses, first_bad, bad_marks = tf.while_loop(lambda i, *_: i < trip, step, start)
         return losses.stack(), first_bad, bad_marks
 
     def _evaluate_fn(self, images, labels):
