@@ -1,6 +1,6 @@
 """Benchmark: distmnist against the other ways of training this MLP in TensorFlow, on this machine, now.
 
-  python -m distmnist.bench            # about 10 minutes on a 2-core CPU; writes bench.json and bench.svg
+  python -m distmnist.bench            # about 15 minutes on a 2-core CPU; writes bench.json and bench.svg
   python -m distmnist.bench --quick    # a smoke test: one round of a few steps each, one replica count
 
 Contenders, each at the same per-replica batch after a warm-up: the tutorial's eager loop, Keras Model.fit
@@ -161,7 +161,7 @@ def _measure_all(tf, mnist, num_gpus: int, timing, rounds: int, config: TrainCon
         for (name, replicas, device, measure), row in zip(lineup, results):
             gc.collect()
             row["rounds"].append(measure())
-            bar.say(f"  round {round_number}: {name:<28} {replicas} x {device:<16} "
+            bar.say(f"  round {round_number}: {name:<34} {replicas} x {device:<16} "
                     f"{row['rounds'][-1]:>12,.0f} examples/s")
             bar.update(sum(len(r["rounds"]) for r in results))
     bar.close()
@@ -222,9 +222,9 @@ def _measure_all(tf, mnist, num_gpus: int, timing, rounds: int, config: TrainCon
 def table(report: dict) -> str:
     m = report["machine"]
     lines = [f"machine: {m['cpu']}, {m['cores']} cores, GPUs: {', '.join(m['gpus']) or 'none'}, "
-             f"TensorFlow {m['tf_version']}", f"{'contender':<28} {'replicas':>8} {'examples/s':>12}"]
+             f"TensorFlow {m['tf_version']}", f"{'contender':<34} {'replicas':>8} {'examples/s':>12}"]
     for r in report["results"]:
-        lines.append(f"{r['name']:<28} {r['replicas']:>8} {r['examples_per_sec']:>12,.0f}")
+        lines.append(f"{r['name']:<34} {r['replicas']:>8} {r['examples_per_sec']:>12,.0f}")
     lines.append("distmnist default, one replica: " + ", ".join(f"{k} {v:.2f}" for k, v in report["ratios"].items()))
     jax = report["distmnist_over_jax"]
     lines.append("distmnist default / jax scan, each in its own process: " + (f"skipped, {jax['skipped']}" if "skipped" in jax else ", ".join(
