@@ -33,13 +33,21 @@ from distmnist.config import TrainConfig
 from distmnist.errors import Stopped, UserError
 
 NOT_SWEPT = ("logdir", "run_name", "events_dir", "export_dir", "overwrite", "profile_steps")
-for _name, _default, _kind, _help, _shown, _choices in config.settings():
-    if _name not in NOT_SWEPT:
-        flags.DEFINE_string(_name, None, f"{_help} (one value, or a comma-separated list to sweep)")
-flags.DEFINE_string("logdir", "logs/sweep", "the sweep's folder: one run directory per point, sweep.json, sweep.svg")
-flags.DEFINE_boolean("zip", False, "pair the lists element by element (a list of points) instead of crossing them")
-flags.DEFINE_integer("parallel", 1, "points trained at once, each its own process")
 FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """The sweep's flags: every train setting as text (one value or a list), and its own. Defined by the entry
+    point only, so that importing this module (the tests do, beside distmnist.train) defines nothing."""
+    for name, _, _, help_text, _, _ in config.settings():
+        if name not in NOT_SWEPT:
+            flags.DEFINE_string(name, None, f"{help_text} (one value, or a comma-separated list to sweep)")
+    flags.DEFINE_string("logdir", "logs/sweep", "the sweep's folder: one run directory per point, sweep.json, "
+                        "sweep.svg")
+    flags.DEFINE_boolean("zip", False, "pair the lists element by element (a list of points) instead of crossing "
+                         "them")
+    flags.DEFINE_integer("parallel", 1, "points trained at once, each its own process")
+
 
 SWEPT_NAMES = [name for name, *_ in config.settings() if name not in NOT_SWEPT]
 FAILED = "failed"
@@ -270,4 +278,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    define_flags()
     cli.run(main, prog="distmnist.sweep")

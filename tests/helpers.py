@@ -1,6 +1,7 @@
 """What the tests share: running the entry points as a user would (a subprocess with the test's Python), tiny
 MNIST-shaped data, and reading back what runs wrote."""
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -55,6 +56,25 @@ def free_ports(count: int) -> list:
     for s in socks:
         s.close()
     return ports
+
+
+@contextlib.contextmanager
+def tensorboard_server(logdir):
+    """A real TensorBoard (what `make tensorboard` runs) on a free loopback port over logdir: yields (the server
+    process, its data API's base URL); always stopped at the end."""
+    port, = free_ports(1)
+    tensorboard = os.path.join(os.path.dirname(sys.executable), "tensorboard")
+    server = subprocess.Popen([tensorboard, "--logdir", str(logdir), "--host", "127.0.0.1", "--port", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        yield server, f"http://127.0.0.1:{port}/data"
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
 
 
 def saved_weights(run_dir) -> dict:

@@ -2,7 +2,6 @@
 again, a diverging point, and what TensorBoard's HParams plugin makes of it."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -13,7 +12,7 @@ import pytest
 
 from distmnist import sweep
 from distmnist.errors import UserError
-from helpers import REPO, free_ports, run_module
+from helpers import REPO, run_module, tensorboard_server
 
 
 def test_a_grid_crosses_the_lists_and_a_list_pairs_them():
@@ -63,12 +62,8 @@ def post_json(url: str, body: dict):
 
 def hparams_seen_by_tensorboard(logdir) -> tuple:
     """(the experiment, the session groups) from a real TensorBoard's HParams plugin over HTTP."""
-    port, = free_ports(1)
-    tensorboard = os.path.join(os.path.dirname(sys.executable), "tensorboard")
-    server = subprocess.Popen([tensorboard, "--logdir", str(logdir), "--host", "127.0.0.1", "--port", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    base = f"http://127.0.0.1:{port}/data/plugin/hparams"
-    try:
+    with tensorboard_server(logdir) as (server, data):
+        base = f"{data}/plugin/hparams"
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             assert server.poll() is None, server.stderr.read()[-3000:]
@@ -85,21 +80,14 @@ def hparams_seen_by_tensorboard(logdir) -> tuple:
                 pass
             time.sleep(0.5)
         raise AssertionError("TensorBoard's HParams plugin did not list the sweep within 90 s")
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
 
 
 @pytest.mark.slow
 def test_a_sweep_stopped_half_way_finishes_its_missing_points_and_fills_the_hparams_dashboard(tmp_path, tiny_npz_dir):
     logdir = tmp_path / "sweep"
     command = [sys.executable, "-m", "distmnist.sweep", f"--logdir={logdir}", f"--data_dir={tiny_npz_dir}",
-               "--learning_rate=0.5,50", "--seed=1,2", "--batch_size=16", "--max_steps=300", "--log_every=20",
-               "--eval_every=100", "--checkpoint_every=4", "--steps_per_loop=4"]
+               "--learning_rate=0.5,50", "--seed=1,2", "--batch_size=16", "--max_steps=120", "--log_every=20",
+               "--eval_every=60", "--checkpoint_every=4", "--steps_per_loop=4"]
     first = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     done = logdir / "learning_rate=0.5,seed=1" / "run.json"
     second = logdir / "learning_rate=0.5,seed=2"
@@ -114,9 +102,9 @@ def test_a_sweep_stopped_half_way_finishes_its_missing_points_and_fills_the_hpar
                                                    "the same command to finish the sweep")
     finished_at = done.stat().st_mtime_ns
 
-    again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    again = subprocess.run([*command, "--parallel=2"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "sweep: 4 points in" in again.stdout and "1 already done, 3 to run" in again.stdout
+    assert "sweep: 4 points in" in again.stdout and "1 already done, 3 to run, 2 at a time" in again.stdout
     assert done.stat().st_mtime_ns == finished_at  # the finished point did not run again
     report = json.loads((logdir / "sweep.json").read_text())
     by_name = {p["run_name"]: p for p in report["points"]}

@@ -5,8 +5,6 @@ import gzip
 import json
 import os
 import re
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -18,7 +16,7 @@ from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 from tensorflow.python.framework import tensor_util
 
-from helpers import free_ports, read_scalars, run_module, run_python
+from helpers import read_scalars, run_module, run_python, tensorboard_server
 
 pytestmark = [pytest.mark.slow]
 
@@ -105,12 +103,7 @@ def get_json(url: str):
 def assert_tensorboard_serves(logdir, run: str, history: dict):
     """Starts a real TensorBoard server on a free loopback port and reads the run's loss and accuracy back
     through its HTTP data API (bounded wait; the server is always stopped)."""
-    port, = free_ports(1)
-    tensorboard = os.path.join(os.path.dirname(sys.executable), "tensorboard")  # what `make tensorboard` runs
-    server = subprocess.Popen([tensorboard, "--logdir", str(logdir), "--host", "127.0.0.1", "--port", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    base = f"http://127.0.0.1:{port}/data"
-    try:
+    with tensorboard_server(logdir) as (server, base):
         deadline = time.monotonic() + 90
         series = {}
         while time.monotonic() < deadline:
@@ -138,13 +131,6 @@ def assert_tensorboard_serves(logdir, run: str, history: dict):
         steps, = [[row["c"][0]["v"] for row in table["rows"]] for table in overview
                   if "stepnum" in [col["id"] for col in table.get("cols", [])]]
         assert steps == ["train 8", "train 10", "train 14"]
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
 
     # Each point is [wall_time, step, value]: the same steps and values the run recorded.
     assert [(step, round(value, 5)) for _, step, value in series["loss"]] == \
