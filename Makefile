@@ -43,7 +43,7 @@ sweep: data
 test: $(VENV)/.installed-test
 	$(PY) -m pytest -q --durations=15 tests
 
-# No cluster, network or real-MNIST training, few subprocesses: about 90 s on 2 cores.
+# No cluster, network or real-MNIST training, few subprocesses: about 2 min on 2 cores.
 test-fast: $(VENV)/.installed-test
 	$(PY) -m pytest -q -m "not slow and not cluster and not network and not gpu" tests
 
