@@ -175,10 +175,10 @@ def write_artifacts(run: Run, timing: dict, history: dict, painter: Painter) -> 
     start = time.perf_counter()
     test_written, png = painter.result()
     written += test_written
-    summaries.write_image(run.events_dir, "calibration", png, trainer.step,
-                          "reliability diagram of the exported probabilities on the test set")
-    summaries.write_scalars(run.events_dir, experiment.final_scalars(
-        time.perf_counter() - run.started, calibration["test"]["ece_after"]), trainer.step)
+    summaries.write_end_of_run(run.events_dir, trainer.step, png,
+                               "reliability diagram of the exported probabilities on the test set",
+                               experiment.final_scalars(time.perf_counter() - run.started,
+                                                        calibration["test"]["ece_after"]))
     run.timings["pictures_s"] = time.perf_counter() - start  # what drawing adds: it overlaps the export
     first_call_s = timing["first_call_s"] or 0.0  # none when a finished run is resumed: nothing left to train
     run.timings.update(first_call_s=first_call_s, steps_s=timing["train_time_s"] - first_call_s,

@@ -35,7 +35,7 @@ def gradients(weights, features: tf.Tensor, targets: tf.Tensor, global_batch_siz
     return grads, loss, finite
 
 
-def sgd(variable: tf.Variable, grad: tf.Tensor, learning_rate: tf.Tensor, apply: tf.Tensor = True):
+def sgd(variable: tf.Variable, grad: tf.Tensor, learning_rate: tf.Tensor, apply: tf.Tensor):
     """Plain SGD on one weight, where `apply` (a boolean scalar) says so: a select, not a branch (nothing for
     the host to wait on). The select picks the step or zero, so a non-finite gradient that is not applied leaves
     the weight as it was; one op more than plain SGD outside XLA, none inside (fused)."""

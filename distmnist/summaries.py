@@ -17,11 +17,15 @@ from distmnist.model import MLP
 MISTAKES_SHOWN = 24  # misclassified test digits in each evaluation's TensorBoard image
 
 
-def write_image(run_dir: str, tag: str, png: bytes, step: int, description: str) -> None:
-    """One PNG image into the run's TensorBoard events (for pictures made after the training loop's writer closed)."""
+def write_end_of_run(run_dir: str, step: int, png: bytes, description: str, scalars: dict) -> None:
+    """What a run logs after the training loop's writer closed, through one writer: the reliability diagram as
+    the `calibration` image and the end-of-run metrics as scalars."""
     writer = tf.summary.create_file_writer(run_dir)
     with writer.as_default():
-        tf.summary.image(tag, tf.io.decode_png(png, channels=3)[tf.newaxis], step=step, description=description)
+        tf.summary.image("calibration", tf.io.decode_png(png, channels=3)[tf.newaxis], step=step,
+                         description=description)
+        for tag, value in scalars.items():
+            tf.summary.scalar(tag, value, step=step)
     writer.close()
 
 
@@ -29,15 +33,6 @@ def config_table(config: TrainConfig) -> str:
     """The run's settings as a Markdown table (TensorBoard's Text dashboard renders it)."""
     rows = [f"| `--{name}` | `{value}` |" for name, value in dataclasses.asdict(config).items()]
     return "\n".join(["| flag | value |", "|---|---|", *rows])
-
-
-def write_scalars(run_dir: str, scalars: dict, step: int) -> None:
-    """Scalars into the run's TensorBoard events after the training loop's writer closed (end-of-run metrics)."""
-    writer = tf.summary.create_file_writer(run_dir)
-    with writer.as_default():
-        for tag, value in scalars.items():
-            tf.summary.scalar(tag, value, step=step)
-    writer.close()
 
 
 class RunReporter(Reporter):
