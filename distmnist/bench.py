@@ -11,6 +11,7 @@ over 2.41 MFLOP per example); for 1 and 2 CPU replicas, or 1..N GPUs. All of the
 --rounds times, and each one's best round counts. Then time to 98% test accuracy. Then the whole process
 (wholeprocess.py): `python -m distmnist.train` at its defaults against a Keras fit script doing the same
 training, and a bare `import tensorflow`, each a fresh process timed from outside, --process_rounds times.
+Between them, what checkpoints cost the training (checkpointcost.py).
 """
 
 import dataclasses
@@ -36,6 +37,9 @@ flags.DEFINE_integer("warmup_steps", 50, "Untimed steps first (tracing, compilin
 flags.DEFINE_integer("rounds", 3, "Times each contender is measured, all contenders in turn; the best counts.")
 flags.DEFINE_integer("max_epochs", 15, "Give up the time-to-accuracy race after this many epochs.")
 flags.DEFINE_string("data_dir", None, "As for distmnist.train.")
+flags.DEFINE_integer("checkpoint_rounds", 30, "Paired rounds of the checkpoint section (training with and "
+                     "without a checkpoint every --checkpoint_every steps); 0 skips it.")
+flags.DEFINE_integer("checkpoint_every", TrainConfig.checkpoint_every, "Steps between checkpoints in that section.")
 flags.DEFINE_integer("process_rounds", 3, "Rounds of the whole-process section (distmnist.train at its defaults, "
                      "a Keras fit script, a bare TensorFlow import, each a fresh process); 0 skips it.")
 
@@ -77,9 +81,9 @@ SOLO_NAME = "distmnist (default, own process)"  # what JAX is compared with: bot
 def run_bench() -> dict:
     # Settings checked before TensorFlow is imported, as the train entry point does: bad flags fail at once.
     if FLAGS.batch_size <= 0 or FLAGS.steps <= 0 or FLAGS.rounds <= 0 or FLAGS.warmup_steps < 0 \
-            or FLAGS.process_rounds < 0:
-        raise UserError("--batch_size, --steps and --rounds must be positive, --warmup_steps and --process_rounds "
-                        ">= 0")
+            or FLAGS.process_rounds < 0 or FLAGS.checkpoint_rounds < 0 or FLAGS.checkpoint_every <= 0:
+        raise UserError("--batch_size, --steps, --rounds and --checkpoint_every must be positive, --warmup_steps, "
+                        "--checkpoint_rounds and --process_rounds >= 0")
     config = TrainConfig(batch_size=FLAGS.batch_size)  # the time-to-accuracy race's settings
     tf = tfquiet.import_tensorflow()
     from distmnist import contenders, data
@@ -117,7 +121,7 @@ def _measure_all(tf, mnist, num_gpus: int, timing, rounds: int, config: TrainCon
                  jax_dir) -> dict:
     import numpy as np
 
-    from distmnist import contenders, files
+    from distmnist import checkpointcost, contenders, files
 
     if jax_dir:
         npz = os.path.join(jax_dir, "mnist.npz")  # the solo processes read the same arrays, whatever the source
@@ -206,6 +210,13 @@ def _measure_all(tf, mnist, num_gpus: int, timing, rounds: int, config: TrainCon
         "distmnist_over_jax": jax_section,
         "time_to_accuracy": {"target": target, "learning_rate": config.learning_rate, "by": race},
     }
+    checkpoint_rounds = min(2, FLAGS.checkpoint_rounds) if quick else FLAGS.checkpoint_rounds
+    if checkpoint_rounds:
+        gc.collect()
+        every = 10 if quick else FLAGS.checkpoint_every
+        print(f"checkpoints: {checkpoint_rounds} paired round(s) of {every} steps with and without a save", flush=True)
+        report["checkpoints"] = checkpointcost.measure(mnist, replica_setups(num_gpus, device_name)[0][2](), every,
+                                                       checkpoint_rounds)
     process_rounds = min(1, FLAGS.process_rounds) if quick else FLAGS.process_rounds
     if process_rounds:
         print(f"whole process: {process_rounds} round(s) of three fresh processes, in turn", flush=True)
@@ -229,6 +240,10 @@ def table(report: dict) -> str:
     jax = report["distmnist_over_jax"]
     lines.append("distmnist default / jax scan, each in its own process: " + (f"skipped, {jax['skipped']}" if "skipped" in jax else ", ".join(
         f"{replicas} replica(s) {ratio:.2f}" for replicas, ratio in jax["by_replicas"].items())))
+    if "checkpoints" in report:
+        from distmnist import checkpointcost
+
+        lines.append(checkpointcost.table(report["checkpoints"]))
     if "whole_process" in report:
         lines.append(wholeprocess.table(report["whole_process"]))
     return "\n".join(lines)

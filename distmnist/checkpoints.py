@@ -5,19 +5,24 @@ The input position is not stored: both input paths derive it from the seed and t
 tf.train.CheckpointManager records a checkpoint as the latest only after all its files are written, so a
 checkpoint cut short by a crash is never picked up; a latest one that cannot be read is reported and the one
 before it used.
+
+Saving is TensorFlow's asynchronous checkpointing: save() copies the variables (2 MB) and returns, a thread of
+TensorFlow's writes the files and records them while the next training call runs. A save waits for the one
+before it; wait() (and latest_step, close) waits for the last one and reports a write that failed.
 """
 
 import json
 import os
 import shutil
 import tempfile
+import time
 from typing import Optional
 
 import tensorflow as tf
 from absl import logging
 
 from distmnist import files, rundir, tfquiet
-from distmnist.errors import UserError
+from distmnist.errors import RunFailed, UserError
 from distmnist.loop import Trainer
 
 HISTORY = "history.json"
@@ -33,19 +38,43 @@ class Checkpointer:
         self._step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
         self._checkpoint = tf.train.Checkpoint(model=trainer.model, step=self._step)
         self._manager = tf.train.CheckpointManager(self._checkpoint, self.directory, max_to_keep=keep)
+        self._options = tf.train.CheckpointOptions(enable_async=True)
+        tfquiet.quiet_checkpoint_writer()
+        self._pending = None  # the step of a save not yet waited for
+        self.seconds = 0.0  # what saving has cost the caller: the copies, and the waits for the writes
 
-    def save(self, step: int, history: dict) -> str:
-        """Writes the history first, then the checkpoint: a checkpoint never lacks the history up to it."""
+    def save(self, step: int, history: dict) -> None:
+        """Writes the history first, then starts the checkpoint: a checkpoint never lacks the history up to it."""
+        start = time.perf_counter()
+        self.wait()
         if not self._scratch:
             os.makedirs(self.directory, exist_ok=True)
             files.write_json(os.path.join(self.directory, HISTORY), history)
         self._step.assign(step)
-        with tfquiet.absl_warnings_only():
-            return self._manager.save(checkpoint_number=step)
+        self._manager.save(checkpoint_number=step, options=self._options)
+        self._pending = step
+        self.seconds += time.perf_counter() - start
+
+    def wait(self) -> None:
+        """Returns when the last save is written and recorded; RunFailed when it could not be written."""
+        if self._pending is None:
+            return
+        start = time.perf_counter()
+        step, self._pending = self._pending, None
+        self._manager.sync()
+        self.seconds += time.perf_counter() - start
+        if self._latest() != step:
+            raise RunFailed(f"the checkpoint of step {step} could not be written to {self.directory}: "
+                            f"{_write_error(self._checkpoint)}; free space or fix the folder's permissions, then "
+                            "run the same command to resume from the checkpoint before it")
 
     @property
     def latest_step(self) -> Optional[int]:
-        """The step of the newest complete checkpoint, None when there is none."""
+        """The step of the newest complete checkpoint, None when there is none (a save in flight is waited for)."""
+        self.wait()
+        return self._latest()
+
+    def _latest(self) -> Optional[int]:
         latest = self._manager.latest_checkpoint
         return int(latest.rpartition("-")[2]) if latest else None
 
@@ -71,5 +100,18 @@ class Checkpointer:
             return rundir.kept_history(json.load(f), step)
 
     def close(self) -> None:
-        if self._scratch:
-            shutil.rmtree(self._scratch, ignore_errors=True)
+        """Waits for the last save, then removes a worker's scratch folder."""
+        try:
+            self.wait()
+        finally:
+            if self._scratch:
+                shutil.rmtree(self._scratch, ignore_errors=True)
+
+
+def _write_error(checkpoint: tf.train.Checkpoint) -> str:
+    """The error TensorFlow's writer thread kept (taken, so that it is not raised again when the process exits)."""
+    helper = getattr(checkpoint, "_async_checkpointer_impl", None)
+    error = getattr(helper, "_async_error", None)
+    if helper is not None:
+        helper._async_error = None
+    return (str(error).strip().splitlines() or [type(error).__name__])[0] if error else "no error was reported"

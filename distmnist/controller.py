@@ -27,7 +27,6 @@ class Controller:
         self.timed_examples = 0
         self.train_time_s = 0.0
         self.evaluations_s = 0.0
-        self.checkpoints_s = 0.0
 
     def _on_call(self, first_step: int, losses, seconds: float) -> None:
         examples = len(losses) * self.trainer.global_batch_size
@@ -46,15 +45,10 @@ class Controller:
         self.reporter.predictions(self.trainer.step, classes)
         self.evaluations_s += time.perf_counter() - start
 
-    def _checkpoint(self, step: int) -> None:
-        start = time.perf_counter()
-        self.save_checkpoint(step)
-        self.checkpoints_s += time.perf_counter() - start
-
     def run(self) -> dict:
         """Trains to the trainer's total_steps (or a stop request: then trainer.stopped is True). Returns the
         timings: examples_per_sec (calls after the first), first_call_s (tracing and compilation included),
-        train_time_s (all calls), evaluations_s, checkpoints_s."""
+        train_time_s (all calls), evaluations_s (checkpoints are timed by their saver)."""
         trainer, config = self.trainer, self.trainer.config
         if trainer.step == 0:
             self._evaluate()
@@ -77,12 +71,12 @@ class Controller:
                 profiler.stop()  # a range cut short by a stop, or reaching beyond the end
             if trainer.stopped:
                 if self.save_checkpoint and saved_at != trainer.step:
-                    self._checkpoint(trainer.step)
+                    self.save_checkpoint(trainer.step)
                 break
             if trainer.step % every == 0 or trainer.step == trainer.total_steps:
                 self._evaluate()
             if self.save_checkpoint and (trainer.step % save_every == 0 or trainer.step == trainer.total_steps):
-                self._checkpoint(trainer.step)
+                self.save_checkpoint(trainer.step)
                 saved_at = trainer.step
         return {
             "profile_s": profiler.seconds,
@@ -90,5 +84,4 @@ class Controller:
             "first_call_s": self.first_call_s,
             "train_time_s": self.train_time_s,
             "evaluations_s": self.evaluations_s,
-            "checkpoints_s": self.checkpoints_s,
         }

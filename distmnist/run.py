@@ -182,7 +182,7 @@ def write_artifacts(run: Run, timing: dict, history: dict, painter: Painter) -> 
     run.timings["pictures_s"] = time.perf_counter() - start  # what drawing adds: it overlaps the export
     first_call_s = timing["first_call_s"] or 0.0  # none when a finished run is resumed: nothing left to train
     run.timings.update(first_call_s=first_call_s, steps_s=timing["train_time_s"] - first_call_s,
-                       evaluations_s=timing["evaluations_s"], checkpoints_s=timing["checkpoints_s"],
+                       evaluations_s=timing["evaluations_s"], checkpoints_s=run.checkpointer.seconds,
                        profile_s=timing["profile_s"])
     # From the first distmnist import when the entry point timed its imports; from set_up's start otherwise.
     run.timings["total_s"] = time.perf_counter() - (run.started if run.timings["imports_s"] is None

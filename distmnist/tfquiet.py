@@ -10,6 +10,7 @@ The dropped lines are kept in `captured`: the CUDA ones say why no GPU was regis
 
 import contextlib
 import importlib.abc
+import logging as std_logging
 import os
 import sys
 import tempfile
@@ -74,6 +75,24 @@ def import_tensorflow(replay: bool = True):
         tf.config.list_physical_devices()
         tf.get_logger().setLevel("WARNING")  # tf.distribute narrates device placement at INFO
     return tf
+
+
+class _CheckpointNarration(std_logging.Filter):
+    """TensorFlow's checkpoint writer thread narrates each save at INFO ("Starting async checkpoint save ...",
+    the sharding callback's duration); its warnings and errors pass."""
+
+    FILES = ("async_checkpoint_helper.py", "functional_saver.py", "checkpoint_management.py")
+
+    def filter(self, record) -> bool:
+        return record.levelno >= std_logging.WARNING or record.filename not in self.FILES
+
+
+_checkpoint_narration = _CheckpointNarration()
+
+
+def quiet_checkpoint_writer() -> None:
+    """Drops the INFO lines of TensorFlow's checkpointing, from whichever thread (idempotent)."""
+    logging.get_absl_logger().addFilter(_checkpoint_narration)
 
 
 @contextlib.contextmanager

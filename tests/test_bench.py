@@ -49,6 +49,13 @@ def test_quick_bench_writes_a_complete_report(tmp_path):
     assert "distmnist (default) (1x CPU)" in texts
     assert "compute bound" in result.stdout and "vs_keras_default" in result.stdout
 
+    # The checkpoint section: two paired rounds of 10-step blocks in quick mode.
+    saves = report["checkpoints"]
+    assert (saves["every"], saves["rounds"], saves["goal"]) == (10, 2, 0.03)
+    assert saves["block_s"] > 0 and saves["block_with_save_s"] > 0
+    assert saves["cost_fraction"] == pytest.approx(saves["cost_s"] / saves["block_s"])
+    assert "checkpoints every 10 steps (median of 2 paired rounds)" in result.stdout
+
     # The whole-process section: each command once in quick mode, distmnist's parts from its run.json.
     whole = report["whole_process"]
     assert whole["rounds"] == 1 and set(whole["seconds"]) == {"tensorflow import", "distmnist.train",

@@ -4,6 +4,9 @@ have each step once; half-written and corrupt checkpoints are never used; a dive
 checkpoint; other flags are refused."""
 
 import json
+import os
+import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,7 +19,7 @@ from tensorboard.backend.event_processing import event_accumulator
 
 from distmnist.checkpoints import Checkpointer
 from distmnist.config import TrainConfig
-from distmnist.errors import UserError
+from distmnist.errors import RunFailed, UserError
 from distmnist.loop import Trainer
 from distmnist.strategy import make_strategy
 from helpers import REPO, assert_same_weights, read_scalars, run_module, saved_weights
@@ -168,7 +171,8 @@ def test_a_half_written_or_corrupt_latest_checkpoint_is_never_used(tmp_path, tin
     for step in (10, 20):
         first.run_steps(10)
         saver.save(step, {"loss": [], "accuracy": []})
-        saved[step] = first.weights()
+        saved[step] = first.weights()  # what the save copied: the next call trains while the files are written
+    saver.wait()
     directory = tmp_path / "checkpoints"
     # A process killed while writing step 30: its files exist, but the index never named it.
     for path in directory.glob("ckpt-20.*"):
@@ -194,3 +198,19 @@ def test_a_half_written_or_corrupt_latest_checkpoint_is_never_used(tmp_path, tin
     data.write_bytes(b"")
     with pytest.raises(UserError, match="no checkpoint in .* can be read; start afresh with --overwrite"):
         Checkpointer(trainer(), str(tmp_path), keep=3).restore_latest()
+
+
+def test_a_checkpoint_that_cannot_be_written_is_reported_when_waited_for(tmp_path, tiny_mnist):
+    trainer = Trainer(TrainConfig(batch_size=32, max_steps=30), make_strategy().strategy, tiny_mnist)
+    saver = Checkpointer(trainer, None, keep=3)  # a worker's scratch folder: no history file, no makedirs
+    trainer.run_steps(10)
+    saver.save(10, {})
+    assert saver.latest_step == 10  # waits for the write
+    shutil.rmtree(saver.directory)
+    pathlib.Path(saver.directory).write_text("a file where the folder was")
+    trainer.run_steps(10)
+    saver.save(20, {})  # returns at once: the write fails in TensorFlow's writer thread
+    with pytest.raises(RunFailed, match=r"^the checkpoint of step 20 could not be written to .*: .+; free space"):
+        saver.wait()
+    os.remove(saver.directory)
+    saver.close()
