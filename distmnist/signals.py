@@ -1,7 +1,9 @@
 """SIGTERM and SIGINT become a request to stop cleanly: the loop finishes the call in flight (at most
 steps_per_loop steps), writes a checkpoint and exits with 128 + the signal number (143, 130).
 
-A second signal gets the default behaviour at once (Ctrl-C twice quits without a checkpoint).
+After the first signal, SIGINT gets its default behaviour back (Ctrl-C twice quits without a checkpoint), while
+a repeated SIGTERM changes nothing: on a preempted cloud VM a preemption watcher and the shutdown script each
+send one, and the second must not cut the checkpoint short (SIGKILL quits at once).
 """
 
 import signal
@@ -32,10 +34,14 @@ class StopOnSignal:
         return 128 + self.signum
 
     def _handle(self, signum, frame) -> None:
+        if self.requested:  # a repeated SIGTERM: already stopping
+            return
         self.signum = signum
-        self._restore()
+        if signal.SIGINT in self._previous:
+            signal.signal(signal.SIGINT, self._previous.pop(signal.SIGINT))
+        quits = "Ctrl-C again" if signum == signal.SIGINT else "Ctrl-C or SIGKILL"
         print(f"{signal.Signals(signum).name} received: stopping after the current steps and writing a checkpoint "
-              "(send it again to quit at once)", file=self._stream, flush=True)
+              f"({quits} quits at once)", file=self._stream, flush=True)
 
     def _restore(self) -> None:
         for signum, handler in self._previous.items():

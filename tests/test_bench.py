@@ -109,9 +109,10 @@ def test_without_jax_the_jax_contender_says_so(tmp_path):
 
 def test_bad_counts_are_one_line_and_write_nothing(tmp_path):
     out = tmp_path / "out"
-    result = run_module("distmnist.bench", "--rounds=0", f"--out={out}")
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [
-        "distmnist.bench: error: --batch_size, --steps and --rounds must be positive, --warmup_steps and "
-        "--process_rounds >= 0"]
-    assert not out.exists()
+    for bad in ("--rounds=0", "--checkpoint_every=0", "--checkpoint_rounds=-1"):
+        result = run_module("distmnist.bench", bad, f"--out={out}")
+        assert result.returncode == 2, bad
+        assert result.stderr.strip().splitlines() == [
+            "distmnist.bench: error: --batch_size, --steps, --rounds and --checkpoint_every must be positive, "
+            "--warmup_steps, --checkpoint_rounds and --process_rounds >= 0"], bad
+        assert not out.exists()

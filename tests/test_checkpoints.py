@@ -3,6 +3,7 @@ signal, then run again, ends bit-identical to one that was never interrupted, wi
 have each step once; half-written and corrupt checkpoints are never used; a diverging run keeps its last good
 checkpoint; other flags are refused."""
 
+import io
 import json
 import os
 import pathlib
@@ -21,6 +22,7 @@ from distmnist.checkpoints import Checkpointer
 from distmnist.config import TrainConfig
 from distmnist.errors import RunFailed, UserError
 from distmnist.loop import Trainer
+from distmnist.signals import StopOnSignal
 from distmnist.strategy import make_strategy
 from helpers import REPO, assert_same_weights, read_scalars, run_module, saved_weights
 
@@ -214,3 +216,24 @@ def test_a_checkpoint_that_cannot_be_written_is_reported_when_waited_for(tmp_pat
         saver.wait()
     os.remove(saver.directory)
     saver.close()
+
+
+def test_a_repeated_sigterm_keeps_stopping_cleanly_and_ctrl_c_twice_quits():
+    """On a preempted VM a preemption watcher and the shutdown script each send SIGTERM: the second must not cut
+    the checkpoint short. A second Ctrl-C quits at once."""
+    stream = io.StringIO()
+    with StopOnSignal(stream) as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)  # still alive: the handler ignores it
+        assert stop.requested and stop.exit_status == 143
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert stream.getvalue().splitlines() == ["SIGTERM received: stopping after the current steps and writing a "
+                                              "checkpoint (Ctrl-C or SIGKILL quits at once)"]
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+    with StopOnSignal(io.StringIO()) as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.name == "SIGINT"
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
