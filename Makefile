@@ -40,12 +40,15 @@ train: data
 sweep: data
 	$(PY) -m distmnist.sweep $(SWEEP_FLAGS)
 
+# Two test processes (pytest-xdist): most tests wait on processes they start (TensorFlow's import is mostly one
+# core), so two at a time fill both cores. TESTS_N=1 runs them one at a time.
+TESTS_N ?= 2
 test: $(VENV)/.installed-test
-	$(PY) -m pytest -q --durations=15 tests
+	$(PY) -m pytest -q -n $(TESTS_N) --durations=15 tests
 
 # No cluster, network or real-MNIST training, few subprocesses: about 2 min on 2 cores.
 test-fast: $(VENV)/.installed-test
-	$(PY) -m pytest -q -m "not slow and not cluster and not network and not gpu" tests
+	$(PY) -m pytest -q -n $(TESTS_N) -m "not slow and not cluster and not network and not gpu" tests
 
 doctor: $(VENV)/.installed
 	$(PY) -m distmnist.doctor
