@@ -221,6 +221,15 @@ def test_a_checkpoint_that_cannot_be_written_is_reported_when_waited_for(tmp_pat
 def test_a_repeated_sigterm_keeps_stopping_cleanly_and_ctrl_c_twice_quits():
     """On a preempted VM a preemption watcher and the shutdown script each send SIGTERM: the second must not cut
     the checkpoint short. A second Ctrl-C quits at once."""
+    # Python's own SIGINT handler to return to (pytest-xdist's workers ignore SIGINT).
+    outside = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _signal_twice()
+    finally:
+        signal.signal(signal.SIGINT, outside)
+
+
+def _signal_twice():
     stream = io.StringIO()
     with StopOnSignal(stream) as stop:
         os.kill(os.getpid(), signal.SIGTERM)
