@@ -48,8 +48,11 @@ class Checkpointer:
         start = time.perf_counter()
         self.wait()
         if not self._scratch:
-            os.makedirs(self.directory, exist_ok=True)
-            files.write_json(os.path.join(self.directory, HISTORY), history)
+            try:
+                os.makedirs(self.directory, exist_ok=True)
+                files.write_json(os.path.join(self.directory, HISTORY), history)
+            except OSError as exc:
+                raise self._failed(step, exc.strerror or str(exc)) from None
         self._step.assign(step)
         self._manager.save(checkpoint_number=step, options=self._options)
         self._pending = step
@@ -64,9 +67,12 @@ class Checkpointer:
         self._manager.sync()
         self.seconds += time.perf_counter() - start
         if self._latest() != step:
-            raise RunFailed(f"the checkpoint of step {step} could not be written to {self.directory}: "
-                            f"{_write_error(self._checkpoint)}; free space or fix the folder's permissions, then "
-                            "run the same command to resume from the checkpoint before it")
+            raise self._failed(step, _write_error(self._checkpoint))
+
+    def _failed(self, step: int, why: str) -> RunFailed:
+        return RunFailed(f"the checkpoint of step {step} could not be written to {self.directory}: {why}; free "
+                         "space or fix the folder's permissions, then run the same command to resume from the "
+                         "checkpoint before it")
 
     @property
     def latest_step(self) -> Optional[int]:

@@ -217,6 +217,13 @@ def test_a_checkpoint_that_cannot_be_written_is_reported_when_waited_for(tmp_pat
     os.remove(saver.directory)
     saver.close()
 
+    # A run's own folder (the history is written first, by distmnist): the same line.
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "checkpoints").write_text("a file where the folder should be")
+    with pytest.raises(RunFailed, match=r"^the checkpoint of step 20 could not be written to .*checkpoints: .+"):
+        Checkpointer(trainer, str(run_dir), keep=3).save(20, {})
+
 
 def test_a_repeated_sigterm_keeps_stopping_cleanly_and_ctrl_c_twice_quits():
     """On a preempted VM a preemption watcher and the shutdown script each send SIGTERM: the second must not cut
