@@ -45,8 +45,8 @@ class Checkpointer:
 
     def save(self, step: int, history: dict) -> None:
         """Writes the history first, then starts the checkpoint: a checkpoint never lacks the history up to it."""
+        self.wait()  # times itself
         start = time.perf_counter()
-        self.wait()
         if not self._scratch:
             try:
                 os.makedirs(self.directory, exist_ok=True)

@@ -81,7 +81,7 @@ class _CheckpointNarration(std_logging.Filter):
     """TensorFlow's checkpoint writer thread narrates each save at INFO ("Starting async checkpoint save ...",
     the sharding callback's duration); its warnings and errors pass."""
 
-    FILES = ("async_checkpoint_helper.py", "functional_saver.py", "checkpoint_management.py")
+    FILES = ("async_checkpoint_helper.py", "functional_saver.py")  # the modules that log through absl
 
     def filter(self, record) -> bool:
         return record.levelno >= std_logging.WARNING or record.filename not in self.FILES
@@ -97,7 +97,7 @@ def quiet_checkpoint_writer() -> None:
 
 @contextlib.contextmanager
 def absl_warnings_only():
-    """TensorFlow narrates saving (every SavedModel file, each checkpoint's sharding) through absl at INFO."""
+    """TensorFlow narrates saving a SavedModel (every file) through absl at INFO."""
     verbosity = logging.get_verbosity()
     logging.set_verbosity(logging.WARNING)
     try:
