@@ -8,9 +8,9 @@ the trip count is a constant of the trace (a call of fewer steps masks the rest)
 ends. Nothing in the loop is read back by the host: a step whose loss or gradient is not finite, and every step
 after it in the call, leave the weights as they were, and the call returns the first such step and its replicas.
 
-With jit_compile, XLA compiles the whole multi-step call when there is one replica and the input allows it, and
-each replica's gradient computation otherwise (collectives stay outside XLA); docs/performance.md has what each
-is worth.
+With jit_compile, XLA compiles the whole multi-step call when there is one replica and the input allows it;
+otherwise each replica's step is two XLA launches, its batch and gradients, then its SGD update, with the
+all-reduce between them outside XLA; docs/performance.md has what each is worth.
 """
 
 import contextlib
@@ -81,10 +81,13 @@ class Trainer:
                                             config.shuffle_buffer, config.seed)
         jit = config.resolved_jit_compile()
         whole_call_jit = jit and self.num_replicas == 1 and self.input.xla_whole_call
-        self._gradients = tf.function(step.gradients, jit_compile=True) if jit and not whole_call_jit \
-            else step.gradients
-        self._call = tf.function(self._call_fn, jit_compile=whole_call_jit or None)
-        # No Python control flow on tensors in these: AutoGraph's conversion would only add to their tracing.
+        # No Python control flow on tensors in any of these: AutoGraph's conversion would only add to their tracing
+        # (0.7 s of the first call's for the training call).
+        per_replica_jit = functools.partial(tf.function, jit_compile=True, autograph=False) \
+            if jit and not whole_call_jit else (lambda fn: fn)
+        self._gradients = per_replica_jit(self._batch_gradients)
+        self._sgd_all = per_replica_jit(step.sgd_all)
+        self._call = tf.function(self._call_fn, jit_compile=whole_call_jit or None, autograph=False)
         self._evaluate = tf.function(self._evaluate_fn, autograph=False)
         self._any_replica = tf.function(self._any_replica_fn, autograph=False)  # traced only in a cluster
         self._from_replica_0 = tf.function(self._from_replica_0_fn, autograph=False)
@@ -98,24 +101,34 @@ class Trainer:
     def _replica_train_step(self, active, *batch_args):
         """One SGD step on this replica's batch, applied where `active` and every replica's loss and gradient are
         finite; returns the global batch's loss and, per replica, 1 where its loss or gradient was not finite."""
-        features, targets = self.input.batch(*batch_args)
         weights = [tf.convert_to_tensor(v) for v in self.model.weights]
-        grads, loss, finite = self._gradients(weights, features, targets, self.global_batch_size, self.loss_fn)
+        grads, loss, finite = self._gradients(weights, *batch_args)
         ctx = tf.distribute.get_replica_context()
         bad = tf.one_hot(ctx.replica_id_in_sync_group, self.num_replicas) * (1.0 - tf.cast(finite, tf.float32))
         # One all-reduce for the gradients and, in one small vector, the loss and the non-finite marks: each
         # tensor is a collective of its own between workers, so the marks must not add one.
         *grads, stats = ctx.all_reduce(tf.distribute.ReduceOp.SUM, list(grads) + [tf.concat([[loss], bad], 0)])
         apply = tf.logical_and(active, tf.reduce_max(stats[1:]) == 0.0)
-        ctx.merge_call(functools.partial(self._update_weights, update=functools.partial(self._sgd, apply=apply)),
-                       args=(grads,))
+        ctx.merge_call(functools.partial(self._apply_sgd, apply=apply), args=(grads,))
         return stats[0], stats[1:]
 
-    def _sgd(self, variable, grad, apply):
-        return step.sgd(variable, grad, self._learning_rate, apply)
+    def _batch_gradients(self, weights, *batch_args):
+        """This replica's batch (the device-resident input's gather) and its gradients: one XLA launch a replica
+        when XLA cannot take the whole call."""
+        features, targets = self.input.batch(*batch_args)
+        return step.gradients(weights, features, targets, self.global_batch_size, self.loss_fn)
+
+    def _apply_sgd(self, strategy, grads, apply):
+        """The merge_call target: SGD on every replica's copy of the weights, each copy in one call on its own
+        device (as strategy.extended.update places a variable's update, for all the weights at once)."""
+        copies = zip(*(strategy.experimental_local_results(v) for v in self.model.weights))
+        summed = zip(*(strategy.experimental_local_results(g) for g in grads))
+        for variables, replica_grads in zip(copies, summed):
+            with tf.device(variables[0].device):
+                self._sgd_all(list(variables), list(replica_grads), self._learning_rate, apply)
 
     def _update_weights(self, strategy, values, update):
-        """update(variable, value) on every replica's copy of each weight (SGD, or taking replica 0's); the
+        """update(variable, value) on every replica's copy of each weight (taking replica 0's); the
         merge_call target, with `update` bound beforehand (merge_call would treat it as per-replica data)."""
         for variable, value in zip(self.model.weights, values):
             strategy.extended.update(variable, update, args=(value,), group=False)

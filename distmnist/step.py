@@ -40,3 +40,10 @@ def sgd(variable: tf.Variable, grad: tf.Tensor, learning_rate: tf.Tensor, apply:
     the host to wait on). The select picks the step or zero, so a non-finite gradient that is not applied leaves
     the weight as it was; one op more than plain SGD outside XLA, none inside (fused)."""
     return variable.assign_sub(tf.where(apply, learning_rate * grad, 0.0))
+
+
+def sgd_all(variables, grads, learning_rate: tf.Tensor, apply: tf.Tensor) -> None:
+    """sgd on every weight of one replica's copy of the model: under XLA one launch a replica, not three ops a
+    weight that wait for the intra-op threads another replica's step holds."""
+    for variable, grad in zip(variables, grads):
+        sgd(variable, grad, learning_rate, apply)
