@@ -19,11 +19,16 @@ def _shuffled(dataset: tf.data.Dataset, shuffle_buffer: int, seed: int) -> tf.da
 
 
 class EpochOrder:
-    """Yields each epoch's order of training-example indices, int64 [n], in sequence from epoch 0."""
+    """Yields each epoch's order of training-example indices, int64 [n], in sequence from epoch 0.
 
-    def __init__(self, num_examples: int, shuffle_buffer: int, seed: int):
+    An epoch's order costs tf.data's shuffle about 0.13 s of one core (60,000 examples, 2-core AMD EPYC). A
+    background thread draws up to `ahead` epochs before they are asked for: made before the training call is
+    traced and compiled (one busy core), the orders of a short run are drawn on the idle one, not while training.
+    """
+
+    def __init__(self, num_examples: int, shuffle_buffer: int, seed: int, ahead: int = 1):
         indices = _shuffled(tf.data.Dataset.range(num_examples), shuffle_buffer, seed)
-        self._epochs = iter(indices.batch(num_examples).repeat())
+        self._epochs = iter(indices.batch(num_examples).repeat().prefetch(ahead))
 
     def next_epoch(self) -> np.ndarray:
         return next(self._epochs).numpy()
@@ -113,12 +118,13 @@ class DeviceInput:
     static_trip_count = True  # every call runs steps_per_loop iterations and masks those past its count
 
     def __init__(self, strategy: tf.distribute.Strategy, x: np.ndarray, y: np.ndarray, steps_per_epoch: int,
-                 per_replica_batch_size: int, steps_per_loop: int, shuffle_buffer: int, seed: int):
+                 per_replica_batch_size: int, steps_per_loop: int, shuffle_buffer: int, seed: int,
+                 epochs_ahead: int = 1):
         self.strategy = strategy
         self.steps_per_epoch = steps_per_epoch
         self.per_replica_batch_size = per_replica_batch_size
         self.steps_per_loop = steps_per_loop
-        self._new_order = lambda: EpochOrder(len(x), shuffle_buffer, seed)
+        self._new_order = lambda: EpochOrder(len(x), shuffle_buffer, seed, epochs_ahead)
         self._order = self._new_order()
         self._orders = {}  # epoch -> order, for the epochs the current call needs
         self._next_epoch = 0  # the epoch self._order draws next
