@@ -127,8 +127,9 @@ def keras_fit(mnist: Mnist, strategy: tf.distribute.Strategy, timing: Timing, tu
 
 def distmnist_trainer(mnist: Mnist, strategy: tf.distribute.Strategy, timing: Timing, input_path: str) -> float:
     """distmnist's own loop with the given input path and its defaults otherwise."""
+    # The steps it runs, no more: the input draws the epochs' orders a run needs ahead of time (loop.py).
     config = TrainConfig(batch_size=timing.per_replica_batch_size, learning_rate=timing.learning_rate,
-                         seed=timing.seed, input=input_path, max_steps=10 ** 9)
+                         seed=timing.seed, input=input_path, max_steps=timing.warmup_steps + timing.timed_steps)
     trainer = Trainer(config, strategy, mnist)
     return _examples_per_sec(trainer.run_steps, timing, trainer.global_batch_size)
 

@@ -205,7 +205,7 @@ def check_training(tf, steps: int) -> Check:
     mnist = Mnist(images, labels, images[:1000], labels[:1000], source="random pixels")
     choice = make_strategy(num_gpus=None if tf.config.list_physical_devices("GPU") else 0)
     try:
-        trainer = Trainer(TrainConfig(max_steps=10 ** 9, learning_rate=0.1), choice.strategy, mnist)
+        trainer = Trainer(TrainConfig(max_steps=20 + steps, learning_rate=0.1), choice.strategy, mnist)
         trainer.run_steps(20)  # tracing and compilation
         start = time.perf_counter()
         losses = trainer.run_steps(steps)

@@ -106,7 +106,7 @@ def measure_distmnist(npz: str, replicas: int, per_replica_batch_size: int, step
     with np.load(npz) as data:
         mnist = Mnist(*(data[key] for key in ("x_train", "y_train", "x_test", "y_test")), source=npz)
     config = TrainConfig(batch_size=per_replica_batch_size, learning_rate=learning_rate, seed=seed,
-                         max_steps=10 ** 9)
+                         max_steps=2 * steps)  # the steps it runs: the input draws their epochs' orders ahead
     trainer = Trainer(config, choice.strategy, mnist)
     trainer.run_steps(steps)  # tracing, compilation, caches
     start = time.perf_counter()
