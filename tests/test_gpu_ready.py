@@ -18,7 +18,7 @@ from distmnist.loop import Reporter, Trainer
 from distmnist.strategy import communication, make_strategy
 
 from helpers import REPO, free_ports
-from kernel_registry import ops_without_gpu_kernel
+from kernel_registry import XLA_MUST_COMPILE, nodes_outside_xla, ops_without_gpu_kernel
 
 INT32 = tf.int32.as_datatype_enum
 
@@ -51,6 +51,27 @@ def test_every_op_outside_xla_has_a_gpu_kernel(tiny_mnist, replicas, input_path,
     assert ops_without_gpu_kernel(classifier.serve.get_concrete_function().graph.as_graph_def()) == []
     Controller(trainer, Reporter()).run()  # and the traced code runs
     assert trainer.step == 5 and trainer.trace_count == 1
+
+
+@pytest.mark.parametrize("jit", [None, False])
+def test_with_xla_each_replica_step_is_two_launches_on_its_own_device(tiny_mnist, jit):
+    """On 2 replicas (XLA by default) each replica's batch and gradients, and after the all-reduce its update of
+    every weight, are one XLA launch each on the replica's device: no gather, matmul or variable update is left
+    to TensorFlow's executor. Without XLA they are (the check can fail)."""
+    config = TrainConfig(max_steps=5, batch_size=16, jit_compile=jit)
+    trainer = Trainer(config, make_strategy(cpu_replicas=2).strategy, tiny_mnist)
+    nodes = nodes_outside_xla(trainer.graphs()["train"])
+    executor_ops = {n.op for n in nodes} & {"GatherV2", "MatMul", "AssignSubVariableOp"}
+    launches = [n.device.split("device:")[-1] for n in nodes
+                if XLA_MUST_COMPILE in n.attr and n.attr[XLA_MUST_COMPILE].b]
+    if jit is None:
+        assert executor_ops == set()
+        assert sorted(launches) == ["CPU:0", "CPU:0", "CPU:1", "CPU:1"], launches
+    else:
+        assert executor_ops == {"GatherV2", "MatMul", "AssignSubVariableOp"}
+        assert launches == []
+    Controller(trainer, Reporter()).run()
+    assert trainer.step == 5
 
 
 def training_loop_limit(graph_def):
