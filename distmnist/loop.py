@@ -112,7 +112,8 @@ class Trainer:
         # tensor is a collective of its own between workers, so the marks must not add one.
         *grads, stats = ctx.all_reduce(tf.distribute.ReduceOp.SUM, list(grads) + [tf.concat([[loss], bad], 0)])
         apply = tf.logical_and(active, tf.reduce_max(stats[1:]) == 0.0)
-        ctx.merge_call(functools.partial(self._apply_sgd, apply=apply), args=(grads,))
+        sgd = functools.partial(self._sgd_all, learning_rate=self._learning_rate, apply=apply)
+        ctx.merge_call(functools.partial(self._update_copies, update=sgd), args=(grads,))
         return stats[0], stats[1:]
 
     def _batch_gradients(self, weights, *batch_args):
@@ -121,20 +122,16 @@ class Trainer:
         features, targets = self.input.batch(*batch_args)
         return step.gradients(weights, features, targets, self.global_batch_size, self.loss_fn)
 
-    def _apply_sgd(self, strategy, grads, apply):
-        """The merge_call target: SGD on every replica's copy of the weights, each copy in one call on its own
-        device (as strategy.extended.update places a variable's update, for all the weights at once)."""
+    def _update_copies(self, strategy, values, update):
+        """The merge_call target: update(variables, values) on every replica's copy of the weights with that
+        replica's values, on its own device (as strategy.extended.update places one variable's update), all the
+        weights in one call: SGD (one XLA launch a replica under per-replica XLA), or taking replica 0's. Bind
+        `update` beforehand: merge_call would treat its arguments as per-replica data."""
         copies = zip(*(strategy.experimental_local_results(v) for v in self.model.weights))
-        summed = zip(*(strategy.experimental_local_results(g) for g in grads))
-        for variables, replica_grads in zip(copies, summed):
+        replica_values = zip(*(strategy.experimental_local_results(x) for x in values))
+        for variables, replica_value in zip(copies, replica_values):
             with tf.device(variables[0].device):
-                self._sgd_all(list(variables), list(replica_grads), self._learning_rate, apply)
-
-    def _update_weights(self, strategy, values, update):
-        """update(variable, value) on every replica's copy of each weight (taking replica 0's); the
-        merge_call target, with `update` bound beforehand (merge_call would treat it as per-replica data)."""
-        for variable, value in zip(self.model.weights, values):
-            strategy.extended.update(variable, update, args=(value,), group=False)
+                update(list(variables), list(replica_value))
 
     def _replica_evaluate(self, images, labels):
         """(correct answers as float32, predicted classes): GPUs do not all-reduce int32 (TensorFlow's
@@ -183,18 +180,18 @@ class Trainer:
             args=(flag,))
         return self.strategy.experimental_local_results(summed)[0]
 
-    def _from_replica_0_fn(self, step):
+    def _from_replica_0_fn(self, at_step):
         """Every replica takes replica 0's weights and step: a sum in which every other replica adds zeros (the
         step in float64, exact far beyond any run's length; GPUs do not all-reduce integers)."""
-        def replica(step):
+        def replica(at_step):
             ctx = tf.distribute.get_replica_context()
             keep = tf.cast(tf.equal(ctx.replica_id_in_sync_group, 0), tf.float32)
             weights = ctx.all_reduce(tf.distribute.ReduceOp.SUM, [tf.convert_to_tensor(v) * keep
                                                                   for v in self.model.weights])
-            step = ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.identity(step) * tf.cast(keep, tf.float64))
-            ctx.merge_call(functools.partial(self._update_weights, update=lambda v, x: v.assign(x)), args=(weights,))
-            return step
-        return self.strategy.experimental_local_results(self.strategy.run(replica, args=(step,)))[0]
+            at_step = ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.identity(at_step) * tf.cast(keep, tf.float64))
+            ctx.merge_call(functools.partial(self._update_copies, update=step.assign_all), args=(weights,))
+            return at_step
+        return self.strategy.experimental_local_results(self.strategy.run(replica, args=(at_step,)))[0]
 
     # --- host side -------------------------------------------------------------------------------------------
 

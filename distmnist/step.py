@@ -47,3 +47,9 @@ def sgd_all(variables, grads, learning_rate: tf.Tensor, apply: tf.Tensor) -> Non
     weight that wait for the intra-op threads another replica's step holds."""
     for variable, grad in zip(variables, grads):
         sgd(variable, grad, learning_rate, apply)
+
+
+def assign_all(variables, values) -> None:
+    """Every weight of one replica's copy of the model set to the given values."""
+    for variable, value in zip(variables, values):
+        variable.assign(value)

@@ -53,7 +53,7 @@ def _called_functions(node, library: dict) -> list:
     return [n for n in names if n in library]
 
 
-def _compiled_by_xla(node) -> bool:
+def compiled_by_xla(node) -> bool:
     attr = node.attr.get(XLA_MUST_COMPILE)
     return attr is not None and attr.b
 
@@ -67,7 +67,7 @@ def nodes_outside_xla(graph_def: graph_pb2.GraphDef) -> list:
     def walk(nodes):
         for node in nodes:
             found.append(node)
-            if _compiled_by_xla(node):
+            if compiled_by_xla(node):
                 continue
             for name in _called_functions(node, library):
                 function = library[name]

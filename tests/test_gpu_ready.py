@@ -18,7 +18,7 @@ from distmnist.loop import Reporter, Trainer
 from distmnist.strategy import communication, make_strategy
 
 from helpers import REPO, free_ports
-from kernel_registry import XLA_MUST_COMPILE, nodes_outside_xla, ops_without_gpu_kernel
+from kernel_registry import compiled_by_xla, nodes_outside_xla, ops_without_gpu_kernel
 
 INT32 = tf.int32.as_datatype_enum
 
@@ -62,8 +62,7 @@ def test_with_xla_each_replica_step_is_two_launches_on_its_own_device(tiny_mnist
     trainer = Trainer(config, make_strategy(cpu_replicas=2).strategy, tiny_mnist)
     nodes = nodes_outside_xla(trainer.graphs()["train"])
     executor_ops = {n.op for n in nodes} & {"GatherV2", "MatMul", "AssignSubVariableOp"}
-    launches = [n.device.split("device:")[-1] for n in nodes
-                if XLA_MUST_COMPILE in n.attr and n.attr[XLA_MUST_COMPILE].b]
+    launches = [n.device.split("device:")[-1] for n in nodes if compiled_by_xla(n)]
     if jit is None:
         assert executor_ops == set()
         assert sorted(launches) == ["CPU:0", "CPU:0", "CPU:1", "CPU:1"], launches
