@@ -2,6 +2,7 @@
 served by a real TensorBoard server), and its answers to bad input."""
 
 import gzip
+import io
 import json
 import os
 import re
@@ -131,6 +132,11 @@ def assert_tensorboard_serves(logdir, run: str, history: dict):
         steps, = [[row["c"][0]["v"] for row in table["rows"]] for table in overview
                   if "stepnum" in [col["id"] for col in table.get("cols", [])]]
         assert steps == ["train 8", "train 10", "train 14"]
+        # The Images dashboard shows each evaluation's mistakes: the PNGs written as they are come back as PNGs.
+        mistakes = get_json(f"{base}/plugin/images/images?run={run}&tag=mistakes&sample=0")
+        assert [m["step"] for m in mistakes] == [step for step, accuracy in history["accuracy"] if accuracy < 1]
+        with urllib.request.urlopen(f"{base}/plugin/images/individualImage?{mistakes[-1]['query']}", timeout=5) as r:
+            assert Image.open(io.BytesIO(r.read())).format == "PNG"
 
     # Each point is [wall_time, step, value]: the same steps and values the run recorded.
     assert [(step, round(value, 5)) for _, step, value in series["loss"]] == \
@@ -174,6 +180,10 @@ def assert_run_described_in_tensorboard(run_dir: str, flags: dict):
     assert "features" in [node.name for node in acc.Graph().node]  # the model's graph
     assert acc.SummaryMetadata("calibration").plugin_data.plugin_name == "images"
     assert [e.step for e in acc.Tensors("calibration")] == [25]  # the reliability diagram, at the last step
+    for tag in ("mistakes", "calibration"):  # [width, height, PNG], as the Images dashboard reads them
+        width, height, png = tensor_util.MakeNdarray(acc.Tensors(tag)[-1].tensor_proto)
+        picture = Image.open(io.BytesIO(png))
+        assert picture.format == "PNG" and picture.size == (int(width), int(height)) and picture.size[0] > 100
 
 
 def assert_one_line_error(result, *fragments):
