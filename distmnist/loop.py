@@ -70,7 +70,7 @@ class Trainer:
         with strategy.scope():
             self.model = MLP(seed=config.seed)
         self._learning_rate = tf.constant(config.learning_rate, tf.float32)
-        self._test = self._shard_eval_set(mnist.x_test, mnist.y_test)
+        self._test = self._shard_eval_set(mnist.x_test, mnist.y_test)  # (features, labels), made once
         replica_ids = strategy.experimental_local_results(inputs.on_each_replica(strategy, lambda r, n: np.int32(r)))
         self._local_test_rows = [slice(*inputs.shard_bounds(self.num_test, int(r), self.num_replicas))
                                  for r in replica_ids]  # the test rows each of this worker's replicas holds
@@ -133,10 +133,10 @@ class Trainer:
             with tf.device(variables[0].device):
                 update(list(variables), list(replica_value))
 
-    def _replica_evaluate(self, images, labels):
+    def _replica_evaluate(self, features, labels):
         """(correct answers as float32, predicted classes): GPUs do not all-reduce int32 (TensorFlow's
         collective executor refuses it), and float32 counts exactly up to 2**24."""
-        predicted = tf.argmax(self.model(images_to_features(images)), axis=-1, output_type=tf.int32)
+        predicted = tf.argmax(self.model(features), axis=-1, output_type=tf.int32)
         correct = tf.cast(tf.equal(predicted, tf.cast(labels, tf.int32)), tf.float32)
         return tf.reduce_sum(correct), predicted
 
@@ -169,8 +169,8 @@ class Trainer:
         _, losses, first_bad, bad_marks = tf.while_loop(lambda i, *_: i < trip, step, start)
         return losses.stack(), first_bad, bad_marks
 
-    def _evaluate_fn(self, images, labels):
-        correct, predicted = self.strategy.run(self._replica_evaluate, args=(images, labels))
+    def _evaluate_fn(self, features, labels):
+        correct, predicted = self.strategy.run(self._replica_evaluate, args=(features, labels))
         total = self.strategy.reduce(tf.distribute.ReduceOp.SUM, correct, axis=None)
         return total, self.strategy.experimental_local_results(predicted)
 
@@ -216,9 +216,12 @@ class Trainer:
         return {name: fn.graph.as_graph_def() for name, fn in functions.items()}
 
     def _shard_eval_set(self, x, y):
-        def shard(array):
-            return lambda r, n: array[slice(*inputs.shard_bounds(len(array), r, n))]
-        return inputs.on_each_replica(self.strategy, shard(x)), inputs.on_each_replica(self.strategy, shard(y))
+        """Each replica's rows of the evaluation set on its own device: float32 features, converted once rather
+        than at every evaluation, and the labels."""
+        def shard(array, convert=lambda a: a):
+            return lambda r, n: convert(array[slice(*inputs.shard_bounds(len(array), r, n))])
+        return (inputs.on_each_replica(self.strategy, shard(x, images_to_features)),
+                inputs.on_each_replica(self.strategy, shard(y)))
 
     def evaluate(self) -> tuple:
         """Accuracy over the whole test set, every image counted once whatever the replica count, and the

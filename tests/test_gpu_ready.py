@@ -128,12 +128,12 @@ def test_each_replica_holds_its_data_on_its_own_device(tiny_mnist, replicas):
         np.testing.assert_array_equal(drawn.numpy(), untouched.numpy())
     expected = [tf.DeviceSpec.from_string(d) for d in choice.devices]
     for name, value in [("features", trainer.input.features), ("targets", trainer.input.targets),
-                        ("batch indices", indices), ("test images", trainer._test[0]),
+                        ("batch indices", indices), ("test features", trainer._test[0]),
                         ("test labels", trainer._test[1])]:
         placed = [tf.DeviceSpec.from_string(t.device) for t in local(value)]
         assert [(d.device_type, d.device_index) for d in placed] == \
             [(d.device_type.upper(), d.device_index) for d in expected], name
-    assert local(trainer.input.features)[0].dtype == tf.float32
+    assert local(trainer.input.features)[0].dtype == tf.float32 and local(trainer._test[0])[0].dtype == tf.float32
     assert local(indices)[0].dtype == tf.int64
 
 
