@@ -265,6 +265,7 @@ def plot(report: dict, path: str) -> None:
     ax.set_xlabel("examples/second (higher is better)")
     m = report["machine"]
     ax.set_title(f"{m['cpu']} ({m['cores']} cores), TF {m['tf_version']}", fontsize=9)
+    fig.tight_layout()  # labels that vary with the results
     plots.save_svg(fig, path)
 
 

@@ -218,10 +218,10 @@ class Trainer:
     def _shard_eval_set(self, x, y):
         """Each replica's rows of the evaluation set on its own device: float32 features, converted once rather
         than at every evaluation, and the labels."""
-        def shard(array, convert=lambda a: a):
-            return lambda r, n: convert(array[slice(*inputs.shard_bounds(len(array), r, n))])
-        return (inputs.on_each_replica(self.strategy, shard(x, images_to_features)),
-                inputs.on_each_replica(self.strategy, shard(y)))
+        def rows(r, n):
+            return slice(*inputs.shard_bounds(len(x), r, n))
+        return (inputs.on_each_replica(self.strategy, lambda r, n: images_to_features(x[rows(r, n)])),
+                inputs.on_each_replica(self.strategy, lambda r, n: y[rows(r, n)]))
 
     def evaluate(self) -> tuple:
         """Accuracy over the whole test set, every image counted once whatever the replica count, and the

@@ -15,7 +15,8 @@ from distmnist import calibration, files, images  # noqa: E402
 
 # Margins (figure fractions) for the run's figures, whose sizes and kinds of labels are fixed: matplotlib's
 # tight_layout measures every text with a draw of its own, as long again as the SVG itself (0.12 s a figure on a
-# 2-core AMD EPYC), and a run waits for its last pictures.
+# 2-core AMD EPYC), and a run waits for its last pictures. Figures whose labels vary (the bench's, the sweep's)
+# call tight_layout before save_svg.
 SERIES_MARGINS = dict(left=0.14, right=0.96, bottom=0.13, top=0.92)
 CONFUSION_MARGINS = dict(left=0.1, right=0.98, bottom=0.1, top=0.93)
 CALIBRATION_MARGINS = dict(left=0.13, right=0.97, bottom=0.1, top=0.88)
@@ -24,21 +25,17 @@ CALIBRATION_MARGINS = dict(left=0.13, right=0.97, bottom=0.1, top=0.88)
 def plot_series(path: str, points, title: str, ylabel: str) -> None:
     """Draws (step, value) points as a line with labelled axes and writes an SVG atomically."""
     steps = [p[0] for p in points]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    fig.subplots_adjust(**SERIES_MARGINS)
+    fig, ax = plt.subplots(figsize=(6, 4), gridspec_kw=SERIES_MARGINS)
     ax.plot(steps, [p[1] for p in points], marker="." if len(steps) < 50 else None)
     ax.set_title(title)
     ax.set_xlabel("step")
     ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)
-    save_svg(fig, path, layout=False)
+    save_svg(fig, path)
 
 
-def save_svg(fig, path: str, layout: bool = True) -> None:
-    """Writes a figure as SVG atomically, text kept as text (selectable, searchable, testable), and closes it;
-    layout: fit the margins to the labels first (tight_layout), else they are the figure's own."""
-    if layout:
-        fig.tight_layout()
+def save_svg(fig, path: str) -> None:
+    """Writes a figure as SVG atomically, text kept as text (selectable, searchable, testable), and closes it."""
     buffer = io.BytesIO()
     with plt.rc_context({"svg.fonttype": "none"}):
         fig.savefig(buffer, format="svg")
@@ -50,8 +47,7 @@ def plot_confusion(path: str, labels: np.ndarray, predicted: np.ndarray) -> None
     """Draws the 10x10 confusion matrix (rows: true digit, columns: predicted) with the count in every cell."""
     matrix = np.zeros([10, 10], np.int64)
     np.add.at(matrix, (labels.astype(np.int64), predicted.astype(np.int64)), 1)
-    fig, ax = plt.subplots(figsize=(6.4, 5.6))
-    fig.subplots_adjust(**CONFUSION_MARGINS)
+    fig, ax = plt.subplots(figsize=(6.4, 5.6), gridspec_kw=CONFUSION_MARGINS)
     ax.imshow(np.log1p(matrix), cmap="Blues")
     threshold = np.log1p(matrix).max() / 2
     for true in range(10):
@@ -64,7 +60,7 @@ def plot_confusion(path: str, labels: np.ndarray, predicted: np.ndarray) -> None
     ax.set_ylabel("true digit")
     accuracy = np.trace(matrix) / max(1, matrix.sum())
     ax.set_title(f"Confusion matrix: {matrix.sum()} test images, accuracy {accuracy:.2%}")
-    save_svg(fig, path, layout=False)
+    save_svg(fig, path)
 
 
 def plot_run(run_dir: str, loss_history, accuracy_history) -> list:
@@ -98,8 +94,7 @@ def plot_calibration(path: str, probabilities: np.ndarray, labels: np.ndarray, e
     the title. Writes the SVG; returns the same figure as PNG bytes (for TensorBoard)."""
     rows = [r for r in calibration.reliability(probabilities, labels) if r[2]]
     ece = calibration.expected_calibration_error(probabilities, labels)
-    fig, ax = plt.subplots(figsize=(5.6, 5.2))
-    fig.subplots_adjust(**CALIBRATION_MARGINS)
+    fig, ax = plt.subplots(figsize=(5.6, 5.2), gridspec_kw=CALIBRATION_MARGINS)
     ax.plot([0, 1], [0, 1], color="gray", linestyle="--", linewidth=1, label="perfect calibration")
     confidence = [r[3] for r in rows]
     accuracy = [r[4] for r in rows]
@@ -116,7 +111,7 @@ def plot_calibration(path: str, probabilities: np.ndarray, labels: np.ndarray, e
     ax.grid(True, alpha=0.3)
     png = io.BytesIO()
     fig.savefig(png, format="png", dpi=80)
-    save_svg(fig, path, layout=False)
+    save_svg(fig, path)
     return png.getvalue()
 
 

@@ -2,11 +2,13 @@
 that the plots and run.json are drawn from."""
 
 import dataclasses
+import io
 import sys
 from typing import Optional
 
 import numpy as np
 import tensorflow as tf
+from PIL import Image
 from tensorboard.plugins.hparams import summary_v2 as hparams  # api would import Keras (its callback)
 from tensorboard.plugins.image import metadata as image_metadata
 
@@ -21,7 +23,7 @@ MISTAKES_SHOWN = 24  # misclassified test digits in each evaluation's TensorBoar
 def png_image(name: str, png: bytes, step: int, description: str) -> None:
     """An image summary of one PNG as it is: what tf.summary.image writes ([width, height, PNG] for TensorBoard's
     Images dashboard) without decoding the picture and encoding it again."""
-    width, height = (int.from_bytes(png[at:at + 4], "big") for at in (16, 20))  # the PNG's IHDR chunk
+    width, height = Image.open(io.BytesIO(png)).size  # reads the header only
     tf.summary.write(name, tf.constant([str(width).encode(), str(height).encode(), png]), step=step,
                      metadata=image_metadata.create_summary_metadata(display_name=None, description=description))
 

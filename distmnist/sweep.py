@@ -269,6 +269,7 @@ def _plot(report: dict, path: str) -> None:
         ax.grid(True, alpha=0.3)
     failed = len(report["points"]) - len(done)
     fig.suptitle(f"sweep: {len(done)} runs" + (f", {failed} failed (not shown)" if failed else ""), fontsize=10)
+    fig.tight_layout()  # labels that vary with the results
     plots.save_svg(fig, path)
 
 
