@@ -17,6 +17,8 @@ import tempfile
 
 from absl import logging
 
+from distmnist import xlaflags
+
 _NOISE = (
     "All log messages before absl::InitializeLog() is called",
     "Could not find cuda drivers on your machine",
@@ -63,8 +65,9 @@ class _KerasLater(importlib.abc.MetaPathFinder):
 
 
 def import_tensorflow(replay: bool = True):
-    """Imports TensorFlow (Keras left for its first use) and lists its devices with the start-up banners
-    filtered out; returns the module."""
+    """Imports TensorFlow (Keras left for its first use, XLA's CPU options set: xlaflags.py) and lists its devices
+    with the start-up banners filtered out; returns the module."""
+    xlaflags.configure()
     later = _KerasLater()
     with capturing_stderr(replay):
         sys.meta_path.insert(0, later)

@@ -8,6 +8,9 @@ import gc
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from distmnist import xlaflags  # noqa: E402
+
+xlaflags.configure()  # the XLA options distmnist's entry points run with
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

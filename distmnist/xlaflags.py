@@ -1,0 +1,25 @@
+"""XLA's CPU options, set in the environment before TensorFlow starts (XLA reads XLA_FLAGS once, at its first use).
+
+TensorFlow 2.21's XLA hands only reductions to YNNPACK on the CPU and computes matrix products with Eigen;
+JAX's newer XLA sends its dots to YNNPACK too. Asking TensorFlow's XLA for YNNPACK dots as well
+(`--xla_cpu_experimental_ynn_fusion_type=dot,reduce`) puts five of the training step's eight dots through
+YNNPACK, as JAX does: docs/performance.md has what it is worth. A user's own choice in XLA_FLAGS is kept.
+GPUs are not affected.
+"""
+
+import os
+
+YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
+YNN_FUSIONS = "dot,reduce"
+
+
+def with_ynnpack_dots(xla_flags: str) -> str:
+    """XLA_FLAGS with YNNPACK for dots and reductions, unless the flags already choose YNNPACK's fusions."""
+    if YNN_FLAG in xla_flags:
+        return xla_flags
+    return f"{xla_flags} {YNN_FLAG}={YNN_FUSIONS}".strip()
+
+
+def configure() -> None:
+    """Sets XLA_FLAGS for this process (and the processes it starts); before TensorFlow's first XLA use."""
+    os.environ["XLA_FLAGS"] = with_ynnpack_dots(os.environ.get("XLA_FLAGS", ""))
