@@ -116,6 +116,7 @@ class DeviceInput:
 
     xla_whole_call = True  # plain tensors in, so XLA can compile the whole multi-step call
     static_trip_count = True  # every call runs steps_per_loop iterations and masks those past its count
+    replayable = True  # call_args(step, count) gives the same batches every time: a call can run again
 
     def __init__(self, strategy: tf.distribute.Strategy, x: np.ndarray, y: np.ndarray, steps_per_epoch: int,
                  per_replica_batch_size: int, steps_per_loop: int, shuffle_buffer: int, seed: int,
@@ -178,6 +179,7 @@ class TfdataInput:
 
     xla_whole_call = False  # XLA cannot hold a tf.data iterator
     static_trip_count = False  # a masked step would still take a batch from the iterator
+    replayable = False  # the iterator has moved on
 
     def __init__(self, strategy: tf.distribute.Strategy, x: np.ndarray, y: np.ndarray, global_batch_size: int,
                  shuffle_buffer: int, seed: int):

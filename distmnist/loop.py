@@ -5,8 +5,12 @@ inputs.TfdataInput); when to evaluate, checkpoint and stop is the controller's b
 One tf.function call runs `steps_per_loop` training steps on the device (a loop around strategy.run) and hands
 back every step's loss at the end, so the host syncs once per call, not per step. With the device-resident input
 the trip count is a constant of the trace (a call of fewer steps masks the rest), and a call runs across epoch
-ends. Nothing in the loop is read back by the host: a step whose loss or gradient is not finite, and every step
-after it in the call, leave the weights as they were, and the call returns the first such step and its replicas.
+ends. Nothing in the loop is read back by the host, and nothing in a step checks for NaN or inf: a weight once
+non-finite stays so, so the call ends by checking the weights once, and the host checks the losses. When either
+is not finite, the weights go back to where the call started (a copy kept on the device) and the same steps run
+again in the checked call, where a step whose loss or gradient is not finite, and every step after it, leave the
+weights as they were: the call returns the first such step and its replicas. tf.data cannot replay a call's
+batches, so over tf.data every call is the checked one.
 
 With jit_compile, XLA compiles the whole multi-step call when there is one replica and the input allows it;
 otherwise each replica's step is two XLA launches, its batch and gradients, then its SGD update, with the
@@ -69,6 +73,9 @@ class Trainer:
 
         with strategy.scope():
             self.model = MLP(seed=config.seed)
+            # The weights where the current call started, to run it again with checks (not in any checkpoint).
+            self._call_start = [tf.Variable(tf.zeros(v.shape), trainable=False, name=f"call_start_{i}")
+                                for i, v in enumerate(self.model.weights)]
         self._learning_rate = tf.constant(config.learning_rate, tf.float32)
         self._test = self._shard_eval_set(mnist.x_test, mnist.y_test)  # (features, labels), made once
         replica_ids = strategy.experimental_local_results(inputs.on_each_replica(strategy, lambda r, n: np.int32(r)))
@@ -89,8 +96,12 @@ class Trainer:
         per_replica_jit = functools.partial(tf.function, jit_compile=True, autograph=False) \
             if jit and not whole_call_jit else (lambda fn: fn)
         self._gradients = per_replica_jit(self._batch_gradients)
+        self._checked_gradients = per_replica_jit(self._checked_batch_gradients)
         self._sgd_all = per_replica_jit(step.sgd_all)
-        self._call = tf.function(self._call_fn, jit_compile=whole_call_jit or None, autograph=False)
+        self.checks_each_step = not self.input.replayable  # every call checked: it cannot be run again
+        call = functools.partial(tf.function, jit_compile=whole_call_jit or None, autograph=False)
+        self._call = call(functools.partial(self._call_fn, False))  # what a run uses
+        self._checked_call = call(functools.partial(self._call_fn, True))  # traced when a call must be checked
         self._evaluate = tf.function(self._evaluate_fn, autograph=False)
         self._any_replica = tf.function(self._any_replica_fn, autograph=False)  # traced only in a cluster
         self._from_replica_0 = tf.function(self._from_replica_0_fn, autograph=False)
@@ -101,17 +112,22 @@ class Trainer:
 
     # --- replica functions -------------------------------------------------------------------------------
 
-    def _replica_train_step(self, active, *batch_args):
-        """One SGD step on this replica's batch, applied where `active` and every replica's loss and gradient are
-        finite; returns the global batch's loss and, per replica, 1 where its loss or gradient was not finite."""
+    def _replica_train_step(self, checked, active, *batch_args):
+        """One SGD step on this replica's batch, applied where `active` (and, when checked, where every replica's
+        loss and gradient are finite); returns the global batch's loss and, when checked, per replica, 1 where its
+        loss or gradient was not finite (otherwise an empty vector)."""
         weights = [tf.convert_to_tensor(v) for v in self.model.weights]
-        grads, loss, finite = self._gradients(weights, *batch_args)
         ctx = tf.distribute.get_replica_context()
-        bad = tf.one_hot(ctx.replica_id_in_sync_group, self.num_replicas) * (1.0 - tf.cast(finite, tf.float32))
+        if checked:
+            grads, loss, finite = self._checked_gradients(weights, *batch_args)
+            bad = tf.one_hot(ctx.replica_id_in_sync_group, self.num_replicas) * (1.0 - tf.cast(finite, tf.float32))
+        else:
+            grads, loss = self._gradients(weights, *batch_args)
+            bad = tf.zeros([0])
         # One all-reduce for the gradients and, in one small vector, the loss and the non-finite marks: each
         # tensor is a collective of its own between workers, so the marks must not add one.
         *grads, stats = ctx.all_reduce(tf.distribute.ReduceOp.SUM, list(grads) + [tf.concat([[loss], bad], 0)])
-        apply = tf.logical_and(active, tf.reduce_max(stats[1:]) == 0.0)
+        apply = tf.logical_and(active, tf.reduce_max(stats[1:]) == 0.0) if checked else active
         sgd = functools.partial(self._sgd_all, learning_rate=self._learning_rate, apply=apply)
         ctx.merge_call(functools.partial(self._update_copies, update=sgd), args=(grads,))
         return stats[0], stats[1:]
@@ -121,6 +137,11 @@ class Trainer:
         when XLA cannot take the whole call."""
         features, targets = self.input.batch(*batch_args)
         return step.gradients(weights, features, targets, self.global_batch_size, self.loss_fn)
+
+    def _checked_batch_gradients(self, weights, *batch_args):
+        """_batch_gradients and whether the loss and every gradient are finite."""
+        grads, loss = self._batch_gradients(weights, *batch_args)
+        return grads, loss, step.all_finite(loss, grads)
 
     def _update_copies(self, strategy, values, update):
         """The merge_call target: update(variables, values) on every replica's copy of the weights with that
@@ -142,32 +163,52 @@ class Trainer:
 
     # --- compiled functions (cross-replica context) --------------------------------------------------------
 
-    def _call_fn(self, num_steps, *call_args):
+    def _call_fn(self, checked, num_steps, *call_args):
         """Runs num_steps (<= steps_per_loop) steps on the device, collecting each step's loss (from replica 0).
-        Returns (losses [steps_per_loop], the first step whose loss or gradient was not finite or -1, and that
-        step's non-finite marks per replica).
+        Unchecked, it first keeps the weights where it starts, and returns (losses [steps_per_loop], whether the
+        weights it ends with are finite). Checked, it returns (losses, the first step whose loss or gradient was
+        not finite or -1, and that step's non-finite marks per replica).
 
         The loop runs steps_per_loop iterations, a constant of the trace, when the input can mask a step (the
         device-resident one: XLA then knows the trip count, and no GPU copies a loop condition to the host);
-        over tf.data it runs num_steps, as a masked step would still take a batch. A step past num_steps or after
-        a non-finite one changes nothing.
+        over tf.data it runs num_steps, as a masked step would still take a batch. A step past num_steps changes
+        nothing, nor, in the checked call, one at or after a non-finite one.
         """
-        self.trace_count += 1
+        if checked == self.checks_each_step:
+            self.trace_count += 1  # the call a run makes
         size = self.config.steps_per_loop
         trip = size if self.input.static_trip_count else num_steps
+        local = self.strategy.experimental_local_results
+        if not checked:
+            self._copy_weights(self.model.weights, self._call_start)
 
-        def step(i, losses, first_bad, bad_marks):
+        def body(i, losses, first_bad, bad_marks):
             active = tf.logical_and(i < num_steps, first_bad < 0)
-            outputs = self.strategy.run(self._replica_train_step, args=(active, *self.input.step_args(call_args, i)))
-            loss, bad = (self.strategy.experimental_local_results(v)[0] for v in outputs)
+            outputs = self.strategy.run(self._replica_train_step,
+                                        args=(checked, active, *self.input.step_args(call_args, i)))
+            loss, bad = (local(v)[0] for v in outputs)
+            if not checked:
+                return i + 1, losses.write(i, loss), first_bad, bad_marks
             newly_bad = tf.logical_and(active, tf.reduce_max(bad) > 0.0)
             return (i + 1, losses.write(i, loss), tf.where(newly_bad, i, first_bad),
                     tf.where(newly_bad, bad, bad_marks))
 
         # A plain counter against a limit, the loop's only condition: XLA finds the trip count in it.
         start = (tf.constant(0), tf.TensorArray(tf.float32, size=size), tf.constant(-1), tf.zeros([self.num_replicas]))
-        _, losses, first_bad, bad_marks = tf.while_loop(lambda i, *_: i < trip, step, start)
-        return losses.stack(), first_bad, bad_marks
+        _, losses, first_bad, bad_marks = tf.while_loop(lambda i, *_: i < trip, body, start)
+        if checked:
+            return losses.stack(), first_bad, bad_marks
+        first_copies = [local(v)[0] for v in self.model.weights]
+        with tf.device(first_copies[0].device):
+            return losses.stack(), step.finite_weights(first_copies)
+
+    def _copy_weights(self, sources, targets) -> None:
+        """Every replica's copy of each target variable set to its copy of the source (cross-replica context)."""
+        local = self.strategy.experimental_local_results
+        for source, target in zip(sources, targets):
+            for source_copy, target_copy in zip(local(source), local(target)):
+                with tf.device(target_copy.device):
+                    target_copy.assign(source_copy)
 
     def _evaluate_fn(self, features, labels):
         correct, predicted = self.strategy.run(self._replica_evaluate, args=(features, labels))
@@ -207,12 +248,16 @@ class Trainer:
     def graphs(self) -> dict:
         """The GraphDefs of every function this trainer runs, by name, traced for its strategy and input path:
         what TensorFlow will place on the devices (the tests check them against the GPU kernel registry)."""
+        call = self._checked_call if self.checks_each_step else self._call
         functions = {
-            "train": self._call.get_concrete_function(tf.constant(1), *self.input.traced_args()),
+            "train": call.get_concrete_function(tf.constant(1), *self.input.traced_args()),
             "evaluate": self._evaluate.get_concrete_function(*self._test),
             "any_replica": self._any_replica.get_concrete_function(tf.constant(0.0)),
             "from_replica_0": self._from_replica_0.get_concrete_function(tf.constant(0.0, tf.float64)),
         }
+        if not self.checks_each_step:  # run again after a non-finite call
+            functions["train_checked"] = self._checked_call.get_concrete_function(tf.constant(1),
+                                                                                   *self.input.traced_args())
         return {name: fn.graph.as_graph_def() for name, fn in functions.items()}
 
     def _shard_eval_set(self, x, y):
@@ -237,7 +282,16 @@ class Trainer:
         return [self.strategy.experimental_local_results(v)[0].numpy() for v in self.model.weights]
 
     def _run_call(self, num_steps: int) -> np.ndarray:
-        losses, first_bad, marks = self._call(tf.constant(num_steps), *self.input.call_args(self.step, num_steps))
+        """One call of num_steps steps; when it ends with a non-finite loss or weight, the same steps again from
+        the call's start in the checked call, which names the first bad step and its replica."""
+        count, call_args = tf.constant(num_steps), self.input.call_args(self.step, num_steps)
+        if not self.checks_each_step:
+            losses, finite = self._call(count, *call_args)
+            losses = losses.numpy()[:num_steps]
+            if bool(finite) and np.isfinite(losses).all():
+                return losses
+            self._copy_weights(self._call_start, self.model.weights)
+        losses, first_bad, marks = self._checked_call(count, *call_args)
         first_bad = int(first_bad)
         if first_bad >= 0:
             replica = int(np.flatnonzero(marks.numpy())[0])

@@ -23,16 +23,23 @@ def mse_loss(targets: tf.Tensor, outputs: tf.Tensor, global_batch_size: int) -> 
 
 def gradients(weights, features: tf.Tensor, targets: tf.Tensor, global_batch_size: int,
               loss_fn: Callable = mse_loss):
-    """Returns (the loss's gradients for each weight, this replica's loss, whether both are finite).
-
-    A NaN or inf anywhere makes the sum of everything non-finite: one reduction per tensor, no per-element flags.
-    """
+    """Returns (the loss's gradients for each weight, this replica's loss)."""
     with tf.GradientTape() as tape:
         tape.watch(weights)
         loss = loss_fn(targets, forward(weights, features), global_batch_size)
-    grads = tape.gradient(loss, weights)
-    finite = tf.math.is_finite(loss + tf.add_n([tf.reduce_sum(g) for g in grads]))
-    return grads, loss, finite
+    return tape.gradient(loss, weights), loss
+
+
+def all_finite(loss: tf.Tensor, grads) -> tf.Tensor:
+    """Whether the loss and every gradient are finite: a NaN or inf anywhere makes the sum of everything
+    non-finite, one reduction per tensor, no per-element flags."""
+    return tf.math.is_finite(loss + tf.add_n([tf.reduce_sum(g) for g in grads]))
+
+
+def finite_weights(variables) -> tf.Tensor:
+    """Whether every weight is finite. Once a weight is NaN or inf no SGD step makes it finite again, so after a
+    run of steps this says whether any of them applied a non-finite update."""
+    return tf.math.is_finite(tf.add_n([tf.reduce_sum(v) for v in variables]))
 
 
 def sgd(variable: tf.Variable, grad: tf.Tensor, learning_rate: tf.Tensor, apply: tf.Tensor):

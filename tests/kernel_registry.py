@@ -101,3 +101,21 @@ def collective_dtypes(graph_def: graph_pb2.GraphDef) -> set:
         if node.op in COLLECTIVE_OPS:
             found.add((node.op, node.attr["T"].type))
     return found
+
+
+def loop_body_ops(graph_def: graph_pb2.GraphDef) -> set:
+    """The op types a step of the graph's one while loop runs: its body and every function it calls, XLA's too."""
+    library = {f.signature.name: f for f in graph_def.library.function}
+    loops = [n for n in list(graph_def.node) + [n for f in library.values() for n in f.node_def]
+             if n.op in ("While", "StatelessWhile")]
+    assert len(loops) == 1, [n.name for n in loops]
+    found, seen, pending = set(), set(), [loops[0].attr["body"].func.name]
+    while pending:
+        name = pending.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        for node in library[name].node_def:
+            found.add(node.op)
+            pending += _called_functions(node, library)
+    return found

@@ -18,7 +18,7 @@ from distmnist.loop import Reporter, Trainer
 from distmnist.strategy import communication, make_strategy
 
 from helpers import REPO, free_ports
-from kernel_registry import compiled_by_xla, nodes_outside_xla, ops_without_gpu_kernel
+from kernel_registry import compiled_by_xla, loop_body_ops, nodes_outside_xla, ops_without_gpu_kernel
 
 INT32 = tf.int32.as_datatype_enum
 
@@ -44,7 +44,8 @@ def test_every_op_outside_xla_has_a_gpu_kernel(tiny_mnist, replicas, input_path,
     config = TrainConfig(max_steps=5, batch_size=16, input=input_path, jit_compile=jit)
     trainer = Trainer(config, make_strategy(cpu_replicas=replicas).strategy, tiny_mnist)
     graphs = trainer.graphs()
-    assert set(graphs) == {"train", "evaluate", "any_replica", "from_replica_0"}
+    checked = {"train_checked"} if input_path == "device" else set()  # run again after a non-finite call
+    assert set(graphs) == {"train", "evaluate", "any_replica", "from_replica_0"} | checked
     for name, graph in graphs.items():
         assert ops_without_gpu_kernel(graph) == [], name
     classifier = Classifier(trainer.weights())
@@ -71,6 +72,17 @@ def test_with_xla_each_replica_step_is_two_launches_on_its_own_device(tiny_mnist
         assert launches == []
     Controller(trainer, Reporter()).run()
     assert trainer.step == 5
+
+
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_no_step_of_a_runs_call_checks_for_nan_and_the_checked_calls_steps_do(tiny_mnist, replicas):
+    """The call a run makes has no finiteness check in its steps (it checks the weights once, after its loop);
+    the call that runs again after a non-finite one checks every step (the test can fail both ways)."""
+    trainer = Trainer(TrainConfig(max_steps=5, batch_size=16), make_strategy(cpu_replicas=replicas).strategy,
+                      tiny_mnist)
+    graphs = trainer.graphs()
+    assert "IsFinite" not in loop_body_ops(graphs["train"])
+    assert "IsFinite" in loop_body_ops(graphs["train_checked"])
 
 
 def training_loop_limit(graph_def):
