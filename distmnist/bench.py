@@ -20,6 +20,7 @@ import importlib.util
 import os
 import platform
 import shutil
+import statistics
 import tempfile
 
 from absl import flags
@@ -35,6 +36,8 @@ flags.DEFINE_integer("batch_size", 128, "Per-replica batch size for every conten
 flags.DEFINE_integer("steps", 400, "Timed steps per contender.")
 flags.DEFINE_integer("warmup_steps", 50, "Untimed steps first (tracing, compiling, caches).")
 flags.DEFINE_integer("rounds", 3, "Times each contender is measured, all contenders in turn; the best counts.")
+flags.DEFINE_integer("turns", 16, "Turns that distmnist's default and JAX's scan take, each in a process of its "
+                     "own, for each replica count (where JAX is installed); the median paired ratio counts.")
 flags.DEFINE_integer("max_epochs", 15, "Give up the time-to-accuracy race after this many epochs.")
 flags.DEFINE_string("data_dir", None, "As for distmnist.train.")
 flags.DEFINE_integer("checkpoint_rounds", 30, "Paired rounds of the checkpoint section (training with and "
@@ -80,9 +83,9 @@ SOLO_NAME = "distmnist (default, own process)"  # what JAX is compared with: bot
 
 def run_bench() -> dict:
     # Settings checked before TensorFlow is imported, as the train entry point does: bad flags fail at once.
-    if FLAGS.batch_size <= 0 or FLAGS.steps <= 0 or FLAGS.rounds <= 0 or FLAGS.warmup_steps < 0 \
+    if FLAGS.batch_size <= 0 or FLAGS.steps <= 0 or FLAGS.rounds <= 0 or FLAGS.turns <= 0 or FLAGS.warmup_steps < 0 \
             or FLAGS.process_rounds < 0 or FLAGS.checkpoint_rounds < 0 or FLAGS.checkpoint_every <= 0:
-        raise UserError("--batch_size, --steps, --rounds and --checkpoint_every must be positive, --warmup_steps, "
+        raise UserError("--batch_size, --steps, --rounds, --turns and --checkpoint_every must be positive, --warmup_steps, "
                         "--checkpoint_rounds and --process_rounds >= 0")
     config = TrainConfig(batch_size=FLAGS.batch_size)  # the time-to-accuracy race's settings
     tf = tfquiet.import_tensorflow()
@@ -105,16 +108,6 @@ def run_bench() -> dict:
     finally:
         if jax_dir:
             shutil.rmtree(jax_dir, ignore_errors=True)
-
-
-def _solo_rate(contender: str, npz: str, replicas: int, platform_name: str, timing) -> float:
-    from distmnist import contenders
-    from distmnist.errors import RunFailed
-
-    result = contenders.in_own_process(contender, npz, replicas, platform_name, timing)
-    if "skipped" in result:
-        raise RunFailed(f"the JAX contender: {result['skipped']}")
-    return result["examples_per_sec"]
 
 
 def _measure_all(tf, mnist, num_gpus: int, timing, rounds: int, config: TrainConfig, quick: bool,
@@ -146,10 +139,6 @@ def _measure_all(tf, mnist, num_gpus: int, timing, rounds: int, config: TrainCon
             ("distmnist (default)", replicas, device,
              lambda s=strategy_fn: contenders.distmnist_trainer(mnist, s(), timing, "device")),
         ]
-        if jax_dir:
-            lineup += [(name, replicas, device, lambda r=replicas, c=contender: _solo_rate(
-                c, npz, r, "gpu" if num_gpus else "cpu", timing))
-                for name, contender in ((SOLO_NAME, "distmnist"), (JAX_NAME, "jax"))]
     results = [{"name": name, "replicas": replicas, "device": device,
                 "per_replica_batch_size": timing.per_replica_batch_size, "rounds": []}
                for name, replicas, device, _ in lineup]
@@ -171,6 +160,26 @@ def _measure_all(tf, mnist, num_gpus: int, timing, rounds: int, config: TrainCon
     bar.close()
     for row in results:
         row["examples_per_sec"] = max(row["rounds"])
+    jax_section = {"skipped": contenders.solo.NOT_INSTALLED}
+    if jax_dir:
+        turns = 2 if quick else FLAGS.turns
+        jax_section = {"turns": turns, "by_replicas": {}}
+        print(f"{SOLO_NAME} and {JAX_NAME}: two processes taking {turns} turns of {timing.timed_steps} steps",
+              flush=True)
+        for replicas, device, _ in setups[:1] if quick else setups:
+            turns_made = contenders.take_turns(npz, replicas, "gpu" if num_gpus else "cpu", timing, turns)
+            for name, contender in ((SOLO_NAME, "distmnist"), (JAX_NAME, "jax")):
+                results.append({"name": name, "replicas": replicas, "device": device,
+                                "per_replica_batch_size": timing.per_replica_batch_size,
+                                "rounds": turns_made[contender],
+                                "examples_per_sec": statistics.median(turns_made[contender])})
+            ratios_made = turns_made["ratios"]
+            quartiles = statistics.quantiles(ratios_made, n=4) if len(ratios_made) > 1 else ratios_made * 3
+            jax_section["by_replicas"][str(replicas)] = {
+                "median": statistics.median(ratios_made), "quartiles": [quartiles[0], quartiles[2]],
+                "ratios": ratios_made}
+            print(f"  {replicas} x {device}: distmnist / jax median {statistics.median(ratios_made):.3f} "
+                  f"(quartiles {quartiles[0]:.3f}-{quartiles[2]:.3f})", flush=True)
 
     def rate(name, replicas=1):
         return next(r["examples_per_sec"] for r in results if r["name"] == name and r["replicas"] == replicas)
@@ -183,12 +192,7 @@ def _measure_all(tf, mnist, num_gpus: int, timing, rounds: int, config: TrainCon
         "of_compute_bound": ours / rate("compute bound"),
     }
     if jax_dir:
-        ratios["vs_jax_scan"] = rate(SOLO_NAME) / rate(JAX_NAME)
-        jax_section = {"by_replicas": {str(r): rate(SOLO_NAME, r) / rate(JAX_NAME, r)
-                                       for r in sorted({row["replicas"] for row in results
-                                                        if row["name"] == JAX_NAME})}}
-    else:
-        jax_section = {"skipped": contenders.solo.NOT_INSTALLED}
+        ratios["vs_jax_scan"] = jax_section["by_replicas"]["1"]["median"]
     target = 0.90 if quick else TARGET_ACCURACY
     max_epochs = 1 if quick else FLAGS.max_epochs
     race = {}
@@ -238,8 +242,10 @@ def table(report: dict) -> str:
         lines.append(f"{r['name']:<34} {r['replicas']:>8} {r['examples_per_sec']:>12,.0f}")
     lines.append("distmnist default, one replica: " + ", ".join(f"{k} {v:.2f}" for k, v in report["ratios"].items()))
     jax = report["distmnist_over_jax"]
-    lines.append("distmnist default / jax scan, each in its own process: " + (f"skipped, {jax['skipped']}" if "skipped" in jax else ", ".join(
-        f"{replicas} replica(s) {ratio:.2f}" for replicas, ratio in jax["by_replicas"].items())))
+    lines.append("distmnist default / jax scan, each in its own process, paired turns: " + (
+        f"skipped, {jax['skipped']}" if "skipped" in jax else ", ".join(
+            f"{replicas} replica(s) median {by['median']:.3f} (quartiles {by['quartiles'][0]:.3f}-"
+            f"{by['quartiles'][1]:.3f})" for replicas, by in jax["by_replicas"].items())))
     if "checkpoints" in report:
         from distmnist import checkpointcost
 

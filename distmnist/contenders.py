@@ -5,6 +5,7 @@ import dataclasses
 import json
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 
@@ -134,19 +135,57 @@ def distmnist_trainer(mnist: Mnist, strategy: tf.distribute.Strategy, timing: Ti
     return _examples_per_sec(trainer.run_steps, timing, trainer.global_batch_size)
 
 
-def in_own_process(contender: str, npz: str, replicas: int, platform: str, timing: Timing) -> dict:
-    """solo.py's contender ("jax" or "distmnist") in a fresh process: {"examples_per_sec": ...}, or JAX's
-    {"skipped": why}. RunFailed with its last line of stderr if it fails."""
-    command = [sys.executable, "-m", "distmnist.solo", f"--contender={contender}", f"--npz={npz}",
-               f"--replicas={replicas}", f"--batch_size={timing.per_replica_batch_size}",
-               f"--steps={timing.timed_steps}", f"--learning_rate={timing.learning_rate}", f"--seed={timing.seed}",
-               f"--platform={platform}"]
-    result = subprocess.run(command, env=solo.environment(replicas, platform), capture_output=True, text=True,
-                            timeout=900)
-    if result.returncode != 0:
-        last = (result.stderr.strip().splitlines() or [f"exit status {result.returncode}"])[-1]
-        raise RunFailed(f"the {contender} contender in its own process failed: {last}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+def take_turns(npz: str, replicas: int, platform: str, timing: Timing, turns: int) -> dict:
+    """distmnist's default trainer and JAX's scan (solo.py), each in a process of its own that stays up, warmed
+    up by one untimed run, then taking turns: each turn runs timing.timed_steps steps in one, then in the other
+    (the order alternating), while the other waits. Returns {"distmnist": [examples/s per turn], "jax": [...],
+    "ratios": [distmnist / jax per turn]}, or {"skipped": why} without JAX. Paired turns a few seconds apart
+    see the same machine: these shared machines drift by 20-30% over minutes, and by more between spells.
+
+    RunFailed with the last line a contender wrote to stderr when one fails."""
+    names = ("distmnist", "jax")
+    processes = {}
+    try:
+        for name in names:
+            command = [sys.executable, "-m", "distmnist.solo", f"--contender={name}", f"--npz={npz}",
+                       f"--replicas={replicas}", f"--batch_size={timing.per_replica_batch_size}",
+                       f"--steps={timing.timed_steps}", f"--learning_rate={timing.learning_rate}",
+                       f"--seed={timing.seed}", f"--platform={platform}", f"--serve={turns}"]
+            errors = tempfile.TemporaryFile(mode="w+")
+            process = subprocess.Popen(command, env=solo.environment(name, replicas, platform), stdin=subprocess.PIPE,
+                                       stdout=subprocess.PIPE, stderr=errors, text=True)
+            processes[name] = (process, errors)
+            ready = _reply(name, process, errors)
+            if "skipped" in ready:
+                return ready
+        rates = {name: [] for name in names}
+        for turn in range(turns):
+            for name in names if turn % 2 == 0 else names[::-1]:
+                process, errors = processes[name]
+                process.stdin.write("go\n")
+                process.stdin.flush()
+                rates[name].append(_reply(name, process, errors)["examples_per_sec"])
+        return dict(rates, ratios=[d / j for d, j in zip(rates["distmnist"], rates["jax"])])
+    finally:
+        for process, errors in processes.values():
+            process.stdin.close()
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            process.stdout.close()
+            errors.close()
+
+
+def _reply(name: str, process, errors) -> dict:
+    line = process.stdout.readline()
+    if not line:
+        process.wait()
+        errors.seek(0)
+        last = (errors.read().strip().splitlines() or [f"exit status {process.returncode}"])[-1]
+        raise RunFailed(f"the {name} contender in its own process failed: {last}")
+    return json.loads(line)
 
 
 @tf.function

@@ -1,19 +1,20 @@
 """The bench's contenders that run in a process of their own, so that they are compared on equal terms: JAX's
 compiled scan (no TensorFlow in its process; JAX's CPU devices are fixed by XLA_FLAGS before JAX starts) and
-distmnist's default trainer, each a fresh process, each warmed up by an untimed run of the timed length.
+distmnist's default trainer.
 
   python -m distmnist.solo --contender=jax --npz=mnist.npz --replicas=2 --batch_size=128 --steps=400
-  python -m distmnist.solo --contender=distmnist --npz=mnist.npz --replicas=2
+  python -m distmnist.solo --contender=distmnist --npz=mnist.npz --replicas=2 --serve=16
 
 JAX, as its best users write it: the training set lives on the device(s) in its training dtype (float32
-features, one-hot targets); one jax.jit
-call runs `steps` steps in a lax.scan with a static trip count, nothing checked inside; with N replicas the
-global batch is sharded over N devices (CPU devices split by XLA_FLAGS, or GPUs) along the batch axis and the
-weights are replicated (XLA's SPMD partitioner adds the all-reduce). The call is made once untimed (it compiles
-for its length), then timed. distmnist: its Trainer at its defaults (TrainConfig) on 1 device or N (logical CPUs,
-or GPUs), the same learning rate and batch, one untimed run of `steps` steps, then `steps` timed. Each prints one
-JSON line: examples_per_sec, devices, final_loss (and jax_version); JAX's {"skipped": why} where it is not
-installed.
+features, one-hot targets); one jax.jit call runs `steps` steps in a lax.scan with a static trip count, nothing
+checked inside; with N replicas the global batch is sharded over N devices (CPU devices split by XLA_FLAGS, or
+GPUs) along the batch axis and the weights are replicated (XLA's SPMD partitioner adds the all-reduce). The call
+is made once untimed (it compiles for its length), then timed. distmnist: its Trainer at its defaults
+(TrainConfig) on 1 device or N (logical CPUs, or GPUs), the same learning rate and batch, one untimed run of
+`steps` steps, then `steps` timed. Each prints one JSON line: examples_per_sec, devices, final_loss (and
+jax_version); JAX's {"skipped": why} where it is not installed. With --serve=N the process stays up after its
+untimed run (printing {"ready": true, ...}) and runs `steps` timed steps for each line "go" on stdin, up to N:
+the bench's contenders take turns so (contenders.take_turns).
 """
 
 import argparse
@@ -30,12 +31,14 @@ LAYER_SIZES = (784, 512, 256, 10)  # as distmnist.model (not imported: it import
 NOT_INSTALLED = "JAX is not installed (pip install -e '.[bench]' adds it)"
 
 
-def measure_jax(npz: str, replicas: int, per_replica_batch_size: int, steps: int, learning_rate: float, seed: int,
-            platform: str = "cpu") -> dict:
+def jax_runner(npz: str, replicas: int, per_replica_batch_size: int, steps: int, learning_rate: float, seed: int,
+               platform: str = "cpu"):
+    """(run, facts): run() trains `steps` more steps in one compiled call and returns its seconds (the first call
+    compiles); None and {"skipped": why} where JAX is not installed."""
     try:
         import jax
     except ImportError:
-        return {"skipped": NOT_INSTALLED}
+        return None, {"skipped": NOT_INSTALLED}
     import jax.numpy as jnp
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -79,18 +82,24 @@ def measure_jax(npz: str, replicas: int, per_replica_batch_size: int, steps: int
     order = np.concatenate([rng.permutation(len(x_train)) for _ in range(epochs)])
     order = order[:steps * global_batch].reshape(steps, global_batch)
     indices = jax.device_put(order.astype(np.int32), by_batch)
-    params, losses = train_steps(params, features, targets, indices)  # compiles for this length
-    jax.block_until_ready(losses)
-    start = time.perf_counter()
-    params, losses = train_steps(params, features, targets, indices)
-    jax.block_until_ready((params, losses))
-    seconds = time.perf_counter() - start
-    return {"examples_per_sec": steps * global_batch / seconds, "jax_version": jax.__version__,
-            "devices": [str(d) for d in devices], "final_loss": float(losses[-1])}
+    state = {"params": params}
+
+    def run():
+        start = time.perf_counter()
+        state["params"], losses = train_steps(state["params"], features, targets, indices)
+        jax.block_until_ready((state["params"], losses))
+        seconds = time.perf_counter() - start
+        state["final_loss"] = float(losses[-1])
+        return seconds
+
+    return run, {"jax_version": jax.__version__, "devices": [str(d) for d in devices], "global_batch": global_batch,
+                 "state": state}
 
 
-def measure_distmnist(npz: str, replicas: int, per_replica_batch_size: int, steps: int, learning_rate: float,
-                      seed: int, platform: str = "cpu") -> dict:
+def distmnist_runner(npz: str, replicas: int, per_replica_batch_size: int, steps: int, learning_rate: float,
+                     seed: int, platform: str = "cpu", calls: int = 2):
+    """(run, facts): run() trains `steps` more steps with distmnist's default trainer and returns its seconds;
+    the trainer is configured for `calls` runs."""
     from distmnist import tfquiet
 
     tfquiet.import_tensorflow()
@@ -106,21 +115,70 @@ def measure_distmnist(npz: str, replicas: int, per_replica_batch_size: int, step
     with np.load(npz) as data:
         mnist = Mnist(*(data[key] for key in ("x_train", "y_train", "x_test", "y_test")), source=npz)
     config = TrainConfig(batch_size=per_replica_batch_size, learning_rate=learning_rate, seed=seed,
-                         max_steps=2 * steps)  # the steps it runs: the input draws their epochs' orders ahead
+                         max_steps=calls * steps)  # the steps it runs: the input draws their epochs' orders ahead
     trainer = Trainer(config, choice.strategy, mnist)
-    trainer.run_steps(steps)  # tracing, compilation, caches
-    start = time.perf_counter()
-    losses = trainer.run_steps(steps)
-    seconds = time.perf_counter() - start
-    return {"examples_per_sec": steps * trainer.global_batch_size / seconds, "devices": list(choice.devices),
-            "final_loss": float(losses[-1])}
+    state = {}
+
+    def run():
+        start = time.perf_counter()
+        losses = trainer.run_steps(steps)
+        seconds = time.perf_counter() - start
+        state["final_loss"] = float(losses[-1])
+        return seconds
+
+    return run, {"devices": list(choice.devices), "global_batch": trainer.global_batch_size, "state": state}
 
 
-def environment(replicas: int, platform: str = "cpu") -> dict:
-    """The environment the contender needs: on CPUs, JAX's host platform split into `replicas` devices."""
+RUNNERS = {"jax": jax_runner, "distmnist": distmnist_runner}
+
+
+def measure(contender: str, npz: str, replicas: int, per_replica_batch_size: int, steps: int, learning_rate: float,
+            seed: int, platform: str = "cpu") -> dict:
+    """One untimed run of `steps` steps (compilation, caches), then one timed."""
+    run, facts = RUNNERS[contender](npz, replicas, per_replica_batch_size, steps, learning_rate, seed, platform)
+    if run is None:
+        return facts
+    run()
+    seconds = run()
+    state = facts.pop("state")
+    return {"examples_per_sec": steps * facts.pop("global_batch") / seconds, "final_loss": state["final_loss"],
+            **facts}
+
+
+def serve(contender: str, npz: str, replicas: int, per_replica_batch_size: int, steps: int, learning_rate: float,
+          seed: int, platform: str = "cpu", turns: int = 1000) -> None:
+    """Turn-taking: after one untimed run prints {"ready": ...}; then each line "go" on stdin runs `steps` steps
+    and prints {"examples_per_sec": ...}, until stdin ends."""
+    kwargs = {"calls": turns + 1} if contender == "distmnist" else {}
+    run, facts = RUNNERS[contender](npz, replicas, per_replica_batch_size, steps, learning_rate, seed, platform,
+                                    **kwargs)
+    if run is None:
+        print(json.dumps(facts), flush=True)
+        return
+    run()
+    state = facts.pop("state")
+    global_batch = facts.pop("global_batch")
+    print(json.dumps({"ready": True, **facts}), flush=True)
+    for line in sys.stdin:
+        if line.strip() != "go":
+            break
+        seconds = run()
+        print(json.dumps({"examples_per_sec": steps * global_batch / seconds, "final_loss": state["final_loss"]}),
+              flush=True)
+
+
+def environment(contender: str, replicas: int, platform: str = "cpu") -> dict:
+    """The environment the contender needs: on CPUs, JAX's host platform split into `replicas` devices; JAX's
+    XLA as JAX's users run it, without the options distmnist sets for TensorFlow's (xlaflags.py)."""
+    from distmnist import xlaflags
+
     env = dict(os.environ)
+    flags = env.get("XLA_FLAGS", "")
+    if contender == "jax":
+        flags = xlaflags.as_the_user_set(flags)
     if platform == "cpu":
-        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={replicas}").strip()
+        flags = f"{flags} --xla_force_host_platform_device_count={replicas}"
+    env["XLA_FLAGS"] = flags.strip()
     env["JAX_PLATFORMS"] = platform
     return env
 
@@ -135,11 +193,15 @@ def main(argv=None) -> None:
     parser.add_argument("--learning_rate", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--platform", choices=("cpu", "gpu"), default="cpu")
+    parser.add_argument("--serve", type=int, default=0, help="take turns: at most this many timed runs, each on a "
+                        "line 'go' from stdin")
     args = parser.parse_args(argv)
-    measure_fn = measure_jax if args.contender == "jax" else measure_distmnist
-    result = measure_fn(args.npz, args.replicas, args.batch_size, args.steps, args.learning_rate, args.seed,
-                        args.platform)
-    print(json.dumps(result), flush=True)
+    common = (args.contender, args.npz, args.replicas, args.batch_size, args.steps, args.learning_rate, args.seed,
+              args.platform)
+    if args.serve:
+        serve(*common, turns=args.serve)
+    else:
+        print(json.dumps(measure(*common)), flush=True)
 
 
 if __name__ == "__main__":

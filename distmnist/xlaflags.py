@@ -20,6 +20,18 @@ def with_ynnpack_dots(xla_flags: str) -> str:
     return f"{xla_flags} {YNN_FLAG}={YNN_FUSIONS}".strip()
 
 
+_ADDED = f"{YNN_FLAG}={YNN_FUSIONS}"
+added = False  # whether configure() added the flag to this process's XLA_FLAGS (not the user's choice)
+
+
 def configure() -> None:
     """Sets XLA_FLAGS for this process (and the processes it starts); before TensorFlow's first XLA use."""
-    os.environ["XLA_FLAGS"] = with_ynnpack_dots(os.environ.get("XLA_FLAGS", ""))
+    global added
+    before = os.environ.get("XLA_FLAGS", "")
+    os.environ["XLA_FLAGS"] = with_ynnpack_dots(before)
+    added = added or os.environ["XLA_FLAGS"] != before
+
+
+def as_the_user_set(xla_flags: str) -> str:
+    """XLA_FLAGS without what configure() added: for a process that is not distmnist's (the bench's JAX)."""
+    return " ".join(t for t in xla_flags.split() if not (added and t == _ADDED))

@@ -23,21 +23,30 @@ def test_quick_bench_writes_a_complete_report(tmp_path):
     assert report["machine"]["cores"] >= 1 and report["machine"]["tf_version"].startswith("2.")
     rows = report["results"]
     assert {r["name"] for r in rows} == CONTENDERS and {r["replicas"] for r in rows} == {1}  # --quick: one count
+    own_process = {"distmnist (default, own process)", "jax scan"}  # paired turns: the median counts
     for row in rows:
         assert set(row) == {"name", "replicas", "device", "per_replica_batch_size", "examples_per_sec", "rounds"}
         assert row["per_replica_batch_size"] == 128 and row["examples_per_sec"] > 0
-        assert row["examples_per_sec"] == max(row["rounds"]) and len(row["rounds"]) == report["settings"]["rounds"]
+        if row["name"] in own_process:
+            assert len(row["rounds"]) == 2 and row["examples_per_sec"] == pytest.approx(sum(row["rounds"]) / 2)
+        else:
+            assert row["examples_per_sec"] == max(row["rounds"])
+            assert len(row["rounds"]) == report["settings"]["rounds"]
 
     ours = next(r["examples_per_sec"] for r in rows if r["name"] == "distmnist (default)" and r["replicas"] == 1)
     keras = next(r["examples_per_sec"] for r in rows if r["name"] == "keras fit (default)" and r["replicas"] == 1)
     assert set(report["ratios"]) == {"vs_keras_default", "vs_keras_tuned", "vs_tutorial_eager", "of_compute_bound",
                                      "vs_jax_scan"}
     assert abs(report["ratios"]["vs_keras_default"] - ours / keras) < 1e-9
-    jax, solo = (next(r["examples_per_sec"] for r in rows if r["name"] == name)
+    jax, solo = (next(r["rounds"] for r in rows if r["name"] == name)
                  for name in ("jax scan", "distmnist (default, own process)"))
-    assert report["distmnist_over_jax"] == {"by_replicas": {"1": pytest.approx(solo / jax)}}
-    assert report["ratios"]["vs_jax_scan"] == pytest.approx(solo / jax)
-    assert "distmnist default / jax scan, each in its own process: 1 replica(s)" in result.stdout
+    paired = [s / j for s, j in zip(solo, jax)]
+    by_turns = report["distmnist_over_jax"]
+    assert by_turns["turns"] == 2 and set(by_turns["by_replicas"]) == {"1"}
+    assert by_turns["by_replicas"]["1"]["ratios"] == pytest.approx(paired)
+    assert by_turns["by_replicas"]["1"]["median"] == pytest.approx(sum(paired) / 2)
+    assert report["ratios"]["vs_jax_scan"] == by_turns["by_replicas"]["1"]["median"]
+    assert "distmnist default / jax scan, each in its own process, paired turns: 1 replica(s) median" in result.stdout
 
     race = report["time_to_accuracy"]["by"]
     assert set(race) == {"distmnist (default)", "keras fit (tuned)"}
@@ -88,7 +97,7 @@ def test_the_jax_contender_trains_on_two_devices_in_its_own_process(tmp_path):
     npz = tmp_path / "mnist.npz"
     np.savez(npz, **make_tiny_mnist().arrays())
     run = [sys.executable, "-m", "distmnist.solo", "--contender=jax", f"--npz={npz}", *SOLO_ARGS]
-    trained = subprocess.run(run, env=solo.environment(2), capture_output=True, text=True, timeout=300)
+    trained = subprocess.run(run, env=solo.environment("jax", 2), capture_output=True, text=True, timeout=300)
     assert trained.returncode == 0, trained.stderr[-2000:]
     report = json.loads(trained.stdout.strip().splitlines()[-1])
     assert len(report["devices"]) == 2 and report["examples_per_sec"] > 0
@@ -102,17 +111,47 @@ def test_without_jax_the_jax_contender_says_so(tmp_path):
     from distmnist import solo
 
     args = ["--contender=jax", f"--npz={tmp_path / 'unused.npz'}", *SOLO_ARGS]
-    hidden = [sys.executable, "-c", f"import sys; sys.modules['jax'] = None; from distmnist import solo; solo.main({args!r})"]
+    hidden = [sys.executable, "-c",
+              f"import sys; sys.modules['jax'] = None; from distmnist import solo; solo.main({args!r})"]
     missing = subprocess.run(hidden, capture_output=True, text=True, timeout=60)
     assert missing.returncode == 0 and json.loads(missing.stdout) == {"skipped": solo.NOT_INSTALLED}
 
 
 def test_bad_counts_are_one_line_and_write_nothing(tmp_path):
     out = tmp_path / "out"
-    for bad in ("--rounds=0", "--checkpoint_every=0", "--checkpoint_rounds=-1"):
+    for bad in ("--rounds=0", "--turns=0", "--checkpoint_every=0", "--checkpoint_rounds=-1"):
         result = run_module("distmnist.bench", bad, f"--out={out}")
         assert result.returncode == 2, bad
         assert result.stderr.strip().splitlines() == [
-            "distmnist.bench: error: --batch_size, --steps, --rounds and --checkpoint_every must be positive, "
+            "distmnist.bench: error: --batch_size, --steps, --rounds, --turns and --checkpoint_every must be positive, "
             "--warmup_steps, --checkpoint_rounds and --process_rounds >= 0"], bad
         assert not out.exists()
+
+
+def test_the_two_contenders_take_turns_in_processes_that_stay_up(tmp_path):
+    """Both own-process contenders on two CPU devices, three turns each, and the paired ratios are the turns'
+    own."""
+    import numpy as np
+
+    from distmnist import contenders, solo
+    from helpers import make_tiny_mnist
+
+    npz = tmp_path / "mnist.npz"
+    np.savez(npz, **make_tiny_mnist().arrays())
+    timing = contenders.Timing(per_replica_batch_size=16, timed_steps=20, learning_rate=0.5)
+    turns = contenders.take_turns(str(npz), 2, "cpu", timing, 3)
+    if "skipped" in turns:
+        assert turns == {"skipped": solo.NOT_INSTALLED}
+        pytest.skip(turns["skipped"])
+    assert set(turns) == {"distmnist", "jax", "ratios"}
+    assert len(turns["distmnist"]) == len(turns["jax"]) == 3 and min(turns["distmnist"] + turns["jax"]) > 0
+    assert turns["ratios"] == pytest.approx([d / j for d, j in zip(turns["distmnist"], turns["jax"])])
+
+
+def test_a_contender_that_fails_is_named_with_its_last_line(tmp_path):
+    from distmnist import contenders
+    from distmnist.errors import RunFailed
+
+    timing = contenders.Timing(per_replica_batch_size=16, timed_steps=20)
+    with pytest.raises(RunFailed, match=r"the distmnist contender in its own process failed: .*No such file"):
+        contenders.take_turns(str(tmp_path / "missing.npz"), 1, "cpu", timing, 2)
