@@ -48,7 +48,7 @@ class TrainConfig:
     eval_every: int = _setting(500, "evaluate on the whole test set every this many steps and at the end")
     input: str = _setting("device", "`device`: data resident on each replica's device; `tfdata`: the "
                           "tutorial's pipeline", choices=INPUTS)
-    steps_per_loop: int = _setting(200, "training steps per `tf.function` call (one host sync per call)")
+    steps_per_loop: int = _setting(50, "training steps per `tf.function` call (one host sync per call)")
     checkpoint_every: int = _setting(200, "steps between checkpoints (0: only at the end)")
     keep_checkpoints: int = _setting(3, "how many recent checkpoints to keep")
     overwrite: bool = _setting(False, "delete an existing distmnist run of that name and start afresh")

@@ -128,26 +128,6 @@ def test_bad_counts_are_one_line_and_write_nothing(tmp_path):
         assert not out.exists()
 
 
-def test_the_two_contenders_take_turns_in_processes_that_stay_up(tmp_path):
-    """Both own-process contenders on two CPU devices, three turns each, and the paired ratios are the turns'
-    own."""
-    import numpy as np
-
-    from distmnist import contenders, solo
-    from helpers import make_tiny_mnist
-
-    npz = tmp_path / "mnist.npz"
-    np.savez(npz, **make_tiny_mnist().arrays())
-    timing = contenders.Timing(per_replica_batch_size=16, timed_steps=20, learning_rate=0.5)
-    turns = contenders.take_turns(str(npz), 2, "cpu", timing, 3)
-    if "skipped" in turns:
-        assert turns == {"skipped": solo.NOT_INSTALLED}
-        pytest.skip(turns["skipped"])
-    assert set(turns) == {"distmnist", "jax", "ratios"}
-    assert len(turns["distmnist"]) == len(turns["jax"]) == 3 and min(turns["distmnist"] + turns["jax"]) > 0
-    assert turns["ratios"] == pytest.approx([d / j for d, j in zip(turns["distmnist"], turns["jax"])])
-
-
 def test_a_contender_that_fails_is_named_with_its_last_line(tmp_path):
     from distmnist import contenders
     from distmnist.errors import RunFailed

@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from distmnist import xlaflags
 
 
@@ -37,6 +39,7 @@ def entry_matmuls(tmp_path, xla_flags):
                   "dot" if " dot(" in line else line for line in matmuls)
 
 
+@pytest.mark.slow
 def test_xla_compiles_the_models_dots_with_ynnpack(tmp_path):
     """The entry points' import puts the flag in place before XLA reads it: the forward pass's three matmuls are
     YNNPACK fusions; under a user's own choice of reductions only they stay XLA's dots."""
