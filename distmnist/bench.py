@@ -85,8 +85,8 @@ def run_bench() -> dict:
     # Settings checked before TensorFlow is imported, as the train entry point does: bad flags fail at once.
     if FLAGS.batch_size <= 0 or FLAGS.steps <= 0 or FLAGS.rounds <= 0 or FLAGS.turns <= 0 or FLAGS.warmup_steps < 0 \
             or FLAGS.process_rounds < 0 or FLAGS.checkpoint_rounds < 0 or FLAGS.checkpoint_every <= 0:
-        raise UserError("--batch_size, --steps, --rounds, --turns and --checkpoint_every must be positive, --warmup_steps, "
-                        "--checkpoint_rounds and --process_rounds >= 0")
+        raise UserError("--batch_size, --steps, --rounds, --turns and --checkpoint_every must be positive, "
+                        "--warmup_steps, --checkpoint_rounds and --process_rounds >= 0")
     config = TrainConfig(batch_size=FLAGS.batch_size)  # the time-to-accuracy race's settings
     tf = tfquiet.import_tensorflow()
     from distmnist import contenders, data

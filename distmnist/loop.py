@@ -145,11 +145,16 @@ class Trainer:
 
     def _update_copies(self, strategy, values, update):
         """The merge_call target: update(variables, values) on every replica's copy of the weights with that
-        replica's values, on its own device (as strategy.extended.update places one variable's update), all the
-        weights in one call: SGD (one XLA launch a replica under per-replica XLA), or taking replica 0's. Bind
-        `update` beforehand: merge_call would treat its arguments as per-replica data."""
-        copies = zip(*(strategy.experimental_local_results(v) for v in self.model.weights))
-        replica_values = zip(*(strategy.experimental_local_results(x) for x in values))
+        replica's values, all the weights in one call: SGD (one XLA launch a replica under per-replica XLA), or
+        taking replica 0's. Bind `update` beforehand: merge_call would treat its arguments as per-replica data."""
+        self._on_each_copy(self.model.weights, values, update)
+
+    def _on_each_copy(self, targets, values, update) -> None:
+        """update(variables, values) with each replica's copies of the target variables and its values, on its own
+        device (as strategy.extended.update places one variable's update); cross-replica context."""
+        local = self.strategy.experimental_local_results
+        copies = zip(*(local(v) for v in targets))
+        replica_values = zip(*(local(x) for x in values))
         for variables, replica_value in zip(copies, replica_values):
             with tf.device(variables[0].device):
                 update(list(variables), list(replica_value))
@@ -180,10 +185,10 @@ class Trainer:
         trip = size if self.input.static_trip_count else num_steps
         local = self.strategy.experimental_local_results
         if not checked:
-            self._copy_weights(self.model.weights, self._call_start)
+            self._on_each_copy(self._call_start, self.model.weights, step.assign_all)
 
         def body(i, losses, first_bad, bad_marks):
-            active = tf.logical_and(i < num_steps, first_bad < 0)
+            active = tf.logical_and(i < num_steps, first_bad < 0) if checked else i < num_steps
             outputs = self.strategy.run(self._replica_train_step,
                                         args=(checked, active, *self.input.step_args(call_args, i)))
             loss, bad = (local(v)[0] for v in outputs)
@@ -201,14 +206,6 @@ class Trainer:
         first_copies = [local(v)[0] for v in self.model.weights]
         with tf.device(first_copies[0].device):
             return losses.stack(), step.finite_weights(first_copies)
-
-    def _copy_weights(self, sources, targets) -> None:
-        """Every replica's copy of each target variable set to its copy of the source (cross-replica context)."""
-        local = self.strategy.experimental_local_results
-        for source, target in zip(sources, targets):
-            for source_copy, target_copy in zip(local(source), local(target)):
-                with tf.device(target_copy.device):
-                    target_copy.assign(source_copy)
 
     def _evaluate_fn(self, features, labels):
         correct, predicted = self.strategy.run(self._replica_evaluate, args=(features, labels))
@@ -290,7 +287,7 @@ class Trainer:
             losses = losses.numpy()[:num_steps]
             if bool(finite) and np.isfinite(losses).all():
                 return losses
-            self._copy_weights(self._call_start, self.model.weights)
+            self._on_each_copy(self.model.weights, self._call_start, step.assign_all)
         losses, first_bad, marks = self._checked_call(count, *call_args)
         first_bad = int(first_bad)
         if first_bad >= 0:

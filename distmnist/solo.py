@@ -33,12 +33,12 @@ NOT_INSTALLED = "JAX is not installed (pip install -e '.[bench]' adds it)"
 
 def jax_runner(npz: str, replicas: int, per_replica_batch_size: int, steps: int, learning_rate: float, seed: int,
                platform: str = "cpu"):
-    """(run, facts): run() trains `steps` more steps in one compiled call and returns its seconds (the first call
-    compiles); None and {"skipped": why} where JAX is not installed."""
+    """(run, global batch, facts): run() trains `steps` more steps in one compiled call and returns (its seconds,
+    the last loss) (the first call compiles); None, 0 and {"skipped": why} where JAX is not installed."""
     try:
         import jax
     except ImportError:
-        return None, {"skipped": NOT_INSTALLED}
+        return None, 0, {"skipped": NOT_INSTALLED}
     import jax.numpy as jnp
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -82,24 +82,21 @@ def jax_runner(npz: str, replicas: int, per_replica_batch_size: int, steps: int,
     order = np.concatenate([rng.permutation(len(x_train)) for _ in range(epochs)])
     order = order[:steps * global_batch].reshape(steps, global_batch)
     indices = jax.device_put(order.astype(np.int32), by_batch)
-    state = {"params": params}
 
     def run():
+        nonlocal params
         start = time.perf_counter()
-        state["params"], losses = train_steps(state["params"], features, targets, indices)
-        jax.block_until_ready((state["params"], losses))
-        seconds = time.perf_counter() - start
-        state["final_loss"] = float(losses[-1])
-        return seconds
+        params, losses = train_steps(params, features, targets, indices)
+        jax.block_until_ready((params, losses))
+        return time.perf_counter() - start, float(losses[-1])
 
-    return run, {"jax_version": jax.__version__, "devices": [str(d) for d in devices], "global_batch": global_batch,
-                 "state": state}
+    return run, global_batch, {"jax_version": jax.__version__, "devices": [str(d) for d in devices]}
 
 
 def distmnist_runner(npz: str, replicas: int, per_replica_batch_size: int, steps: int, learning_rate: float,
                      seed: int, platform: str = "cpu", calls: int = 2):
-    """(run, facts): run() trains `steps` more steps with distmnist's default trainer and returns its seconds;
-    the trainer is configured for `calls` runs."""
+    """(run, global batch, facts): run() trains `steps` more steps with distmnist's default trainer and returns
+    (its seconds, the last loss); the trainer is configured for `calls` runs."""
     from distmnist import tfquiet
 
     tfquiet.import_tensorflow()
@@ -117,16 +114,13 @@ def distmnist_runner(npz: str, replicas: int, per_replica_batch_size: int, steps
     config = TrainConfig(batch_size=per_replica_batch_size, learning_rate=learning_rate, seed=seed,
                          max_steps=calls * steps)  # the steps it runs: the input draws their epochs' orders ahead
     trainer = Trainer(config, choice.strategy, mnist)
-    state = {}
 
     def run():
         start = time.perf_counter()
         losses = trainer.run_steps(steps)
-        seconds = time.perf_counter() - start
-        state["final_loss"] = float(losses[-1])
-        return seconds
+        return time.perf_counter() - start, float(losses[-1])
 
-    return run, {"devices": list(choice.devices), "global_batch": trainer.global_batch_size, "state": state}
+    return run, trainer.global_batch_size, {"devices": list(choice.devices)}
 
 
 RUNNERS = {"jax": jax_runner, "distmnist": distmnist_runner}
@@ -135,14 +129,17 @@ RUNNERS = {"jax": jax_runner, "distmnist": distmnist_runner}
 def measure(contender: str, npz: str, replicas: int, per_replica_batch_size: int, steps: int, learning_rate: float,
             seed: int, platform: str = "cpu") -> dict:
     """One untimed run of `steps` steps (compilation, caches), then one timed."""
-    run, facts = RUNNERS[contender](npz, replicas, per_replica_batch_size, steps, learning_rate, seed, platform)
+    run, global_batch, facts = RUNNERS[contender](npz, replicas, per_replica_batch_size, steps, learning_rate, seed,
+                                                  platform)
     if run is None:
         return facts
     run()
-    seconds = run()
-    state = facts.pop("state")
-    return {"examples_per_sec": steps * facts.pop("global_batch") / seconds, "final_loss": state["final_loss"],
-            **facts}
+    return {**_timed(run, steps * global_batch), **facts}
+
+
+def _timed(run, examples: int) -> dict:
+    seconds, final_loss = run()
+    return {"examples_per_sec": examples / seconds, "final_loss": final_loss}
 
 
 def serve(contender: str, npz: str, replicas: int, per_replica_batch_size: int, steps: int, learning_rate: float,
@@ -150,21 +147,17 @@ def serve(contender: str, npz: str, replicas: int, per_replica_batch_size: int, 
     """Turn-taking: after one untimed run prints {"ready": ...}; then each line "go" on stdin runs `steps` steps
     and prints {"examples_per_sec": ...}, until stdin ends."""
     kwargs = {"calls": turns + 1} if contender == "distmnist" else {}
-    run, facts = RUNNERS[contender](npz, replicas, per_replica_batch_size, steps, learning_rate, seed, platform,
-                                    **kwargs)
+    run, global_batch, facts = RUNNERS[contender](npz, replicas, per_replica_batch_size, steps, learning_rate, seed,
+                                                  platform, **kwargs)
     if run is None:
         print(json.dumps(facts), flush=True)
         return
     run()
-    state = facts.pop("state")
-    global_batch = facts.pop("global_batch")
     print(json.dumps({"ready": True, **facts}), flush=True)
     for line in sys.stdin:
         if line.strip() != "go":
             break
-        seconds = run()
-        print(json.dumps({"examples_per_sec": steps * global_batch / seconds, "final_loss": state["final_loss"]}),
-              flush=True)
+        print(json.dumps(_timed(run, steps * global_batch)), flush=True)
 
 
 def environment(contender: str, replicas: int, platform: str = "cpu") -> dict:

@@ -10,17 +10,16 @@ GPUs are not affected.
 import os
 
 YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
-YNN_FUSIONS = "dot,reduce"
+YNN_SETTING = f"{YNN_FLAG}=dot,reduce"
 
 
 def with_ynnpack_dots(xla_flags: str) -> str:
     """XLA_FLAGS with YNNPACK for dots and reductions, unless the flags already choose YNNPACK's fusions."""
     if YNN_FLAG in xla_flags:
         return xla_flags
-    return f"{xla_flags} {YNN_FLAG}={YNN_FUSIONS}".strip()
+    return f"{xla_flags} {YNN_SETTING}".strip()
 
 
-_ADDED = f"{YNN_FLAG}={YNN_FUSIONS}"
 added = False  # whether configure() added the flag to this process's XLA_FLAGS (not the user's choice)
 
 
@@ -34,4 +33,4 @@ def configure() -> None:
 
 def as_the_user_set(xla_flags: str) -> str:
     """XLA_FLAGS without what configure() added: for a process that is not distmnist's (the bench's JAX)."""
-    return " ".join(t for t in xla_flags.split() if not (added and t == _ADDED))
+    return " ".join(t for t in xla_flags.split() if not (added and t == YNN_SETTING))
