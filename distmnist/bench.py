@@ -6,12 +6,13 @@
 Contenders, each at the same per-replica batch after a warm-up: the tutorial's eager loop, Keras Model.fit
 (default and tuned), distmnist --input=tfdata, distmnist's default, and where JAX is installed (the `bench`
 extra) JAX's compiled scan against distmnist's default, each in a fresh process of its own (solo.py), and the
-compute bound (a large matmul's FLOP/s
-over 2.41 MFLOP per example); for 1 and 2 CPU replicas, or 1..N GPUs. All of them are timed in turn,
---rounds times, and each one's best round counts. Then time to 98% test accuracy. Then the whole process
-(wholeprocess.py): `python -m distmnist.train` at its defaults against a Keras fit script doing the same
-training, and a bare `import tensorflow`, each a fresh process timed from outside, --process_rounds times.
-Between them, what checkpoints cost the training (checkpointcost.py).
+compute bound (a large matmul's FLOP/s over 2.41 MFLOP per example); for 1 and 2 CPU replicas, or 1..N GPUs.
+All of them are timed in turn, --rounds times, and each one's best round counts. Where JAX is installed, on a
+CPU, the step breakdown: where one replica's step goes in each of those two, kernel by kernel in XLA's executable
+or outside it (xlaprofile.py). Then time to 98% test accuracy. Then what checkpoints cost the training (checkpointcost.py).
+Then the whole process (wholeprocess.py): `python -m distmnist.train` at its defaults against a Keras fit
+script doing the same training, and a bare `import tensorflow`, each a fresh process timed from outside,
+--process_rounds times.
 """
 
 import dataclasses
@@ -38,6 +39,9 @@ flags.DEFINE_integer("warmup_steps", 50, "Untimed steps first (tracing, compilin
 flags.DEFINE_integer("rounds", 3, "Times each contender is measured, all contenders in turn; the best counts.")
 flags.DEFINE_integer("turns", 16, "Turns that distmnist's default and JAX's scan take, each in a process of its "
                      "own, for each replica count (where JAX is installed); the median paired ratio counts.")
+flags.DEFINE_integer("breakdown_rounds", 3, "Rounds of the step breakdown: one CPU replica of distmnist's default "
+                     "and of JAX's scan, each profiled in a process of its own with XLA's kernel events, alternating "
+                     "(where JAX is installed and there is no GPU); 0 skips it.")
 flags.DEFINE_integer("max_epochs", 15, "Give up the time-to-accuracy race after this many epochs.")
 flags.DEFINE_string("data_dir", None, "As for distmnist.train.")
 flags.DEFINE_integer("checkpoint_rounds", 30, "Paired rounds of the checkpoint section (training with and "
@@ -84,9 +88,10 @@ SOLO_NAME = "distmnist (default, own process)"  # what JAX is compared with: bot
 def run_bench() -> dict:
     # Settings checked before TensorFlow is imported, as the train entry point does: bad flags fail at once.
     if FLAGS.batch_size <= 0 or FLAGS.steps <= 0 or FLAGS.rounds <= 0 or FLAGS.turns <= 0 or FLAGS.warmup_steps < 0 \
-            or FLAGS.process_rounds < 0 or FLAGS.checkpoint_rounds < 0 or FLAGS.checkpoint_every <= 0:
+            or FLAGS.process_rounds < 0 or FLAGS.checkpoint_rounds < 0 or FLAGS.checkpoint_every <= 0 \
+            or FLAGS.breakdown_rounds < 0:
         raise UserError("--batch_size, --steps, --rounds, --turns and --checkpoint_every must be positive, "
-                        "--warmup_steps, --checkpoint_rounds and --process_rounds >= 0")
+                        "--warmup_steps, --checkpoint_rounds, --process_rounds and --breakdown_rounds >= 0")
     config = TrainConfig(batch_size=FLAGS.batch_size)  # the time-to-accuracy race's settings
     tf = tfquiet.import_tensorflow()
     from distmnist import contenders, data
@@ -181,6 +186,8 @@ def _measure_all(tf, mnist, num_gpus: int, timing, rounds: int, config: TrainCon
             print(f"  {replicas} x {device}: distmnist / jax median {statistics.median(ratios_made):.3f} "
                   f"(quartiles {quartiles[0]:.3f}-{quartiles[2]:.3f})", flush=True)
 
+    breakdown = _step_breakdown(npz if jax_dir else None, num_gpus, timing, 1 if quick else FLAGS.breakdown_rounds)
+
     def rate(name, replicas=1):
         return next(r["examples_per_sec"] for r in results if r["name"] == name and r["replicas"] == replicas)
 
@@ -212,6 +219,7 @@ def _measure_all(tf, mnist, num_gpus: int, timing, rounds: int, config: TrainCon
         "results": results,
         "ratios": ratios,
         "distmnist_over_jax": jax_section,
+        "step_breakdown": breakdown,
         "time_to_accuracy": {"target": target, "learning_rate": config.learning_rate, "by": race},
     }
     checkpoint_rounds = min(2, FLAGS.checkpoint_rounds) if quick else FLAGS.checkpoint_rounds
@@ -234,6 +242,37 @@ def _measure_all(tf, mnist, num_gpus: int, timing, rounds: int, config: TrainCon
     return report
 
 
+def _step_breakdown(npz, num_gpus: int, timing, rounds: int) -> dict:
+    """bench.json's step_breakdown: every round's figures for each contender and its median round (by wall time),
+    or why the section was skipped."""
+    from distmnist import contenders
+
+    if not rounds:
+        return {"skipped": "--breakdown_rounds=0"}
+    if num_gpus:
+        return {"skipped": "XLA's kernel events are read on CPUs only"}
+    if npz is None:
+        return {"skipped": contenders.solo.NOT_INSTALLED}
+    print(f"step breakdown: {rounds} round(s) of {timing.timed_steps} profiled steps on one CPU replica, "
+          "distmnist and JAX alternating", flush=True)
+    made = contenders.step_breakdown(npz, timing, rounds)
+    if "skipped" in made:
+        return made
+    median = {name: sorted(runs, key=lambda r: r["wall_us"])[(len(runs) - 1) // 2] for name, runs in made.items()}
+    return {"rounds": made, "median": median}
+
+
+def breakdown_table(section: dict) -> str:
+    if "skipped" in section:
+        return f"step breakdown: skipped, {section['skipped']}"
+    lines = ["step breakdown, one CPU replica, us a step (median round): wall = in XLA's executable + outside it; "
+             "the largest kernels' shares"]
+    for name, b in section["median"].items():
+        lines.append(f"  {name:<10} wall {b['wall_us']:6.0f} = in XLA {b['in_xla_us']:6.0f} + outside "
+                     f"{b['outside_us']:4.0f}; " + ", ".join(f"{kernel} {us:.0f}" for kernel, us in b["top"][:5]))
+    return "\n".join(lines)
+
+
 def table(report: dict) -> str:
     m = report["machine"]
     lines = [f"machine: {m['cpu']}, {m['cores']} cores, GPUs: {', '.join(m['gpus']) or 'none'}, "
@@ -246,6 +285,7 @@ def table(report: dict) -> str:
         f"skipped, {jax['skipped']}" if "skipped" in jax else ", ".join(
             f"{replicas} replica(s) median {by['median']:.3f} (quartiles {by['quartiles'][0]:.3f}-"
             f"{by['quartiles'][1]:.3f})" for replicas, by in jax["by_replicas"].items())))
+    lines.append(breakdown_table(report["step_breakdown"]))
     if "checkpoints" in report:
         from distmnist import checkpointcost
 

@@ -178,6 +178,34 @@ def take_turns(npz: str, replicas: int, platform: str, timing: Timing, turns: in
             errors.close()
 
 
+def step_breakdown(npz: str, timing: Timing, rounds: int) -> dict:
+    """Where one CPU replica's steps go, for distmnist's default trainer and JAX's scan, each in a process of its
+    own (solo.py --profile) with XLA's kernel events on, the two alternating for `rounds` rounds: {"distmnist":
+    [xlaprofile.breakdown per round], "jax": [...]}, or {"skipped": why} without JAX.
+
+    RunFailed with the last line a contender wrote to stderr when one fails."""
+    from distmnist import xlaprofile
+
+    made = {"distmnist": [], "jax": []}
+    for round_number in range(rounds):
+        for name in ("distmnist", "jax") if round_number % 2 == 0 else ("jax", "distmnist"):
+            with tempfile.TemporaryDirectory(prefix="distmnist-profile-") as logdir:
+                command = [sys.executable, "-m", "distmnist.solo", f"--contender={name}", f"--npz={npz}",
+                           f"--batch_size={timing.per_replica_batch_size}", f"--steps={timing.timed_steps}",
+                           f"--learning_rate={timing.learning_rate}", f"--seed={timing.seed}", f"--profile={logdir}"]
+                done = subprocess.run(command, env=solo.environment(name, 1, kernels=True), capture_output=True,
+                                      text=True)
+                if done.returncode != 0 or not done.stdout.strip():
+                    last = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+                    raise RunFailed(f"the {name} contender in its own process failed: {last}")
+                reply = json.loads(done.stdout.strip().splitlines()[-1])
+                if "skipped" in reply:
+                    return reply
+                with open(reply["trace"], "rb") as trace:
+                    made[name].append(xlaprofile.breakdown(trace.read(), reply["steps"], reply["seconds"]))
+    return made
+
+
 def _reply(name: str, process, errors) -> dict:
     line = process.stdout.readline()
     if not line:

@@ -14,7 +14,9 @@ is made once untimed (it compiles for its length), then timed. distmnist: its Tr
 `steps` steps, then `steps` timed. Each prints one JSON line: examples_per_sec, devices, final_loss (and
 jax_version); JAX's {"skipped": why} where it is not installed. With --serve=N the process stays up after its
 untimed run (printing {"ready": true, ...}) and runs `steps` timed steps for each line "go" on stdin, up to N:
-the bench's contenders take turns so (contenders.take_turns).
+the bench's contenders take turns so (contenders.take_turns). With --profile=DIR the timed run runs under the
+contender's profiler instead, and the line is {"seconds", "steps", "trace"}: where its time goes, for the bench's
+step breakdown (contenders.step_breakdown, xlaprofile.py).
 """
 
 import argparse
@@ -160,15 +162,45 @@ def serve(contender: str, npz: str, replicas: int, per_replica_batch_size: int, 
         print(json.dumps(_timed(run, steps * global_batch)), flush=True)
 
 
-def environment(contender: str, replicas: int, platform: str = "cpu") -> dict:
+def profile(contender: str, npz: str, replicas: int, per_replica_batch_size: int, steps: int,
+            learning_rate: float, seed: int, platform: str, logdir: str) -> dict:
+    """One untimed run, then one run of `steps` steps under the contender's profiler, its trace written under
+    logdir: {"seconds", "steps", "trace"} for xlaprofile.breakdown (the process needs XLA_FLAGS with
+    xlaprofile.TRACE_FLAG: environment(..., kernels=True))."""
+    from distmnist import xlaprofile
+
+    run, _, facts = RUNNERS[contender](npz, replicas, per_replica_batch_size, steps, learning_rate, seed, platform)
+    if run is None:
+        return facts
+    run()
+    if contender == "jax":
+        import jax
+
+        start, stop = (lambda: jax.profiler.start_trace(logdir)), jax.profiler.stop_trace
+    else:
+        import tensorflow as tf
+
+        start, stop = (lambda: tf.profiler.experimental.start(logdir)), tf.profiler.experimental.stop
+    start()
+    try:
+        seconds, _ = run()
+    finally:
+        stop()
+    return {"seconds": seconds, "steps": steps, "trace": xlaprofile.trace_file(logdir), **facts}
+
+
+def environment(contender: str, replicas: int, platform: str = "cpu", kernels: bool = False) -> dict:
     """The environment the contender needs: on CPUs, JAX's host platform split into `replicas` devices; JAX's
-    XLA as JAX's users run it, without the options distmnist sets for TensorFlow's (xlaflags.py)."""
-    from distmnist import xlaflags
+    XLA as JAX's users run it, without the options distmnist sets for TensorFlow's (xlaflags.py). With kernels,
+    XLA records every kernel it runs for the profiler (xlaprofile.py)."""
+    from distmnist import xlaflags, xlaprofile
 
     env = dict(os.environ)
     flags = env.get("XLA_FLAGS", "")
     if contender == "jax":
         flags = xlaflags.as_the_user_set(flags)
+    if kernels:
+        flags = f"{flags} {xlaprofile.TRACE_FLAG}"
     if platform == "cpu":
         flags = f"{flags} --xla_force_host_platform_device_count={replicas}"
     env["XLA_FLAGS"] = flags.strip()
@@ -188,11 +220,14 @@ def main(argv=None) -> None:
     parser.add_argument("--platform", choices=("cpu", "gpu"), default="cpu")
     parser.add_argument("--serve", type=int, default=0, help="take turns: at most this many timed runs, each on a "
                         "line 'go' from stdin")
+    parser.add_argument("--profile", default="", help="profile the timed run, its trace written under this folder")
     args = parser.parse_args(argv)
     common = (args.contender, args.npz, args.replicas, args.batch_size, args.steps, args.learning_rate, args.seed,
               args.platform)
     if args.serve:
         serve(*common, turns=args.serve)
+    elif args.profile:
+        print(json.dumps(profile(*common, logdir=args.profile)), flush=True)
     else:
         print(json.dumps(measure(*common)), flush=True)
 

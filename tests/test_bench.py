@@ -48,6 +48,17 @@ def test_quick_bench_writes_a_complete_report(tmp_path):
     assert report["ratios"]["vs_jax_scan"] == by_turns["by_replicas"]["1"]["median"]
     assert "distmnist default / jax scan, each in its own process, paired turns: 1 replica(s) median" in result.stdout
 
+    # The step breakdown: one profiled round of each in quick mode, XLA's kernels read from real traces.
+    split = report["step_breakdown"]
+    assert set(split["rounds"]) == set(split["median"]) == {"distmnist", "jax"}
+    for name, (only,) in split["rounds"].items():
+        assert split["median"][name] == only and only["steps"] == 50
+        assert 0 < only["in_xla_us"] <= only["wall_us"]
+        assert only["outside_us"] == pytest.approx(only["wall_us"] - only["in_xla_us"])
+        assert any(kernel.startswith("ynn_fusion") for kernel, _ in only["top"])  # YNNPACK's dots in both
+        assert 0 < sum(us for _, us in only["top"]) <= only["in_xla_us"]
+    assert "step breakdown, one CPU replica" in result.stdout
+
     race = report["time_to_accuracy"]["by"]
     assert set(race) == {"distmnist (default)", "keras fit (tuned)"}
     assert race["distmnist (default)"]["accuracy"] >= report["time_to_accuracy"]["target"] == 0.90
@@ -119,12 +130,12 @@ def test_without_jax_the_jax_contender_says_so(tmp_path):
 
 def test_bad_counts_are_one_line_and_write_nothing(tmp_path):
     out = tmp_path / "out"
-    for bad in ("--rounds=0", "--turns=0", "--checkpoint_every=0", "--checkpoint_rounds=-1"):
+    for bad in ("--rounds=0", "--turns=0", "--checkpoint_every=0", "--checkpoint_rounds=-1", "--breakdown_rounds=-1"):
         result = run_module("distmnist.bench", bad, f"--out={out}")
         assert result.returncode == 2, bad
         assert result.stderr.strip().splitlines() == [
             "distmnist.bench: error: --batch_size, --steps, --rounds, --turns and --checkpoint_every must be positive, "
-            "--warmup_steps, --checkpoint_rounds and --process_rounds >= 0"], bad
+            "--warmup_steps, --checkpoint_rounds, --process_rounds and --breakdown_rounds >= 0"], bad
         assert not out.exists()
 
 
