@@ -8,11 +8,11 @@ Contenders, each at the same per-replica batch after a warm-up: the tutorial's e
 extra) JAX's compiled scan against distmnist's default, each in a fresh process of its own (solo.py), and the
 compute bound (a large matmul's FLOP/s over 2.41 MFLOP per example); for 1 and 2 CPU replicas, or 1..N GPUs.
 All of them are timed in turn, --rounds times, and each one's best round counts. Where JAX is installed, on a
-CPU, the step breakdown: where one replica's step goes in each of those two, kernel by kernel in XLA's executable
-or outside it (xlaprofile.py). Then time to 98% test accuracy. Then what checkpoints cost the training (checkpointcost.py).
-Then the whole process (wholeprocess.py): `python -m distmnist.train` at its defaults against a Keras fit
-script doing the same training, and a bare `import tensorflow`, each a fresh process timed from outside,
---process_rounds times.
+CPU, the step breakdown: where one replica's step goes in each of those two, kernel by kernel in XLA's
+executable or outside it (xlaprofile.py). Then time to 98% test accuracy. Then what checkpoints cost the
+training (checkpointcost.py). Then the whole process (wholeprocess.py): `python -m distmnist.train` at its
+defaults against a Keras fit script doing the same training, and a bare `import tensorflow`, each a fresh
+process timed from outside, --process_rounds times.
 """
 
 import dataclasses
