@@ -82,10 +82,11 @@ class Trainer:
         self._local_test_rows = [slice(*inputs.shard_bounds(self.num_test, int(r), self.num_replicas))
                                  for r in replica_ids]  # the test rows each of this worker's replicas holds
         if config.input == "device":
+            epochs = -(-self.total_steps // self.steps_per_epoch)  # the run's epochs, the last one begun
             self.input = inputs.DeviceInput(strategy, mnist.x_train, mnist.y_train, self.steps_per_epoch,
                                             self.per_replica_batch_size, config.steps_per_loop,
-                                            config.shuffle_buffer, config.seed, epochs_ahead=min(
-                                                MAX_EPOCHS_AHEAD, -(-self.total_steps // self.steps_per_epoch)))
+                                            config.shuffle_buffer, config.seed,
+                                            epochs_ahead=min(MAX_EPOCHS_AHEAD, epochs), epochs=epochs)
         else:
             self.input = inputs.TfdataInput(strategy, mnist.x_train, mnist.y_train, self.global_batch_size,
                                             config.shuffle_buffer, config.seed)

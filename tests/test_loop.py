@@ -140,3 +140,17 @@ def test_one_epoch_of_real_mnist_reaches_94_percent():
     trainer, log = train(mnist, 1, steps=0, epochs=1)
     assert trainer.step == 468
     assert log.acc[468] >= 0.94
+
+
+def test_epoch_orders_past_the_runs_epochs_go_on_as_one_unbounded_draw():
+    """The orders are drawn ahead only up to the run's epochs; asked for more (a caller that trains past its total),
+    the sequence goes on with exactly the orders an unbounded draw gives, each epoch shuffled afresh."""
+    from distmnist.inputs import EpochOrder
+
+    unbounded = EpochOrder(50, 20, seed=3, ahead=2)
+    bounded = EpochOrder(50, 20, seed=3, ahead=2, epochs=2)
+    orders = [bounded.next_epoch() for _ in range(5)]
+    for order in orders:
+        np.testing.assert_array_equal(order, unbounded.next_epoch())
+        assert sorted(order) == list(range(50))
+    assert len({tuple(order) for order in orders}) == 5
