@@ -196,8 +196,7 @@ def step_breakdown(npz: str, timing: Timing, rounds: int) -> dict:
                 done = subprocess.run(command, env=solo.environment(name, 1, kernels=True), capture_output=True,
                                       text=True)
                 if done.returncode != 0 or not done.stdout.strip():
-                    last = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
-                    raise RunFailed(f"the {name} contender in its own process failed: {last}")
+                    raise _failed(name, done.stderr, done.returncode)
                 reply = json.loads(done.stdout.strip().splitlines()[-1])
                 if "skipped" in reply:
                     return reply
@@ -211,9 +210,14 @@ def _reply(name: str, process, errors) -> dict:
     if not line:
         process.wait()
         errors.seek(0)
-        last = (errors.read().strip().splitlines() or [f"exit status {process.returncode}"])[-1]
-        raise RunFailed(f"the {name} contender in its own process failed: {last}")
+        raise _failed(name, errors.read(), process.returncode)
     return json.loads(line)
+
+
+def _failed(name: str, stderr: str, status: int) -> RunFailed:
+    """The error for a contender's process that failed: the last line it wrote to stderr."""
+    last = (stderr.strip().splitlines() or [f"exit status {status}"])[-1]
+    return RunFailed(f"the {name} contender in its own process failed: {last}")
 
 
 @tf.function

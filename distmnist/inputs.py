@@ -13,6 +13,8 @@ import tensorflow as tf
 
 from distmnist.model import images_to_features, labels_to_targets
 
+MAX_EPOCHS_AHEAD = 16  # epoch orders drawn ahead (0.5 MB each for MNIST)
+
 
 def _shuffled(dataset: tf.data.Dataset, shuffle_buffer: int, seed: int) -> tf.data.Dataset:
     return dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
@@ -22,20 +24,20 @@ class EpochOrder:
     """Yields each epoch's order of training-example indices, int64 [n], in sequence from epoch 0.
 
     An epoch's order costs tf.data's shuffle about 0.13 s of one core (60,000 examples, 2-core AMD EPYC). A
-    background thread draws up to `ahead` epochs before they are asked for: made before the training call is
-    traced and compiled (one busy core), the orders of a short run are drawn on the idle one, not while training.
-    It draws no further than the run's `epochs`: a prefetch keeps its buffer full, so without that bound every
-    epoch the run takes would start the shuffle of one it never uses, on a core the training needs. Past them,
-    each order is drawn when asked for (the same orders: the sequence is drawn again and the first `epochs`
-    dropped).
+    background thread draws up to MAX_EPOCHS_AHEAD epochs before they are asked for: made before the training
+    call is traced and compiled (one busy core), the orders of a short run are drawn on the idle one, not while
+    training. It draws no further than the run's `epochs` (without them, one ahead): a prefetch keeps its buffer
+    full, so without that bound every epoch the run takes would start the shuffle of one it never uses, on a core
+    the training needs. Past them, each order is drawn when asked for (the same orders: the sequence is drawn
+    again and the first `epochs` dropped).
     """
 
-    def __init__(self, num_examples: int, shuffle_buffer: int, seed: int, ahead: int = 1,
-                 epochs: Optional[int] = None):
+    def __init__(self, num_examples: int, shuffle_buffer: int, seed: int, epochs: Optional[int] = None):
         # A new dataset draws the sequence from its start: iterators of one dataset share its shuffle's seeds.
         self._sequence = lambda: _shuffled(tf.data.Dataset.range(num_examples), shuffle_buffer, seed).batch(
             num_examples).repeat()
         self._bound = epochs
+        ahead = min(MAX_EPOCHS_AHEAD, epochs) if epochs else 1
         self._epochs = iter((self._sequence() if epochs is None else self._sequence().take(epochs)).prefetch(ahead))
         self._later = None  # the orders past `epochs`, drawn on demand
 
@@ -134,12 +136,12 @@ class DeviceInput:
 
     def __init__(self, strategy: tf.distribute.Strategy, x: np.ndarray, y: np.ndarray, steps_per_epoch: int,
                  per_replica_batch_size: int, steps_per_loop: int, shuffle_buffer: int, seed: int,
-                 epochs_ahead: int = 1, epochs: Optional[int] = None):
+                 epochs: Optional[int] = None):
         self.strategy = strategy
         self.steps_per_epoch = steps_per_epoch
         self.per_replica_batch_size = per_replica_batch_size
         self.steps_per_loop = steps_per_loop
-        self._new_order = lambda: EpochOrder(len(x), shuffle_buffer, seed, epochs_ahead, epochs)
+        self._new_order = lambda: EpochOrder(len(x), shuffle_buffer, seed, epochs)
         self._order = self._new_order()
         self._orders = {}  # epoch -> order, for the epochs the current call needs
         self._next_epoch = 0  # the epoch self._order draws next

@@ -31,7 +31,6 @@ from distmnist.data import Mnist
 from distmnist.errors import TrainingDiverged, UserError
 from distmnist.model import MLP, images_to_features
 
-MAX_EPOCHS_AHEAD = 16  # epoch orders drawn ahead (0.5 MB each for MNIST)
 
 
 class Reporter:
@@ -82,11 +81,10 @@ class Trainer:
         self._local_test_rows = [slice(*inputs.shard_bounds(self.num_test, int(r), self.num_replicas))
                                  for r in replica_ids]  # the test rows each of this worker's replicas holds
         if config.input == "device":
-            epochs = -(-self.total_steps // self.steps_per_epoch)  # the run's epochs, the last one begun
             self.input = inputs.DeviceInput(strategy, mnist.x_train, mnist.y_train, self.steps_per_epoch,
                                             self.per_replica_batch_size, config.steps_per_loop,
                                             config.shuffle_buffer, config.seed,
-                                            epochs_ahead=min(MAX_EPOCHS_AHEAD, epochs), epochs=epochs)
+                                            epochs=-(-self.total_steps // self.steps_per_epoch))  # the last begun
         else:
             self.input = inputs.TfdataInput(strategy, mnist.x_train, mnist.y_train, self.global_batch_size,
                                             config.shuffle_buffer, config.seed)

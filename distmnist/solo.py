@@ -128,14 +128,24 @@ def distmnist_runner(npz: str, replicas: int, per_replica_batch_size: int, steps
 RUNNERS = {"jax": jax_runner, "distmnist": distmnist_runner}
 
 
+def _warmed(contender: str, npz: str, replicas: int, per_replica_batch_size: int, steps: int, learning_rate: float,
+            seed: int, platform: str, **kwargs):
+    """The contender's (run, global batch, facts) after one untimed run of `steps` steps (compilation, caches);
+    run is None where the contender is not installed."""
+    run, global_batch, facts = RUNNERS[contender](npz, replicas, per_replica_batch_size, steps, learning_rate, seed,
+                                                  platform, **kwargs)
+    if run is not None:
+        run()
+    return run, global_batch, facts
+
+
 def measure(contender: str, npz: str, replicas: int, per_replica_batch_size: int, steps: int, learning_rate: float,
             seed: int, platform: str = "cpu") -> dict:
     """One untimed run of `steps` steps (compilation, caches), then one timed."""
-    run, global_batch, facts = RUNNERS[contender](npz, replicas, per_replica_batch_size, steps, learning_rate, seed,
-                                                  platform)
+    run, global_batch, facts = _warmed(contender, npz, replicas, per_replica_batch_size, steps, learning_rate, seed,
+                                       platform)
     if run is None:
         return facts
-    run()
     return {**_timed(run, steps * global_batch), **facts}
 
 
@@ -149,12 +159,11 @@ def serve(contender: str, npz: str, replicas: int, per_replica_batch_size: int, 
     """Turn-taking: after one untimed run prints {"ready": ...}; then each line "go" on stdin runs `steps` steps
     and prints {"examples_per_sec": ...}, until stdin ends."""
     kwargs = {"calls": turns + 1} if contender == "distmnist" else {}
-    run, global_batch, facts = RUNNERS[contender](npz, replicas, per_replica_batch_size, steps, learning_rate, seed,
-                                                  platform, **kwargs)
+    run, global_batch, facts = _warmed(contender, npz, replicas, per_replica_batch_size, steps, learning_rate, seed,
+                                       platform, **kwargs)
     if run is None:
         print(json.dumps(facts), flush=True)
         return
-    run()
     print(json.dumps({"ready": True, **facts}), flush=True)
     for line in sys.stdin:
         if line.strip() != "go":
@@ -169,10 +178,9 @@ def profile(contender: str, npz: str, replicas: int, per_replica_batch_size: int
     xlaprofile.TRACE_FLAG: environment(..., kernels=True))."""
     from distmnist import xlaprofile
 
-    run, _, facts = RUNNERS[contender](npz, replicas, per_replica_batch_size, steps, learning_rate, seed, platform)
+    run, _, facts = _warmed(contender, npz, replicas, per_replica_batch_size, steps, learning_rate, seed, platform)
     if run is None:
         return facts
-    run()
     if contender == "jax":
         import jax
 

@@ -147,8 +147,8 @@ def test_epoch_orders_past_the_runs_epochs_go_on_as_one_unbounded_draw():
     the sequence goes on with exactly the orders an unbounded draw gives, each epoch shuffled afresh."""
     from distmnist.inputs import EpochOrder
 
-    unbounded = EpochOrder(50, 20, seed=3, ahead=2)
-    bounded = EpochOrder(50, 20, seed=3, ahead=2, epochs=2)
+    unbounded = EpochOrder(50, 20, seed=3)
+    bounded = EpochOrder(50, 20, seed=3, epochs=2)
     orders = [bounded.next_epoch() for _ in range(5)]
     for order in orders:
         np.testing.assert_array_equal(order, unbounded.next_epoch())
