@@ -5,7 +5,10 @@ TensorFlow here.
   - Kubeflow's TFJob: lower-case task types, a "chief" beside the "worker"s, and an "environment" key;
   - Vertex AI and AI Platform: "chief" and "worker", "environment", "job" (the job's spec) and, in a task,
     "trial"/"cloud" keys; older jobs call the chief "master" (treated as "chief");
-  - SageMaker's TensorFlow containers with MultiWorkerMirroredStrategy: "worker"s only, worker 0 the chief.
+  - SageMaker's TensorFlow containers with MultiWorkerMirroredStrategy: "worker"s only, worker 0 the chief;
+  - Kubeflow Trainer v2 writes none: launch/k8s.sh's TrainingRuntime gives each pod its JobSet's name, its
+    role and the number of workers (DISTMNIST_JOBSET_*), Kubernetes its JOB_COMPLETION_INDEX, and
+    `tf_config_from_jobset` builds TF_CONFIG from them and JobSet's stable host names.
 Keys beyond "cluster" and "task" are ignored. MultiWorkerMirroredStrategy has no use for parameter servers or
 an evaluator: such a task exits at once (NoRole, exit status 2, which engines do not restart), and a cluster
 with parameter servers is refused by every task, so no one waits for peers that will never join.
@@ -13,7 +16,8 @@ with parameter servers is refused by every task, so no one waits for peers that 
 
 import dataclasses
 import json
-from typing import Optional
+import re
+from typing import Mapping, Optional
 
 from distmnist.errors import UserError
 
@@ -111,3 +115,37 @@ def parse_tf_config(text: Optional[str]) -> Optional[Cluster]:
     if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(spec[kind]):
         raise UserError(f"TF_CONFIG task index {index!r} is out of range for {len(spec[kind])} {kind} task(s)")
     return Cluster(spec=spec, task_type=kind, task_index=index)
+
+
+JOBSET_PORT = 2222
+_JOBSET_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+
+
+def tf_config_from_jobset(environ: Mapping[str, str]) -> Optional[str]:
+    """TF_CONFIG for a pod of the JobSet that launch/k8s.sh's TrainingRuntime makes (Kubeflow Trainer v2), None
+    where DISTMNIST_JOBSET_NAME is unset. JobSet names each pod JOBSET-ROLE-0-INDEX in the subdomain JOBSET (a
+    headless service), so every pod knows every address: the chief JOBSET-chief-0-0, the workers
+    JOBSET-worker-0-0 ... JOBSET-worker-0-(N-1), each on port 2222 (DISTMNIST_JOBSET_PORT)."""
+    name = environ.get("DISTMNIST_JOBSET_NAME", "")
+    if not name:
+        return None
+    role = environ.get("DISTMNIST_JOBSET_ROLE", "")
+    subdomain = environ.get("DISTMNIST_JOBSET_SUBDOMAIN") or name
+    fields = {"JOB_COMPLETION_INDEX": environ.get("JOB_COMPLETION_INDEX", ""),
+              "DISTMNIST_JOBSET_WORKERS": environ.get("DISTMNIST_JOBSET_WORKERS", ""),
+              "DISTMNIST_JOBSET_PORT": environ.get("DISTMNIST_JOBSET_PORT", str(JOBSET_PORT))}
+    for key, value in fields.items():
+        if not value.isdigit():
+            raise UserError(f"{key} must be a whole number in a Kubeflow Trainer pod (launch/k8s.sh sets it), got "
+                            f"{value!r}")
+    index, workers, port = (int(value) for value in fields.values())
+    if not _JOBSET_NAME.fullmatch(name) or not _JOBSET_NAME.fullmatch(subdomain):
+        raise UserError(f"DISTMNIST_JOBSET_NAME {name!r} (and its subdomain {subdomain!r}) must be DNS labels")
+    if role not in TASK_TYPES:
+        raise UserError(f"DISTMNIST_JOBSET_ROLE must be chief or worker (the JobSet's replicated job), got {role!r}")
+    members = {"chief": 1, "worker": workers}
+    if not 0 <= index < members[role]:
+        raise UserError(f"JOB_COMPLETION_INDEX {index} is out of range for {members[role]} {role} pod(s)")
+    cluster = {kind: [f"{name}-{kind}-0-{i}.{subdomain}:{port}" for i in range(count)]
+               for kind, count in members.items() if count}
+    return json.dumps({"cluster": cluster, "task": {"type": role, "index": index}})

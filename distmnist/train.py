@@ -14,7 +14,7 @@ from absl import flags
 
 import distmnist
 from distmnist import cli, config, pictures, tfquiet, vertex
-from distmnist.cluster import parse_tf_config
+from distmnist.cluster import parse_tf_config, tf_config_from_jobset
 from distmnist.config import TrainConfig
 
 
@@ -46,6 +46,10 @@ def config_from_flags() -> TrainConfig:
 def main() -> None:
     # Before TensorFlow is imported: bad flags fail in a blink. Vertex AI's AIP_* folders fill what was not given.
     settings = vertex.from_environment(config_from_flags(), os.environ)
+    if not os.environ.get("TF_CONFIG"):  # a Kubeflow Trainer v2 pod: TF_CONFIG from its JobSet's names
+        jobset = tf_config_from_jobset(os.environ)
+        if jobset:
+            os.environ["TF_CONFIG"] = jobset
     if settings.strategy in ("auto", "multi_worker"):  # a bad TF_CONFIG, or a task with no role here, too
         parse_tf_config(os.environ.get("TF_CONFIG"))
     painter = pictures.Painter()  # forked now, while this process is small and single-threaded

@@ -45,21 +45,10 @@ TensorBoard, never on a public interface (through SSM, no open port):
 HELP
 }
 
+VALUE_OPTIONS=(--region:REGION --instance-type:INSTANCE_TYPE --ami:AMI --subnet:SUBNET
+  --instance-profile:INSTANCE_PROFILE)
+SWITCH_OPTIONS=(--spot:SPOT)
 parse_common "$@"
-set -- ${REST[@]+"${REST[@]}"}
-while (($#)); do
-  case $1 in
-    --region) REGION=${2:?}; shift ;;
-    --instance-type) INSTANCE_TYPE=${2:?}; shift ;;
-    --ami) AMI=${2:?}; shift ;;
-    --subnet) SUBNET=${2:?}; shift ;;
-    --instance-profile) INSTANCE_PROFILE=${2:?}; shift ;;
-    --spot) SPOT=1 ;;
-    -h | --help) help; exit 0 ;;
-    *) die "unknown option '$1' (see --help)" ;;
-  esac
-  shift
-done
 check_common
 group_name="$NAME-grpc"
 
@@ -89,6 +78,12 @@ if [[ $ACTION == down ]]; then
   else
     echo "security group $group_name: already gone"
   fi
+  # The cluster's addresses: stale once its instances are gone (an up that found it would build a wrong TF_CONFIG).
+  if [[ -n $BUCKET ]]; then
+    run aws s3 rm "$BUCKET/$NAME/cluster.json" || failed+=("$BUCKET/$NAME/cluster.json")
+  else
+    echo "no --bucket: $NAME's cluster.json, if any, stays in its bucket (up removes it before it starts again)"
+  fi
   if ((${#failed[@]})); then die "could not remove: ${failed[*]} (see above); run down again or remove them by hand"; fi
   exit 0
 fi
@@ -97,27 +92,68 @@ fi
 [[ -n $SUBNET ]] || die "--subnet is required for up: a private subnet with a NAT gateway"
 [[ -n $INSTANCE_PROFILE ]] || die "--instance-profile is required for up: it lets the instances use the bucket"
 
+# A cluster whose instances are all still there is up already; one with some of them left is half a cluster,
+# whose TF_CONFIG the new ones could not share: down first.
+cluster_instances() {
+  aws ec2 describe-instances --region "$REGION" --filters "Name=tag:distmnist-cluster,Values=$NAME" \
+    "Name=instance-state-name,Values=pending,running,stopping,stopped" \
+    --query 'Reservations[].Instances[].InstanceId' --output text
+}
+if ((!DRY_RUN)); then
+  existing=$(cluster_instances) || die "cannot list the instances (aws ec2 describe-instances failed)"
+  read -r -a existing <<<"${existing//None/}"
+  if ((${#existing[@]} == WORKERS)); then
+    echo "cluster $NAME is up already: ${existing[*]}; nothing to do (down, then up, to start it afresh)"
+    exit 0
+  elif ((${#existing[@]})); then
+    die "cluster $NAME has ${#existing[@]} of its $WORKERS instances left (${existing[*]}): run down, then up"
+  fi
+fi
+
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 package_archive "$work/distmnist.tar.gz"
 run aws s3 cp "$work/distmnist.tar.gz" "$BUCKET/$NAME/distmnist.tar.gz"
+# An earlier cluster's addresses must not reach the new instances, which wait for this file.
+run aws s3 rm "$BUCKET/$NAME/cluster.json"
 
+group=""
 if ((DRY_RUN)); then
   vpc="<vpc of $SUBNET>"
-  group="<new security group $group_name>"
 else
-  vpc=$(aws ec2 describe-subnets --region "$REGION" --subnet-ids "$SUBNET" --query 'Subnets[0].VpcId' --output text)
-fi
-run aws ec2 create-security-group --region "$REGION" --vpc-id "$vpc" --group-name "$group_name" \
-  --description "distmnist $NAME: TCP between cluster members only"
-if ((!DRY_RUN)); then
+  vpc=$(aws ec2 describe-subnets --region "$REGION" --subnet-ids "$SUBNET" --query 'Subnets[0].VpcId' --output text) ||
+    die "cannot find subnet $SUBNET in $REGION (aws ec2 describe-subnets failed)"
   group=$(aws ec2 describe-security-groups --region "$REGION" --filters "Name=group-name,Values=$group_name" \
-    "Name=vpc-id,Values=$vpc" --query 'SecurityGroups[0].GroupId' --output text)
+    "Name=vpc-id,Values=$vpc" --query 'SecurityGroups[0].GroupId' --output text) || group=""
+  [[ $group != None ]] || group=""
+fi
+if [[ -n $group ]]; then
+  echo "security group $group_name ($group): exists, kept"
+else
+  run aws ec2 create-security-group --region "$REGION" --vpc-id "$vpc" --group-name "$group_name" \
+    --description "distmnist $NAME: TCP between cluster members only"
+  if ((DRY_RUN)); then
+    group="<new security group $group_name>"
+  else
+    group=$(aws ec2 describe-security-groups --region "$REGION" --filters "Name=group-name,Values=$group_name" \
+      "Name=vpc-id,Values=$vpc" --query 'SecurityGroups[0].GroupId' --output text)
+  fi
 fi
 # TCP only from members of the same group: TensorFlow's gRPC servers (port GRPC_PORT) must not be reachable from
 # elsewhere, and NCCL (GPU workers) opens its own TCP connections between the same instances.
-run aws ec2 authorize-security-group-ingress --region "$REGION" --group-id "$group" --protocol tcp \
-  --port 0-65535 --source-group "$group"
+rule=""
+if ((!DRY_RUN)); then
+  rule=$(aws ec2 describe-security-group-rules --region "$REGION" --filters "Name=group-id,Values=$group" \
+    --query "SecurityGroupRules[?!IsEgress && ReferencedGroupInfo.GroupId=='$group'].SecurityGroupRuleId" \
+    --output text) || rule=""
+  [[ $rule != None ]] || rule=""
+fi
+if [[ -n $rule ]]; then
+  echo "its rule admitting the group's own members ($rule): exists, kept"
+else
+  run aws ec2 authorize-security-group-ingress --region "$REGION" --group-id "$group" --protocol tcp \
+    --port 0-65535 --source-group "$group"
+fi
 
 # Each instance waits (up to 15 minutes) for cluster.json, then takes its own place in it.
 wait_for_cluster="for _ in \$(seq 180); do if aws s3 cp $BUCKET/$NAME/cluster.json /opt/distmnist/cluster.json \

@@ -1,5 +1,7 @@
 # shellcheck shell=bash
 # Shared by gcp.sh and aws.sh: options, TF_CONFIGs, the start-up script, and --dry-run. Sourced, not run.
+# shellcheck source-path=SCRIPTDIR source=options.sh
+source "$(dirname "${BASH_SOURCE[0]}")/options.sh"
 
 GRPC_PORT=${DISTMNIST_PORT:-2222}
 NAME=${DISTMNIST_NAME:-distmnist}
@@ -29,7 +31,8 @@ tf_config() {
 }
 
 check_common() {
-  [[ $ACTION == up || $ACTION == down ]] || die "say up or down (see --help)"
+  [[ -n $ACTION ]] || die "say up or down (see --help)"
+  [[ $ACTION == up || $ACTION == down ]] || die "unknown action '$ACTION' (up or down)"
   [[ $WORKERS =~ ^[1-9][0-9]*$ ]] || die "--workers must be a positive integer, got '$WORKERS'"
   [[ $NAME =~ ^[a-z]([-a-z0-9]{0,40}[a-z0-9])?$ ]] || die "--name must be lower-case letters, digits and dashes"
   if [[ $ACTION == up ]]; then
@@ -66,8 +69,20 @@ fi"
 # stops at the same step, the chief checkpoints and mirrors the run. Started again (a stopped VM restarted,
 # or new VMs from the same 'up'), the chief resumes from that checkpoint, on its disk or from the bucket.
 set -uxo pipefail
-exec >>/var/log/distmnist.log 2>&1
-trap 'shutdown -h now' EXIT
+# The log goes to /var/log/distmnist.log and, through the start-up script's own output, to the serial console
+# (GCP: gcloud compute instances get-serial-port-output; AWS: aws ec2 get-console-output). A failed start-up
+# (or training) also leaves it in the bucket before the VM stops: $BUCKET/$NAME/startup-$index.log.
+exec > >(tee -a /var/log/distmnist.log) 2>&1
+# shellcheck disable=SC2329  # run by the EXIT trap
+finish() {
+  local status=\$?
+  if [ "\$status" -ne 0 ]; then
+    echo "distmnist: worker $index ended with status \$status; its log goes to $BUCKET/$NAME/startup-$index.log"
+    $fetch /var/log/distmnist.log $BUCKET/$NAME/startup-$index.log
+  fi
+  shutdown -h now
+}
+trap finish EXIT
 # A venv on a Python that TensorFlow 2.21 has wheels for (3.10-3.13): the image's python3 if it is one, else
 # another python3.X on the image; Ubuntu's python3 needs its -venv package for venv (installed when missing).
 make_venv() {
@@ -85,7 +100,9 @@ make_venv() {
   if "\$py" -m venv venv; then return 0; fi
   rm -rf venv
   version=\$("\$py" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
-  if ! { apt-get update -q && apt-get install -y -q "python\$version-venv" && "\$py" -m venv venv; }; then
+  # On first boot the image's own updates can hold dpkg's lock: wait for it (10 minutes at most).
+  if ! { apt-get -o DPkg::Lock::Timeout=600 update -q &&
+    apt-get -o DPkg::Lock::Timeout=600 install -y -q "python\$version-venv" && "\$py" -m venv venv; }; then
     echo "distmnist: \$py -m venv fails and python\$version-venv could not be installed"
     return 1
   fi
@@ -124,6 +141,7 @@ status=\$?
 kill \$watch 2>/dev/null
 $mirror
 echo "distmnist.train exited with \$status (143: stopped by a preemption notice, with a checkpoint)"
+exit \$status
 SCRIPT
 }
 
@@ -155,19 +173,12 @@ common options (environment variable in brackets):
 HELP
 }
 
-# parse_common "$@": consumes the common options; leaves the rest in REST.
+# parse_common "$@": the common options and the cloud's own (VALUE_OPTIONS, SWITCH_OPTIONS set by the script
+# before), in either form (--opt value, --opt=value); the action is the one word that is not an option.
 parse_common() {
-  REST=()
-  while (($#)); do
-    case $1 in
-      up | down) ACTION=$1 ;;
-      --name) NAME=${2:?--name needs a value}; shift ;;
-      --workers) WORKERS=${2:?--workers needs a value}; shift ;;
-      --bucket) BUCKET=${2:?--bucket needs a value}; shift ;;
-      --dry-run) DRY_RUN=1 ;;
-      --) shift; TRAIN_FLAGS=("$@"); break ;;
-      *) REST+=("$1") ;;
-    esac
-    shift
-  done
+  VALUE_OPTIONS+=(--name:NAME --workers:WORKERS --bucket:BUCKET)
+  SWITCH_OPTIONS+=(--dry-run:DRY_RUN)
+  parse_options "$@"
+  [[ ${#WORDS[@]} -le 1 ]] || die "one action, up or down, got '${WORDS[*]}'"
+  ACTION=${WORDS[0]:-}
 }

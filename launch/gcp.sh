@@ -32,6 +32,9 @@ SUBNET=${GCP_SUBNET:-default}
 SERVICE_ACCOUNT=${GCP_SERVICE_ACCOUNT:-}
 SPOT=${GCP_SPOT:-0}
 IAP_RANGE=35.235.240.0/20  # where IAP's TCP forwarding (gcloud compute ssh --tunnel-through-iap) comes from
+ALLOW_PRIORITY=900 DENY_PRIORITY=1000  # firewall priorities: the lower number wins; a network's own rules: 1000+
+IAM_WAIT_S=${DISTMNIST_IAM_WAIT_S:-180}
+POLL_S=${DISTMNIST_POLL_S:-5}
 
 help() {
   sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
@@ -100,25 +103,11 @@ machine_for() {
   esac
 }
 
+VALUE_OPTIONS=(--zone:ZONE --machine-type:MACHINE_TYPE --accelerator:ACCELERATOR --accelerator-count:ACCELERATOR_COUNT
+  --image-family:IMAGE_FAMILY --image-project:IMAGE_PROJECT --network:NETWORK --subnet:SUBNET
+  --service-account:SERVICE_ACCOUNT)
+SWITCH_OPTIONS=(--spot:SPOT)
 parse_common "$@"
-set -- ${REST[@]+"${REST[@]}"}
-while (($#)); do
-  case $1 in
-    --zone) ZONE=${2:?}; shift ;;
-    --machine-type) MACHINE_TYPE=${2:?}; shift ;;
-    --accelerator) ACCELERATOR=${2:?}; shift ;;
-    --accelerator-count) ACCELERATOR_COUNT=${2:?}; shift ;;
-    --image-family) IMAGE_FAMILY=${2:?}; shift ;;
-    --image-project) IMAGE_PROJECT=${2:?}; shift ;;
-    --network) NETWORK=${2:?}; shift ;;
-    --subnet) SUBNET=${2:?}; shift ;;
-    --service-account) SERVICE_ACCOUNT=${2:?}; shift ;;
-    --spot) SPOT=1 ;;
-    -h | --help) help; exit 0 ;;
-    *) die "unknown option '$1' (see --help)" ;;
-  esac
-  shift
-done
 check_common
 [[ $BUCKET == gs://* || $ACTION == down ]] || die "--bucket must be a gs:// URL, got '$BUCKET'"
 [[ -z $ACCELERATOR_COUNT || $ACCELERATOR_COUNT =~ ^[1-9][0-9]*$ ]] ||
@@ -154,31 +143,38 @@ hosts=()
 for ((i = 0; i < WORKERS; i++)); do hosts+=("$NAME-$i"); done
 grpc_rule="$NAME-grpc"
 ssh_rule="$NAME-iap-ssh"
+deny_rule="$NAME-deny"
 sa_id="$NAME-vm"  # a service account id: 6-30 characters
 
 project() {
   if ((DRY_RUN)); then echo "PROJECT"; else gcloud config get-value project 2>/dev/null; fi
 }
 
+# exists DESCRIBE-COMMAND...: whether gcloud finds the thing (asked before making or removing it, so that up and
+# down can run again after a partial run); a dry run finds nothing and prints every command.
+exists() {
+  ((!DRY_RUN)) && gcloud "$@" --format 'value(name)' >/dev/null 2>&1
+}
+
 if [[ $ACTION == down ]]; then
   # Each piece on its own, past whatever is already gone; the status says whether anything could not be removed.
   failed=()
   for host in "${hosts[@]}"; do
-    if ((!DRY_RUN)) && ! gcloud compute instances describe "$host" --zone "$ZONE" --format 'value(name)' >/dev/null 2>&1
-    then
+    if ((!DRY_RUN)) && ! exists compute instances describe "$host" --zone "$ZONE"; then
       echo "$host: already gone"; continue
     fi
     run gcloud compute instances delete "$host" --zone "$ZONE" --quiet || failed+=("$host")
   done
-  for rule in "$grpc_rule" "$ssh_rule"; do
-    if ((!DRY_RUN)) && ! gcloud compute firewall-rules describe "$rule" --format 'value(name)' >/dev/null 2>&1; then
+  # The deny rule goes last: until the VMs are gone it keeps the network's own rules away from their ports.
+  for rule in "$grpc_rule" "$ssh_rule" "$deny_rule"; do
+    if ((!DRY_RUN)) && ! exists compute firewall-rules describe "$rule"; then
       echo "$rule: already gone"; continue
     fi
     run gcloud compute firewall-rules delete "$rule" --quiet || failed+=("$rule")
   done
   if [[ -z $SERVICE_ACCOUNT ]]; then  # the one up made; one passed with --service-account is yours to keep
     account="$sa_id@$(project).iam.gserviceaccount.com"
-    if ((!DRY_RUN)) && ! gcloud iam service-accounts describe "$account" >/dev/null 2>&1; then
+    if ((!DRY_RUN)) && ! exists iam service-accounts describe "$account"; then
       echo "$account: already gone"
     else
       run gcloud iam service-accounts delete "$account" --quiet || failed+=("$account")
@@ -232,21 +228,42 @@ if [[ -z $SERVICE_ACCOUNT ]]; then
   ((${#sa_id} >= 6 && ${#sa_id} <= 30)) ||
     die "--name makes the service account id '$sa_id', which must have 6-30 characters; pass --service-account"
   SERVICE_ACCOUNT="$sa_id@$(project).iam.gserviceaccount.com"
-  if ((DRY_RUN)) || ! gcloud iam service-accounts describe "$SERVICE_ACCOUNT" >/dev/null 2>&1; then
+  if exists iam service-accounts describe "$SERVICE_ACCOUNT"; then
+    echo "$SERVICE_ACCOUNT: exists, kept"
+  else
     run gcloud iam service-accounts create "$sa_id" --display-name "distmnist $NAME VMs (bucket only)"
   fi
 fi
+# IAM is eventually consistent: an account made seconds ago can be reported missing for a minute or so. Its first
+# use, the bucket binding, is tried again while IAM says so, IAM_WAIT_S at most; any other error ends up at once.
 bucket_root=$(cut -d/ -f1-3 <<<"$BUCKET")
-run gcloud storage buckets add-iam-policy-binding "$bucket_root" --member "serviceAccount:$SERVICE_ACCOUNT" \
-  --role roles/storage.objectAdmin
+binding=(gcloud storage buckets add-iam-policy-binding "$bucket_root" --member "serviceAccount:$SERVICE_ACCOUNT"
+  --role roles/storage.objectAdmin)
+bind_bucket() {
+  local deadline=$((SECONDS + IAM_WAIT_S))
+  run "${binding[@]}" 2>"$work/iam-error" && return 0
+  while grep -qiE "does not exist|not found" "$work/iam-error" && ((SECONDS < deadline)); do
+    sleep "$POLL_S"
+    "${binding[@]}" 2>"$work/iam-error" && return 0
+  done
+  die "could not grant $SERVICE_ACCOUNT the bucket ($(grep -v '^[[:space:]]*$' "$work/iam-error" | tail -n 1));" \
+    "IAM was given ${IAM_WAIT_S} s to know a new account: run up again"
+}
+bind_bucket
 
-# gRPC only between VMs carrying the cluster's tag: TensorFlow's servers must not be reachable from elsewhere.
-# NCCL (GPU workers) opens its own TCP connections between the same VMs: all TCP from the cluster's tag to it.
-run gcloud compute firewall-rules create "$grpc_rule" --network "$NETWORK" --direction INGRESS \
-  --allow tcp --source-tags "$NAME" --target-tags "$NAME"
-# SSH only from IAP's TCP-forwarding range (gcloud compute ssh --tunnel-through-iap), to the cluster's VMs.
-run gcloud compute firewall-rules create "$ssh_rule" --network "$NETWORK" --direction INGRESS \
-  --allow tcp:22 --source-ranges "$IAP_RANGE" --target-tags "$NAME"
+# Firewall: the cluster's VMs (network tag NAME) take TCP from each other (TensorFlow's gRPC port, and NCCL's
+# own connections between GPU workers) and SSH from IAP's TCP forwarding, and nothing from anywhere else. The
+# deny rule outranks every allow rule of lower priority (a larger number), the network's own included: the
+# default network's default-allow-internal (priority 65534) admits all of 10.128.0.0/9 to every port.
+make_rule() {  # make_rule NAME FLAGS...: created unless it exists
+  local rule=$1
+  shift
+  if exists compute firewall-rules describe "$rule"; then echo "$rule: exists, kept"; return 0; fi
+  run gcloud compute firewall-rules create "$rule" --network "$NETWORK" --direction INGRESS "$@" --target-tags "$NAME"
+}
+make_rule "$grpc_rule" --allow tcp --source-tags "$NAME" --priority "$ALLOW_PRIORITY"
+make_rule "$ssh_rule" --allow tcp:22 --source-ranges "$IAP_RANGE" --priority "$ALLOW_PRIORITY"
+make_rule "$deny_rule" --action DENY --rules all --source-ranges 0.0.0.0/0 --priority "$DENY_PRIORITY"
 
 echo "chief: ${hosts[0]} (worker 0 writes the run directory); $WORKERS x $MACHINE_TYPE, $ACCELERATOR_COUNT x $ACCELERATOR each"
 for ((i = 0; i < WORKERS; i++)); do
@@ -266,13 +283,27 @@ for ((i = 0; i < WORKERS; i++)); do
   fi
   extra=()
   if ((SPOT)); then extra+=(--provisioning-model SPOT --instance-termination-action STOP); fi
-  run gcloud compute instances create "${hosts[$i]}" --zone "$ZONE" --machine-type "$MACHINE_TYPE" \
-    ${accelerator_flags[@]+"${accelerator_flags[@]}"} --maintenance-policy TERMINATE \
-    --image-family "$IMAGE_FAMILY" --image-project "$IMAGE_PROJECT" --boot-disk-size 100GB \
-    --network "$NETWORK" --subnet "$SUBNET" --no-address --tags "$NAME" \
-    --service-account "$SERVICE_ACCOUNT" --scopes storage-rw \
-    --metadata install-nvidia-driver=True --metadata-from-file "$metadata" \
-    ${extra[@]+"${extra[@]}"}
+  status=""
+  if ((!DRY_RUN)); then
+    status=$(gcloud compute instances describe "${hosts[$i]}" --zone "$ZONE" --format 'value(status)' 2>/dev/null) ||
+      status=""
+  fi
+  case $status in
+    "")
+      run gcloud compute instances create "${hosts[$i]}" --zone "$ZONE" --machine-type "$MACHINE_TYPE" \
+        ${accelerator_flags[@]+"${accelerator_flags[@]}"} --maintenance-policy TERMINATE \
+        --image-family "$IMAGE_FAMILY" --image-project "$IMAGE_PROJECT" --boot-disk-size 100GB \
+        --network "$NETWORK" --subnet "$SUBNET" --no-address --tags "$NAME" \
+        --service-account "$SERVICE_ACCOUNT" --scopes storage-rw \
+        --metadata install-nvidia-driver=True --metadata-from-file "$metadata" \
+        ${extra[@]+"${extra[@]}"}
+      ;;
+    TERMINATED)  # stopped (its run done, or preempted): the new scripts, then started again; the chief resumes
+      run gcloud compute instances add-metadata "${hosts[$i]}" --zone "$ZONE" --metadata-from-file "$metadata"
+      run gcloud compute instances start "${hosts[$i]}" --zone "$ZONE"
+      ;;
+    *) echo "${hosts[$i]}: $status, kept (down, then up, to start it afresh)" ;;
+  esac
 done
 echo "the chief's run lands in $BUCKET/$NAME/run; follow a VM with:"
 echo "  gcloud compute ssh ${hosts[0]} --zone $ZONE --tunnel-through-iap -- tail -f /var/log/distmnist.log"
