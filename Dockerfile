@@ -3,7 +3,7 @@
 # gpu extra, MNIST inside (jobs need no network for data), a non-root user, distmnist.train as the entry point.
 #
 #   make image                                   # docker build -t distmnist:<version> .
-#   docker run --gpus all distmnist:0.1.0 --epochs=1
+#   docker run --gpus all -v "$PWD/logs:/home/distmnist/logs" distmnist:0.1.0 --epochs=1
 ARG TF_VERSION=2.21.0
 FROM tensorflow/tensorflow:${TF_VERSION}-gpu
 
@@ -26,5 +26,6 @@ RUN python3 -m pip install "/opt/distmnist/src[gpu]" \
 # Numeric, so that Kubernetes' runAsNonRoot can check it.
 USER 1000:1000
 WORKDIR /home/distmnist
+# No CMD: the run goes to ./logs (/home/distmnist/logs) unless the job says where. A CMD --logdir would win over
+# Vertex AI's AIP_CHECKPOINT_DIR whenever a job's args are empty, and the run would die with the container.
 ENTRYPOINT ["python3", "-m", "distmnist.train"]
-CMD ["--logdir=/home/distmnist/logs"]

@@ -4,11 +4,12 @@
 # worker; Vertex sets TF_CONFIG, and distmnist writes where Vertex says (AIP_CHECKPOINT_DIR: the run directory,
 # so a restarted job resumes; AIP_MODEL_DIR: the SavedModel; AIP_TENSORBOARD_LOG_DIR: the TensorBoard events).
 #
-#   launch/vertex.sh up --project=P --bucket=gs://B --image=REGION-docker.pkg.dev/P/REPO/distmnist:0.1.0 [-- train flags]
+#   launch/vertex.sh up --project=P --bucket=gs://B --image=REGION-docker.pkg.dev/P/REPO/distmnist:0.1.0 \
+#     --service-account=SA@P.iam.gserviceaccount.com [-- train flags]
 #   launch/vertex.sh up ... --dry-run       # print the job spec and the gcloud command, run nothing
-#   launch/vertex.sh down --project=P       # cancel the job of that --name that is still running
+#   launch/vertex.sh down --project=P       # cancel the queued, pending or running jobs of that --name
 #
-# Options (defaults in brackets):
+# Options, as --opt=value or --opt value (defaults in brackets):
 #   --project=P             the Google Cloud project [gcloud's configured project]
 #   --region=R              [us-central1]
 #   --bucket=gs://B         where the job's outputs go: gs://B/NAME/{checkpoints,model,logs} (required for up)
@@ -18,64 +19,49 @@
 #   --machine-type=T        [g2-standard-8]
 #   --accelerator-type=A    a Vertex accelerator name, NONE for CPUs only [NVIDIA_L4]
 #   --accelerator-count=C   per replica [1]
-#   --service-account=SA    the job's identity: give it roles/storage.objectAdmin on the bucket and nothing
-#                           more [Vertex's default service agent]
+#   --service-account=SA    the job's own identity (required for up): roles/storage.objectAdmin on the bucket,
+#                           with --tensorboard also roles/aiplatform.user, and nothing more
 #   --tensorboard=ID        a Vertex AI TensorBoard instance (projects/P/locations/R/tensorboards/ID) to stream to
 #   --dry-run               print, run nothing
 #
 # scheduling.restartJobOnWorkerRestart is on: when any replica restarts, all do, and all resume from the
 # chief's latest checkpoint in AIP_CHECKPOINT_DIR (a lone restarted worker could not rejoin a collective).
 set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=options.sh
+source "$(dirname "$0")/options.sh"
 
-usage() {
-  sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2
-  exit 2
+help() {
+  sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
 }
-fail() { echo "vertex.sh: $*" >&2; exit 2; }
-
-[[ $# -ge 1 ]] || usage
-action=$1
-shift
-case $action in up | down) ;; -h | --help) usage ;; *) fail "unknown action '$action' (up or down)" ;; esac
+die() { echo "vertex.sh: $*" >&2; exit 2; }
 
 project="" region=us-central1 bucket="" image="" name=distmnist workers=1 machine_type=g2-standard-8
 accelerator_type=NVIDIA_L4 accelerator_count=1 service_account="" tensorboard="" dry_run=0
-train_flags=()
-while [[ $# -gt 0 ]]; do
-  case $1 in
-    --project=*) project=${1#*=} ;;
-    --region=*) region=${1#*=} ;;
-    --bucket=*) bucket=${1#*=} ;;
-    --image=*) image=${1#*=} ;;
-    --name=*) name=${1#*=} ;;
-    --workers=*) workers=${1#*=} ;;
-    --machine-type=*) machine_type=${1#*=} ;;
-    --accelerator-type=*) accelerator_type=${1#*=} ;;
-    --accelerator-count=*) accelerator_count=${1#*=} ;;
-    --service-account=*) service_account=${1#*=} ;;
-    --tensorboard=*) tensorboard=${1#*=} ;;
-    --dry-run) dry_run=1 ;;
-    --) shift; train_flags=("$@"); break ;;
-    -h | --help) usage ;;
-    *) fail "unknown option '$1' (see --help; train flags go after --)" ;;
-  esac
-  shift
-done
+VALUE_OPTIONS=(--project:project --region:region --bucket:bucket --image:image --name:name --workers:workers
+  --machine-type:machine_type --accelerator-type:accelerator_type --accelerator-count:accelerator_count
+  --service-account:service_account --tensorboard:tensorboard)
+SWITCH_OPTIONS=(--dry-run:dry_run)
+[[ $# -ge 1 ]] || { help >&2; exit 2; }
+parse_options "$@"
+train_flags=(${TRAIN_FLAGS[@]+"${TRAIN_FLAGS[@]}"})
+[[ ${#WORDS[@]} -eq 1 ]] || die "say up or down (see --help)"
+action=${WORDS[0]}
+case $action in up | down) ;; *) die "unknown action '$action' (up or down)" ;; esac
 
-[[ $name =~ ^[a-z][-a-z0-9]{0,62}$ ]] || fail "--name must be lower-case letters, digits and dashes (a folder in the bucket), got '$name'"
-[[ $region =~ ^[a-z]+-[a-z]+[0-9]$ ]] || fail "--region must be a Google Cloud region like us-central1, got '$region'"
-[[ -z $project || $project =~ ^[a-z][-a-z0-9]{4,28}[a-z0-9]$ ]] || fail "--project must be a project ID, got '$project'"
-[[ $workers =~ ^[0-9]+$ ]] || fail "--workers must be a whole number (workers besides the chief), got '$workers'"
-[[ $accelerator_count =~ ^[0-9]+$ ]] || fail "--accelerator-count must be a whole number, got '$accelerator_count'"
-[[ $accelerator_type =~ ^[A-Z0-9_]+$ ]] || fail "--accelerator-type must be a Vertex accelerator name like NVIDIA_L4, got '$accelerator_type'"
-[[ $machine_type =~ ^[a-z0-9]+-[a-z0-9-]+$ ]] || fail "--machine-type must be a machine type like g2-standard-8, got '$machine_type'"
+[[ $name =~ ^[a-z][-a-z0-9]{0,62}$ ]] || die "--name must be lower-case letters, digits and dashes (a folder in the bucket), got '$name'"
+[[ $region =~ ^[a-z]+-[a-z]+[0-9]$ ]] || die "--region must be a Google Cloud region like us-central1, got '$region'"
+[[ -z $project || $project =~ ^[a-z][-a-z0-9]{4,28}[a-z0-9]$ ]] || die "--project must be a project ID, got '$project'"
+[[ $workers =~ ^[0-9]+$ ]] || die "--workers must be a whole number (workers besides the chief), got '$workers'"
+[[ $accelerator_count =~ ^[0-9]+$ ]] || die "--accelerator-count must be a whole number, got '$accelerator_count'"
+[[ $accelerator_type =~ ^[A-Z0-9_]+$ ]] || die "--accelerator-type must be a Vertex accelerator name like NVIDIA_L4, got '$accelerator_type'"
+[[ $machine_type =~ ^[a-z0-9]+-[a-z0-9-]+$ ]] || die "--machine-type must be a machine type like g2-standard-8, got '$machine_type'"
 [[ -z $tensorboard || $tensorboard =~ ^projects/[^/]+/locations/[^/]+/tensorboards/[0-9]+$ ]] ||
-  fail "--tensorboard must read projects/P/locations/R/tensorboards/ID, got '$tensorboard'"
-for flag in "${train_flags[@]}"; do
+  die "--tensorboard must read projects/P/locations/R/tensorboards/ID, got '$tensorboard'"
+for flag in ${train_flags[@]+"${train_flags[@]}"}; do
   case $flag in
-    --logdir=* | --run_name=*) fail "$flag is set by Vertex AI (AIP_CHECKPOINT_DIR) for this job" ;;
+    --logdir=* | --run_name=*) die "$flag is set by Vertex AI (AIP_CHECKPOINT_DIR) for this job" ;;
     --*) ;;
-    *) fail "train flags go after -- as --flag=value, got '$flag'" ;;
+    *) die "train flags go after -- as --flag=value, got '$flag'" ;;
   esac
 done
 
@@ -91,27 +77,35 @@ run() {
 }
 
 if [[ $action == down ]]; then
-  list=("${gcloud_base[@]}" list "${where[@]}" --filter="displayName=$name AND state=JOB_STATE_RUNNING"
-    --format="value(name)")
+  # Every job of that name that has not ended: a queued or pending one would start later and bill.
+  states="state=JOB_STATE_QUEUED OR state=JOB_STATE_PENDING OR state=JOB_STATE_RUNNING"
+  list=("${gcloud_base[@]}" list "${where[@]}" --filter="displayName=$name AND ($states)" --format="value(name)")
   if ((dry_run)); then
-    echo "# the running jobs named $name, then each one cancelled:"
+    echo "# the queued, pending and running jobs named $name, then each one cancelled:"
     run "${list[@]}"
     run "${gcloud_base[@]}" cancel JOB_ID "${where[@]}"
     exit 0
   fi
-  ids=$("${list[@]}")
-  [[ -n $ids ]] || { echo "vertex.sh: no running job named $name in $region"; exit 0; }
+  ids=$("${list[@]}") || die "could not list the jobs (gcloud ai custom-jobs list failed; see above)"
+  [[ -n $ids ]] || { echo "vertex.sh: no queued, pending or running job named $name in $region"; exit 0; }
   for id in $ids; do run "${gcloud_base[@]}" cancel "${id##*/}" "${where[@]}"; done
   exit 0
 fi
 
-[[ $bucket =~ ^gs://[a-z0-9][-_.a-z0-9]{1,61}[a-z0-9](/.*)?$ ]] || fail "--bucket must be a gs:// bucket for the job's outputs, got '$bucket'"
-[[ -n $image && ! $image =~ [[:space:]] ]] || fail "--image must name the job image in Artifact Registry (see make image)"
+[[ $bucket =~ ^gs://[a-z0-9][-_.a-z0-9]{1,61}[a-z0-9](/.*)?$ ]] || die "--bucket must be a gs:// bucket for the job's outputs, got '$bucket'"
+[[ -n $image && ! $image =~ [[:space:]] ]] || die "--image must name the job image in Artifact Registry (see make image)"
+# The job's identity: without one, Vertex's service agent runs it, which can read every bucket of the project
+# (and a job with --tensorboard is refused).
+roles="roles/storage.objectAdmin on $bucket"
+[[ -n $tensorboard ]] && roles+=" and roles/aiplatform.user on the project (for --tensorboard)"
+[[ $service_account =~ ^[a-z][-a-z0-9]{4,28}[a-z0-9]@[-a-z0-9.]+\.gserviceaccount\.com$ ]] ||
+  die "--service-account must name the job's own service account (NAME@PROJECT.iam.gserviceaccount.com), holding" \
+    "$roles and nothing more, got '$service_account'"
 
 # JSON strings, quotes and backslashes escaped.
 q() { local s=${1//\\/\\\\}; s=${s//\"/\\\"}; printf '"%s"' "$s"; }
 args=""
-for flag in "${train_flags[@]}"; do args+="${args:+, }$(q "$flag")"; done
+for flag in ${train_flags[@]+"${train_flags[@]}"}; do args+="${args:+, }$(q "$flag")"; done
 
 # One worker pool: pool REPLICAS.
 pool() {
@@ -139,7 +133,7 @@ spec() {
   fi
   echo "  ],"
   echo "  \"baseOutputDirectory\": {\"outputUriPrefix\": $(q "${bucket%/}/$name")},"
-  [[ -n $service_account ]] && echo "  \"serviceAccount\": $(q "$service_account"),"
+  echo "  \"serviceAccount\": $(q "$service_account"),"
   [[ -n $tensorboard ]] && echo "  \"tensorboard\": $(q "$tensorboard"),"
   echo '  "scheduling": {"restartJobOnWorkerRestart": true, "timeout": "86400s"}'
   echo "}"

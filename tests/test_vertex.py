@@ -3,6 +3,7 @@ from AIP_CHECKPOINT_DIR with its events in AIP_TENSORBOARD_LOG_DIR and its Saved
 
 import glob
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -67,6 +68,7 @@ print(sorted(serve(images=tf.zeros([2, 28, 28], tf.uint8))))
 
 SCRIPT = os.path.join(REPO, "launch", "vertex.sh")
 IMAGE = "us-central1-docker.pkg.dev/my-project/ml/distmnist:0.1.0"
+ACCOUNT = "mnist-job@my-project.iam.gserviceaccount.com"
 # gcloud's reference (https://cloud.google.com/sdk/gcloud/reference/ai/custom-jobs/...): each command's flags.
 GCLOUD_FLAGS = {"create": {"--region", "--project", "--display-name", "--config"},
                 "list": {"--region", "--project", "--filter", "--format"},
@@ -125,7 +127,7 @@ def test_without_gpus_and_down():
     from google.cloud.aiplatform_v1.types import CustomJobSpec
 
     result = vertex("up", "--bucket=gs://my-bucket", f"--image={IMAGE}", "--workers=0", "--machine-type=n2-standard-8",
-                    "--accelerator-type=NONE", "--dry-run")
+                    "--accelerator-type=NONE", f"--service-account={ACCOUNT}", "--dry-run")
     assert result.returncode == 0, result.stderr
     spec = CustomJobSpec.from_json(result.stdout.split("\n", 1)[1].rsplit("\ngcloud ", 1)[0],
                                    ignore_unknown_fields=False)
@@ -134,20 +136,86 @@ def test_without_gpus_and_down():
     down = vertex("down", "--name=mnist-a", "--dry-run")
     assert down.returncode == 0, down.stderr
     (verb, flags, _), (verb2, _, positional) = printed_gcloud(down.stdout)
-    assert verb == "list" and flags["--filter"] == "displayName=mnist-a AND state=JOB_STATE_RUNNING"
+    assert verb == "list" and flags["--filter"] == ("displayName=mnist-a AND (state=JOB_STATE_QUEUED OR "
+                                                    "state=JOB_STATE_PENDING OR state=JOB_STATE_RUNNING)")
     assert verb2 == "cancel" and positional == ["JOB_ID"]
+
+
+UP = ("up", "--bucket=gs://my-bucket", f"--image={IMAGE}")
 
 
 @pytest.mark.parametrize("args, message", [
     (("up", f"--image={IMAGE}"), "--bucket must be a gs:// bucket"),
     (("up", "--bucket=gs://my-bucket"), "--image must name the job image"),
-    (("up", "--bucket=gs://my-bucket", f"--image={IMAGE}", "--", "--logdir=/x"), "--logdir=/x is set by Vertex AI"),
+    ((*UP, "--", "--logdir=/x"), "--logdir=/x is set by Vertex AI"),
     (("up", "--name=Bad_Name"), "--name must be lower-case letters"),
     (("up", "--accelerator-type=nvidia-l4"), "--accelerator-type must be a Vertex accelerator name"),
+    # Without its own account a job runs as Vertex's service agent, which reads every bucket of the project.
+    (UP, "--service-account must name the job's own service account (NAME@PROJECT.iam.gserviceaccount.com), "
+         "holding roles/storage.objectAdmin on gs://my-bucket and nothing more, got ''"),
+    ((*UP, "--tensorboard=projects/p/locations/us-central1/tensorboards/1"),
+     "holding roles/storage.objectAdmin on gs://my-bucket and roles/aiplatform.user on the project (for "
+     "--tensorboard) and nothing more"),
+    ((*UP, "--service-account"), "--service-account needs a value (--service-account VALUE or --service-account="),
+    ((*UP, "--dry-run=yes"), "--dry-run takes no value"),
+    ((*UP, "--bogus", "1"), "unknown option '--bogus'"),
     (("start",), "unknown action 'start'"),
 ])
-def test_bad_options_get_one_line(args, message):
-    result = vertex(*args)
+def test_bad_options_get_one_line(args, message, tmp_path):
+    env, calls = fake_gcloud(tmp_path)
+    result = vertex(*args, env=env)
     assert result.returncode == 2 and not result.stdout
     assert result.stderr.startswith("vertex.sh: ") and len(result.stderr.splitlines()) == 1, result.stderr
     assert message in result.stderr
+    assert not calls.exists()  # gcloud never called: no job made
+
+
+SAMPLES = {"--project": "other-project", "--region": "europe-west4", "--bucket": "gs://other-bucket",
+           "--image": "europe-docker.pkg.dev/p/r/distmnist:0.2", "--name": "mnist-b", "--workers": "3",
+           "--machine-type": "a2-highgpu-1g", "--accelerator-type": "NVIDIA_TESLA_A100", "--accelerator-count": "2",
+           "--service-account": "other-job@my-project.iam.gserviceaccount.com",
+           "--tensorboard": "projects/p/locations/us-central1/tensorboards/7"}
+
+
+def test_every_option_takes_both_forms():
+    listed = subprocess.run([SCRIPT, "--help"], capture_output=True, text=True, timeout=30).stdout
+    assert sorted(set(re.findall(r"^\s+(--[a-z][-a-z]*)[= ]", listed, re.M)) - {"--dry-run"}) == sorted(SAMPLES)
+    base = (*UP, f"--service-account={ACCOUNT}", "--dry-run")
+
+    def spec(*args):
+        result = vertex(*base, *args)
+        assert result.returncode == 0, result.stderr
+        return re.sub(r"/tmp/vertex-job\.\w+\.json", "CONFIG", result.stdout)
+
+    plain = spec()
+    for option, value in SAMPLES.items():
+        joined, spaced = spec(f"{option}={value}"), spec(option, value)
+        assert joined == spaced and joined != plain, option
+
+
+FAKE_GCLOUD = r"""#!/bin/bash
+echo "gcloud $*" >> "$FAKE_LOG"
+if [[ $3 == list ]]; then  # jobs of every state; gcloud keeps those its --filter names
+  for job in q:JOB_STATE_QUEUED p:JOB_STATE_PENDING r:JOB_STATE_RUNNING s:JOB_STATE_SUCCEEDED c:JOB_STATE_CANCELLED; do
+    [[ $* == *"state=${job#*:}"* ]] && echo "projects/1/locations/us-central1/customJobs/${job%%:*}"
+  done
+fi
+exit 0
+"""
+
+
+def fake_gcloud(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "gcloud").write_text(FAKE_GCLOUD)
+    (bin_dir / "gcloud").chmod(0o755)
+    calls = tmp_path / "calls"
+    return {"PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_LOG": str(calls)}, calls
+
+
+def test_down_cancels_queued_pending_and_running_jobs(tmp_path):
+    env, calls = fake_gcloud(tmp_path)
+    result = vertex("down", "--name=mnist-a", "--region", "us-central1", env=env)
+    assert result.returncode == 0, result.stderr
+    cancelled = [line.split()[4] for line in calls.read_text().splitlines() if " cancel " in line]
+    assert cancelled == ["q", "p", "r"]  # a queued or pending job would start later and bill
