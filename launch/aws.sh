@@ -176,9 +176,14 @@ for ((i = 0; i < WORKERS; i++)); do
     --tag-specifications "ResourceType=instance,Tags=[{Key=distmnist-cluster,Value=$NAME},{Key=Name,Value=$NAME-$i}]"
     --user-data "file://$work/startup-$i.sh" ${market[@]+"${market[@]}"}
     --query 'Instances[0].InstanceId' --output text)
-  run "${launch[@]}" >"$work/id-$i" || die "run-instances failed for $NAME-$i; remove what was made with: $0 down"
-  if ((DRY_RUN)); then cat "$work/id-$i"; fi  # in a dry run that file holds the printed command
-  ids+=("$(cat "$work/id-$i")")
+  printf '+'
+  printf ' %q' "${launch[@]}"
+  printf '\n'
+  if ((DRY_RUN)); then
+    ids+=("<id-of-$NAME-$i>")
+  else  # its answer is the instance's id alone
+    ids+=("$("${launch[@]}")") || die "run-instances failed for $NAME-$i; remove what was made with: $0 down"
+  fi
 done
 
 hosts=()

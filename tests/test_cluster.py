@@ -1,10 +1,11 @@
 """TF_CONFIG parsing: a good cluster is understood, a bad one is named in one clear error."""
 
 import json
+import re
 
 import pytest
 
-from distmnist.cluster import NoRole, parse_tf_config
+from distmnist.cluster import NoRole, parse_tf_config, tf_config_from_jobset
 from helpers import run_module
 from distmnist.errors import UserError
 
@@ -94,4 +95,43 @@ def test_an_evaluator_exits_at_once_with_one_line_and_status_2(tmp_path):
         "distmnist.train: error: TF_CONFIG gives this process the task type 'evaluator'; distmnist trains with "
         "MultiWorkerMirroredStrategy (a chief and workers), which has none: leave parameter servers and evaluators "
         "out of the job"]
+    assert not list(tmp_path.iterdir())
+
+
+JOBSET = {"DISTMNIST_JOBSET_NAME": "mnist", "DISTMNIST_JOBSET_ROLE": "worker", "JOB_COMPLETION_INDEX": "1",
+          "DISTMNIST_JOBSET_WORKERS": "2"}
+
+
+def test_a_trainjob_pod_builds_its_tf_config_from_jobsets_names():
+    """JobSet names a pod JOBSET-ROLE-JOBINDEX-PODINDEX in the subdomain JOBSET (kubernetes-sigs/jobset,
+    `Network.EnableDNSHostnames`): every pod knows every address from its own environment."""
+    cluster = parse_tf_config(tf_config_from_jobset(JOBSET))
+    assert cluster.spec == {"chief": ["mnist-chief-0-0.mnist:2222"],
+                            "worker": ["mnist-worker-0-0.mnist:2222", "mnist-worker-0-1.mnist:2222"]}
+    assert (cluster.task_type, cluster.task_index, cluster.is_chief) == ("worker", 1, False)
+    chief = parse_tf_config(tf_config_from_jobset({**JOBSET, "DISTMNIST_JOBSET_ROLE": "chief",
+                                                   "JOB_COMPLETION_INDEX": "0", "DISTMNIST_JOBSET_WORKERS": "0",
+                                                   "DISTMNIST_JOBSET_PORT": "2345"}))
+    assert chief.spec == {"chief": ["mnist-chief-0-0.mnist:2345"]} and chief.is_chief
+    assert tf_config_from_jobset({}) is None  # not a Trainer pod: nothing to build
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"DISTMNIST_JOBSET_ROLE": "ps"}, "DISTMNIST_JOBSET_ROLE must be chief or worker"),
+    ({"JOB_COMPLETION_INDEX": "2"}, "JOB_COMPLETION_INDEX 2 is out of range for 2 worker pod(s)"),
+    ({"JOB_COMPLETION_INDEX": ""}, "JOB_COMPLETION_INDEX must be a whole number"),
+    ({"DISTMNIST_JOBSET_WORKERS": "-1"}, "DISTMNIST_JOBSET_WORKERS must be a whole number"),
+    ({"DISTMNIST_JOBSET_NAME": "Mnist_A"}, "must be DNS labels"),
+])
+def test_a_bad_jobset_environment_is_named(change, message):
+    with pytest.raises(UserError, match=re.escape(message)):
+        tf_config_from_jobset({**JOBSET, **change})
+
+
+@pytest.mark.slow
+def test_a_bad_jobset_environment_stops_train_in_one_line(tmp_path):
+    result = run_module("distmnist.train", f"--logdir={tmp_path}", env={**JOBSET, "DISTMNIST_JOBSET_ROLE": "x"},
+                        unset=("TF_CPP_MIN_LOG_LEVEL", "TF_CONFIG"), timeout_s=30)
+    assert result.returncode == 2 and result.stderr.splitlines() == [
+        "distmnist.train: error: DISTMNIST_JOBSET_ROLE must be chief or worker (the JobSet's replicated job), got 'x'"]
     assert not list(tmp_path.iterdir())

@@ -2,6 +2,7 @@
 
 import glob
 import http.server
+import ipaddress
 import json
 import os
 import re
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import tensorflow as tf
@@ -77,10 +79,14 @@ GCLOUD = {
     "storage buckets add-iam-policy-binding": {"--member": r"serviceAccount:[a-z][-a-z0-9]{4,28}[a-z0-9]@.+",
                                                "--role": r"roles/storage\.objectAdmin"},
     "compute firewall-rules create": {"--network": r"\S+", "--direction": r"INGRESS", "--allow": r"tcp(:\d+)?",
-                                      "--source-tags": r"\S+", "--source-ranges": r"35\.235\.240\.0/20",
-                                      "--target-tags": r"\S+"},
+                                      "--action": r"ALLOW|DENY", "--rules": r"all|tcp(:\d+)?",
+                                      "--source-tags": r"\S+", "--source-ranges": r"35\.235\.240\.0/20|0\.0\.0\.0/0",
+                                      "--target-tags": r"\S+", "--priority": r"\d+"},
     "compute firewall-rules delete": {"--quiet": None},
     "compute instances delete": {"--zone": r"[a-z]+-[a-z]+\d+-[a-z]", "--quiet": None},
+    "compute instances add-metadata": {"--zone": r"[a-z]+-[a-z]+\d+-[a-z]",
+                                       "--metadata-from-file": r"startup-script=\S+(,shutdown-script=\S+)?"},
+    "compute instances start": {"--zone": r"[a-z]+-[a-z]+\d+-[a-z]"},
     "compute instances create": {
         "--zone": r"[a-z]+-[a-z]+\d+-[a-z]", "--machine-type": r"[a-z0-9]+-[a-z0-9-]+",
         "--accelerator": r"type=nvidia-tesla-(t4|v100|p100|p4),count=[1248]",
@@ -138,11 +144,12 @@ def test_gcp_dry_run(tmp_path):
     assert names[:3] == ["compute images describe-from-family", "compute networks subnets describe",
                          "compute routers list"]
     firewall = [flags for name, flags in cmds if name == "compute firewall-rules create"]
-    assert len(firewall) == 2
+    assert len(firewall) == 3
     assert firewall[0]["--source-tags"] == firewall[0]["--target-tags"] == "mnist" and firewall[0]["--allow"] == "tcp"
     assert firewall[1] == {"--network": "default", "--direction": "INGRESS", "--allow": "tcp:22",
-                           "--source-ranges": "35.235.240.0/20", "--target-tags": "mnist"}
-    assert "0.0.0.0/0" not in result.stdout
+                           "--source-ranges": "35.235.240.0/20", "--target-tags": "mnist", "--priority": "900"}
+    assert firewall[2] == {"--network": "default", "--direction": "INGRESS", "--action": "DENY", "--rules": "all",
+                           "--source-ranges": "0.0.0.0/0", "--target-tags": "mnist", "--priority": "1000"}
     binding = next(flags for name, flags in cmds if name == "storage buckets add-iam-policy-binding")
     assert binding["--member"] == "serviceAccount:mnist-vm@PROJECT.iam.gserviceaccount.com"
     assert "gcloud storage buckets add-iam-policy-binding gs://bkt --member" in result.stdout  # the bucket itself
@@ -168,6 +175,7 @@ def test_gcp_dry_run(tmp_path):
         "gcloud compute instances delete mnist-2 --zone us-central1-a --quiet",
         "gcloud compute firewall-rules delete mnist-grpc --quiet",
         "gcloud compute firewall-rules delete mnist-iap-ssh --quiet",
+        "gcloud compute firewall-rules delete mnist-deny --quiet",
         "gcloud iam service-accounts delete mnist-vm@PROJECT.iam.gserviceaccount.com --quiet"]
     gcloud_commands(down.stdout)
 
@@ -269,14 +277,30 @@ def test_every_aws_command_passes_the_aws_clis_own_validation(tmp_path):
 @pytest.mark.parametrize("script, args, message", [
     ("gcp.sh", ["up"], "--bucket is required for up"),
     ("gcp.sh", ["up", "--bucket", "s3://x"], "--bucket must be a gs:// URL"),
-    ("gcp.sh", ["sideways"], "unknown option 'sideways'"),
+    ("gcp.sh", ["sideways"], "unknown action 'sideways' (up or down)"),
+    ("gcp.sh", ["up", "down"], "one action, up or down, got 'up down'"),
+    ("gcp.sh", ["up", "--bucket"], "--bucket needs a value (--bucket VALUE or --bucket=VALUE)"),
+    ("gcp.sh", ["up", "--bucket", "gs://b", "--zone", "--spot"], "--zone needs a value"),
+    ("gcp.sh", ["up", "--bucket=gs://b", "--spot=yes"], "--spot takes no value"),
+    ("gcp.sh", ["up", "--bucket=gs://b", "--sideways"], "unknown option '--sideways'"),
+    ("aws.sh", ["up", "--bucket=s3://x", "--subnet"], "--subnet needs a value"),
+    ("aws.sh", ["up", "--bucket=s3://x", "--bogus=1"], "unknown option '--bogus=1'"),
     ("aws.sh", ["up", "--bucket", "s3://x"], "--subnet is required for up"),
     ("aws.sh", ["up", "--workers", "0", "--bucket", "s3://x"], "--workers must be a positive integer"),
 ])
-def test_bad_launch_arguments_get_one_line_and_exit_2(script, args, message):
+def test_bad_launch_arguments_get_one_line_and_exit_2(script, args, message, tmp_path):
     result = dry_run(script, *args)
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.count("\n") == 1 and message in result.stderr
+    # For real, with the cloud's CLI on the PATH: the same line, and the CLI never called.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for cli in ("gcloud", "aws"):
+        (bin_dir / cli).write_text(f'#!/bin/sh\necho "{cli} $*" >> "{tmp_path}/calls"\n')
+        (bin_dir / cli).chmod(0o755)
+    real = subprocess.run(["bash", os.path.join(REPO, "launch", script), *args], capture_output=True, text=True,
+                          cwd=REPO, env={"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": "/tmp"}, timeout=60)
+    assert real.returncode == 2 and real.stderr == result.stderr and not (tmp_path / "calls").exists()
 
 
 @pytest.mark.parametrize("script, args, cloud", [
@@ -459,6 +483,7 @@ def test_gcp_down_removes_whatever_exists_and_goes_on_past_failures(tmp_path):
                        "gcloud compute instances delete mnist-2 --zone us-central1-a --quiet",
                        "gcloud compute firewall-rules delete mnist-grpc --quiet",
                        "gcloud compute firewall-rules delete mnist-iap-ssh --quiet",
+                       "gcloud compute firewall-rules delete mnist-deny --quiet",
                        "gcloud iam service-accounts delete mnist-vm@proj.iam.gserviceaccount.com --quiet"]
     assert result.returncode == 2
     assert result.stderr.splitlines()[-1] == ("gcp.sh: error: could not remove: mnist-0 (see above); run down "
@@ -508,3 +533,281 @@ def test_a_preempted_chief_saves_its_checkpoint_to_the_bucket_within_gces_30_s(t
     assert "ended with status 0" in vm_log
     print(f"preemption notice to the run in the bucket: {saved_s:.1f} s")
     assert saved_s < 30
+
+
+# The default network's own ingress rules (cloud.google.com/vpc/docs/firewalls, "pre-populated rules in the
+# default network"), which every VM in it gets unless a rule of higher priority says otherwise.
+DEFAULT_NETWORK_RULES = [
+    {"name": "default-allow-internal", "action": "ALLOW", "rules": ["all"], "sources": ["10.128.0.0/9"],
+     "priority": 65534, "targets": None},
+    {"name": "default-allow-ssh", "action": "ALLOW", "rules": ["tcp:22"], "sources": ["0.0.0.0/0"],
+     "priority": 65534, "targets": None},
+    {"name": "default-allow-rdp", "action": "ALLOW", "rules": ["tcp:3389"], "sources": ["0.0.0.0/0"],
+     "priority": 65534, "targets": None},
+]
+
+
+def firewall_rules(output: str) -> list:
+    """The rules gcp.sh's printed `firewall-rules create` commands make, in the form above."""
+    rules = []
+    for name, flags in gcloud_commands(output):
+        if name != "compute firewall-rules create":
+            continue
+        sources = flags.get("--source-ranges", "").split(",") if "--source-ranges" in flags else []
+        rules.append({"action": flags.get("--action", "ALLOW"),
+                      "rules": (flags.get("--allow") or flags["--rules"]).split(","),
+                      "sources": sources, "source_tags": flags.get("--source-tags", "").split(",") if
+                      "--source-tags" in flags else [],
+                      "priority": int(flags.get("--priority", 1000)), "targets": flags["--target-tags"].split(",")})
+    return rules
+
+
+def admitted(rules: list, target_tags: set, source_ip: str, source_tags: set, port: int) -> bool:
+    """Google Cloud's ingress decision for one TCP connection: of the rules that apply (target, source, protocol
+    and port), the one of the highest priority (lowest number) decides, a deny winning a tie; none: the implied
+    deny."""
+    def applies(rule):
+        if rule["targets"] is not None and not target_tags & set(rule["targets"]):
+            return False
+        by_range = any(ipaddress.ip_address(source_ip) in ipaddress.ip_network(r) for r in rule["sources"])
+        by_tag = bool(source_tags & set(rule.get("source_tags", [])))
+        if not (by_range or by_tag):
+            return False
+        return any(r == "all" or r == "tcp" or r == f"tcp:{port}" for r in rule["rules"])
+
+    matching = sorted((r for r in rules if applies(r)), key=lambda r: (r["priority"], r["action"] != "DENY"))
+    return bool(matching) and matching[0]["action"] == "ALLOW"
+
+
+@pytest.mark.parametrize("network", ["default", "my-vpc"])
+def test_gcp_only_the_clusters_members_reach_its_ports(network):
+    result = dry_run("gcp.sh", "up", "--bucket", "gs://bkt", "--name", "mnist", "--network", network)
+    assert result.returncode == 0, result.stderr
+    rules = firewall_rules(result.stdout) + (DEFAULT_NETWORK_RULES if network == "default" else [])
+    vm = {"mnist"}
+    who = {"a member": ("10.128.0.5", {"mnist"}), "a stranger VM in the network": ("10.128.0.9", set()),
+           "another cluster's VM": ("10.128.0.7", {"other"}), "IAP's TCP forwarding": ("35.235.240.9", set()),
+           "the internet": ("203.0.113.7", set())}
+    reach = {name: [port for port in (22, 2222, 3389, 40000) if admitted(rules, vm, ip, tags, port)]
+             for name, (ip, tags) in who.items()}
+    assert reach == {"a member": [22, 2222, 3389, 40000], "a stranger VM in the network": [],
+                     "another cluster's VM": [], "IAP's TCP forwarding": [22], "the internet": []}
+    # The check itself: the rules gcp.sh made before its deny rule leave the cluster open on the default network.
+    before = [r for r in rules if r["action"] != "DENY"]
+    if network == "default":
+        assert admitted(before, vm, "10.128.0.9", set(), 2222)
+
+
+GCP_SAMPLES = {"--zone": "europe-west4-a", "--machine-type": "g2-standard-24", "--accelerator": "nvidia-tesla-t4",
+               "--accelerator-count": "2", "--image-family": "common-cu129-ubuntu-2404-nvidia-580",
+               "--image-project": "my-images", "--network": "net-a", "--subnet": "sub-a",
+               "--service-account": "vm@p.iam.gserviceaccount.com", "--name": "mnist-b", "--workers": "3",
+               "--bucket": "gs://other"}
+AWS_SAMPLES = {"--region": "eu-west-1", "--instance-type": "g5.2xlarge", "--ami": "ami-0abc", "--subnet": "subnet-2",
+               "--instance-profile": "vm2", "--name": "mnist-b", "--workers": "3", "--bucket": "s3://other"}
+
+
+@pytest.mark.parametrize("script, base, samples", [
+    ("gcp.sh", ["up", "--bucket", "gs://bkt"], GCP_SAMPLES),
+    ("aws.sh", ["up", "--bucket", "s3://bkt", "--subnet", "subnet-9", "--instance-profile", "vm"], AWS_SAMPLES),
+])
+def test_every_launch_option_takes_both_forms(script, base, samples):
+    listed = subprocess.run(["bash", os.path.join(REPO, "launch", script), "--help"], capture_output=True,
+                            text=True, timeout=30).stdout
+    options = set(re.findall(r"(?:^|, )\s*(--[a-z][-a-z]*) [A-Z]", listed, re.M))
+    assert options == set(samples), options ^ set(samples)
+
+    def output(*args):
+        result = dry_run(script, *base, *args)
+        assert result.returncode == 0, (args, result.stderr)
+        return re.sub(r"/tmp/tmp\.\w+", "TMP", result.stdout)
+
+    plain = output()
+    for option, value in samples.items():
+        joined, spaced = output(f"{option}={value}"), output(option, value)
+        assert joined == spaced and joined != plain, option
+    assert output("--spot") == output("--spot") != plain
+
+
+STATEFUL_GCLOUD = r"""#!/bin/bash
+# gcloud as a project would answer it: what is created stays (files in $FAKE_STATE) until deleted.
+echo "gcloud $*" >> "$FAKE_LOG"
+state=$FAKE_STATE
+case "$*" in
+  "config get-value project") echo proj ;;
+  "compute images describe-from-family"*) echo common-cu128-v20261101 ;;
+  "compute networks subnets describe"*) echo True ;;
+  "compute routers list"*) printf 'r1	default
+' ;;
+  "compute routers nats list"*) echo nat1 ;;
+  "compute firewall-rules describe "*) [[ -e $state/rule-$4 ]] || exit 1 ;;
+  "compute firewall-rules create "*)
+    [[ -e $state/rule-$4 ]] && { echo "ERROR: The resource '$4' already exists" >&2; exit 1; }
+    touch "$state/rule-$4" ;;
+  "compute firewall-rules delete "*) rm "$state/rule-$4" ;;
+  "iam service-accounts describe "*) [[ -e $state/sa-$4 ]] || exit 1 ;;
+  "iam service-accounts delete "*) rm "$state/sa-$4" ;;
+  "iam service-accounts create "*)
+    [[ -e $state/sa-$4@proj.iam.gserviceaccount.com ]] && { echo "ERROR: already exists" >&2; exit 1; }
+    touch "$state/sa-$4@proj.iam.gserviceaccount.com"
+    echo 0 > "$state/iam-calls" ;;
+  "storage buckets add-iam-policy-binding"*)  # IAM knows a new account only after FAKE_IAM_LAG calls
+    calls=$(cat "$state/iam-calls" 2>/dev/null || echo 1000)
+    echo $((calls + 1)) > "$state/iam-calls"
+    if ((calls < ${FAKE_IAM_LAG:-0})); then
+      echo "ERROR: (gcloud.storage.buckets.add-iam-policy-binding) HTTPError 400: Service account $6 does not exist." >&2
+      exit 1
+    fi ;;
+  "compute instances describe "*) [[ -e $state/vm-$4 ]] || exit 1; cat "$state/vm-$4" ;;
+  "compute instances create "*)
+    [[ -e $state/vm-$4 ]] && { echo "ERROR: The resource '$4' already exists" >&2; exit 1; }
+    echo RUNNING > "$state/vm-$4" ;;
+  "compute instances start "*) echo RUNNING > "$state/vm-$4" ;;
+  "compute instances delete "*) rm "$state/vm-$4" ;;
+esac
+exit 0
+"""
+
+
+def stateful_cli(tmp_path, name: str, text: str) -> dict:
+    bin_dir, state = tmp_path / "bin", tmp_path / "state"
+    bin_dir.mkdir(exist_ok=True)
+    state.mkdir(exist_ok=True)
+    (bin_dir / name).write_text(text)
+    (bin_dir / name).chmod(0o755)
+    return {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": os.environ.get("HOME", "/tmp"),
+            "FAKE_LOG": str(tmp_path / "calls"), "FAKE_STATE": str(state), "DISTMNIST_POLL_S": "0"}
+
+
+def launch(script, env, *args):
+    calls = Path(env["FAKE_LOG"])
+    calls.write_text("")
+    result = subprocess.run(["bash", os.path.join(REPO, "launch", script), *args], capture_output=True, text=True,
+                            cwd=REPO, env=env, timeout=60)
+    return result, calls.read_text().splitlines()
+
+
+def test_gcp_up_twice_succeeds_and_starts_stopped_vms_again(tmp_path):
+    env = stateful_cli(tmp_path, "gcloud", STATEFUL_GCLOUD)
+    up = ("up", "--bucket", "gs://bkt", "--name", "mnist", "--workers", "2")
+    first, calls = launch("gcp.sh", env, *up)
+    assert first.returncode == 0, first.stderr
+    made = [c for c in calls if " create " in c]
+    assert len(made) == 6  # the account, three rules, two VMs
+    second, calls = launch("gcp.sh", env, *up)
+    assert second.returncode == 0, second.stderr
+    assert not [c for c in calls if " create " in c]  # each thing described first, kept
+    for kept in ("mnist-grpc: exists, kept", "mnist-deny: exists, kept", "mnist-vm@proj.iam.gserviceaccount.com: "
+                 "exists, kept", "mnist-0: RUNNING, kept"):
+        assert kept in second.stdout
+    (tmp_path / "state" / "vm-mnist-0").write_text("TERMINATED\n")  # its run done, or preempted: the VM stopped
+    third, calls = launch("gcp.sh", env, *up)
+    assert third.returncode == 0, third.stderr
+    assert [c.split(" --")[0] for c in calls if "compute instances" in c and "describe" not in c] == [
+        "gcloud compute instances add-metadata mnist-0", "gcloud compute instances start mnist-0"]
+    down, _ = launch("gcp.sh", env, "down", "--name", "mnist", "--workers", "2")
+    assert down.returncode == 0, down.stderr
+    assert sorted(os.listdir(tmp_path / "state")) == ["iam-calls"]  # everything up made is gone
+
+
+def test_gcp_up_waits_until_iam_knows_a_new_service_account(tmp_path):
+    env = stateful_cli(tmp_path, "gcloud", STATEFUL_GCLOUD)
+    result, calls = launch("gcp.sh", {**env, "FAKE_IAM_LAG": "3"}, "up", "--bucket", "gs://bkt", "--name", "mnist")
+    assert result.returncode == 0, result.stderr
+    assert len([c for c in calls if "add-iam-policy-binding" in c]) == 4  # three "does not exist", then taken
+    assert len([c for c in calls if "instances create" in c]) == 2
+
+
+def test_gcp_up_that_iam_never_lets_in_stops_in_one_line_before_any_vm(tmp_path):
+    env = stateful_cli(tmp_path, "gcloud", STATEFUL_GCLOUD)
+    result, calls = launch("gcp.sh", {**env, "FAKE_IAM_LAG": "100000", "DISTMNIST_IAM_WAIT_S": "1",
+                                      "DISTMNIST_POLL_S": "0.2"}, "up", "--bucket", "gs://bkt", "--name", "mnist")
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr
+    assert result.stderr.startswith("gcp.sh: error: could not grant mnist-vm@proj.iam.gserviceaccount.com the bucket "
+                                    "(ERROR: (gcloud.storage.buckets.add-iam-policy-binding) HTTPError 400:")
+    assert "IAM was given 1 s to know a new account: run up again" in result.stderr
+    assert not [c for c in calls if "instances create" in c or "firewall-rules create" in c]
+
+
+STATEFUL_AWS = r"""#!/bin/bash
+# aws as an account would answer it, far enough for aws.sh: instances, one security group and its rule, S3 keys.
+echo "aws $*" >> "$FAKE_LOG"
+state=$FAKE_STATE
+case "$1 $2" in
+  "ec2 describe-instances")
+    if [[ $* == *--instance-ids* ]]; then echo 10.0.0.9; else cat "$state"/instance-* 2>/dev/null | tr '
+' ' '; fi ;;
+  "ec2 describe-subnets") echo vpc-1 ;;
+  "ec2 describe-security-groups") cat "$state/group" 2>/dev/null || echo None ;;
+  "ec2 create-security-group") echo sg-1 > "$state/group"; echo '{"GroupId": "sg-1"}' ;;
+  "ec2 describe-security-group-rules") cat "$state/rule" 2>/dev/null ;;
+  "ec2 authorize-security-group-ingress") echo sgr-1 > "$state/rule" ;;
+  "ec2 run-instances") n=$(ls "$state" | grep -c instance-); echo "i-$n" > "$state/instance-$n"; echo "i-$n" ;;
+  "ec2 terminate-instances") rm -f "$state"/instance-* ;;
+  "ec2 delete-security-group") rm -f "$state/group" "$state/rule" ;;
+  "s3 rm") rm -f "$state/cluster.json" ;;
+  "s3 cp") [[ $4 == *cluster.json ]] && cp "$3" "$state/cluster.json" ;;
+esac
+exit 0
+"""
+
+
+def test_aws_up_twice_succeeds_reusing_its_group_and_never_a_stale_cluster(tmp_path):
+    env = stateful_cli(tmp_path, "aws", STATEFUL_AWS)
+    up = ("up", "--bucket", "s3://bkt", "--subnet", "subnet-9", "--instance-profile", "vm", "--workers", "2")
+    first, calls = launch("aws.sh", env, *up)
+    assert first.returncode == 0, first.stderr
+    # The earlier cluster's addresses are removed before any instance can read them.
+    assert calls.index("aws s3 rm s3://bkt/distmnist/cluster.json") < min(
+        i for i, c in enumerate(calls) if "run-instances" in c)
+    assert len([c for c in calls if "run-instances" in c]) == 2
+    second, calls = launch("aws.sh", env, *up)
+    assert second.returncode == 0, second.stderr
+    assert "cluster distmnist is up already: i-0 i-1" in second.stdout and not [c for c in calls if "run-" in c]
+    for name in os.listdir(tmp_path / "state"):  # the instances finished and terminated themselves
+        if name.startswith("instance-"):
+            os.remove(tmp_path / "state" / name)
+    third, calls = launch("aws.sh", env, *up)
+    assert third.returncode == 0, third.stderr
+    assert not [c for c in calls if "create-security-group" in c or "authorize-security-group-ingress" in c]
+    assert "security group distmnist-grpc (sg-1): exists, kept" in third.stdout
+    assert len([c for c in calls if "run-instances" in c]) == 2
+    (tmp_path / "state" / "instance-1").unlink()  # half a cluster: its TF_CONFIG cannot be shared
+    half, calls = launch("aws.sh", env, *up)
+    assert half.returncode == 2 and half.stderr.splitlines() == [
+        "aws.sh: error: cluster distmnist has 1 of its 2 instances left (i-0): run down, then up"]
+    down, calls = launch("aws.sh", env, "down", "--bucket", "s3://bkt")
+    assert down.returncode == 0 and "aws s3 rm s3://bkt/distmnist/cluster.json" in calls
+    assert not (tmp_path / "state" / "cluster.json").exists()
+
+
+@pytest.mark.parametrize("script, args, cloud", [
+    ("gcp.sh", ["up", "--bucket", "gs://bkt"], "gcp"),
+    ("aws.sh", ["up", "--bucket", "s3://bkt", "--subnet", "subnet-9", "--instance-profile", "vm"], "aws"),
+])
+def test_a_failed_start_up_leaves_its_log_in_the_bucket_and_on_the_console(tmp_path, script, args, cloud):
+    """A VM's start-up script, as the script writes it, run here with the VM's paths in a temporary folder, the
+    bucket a local folder and `shutdown` a fake: the package is not in the bucket, so the start-up fails."""
+    result = dry_run(script, *args, "--workers", "1")
+    text = re.search(r"^--- start-up script of \S+ ---\n(.*?)^--- end ---$", result.stdout, re.M | re.S).group(1)
+    bucket, bin_dir = tmp_path / "bucket", tmp_path / "bin"
+    bucket.mkdir()
+    bin_dir.mkdir()
+    scheme = {"gcp": "gs://", "aws": "s3://"}[cloud]
+    text = (text.replace("/opt/distmnist", str(tmp_path / "opt")).replace("/var/log/distmnist.log",
+                                                                          str(tmp_path / "vm.log")))
+    copy = (f'#!/bin/bash\nargs=("$@")\nsrc=$(echo "${{args[-2]}}" | sed "s#^{scheme}#{bucket}/#")\n'
+            f'dst=$(echo "${{args[-1]}}" | sed "s#^{scheme}#{bucket}/#")\nmkdir -p "$(dirname "$dst")" && '
+            f'cp "$src" "$dst"\n')
+    (bin_dir / {"gcp": "gcloud", "aws": "aws"}[cloud]).write_text(copy)
+    (bin_dir / "shutdown").write_text(f'#!/bin/sh\necho "shutdown $*" > {tmp_path}/shutdown\n')
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    (tmp_path / "startup.sh").write_text(text)
+    run = subprocess.run(["bash", str(tmp_path / "startup.sh")], capture_output=True, text=True, timeout=60,
+                         env={"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path)})
+    assert run.returncode == 1
+    uploaded = (bucket / "bkt" / "distmnist" / "startup-0.log").read_text()
+    assert "distmnist.tar.gz" in uploaded and "worker 0 ended with status 1" in uploaded
+    assert "worker 0 ended with status 1" in run.stdout  # the console gets the same lines
+    assert (tmp_path / "shutdown").read_text().strip() == "shutdown -h now"  # then the VM stops
