@@ -2,8 +2,9 @@
 steps_per_loop steps), writes a checkpoint and exits with 128 + the signal number (143, 130).
 
 After the first signal, SIGINT gets its default behaviour back (Ctrl-C twice quits without a checkpoint), while
-a repeated SIGTERM changes nothing: on a preempted cloud VM a preemption watcher and the shutdown script each
-send one, and the second must not cut the checkpoint short (SIGKILL quits at once).
+a repeated SIGTERM changes nothing, until the process exits: on a preempted cloud VM a preemption watcher and the
+shutdown script each send one, and the second, which may come after training has stopped, must not cut the
+checkpoint or the run's last writes short (SIGKILL quits at once).
 """
 
 import signal
@@ -45,6 +46,8 @@ class StopOnSignal:
 
     def _restore(self) -> None:
         for signum, handler in self._previous.items():
+            if signum == signal.SIGTERM and self.requested:
+                continue  # stopping: a SIGTERM that comes late must not cut the checkpoint's run short either
             signal.signal(signum, handler)
         self._previous = {}
 
