@@ -247,6 +247,7 @@ def test_the_model_check_can_fail():
         check_manifest(trainjob)
 
 
+@pytest.mark.slow  # a script started many times
 @pytest.mark.parametrize("args, message", [
     (("render", "--name=Big_Name"), "--name must be a lower-case DNS label"),
     (("render", "--workers=-1"), "--workers must be a whole number"),
@@ -287,6 +288,7 @@ SAMPLES = {"--api": "tfjob", "--image": "r.example/d:1", "--namespace": "ml", "-
            "--max-restarts": "2"}
 
 
+@pytest.mark.slow  # a script started many times
 def test_every_option_takes_both_forms():
     assert options_in_help(SCRIPT) == sorted(SAMPLES)
     for option, value in SAMPLES.items():
@@ -307,6 +309,7 @@ def fake_kubectl(tmp_path, serves=""):
     return {"PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_LOG": str(log), "FAKE_SERVES": serves}, log
 
 
+@pytest.mark.slow  # a script started many times
 @pytest.mark.parametrize("serves, api", [
     ("trainjobs.trainer.kubeflow.org\\ntrainingruntimes.trainer.kubeflow.org", "trainjob"),
     ("tfjobs.kubeflow.org", "tfjob"),
@@ -325,6 +328,7 @@ def test_apply_and_delete_use_the_api_the_cluster_serves(tmp_path, serves, api):
                                                        "--epochs=2").stdout
 
 
+@pytest.mark.slow  # a script started many times
 def test_apply_on_a_cluster_without_kubeflow_says_so_and_applies_nothing(tmp_path):
     env, log = fake_kubectl(tmp_path, "jobs.batch")
     result = k8s("apply", env=env)

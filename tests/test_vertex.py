@@ -144,6 +144,7 @@ def test_without_gpus_and_down():
 UP = ("up", "--bucket=gs://my-bucket", f"--image={IMAGE}")
 
 
+@pytest.mark.slow  # a script started many times
 @pytest.mark.parametrize("args, message", [
     (("up", f"--image={IMAGE}"), "--bucket must be a gs:// bucket"),
     (("up", "--bucket=gs://my-bucket"), "--image must name the job image"),
@@ -177,6 +178,7 @@ SAMPLES = {"--project": "other-project", "--region": "europe-west4", "--bucket":
            "--tensorboard": "projects/p/locations/us-central1/tensorboards/7"}
 
 
+@pytest.mark.slow  # a script started many times
 def test_every_option_takes_both_forms():
     listed = subprocess.run([SCRIPT, "--help"], capture_output=True, text=True, timeout=30).stdout
     assert sorted(set(re.findall(r"^\s+(--[a-z][-a-z]*)[= ]", listed, re.M)) - {"--dry-run"}) == sorted(SAMPLES)
@@ -213,6 +215,7 @@ def fake_gcloud(tmp_path):
     return {"PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_LOG": str(calls)}, calls
 
 
+@pytest.mark.slow  # a script started many times
 def test_down_cancels_queued_pending_and_running_jobs(tmp_path):
     env, calls = fake_gcloud(tmp_path)
     result = vertex("down", "--name=mnist-a", "--region", "us-central1", env=env)
