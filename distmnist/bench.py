@@ -67,7 +67,7 @@ def cpu_name() -> str:
 
 def machine(tf) -> dict:
     gpus = [tf.config.experimental.get_device_details(g).get("device_name", g.name)
-            for g in tf.config.list_physical_devices("GPU")]
+            for g in tf.config.get_visible_devices("GPU")]
     return {"cpu": cpu_name(), "cores": os.cpu_count(), "gpus": gpus, "tf_version": tf.__version__}
 
 
@@ -98,7 +98,7 @@ def run_bench() -> dict:
     from distmnist.strategy import make_strategy
 
     os.makedirs(FLAGS.out, exist_ok=True)
-    num_gpus = len(tf.config.list_physical_devices("GPU"))
+    num_gpus = len(tf.config.get_visible_devices("GPU"))
     if not num_gpus:
         make_strategy(cpu_replicas=2)  # split the CPU before any op runs
     quick = FLAGS.quick

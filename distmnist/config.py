@@ -37,6 +37,8 @@ class TrainConfig:
                                        "all visible")
     gpu_memory_growth: bool = _setting(True, "take GPU memory as needed, not all of it at start-up "
                                        "(`TF_FORCE_GPU_ALLOW_GROWTH`, if set, wins)")
+    require_gpus: bool = _setting(False, "stop before training, exit 2, when TensorFlow registers no GPU (what "
+                                  "the launch scripts set where they ask for GPUs)")
     cpu_replicas: int = _setting(0, "N >= 2: an N-replica MirroredStrategy on N logical CPUs")
     batch_size: int = _setting(128, "examples **per replica** per step (global batch: this x replicas)")
     learning_rate: float = _setting(1.5, "plain SGD learning rate")
@@ -92,6 +94,8 @@ class TrainConfig:
                 raise UserError(f"--{name} must be >= 0 (0 means TensorFlow's default), got {getattr(self, name)}")
         if self.cpu_replicas < 0:
             raise UserError(f"--cpu_replicas must be >= 0, got {self.cpu_replicas}")
+        if self.require_gpus and (self.num_gpus == 0 or self.cpu_replicas >= 2):
+            raise UserError("--require_gpus asks for GPUs, but --num_gpus=0 or --cpu_replicas trains on the CPU")
         if self.strategy not in STRATEGIES:
             raise UserError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
         if self.input not in INPUTS:

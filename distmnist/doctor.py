@@ -13,8 +13,6 @@ import json
 import os
 import platform
 import re
-import shutil
-import subprocess
 import sys
 import time
 
@@ -22,9 +20,7 @@ from absl import flags
 
 import distmnist
 from distmnist import cli, tfquiet
-
-flags.DEFINE_boolean("json", False, "Print the report as one JSON object instead of lines.")
-flags.DEFINE_integer("smoke_steps", 200, "Training steps of the smoke run (0: skip it).")
+from distmnist.devices import configure_gpus, driver_gpus, nvidia_driver_present
 
 FLAGS = flags.FLAGS
 
@@ -71,29 +67,8 @@ def check_tensorflow(tf) -> Check:
                  f"cuDNN {info.get('cudnn_version')}")
 
 
-def nvidia_smi(*query: str) -> list:
-    """Rows of `nvidia-smi --query-gpu=... --format=csv,noheader,nounits`, or [] without nvidia-smi."""
-    if not shutil.which("nvidia-smi"):
-        return []
-    try:
-        out = subprocess.run(["nvidia-smi", f"--query-gpu={','.join(query)}", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return []
-    if out.returncode != 0:
-        return []
-    return [[field.strip() for field in line.split(",")] for line in out.stdout.splitlines() if line.strip()]
-
-
-def driver_gpus() -> list:
-    """(index, name, total memory MiB, driver version) of each GPU the NVIDIA driver lists."""
-    return [tuple(row) for row in nvidia_smi("index", "name", "memory.total", "driver_version") if len(row) == 4]
-
-
 def check_driver(gpus: list) -> Check:
     if not gpus:
-        from distmnist.devices import nvidia_driver_present
-
         if nvidia_driver_present():
             return Check("driver", "FAIL", "an NVIDIA driver is installed but nvidia-smi lists no GPU",
                          "run nvidia-smi; reboot after a driver install, or reinstall the driver")
@@ -133,20 +108,38 @@ def check_cuda_libraries(tf, gpus: list) -> Check:
 
 def check_gpus(tf, gpus: list) -> Check:
     registered = tf.config.list_physical_devices("GPU")
+    visible = tf.config.get_visible_devices("GPU")
     described = []
-    for i, device in enumerate(registered):
+    for i, device in enumerate(visible):
         details = tf.config.experimental.get_device_details(device)
         cc = details.get("compute_capability")
         memory = next((g[2] for g in gpus if g[0] == str(i)), "?")
         described.append(f"{device.name.replace('/physical_device:', '')} {details.get('device_name', '?')} "
                          f"(compute {'.'.join(map(str, cc)) if cc else '?'}, {memory} MiB)")
+    if visible:
+        hidden = f" ({len(registered) - len(visible)} more hidden from this process)" if len(registered) > len(
+            visible) else ""
+        return Check("gpus", "ok", "TensorFlow registered " + "; ".join(described) + hidden)
     if registered:
-        return Check("gpus", "ok", "TensorFlow registered " + "; ".join(described))
+        return Check("gpus", "FAIL", f"TensorFlow registered {len(registered)} GPU(s) but this process hides them all",
+                     "leave tf.config.set_visible_devices alone")
     if gpus:
         return Check("gpus", "FAIL", f"the driver lists {len(gpus)} GPU(s), TensorFlow registered none",
                      "see the driver and cuda libraries lines above; CUDA_VISIBLE_DEVICES="
                      f"{os.environ.get('CUDA_VISIBLE_DEVICES', '(unset)')}")
     return Check("gpus", "info", "none: TensorFlow trains on the CPU")
+
+
+def gpu_finding(tf) -> str:
+    """Why this process has no GPU to train on, in one line: the first of the doctor's checks that says why (a
+    TensorFlow built without CUDA, no NVIDIA driver, CUDA libraries TensorFlow could not load, GPUs the driver
+    lists that TensorFlow did not register)."""
+    gpus = driver_gpus()
+    checks = [check_tensorflow(tf), check_driver(gpus), check_cuda_libraries(tf, gpus), check_gpus(tf, gpus)]
+    for check in checks:
+        if check.status == "FAIL" or (check.status == "info" and check.name in ("tensorflow", "driver")):
+            return check.found + (f" ({check.fix})" if check.fix else "")
+    return "TensorFlow registered no GPU"
 
 
 def check_xla(tf) -> Check:
@@ -203,7 +196,7 @@ def check_training(tf, steps: int) -> Check:
     labels = (np.arange(8192) % 10).astype(np.uint8)
     images = rng.integers(0, 256, size=(8192, 28, 28), dtype=np.uint8)
     mnist = Mnist(images, labels, images[:1000], labels[:1000], source="random pixels")
-    choice = make_strategy(num_gpus=None if tf.config.list_physical_devices("GPU") else 0)
+    choice = make_strategy(num_gpus=None if tf.config.get_visible_devices("GPU") else 0)
     try:
         trainer = Trainer(TrainConfig(max_steps=20 + steps, learning_rate=0.1), choice.strategy, mnist)
         trainer.run_steps(20)  # tracing and compilation
@@ -230,14 +223,13 @@ def diagnose(smoke_steps: int) -> list:
 
 def _diagnose_with_tensorflow(gpus: list, smoke_steps: int) -> list:
     tf = tfquiet.import_tensorflow(replay=False)
-    from distmnist.devices import configure_gpus
-
-    if not tf.config.list_physical_devices("GPU"):
+    visible = tf.config.get_visible_devices("GPU")
+    if not visible:
         from distmnist.strategy import make_strategy
 
         make_strategy(cpu_replicas=2)  # split the CPU before any op runs, for the all-reduce check
     else:
-        configure_gpus(None, memory_growth=True)
+        configure_gpus(len(visible), memory_growth=True)
     checks = [check_tensorflow(tf), check_driver(gpus), check_cuda_libraries(tf, gpus), check_gpus(tf, gpus),
               check_xla(tf), check_all_reduce(tf)]
     if smoke_steps > 0:
@@ -263,5 +255,12 @@ def main() -> int:
     return 1 if broken else 0
 
 
+def define_flags() -> None:
+    """The doctor's flags, defined only when it runs (train imports gpu_finding from here)."""
+    flags.DEFINE_boolean("json", False, "Print the report as one JSON object instead of lines.")
+    flags.DEFINE_integer("smoke_steps", 200, "Training steps of the smoke run (0: skip it).")
+
+
 if __name__ == "__main__":
+    define_flags()
     cli.run(main, prog="distmnist.doctor")

@@ -90,6 +90,7 @@ class Trainer:
                                             config.shuffle_buffer, config.seed)
         jit = config.resolved_jit_compile()
         whole_call_jit = jit and self.num_replicas == 1 and self.input.xla_whole_call
+        self.compiled_whole_call = whole_call_jit  # XLA takes the whole call, its loop included
         # No Python control flow on tensors in any of these: AutoGraph's conversion would only add to their tracing
         # (0.7 s of the first call's for the training call).
         per_replica_jit = functools.partial(tf.function, jit_compile=True, autograph=False) \

@@ -19,7 +19,7 @@ def default_run_name() -> str:
 
 RUN_CONFIG = "run_config.json"
 # Flags that may differ between a run and its resumption; every other flag must match.
-RESUMABLE = ("overwrite", "data_dir")
+RESUMABLE = ("overwrite", "data_dir", "require_gpus")
 
 
 def plan(logdir: str, run_name: str, flags: dict) -> str:

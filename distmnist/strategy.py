@@ -6,11 +6,10 @@ from typing import Optional
 import tensorflow as tf
 from absl import logging
 
+from distmnist import devices
 from distmnist.cluster import Cluster
-from distmnist.devices import configure_gpus, nvidia_driver_present
+from distmnist.devices import configure_gpus
 from distmnist.errors import UserError
-
-DOCTOR_HINT = "python -m distmnist.doctor says why"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,10 +77,10 @@ def communication(local_devices) -> "tf.distribute.experimental.CommunicationImp
     return implementation.AUTO
 
 
-def _multi_worker(cluster: Cluster, num_gpus: Optional[int], collective_timeout_s: int,
-                  cluster_start_timeout_s: int, gpu_memory_growth: bool) -> StrategyChoice:
+def _multi_worker(cluster: Cluster, gpus: int, collective_timeout_s: int, cluster_start_timeout_s: int,
+                  gpu_memory_growth: bool) -> StrategyChoice:
     _bound_cluster_waits(collective_timeout_s, cluster_start_timeout_s)
-    local = configure_gpus(num_gpus, gpu_memory_growth) or ["/cpu:0"]
+    local = configure_gpus(gpus, gpu_memory_growth) or ["/cpu:0"]
     implementation = communication(local)
     options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=collective_timeout_s,
                                                               implementation=implementation)
@@ -98,43 +97,25 @@ def _multi_worker(cluster: Cluster, num_gpus: Optional[int], collective_timeout_
 def make_strategy(num_gpus: Optional[int] = None, cpu_replicas: int = 0, kind: str = "auto",
                   cluster: Optional[Cluster] = None, collective_timeout_s: int = 60,
                   cluster_start_timeout_s: int = 600, gpu_memory_growth: bool = True) -> StrategyChoice:
-    """Picks the strategy from plain arguments.
-
-    kind "auto": a cluster (from TF_CONFIG) means multi_worker; otherwise two or more GPUs give
-    MirroredStrategy over exactly that many, one GPU or none a one-device strategy. num_gpus None means every
-    visible GPU; asking for more than are visible uses what exists, with a warning. The process sees only the
-    GPUs it uses, with memory growth as asked (see devices.py). cpu_replicas >= 2 runs a real N-replica
-    MirroredStrategy on N logical CPU devices and leaves every GPU alone.
-    """
-    if num_gpus is not None and num_gpus < 0:
-        raise UserError(f"--num_gpus must be >= 0, got {num_gpus}")
-    if cpu_replicas < 0:
-        raise UserError(f"--cpu_replicas must be >= 0, got {cpu_replicas}")
-    if kind == "auto":
-        kind = "multi_worker" if cluster else "single_host"
-    if kind == "multi_worker":
-        if cluster is None:
-            raise UserError("--strategy=multi_worker needs TF_CONFIG naming the cluster (see launch/local_cluster.sh)")
-        if cpu_replicas:
-            raise UserError("--cpu_replicas cannot be combined with a multi-worker cluster: each worker trains on "
-                            "its GPUs or its CPU")
-        return _multi_worker(cluster, num_gpus, collective_timeout_s, cluster_start_timeout_s, gpu_memory_growth)
-    if cpu_replicas >= 2:
+    """Builds the strategy `devices.plan` chooses from this process's visible GPUs (see there): multi-worker
+    with a cluster, MirroredStrategy over 2+ GPUs (or over cpu_replicas >= 2 logical CPUs, every GPU left
+    alone), else a one-device strategy. The process sees only the GPUs it uses, with memory growth as asked."""
+    chosen = devices.plan(tf.config.get_visible_devices("GPU"), tf.config.list_physical_devices("GPU"), num_gpus,
+                          cpu_replicas, kind, in_cluster=cluster is not None,
+                          driver_present=devices.nvidia_driver_present())
+    for warning in chosen.warnings:
+        logging.warning("%s", warning)
+    if chosen.kind == "multi_worker":
+        return _multi_worker(cluster, chosen.gpus, collective_timeout_s, cluster_start_timeout_s, gpu_memory_growth)
+    if chosen.kind == "logical_cpus":
         configure_gpus(0)
-        devices = _logical_cpus(cpu_replicas)
+        names = _logical_cpus(chosen.cpu_replicas)
         strategy = tf.distribute.MirroredStrategy(
-            devices=devices, cross_device_ops=tf.distribute.ReductionToOneDevice(reduce_to_device=devices[0]))
-        return StrategyChoice(strategy, "MirroredStrategy (logical CPUs)", tuple(devices))
-    available = len(tf.config.list_physical_devices("GPU"))
-    if num_gpus is not None and num_gpus > available:
-        logging.warning("--num_gpus=%d requested but %d GPU(s) visible: using %d (%s)", num_gpus, available,
-                        available, DOCTOR_HINT)
-    elif not available and num_gpus != 0 and nvidia_driver_present():
-        logging.warning("this machine has an NVIDIA driver but TensorFlow registered no GPU: training on the CPU "
-                        "(%s)", DOCTOR_HINT)
-    gpus = configure_gpus(num_gpus, gpu_memory_growth)
-    if kind == "mirrored" or (kind != "one_device" and len(gpus) >= 2):
-        devices = gpus or ["/cpu:0"]
-        return StrategyChoice(tf.distribute.MirroredStrategy(devices=devices), "MirroredStrategy", tuple(devices))
+            devices=names, cross_device_ops=tf.distribute.ReductionToOneDevice(reduce_to_device=names[0]))
+        return StrategyChoice(strategy, "MirroredStrategy (logical CPUs)", tuple(names))
+    gpus = configure_gpus(chosen.gpus, gpu_memory_growth)
+    if chosen.kind == "mirrored":
+        names = gpus or ["/cpu:0"]
+        return StrategyChoice(tf.distribute.MirroredStrategy(devices=names), "MirroredStrategy", tuple(names))
     device = gpus[0] if gpus else "/cpu:0"
     return StrategyChoice(tf.distribute.OneDeviceStrategy(device), "OneDeviceStrategy", (device,))

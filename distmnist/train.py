@@ -16,6 +16,7 @@ import distmnist
 from distmnist import cli, config, pictures, tfquiet, vertex
 from distmnist.cluster import parse_tf_config, tf_config_from_jobset
 from distmnist.config import TrainConfig
+from distmnist.errors import UserError
 
 
 def _define_flags() -> None:
@@ -53,7 +54,12 @@ def main() -> None:
     if settings.strategy in ("auto", "multi_worker"):  # a bad TF_CONFIG, or a task with no role here, too
         parse_tf_config(os.environ.get("TF_CONFIG"))
     painter = pictures.Painter()  # forked now, while this process is small and single-threaded
-    tfquiet.import_tensorflow()
+    tf = tfquiet.import_tensorflow()
+    if settings.require_gpus and not tf.config.get_visible_devices("GPU"):
+        from distmnist.doctor import gpu_finding
+
+        raise UserError(f"--require_gpus: TensorFlow registered no GPU for this process: {gpu_finding(tf)}; nothing "
+                        "was trained (python -m distmnist.doctor has the whole report)")
     from distmnist.run import train_and_evaluate
 
     train_and_evaluate(settings, imports_s=time.perf_counter() - distmnist.STARTED, painter=painter)

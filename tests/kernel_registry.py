@@ -9,8 +9,9 @@ are not checked.
 
 import functools
 
-from tensorflow.core.framework import graph_pb2
-from tensorflow.python.framework import kernels
+from tensorflow.core.framework import graph_pb2, types_pb2
+from tensorflow.python.framework import dtypes as tf_dtypes
+from tensorflow.python.framework import kernels, op_def_registry
 
 GPU_DEVICE_TYPES = ("GPU", "DEFAULT")
 # Ops that run on the host by design, wherever the model runs: tf.data's iterator hands batches over there.
@@ -119,3 +120,98 @@ def loop_body_ops(graph_def: graph_pb2.GraphDef) -> set:
             found.add(node.op)
             pending += _called_functions(node, library)
     return found
+
+
+# --- where a GPU keeps each tensor of a step, and where the step copies between host and device ---------------
+#
+# TensorFlow's own rule (tensorflow/core/framework/memory_types.cc, MemoryTypesForNode), for a node on a GPU: an
+# op with a kernel keeps each argument in device memory except those its kernel registers as host memory
+# (`host_memory_arg`) and strings and resource handles; a function call (PartitionedCall, While, ...) and a
+# function's own arguments keep int32 on the host too; an XLA launch (what a `_XlaMustCompile` call becomes)
+# takes its resources on the host and every other argument, and gives every result, in device memory. An edge
+# whose two ends disagree is a copy between host and device each time it runs.
+HOST, DEVICE = "host", "device"
+ALWAYS_ON_HOST = {types_pb2.DT_STRING, types_pb2.DT_STRING_REF, types_pb2.DT_RESOURCE}
+FUNCTION_CALLS = {"PartitionedCall", "StatefulPartitionedCall", "While", "StatelessWhile", "If", "StatelessIf",
+                  "SymbolicGradient"}
+
+
+def _flat_args(node, args) -> list:
+    """(arg name, dtype) for each tensor of an op's input or output args, in order."""
+    flat = []
+    for arg in args:
+        if arg.type_list_attr:
+            flat += [(arg.name, t) for t in node.attr[arg.type_list_attr].list.type]
+            continue
+        dtype = arg.type or node.attr[arg.type_attr].type
+        count = node.attr[arg.number_attr].i if arg.number_attr else 1
+        flat += [(arg.name, dtype)] * count
+    return flat
+
+
+def _gpu_kernel(node):
+    """The kernel a GPU would run the node with: a GPU one whose type constraints fit, else a DEFAULT one."""
+    fitting = [k for k in kernels.get_registered_kernels_for_op(node.op).kernel
+               if k.device_type in GPU_DEVICE_TYPES and all(
+                   set(_attr_types(node, c.name)) <= set(c.allowed_values.list.type) for c in k.constraint)]
+    return next((k for k in fitting if k.device_type == "GPU"), fitting[0] if fitting else None)
+
+
+def memory_types(node) -> tuple:
+    """([memory of each input tensor], [memory of each output tensor]) of a node placed on a GPU."""
+    op_def = op_def_registry.get(node.op)
+    inputs, outputs = _flat_args(node, op_def.input_arg), _flat_args(node, op_def.output_arg)
+    if compiled_by_xla(node):
+        return ([HOST if t in ALWAYS_ON_HOST else DEVICE for _, t in inputs], [DEVICE] * len(outputs))
+    kernel = None if node.op in FUNCTION_CALLS else _gpu_kernel(node)
+    host_args = set(kernel.host_memory_arg) if kernel else set()
+
+    def memory(name, dtype):
+        on_host = name in host_args or dtype in ALWAYS_ON_HOST or (dtype == types_pb2.DT_INT32 and kernel is None)
+        return HOST if on_host else DEVICE
+
+    return [memory(n, t) for n, t in inputs], [memory(n, t) for n, t in outputs]
+
+
+def _output_index(producer, arg_name: str, index: int) -> int:
+    """The flat index of output `arg_name:index` of a function body's node."""
+    names = [name for name, _ in _flat_args(producer, op_def_registry.get(producer.op).output_arg)]
+    return names.index(arg_name) + index
+
+
+def step_crossings(graph_def: graph_pb2.GraphDef, compiled_whole: bool = False) -> list:
+    """Each copy between host and device that one step of the call's training loop makes on a GPU, as
+    (producer op, dtype, consumer op), for the loop body and the functions it calls that TensorFlow runs itself.
+    A call XLA compiles whole (`compiled_whole`) makes none: XLA keeps the loop and its counter on the device."""
+    library = {f.signature.name: f for f in graph_def.library.function}
+    loops = [n for n in nodes_outside_xla(graph_def) if n.op in ("While", "StatelessWhile")]
+    if compiled_whole or not loops:
+        return []
+    crossings, pending, seen = [], [loops[0].attr["body"].func.name], set()
+    while pending:
+        name = pending.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        function = library[name]
+        nodes = {n.name: n for n in function.node_def}
+        args = {a.name: (HOST if a.type in ALWAYS_ON_HOST or a.type == types_pb2.DT_INT32 else DEVICE, a.type)
+                for a in function.signature.input_arg}
+        for node in function.node_def:
+            if not compiled_by_xla(node):
+                pending += _called_functions(node, library)
+            wanted, _ = memory_types(node)
+            flat_inputs = _flat_args(node, op_def_registry.get(node.op).input_arg)
+            for position, source in enumerate(i for i in node.input if not i.startswith("^")):
+                if ":" in source:
+                    producer_name, arg_name, index = source.split(":")
+                    producer = nodes[producer_name]
+                    given = memory_types(producer)[1][_output_index(producer, arg_name, int(index))]
+                    origin = producer.op
+                else:
+                    given, _ = args[source]
+                    origin = "loop argument"
+                if given != wanted[position]:
+                    dtype = tf_dtypes.as_dtype(flat_inputs[position][1]).name
+                    crossings.append((origin, dtype, node.op + (" (XLA)" if compiled_by_xla(node) else "")))
+    return sorted(crossings)

@@ -14,8 +14,16 @@ pytestmark = [pytest.mark.slow]
 CHECKS = ["python", "tensorflow", "driver", "cuda libraries", "gpus", "xla", "all-reduce", "training"]
 
 
-def test_a_cpu_machine_is_fine_and_says_so():
-    result = run_module("distmnist.doctor", "--smoke_steps=30", unset=("TF_CPP_MIN_LOG_LEVEL",))
+def no_driver(tmp_path) -> dict:
+    """The environment of a machine without an NVIDIA driver, on any machine: no nvidia-smi on the PATH (an empty
+    folder), no /proc/driver/nvidia (DISTMNIST_NVIDIA_PROC elsewhere); the test processes see no GPU either."""
+    (tmp_path / "empty").mkdir()
+    return {"PATH": str(tmp_path / "empty"), "DISTMNIST_NVIDIA_PROC": str(tmp_path / "no-driver")}
+
+
+def test_a_cpu_machine_is_fine_and_says_so(tmp_path):
+    result = run_module("distmnist.doctor", "--smoke_steps=30", unset=("TF_CPP_MIN_LOG_LEVEL",),
+                        env=no_driver(tmp_path))
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     assert result.stderr == ""
     lines = result.stdout.splitlines()
@@ -33,7 +41,7 @@ def test_gpus_that_tensorflow_cannot_use_are_broken_and_json_says_why(tmp_path):
     fake.write_text("#!/bin/sh\nprintf '0, NVIDIA L4, 23034, 570.86.15\\n1, NVIDIA L4, 23034, 570.86.15\\n'\n")
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     result = run_module("distmnist.doctor", "--json", "--smoke_steps=0",
-                        env={"PATH": f"{tmp_path}{os.pathsep}{os.environ['PATH']}"})
+                        env={"PATH": str(tmp_path)})
     assert result.returncode == 1, result.stdout + result.stderr[-3000:]
     report = json.loads(result.stdout)
     checks = {c["name"]: c for c in report["checks"]}
@@ -51,8 +59,29 @@ def test_an_old_driver_is_named(tmp_path):
     fake = tmp_path / "nvidia-smi"
     fake.write_text("#!/bin/sh\nprintf '0, Tesla T4, 15360, 470.57.02\\n'\n")
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
-    result = run_module("distmnist.doctor", "--json", "--smoke_steps=0",
-                        env={"PATH": f"{tmp_path}{os.pathsep}{os.environ['PATH']}"})
+    result = run_module("distmnist.doctor", "--json", "--smoke_steps=0", env={"PATH": str(tmp_path)})
     checks = {c["name"]: c for c in json.loads(result.stdout)["checks"]}
     assert result.returncode == 1 and checks["driver"]["status"] == "FAIL"
     assert "525.60.13" in checks["driver"]["fix"]
+
+
+def test_require_gpus_on_a_machine_without_one_stops_before_training_in_one_line(tmp_path):
+    """What every launch path that asks for GPUs passes: a job that got none stops with the doctor's finding and
+    status 2, which the job engines do not retry (Kubeflow's podFailurePolicy and ExitCode: 1-127 permanent)."""
+    result = run_module("distmnist.train", "--require_gpus", f"--logdir={tmp_path / 'logs'}",
+                        unset=("TF_CPP_MIN_LOG_LEVEL",), env=no_driver(tmp_path), timeout_s=60)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.splitlines() == [
+        "distmnist.train: error: --require_gpus: TensorFlow registered no GPU for this process: no NVIDIA driver (no "
+        "nvidia-smi): this machine trains on its CPU; nothing was trained (python -m distmnist.doctor has the whole "
+        "report)"]
+    assert not (tmp_path / "logs").exists()
+    # The driver lists a GPU that TensorFlow does not register: TensorFlow's own words for why are the finding.
+    fake = tmp_path / "bin" / "nvidia-smi"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\nprintf '0, NVIDIA L4, 23034, 570.86.15\\n'\n")
+    fake.chmod(0o755)
+    result = run_module("distmnist.train", "--require_gpus", f"--logdir={tmp_path / 'logs'}",
+                        env={"PATH": str(fake.parent)}, timeout_s=60)
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr
+    assert "registered no GPU for this process: TensorFlow said: " in result.stderr and "cuda" in result.stderr

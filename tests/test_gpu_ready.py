@@ -18,7 +18,8 @@ from distmnist.loop import Reporter, Trainer
 from distmnist.strategy import communication, make_strategy
 
 from helpers import REPO, free_ports
-from kernel_registry import compiled_by_xla, loop_body_ops, nodes_outside_xla, ops_without_gpu_kernel
+from kernel_registry import (compiled_by_xla, loop_body_ops, memory_types, nodes_outside_xla, ops_without_gpu_kernel,
+                             step_crossings)
 
 INT32 = tf.int32.as_datatype_enum
 
@@ -211,3 +212,44 @@ def test_a_two_worker_cluster_reduces_no_int32_and_needs_no_host_only_op(tmp_pat
     assert ("CollectiveReduceV2", tf.float32.as_datatype_enum) in reduced  # the walk does see the collectives
     assert not [c for c in reduced if c[1] == INT32], reduced
     assert {name for name in report if name.endswith("evaluate")} == {"device evaluate", "tfdata evaluate"}
+
+
+# The copies between host and device that one training step makes on GPUs, per replica, and why (docs/gpus.md,
+# "Host and device in a step"). One replica: none, XLA compiles the whole call, its loop counter included.
+# Several: TensorFlow's loop keeps its int32 counter on the host (so that it decides the next iteration without
+# asking the device), and each replica's XLA launches take it, and the step's `active` flag, in device memory.
+PER_REPLICA_CROSSINGS = [("Less", "bool", "StatefulPartitionedCall (XLA)"),  # active -> the SGD launch
+                         ("loop argument", "int32", "PartitionedCall (XLA)")]  # the counter -> the batch's launch
+
+
+@pytest.mark.parametrize("replicas", [1, 2, pytest.param(4, marks=pytest.mark.slow)])
+def test_a_step_copies_between_host_and_device_only_what_is_named(tiny_mnist, replicas):
+    strategy = make_strategy(cpu_replicas=replicas).strategy if replicas > 1 else make_strategy().strategy
+    trainer = Trainer(TrainConfig(max_steps=5, batch_size=16), strategy, tiny_mnist)
+    found = step_crossings(trainer.graphs()["train"], trainer.compiled_whole_call)
+    expected = [] if replicas == 1 else sorted(PER_REPLICA_CROSSINGS * replicas)
+    assert found == expected
+
+
+def test_the_crossing_check_finds_a_planted_one():
+    """The check can fail: a loop that uses its counter in an op TensorFlow runs itself (a Cast's GPU kernel takes
+    int32 in device memory; the loop keeps its counter on the host) copies it every step; the same loop with the
+    counter's work inside XLA does not show it as an op, only as the launch's input."""
+    def planted(x):
+        return tf.while_loop(lambda i, y: i < 7, lambda i, y: (i + 1, y + tf.cast(i, tf.float32)), (0, x))[1]
+
+    graph = tf.function(planted, autograph=False).get_concrete_function(tf.zeros([4])).graph.as_graph_def()
+    assert step_crossings(graph) == [("loop argument", "int32", "Cast")]
+    assert step_crossings(graph, compiled_whole=True) == []
+
+
+def test_memory_types_follow_tensorflows_kernels():
+    """What the crossings are read from, checked on ops whose kernels say: Less on int32 runs on the host (its
+    DEFAULT kernel keeps x, y and z there), on float32 on the device; a resource handle is always on the host."""
+    graph = tf.function(lambda a, b, v: (a < 3, b < 3.0, v.read_value()), autograph=False).get_concrete_function(
+        tf.constant(1), tf.constant(1.0), tf.Variable(1.0)).graph.as_graph_def()
+    by_type = {(n.op, n.attr["T"].type if "T" in n.attr else None): memory_types(n) for n in graph.node
+               if n.op in ("Less", "ReadVariableOp")}
+    assert by_type[("Less", INT32)] == (["host", "host"], ["host"])
+    assert by_type[("Less", tf.float32.as_datatype_enum)] == (["device", "device"], ["device"])
+    assert by_type[("ReadVariableOp", None)] == (["host"], ["device"])

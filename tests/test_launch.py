@@ -385,11 +385,15 @@ def test_preemption_notice_becomes_sigterm(cloud):
     assert ended.returncode == 1  # the process is gone: nothing to watch
 
 
+NO_GPUS = os.path.join(os.path.dirname(__file__), "fake_bin", "no_gpus")  # nvidia-smi as on a machine without
+
+
 def local_cluster_dry_run(workers: int, env: dict) -> list:
-    """Each worker's (TF_CONFIG, CUDA_VISIBLE_DEVICES) as local_cluster.sh --dry-run prints them."""
+    """Each worker's (TF_CONFIG, CUDA_VISIBLE_DEVICES) as local_cluster.sh --dry-run prints them. The PATH has a
+    fake nvidia-smi that finds no GPU unless the test gives its own: the host's driver, if any, plays no part."""
     result = subprocess.run(["bash", os.path.join(REPO, "launch", "local_cluster.sh"), "--dry-run", str(workers),
                              "--max_steps=3"], capture_output=True, text=True, cwd=REPO, timeout=60,
-                            env={"PATH": "/usr/bin:/bin", "PYTHON": sys.executable, **env})
+                            env={"PATH": f"{NO_GPUS}:/usr/bin:/bin", "PYTHON": sys.executable, **env})
     assert result.returncode == 0, result.stderr
     rows = re.findall(r"^worker (\d+): TF_CONFIG='(.*)' CUDA_VISIBLE_DEVICES='(.*)' (.*)$", result.stdout, re.M)
     assert [int(r[0]) for r in rows] == list(range(workers)) and all(r[3].endswith("--max_steps=3") for r in rows)
