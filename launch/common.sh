@@ -132,7 +132,7 @@ TF_CONFIG=\$($tf_config_shell) || exit 1
 export TF_CONFIG
 echo "TF_CONFIG=\$TF_CONFIG"
 $resume
-venv/bin/python -m distmnist.train --logdir=/opt/distmnist/logs --run_name=$NAME$flags &
+venv/bin/python -m distmnist.train --logdir=/opt/distmnist/logs --run_name=$NAME --require_gpus$flags &
 train=\$!
 distmnist/launch/preemption_watch.sh $cloud \$train &
 watch=\$!

@@ -65,7 +65,7 @@ dns_label='^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$'
 [[ -n $image && ! $image =~ [[:space:]] ]] || die "--image must name an image, got '$image'"
 for flag in ${train_flags[@]+"${train_flags[@]}"}; do
   case $flag in
-    --logdir=* | --run_name=*) die "$flag is set by k8s.sh (the claim's /runs and --name)" ;;
+    --logdir=* | --run_name=* | --require_gpus | --norequire_gpus) die "$flag is set by k8s.sh (the claim's /runs, --name, --gpus)" ;;
     --*) ;;
     *) die "train flags go after -- as --flag=value, got '$flag'" ;;
   esac
@@ -101,6 +101,8 @@ fi
 # JSON strings (YAML's flow style accepts them): quotes and backslashes escaped.
 q() { local s=${1//\\/\\\\}; s=${s//\"/\\\"}; printf '"%s"' "$s"; }
 args="[$(q "--logdir=/runs"), $(q "--run_name=$name")"
+# A pod that asked for GPUs and got none stops (exit 2, permanent) instead of training on its CPU.
+((gpus > 0)) && args+=", $(q "--require_gpus")"
 for flag in ${train_flags[@]+"${train_flags[@]}"}; do args+=", $(q "$flag")"; done
 args+="]"
 labels="{app.kubernetes.io/name: distmnist, app.kubernetes.io/instance: $(q "$name")}"

@@ -60,6 +60,7 @@ case $action in up | down) ;; *) die "unknown action '$action' (up or down)" ;; 
 for flag in ${train_flags[@]+"${train_flags[@]}"}; do
   case $flag in
     --logdir=* | --run_name=*) die "$flag is set by Vertex AI (AIP_CHECKPOINT_DIR) for this job" ;;
+    --require_gpus | --norequire_gpus) die "$flag is set by vertex.sh (from --accelerator-type and -count)" ;;
     --*) ;;
     *) die "train flags go after -- as --flag=value, got '$flag'" ;;
   esac
@@ -105,6 +106,8 @@ roles="roles/storage.objectAdmin on $bucket"
 # JSON strings, quotes and backslashes escaped.
 q() { local s=${1//\\/\\\\}; s=${s//\"/\\\"}; printf '"%s"' "$s"; }
 args=""
+# Replicas that asked for GPUs and got none stop (exit 2) instead of training on their CPUs.
+[[ $accelerator_type != NONE && $accelerator_count -gt 0 ]] && args=$(q "--require_gpus")
 for flag in ${train_flags[@]+"${train_flags[@]}"}; do args+="${args:+, }$(q "$flag")"; done
 
 # One worker pool: pool REPLICAS.

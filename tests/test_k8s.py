@@ -62,7 +62,9 @@ def test_the_rendered_tfjob_has_a_chief_workers_a_claim_and_a_policy():
         container, = pod["containers"]
         assert container["name"] == "tensorflow"  # the operator's default container: it gets TF_CONFIG
         assert container["image"] == "registry.example/distmnist:0.1.0"
-        assert container["args"] == ["--logdir=/runs", "--run_name=mnist-a", "--epochs=3", "--batch_size=256"]
+        # GPUs asked for: a pod that gets none stops (exit 2) instead of training on its CPU.
+        assert container["args"] == ["--logdir=/runs", "--run_name=mnist-a", "--require_gpus", "--epochs=3",
+                                     "--batch_size=256"]
         assert container["resources"]["limits"] == {"nvidia.com/gpu": "2"}
         assert "ports" not in container and "command" not in container  # the image's entry point
         mounted = [m["mountPath"] for m in container.get("volumeMounts", [])]
@@ -99,7 +101,7 @@ def test_the_rendered_trainjob_runs_a_chief_and_workers_on_its_own_runtime():
         assert pod["restartPolicy"] == "Never"
         container, = pod["containers"]
         assert container["name"] == "node" and container["image"] == "registry.example/distmnist:0.1.0"
-        assert container["args"] == ["--logdir=/runs", "--run_name=mnist-a", "--epochs=3"]
+        assert container["args"] == ["--logdir=/runs", "--run_name=mnist-a", "--require_gpus", "--epochs=3"]
         assert container["resources"]["limits"] == {"nvidia.com/gpu": "2"}
         env = {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
         assert env == {
@@ -118,6 +120,7 @@ def test_defaults_and_no_gpus():
         pods = pod_templates(manifests)
         assert set(pods) == {"chief"}
         assert "resources" not in pods["chief"]["spec"]["containers"][0]
+        assert "--require_gpus" not in pods["chief"]["spec"]["containers"][0]["args"]  # a CPU job
         assert "storageClassName" not in manifests["PersistentVolumeClaim"]["spec"]
     assert render()["TrainJob"]["spec"]["activeDeadlineSeconds"] == 86400  # the documented default: a day
     assert render("--api=tfjob")["TFJob"]["spec"]["runPolicy"]["activeDeadlineSeconds"] == 86400
@@ -261,6 +264,7 @@ def test_the_model_check_can_fail():
     (("render", "--name", "--workers=1"), "--name needs a value"),
     (("render", "--name="), "--name needs a value"),
     (("render", "--", "--logdir=/elsewhere"), "--logdir=/elsewhere is set by k8s.sh"),
+    (("render", "--", "--norequire_gpus"), "--norequire_gpus is set by k8s.sh"),
     (("render", "--", "epochs=3"), "train flags go after -- as --flag=value"),
     (("render", "--bogus"), "unknown option '--bogus'"),
     (("render", "--bogus=1"), "unknown option '--bogus=1'"),

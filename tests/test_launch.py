@@ -162,7 +162,7 @@ def test_gcp_dry_run(tmp_path):
         assert flags["--scopes"] == "storage-rw" and flags["--provisioning-model"] == "SPOT"
         assert ("shutdown-script=" in flags["--metadata-from-file"]) == (index == 0)  # the chief saves its run
     assert result.stdout.count("python -m distmnist.train --logdir=/opt/distmnist/logs --run_name=mnist "
-                               "--epochs=20 --batch_size=256") == 3
+                               "--require_gpus --epochs=20 --batch_size=256") == 3  # no GPU: exit 2, no CPU run
     assert "venv/bin/python -m distmnist.data" in result.stdout
     assert 'distmnist[gpu] @ file:' in result.stdout and "gs://bkt/runs/mnist/run" in result.stdout
     assert not re.search(r"(?i)(secret|password|access_key|credentials)", result.stdout)

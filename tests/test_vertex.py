@@ -111,7 +111,8 @@ def test_the_job_spec_is_a_valid_custom_job_spec():
     chief, workers = spec.worker_pool_specs
     assert (chief.replica_count, workers.replica_count) == (1, 3)  # pool 0 the chief, pool 1 the workers
     for pool in (chief, workers):
-        assert pool.container_spec.image_uri == IMAGE and list(pool.container_spec.args) == ["--epochs=3"]
+        assert pool.container_spec.image_uri == IMAGE
+        assert list(pool.container_spec.args) == ["--require_gpus", "--epochs=3"]  # no GPU: exit 2, no CPU run
         assert pool.machine_spec.machine_type == "a2-highgpu-1g" and pool.machine_spec.accelerator_count == 1
         assert pool.machine_spec.accelerator_type.name == "NVIDIA_TESLA_A100"
     assert spec.base_output_directory.output_uri_prefix == "gs://my-bucket/jobs/mnist-a"  # the AIP_* folders' root
@@ -133,6 +134,7 @@ def test_without_gpus_and_down():
                                    ignore_unknown_fields=False)
     pool, = spec.worker_pool_specs
     assert pool.machine_spec.accelerator_count == 0 and pool.replica_count == 1
+    assert list(pool.container_spec.args) == []  # a CPU job: no --require_gpus, and no CMD to hide AIP_*
     down = vertex("down", "--name=mnist-a", "--dry-run")
     assert down.returncode == 0, down.stderr
     (verb, flags, _), (verb2, _, positional) = printed_gcloud(down.stdout)
