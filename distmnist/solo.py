@@ -31,6 +31,8 @@ LAYER_SIZES = (784, 512, 256, 10)  # as distmnist.model (not imported: it import
 
 
 NOT_INSTALLED = "JAX is not installed (pip install -e '.[bench]' adds it)"
+NO_BACKEND = ("this JAX has no {platform} backend (pip install -e '.[bench-gpu]' adds JAX with CUDA 12, "
+              "jax[cuda12])")
 
 
 def jax_runner(npz: str, replicas: int, per_replica_batch_size: int, steps: int, learning_rate: float, seed: int,
@@ -44,7 +46,10 @@ def jax_runner(npz: str, replicas: int, per_replica_batch_size: int, steps: int,
     import jax.numpy as jnp
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-    devices = jax.devices(platform)[:replicas]
+    try:
+        devices = jax.devices(platform)[:replicas]
+    except RuntimeError:  # "Unknown backend": JAX from PyPI has only its CPU backend unless asked for CUDA's
+        return None, 0, {"skipped": NO_BACKEND.format(platform=platform)}
     if len(devices) < replicas:
         raise SystemExit(f"distmnist.solo: {replicas} {platform} devices wanted, JAX has {len(devices)}")
     mesh = Mesh(np.array(devices), ("batch",))

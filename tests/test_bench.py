@@ -128,6 +128,22 @@ def test_without_jax_the_jax_contender_says_so(tmp_path):
     assert missing.returncode == 0 and json.loads(missing.stdout) == {"skipped": solo.NOT_INSTALLED}
 
 
+def test_a_jax_without_a_gpu_backend_is_skipped_on_gpus_with_one_line(tmp_path):
+    """PyPI's jax has its CPU backend only: asked for GPUs (as the bench is on a GPU machine), the JAX contender
+    says so, naming the extra that brings CUDA's, and the bench goes on without it."""
+    import subprocess
+    import sys
+
+    from distmnist import solo
+
+    args = ["--contender=jax", f"--npz={tmp_path / 'unused.npz'}", "--platform=gpu", *SOLO_ARGS]
+    asked = subprocess.run([sys.executable, "-m", "distmnist.solo", *args], env=solo.environment("jax", 1, "gpu"),
+                           capture_output=True, text=True, timeout=120)
+    assert asked.returncode == 0, asked.stderr[-2000:]
+    assert json.loads(asked.stdout) == {"skipped": solo.NO_BACKEND.format(platform="gpu")}
+    assert "pip install -e '.[bench-gpu]'" in solo.NO_BACKEND
+
+
 def test_bad_counts_are_one_line_and_write_nothing(tmp_path):
     out = tmp_path / "out"
     for bad in ("--rounds=0", "--turns=0", "--checkpoint_every=0", "--checkpoint_rounds=-1", "--breakdown_rounds=-1"):

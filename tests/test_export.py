@@ -71,3 +71,26 @@ def test_an_export_that_fails_half_way_leaves_the_previous_one_whole(tmp_path, t
     after = tf.saved_model.load(str(path))
     reloaded = after.serve(tf.constant(tiny_mnist.x_test))["logits"].numpy()
     np.testing.assert_array_equal(reloaded, expected)  # the complete old model
+
+
+def test_a_float32_pass_keeps_within_the_rounding_bound_the_gpu_comparison_uses(tmp_path, tiny_mnist):
+    """tests/rounding.py's bound, which test_gpu.py allows (twice) between a GPU's answers and a CPU's, holds here:
+    the SavedModel's float32 outputs against the exact ones (float64, same weights), and XLA's pass (other sums,
+    other order) against TensorFlow's. And it is no blanket: a change the size of a TF32 rounding breaks it."""
+    from helpers import saved_weights
+    from rounding import forward_and_bound
+
+    trainer = Trainer(TrainConfig(max_steps=20, batch_size=32), make_strategy().strategy, tiny_mnist)
+    Controller(trainer, Reporter()).run()
+    classifier = export_saved_model(trainer.weights(), str(tmp_path / "saved_model"))
+    images = np.random.default_rng(0).integers(0, 256, (300, 28, 28), dtype=np.uint8)
+    exact, bound = forward_and_bound(saved_weights(tmp_path), images)
+    outputs = classifier.serve(tf.constant(images))["outputs"].numpy().astype(np.float64)
+    assert np.all(np.abs(outputs - exact) <= bound)
+    jit = tf.function(lambda x: classifier.mlp(images_to_features(x)), jit_compile=True)(tf.constant(images))
+    assert np.all(np.abs(jit.numpy() - outputs) <= 2 * bound)
+    # TF32 keeps 10 of float32's 23 mantissa bits in a matmul's inputs: the first layer's relative error 2**-11.
+    coarse = tf.cast(tf.bitcast(tf.bitwise.bitwise_and(tf.bitcast(images_to_features(tf.constant(images)), tf.int32),
+                                                       tf.constant(~0x1FFF, tf.int32)), tf.float32), tf.float32)
+    truncated = classifier.mlp(coarse).numpy().astype(np.float64)
+    assert np.any(np.abs(truncated - exact) > bound)
