@@ -18,8 +18,8 @@ from distmnist.loop import Reporter, Trainer
 from distmnist.strategy import communication, make_strategy
 
 from helpers import REPO, free_ports
-from kernel_registry import (compiled_by_xla, loop_body_ops, memory_types, nodes_outside_xla, ops_without_gpu_kernel,
-                             step_crossings)
+from kernel_registry import (collective_dtypes, compiled_by_xla, loop_body_ops, memory_types, nodes_outside_xla,
+                             ops_without_gpu_kernel, step_crossings)
 
 INT32 = tf.int32.as_datatype_enum
 
@@ -253,3 +253,25 @@ def test_memory_types_follow_tensorflows_kernels():
     assert by_type[("Less", INT32)] == (["host", "host"], ["host"])
     assert by_type[("Less", tf.float32.as_datatype_enum)] == (["device", "device"], ["device"])
     assert by_type[("ReadVariableOp", None)] == (["host"], ["device"])
+
+
+NCCL = tf.float32.as_datatype_enum
+
+
+def test_the_single_host_gpu_graph_with_nccl_is_ready_too(tiny_mnist):
+    """What GPUs get: MirroredStrategy over two GPUs with NCCL's all-reduce. TensorFlow builds that strategy and
+    traces its functions on a machine without GPUs (soft placement runs the eager set-up on the CPU; the traced
+    graphs name the GPUs), so the GPU graph itself is checked here: every op outside XLA has a GPU kernel, the
+    gradients' all-reduce is NCCL's on float32, each replica's batch and gradients are one XLA launch on its own
+    GPU, and a step's host-device copies are the named ones (docs/gpus.md)."""
+    strategy = tf.distribute.MirroredStrategy(devices=["/gpu:0", "/gpu:1"],
+                                              cross_device_ops=tf.distribute.NcclAllReduce())
+    trainer = Trainer(TrainConfig(max_steps=5, batch_size=16), strategy, tiny_mnist)
+    graphs = trainer.graphs()
+    for name, graph in graphs.items():
+        assert ops_without_gpu_kernel(graph) == [], name
+    assert collective_dtypes(graphs["train"]) == {("NcclAllReduce", NCCL)}
+    gradient_launches = [n.device for n in nodes_outside_xla(graphs["train"])
+                         if compiled_by_xla(n) and n.op == "PartitionedCall"]
+    assert sorted(d.split("device:")[-1] for d in gradient_launches) == ["GPU:0", "GPU:1"]
+    assert step_crossings(graphs["train"], trainer.compiled_whole_call) == sorted(PER_REPLICA_CROSSINGS * 2)
