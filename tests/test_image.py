@@ -32,15 +32,23 @@ def test_hadolint_finds_nothing():
     assert result.returncode == 0 and not result.stdout.strip(), result.stdout + result.stderr
 
 
-def test_the_base_image_is_tensorflow_at_distmnists_pin():
+def test_the_base_is_a_python_tensorflow_has_wheels_for_and_the_cuda_comes_from_tensorflows_own_extra():
+    """No system CUDA or cuDNN to clash with TensorFlow's: a slim Python whose version TensorFlow 2.21 has wheels
+    for, and distmnist's gpu extra, which is tensorflow[and-cuda] within distmnist's TensorFlow pin (the CUDA and
+    cuDNN wheels that TensorFlow's own metadata pins)."""
     steps = instructions()
-    version = next(args.split("=", 1)[1] for kind, args in steps if kind == "ARG" and args.startswith("TF_VERSION="))
-    assert ("FROM", "tensorflow/tensorflow:${TF_VERSION}-gpu") in steps
+    python = next(args.split("=", 1)[1] for kind, args in steps if kind == "ARG" and args.startswith("PYTHON_VERSION="))
+    assert ("FROM", "python:${PYTHON_VERSION}-slim-bookworm") in steps
+    assert (3, 10) <= tuple(int(p) for p in python.split(".")) <= (3, 13)
     setup = configparser.ConfigParser()
     setup.read(os.path.join(REPO, "setup.cfg"))
     pin = next(line.strip()[len("tensorflow"):] for line in setup["options"]["install_requires"].splitlines()
                if line.strip().startswith("tensorflow>"))
-    assert version in SpecifierSet(pin), (version, pin)
+    gpu = setup["options.extras_require"]["gpu"].split()
+    assert gpu == [f"tensorflow[and-cuda]{pin}"], gpu
+    assert any(kind == "RUN" and '"/opt/distmnist/src[gpu]"' in args for kind, args in steps)
+    healthcheck = next(args for kind, args in steps if kind == "HEALTHCHECK")
+    assert json.loads(healthcheck.split("CMD", 1)[1]) == ["python3", "-m", "distmnist.doctor", "--smoke_steps=0"]
     assert ("USER", "1000:1000") in steps  # non-root, numeric for Kubernetes' runAsNonRoot
     copied = [args.split()[:-1] for kind, args in steps if kind == "COPY"]
     ignore = open(os.path.join(REPO, ".dockerignore")).read().split()
