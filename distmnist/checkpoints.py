@@ -21,7 +21,7 @@ from typing import Optional
 import tensorflow as tf
 from absl import logging
 
-from distmnist import files, rundir, tfquiet
+from distmnist import files, rundir, safeio, tfquiet
 from distmnist.errors import RunFailed, UserError
 from distmnist.loop import Trainer
 
@@ -102,8 +102,11 @@ class Checkpointer:
         path = os.path.join(self.directory, HISTORY)
         if not os.path.exists(path):
             return {"loss": [], "accuracy": []}
-        with open(path) as f:
-            return rundir.kept_history(json.load(f), step)
+        try:
+            return rundir.kept_history(json.loads(safeio.read_path(path, safeio.MAX_JSON_BYTES)), step)
+        except (ValueError, KeyError, TypeError, IndexError) as exc:
+            raise UserError(f"{path} is not a distmnist history ({type(exc).__name__}: {exc}); start afresh with "
+                            "--overwrite") from None
 
     def close(self) -> None:
         """Waits for the last save, then removes a worker's scratch folder."""

@@ -3,6 +3,7 @@ field's help (and, where it is not plain, how its default reads) lives in its me
 and the README's flags table are made from it. No TensorFlow here."""
 
 import dataclasses
+import datetime
 import math
 from typing import Optional
 
@@ -117,6 +118,11 @@ class TrainConfig:
             raise UserError(f"--profile_steps must read START,END with 0 <= START < END (for example 200,300), got "
                             f"{self.profile_steps!r}")
         return start, end
+
+
+def default_run_name() -> str:
+    """A new run's name when --run_name is not given: the time it started."""
+    return datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
 def settings():

@@ -10,7 +10,6 @@ Sources, tried in order, each logged in one line:
 """
 
 import dataclasses
-import gzip
 import hashlib
 import io
 import os
@@ -24,8 +23,8 @@ from typing import Optional
 import numpy as np
 from absl import logging
 
-from distmnist import files, mirror
-from distmnist.errors import DataError
+from distmnist import files, mirror, safeio
+from distmnist.errors import DataError, UserError
 
 KERAS_URL = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/mnist.npz"
 KERAS_NPZ_SHA256 = "731c5ac602752760c8e48fbffcf8c3b850d9dc2a2aedcf2cc48468fc17b673d1"
@@ -112,17 +111,27 @@ def _exists(path: str) -> bool:
     return os.path.exists(path)
 
 
+def _bounded(read, *args):
+    """A safeio reader's result, its refusals as DataError (a data source that is not MNIST)."""
+    try:
+        return read(*args)
+    except UserError as exc:
+        raise DataError(str(exc)) from None
+
+
 def _read(path: str) -> bytes:
+    """The file's bytes, refused past safeio.MAX_DATA_BYTES."""
     if files.is_url(path):
         import tensorflow as tf
         with tf.io.gfile.GFile(path, "rb") as f:
-            return f.read()
-    with open(path, "rb") as f:
-        return f.read()
+            return _bounded(safeio.read_bounded, f, path)
+    return _bounded(safeio.read_path, path)
 
 
 def read_npz(data: bytes, name: str) -> dict:
-    """Reads Keras's mnist.npz layout from bytes, never unpickling."""
+    """Reads Keras's mnist.npz layout from bytes, never unpickling, each array's size checked from its header
+    before it is inflated."""
+    _bounded(safeio.check_arrays, data, name)
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
             missing = [k for k in KEYS if k not in npz.files]
@@ -144,10 +153,7 @@ def _read_data_dir(data_dir: str) -> dict:
         path = os.path.join(data_dir, stem)
         if _exists(path + ".gz"):
             path += ".gz"
-            try:
-                data = gzip.decompress(_read(path))
-            except (OSError, EOFError) as exc:
-                raise DataError(f"{path}: not a readable gzip file ({exc})") from None
+            data = _bounded(safeio.gunzip, _read(path), path)
         elif _exists(path):
             data = _read(path)
         else:
@@ -171,7 +177,7 @@ def _from_cache(path: Path) -> Optional[dict]:
         logging.info("MNIST: Keras cache %s: not there", path)
         return None
     try:
-        arrays = validate(read_npz(path.read_bytes(), str(path)), str(path))
+        arrays = validate(read_npz(_read(str(path)), str(path)), str(path))
     except DataError as exc:
         logging.warning("MNIST: Keras cache unusable, ignoring it: %s", exc)
         return None

@@ -9,11 +9,13 @@ is taken as it is. No TensorFlow here.
 
 import io
 import os
+import warnings
 from typing import List, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageOps, PngImagePlugin, UnidentifiedImageError
 
+from distmnist import safeio
 from distmnist.errors import UserError
 
 ARRAY_SUFFIXES = (".npy", ".npz")
@@ -26,7 +28,11 @@ class ImageError(UserError):
 
 def _gray_from_file(path: str) -> np.ndarray:
     try:
-        with Image.open(path) as image:
+        with warnings.catch_warnings():  # Pillow's own bomb warning: the size check below says it in one line
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            opened = Image.open(path)  # reads the header only
+        with opened as image:
+            safeio.check_picture_size(image.width, image.height, path)  # before a pixel is decoded
             image = ImageOps.exif_transpose(image)  # photos: the orientation their camera recorded
             if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
                 # A transparent background is the paper: composite on white (strokes stay dark).
@@ -35,6 +41,12 @@ def _gray_from_file(path: str) -> np.ndarray:
             return np.asarray(image.convert("L"), dtype=np.float32)
     except FileNotFoundError:
         raise ImageError(f"{path}: no such file") from None
+    except Image.DecompressionBombError:  # past Pillow's own bound, refused by Pillow as it opens the header
+        raise ImageError(f"{path}: declares more than {Image.MAX_IMAGE_PIXELS * 2:,} pixels, more than the "
+                         f"{safeio.MAX_PICTURE_PIXELS / 1e6:,.0f} megapixels a picture of a digit needs; scale it "
+                         "down") from None
+    except safeio.TooLarge as exc:
+        raise ImageError(str(exc)) from None
     except IsADirectoryError:
         raise ImageError(f"{path}: is a folder, not an image") from None
     except UnidentifiedImageError:
@@ -48,6 +60,7 @@ def _gray_from_file(path: str) -> np.ndarray:
 
 def _arrays_from_file(path: str) -> List[Tuple[str, np.ndarray]]:
     try:
+        safeio.check_arrays(path, path)  # every header, before any array is read
         loaded = np.load(path, allow_pickle=False)
         if isinstance(loaded, np.lib.npyio.NpzFile):
             with loaded:
@@ -56,6 +69,10 @@ def _arrays_from_file(path: str) -> List[Tuple[str, np.ndarray]]:
             arrays = [(path, loaded)]
     except FileNotFoundError:
         raise ImageError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ImageError(f"{path}: is a folder, not an array file") from None
+    except UserError as exc:
+        raise ImageError(str(exc)) from None
     except (OSError, ValueError, EOFError) as exc:
         raise ImageError(f"{path}: not a readable numpy array file ({exc})") from None
     images = []
@@ -70,6 +87,10 @@ def _arrays_from_file(path: str) -> List[Tuple[str, np.ndarray]]:
         if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)) or \
                 min(array.shape) == 0:
             raise ImageError(f"{name}: expected numbers in a non-empty [H, W] array, got {array.dtype} {array.shape}")
+        try:
+            safeio.check_picture_size(array.shape[1], array.shape[0], name)
+        except safeio.TooLarge as exc:
+            raise ImageError(str(exc)) from None
     return [(name, array.astype(np.float32) * (255.0 if array.dtype.kind == "f" and array.max() <= 1 else 1.0))
             for name, array in images]
 

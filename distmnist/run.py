@@ -14,7 +14,7 @@ from distmnist import calibration as calibration_lib
 from distmnist import data, experiment, export, files, rundir, summaries
 from distmnist.checkpoints import Checkpointer
 from distmnist.cluster import Cluster, parse_tf_config
-from distmnist.config import TrainConfig
+from distmnist.config import TrainConfig, default_run_name
 from distmnist.controller import Controller
 from distmnist.data import Mnist
 from distmnist.errors import ClusterFailed, Stopped, TrainingDiverged
@@ -75,7 +75,7 @@ def set_up(config: TrainConfig, choice: Optional[StrategyChoice] = None, mnist: 
     strategy, builds the trainer and, for a resumed run, restores the latest checkpoint."""
     started = time.perf_counter()
     timings = {}
-    config = dataclasses.replace(config, run_name=config.run_name or rundir.default_run_name())
+    config = dataclasses.replace(config, run_name=config.run_name or default_run_name())
     flags = dataclasses.asdict(config)
     cluster = parse_tf_config(os.environ.get("TF_CONFIG")) if config.strategy in ("auto", "multi_worker") else None
     is_chief = cluster is None or cluster.is_chief

@@ -1,7 +1,6 @@
 """A run directory's life: the plan (new, resume or overwrite), opening it, and what a resumed run keeps of what
 the interrupted one logged. Every rule of resumption is here."""
 
-import datetime
 import json
 import os
 import shutil
@@ -9,12 +8,8 @@ import shutil
 import tensorflow as tf
 from tensorflow.core.util import event_pb2
 
-from distmnist import files
+from distmnist import files, safeio
 from distmnist.errors import UserError
-
-
-def default_run_name() -> str:
-    return datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
 RUN_CONFIG = "run_config.json"
@@ -46,10 +41,15 @@ def plan(logdir: str, run_name: str, flags: dict) -> str:
     if flags.get("overwrite"):
         return "overwrite"
     try:
-        with open(saved_path) as f:
-            saved = json.load(f)
+        saved = json.loads(safeio.read_path(saved_path, safeio.MAX_JSON_BYTES))
     except (OSError, ValueError) as exc:
         raise UserError(f"{saved_path} cannot be read ({exc}); start afresh with --overwrite") from None
+    if not isinstance(saved, dict):
+        raise UserError(f"{saved_path} is not a distmnist run's settings; start afresh with --overwrite")
+    leaving = safeio.links_leaving(run_dir)
+    if leaving:  # resuming rewrites the run's files in place: a link would have them written elsewhere
+        raise UserError(f"run directory {run_dir} holds a link that leads out of it ({leaving[0]}); remove it, or "
+                        "start afresh with --overwrite")
     for name, value in flags.items():
         if name not in RESUMABLE and saved.get(name) != value:
             raise UserError(f"run directory {run_dir} was started with --{name}={saved.get(name)}, not {value}; "

@@ -6,6 +6,7 @@
   launch/local_cluster.sh 2 [flags]            # two workers on this machine (MultiWorkerMirroredStrategy)
 """
 
+import dataclasses
 import os
 import time
 from typing import Optional
@@ -13,7 +14,7 @@ from typing import Optional
 from absl import flags
 
 import distmnist
-from distmnist import cli, config, pictures, tfquiet, vertex
+from distmnist import cli, config, pictures, runclaim, tfquiet, vertex
 from distmnist.cluster import parse_tf_config, tf_config_from_jobset
 from distmnist.config import TrainConfig
 from distmnist.errors import UserError
@@ -51,8 +52,23 @@ def main() -> None:
         jobset = tf_config_from_jobset(os.environ)
         if jobset:
             os.environ["TF_CONFIG"] = jobset
+    cluster = None
     if settings.strategy in ("auto", "multi_worker"):  # a bad TF_CONFIG, or a task with no role here, too
-        parse_tf_config(os.environ.get("TF_CONFIG"))
+        cluster = parse_tf_config(os.environ.get("TF_CONFIG"))
+    if settings.run_name is None:
+        settings = dataclasses.replace(settings, run_name=config.default_run_name())
+    # One writer per run: the chief claims the run directory before anything is written (runclaim.py).
+    claim = runclaim.take(settings.logdir, settings.run_name) if (cluster is None or cluster.is_chief) and \
+        "://" not in settings.logdir else None
+    try:
+        _train(settings, claim)
+    except UserError:
+        if claim:
+            claim.abandon()  # a run that failed its checks leaves nothing behind, its claim included
+        raise
+
+
+def _train(settings: TrainConfig, claim) -> None:
     painter = pictures.Painter()  # forked now, while this process is small and single-threaded
     tf = tfquiet.import_tensorflow()
     if settings.require_gpus and not tf.config.get_visible_devices("GPU"):
@@ -63,6 +79,8 @@ def main() -> None:
     from distmnist.run import train_and_evaluate
 
     train_and_evaluate(settings, imports_s=time.perf_counter() - distmnist.STARTED, painter=painter)
+    if claim:
+        claim.release()
 
 
 if __name__ == "__main__":

@@ -141,3 +141,54 @@ def test_cli_prints_a_line_per_image_and_accepts_a_run_directory(tmp_path, mnist
 
     missing = run_module("distmnist.predict", f"--model={tmp_path}", str(tmp_path / "seven.png"))
     assert missing.returncode == 2 and "is neither a SavedModel nor a run directory" in missing.stderr
+
+
+def test_a_decompression_bomb_among_good_pictures_is_one_line_and_the_rest_answered(tmp_path, mnist, saved_model):
+    """A real bomb: a PNG of 30000 x 30000 pixels (900 MB once decoded) that is a few hundred KB on disk, and a
+    .npy whose header declares 10 GB; each is refused from its header, the good pictures beside them answered,
+    and the process stays small (its peak resident memory, as the kernel counts it)."""
+    import struct
+    import subprocess
+    import sys
+    import zlib
+
+    from test_safeio import npy_declaring
+
+    width = height = 30000
+    packer = zlib.compressobj(9)
+    row = b"\0" * (width + 1)  # the filter byte, then a row of black
+    body = b"".join(packer.compress(row * 1000) for _ in range(height // 1000)) + packer.flush()
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)) +
+                     chunk(b"IDAT", body) + chunk(b"IEND", b""))
+    assert bomb.stat().st_size < 2_000_000
+    huge = tmp_path / "huge.npy"
+    huge.write_bytes(npy_declaring((100000, 100000)))
+    good = []
+    for i in range(3):
+        Image.fromarray(mnist.x_test[i]).save(tmp_path / f"good{i}.png")
+        good.append(str(tmp_path / f"good{i}.png"))
+
+    # A parent of its own, whose RUSAGE_CHILDREN is this one process's peak resident memory, written to a file.
+    measured = ("import resource, subprocess, sys; status = subprocess.run(sys.argv[2:]).returncode; "
+                "open(sys.argv[1], 'w').write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)); "
+                "sys.exit(status)")
+    process = subprocess.Popen([sys.executable, "-c", measured, str(tmp_path / "peak_kib"), sys.executable, "-m",
+                                "distmnist.predict", f"--model={saved_model}", good[0], str(bomb), good[1], str(huge),
+                                good[2]], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"})
+    out, err = process.communicate(timeout=300)
+    peak_mib = int((tmp_path / "peak_kib").read_text()) / 1024
+    print(f"predict's peak resident memory: {peak_mib:.0f} MiB")
+    assert peak_mib < 1000
+    assert process.returncode == 2, err[-3000:]
+    assert err.splitlines() == [
+        f"distmnist.predict: error: {bomb}: declares more than {2 * Image.MAX_IMAGE_PIXELS:,} pixels, more than the "
+        "24 megapixels a picture of a digit needs; scale it down",
+        f"distmnist.predict: error: {huge}: its header declares uint8 [100000, 100000], 9,537 MiB, more than 256 MiB; "
+        "split it into smaller files"]
+    assert [line.split(":")[0] for line in out.splitlines()] == good
