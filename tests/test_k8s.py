@@ -398,7 +398,8 @@ def test_a_trainjobs_chief_and_worker_train_to_the_end_from_the_environment_thei
     """The TrainingRuntime's pods as processes: each gets the env the rendered manifest gives (the JobSet labels
     through the downward API, JOB_COMPLETION_INDEX as Kubernetes sets it for an Indexed Job) and no TF_CONFIG, and
     reaches the other by its JobSet host name on port 2222."""
-    runtime = {d["kind"]: d for d in yaml.safe_load_all(k8s("render", "--name=mnist", "--workers=1").stdout)}
+    rendered = k8s("render", "--name=mnist", "--workers=1", "--gpus=0").stdout  # CPU pods: no --require_gpus
+    runtime = {d["kind"]: d for d in yaml.safe_load_all(rendered)}
     jobs = {j["name"]: j for j in runtime["TrainingRuntime"]["spec"]["template"]["spec"]["replicatedJobs"]}
     hosts = {"mnist-chief-0-0.mnist": "192.0.2.1", "mnist-worker-0-0.mnist": "192.0.2.2"}
     labels = {"jobset.sigs.k8s.io/jobset-name": "mnist"}  # what JobSet puts on each pod

@@ -115,6 +115,9 @@ def test_two_trainings_of_one_run_one_trains_the_other_stops_at_once(tmp_path, t
                             r"choose another --run_name\n", second.stderr), second.stderr
         assert took_s < 3, took_s  # before TensorFlow is imported (a Python start and the flags, here)
         print(f"the second process stopped {took_s:.2f} s after it started")
+        overwrite = subprocess.run(args + ["--overwrite"], cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert overwrite.returncode == 2 and "is in use by another distmnist process" in overwrite.stderr
+        assert first.poll() is None  # --overwrite does not break another process's claim
         # The run directory is the first's alone: every event file is its own (their names end in host.pid...).
         events = glob.glob(str(tmp_path / "same" / "events.out.tfevents.*"))
         assert events and {name.split(".")[-3] for name in events} == {str(first.pid)}
@@ -136,3 +139,19 @@ def test_two_trainings_of_one_run_one_trains_the_other_stops_at_once(tmp_path, t
     finally:
         first.kill()
         first.wait()
+
+
+@pytest.mark.slow
+def test_two_trainings_started_together_one_trains(tmp_path, tiny_npz_dir):
+    args = [sys.executable, "-m", "distmnist.train", f"--data_dir={tiny_npz_dir}", f"--logdir={tmp_path}",
+            "--run_name=same", "--max_steps=60", "--batch_size=32", "--eval_every=30"]
+    both = [subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(2)]
+    results = [(p.pid,) + p.communicate(timeout=300) + (p.returncode,) for p in both]
+    statuses = sorted(status for *_, status in results)
+    assert statuses == [0, 2], [(status, err[-500:]) for _, _, err, status in results]
+    winner = next(pid for pid, _, _, status in results if status == 0)
+    loser_err = next(err for _, _, err, status in results if status == 2)
+    assert len(loser_err.splitlines()) == 1 and f"(pid {winner} on" in loser_err
+    events = glob.glob(str(tmp_path / "same" / "events.out.tfevents.*"))
+    assert events and {name.split(".")[-3] for name in events} == {str(winner)}
