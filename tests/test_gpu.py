@@ -46,7 +46,8 @@ trainer.run_steps(10)
 graph = trainer.graphs()["train"]
 nodes = list(graph.node) + [n for f in graph.library.function for n in f.node_def]
 print("REPORT " + json.dumps({{
-    "variables": sorted({{v.device for w in trainer.model.weights for v in choice.strategy.experimental_local_results(w)}}),
+    "variables": sorted({{v.device for w in trainer.model.weights
+                          for v in choice.strategy.experimental_local_results(w)}}),
     "ops": sorted({{n.op for n in nodes}}),
     "xla_devices": sorted({{n.device for n in nodes if "_XlaMustCompile" in n.attr and n.attr["_XlaMustCompile"].b}}),
     "replicas": choice.num_replicas}}), flush=True)

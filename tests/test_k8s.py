@@ -326,8 +326,9 @@ def test_apply_and_delete_use_the_api_the_cluster_serves(tmp_path, serves, api):
     deletes = {"trainjob": ["delete trainjob mnist-b --namespace ml --ignore-not-found",
                             "delete trainingruntime mnist-b --namespace ml --ignore-not-found"],
                "tfjob": ["delete tfjob mnist-b --namespace ml --ignore-not-found"]}[api]
+    policy = "delete networkpolicy mnist-b-members-only --namespace ml --ignore-not-found"
     assert log.read_text().splitlines() == ["api-resources -o name", "apply -f -", "api-resources -o name", *deletes,
-                                            "delete networkpolicy mnist-b-members-only --namespace ml --ignore-not-found"]
+                                            policy]
     assert (tmp_path / "log.stdin").read_text() == k8s("render", f"--api={api}", "--name=mnist-b", "--",
                                                        "--epochs=2").stdout
 

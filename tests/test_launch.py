@@ -659,7 +659,8 @@ case "$*" in
     calls=$(cat "$state/iam-calls" 2>/dev/null || echo 1000)
     echo $((calls + 1)) > "$state/iam-calls"
     if ((calls < ${FAKE_IAM_LAG:-0})); then
-      echo "ERROR: (gcloud.storage.buckets.add-iam-policy-binding) HTTPError 400: Service account $6 does not exist." >&2
+      echo "ERROR: (gcloud.storage.buckets.add-iam-policy-binding) HTTPError 400: Service account $6" \
+        "does not exist." >&2
       exit 1
     fi ;;
   "compute instances describe "*) [[ -e $state/vm-$4 ]] || exit 1; cat "$state/vm-$4" ;;
