@@ -85,3 +85,27 @@ def test_require_gpus_on_a_machine_without_one_stops_before_training_in_one_line
                         env={"PATH": str(fake.parent)}, timeout_s=60)
     assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr
     assert "registered no GPU for this process: TensorFlow said: " in result.stderr and "cuda" in result.stderr
+
+
+def test_the_tests_that_need_no_driver_pass_on_a_machine_with_one(tmp_path):
+    """As on a GPU host: an nvidia-smi that lists two GPUs first on the PATH (as /usr/bin's would be) and the
+    driver's /proc file present. The tests that need no driver give their processes their own PATH and /proc,
+    and decide devices from what the test process can use, so they pass there too."""
+    import subprocess
+    import sys
+
+    from helpers import REPO
+
+    fake = tmp_path / "bin" / "nvidia-smi"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\nprintf '0, NVIDIA L4, 23034, 570.86.15\\n1, NVIDIA L4, 23034, 570.86.15\\n'\n")
+    fake.chmod(0o755)
+    (tmp_path / "version").write_text("NVRM version: NVIDIA UNIX x86_64 Kernel Module  570.86.15\n")
+    env = {**os.environ, "PATH": f"{fake.parent}{os.pathsep}{os.environ['PATH']}",
+           "DISTMNIST_NVIDIA_PROC": str(tmp_path / "version")}
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "0",
+                             "tests/test_strategy.py", "tests/test_doctor.py::test_a_cpu_machine_is_fine_and_says_so",
+                             "tests/test_launch.py::test_local_cluster_gives_each_worker_its_own_gpus"],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert " passed" in result.stdout and "failed" not in result.stdout
