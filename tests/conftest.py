@@ -25,6 +25,9 @@ tf.config.set_logical_device_configuration(
 GPUS = tf.config.list_physical_devices("GPU")  # physical: hiding them below does not change this list
 tf.config.set_visible_devices([], "GPU")
 hide_gpus_from_subprocesses()
+# What is alive now (TensorFlow's and the other modules' objects) lives for the whole session: out of the
+# collector's sight, so that the collection after each test walks only what tests made (0.24 s a test before).
+gc.freeze()
 
 
 def pytest_collection_modifyitems(config, items):

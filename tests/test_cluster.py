@@ -116,16 +116,19 @@ def test_a_trainjob_pod_builds_its_tf_config_from_jobsets_names():
     assert tf_config_from_jobset({}) is None  # not a Trainer pod: nothing to build
 
 
-@pytest.mark.parametrize("change, message", [
+BAD_JOBSETS = [
     ({"DISTMNIST_JOBSET_ROLE": "ps"}, "DISTMNIST_JOBSET_ROLE must be chief or worker"),
     ({"JOB_COMPLETION_INDEX": "2"}, "JOB_COMPLETION_INDEX 2 is out of range for 2 worker pod(s)"),
     ({"JOB_COMPLETION_INDEX": ""}, "JOB_COMPLETION_INDEX must be a whole number"),
     ({"DISTMNIST_JOBSET_WORKERS": "-1"}, "DISTMNIST_JOBSET_WORKERS must be a whole number"),
     ({"DISTMNIST_JOBSET_NAME": "Mnist_A"}, "must be DNS labels"),
-])
-def test_a_bad_jobset_environment_is_named(change, message):
-    with pytest.raises(UserError, match=re.escape(message)):
-        tf_config_from_jobset({**JOBSET, **change})
+]
+
+
+def test_a_bad_jobset_environment_is_named():
+    for change, message in BAD_JOBSETS:
+        with pytest.raises(UserError, match=re.escape(message)):
+            tf_config_from_jobset({**JOBSET, **change})
 
 
 @pytest.mark.slow

@@ -73,6 +73,7 @@ def test_an_export_that_fails_half_way_leaves_the_previous_one_whole(tmp_path, t
     np.testing.assert_array_equal(reloaded, expected)  # the complete old model
 
 
+@pytest.mark.slow  # trains and exports a model
 def test_a_float32_pass_keeps_within_the_rounding_bound_the_gpu_comparison_uses(tmp_path, tiny_mnist):
     """tests/rounding.py's bound, which test_gpu.py allows (twice) between a GPU's answers and a CPU's, holds here:
     the SavedModel's float32 outputs against the exact ones (float64, same weights), and XLA's pass (other sums,

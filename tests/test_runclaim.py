@@ -32,6 +32,7 @@ def holder(logdir, env=None):
     return proc
 
 
+@pytest.mark.slow  # starts a holder process
 def test_a_held_lock_is_named_and_a_killed_holders_lock_is_gone_at_once(tmp_path, monkeypatch):
     monkeypatch.delenv("DISTMNIST_RUN_CLAIM", raising=False)
     first = holder(tmp_path / "logs")
@@ -58,6 +59,7 @@ def test_abandoning_a_claim_leaves_nothing_it_made(tmp_path, monkeypatch):
     assert os.listdir(tmp_path / "kept") == []
 
 
+@pytest.mark.slow  # starts a holder process
 def test_a_lease_is_taken_over_only_once_its_heartbeat_is_stale(tmp_path, monkeypatch):
     """DISTMNIST_RUN_CLAIM=lease stands for a FUSE mount, where a lock would hold on one machine only."""
     lease = {"DISTMNIST_RUN_CLAIM": "lease", "DISTMNIST_LEASE_BEAT_S": "0.3", "DISTMNIST_LEASE_STALE_S": "3"}

@@ -32,6 +32,7 @@ def png_declaring(width: int, height: int) -> bytes:
             chunk(b"IDAT", zlib.compress(b"\0" * (width + 1))) + chunk(b"IEND", b""))
 
 
+@pytest.mark.slow  # compresses a 256 MiB stream
 def test_a_gzip_bomb_is_refused_without_inflating_it():
     bomb = gzip.compress(b"\0" * (safeio.MAX_DATA_BYTES + 1), compresslevel=9)
     assert len(bomb) < safeio.MAX_DATA_BYTES // 500  # a small file that declares a large one
@@ -65,6 +66,7 @@ def test_an_object_array_is_refused_as_a_pickle(tmp_path):
         safeio.check_arrays(str(path), str(path))
 
 
+@pytest.mark.slow  # compresses a 256 MiB stream
 def test_the_data_dir_readers_refuse_bombs_in_one_line(tmp_path):
     idx = tmp_path / "idx"
     idx.mkdir()

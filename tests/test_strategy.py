@@ -11,15 +11,15 @@ from distmnist.strategy import make_strategy
 FOUR = ["/physical_device:GPU:0", "/physical_device:GPU:1", "/physical_device:GPU:2", "/physical_device:GPU:3"]
 
 
-@pytest.mark.parametrize("visible, physical, args, kind, gpus, warning", [
+PLANS = [  # (visible, physical, plan's arguments, kind, GPUs used, warning): one test, as each case is pure
     (FOUR, FOUR, {}, "mirrored", 4, ""),  # every visible GPU
     (FOUR, FOUR, {"num_gpus": 2}, "mirrored", 2, ""),
     (FOUR, FOUR, {"num_gpus": 1}, "one_device", 1, ""),
     (FOUR, FOUR, {"num_gpus": 0}, "one_device", 0, ""),  # the CPU
     (FOUR[:1], FOUR, {}, "one_device", 1, ""),  # CUDA_VISIBLE_DEVICES or the process left one: one, not four
     ([], FOUR, {}, "one_device", 0, ""),  # the process hid them all (as the tests do): the CPU, no /gpu:0
-    ([], FOUR, {"num_gpus": 2}, "one_device", 0, "--num_gpus=2 requested but 0 GPU(s) visible, 4 more hidden from "
-                                                 "this process: using 0"),
+    ([], FOUR, {"num_gpus": 2}, "one_device", 0, "--num_gpus=2 requested but 0 GPU(s) visible, 4 more hidden "
+                                                 "from this process: using 0"),
     (FOUR[:2], FOUR[:2], {"num_gpus": 3}, "mirrored", 2, "--num_gpus=3 requested but 2 GPU(s) visible: using 2"),
     ([], [], {"driver_present": True}, "one_device", 0, "this machine has an NVIDIA driver but TensorFlow "
                                                          "registered no GPU: training on the CPU"),
@@ -29,11 +29,14 @@ FOUR = ["/physical_device:GPU:0", "/physical_device:GPU:1", "/physical_device:GP
     (FOUR[:1], FOUR, {"kind": "mirrored"}, "mirrored", 1, ""),
     (FOUR[:2], FOUR, {"in_cluster": True}, "multi_worker", 2, ""),
     ([], FOUR, {"in_cluster": True}, "multi_worker", 0, ""),
-])
-def test_devices_are_planned_from_the_visible_gpus(visible, physical, args, kind, gpus, warning):
-    plan = devices.plan(visible, physical, **args)
-    assert (plan.kind, plan.gpus) == (kind, gpus)
-    assert [w.split(" (")[0] for w in plan.warnings] == ([warning] if warning else [])
+]
+
+
+def test_devices_are_planned_from_the_visible_gpus():
+    for visible, physical, args, kind, gpus, warning in PLANS:
+        plan = devices.plan(visible, physical, **args)
+        assert (plan.kind, plan.gpus) == (kind, gpus), (visible, physical, args)
+        assert [w.split(" (")[0] for w in plan.warnings] == ([warning] if warning else []), (visible, physical, args)
 
 
 def test_bad_plans_are_user_errors():
