@@ -102,12 +102,12 @@ def test_the_jax_contender_trains_on_two_devices_in_its_own_process(tmp_path):
 
     import numpy as np
 
-    from distmnist import solo
+    from distmnist.bench import solo
     from helpers import make_tiny_mnist
 
     npz = tmp_path / "mnist.npz"
     np.savez(npz, **make_tiny_mnist().arrays())
-    run = [sys.executable, "-m", "distmnist.solo", "--contender=jax", f"--npz={npz}", *SOLO_ARGS]
+    run = [sys.executable, "-m", "distmnist.bench.solo", "--contender=jax", f"--npz={npz}", *SOLO_ARGS]
     trained = subprocess.run(run, env=solo.environment("jax", 2), capture_output=True, text=True, timeout=300)
     assert trained.returncode == 0, trained.stderr[-2000:]
     report = json.loads(trained.stdout.strip().splitlines()[-1])
@@ -119,11 +119,11 @@ def test_without_jax_the_jax_contender_says_so(tmp_path):
     import subprocess
     import sys
 
-    from distmnist import solo
+    from distmnist.bench import solo
 
     args = ["--contender=jax", f"--npz={tmp_path / 'unused.npz'}", *SOLO_ARGS]
     hidden = [sys.executable, "-c",
-              f"import sys; sys.modules['jax'] = None; from distmnist import solo; solo.main({args!r})"]
+              f"import sys; sys.modules['jax'] = None; from distmnist.bench import solo; solo.main({args!r})"]
     missing = subprocess.run(hidden, capture_output=True, text=True, timeout=60)
     assert missing.returncode == 0 and json.loads(missing.stdout) == {"skipped": solo.NOT_INSTALLED}
 
@@ -134,10 +134,10 @@ def test_a_jax_without_a_gpu_backend_is_skipped_on_gpus_with_one_line(tmp_path):
     import subprocess
     import sys
 
-    from distmnist import solo
+    from distmnist.bench import solo
 
     args = ["--contender=jax", f"--npz={tmp_path / 'unused.npz'}", "--platform=gpu", *SOLO_ARGS]
-    asked = subprocess.run([sys.executable, "-m", "distmnist.solo", *args], env=solo.environment("jax", 1, "gpu"),
+    asked = subprocess.run([sys.executable, "-m", "distmnist.bench.solo", *args], env=solo.environment("jax", 1, "gpu"),
                            capture_output=True, text=True, timeout=120)
     assert asked.returncode == 0, asked.stderr[-2000:]
     assert json.loads(asked.stdout) == {"skipped": solo.NO_BACKEND.format(platform="gpu")}
@@ -156,7 +156,7 @@ def test_bad_counts_are_one_line_and_write_nothing(tmp_path):
 
 
 def test_a_contender_that_fails_is_named_with_its_last_line(tmp_path):
-    from distmnist import contenders
+    from distmnist.bench import contenders
     from distmnist.errors import RunFailed
 
     timing = contenders.Timing(per_replica_batch_size=16, timed_steps=20)

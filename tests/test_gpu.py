@@ -150,7 +150,7 @@ def test_a_two_process_cluster_trains_with_a_gpu_each(tmp_path):
 def test_the_bench_runs_on_the_gpu(tmp_path):
     """The bench on GPUs: every TensorFlow row measured there; JAX measured where its CUDA backend is installed
     (the bench-gpu extra), else skipped in one line."""
-    from distmnist import solo
+    from distmnist.bench import solo
 
     result = run_module("distmnist.bench", "--quick", f"--out={tmp_path}", gpu=True, timeout_s=900)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -48,7 +48,7 @@ def test_xla_compiles_the_models_dots_with_ynnpack(tmp_path):
 
 
 def test_jax_in_the_bench_runs_with_the_users_flags_not_ours(monkeypatch):
-    from distmnist import solo
+    from distmnist.bench import solo
 
     monkeypatch.setattr(xlaflags, "added", True)
     monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/d --xla_cpu_experimental_ynn_fusion_type=dot,reduce")

@@ -2,8 +2,8 @@
 compiled scan (no TensorFlow in its process; JAX's CPU devices are fixed by XLA_FLAGS before JAX starts) and
 distmnist's default trainer.
 
-  python -m distmnist.solo --contender=jax --npz=mnist.npz --replicas=2 --batch_size=128 --steps=400
-  python -m distmnist.solo --contender=distmnist --npz=mnist.npz --replicas=2 --serve=16
+  python -m distmnist.bench.solo --contender=jax --npz=mnist.npz --replicas=2 --batch_size=128 --steps=400
+  python -m distmnist.bench.solo --contender=distmnist --npz=mnist.npz --replicas=2 --serve=16
 
 JAX, as its best users write it: the training set lives on the device(s) in its training dtype (float32
 features, one-hot targets); one jax.jit call runs `steps` steps in a lax.scan with a static trip count, nothing
@@ -51,7 +51,7 @@ def jax_runner(npz: str, replicas: int, per_replica_batch_size: int, steps: int,
     except RuntimeError:  # "Unknown backend": JAX from PyPI has only its CPU backend unless asked for CUDA's
         return None, 0, {"skipped": NO_BACKEND.format(platform=platform)}
     if len(devices) < replicas:
-        raise SystemExit(f"distmnist.solo: {replicas} {platform} devices wanted, JAX has {len(devices)}")
+        raise SystemExit(f"distmnist.bench.solo: {replicas} {platform} devices wanted, JAX has {len(devices)}")
     mesh = Mesh(np.array(devices), ("batch",))
     replicated = NamedSharding(mesh, PartitionSpec())
     by_batch = NamedSharding(mesh, PartitionSpec(None, "batch"))  # indices [steps, global batch]
@@ -181,7 +181,7 @@ def profile(contender: str, npz: str, replicas: int, per_replica_batch_size: int
     """One untimed run, then one run of `steps` steps under the contender's profiler, its trace written under
     logdir: {"seconds", "steps", "trace"} for xlaprofile.breakdown (the process needs XLA_FLAGS with
     xlaprofile.TRACE_FLAG: environment(..., kernels=True))."""
-    from distmnist import xlaprofile
+    from distmnist.bench import xlaprofile
 
     run, _, facts = _warmed(contender, npz, replicas, per_replica_batch_size, steps, learning_rate, seed, platform)
     if run is None:
@@ -206,7 +206,8 @@ def environment(contender: str, replicas: int, platform: str = "cpu", kernels: b
     """The environment the contender needs: on CPUs, JAX's host platform split into `replicas` devices; JAX's
     XLA as JAX's users run it, without the options distmnist sets for TensorFlow's (xlaflags.py). With kernels,
     XLA records every kernel it runs for the profiler (xlaprofile.py)."""
-    from distmnist import xlaflags, xlaprofile
+    from distmnist import xlaflags
+    from distmnist.bench import xlaprofile
 
     env = dict(os.environ)
     flags = env.get("XLA_FLAGS", "")
@@ -222,7 +223,7 @@ def environment(contender: str, replicas: int, platform: str = "cpu", kernels: b
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="distmnist.solo")
+    parser = argparse.ArgumentParser(prog="distmnist.bench.solo")
     parser.add_argument("--contender", choices=("jax", "distmnist"), required=True)
     parser.add_argument("--npz", required=True)
     parser.add_argument("--replicas", type=int, default=1)

@@ -12,7 +12,8 @@ import warnings
 import numpy as np
 import tensorflow as tf
 
-from distmnist import inputs, solo
+from distmnist import inputs
+from distmnist.bench import solo
 from distmnist.config import TrainConfig
 from distmnist.data import Mnist
 from distmnist.errors import RunFailed
@@ -147,7 +148,7 @@ def take_turns(npz: str, replicas: int, platform: str, timing: Timing, turns: in
     processes = {}
     try:
         for name in names:
-            command = [sys.executable, "-m", "distmnist.solo", f"--contender={name}", f"--npz={npz}",
+            command = [sys.executable, "-m", "distmnist.bench.solo", f"--contender={name}", f"--npz={npz}",
                        f"--replicas={replicas}", f"--batch_size={timing.per_replica_batch_size}",
                        f"--steps={timing.timed_steps}", f"--learning_rate={timing.learning_rate}",
                        f"--seed={timing.seed}", f"--platform={platform}", f"--serve={turns}"]
@@ -184,13 +185,13 @@ def step_breakdown(npz: str, timing: Timing, rounds: int) -> dict:
     [xlaprofile.breakdown per round], "jax": [...]}, or {"skipped": why} without JAX.
 
     RunFailed with the last line a contender wrote to stderr when one fails."""
-    from distmnist import xlaprofile
+    from distmnist.bench import xlaprofile
 
     made = {"distmnist": [], "jax": []}
     for round_number in range(rounds):
         for name in ("distmnist", "jax") if round_number % 2 == 0 else ("jax", "distmnist"):
             with tempfile.TemporaryDirectory(prefix="distmnist-profile-") as logdir:
-                command = [sys.executable, "-m", "distmnist.solo", f"--contender={name}", f"--npz={npz}",
+                command = [sys.executable, "-m", "distmnist.bench.solo", f"--contender={name}", f"--npz={npz}",
                            f"--batch_size={timing.per_replica_batch_size}", f"--steps={timing.timed_steps}",
                            f"--learning_rate={timing.learning_rate}", f"--seed={timing.seed}", f"--profile={logdir}"]
                 done = subprocess.run(command, env=solo.environment(name, 1, kernels=True), capture_output=True,

@@ -26,7 +26,8 @@ import tempfile
 
 from absl import flags
 
-from distmnist import cli, progress, tfquiet, wholeprocess
+from distmnist import cli, progress, tfquiet
+from distmnist.bench import wholeprocess
 from distmnist.config import TrainConfig
 from distmnist.errors import UserError
 
@@ -94,7 +95,8 @@ def run_bench() -> dict:
                         "--warmup_steps, --checkpoint_rounds, --process_rounds and --breakdown_rounds >= 0")
     config = TrainConfig(batch_size=FLAGS.batch_size)  # the time-to-accuracy race's settings
     tf = tfquiet.import_tensorflow()
-    from distmnist import contenders, data
+    from distmnist import data
+    from distmnist.bench import contenders
     from distmnist.strategy import make_strategy
 
     os.makedirs(FLAGS.out, exist_ok=True)
@@ -119,7 +121,8 @@ def _measure_all(tf, mnist, num_gpus: int, timing, rounds: int, config: TrainCon
                  jax_dir) -> dict:
     import numpy as np
 
-    from distmnist import checkpointcost, contenders, files
+    from distmnist import files
+    from distmnist.bench import checkpointcost, contenders
 
     if jax_dir:
         npz = os.path.join(jax_dir, "mnist.npz")  # the solo processes read the same arrays, whatever the source
@@ -249,7 +252,7 @@ def _measure_all(tf, mnist, num_gpus: int, timing, rounds: int, config: TrainCon
 def _step_breakdown(npz, num_gpus: int, timing, rounds: int) -> dict:
     """bench.json's step_breakdown: every round's figures for each contender and its median round (by wall time),
     or why the section was skipped."""
-    from distmnist import contenders
+    from distmnist.bench import contenders
 
     if not rounds:
         return {"skipped": "--breakdown_rounds=0"}
@@ -291,7 +294,7 @@ def table(report: dict) -> str:
             f"{by['quartiles'][1]:.3f})" for replicas, by in jax["by_replicas"].items())))
     lines.append(breakdown_table(report["step_breakdown"]))
     if "checkpoints" in report:
-        from distmnist import checkpointcost
+        from distmnist.bench import checkpointcost
 
         lines.append(checkpointcost.table(report["checkpoints"]))
     if "whole_process" in report:
