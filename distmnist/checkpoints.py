@@ -35,6 +35,7 @@ class Checkpointer:
         # Workers other than the chief must take part in saving but keep nothing: a temporary folder.
         self._scratch = None if run_dir else tempfile.mkdtemp(prefix="distmnist-ckpt-")
         self.directory = os.path.join(run_dir, "checkpoints") if run_dir else self._scratch
+        self._same = f"the same command with --run_name={os.path.basename(run_dir)}" if run_dir else "the same command"
         self._step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
         self._checkpoint = tf.train.Checkpoint(model=trainer.model, step=self._step)
         self._manager = tf.train.CheckpointManager(self._checkpoint, self.directory, max_to_keep=keep)
@@ -71,8 +72,8 @@ class Checkpointer:
 
     def _failed(self, step: int, why: str) -> RunFailed:
         return RunFailed(f"the checkpoint of step {step} could not be written to {self.directory}: {why}; free "
-                         "space or fix the folder's permissions, then run the same command to resume from the "
-                         "checkpoint before it")
+                         f"space or fix the folder's permissions, then run {self._same} to resume from the checkpoint "
+                         "before it")
 
     @property
     def latest_step(self) -> Optional[int]:

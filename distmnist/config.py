@@ -30,8 +30,8 @@ class TrainConfig:
                                          "(a folder or a `gs://` URL; Vertex AI: `AIP_TENSORBOARD_LOG_DIR`)")
     export_dir: Optional[str] = _setting(None, "a copy of the SavedModel here too (a folder or a `gs://` URL; Vertex "
                                          "AI: `AIP_MODEL_DIR`)")
-    run_name: Optional[str] = _setting(None, "the run's directory under `--logdir`; the same command again "
-                                       "resumes it", "timestamp")
+    run_name: Optional[str] = _setting(None, "the run's directory under `--logdir`; the same command with "
+                                       "the same `--run_name` resumes it", "timestamp")
     strategy: str = _setting("auto", "`auto`: multi-worker with TF_CONFIG, mirrored over 2+ GPUs, else one "
                              "device; or `multi_worker`, `mirrored`, `one_device`", choices=STRATEGIES)
     num_gpus: Optional[int] = _setting(None, "the first N GPUs, the only ones the process sees; 0: the CPU",

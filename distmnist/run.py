@@ -139,7 +139,8 @@ def train(run: Run) -> tuple:
         cause = f"by {stop.name}" if stop.requested else "because another worker was stopped"
         where = f"with a checkpoint in {checkpointer.directory}" if run.is_chief else "(the chief holds the checkpoint)"
         raise Stopped(f"stopped {cause} at step {trainer.step} of {trainer.total_steps} {where}; run the same "
-                      "command to resume", stop.exit_status if stop.requested else 143)
+                      f"command with --run_name={run.config.run_name} to resume",
+                      stop.exit_status if stop.requested else 143)
     return timing, reporter.history()
 
 

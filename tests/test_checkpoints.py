@@ -114,6 +114,7 @@ def test_killed_and_stopped_runs_resume_bit_identical(tmp_path, tiny_npz_dir, ex
     assert "Traceback" not in stderr
     stopped = [line for line in stderr.splitlines() if line.startswith("distmnist.train: stopped")]
     assert len(stopped) == 1 and f"by {signal.Signals(stop_signal).name} at step" in stopped[0]
+    assert stopped[0].endswith("run the same command with --run_name=killed to resume")  # a command that resumes
     stop_step = int(stopped[0].split(" at step ")[1].split()[0])
     assert 600 <= stop_step < 800
     assert tf.train.latest_checkpoint(str(checkpoints)).endswith(f"ckpt-{stop_step}")
