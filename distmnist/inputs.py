@@ -23,7 +23,7 @@ def _shuffled(dataset: tf.data.Dataset, shuffle_buffer: int, seed: int) -> tf.da
 class EpochOrder:
     """Yields each epoch's order of training-example indices, int64 [n], in sequence from epoch 0.
 
-    An epoch's order costs tf.data's shuffle about 0.13 s of one core (60,000 examples, 2-core AMD EPYC). A
+    An epoch's order costs tf.data's shuffle a noticeable share of a core (docs/performance.md has the figure). A
     background thread draws up to MAX_EPOCHS_AHEAD epochs before they are asked for: made before the training
     call is traced and compiled (one busy core), the orders of a short run are drawn on the idle one, not while
     training. It draws no further than the run's `epochs` (without them, one ahead): a prefetch keeps its buffer

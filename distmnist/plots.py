@@ -14,8 +14,8 @@ from distmnist import calibration, files, images  # noqa: E402
 
 
 # Margins (figure fractions) for the run's figures, whose sizes and kinds of labels are fixed: matplotlib's
-# tight_layout measures every text with a draw of its own, as long again as the SVG itself (0.12 s a figure on a
-# 2-core AMD EPYC), and a run waits for its last pictures. Figures whose labels vary (the bench's, the sweep's)
+# tight_layout measures every text with a draw of its own, as long again as the SVG itself (docs/performance.md),
+# and a run waits for its last pictures. Figures whose labels vary (the bench's, the sweep's)
 # call tight_layout before save_svg.
 SERIES_MARGINS = dict(left=0.14, right=0.96, bottom=0.13, top=0.92)
 CONFUSION_MARGINS = dict(left=0.1, right=0.98, bottom=0.1, top=0.93)
