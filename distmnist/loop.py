@@ -92,7 +92,7 @@ class Trainer:
         whole_call_jit = jit and self.num_replicas == 1 and self.input.xla_whole_call
         self.compiled_whole_call = whole_call_jit  # XLA takes the whole call, its loop included
         # No Python control flow on tensors in any of these: AutoGraph's conversion would only add to their tracing
-        # (a large part of the first call's, docs/performance.md).
+        # (docs/performance.md, "No AutoGraph where nothing needs it").
         per_replica_jit = functools.partial(tf.function, jit_compile=True, autograph=False) \
             if jit and not whole_call_jit else (lambda fn: fn)
         self._gradients = per_replica_jit(self._batch_gradients)
