@@ -21,7 +21,7 @@ from typing import Optional
 import tensorflow as tf
 from absl import logging
 
-from distmnist import files, rundir, safeio, tfquiet
+from distmnist import files, logfilters, rundir, safeio
 from distmnist.errors import RunFailed, UserError
 from distmnist.loop import Trainer
 
@@ -40,7 +40,7 @@ class Checkpointer:
         self._checkpoint = tf.train.Checkpoint(model=trainer.model, step=self._step)
         self._manager = tf.train.CheckpointManager(self._checkpoint, self.directory, max_to_keep=keep)
         self._options = tf.train.CheckpointOptions(enable_async=True)
-        tfquiet.quiet_checkpoint_writer()
+        logfilters.quiet_checkpoint_writer()
         self._pending = None  # the step of a save not yet waited for
         self.seconds = 0.0  # what saving has cost the caller: the copies, and the waits for the writes
 

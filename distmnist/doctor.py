@@ -19,7 +19,7 @@ import time
 from absl import flags
 
 import distmnist
-from distmnist import cli, tfquiet
+from distmnist import cli, logfilters, tfquiet
 from distmnist.devices import configure_gpus, driver_gpus, nvidia_driver_present
 
 FLAGS = flags.FLAGS
@@ -90,7 +90,7 @@ def check_cuda_libraries(tf, gpus: list) -> Check:
             installed.append(f"{name.replace('nvidia-', '').replace('-cu12', '')} {importlib.metadata.version(name)}")
         except importlib.metadata.PackageNotFoundError:
             pass
-    reasons = [line.split("] ", 1)[-1] for line in tfquiet.captured if any(r in line for r in GPU_REASONS)]
+    reasons = [line.split("] ", 1)[-1] for line in logfilters.captured if any(r in line for r in GPU_REASONS)]
     if not tf.sysconfig.get_build_info().get("is_cuda_build"):
         return Check("cuda libraries", "info", "not needed by this TensorFlow build")
     if gpus and reasons and not tf.config.list_physical_devices("GPU"):
@@ -217,7 +217,7 @@ def diagnose(smoke_steps: int) -> list:
     gpus = driver_gpus()
     if not distmnist.LOG_LEVEL_SET_BY_USER:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"  # every line TensorFlow gives, kept (not shown) for the reasons
-    with tfquiet.capturing_stderr(replay=False):
+    with logfilters.capturing_stderr(replay=False):
         return checks + _diagnose_with_tensorflow(gpus, smoke_steps)
 
 

@@ -8,7 +8,7 @@ and no distmnist import; the preprocessing and the calibration temperature live 
 import numpy as np
 import tensorflow as tf
 
-from distmnist import calibration, files, tfquiet
+from distmnist import calibration, files, logfilters
 from distmnist.model import MLP, images_to_features
 
 
@@ -53,7 +53,7 @@ def save(classifier: Classifier, path: str) -> None:
     def write(target):
         tf.saved_model.save(classifier, target, signatures={"serving_default": classifier.serve})
 
-    with tfquiet.absl_warnings_only():
+    with logfilters.absl_warnings_only():
         if files.is_url(path):
             write(path)
         else:

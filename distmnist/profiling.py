@@ -14,7 +14,7 @@ from typing import Optional
 
 import tensorflow as tf
 
-from distmnist import tfquiet
+from distmnist import logfilters
 
 
 class StepProfiler:
@@ -40,7 +40,7 @@ class StepProfiler:
             began = time.perf_counter()
             options = tf.profiler.experimental.ProfilerOptions(host_tracer_level=2, python_tracer_level=0,
                                                                device_tracer_level=1)
-            with tfquiet.capturing_stderr():  # the profiler's C++ start-up lines
+            with logfilters.capturing_stderr():  # the profiler's C++ start-up lines
                 tf.profiler.experimental.start(self.run_dir, options=options)
             self.active = True
             self.seconds += time.perf_counter() - began
@@ -53,7 +53,7 @@ class StepProfiler:
         """Writes the profile (also when training stops early inside the range)."""
         if self.active:
             began = time.perf_counter()
-            with tfquiet.capturing_stderr():
+            with logfilters.capturing_stderr():
                 tf.profiler.experimental.stop()
             self.active, self.done = False, True
             self.seconds += time.perf_counter() - began
