@@ -155,8 +155,21 @@ def _calibrate(classifier: export.Classifier, mnist: Mnist) -> dict:
 
 
 def write_artifacts(run: Run, timing: dict, history: dict, painter: Painter) -> dict:
-    """The chief's SavedModel (calibrated), pictures (drawn by `painter` meanwhile) and run.json; returns what
-    run.json holds."""
+    """The chief's SavedModel (calibrated), pictures (drawn by `painter` meanwhile), end-of-run events and run.json;
+    returns what run.json holds."""
+    calibration, saved_model, written = _export(run, history, painter)
+    _record_timings(run, timing)
+    summary = _summary(run, timing, history, calibration)
+    run_json = os.path.join(run.run_dir, "run.json")
+    files.write_json(run_json, summary)
+    _report(run, summary, [saved_model, *([run.config.export_dir] if run.config.export_dir else []), *written,
+                           run_json])
+    return summary
+
+
+def _export(run: Run, history: dict, painter: Painter) -> tuple:
+    """Calibrates and exports the SavedModel (and to --export_dir) while the painter draws the run's pictures,
+    then writes the end-of-run events; returns (calibration, the SavedModel's path, the pictures written)."""
     trainer, mnist, run_dir = run.trainer, run.mnist, run.run_dir
     saved_model = os.path.join(run_dir, "saved_model")
     start = time.perf_counter()
@@ -181,6 +194,11 @@ def write_artifacts(run: Run, timing: dict, history: dict, painter: Painter) -> 
                                experiment.final_scalars(time.perf_counter() - run.started,
                                                         calibration["test"]["ece_after"]))
     run.timings["pictures_s"] = time.perf_counter() - start  # what drawing adds: it overlaps the export
+    return calibration, saved_model, written
+
+
+def _record_timings(run: Run, timing: dict) -> None:
+    """The training loop's parts and the whole, into run.timings."""
     first_call_s = timing["first_call_s"] or 0.0  # none when a finished run is resumed: nothing left to train
     run.timings.update(first_call_s=first_call_s, steps_s=timing["train_time_s"] - first_call_s,
                        evaluations_s=timing["evaluations_s"], checkpoints_s=run.checkpointer.seconds,
@@ -189,7 +207,11 @@ def write_artifacts(run: Run, timing: dict, history: dict, painter: Painter) -> 
     run.timings["total_s"] = time.perf_counter() - (run.started if run.timings["imports_s"] is None
                                                     else distmnist.STARTED)
 
-    summary = {
+
+def _summary(run: Run, timing: dict, history: dict, calibration: dict) -> dict:
+    """What run.json holds."""
+    trainer = run.trainer
+    return {
         "final_test_accuracy": history["accuracy"][-1][1],
         "global_step": trainer.step,
         "epochs": trainer.epochs,
@@ -206,22 +228,22 @@ def write_artifacts(run: Run, timing: dict, history: dict, painter: Painter) -> 
         "wall_time_s": time.perf_counter() - run.started,
         "tf_version": tf.__version__,
         "seed": run.config.seed,
-        "data_source": mnist.source,
-        "run_dir": run_dir,
+        "data_source": run.mnist.source,
+        "run_dir": run.run_dir,
         "flags": dataclasses.asdict(run.config),
         "history": history,
     }
-    run_json = os.path.join(run_dir, "run.json")
-    files.write_json(run_json, summary)
+
+
+def _report(run: Run, summary: dict, written: list) -> None:
+    """The run's last lines on the console: the accuracy, everything written, where the time went."""
     eps = summary["examples_per_sec"]
-    print(f"final test accuracy {summary['final_test_accuracy']:.4f} after {trainer.step} steps "
+    print(f"final test accuracy {summary['final_test_accuracy']:.4f} after {summary['global_step']} steps "
           f"({summary['epochs']:.2f} epochs) in {summary['wall_time_s']:.1f} s"
           + (f", {eps:,.0f} examples/s" if eps else ""))
-    exported = [run.config.export_dir] if run.config.export_dir else []
     print("wrote:\n  " + "\n  ".join([run.events_dir + " (TensorBoard events)", run.checkpointer.directory,
-                                        saved_model, *exported, *written, run_json]))
+                                        *written]))
     print(time_line(run.timings))
-    return summary
 
 
 TIMING_NAMES = {"imports_s": "imports", "data_s": "data", "setup_s": "set-up", "first_call_s": "first call",
