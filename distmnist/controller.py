@@ -6,8 +6,24 @@ import math
 import time
 from typing import Callable, Optional
 
-from distmnist.loop import Reporter, Trainer
+import numpy as np
+
+from distmnist.loop import Trainer
 from distmnist.profiling import StepProfiler
+
+
+class Reporter:
+    """What the controller tells the outside world as the run goes; summaries.RunReporter writes it, tests may
+    record it."""
+
+    def losses(self, first_step: int, values: np.ndarray, examples_per_sec: float) -> None:
+        pass
+
+    def accuracy(self, step: int, value: float) -> None:
+        pass
+
+    def predictions(self, step: int, classes: np.ndarray) -> None:
+        """The predicted class of every test image at an evaluation (-1 for images another worker holds)."""
 
 
 class Controller:

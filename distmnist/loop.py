@@ -32,20 +32,6 @@ from distmnist.errors import TrainingDiverged, UserError
 from distmnist.model import MLP, images_to_features
 
 
-
-class Reporter:
-    """What the loop tells the outside world; summaries.RunReporter writes it, tests may record it."""
-
-    def losses(self, first_step: int, values: np.ndarray, examples_per_sec: float) -> None:
-        pass
-
-    def accuracy(self, step: int, value: float) -> None:
-        pass
-
-    def predictions(self, step: int, classes: np.ndarray) -> None:
-        """The predicted class of every test image at an evaluation (-1 for images another worker holds)."""
-
-
 class Trainer:
     """Model, compiled steps and the step loop for one strategy and one data set."""
 

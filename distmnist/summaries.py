@@ -14,7 +14,7 @@ from tensorboard.plugins.image import metadata as image_metadata
 
 from distmnist import experiment, images, progress
 from distmnist.config import TrainConfig
-from distmnist.loop import Reporter
+from distmnist.controller import Reporter
 from distmnist.model import MLP
 
 MISTAKES_SHOWN = 24  # misclassified test digits in each evaluation's TensorBoard image

@@ -8,9 +8,9 @@ import pytest
 
 from distmnist import calibration, data, run
 from distmnist.config import TrainConfig
-from distmnist.controller import Controller
+from distmnist.controller import Controller, Reporter
 from distmnist.export import Classifier
-from distmnist.loop import Reporter, Trainer
+from distmnist.loop import Trainer
 from distmnist.model import MLP
 from distmnist.strategy import make_strategy
 

@@ -7,9 +7,9 @@ import pytest
 import tensorflow as tf
 
 from distmnist.config import TrainConfig
-from distmnist.controller import Controller
+from distmnist.controller import Controller, Reporter
 from distmnist.export import export_saved_model
-from distmnist.loop import Reporter, Trainer
+from distmnist.loop import Trainer
 from distmnist.model import MLP, images_to_features
 from distmnist.strategy import make_strategy
 

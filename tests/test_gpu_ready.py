@@ -12,9 +12,9 @@ import pytest
 import tensorflow as tf
 
 from distmnist.config import TrainConfig
-from distmnist.controller import Controller
+from distmnist.controller import Controller, Reporter
 from distmnist.export import Classifier
-from distmnist.loop import Reporter, Trainer
+from distmnist.loop import Trainer
 from distmnist.strategy import communication, make_strategy
 
 from helpers import REPO, free_ports

@@ -8,9 +8,9 @@ import tensorflow as tf
 
 from distmnist import data
 from distmnist.config import TrainConfig
-from distmnist.controller import Controller
+from distmnist.controller import Controller, Reporter
 from distmnist.errors import TrainingDiverged
-from distmnist.loop import Reporter, Trainer
+from distmnist.loop import Trainer
 from distmnist.model import images_to_features
 from distmnist.strategy import make_strategy
 

@@ -12,9 +12,9 @@ from PIL import Image
 
 from distmnist import data, images
 from distmnist.config import TrainConfig
-from distmnist.controller import Controller
+from distmnist.controller import Controller, Reporter
 from distmnist.export import Classifier, save
-from distmnist.loop import Reporter, Trainer
+from distmnist.loop import Trainer
 from distmnist.strategy import make_strategy
 
 from helpers import REPO, run_module
