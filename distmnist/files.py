@@ -5,10 +5,27 @@ import os
 import shutil
 import tempfile
 
+from distmnist.errors import UserError
+
 
 def is_url(path: str) -> bool:
     """A tf.io.gfile URL (gs://, s3://, ...) rather than a local path."""
     return "://" in path
+
+
+def nearest_existing(path: str) -> str:
+    """path if it exists, else its nearest ancestor that does ('' when none does)."""
+    while path and not os.path.exists(path):
+        path = os.path.dirname(path)
+    return path
+
+
+def check_creatable(logdir: str, run_dir: str) -> None:
+    """UserError unless logdir exists, or can be made, as a writable folder."""
+    existing = nearest_existing(logdir)
+    if existing and not (os.path.isdir(existing) and os.access(existing, os.W_OK)):
+        raise UserError(f"cannot create run directory {run_dir}: {existing} is not a writable folder; "
+                        "choose another --logdir")
 
 
 def _umask() -> int:

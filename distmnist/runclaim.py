@@ -32,6 +32,7 @@ from typing import Optional
 
 from absl import logging
 
+from distmnist import files
 from distmnist.errors import UserError
 
 LEASE_BEAT_S = 10.0
@@ -81,10 +82,7 @@ def kind_for(logdir: str) -> str:
         return chosen
     if chosen:
         raise UserError(f"DISTMNIST_RUN_CLAIM must be lock or lease, got {chosen!r}")
-    existing = logdir
-    while existing and not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    return "lease" if _mount_type(existing or ".").startswith("fuse") else "lock"
+    return "lease" if _mount_type(files.nearest_existing(logdir) or ".").startswith("fuse") else "lock"
 
 
 @dataclasses.dataclass
@@ -92,7 +90,6 @@ class Claim:
     """A claim held by this process; `release` lets it go (the kernel does, too, when the process ends)."""
 
     path: str
-    kind: str
     token: str
     created: list  # folders and the claim file this process made, for `abandon`
     fd: Optional[int] = None
@@ -139,18 +136,15 @@ def _remove(path: str) -> None:
 
 
 def _make_logdir(logdir: str, run_dir: str) -> list:
-    """Creates logdir (and its missing parents); returns what it made. A place that cannot hold it is the same
-    UserError rundir.plan gives."""
-    missing = []
-    existing = logdir
-    while existing and not os.path.exists(existing):
-        missing.append(existing)
-        existing = os.path.dirname(existing)
-    if existing and not (os.path.isdir(existing) and os.access(existing, os.W_OK)):
-        raise UserError(f"cannot create run directory {run_dir}: {existing} is not a writable folder; choose another "
-                        "--logdir")
+    """Creates logdir (and its missing parents); returns what it made, outermost first. A place that cannot hold
+    it is the UserError rundir.plan gives too."""
+    files.check_creatable(logdir, run_dir)
+    missing, path = [], logdir
+    while path and not os.path.exists(path):
+        missing.insert(0, path)
+        path = os.path.dirname(path)
     os.makedirs(logdir, exist_ok=True)
-    return list(reversed(missing))
+    return missing
 
 
 def _lease_beat_s() -> float:
@@ -183,7 +177,7 @@ def take(logdir: str, run_name: str) -> Claim:
             raise
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(me).encode(), 0)
-        return Claim(path, kind, token, created, fd=fd)
+        return Claim(path, token, created, fd=fd)
     return _take_lease(path, run_dir, me, created)
 
 
@@ -217,4 +211,4 @@ def _take_lease(path: str, run_dir: str, me: dict, created: list) -> Claim:
             _write_lease(path, {**me, "beat": time.time()})
 
     threading.Thread(target=beat, name="run-claim-heartbeat", daemon=True).start()
-    return Claim(path, "lease", me["token"], created, _stop=stop)
+    return Claim(path, me["token"], created, _stop=stop)

@@ -26,12 +26,7 @@ def plan(logdir: str, run_name: str, flags: dict) -> str:
     if "://" in logdir:
         raise UserError(f"--logdir must be a local folder, got {logdir}; copy finished runs to a bucket afterwards")
     run_dir = os.path.join(logdir, run_name)
-    existing = logdir
-    while existing and not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    if existing and not (os.path.isdir(existing) and os.access(existing, os.W_OK)):
-        raise UserError(f"cannot create run directory {run_dir}: {existing} is not a writable folder; "
-                        "choose another --logdir")
+    files.check_creatable(logdir, run_dir)
     if not os.path.exists(run_dir):
         return "new"
     saved_path = os.path.join(run_dir, RUN_CONFIG)

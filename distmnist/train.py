@@ -61,14 +61,17 @@ def main() -> None:
     claim = runclaim.take(settings.logdir, settings.run_name) if (cluster is None or cluster.is_chief) and \
         "://" not in settings.logdir else None
     try:
-        _train(settings, claim)
+        _train(settings)
     except UserError:
         if claim:
             claim.abandon()  # a run that failed its checks leaves nothing behind, its claim included
         raise
+    finally:
+        if claim:  # on every way out (a stop, a divergence too): a lease would otherwise look held for a minute
+            claim.release()
 
 
-def _train(settings: TrainConfig, claim) -> None:
+def _train(settings: TrainConfig) -> None:
     painter = pictures.Painter()  # forked now, while this process is small and single-threaded
     tf = tfquiet.import_tensorflow()
     if settings.require_gpus and not tf.config.get_visible_devices("GPU"):
@@ -79,8 +82,6 @@ def _train(settings: TrainConfig, claim) -> None:
     from distmnist.run import train_and_evaluate
 
     train_and_evaluate(settings, imports_s=time.perf_counter() - distmnist.STARTED, painter=painter)
-    if claim:
-        claim.release()
 
 
 if __name__ == "__main__":

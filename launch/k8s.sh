@@ -196,6 +196,9 @@ spec:
 EOF
 }
 
+# pods ROLE: how many pods a role has: one chief, --workers workers (maybe none).
+pods() { if [[ ${1,,} == chief ]]; then echo 1; else echo "$workers"; fi; }
+
 render_tfjob() {
   cat <<EOF
 ---
@@ -214,8 +217,8 @@ spec:
 EOF
   local type count
   for type in Chief Worker; do
-    count=1
-    if [[ $type == Worker ]]; then count=$workers; ((count > 0)) || continue; fi
+    count=$(pods "$type")
+    ((count > 0)) || continue
     cat <<EOF
     ${type}:
       replicas: ${count}
@@ -270,8 +273,8 @@ spec:
 EOF
   local role count
   for role in chief worker; do
-    count=1
-    if [[ $role == worker ]]; then count=$workers; ((count > 0)) || continue; fi
+    count=$(pods "$role")
+    ((count > 0)) || continue
     echo "        - name: ${role}"
     echo "          replicas: 1"
     echo "          template:"
