@@ -26,8 +26,9 @@ XLA_MUST_COMPILE = "_XlaMustCompile"
 
 @functools.lru_cache(maxsize=None)
 def _gpu_kernels(op: str) -> tuple:
-    """Each GPU/DEFAULT kernel of op as {attr name: allowed dtypes}."""
-    return tuple({c.name: frozenset(c.allowed_values.list.type) for c in k.constraint}
+    """Each GPU/DEFAULT kernel of op as (device type, {attr name: allowed dtypes}, its host-memory arguments)."""
+    return tuple((k.device_type, {c.name: frozenset(c.allowed_values.list.type) for c in k.constraint},
+                  frozenset(k.host_memory_arg))
                  for k in kernels.get_registered_kernels_for_op(op).kernel if k.device_type in GPU_DEVICE_TYPES)
 
 
@@ -38,9 +39,16 @@ def _attr_types(node, name: str) -> list:
     return list(attr.list.type) if attr.HasField("list") else [attr.type]
 
 
+def _gpu_kernel(node):
+    """The kernel a GPU would run the node with, as _gpu_kernels gives it: a GPU one whose type constraints fit,
+    else a DEFAULT one; None when there is neither."""
+    fitting = [k for k in _gpu_kernels(node.op)
+               if all(set(_attr_types(node, name)) <= allowed for name, allowed in k[1].items())]
+    return next((k for k in fitting if k[0] == "GPU"), fitting[0] if fitting else None)
+
+
 def has_gpu_kernel(node) -> bool:
-    return any(all(set(_attr_types(node, name)) <= allowed for name, allowed in kernel.items())
-               for kernel in _gpu_kernels(node.op))
+    return _gpu_kernel(node) is not None
 
 
 def _called_functions(node, library: dict) -> list:
@@ -149,14 +157,6 @@ def _flat_args(node, args) -> list:
     return flat
 
 
-def _gpu_kernel(node):
-    """The kernel a GPU would run the node with: a GPU one whose type constraints fit, else a DEFAULT one."""
-    fitting = [k for k in kernels.get_registered_kernels_for_op(node.op).kernel
-               if k.device_type in GPU_DEVICE_TYPES and all(
-                   set(_attr_types(node, c.name)) <= set(c.allowed_values.list.type) for c in k.constraint)]
-    return next((k for k in fitting if k.device_type == "GPU"), fitting[0] if fitting else None)
-
-
 def memory_types(node) -> tuple:
     """([memory of each input tensor], [memory of each output tensor]) of a node placed on a GPU."""
     op_def = op_def_registry.get(node.op)
@@ -164,7 +164,7 @@ def memory_types(node) -> tuple:
     if compiled_by_xla(node):
         return ([HOST if t in ALWAYS_ON_HOST else DEVICE for _, t in inputs], [DEVICE] * len(outputs))
     kernel = None if node.op in FUNCTION_CALLS else _gpu_kernel(node)
-    host_args = set(kernel.host_memory_arg) if kernel else set()
+    host_args = kernel[2] if kernel else frozenset()
 
     def memory(name, dtype):
         on_host = name in host_args or dtype in ALWAYS_ON_HOST or (dtype == types_pb2.DT_INT32 and kernel is None)

@@ -147,24 +147,18 @@ def test_a_decompression_bomb_among_good_pictures_is_one_line_and_the_rest_answe
     """A real bomb: a PNG of 30000 x 30000 pixels (900 MB once decoded) that is a few hundred KB on disk, and a
     .npy whose header declares 10 GB; each is refused from its header, the good pictures beside them answered,
     and the process stays small (its peak resident memory, as the kernel counts it)."""
-    import struct
     import subprocess
     import sys
     import zlib
 
-    from test_safeio import npy_declaring
+    from test_safeio import npy_declaring, png_declaring
 
     width = height = 30000
     packer = zlib.compressobj(9)
     row = b"\0" * (width + 1)  # the filter byte, then a row of black
     body = b"".join(packer.compress(row * 1000) for _ in range(height // 1000)) + packer.flush()
-
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
     bomb = tmp_path / "bomb.png"
-    bomb.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)) +
-                     chunk(b"IDAT", body) + chunk(b"IEND", b""))
+    bomb.write_bytes(png_declaring(width, height, body))
     assert bomb.stat().st_size < 2_000_000
     huge = tmp_path / "huge.npy"
     huge.write_bytes(npy_declaring((100000, 100000)))

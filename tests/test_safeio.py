@@ -24,12 +24,13 @@ def npy_declaring(shape, dtype="<u1", payload=b"\0" * 64) -> bytes:
     return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header + payload
 
 
-def png_declaring(width: int, height: int) -> bytes:
-    """A PNG whose header declares width x height 8-bit grey pixels, with one row of data."""
+def png_declaring(width: int, height: int, idat: bytes = b"") -> bytes:
+    """A PNG whose header declares width x height 8-bit grey pixels, with `idat` as its compressed rows (one row
+    of black when not given)."""
     def chunk(kind, body):
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)) +
-            chunk(b"IDAT", zlib.compress(b"\0" * (width + 1))) + chunk(b"IEND", b""))
+            chunk(b"IDAT", idat or zlib.compress(b"\0" * (width + 1))) + chunk(b"IEND", b""))
 
 
 @pytest.mark.slow  # compresses a 256 MiB stream
