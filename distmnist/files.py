@@ -1,4 +1,5 @@
-"""Atomic writes: a reader sees the old file or the new one, never half of one; and which paths are URLs."""
+"""Atomic writes: a reader sees the old file or the new one, never half of one; which paths are URLs; whether a
+folder can be made where a run wants it."""
 
 import json
 import os
