@@ -187,9 +187,9 @@ def check_all_reduce(tf) -> Check:
 def check_training(tf, steps: int) -> Check:
     import numpy as np
 
-    from distmnist.config import TrainConfig
+    from distmnist.controller import run_steps
     from distmnist.data import Mnist
-    from distmnist.loop import Trainer
+    from distmnist.loop import Trainer, TrainerSettings
     from distmnist.strategy import make_strategy
 
     rng = np.random.default_rng(0)
@@ -198,10 +198,10 @@ def check_training(tf, steps: int) -> Check:
     mnist = Mnist(images, labels, images[:1000], labels[:1000], source="random pixels")
     choice = make_strategy(num_gpus=None if tf.config.get_visible_devices("GPU") else 0)
     try:
-        trainer = Trainer(TrainConfig(max_steps=20 + steps, learning_rate=0.1), choice.strategy, mnist)
-        trainer.run_steps(20)  # tracing and compilation
+        trainer = Trainer(TrainerSettings(learning_rate=0.1), choice.strategy, mnist)
+        run_steps(trainer, 20)  # tracing and compilation
         start = time.perf_counter()
-        losses = trainer.run_steps(steps)
+        losses = run_steps(trainer, steps)
         rate = steps * trainer.global_batch_size / (time.perf_counter() - start)
     except Exception as exc:  # noqa: BLE001
         return Check("training", "FAIL", f"{choice.name}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}",

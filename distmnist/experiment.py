@@ -10,6 +10,7 @@ what later runs change, and without one TensorBoard infers the types, and which 
 values.
 """
 
+import dataclasses
 import math
 import os
 from typing import Optional
@@ -120,3 +121,9 @@ def final_scalars(wall_time_s: float, calibration_ece: Optional[float]) -> dict:
     if calibration_ece is not None and math.isfinite(calibration_ece):
         scalars["run/calibration_ece"] = calibration_ece
     return scalars
+
+
+def config_table(config: TrainConfig) -> str:
+    """The run's settings as a Markdown table (TensorBoard's Text dashboard renders it)."""
+    rows = [f"| `--{name}` | `{value}` |" for name, value in dataclasses.asdict(config).items()]
+    return "\n".join(["| flag | value |", "|---|---|", *rows])

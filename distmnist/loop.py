@@ -17,28 +17,49 @@ otherwise each replica's step is two XLA launches, its batch and gradients, then
 all-reduce between them outside XLA; docs/performance.md has what each is worth.
 """
 
-import contextlib
+import dataclasses
 import functools
-import time
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 import numpy as np
 import tensorflow as tf
 
 from distmnist import inputs, step
-from distmnist.config import TrainConfig
 from distmnist.data import Mnist
 from distmnist.errors import TrainingDiverged, UserError
 from distmnist.model import MLP, images_to_features
 
 
-class Trainer:
-    """Model, compiled steps and the step loop for one strategy and one data set."""
+@dataclasses.dataclass(frozen=True)
+class TrainerSettings:
+    """What the trainer needs of a run's settings (run.py makes it from the TrainConfig, whose defaults these are)."""
 
-    def __init__(self, config: TrainConfig, strategy: tf.distribute.Strategy, mnist: Mnist,
+    batch_size: int = 128  # per replica
+    learning_rate: float = 1.5
+    seed: int = 42
+    steps_per_loop: int = 50  # the most steps one compiled call runs (a constant of its trace)
+    shuffle_buffer: int = 10000
+    input: str = "device"  # inputs.DeviceInput or "tfdata": inputs.TfdataInput
+    jit_compile: Optional[bool] = None  # None: on for the device input (XLA cannot hold a tf.data iterator)
+    epochs: Optional[int] = None  # the epochs the run begins: the device input draws no more orders (None: unbounded)
+
+
+def steps_per_epoch(num_train: int, batch_size: int, num_replicas: int) -> int:
+    """Full global batches in an epoch; UserError when the global batch is larger than the training set."""
+    global_batch_size = batch_size * num_replicas
+    if num_train < global_batch_size:
+        raise UserError(f"the global batch ({batch_size} x {num_replicas} replicas = {global_batch_size}) is larger "
+                        f"than the {num_train} training images; lower --batch_size")
+    return num_train // global_batch_size
+
+
+class Trainer:
+    """Model and compiled calls for one strategy and one data set: train(n), evaluate() and the collectives."""
+
+    def __init__(self, settings: TrainerSettings, strategy: tf.distribute.Strategy, mnist: Mnist,
                  loss_fn: Callable = step.mse_loss):
         """Raises UserError when the global batch is larger than the training set."""
-        self.config = config
+        config = self.settings = settings
         self.strategy = strategy
         self.loss_fn = loss_fn
         self.num_replicas = strategy.num_replicas_in_sync
@@ -46,14 +67,9 @@ class Trainer:
         self.global_batch_size = config.batch_size * self.num_replicas
         self.num_train = len(mnist.x_train)
         self.num_test = len(mnist.x_test)
-        self.steps_per_epoch = self.num_train // self.global_batch_size
-        if self.steps_per_epoch == 0:
-            raise UserError(f"the global batch ({config.batch_size} x {self.num_replicas} replicas = "
-                            f"{self.global_batch_size}) is larger than the {self.num_train} training images; "
-                            "lower --batch_size")
-        self.total_steps = config.max_steps or config.epochs * self.steps_per_epoch
+        self.steps_per_epoch = steps_per_epoch(self.num_train, config.batch_size, self.num_replicas)
+        self.steps_per_loop = config.steps_per_loop
         self.step = 0
-        self.stopped = False  # set when a stop request ended run_steps early
         self.trace_count = 0  # Python traces of the training function: stays 1 for a whole run
 
         with strategy.scope():
@@ -69,12 +85,11 @@ class Trainer:
         if config.input == "device":
             self.input = inputs.DeviceInput(strategy, mnist.x_train, mnist.y_train, self.steps_per_epoch,
                                             self.per_replica_batch_size, config.steps_per_loop,
-                                            config.shuffle_buffer, config.seed,
-                                            epochs=-(-self.total_steps // self.steps_per_epoch))  # the last begun
+                                            config.shuffle_buffer, config.seed, epochs=config.epochs)
         else:
             self.input = inputs.TfdataInput(strategy, mnist.x_train, mnist.y_train, self.global_batch_size,
                                             config.shuffle_buffer, config.seed)
-        jit = config.resolved_jit_compile()
+        jit = config.input == "device" if config.jit_compile is None else config.jit_compile
         whole_call_jit = jit and self.num_replicas == 1 and self.input.xla_whole_call
         self.compiled_whole_call = whole_call_jit  # XLA takes the whole call, its loop included
         # No Python control flow on tensors in any of these: AutoGraph's conversion would only add to their tracing
@@ -167,7 +182,7 @@ class Trainer:
         """
         if checked == self.checks_each_step:
             self.trace_count += 1  # the call a run makes
-        size = self.config.steps_per_loop
+        size = self.steps_per_loop
         trip = size if self.input.static_trip_count else num_steps
         local = self.strategy.experimental_local_results
         if not checked:
@@ -264,49 +279,29 @@ class Trainer:
         """The trained values as numpy arrays, kernel_0, bias_0, ... (from the first replica)."""
         return [self.strategy.experimental_local_results(v)[0].numpy() for v in self.model.weights]
 
-    def _run_call(self, num_steps: int) -> np.ndarray:
-        """One call of num_steps steps; when it ends with a non-finite loss or weight, the same steps again from
-        the call's start in the checked call, which names the first bad step and its replica."""
+    def train(self, num_steps: int) -> np.ndarray:
+        """One compiled call of num_steps (<= steps_per_loop) steps; returns their losses. When it ends with a
+        non-finite loss or weight, the same steps run again from the call's start in the checked call, which
+        names the first bad step and its replica (TrainingDiverged: the weights are then not to be saved)."""
+        if not 0 < num_steps <= self.steps_per_loop:
+            raise ValueError(f"a call runs 1 to {self.steps_per_loop} steps, not {num_steps}")
         count, call_args = tf.constant(num_steps), self.input.call_args(self.step, num_steps)
+        losses = None
         if not self.checks_each_step:
             losses, finite = self._call(count, *call_args)
             losses = losses.numpy()[:num_steps]
-            if bool(finite) and np.isfinite(losses).all():
-                return losses
-            self._on_each_copy(self.model.weights, self._call_start, step.assign_all)
-        losses, first_bad, marks = self._checked_call(count, *call_args)
-        first_bad = int(first_bad)
-        if first_bad >= 0:
-            replica = int(np.flatnonzero(marks.numpy())[0])
-            raise TrainingDiverged(self.step + first_bad, replica, float(losses[first_bad]))
-        return losses.numpy()[:num_steps]
-
-    def run_steps(self, num_steps: int, on_call: Optional[Callable] = None,
-                  should_stop: Callable[[], bool] = lambda: False,
-                  around_call: Callable[[int], Any] = lambda step: contextlib.nullcontext()) -> np.ndarray:
-        """Trains num_steps more steps across epochs, in calls of at most steps_per_loop; returns their losses.
-
-        on_call(first_step, losses, seconds) is called after each call. should_stop() is asked before each
-        call; when it says yes, the steps end there and self.stopped is set. around_call(first_step) is a
-        context entered around each call (the profiler's step marker). Raises TrainingDiverged when a step's
-        loss or gradient is not finite (the weights are then not to be saved).
-        """
-        end = self.step + num_steps
-        collected = []
-        while self.step < end:
-            if should_stop():
-                self.stopped = True
-                break
-            count = min(self.config.steps_per_loop, end - self.step)
-            start = time.perf_counter()
-            with around_call(self.step):
-                losses = self._run_call(count)
-            elapsed = time.perf_counter() - start
-            if on_call:
-                on_call(self.step, losses, elapsed)
-            collected.append(losses)
-            self.step += count
-        return np.concatenate(collected) if collected else np.zeros([0], np.float32)
+            if not (bool(finite) and np.isfinite(losses).all()):
+                self._on_each_copy(self.model.weights, self._call_start, step.assign_all)
+                losses = None
+        if losses is None:
+            losses, first_bad, marks = self._checked_call(count, *call_args)
+            first_bad = int(first_bad)
+            if first_bad >= 0:
+                replica = int(np.flatnonzero(marks.numpy())[0])
+                raise TrainingDiverged(self.step + first_bad, replica, float(losses[first_bad]))
+            losses = losses.numpy()[:num_steps]
+        self.step += num_steps
+        return losses
 
     def resume_at(self, step: int) -> None:
         """Puts the input where an uninterrupted run would be after `step` steps (after a checkpoint restore)."""

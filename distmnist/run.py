@@ -15,12 +15,11 @@ from distmnist import data, experiment, export, files, rundir, summaries
 from distmnist.checkpoints import Checkpointer
 from distmnist.cluster import Cluster, parse_tf_config
 from distmnist.config import TrainConfig, default_run_name
-from distmnist.controller import Controller
+from distmnist.controller import Controller, Schedule
 from distmnist.data import Mnist
 from distmnist.errors import ClusterFailed, Stopped, TrainingDiverged
-from distmnist.loop import Trainer
+from distmnist.loop import Trainer, TrainerSettings, steps_per_epoch
 from distmnist.pictures import Painter
-from distmnist.profiling import StepProfiler
 from distmnist.signals import StopOnSignal
 from distmnist.strategy import StrategyChoice, make_strategy, set_host_threads
 from distmnist.summaries import RunReporter
@@ -40,6 +39,7 @@ class Run:
     cluster: Optional[Cluster]
     run_dir: Optional[str]  # None on a cluster's workers other than the chief
     history: Optional[dict]  # what a resumed run logged before its checkpoint
+    total_steps: int
     started: float
     timings: dict  # seconds per part of the run, filled as it goes
 
@@ -57,16 +57,30 @@ def events_dir(config: TrainConfig, run_dir: Optional[str]) -> Optional[str]:
     return (config.events_dir or run_dir) if run_dir else None
 
 
-def describe_setup(choice: StrategyChoice, trainer: Trainer) -> str:
+def trainer_settings(config: TrainConfig, epochs: int) -> TrainerSettings:
+    """What the trainer needs of the config; epochs: the epochs the run begins."""
+    return TrainerSettings(batch_size=config.batch_size, learning_rate=config.learning_rate, seed=config.seed,
+                           steps_per_loop=config.steps_per_loop, shuffle_buffer=config.shuffle_buffer,
+                           input=config.input, jit_compile=config.jit_compile, epochs=epochs)
+
+
+def schedule(config: TrainConfig, total_steps: int, run_dir: Optional[str]) -> Schedule:
+    """The controller's schedule from the config (the profile only where there is a run directory)."""
+    return Schedule(total_steps=total_steps, eval_every=config.eval_every, log_every=config.log_every,
+                    checkpoint_every=config.checkpoint_every, steps_per_call=config.steps_per_loop,
+                    profile_steps=config.profile_range() if run_dir else None)
+
+
+def describe_setup(choice: StrategyChoice, trainer: Trainer, config: TrainConfig, total_steps: int) -> str:
     return "\n".join([
         f"strategy:             {choice.name}",
         f"devices:              {', '.join(choice.devices)}",
         f"replicas:             {trainer.num_replicas}",
         f"per-replica batch:    {trainer.per_replica_batch_size}",
         f"global batch:         {trainer.global_batch_size}",
-        f"steps per epoch:      {trainer.steps_per_epoch} (total {trainer.total_steps})",
-        f"input:                {trainer.config.input}, {trainer.config.steps_per_loop} steps per call, "
-        f"XLA {'on' if trainer.config.resolved_jit_compile() else 'off'}",
+        f"steps per epoch:      {trainer.steps_per_epoch} (total {total_steps})",
+        f"input:                {config.input}, {config.steps_per_loop} steps per call, "
+        f"XLA {'on' if config.resolved_jit_compile() else 'off'}",
     ])
 
 
@@ -88,7 +102,9 @@ def set_up(config: TrainConfig, choice: Optional[StrategyChoice] = None, mnist: 
     choice = choice or make_strategy(config.num_gpus, config.cpu_replicas, config.strategy, cluster,
                                      config.collective_timeout_s, config.cluster_start_timeout_s,
                                      config.gpu_memory_growth)
-    trainer = Trainer(config, choice.strategy, mnist)
+    per_epoch = steps_per_epoch(len(mnist.x_train), config.batch_size, choice.strategy.num_replicas_in_sync)
+    total_steps = config.max_steps or config.epochs * per_epoch
+    trainer = Trainer(trainer_settings(config, epochs=-(-total_steps // per_epoch)), choice.strategy, mnist)
     run_dir = rundir.open_dir(config.logdir, config.run_name, flags, plan) if is_chief else None
     if is_chief and config.events_dir:
         rundir.open_events_dir(config.events_dir, plan)
@@ -104,23 +120,26 @@ def set_up(config: TrainConfig, choice: Optional[StrategyChoice] = None, mnist: 
         trainer.resume_at(step)
         print(f"resuming from step {step}, the latest checkpoint in "
               f"{checkpointer.directory if is_chief else 'the chief'}", flush=True)
-    print(describe_setup(choice, trainer), flush=True)
+    print(describe_setup(choice, trainer, config, total_steps), flush=True)
     timings["setup_s"] = time.perf_counter() - started - timings["data_s"]
-    return Run(config, mnist, choice, trainer, checkpointer, cluster, run_dir, history, started, timings)
+    return Run(config, mnist, choice, trainer, checkpointer, cluster, run_dir, history, total_steps, started, timings)
 
 
 def train(run: Run) -> tuple:
     """Trains to the end, or to a stop request (errors.Stopped); returns (timings, the reporter's history). In a
     cluster a collective that fails or times out means a peer is gone (errors.ClusterFailed)."""
     trainer, checkpointer, cluster = run.trainer, run.checkpointer, run.cluster
-    reporter = RunReporter(run.events_dir, run.config, trainer.total_steps, verbose=run.is_chief, history=run.history,
-                           test_set=(run.mnist.x_test, run.mnist.y_test), num_replicas=trainer.num_replicas)
+    config = run.config
+    description = (config.run_name, experiment.values(config, trainer.num_replicas), experiment.config_table(config))
+    reporter = RunReporter(run.events_dir, run.total_steps, config.learning_rate, verbose=run.is_chief,
+                           history=run.history, test_set=(run.mnist.x_test, run.mnist.y_test), description=description)
     try:
         with StopOnSignal() as stop:
             # In a cluster every worker must stop at the same step: they agree on it, one collective per call.
             should_stop = (lambda: trainer.any_replica(stop.requested)) if cluster else (lambda: stop.requested)
-            controller = Controller(trainer, reporter, lambda step: checkpointer.save(step, reporter.history()),
-                                    should_stop, StepProfiler(run.run_dir, run.config.profile_range()))
+            controller = Controller(trainer, schedule(config, run.total_steps, run.run_dir), reporter,
+                                    lambda step: checkpointer.save(step, reporter.history()), should_stop,
+                                    profile_dir=run.run_dir)
             timing = controller.run()
     except TrainingDiverged as exc:
         kept = checkpointer.latest_step
@@ -135,10 +154,10 @@ def train(run: Run) -> tuple:
     finally:
         reporter.close()
         checkpointer.close()
-    if trainer.stopped:
+    if controller.stopped:
         cause = f"by {stop.name}" if stop.requested else "because another worker was stopped"
         where = f"with a checkpoint in {checkpointer.directory}" if run.is_chief else "(the chief holds the checkpoint)"
-        raise Stopped(f"stopped {cause} at step {trainer.step} of {trainer.total_steps} {where}; run the same "
+        raise Stopped(f"stopped {cause} at step {trainer.step} of {run.total_steps} {where}; run the same "
                       f"command with --run_name={run.config.run_name} to resume",
                       stop.exit_status if stop.requested else 143)
     return timing, reporter.history()

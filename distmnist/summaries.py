@@ -1,7 +1,6 @@
 """Writing what the loop reports: TensorBoard scalars, console lines in the tutorial's spirit, and the history
 that the plots and run.json are drawn from."""
 
-import dataclasses
 import io
 import sys
 from typing import Optional
@@ -12,8 +11,7 @@ from PIL import Image
 from tensorboard.plugins.hparams import summary_v2 as hparams  # api would import Keras (its callback)
 from tensorboard.plugins.image import metadata as image_metadata
 
-from distmnist import experiment, images, progress
-from distmnist.config import TrainConfig
+from distmnist import images, progress
 from distmnist.controller import Reporter
 from distmnist.model import MLP
 
@@ -39,24 +37,20 @@ def write_end_of_run(run_dir: str, step: int, png: bytes, description: str, scal
     writer.close()
 
 
-def config_table(config: TrainConfig) -> str:
-    """The run's settings as a Markdown table (TensorBoard's Text dashboard renders it)."""
-    rows = [f"| `--{name}` | `{value}` |" for name, value in dataclasses.asdict(config).items()]
-    return "\n".join(["| flag | value |", "|---|---|", *rows])
-
-
 class RunReporter(Reporter):
     """Scalars `loss`, `examples_per_sec`, `learning_rate` every log_every steps, `accuracy` and an image of
     misclassified test digits (`mistakes`) at evaluations; at the start of a run its config (its values of the
     experiment's HParams, and every setting in a text table) and the model's graph."""
 
-    def __init__(self, run_dir: Optional[str], config: TrainConfig, total_steps: int, stream=None,
-                 verbose: bool = True, history: Optional[dict] = None, test_set=None, num_replicas: int = 1):
+    def __init__(self, run_dir: Optional[str], total_steps: int, learning_rate: float, stream=None,
+                 verbose: bool = True, history: Optional[dict] = None, test_set=None,
+                 description: Optional[tuple] = None):
         """run_dir None: keep the history only (a cluster's non-chief workers); verbose False: no console;
         history: what a resumed run logged before (lists of [step, value] under "loss" and "accuracy");
-        test_set: (images, labels), for the pictures of mistakes."""
-        self.config = config
+        test_set: (images, labels), for the pictures of mistakes; description: what a fresh run logs once,
+        (run name, HParams values, config text)."""
         self.total_steps = total_steps
+        self.learning_rate = learning_rate
         self.stream = stream or sys.stdout
         self.verbose = verbose
         self.bar = progress.Bar(total_steps, "training", self.stream, rate_unit="ex/s") if verbose else None
@@ -65,18 +59,17 @@ class RunReporter(Reporter):
         self.accuracy_history = [tuple(p) for p in (history or {}).get("accuracy", [])]  # (step, accuracy)
         self.test_set = test_set
         self.run_dir = run_dir
-        self.num_replicas = num_replicas
-        if run_dir and history is None:
-            self._describe_run()
+        if run_dir and history is None and description:
+            self._describe_run(*description)
 
-    def _describe_run(self) -> None:
+    def _describe_run(self, run_name: str, hparam_values: dict, config_text: str) -> None:
         """What a fresh run logs once: its config for the HParams and Text dashboards, and the model's graph."""
         model = MLP()
         graph = tf.function(model, autograph=False).get_concrete_function(  # AutoGraph's first use costs 0.13 s
             tf.TensorSpec([None, 784], tf.float32, name="features"))
         with self.writer.as_default():
-            hparams.hparams(experiment.values(self.config, self.num_replicas), trial_id=self.config.run_name)
-            tf.summary.text("config", config_table(self.config), step=0)
+            hparams.hparams(hparam_values, trial_id=run_name)
+            tf.summary.text("config", config_text, step=0)
             tf.summary.graph(graph.graph)
         self.writer.flush()
 
@@ -84,19 +77,16 @@ class RunReporter(Reporter):
         if self.verbose:
             self.bar.say(line)
 
-    def losses(self, first_step: int, values: np.ndarray, examples_per_sec: float) -> None:
-        every = self.config.log_every
-        first_logged = -(-first_step // every) * every
+    def losses(self, logged: list, end_step: int, examples_per_sec: float) -> None:
         with self.writer.as_default():
-            for step in range(first_logged, first_step + len(values), every):
-                loss = float(values[step - first_step])
+            for step, loss in logged:
                 self.loss_history.append((step, loss))
                 tf.summary.scalar("loss", loss, step=step)
                 tf.summary.scalar("examples_per_sec", examples_per_sec, step=step)
-                tf.summary.scalar("learning_rate", self.config.learning_rate, step=step)
+                tf.summary.scalar("learning_rate", self.learning_rate, step=step)
                 self._say(f"step {step} loss: {loss:.4f}")
         if self.bar:
-            self.bar.update(first_step + len(values), examples_per_sec)
+            self.bar.update(end_step, examples_per_sec)
 
     def history(self) -> dict:
         return {"loss": self.loss_history, "accuracy": self.accuracy_history}

@@ -118,3 +118,12 @@ def read_scalars(run_dir: str) -> dict:
     acc.Reload()
     return {tag: [(e.step, float(tensor_util.MakeNdarray(e.tensor_proto))) for e in acc.Tensors(tag)]
             for tag in acc.Tags()["tensors"] if acc.SummaryMetadata(tag).plugin_data.plugin_name == "scalars"}
+
+
+def run_schedule(trainer, total_steps: int, reporter=None, log_every: int = 1, eval_every: int = 500,
+                 **schedule) -> dict:
+    """The controller over `trainer` to total_steps, evaluating at 0, every eval_every and at the end, every step's
+    loss reported (log_every=1); returns its timings."""
+    from distmnist.controller import Controller, Reporter, Schedule
+
+    return Controller(trainer, Schedule(total_steps, eval_every, log_every, **schedule), reporter or Reporter()).run()

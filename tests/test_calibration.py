@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 
 from distmnist import calibration, data, run
-from distmnist.config import TrainConfig
-from distmnist.controller import Controller, Reporter
 from distmnist.export import Classifier
-from distmnist.loop import Trainer
+from distmnist.loop import Trainer, TrainerSettings
 from distmnist.model import MLP
 from distmnist.strategy import make_strategy
+
+from helpers import run_schedule
 
 
 def test_the_fit_recovers_the_temperature_that_made_the_labels():
@@ -55,8 +55,8 @@ def test_on_real_mnist_the_exported_probabilities_are_calibrated():
     with the temperature fitted on training images 0.0075 (measured on a 2-core AMD EPYC, 2026-11-28); 0.03 is
     asserted. Accuracy is unchanged."""
     mnist = data.load(None)
-    trainer = Trainer(TrainConfig(epochs=1), make_strategy(num_gpus=0).strategy, mnist)
-    Controller(trainer, Reporter()).run()
+    trainer = Trainer(TrainerSettings(), make_strategy(num_gpus=0).strategy, mnist)
+    run_schedule(trainer, trainer.steps_per_epoch)
     classifier = Classifier(trainer.weights())
     temperature = classifier.fit_temperature(mnist.x_train[::6], mnist.y_train[::6])
     out = {k: v.numpy() for k, v in classifier.serve(mnist.x_test).items()}

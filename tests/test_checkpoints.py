@@ -19,9 +19,9 @@ import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
 from distmnist.checkpoints import Checkpointer
-from distmnist.config import TrainConfig
+from distmnist.controller import run_steps
 from distmnist.errors import RunFailed, UserError
-from distmnist.loop import Trainer
+from distmnist.loop import Trainer, TrainerSettings
 from distmnist.signals import StopOnSignal
 from distmnist.strategy import make_strategy
 from helpers import REPO, assert_same_weights, read_scalars, run_module, saved_weights
@@ -166,13 +166,13 @@ def test_flags_must_match_to_resume_and_overwrite_starts_afresh(tmp_path, tiny_n
 
 def test_a_half_written_or_corrupt_latest_checkpoint_is_never_used(tmp_path, tiny_mnist, caplog):
     def trainer():
-        return Trainer(TrainConfig(batch_size=32, max_steps=30), make_strategy().strategy, tiny_mnist)
+        return Trainer(TrainerSettings(batch_size=32), make_strategy().strategy, tiny_mnist)
 
     first = trainer()
     saver = Checkpointer(first, str(tmp_path), keep=3)
     saved = {}
     for step in (10, 20):
-        first.run_steps(10)
+        run_steps(first, 10)
         saver.save(step, {"loss": [], "accuracy": []})
         saved[step] = first.weights()  # what the save copied: the next call trains while the files are written
     saver.wait()
@@ -204,14 +204,14 @@ def test_a_half_written_or_corrupt_latest_checkpoint_is_never_used(tmp_path, tin
 
 
 def test_a_checkpoint_that_cannot_be_written_is_reported_when_waited_for(tmp_path, tiny_mnist):
-    trainer = Trainer(TrainConfig(batch_size=32, max_steps=30), make_strategy().strategy, tiny_mnist)
+    trainer = Trainer(TrainerSettings(batch_size=32), make_strategy().strategy, tiny_mnist)
     saver = Checkpointer(trainer, None, keep=3)  # a worker's scratch folder: no history file, no makedirs
-    trainer.run_steps(10)
+    run_steps(trainer, 10)
     saver.save(10, {})
     assert saver.latest_step == 10  # waits for the write
     shutil.rmtree(saver.directory)
     pathlib.Path(saver.directory).write_text("a file where the folder was")
-    trainer.run_steps(10)
+    run_steps(trainer, 10)
     saver.save(20, {})  # returns at once: the write fails in TensorFlow's writer thread
     with pytest.raises(RunFailed, match=r"^the checkpoint of step 20 could not be written to .*: .+; free space"):
         saver.wait()

@@ -43,3 +43,14 @@ def test_a_config_that_exists_is_valid(changes, message):
         TrainConfig(**changes)
     with pytest.raises(UserError, match=re.escape(message)):
         dataclasses.replace(TrainConfig(), **changes)
+
+
+def test_the_trainers_settings_are_made_from_the_config_and_default_as_it_does():
+    from distmnist import run
+    from distmnist.loop import TrainerSettings
+
+    config = TrainConfig()
+    made = run.trainer_settings(config, epochs=config.epochs)
+    shared = {f.name for f in dataclasses.fields(TrainerSettings)} - {"epochs"}
+    assert {name: getattr(made, name) for name in shared} == {name: getattr(config, name) for name in shared}
+    assert TrainerSettings(epochs=config.epochs) == made  # its own defaults are the config's

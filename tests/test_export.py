@@ -6,20 +6,18 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from distmnist.config import TrainConfig
-from distmnist.controller import Controller, Reporter
 from distmnist.export import export_saved_model
-from distmnist.loop import Trainer
+from distmnist.loop import Trainer, TrainerSettings
 from distmnist.model import MLP, images_to_features
 from distmnist.strategy import make_strategy
 
-from helpers import run_python
+from helpers import run_python, run_schedule
 
 
 @pytest.mark.slow
 def test_reloaded_model_matches_the_trained_one_exactly(tmp_path, tiny_mnist):
-    trainer = Trainer(TrainConfig(max_steps=10, batch_size=32), make_strategy(cpu_replicas=2).strategy, tiny_mnist)
-    Controller(trainer, Reporter()).run()
+    trainer = Trainer(TrainerSettings(batch_size=32), make_strategy(cpu_replicas=2).strategy, tiny_mnist)
+    run_schedule(trainer, 10)
     trained_logits = trainer.model(images_to_features(tiny_mnist.x_test)).numpy()
 
     path = tmp_path / "saved_model"
@@ -81,8 +79,8 @@ def test_a_float32_pass_keeps_within_the_rounding_bound_the_gpu_comparison_uses(
     from helpers import saved_weights
     from rounding import forward_and_bound
 
-    trainer = Trainer(TrainConfig(max_steps=20, batch_size=32), make_strategy().strategy, tiny_mnist)
-    Controller(trainer, Reporter()).run()
+    trainer = Trainer(TrainerSettings(batch_size=32), make_strategy().strategy, tiny_mnist)
+    run_schedule(trainer, 20)
     classifier = export_saved_model(trainer.weights(), str(tmp_path / "saved_model"))
     images = np.random.default_rng(0).integers(0, 256, (300, 28, 28), dtype=np.uint8)
     exact, bound = forward_and_bound(saved_weights(tmp_path), images)

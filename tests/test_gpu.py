@@ -37,12 +37,12 @@ sys.path.insert(0, {tests!r})
 import tensorflow as tf
 tf.debugging.set_log_device_placement(True)  # TensorFlow's own word for where each op and function runs
 from helpers import make_tiny_mnist
-from distmnist.config import TrainConfig
-from distmnist.loop import Trainer
+from distmnist.controller import run_steps
+from distmnist.loop import Trainer, TrainerSettings
 from distmnist.strategy import make_strategy
 choice = make_strategy(num_gpus={gpus})
-trainer = Trainer(TrainConfig(max_steps=10, batch_size=32), choice.strategy, make_tiny_mnist())
-trainer.run_steps(10)
+trainer = Trainer(TrainerSettings(batch_size=32), choice.strategy, make_tiny_mnist())
+run_steps(trainer, 10)
 graph = trainer.graphs()["train"]
 nodes = list(graph.node) + [n for f in graph.library.function for n in f.node_def]
 print("REPORT " + json.dumps({{

@@ -11,13 +11,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from distmnist.config import TrainConfig
-from distmnist.controller import Controller, Reporter
 from distmnist.export import Classifier
-from distmnist.loop import Trainer
+from distmnist.loop import Trainer, TrainerSettings
 from distmnist.strategy import communication, make_strategy
 
-from helpers import REPO, free_ports
+from helpers import REPO, free_ports, run_schedule
 from kernel_registry import (collective_dtypes, compiled_by_xla, loop_body_ops, memory_types, nodes_outside_xla,
                              ops_without_gpu_kernel, step_crossings)
 
@@ -42,8 +40,7 @@ def test_the_registry_check_finds_an_op_without_a_gpu_kernel():
     pytest.param(2, "tfdata", False, marks=pytest.mark.slow),
 ])
 def test_every_op_outside_xla_has_a_gpu_kernel(tiny_mnist, replicas, input_path, jit):
-    config = TrainConfig(max_steps=5, batch_size=16, input=input_path, jit_compile=jit)
-    trainer = Trainer(config, make_strategy(cpu_replicas=replicas).strategy, tiny_mnist)
+    trainer = Trainer(TrainerSettings(batch_size=16, input=input_path, jit_compile=jit), make_strategy(cpu_replicas=replicas).strategy, tiny_mnist)
     graphs = trainer.graphs()
     checked = {"train_checked"} if input_path == "device" else set()  # run again after a non-finite call
     assert set(graphs) == {"train", "evaluate", "any_replica", "from_replica_0"} | checked
@@ -51,7 +48,7 @@ def test_every_op_outside_xla_has_a_gpu_kernel(tiny_mnist, replicas, input_path,
         assert ops_without_gpu_kernel(graph) == [], name
     classifier = Classifier(trainer.weights())
     assert ops_without_gpu_kernel(classifier.serve.get_concrete_function().graph.as_graph_def()) == []
-    Controller(trainer, Reporter()).run()  # and the traced code runs
+    run_schedule(trainer, 5)  # and the traced code runs
     assert trainer.step == 5 and trainer.trace_count == 1
 
 
@@ -60,8 +57,7 @@ def test_with_xla_each_replica_step_is_two_launches_on_its_own_device(tiny_mnist
     """On 2 replicas (XLA by default) each replica's batch and gradients, and after the all-reduce its update of
     every weight, are one XLA launch each on the replica's device: no gather, matmul or variable update is left
     to TensorFlow's executor. Without XLA they are (the check can fail)."""
-    config = TrainConfig(max_steps=5, batch_size=16, jit_compile=jit)
-    trainer = Trainer(config, make_strategy(cpu_replicas=2).strategy, tiny_mnist)
+    trainer = Trainer(TrainerSettings(batch_size=16, jit_compile=jit), make_strategy(cpu_replicas=2).strategy, tiny_mnist)
     nodes = nodes_outside_xla(trainer.graphs()["train"])
     executor_ops = {n.op for n in nodes} & {"GatherV2", "MatMul", "AssignSubVariableOp"}
     launches = [n.device.split("device:")[-1] for n in nodes if compiled_by_xla(n)]
@@ -71,7 +67,7 @@ def test_with_xla_each_replica_step_is_two_launches_on_its_own_device(tiny_mnist
     else:
         assert executor_ops == {"GatherV2", "MatMul", "AssignSubVariableOp"}
         assert launches == []
-    Controller(trainer, Reporter()).run()
+    run_schedule(trainer, 5)
     assert trainer.step == 5
 
 
@@ -79,7 +75,7 @@ def test_with_xla_each_replica_step_is_two_launches_on_its_own_device(tiny_mnist
 def test_no_step_of_a_runs_call_checks_for_nan_and_the_checked_calls_steps_do(tiny_mnist, replicas):
     """The call a run makes has no finiteness check in its steps (it checks the weights once, after its loop);
     the call that runs again after a non-finite one checks every step (the test can fail both ways)."""
-    trainer = Trainer(TrainConfig(max_steps=5, batch_size=16), make_strategy(cpu_replicas=replicas).strategy,
+    trainer = Trainer(TrainerSettings(batch_size=16), make_strategy(cpu_replicas=replicas).strategy,
                       tiny_mnist)
     graphs = trainer.graphs()
     assert "IsFinite" not in loop_body_ops(graphs["train"])
@@ -108,8 +104,7 @@ def test_the_loop_goes_on_by_its_step_count_never_a_device_value(tiny_mnist, rep
     """The call's loop condition compares step counters with limits and nothing else (no non-finite flag from the
     device: on a GPU that was a copy to the host every step); with the device input the limit is steps_per_loop,
     a constant of the trace (XLA knows the trip count), over tf.data the call's step count."""
-    config = TrainConfig(max_steps=5, batch_size=16, steps_per_loop=7, input=input_path)
-    trainer = Trainer(config, make_strategy(cpu_replicas=replicas).strategy, tiny_mnist)
+    trainer = Trainer(TrainerSettings(batch_size=16, steps_per_loop=7, input=input_path), make_strategy(cpu_replicas=replicas).strategy, tiny_mnist)
     ops, limit = training_loop_limit(trainer.graphs()["train"])
     assert ops <= {"Less", "Const", "Identity"}
     if input_path == "device":
@@ -121,7 +116,7 @@ def test_the_loop_goes_on_by_its_step_count_never_a_device_value(tiny_mnist, rep
 def test_xla_compiles_the_call_with_a_known_trip_count(tiny_mnist):
     """One replica, device input: XLA's optimised HLO of the whole call has a while loop whose trip count XLA
     itself found (steps_per_loop), the form a GPU runs without asking the host after each step."""
-    trainer = Trainer(TrainConfig(max_steps=5, batch_size=16, steps_per_loop=7), make_strategy().strategy,
+    trainer = Trainer(TrainerSettings(batch_size=16, steps_per_loop=7), make_strategy().strategy,
                       tiny_mnist)
     hlo = trainer._call.experimental_get_compiler_ir(tf.constant(7), *trainer.input.traced_args())(
         stage="optimized_hlo")
@@ -131,12 +126,12 @@ def test_xla_compiles_the_call_with_a_known_trip_count(tiny_mnist):
 @pytest.mark.parametrize("replicas", [2, pytest.param(4, marks=pytest.mark.slow)])
 def test_each_replica_holds_its_data_on_its_own_device(tiny_mnist, replicas):
     choice = make_strategy(cpu_replicas=replicas)
-    config = TrainConfig(max_steps=2, batch_size=8)
-    trainer = Trainer(config, choice.strategy, tiny_mnist)
+    settings = TrainerSettings(batch_size=8)
+    trainer = Trainer(settings, choice.strategy, tiny_mnist)
     trainer.graphs()
     _, _, indices = trainer.input.call_args(0, 2)
     local = choice.strategy.experimental_local_results
-    _, _, fresh = Trainer(config, choice.strategy, tiny_mnist).input.call_args(0, 2)
+    _, _, fresh = Trainer(settings, choice.strategy, tiny_mnist).input.call_args(0, 2)
     for drawn, untouched in zip(local(indices), local(fresh)):  # tracing for a look draws no epoch's order
         np.testing.assert_array_equal(drawn.numpy(), untouched.numpy())
     expected = [tf.DeviceSpec.from_string(d) for d in choice.devices]
@@ -165,14 +160,13 @@ tf = tfquiet.import_tensorflow()
 from helpers import make_tiny_mnist
 from kernel_registry import collective_dtypes, ops_without_gpu_kernel
 from distmnist.cluster import parse_tf_config
-from distmnist.config import TrainConfig
-from distmnist.loop import Trainer
+from distmnist.loop import Trainer, TrainerSettings
 from distmnist.strategy import make_strategy
 choice = make_strategy(cluster=parse_tf_config(os.environ["TF_CONFIG"]), collective_timeout_s=60,
                        cluster_start_timeout_s=60)
 report = {{}}
 for input_path in ("device", "tfdata"):
-    trainer = Trainer(TrainConfig(max_steps=4, batch_size=8, input=input_path), choice.strategy, make_tiny_mnist())
+    trainer = Trainer(TrainerSettings(batch_size=8, input=input_path), choice.strategy, make_tiny_mnist())
     for name, graph in trainer.graphs().items():
         report[f"{{input_path}} {{name}}"] = {{"missing": ops_without_gpu_kernel(graph),
                                            "collectives": sorted(collective_dtypes(graph))}}
@@ -225,7 +219,7 @@ PER_REPLICA_CROSSINGS = [("Less", "bool", "StatefulPartitionedCall (XLA)"),  # a
 @pytest.mark.parametrize("replicas", [1, 2, pytest.param(4, marks=pytest.mark.slow)])
 def test_a_step_copies_between_host_and_device_only_what_is_named(tiny_mnist, replicas):
     strategy = make_strategy(cpu_replicas=replicas).strategy if replicas > 1 else make_strategy().strategy
-    trainer = Trainer(TrainConfig(max_steps=5, batch_size=16), strategy, tiny_mnist)
+    trainer = Trainer(TrainerSettings(batch_size=16), strategy, tiny_mnist)
     found = step_crossings(trainer.graphs()["train"], trainer.compiled_whole_call)
     expected = [] if replicas == 1 else sorted(PER_REPLICA_CROSSINGS * replicas)
     assert found == expected
@@ -266,7 +260,7 @@ def test_the_single_host_gpu_graph_with_nccl_is_ready_too(tiny_mnist):
     GPU, and a step's host-device copies are the named ones (docs/gpus.md)."""
     strategy = tf.distribute.MirroredStrategy(devices=["/gpu:0", "/gpu:1"],
                                               cross_device_ops=tf.distribute.NcclAllReduce())
-    trainer = Trainer(TrainConfig(max_steps=5, batch_size=16), strategy, tiny_mnist)
+    trainer = Trainer(TrainerSettings(batch_size=16), strategy, tiny_mnist)
     graphs = trainer.graphs()
     for name, graph in graphs.items():
         assert ops_without_gpu_kernel(graph) == [], name

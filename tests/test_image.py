@@ -12,7 +12,6 @@ import subprocess
 import sys
 
 import pytest
-from packaging.specifiers import SpecifierSet
 
 from helpers import REPO, run_module
 

@@ -7,23 +7,22 @@ import pytest
 import tensorflow as tf
 
 from distmnist import data
-from distmnist.config import TrainConfig
-from distmnist.controller import Controller, Reporter
+from distmnist.controller import Reporter
 from distmnist.errors import TrainingDiverged
-from distmnist.loop import Trainer
+from distmnist.loop import Trainer, TrainerSettings
 from distmnist.model import images_to_features
 from distmnist.strategy import make_strategy
 
-from helpers import make_tiny_mnist
+from helpers import make_tiny_mnist, run_schedule
 
 
 class Recorder(Reporter):
     def __init__(self):
         self.loss, self.acc = {}, {}
 
-    def losses(self, first_step, values, examples_per_sec):
+    def losses(self, logged, end_step, examples_per_sec):
         assert examples_per_sec > 0
-        self.loss.update({first_step + i: float(v) for i, v in enumerate(values)})
+        self.loss.update(dict(logged))
 
     def accuracy(self, step, value):
         self.acc[step] = value
@@ -34,12 +33,12 @@ def mnist():
     return make_tiny_mnist(num_train=2048, num_test=203)
 
 
-def train(mnist, replicas, steps=20, loss_fn=None, **overrides):
-    config = TrainConfig(max_steps=steps, **overrides)
+def train(mnist, replicas, steps=20, loss_fn=None, eval_every=500, **overrides):
+    """steps=None: one epoch."""
     extra = {"loss_fn": loss_fn} if loss_fn else {}
-    trainer = Trainer(config, make_strategy(cpu_replicas=replicas).strategy, mnist, **extra)
+    trainer = Trainer(TrainerSettings(**overrides), make_strategy(cpu_replicas=replicas).strategy, mnist, **extra)
     recorder = Recorder()
-    Controller(trainer, recorder).run()
+    run_schedule(trainer, steps or trainer.steps_per_epoch, recorder, eval_every=eval_every)
     return trainer, recorder
 
 
@@ -85,7 +84,7 @@ def test_device_and_tfdata_inputs_train_the_same_model(mnist, replicas):
 
 
 def test_logged_values_do_not_depend_on_steps_per_loop(mnist):
-    runs = [train(mnist, 1, steps=70, batch_size=32, steps_per_loop=k, log_every=10, eval_every=25)[1]
+    runs = [train(mnist, 1, steps=70, batch_size=32, steps_per_loop=k, eval_every=25)[1]
             for k in (1, 7, 50)]
     for other in runs[1:]:
         assert sorted(other.loss) == list(range(70))
@@ -120,11 +119,11 @@ def test_evaluation_counts_every_test_image_once(mnist, replicas):
 @pytest.mark.parametrize("replicas", [1, 2])
 def test_non_finite_loss_stops_on_the_device_and_names_the_step_and_replica(mnist, replicas):
     recorder = Recorder()
-    trainer = Trainer(TrainConfig(max_steps=60, learning_rate=50.0, batch_size=32, steps_per_loop=50),
+    trainer = Trainer(TrainerSettings(learning_rate=50.0, batch_size=32, steps_per_loop=50),
                       make_strategy(cpu_replicas=replicas).strategy, mnist)
     with pytest.raises(TrainingDiverged, match=r"non-finite at step (\d+) on replica 0 \(loss (nan|inf)\); "
                                                r"lower --learning_rate") as caught:
-        Controller(trainer, recorder).run()
+        run_schedule(trainer, 60, recorder)
     # Nothing was reported, and on the device the bad step and every later one in the call were masked, not
     # branched on: the weights are those after the last good step, as a run of exactly that many steps leaves them.
     assert 0 < caught.value.step < 10 and trainer.step == 0 and recorder.loss == {}
@@ -137,7 +136,7 @@ def test_non_finite_loss_stops_on_the_device_and_names_the_step_and_replica(mnis
 @pytest.mark.slow
 def test_one_epoch_of_real_mnist_reaches_94_percent():
     mnist = data.load()
-    trainer, log = train(mnist, 1, steps=0, epochs=1)
+    trainer, log = train(mnist, 1, steps=None)
     assert trainer.step == 468
     assert log.acc[468] >= 0.94
 

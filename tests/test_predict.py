@@ -11,13 +11,11 @@ import tensorflow as tf
 from PIL import Image
 
 from distmnist import data, images
-from distmnist.config import TrainConfig
-from distmnist.controller import Controller, Reporter
 from distmnist.export import Classifier, save
-from distmnist.loop import Trainer
+from distmnist.loop import Trainer, TrainerSettings
 from distmnist.strategy import make_strategy
 
-from helpers import REPO, run_module
+from helpers import REPO, run_module, run_schedule
 
 pytestmark = [pytest.mark.slow]
 
@@ -32,8 +30,8 @@ def mnist():
 @pytest.fixture(scope="module")
 def saved_model(tmp_path_factory, mnist):
     """A model trained for one epoch on real MNIST (about 95% on the test set)."""
-    trainer = Trainer(TrainConfig(epochs=1), make_strategy().strategy, mnist)
-    Controller(trainer, Reporter()).run()
+    trainer = Trainer(TrainerSettings(), make_strategy().strategy, mnist)
+    run_schedule(trainer, trainer.steps_per_epoch)
     path = tmp_path_factory.mktemp("run") / "saved_model"
     classifier = Classifier(trainer.weights())
     classifier.fit_temperature(mnist.x_train[::6], mnist.y_train[::6])  # as a run does

@@ -3,9 +3,6 @@
 
 import io
 
-import numpy as np
-
-from distmnist.config import TrainConfig
 from distmnist.summaries import RunReporter
 
 
@@ -15,9 +12,9 @@ class Terminal(io.StringIO):
 
 
 def report(stream):
-    reporter = RunReporter(None, TrainConfig(log_every=2), total_steps=8, stream=stream)
+    reporter = RunReporter(None, total_steps=8, learning_rate=1.5, stream=stream)
     reporter.accuracy(0, 0.1)
-    reporter.losses(0, np.array([0.5, 0.4, 0.3, 0.2], np.float32), 12345.0)
+    reporter.losses([(0, 0.5), (2, 0.3)], 4, 12345.0)  # a call of steps 0-3, logged every 2
     reporter.close()
     return stream.getvalue()
 

@@ -12,21 +12,21 @@ import statistics
 import time
 
 from distmnist.checkpoints import Checkpointer
-from distmnist.config import TrainConfig
 from distmnist.data import Mnist
-from distmnist.loop import Trainer
+from distmnist.controller import run_steps
+from distmnist.loop import Trainer, TrainerSettings
 
 GOAL = 0.03  # of the training time, at the default checkpoint_every
 
 
 def measure(mnist: Mnist, strategy, every: int, rounds: int) -> dict:
     """What bench.json's `checkpoints` holds: the medians of both blocks and the cost as a fraction."""
-    trainer = Trainer(TrainConfig(), strategy, mnist)
+    trainer = Trainer(TrainerSettings(), strategy, mnist)
     checkpointer = Checkpointer(trainer, None, keep=3)  # a scratch folder, removed by close()
 
     def block(save: bool) -> float:
         start = time.perf_counter()
-        trainer.run_steps(every)
+        run_steps(trainer, every)
         if save:
             checkpointer.save(trainer.step, {"loss": [], "accuracy": []})
         return time.perf_counter() - start

@@ -2,6 +2,7 @@
 fixed number of steps at the same per-replica batch and report examples per second."""
 
 import dataclasses
+import functools
 import json
 import subprocess
 import sys
@@ -14,10 +15,10 @@ import tensorflow as tf
 
 from distmnist import inputs
 from distmnist.bench import solo
-from distmnist.config import TrainConfig
 from distmnist.data import Mnist
 from distmnist.errors import RunFailed
-from distmnist.loop import Trainer
+from distmnist.controller import run_steps
+from distmnist.loop import Trainer, TrainerSettings
 from distmnist.model import LAYER_SIZES
 
 FLOP_PER_EXAMPLE = 2.41e6  # forward 1.07 + backward 1.34 MFLOP for 784-512-256-10
@@ -129,11 +130,10 @@ def keras_fit(mnist: Mnist, strategy: tf.distribute.Strategy, timing: Timing, tu
 
 def distmnist_trainer(mnist: Mnist, strategy: tf.distribute.Strategy, timing: Timing, input_path: str) -> float:
     """distmnist's own loop with the given input path and its defaults otherwise."""
-    # The steps it runs, no more: the input draws the epochs' orders a run needs ahead of time (loop.py).
-    config = TrainConfig(batch_size=timing.per_replica_batch_size, learning_rate=timing.learning_rate,
-                         seed=timing.seed, input=input_path, max_steps=timing.warmup_steps + timing.timed_steps)
-    trainer = Trainer(config, strategy, mnist)
-    return _examples_per_sec(trainer.run_steps, timing, trainer.global_batch_size)
+    settings = TrainerSettings(batch_size=timing.per_replica_batch_size, learning_rate=timing.learning_rate,
+                               seed=timing.seed, input=input_path)
+    trainer = Trainer(settings, strategy, mnist)
+    return _examples_per_sec(functools.partial(run_steps, trainer), timing, trainer.global_batch_size)
 
 
 def take_turns(npz: str, replicas: int, platform: str, timing: Timing, turns: int) -> dict:
@@ -253,26 +253,26 @@ def matmul_flops_per_sec(device: str, sizes=(2048, 3072), min_seconds: float = 0
     return best
 
 
-def time_to_accuracy_distmnist(mnist: Mnist, strategy, target: float, max_epochs: int, config: TrainConfig):
+def time_to_accuracy_distmnist(mnist: Mnist, strategy, target: float, max_epochs: int, settings: TrainerSettings):
     """Wall seconds from the first step until the test accuracy (checked every epoch) reaches the target."""
-    trainer = Trainer(config, strategy, mnist)
+    trainer = Trainer(settings, strategy, mnist)
     start = time.perf_counter()
     for epoch in range(1, max_epochs + 1):
-        trainer.run_steps(trainer.steps_per_epoch)
+        run_steps(trainer, trainer.steps_per_epoch)
         accuracy, _ = trainer.evaluate()
         if accuracy >= target:
             return time.perf_counter() - start, epoch, accuracy
     return None, max_epochs, accuracy
 
 
-def time_to_accuracy_keras(mnist: Mnist, strategy, target: float, max_epochs: int, config: TrainConfig):
+def time_to_accuracy_keras(mnist: Mnist, strategy, target: float, max_epochs: int, settings: TrainerSettings):
     """The same for tuned Keras with the same hyperparameters, initialisation and steps per epoch."""
     import keras
 
-    global_batch_size = config.batch_size * strategy.num_replicas_in_sync
+    global_batch_size = settings.batch_size * strategy.num_replicas_in_sync
     steps_per_epoch = len(mnist.x_train) // global_batch_size  # as distmnist: the partial batch dropped
     per_execution = max(k for k in range(1, 51) if steps_per_epoch % k == 0)  # must divide an epoch
-    model = compiled_keras(strategy, config.learning_rate, config.seed, tuned=True, steps_per_execution=per_execution)
+    model = compiled_keras(strategy, settings.learning_rate, settings.seed, tuned=True, steps_per_execution=per_execution)
     test_x = mnist.x_test.reshape(-1, LAYER_SIZES[0]).astype(np.float32) / 255.0
     reached = {}
 
@@ -284,7 +284,7 @@ def time_to_accuracy_keras(mnist: Mnist, strategy, target: float, max_epochs: in
             if accuracy >= target:
                 self.model.stop_training = True
 
-    dataset = keras_dataset(mnist, global_batch_size, config.seed)
+    dataset = keras_dataset(mnist, global_batch_size, settings.seed)
     start = time.perf_counter()
     _fit(model, dataset, epochs=max_epochs, steps_per_epoch=steps_per_epoch, verbose=0, callbacks=[Stop()])
     hit = reached["accuracy"] >= target

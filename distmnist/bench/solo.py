@@ -101,15 +101,15 @@ def jax_runner(npz: str, replicas: int, per_replica_batch_size: int, steps: int,
 
 
 def distmnist_runner(npz: str, replicas: int, per_replica_batch_size: int, steps: int, learning_rate: float,
-                     seed: int, platform: str = "cpu", calls: int = 2):
+                     seed: int, platform: str = "cpu"):
     """(run, global batch, facts): run() trains `steps` more steps with distmnist's default trainer and returns
-    (its seconds, the last loss); the trainer is configured for `calls` runs."""
+    (its seconds, the last loss)."""
     from distmnist import tfquiet
 
     tfquiet.import_tensorflow()
-    from distmnist.config import TrainConfig
+    from distmnist.controller import run_steps
     from distmnist.data import Mnist
-    from distmnist.loop import Trainer
+    from distmnist.loop import Trainer, TrainerSettings
     from distmnist.strategy import make_strategy
 
     if platform == "cpu":
@@ -118,13 +118,12 @@ def distmnist_runner(npz: str, replicas: int, per_replica_batch_size: int, steps
         choice = make_strategy(num_gpus=replicas)
     with np.load(npz) as data:
         mnist = Mnist(*(data[key] for key in ("x_train", "y_train", "x_test", "y_test")), source=npz)
-    config = TrainConfig(batch_size=per_replica_batch_size, learning_rate=learning_rate, seed=seed,
-                         max_steps=calls * steps)  # the steps it runs: the input draws their epochs' orders ahead
-    trainer = Trainer(config, choice.strategy, mnist)
+    settings = TrainerSettings(batch_size=per_replica_batch_size, learning_rate=learning_rate, seed=seed)
+    trainer = Trainer(settings, choice.strategy, mnist)
 
     def run():
         start = time.perf_counter()
-        losses = trainer.run_steps(steps)
+        losses = run_steps(trainer, steps)
         return time.perf_counter() - start, float(losses[-1])
 
     return run, trainer.global_batch_size, {"devices": list(choice.devices)}
@@ -134,11 +133,11 @@ RUNNERS = {"jax": jax_runner, "distmnist": distmnist_runner}
 
 
 def _warmed(contender: str, npz: str, replicas: int, per_replica_batch_size: int, steps: int, learning_rate: float,
-            seed: int, platform: str, **kwargs):
+            seed: int, platform: str):
     """The contender's (run, global batch, facts) after one untimed run of `steps` steps (compilation, caches);
     run is None where the contender is not installed."""
     run, global_batch, facts = RUNNERS[contender](npz, replicas, per_replica_batch_size, steps, learning_rate, seed,
-                                                  platform, **kwargs)
+                                                  platform)
     if run is not None:
         run()
     return run, global_batch, facts
@@ -163,9 +162,8 @@ def serve(contender: str, npz: str, replicas: int, per_replica_batch_size: int, 
           seed: int, platform: str = "cpu", turns: int = 1000) -> None:
     """Turn-taking: after one untimed run prints {"ready": ...}; then each line "go" on stdin runs `steps` steps
     and prints {"examples_per_sec": ...}, until stdin ends."""
-    kwargs = {"calls": turns + 1} if contender == "distmnist" else {}
     run, global_batch, facts = _warmed(contender, npz, replicas, per_replica_batch_size, steps, learning_rate, seed,
-                                       platform, **kwargs)
+                                       platform)
     if run is None:
         print(json.dumps(facts), flush=True)
         return
