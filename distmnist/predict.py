@@ -5,7 +5,7 @@
   python -m distmnist.predict --model=logs/RUN --show_preprocessed=seen.png photo.jpg
 
 Images: PNG, JPEG, BMP, ... of any size and colour, dark-on-light or light-on-dark, and .npy/.npz arrays
-([H, W] or [N, H, W]). Each is prepared as MNIST's digits were (see distmnist.images). A file that cannot be
+([H, W] or [N, H, W]). Each is prepared as MNIST's digits were (see data/images.py). A file that cannot be
 used gets one line on stderr; the others are still predicted, and the exit status is 2.
 """
 
@@ -16,16 +16,20 @@ import sys
 import numpy as np
 from absl import flags
 
-from distmnist import cli, files, images, progress, tfquiet  # none imports TensorFlow: bad files fail fast
-from distmnist.errors import UserError
-
-flags.DEFINE_string("model", None, "A SavedModel written by distmnist.train, or its run directory.")
-flags.DEFINE_boolean("json", False, "One JSON object per image and line: path, digit, probability, top_k.")
-flags.DEFINE_integer("top_k", 3, "How many most likely digits to list per image (1-10).")
-flags.DEFINE_string("show_preprocessed", None, "Write the 28x28 images the model saw, as a PNG grid, here.")
+from distmnist.common import files, progress
+from distmnist.data import images
+from distmnist.startup import cli, tfquiet  # none imports TensorFlow: bad files fail fast
+from distmnist.common.errors import UserError
 
 FLAGS = flags.FLAGS
 PROGRESS_FROM = 20  # files: more than this draw a progress bar on a terminal's stderr
+
+
+def define_flags() -> None:
+    flags.DEFINE_string("model", None, "A SavedModel written by distmnist.train, or its run directory.")
+    flags.DEFINE_boolean("json", False, "One JSON object per image and line: path, digit, probability, top_k.")
+    flags.DEFINE_integer("top_k", 3, "How many most likely digits to list per image (1-10).")
+    flags.DEFINE_string("show_preprocessed", None, "Write the 28x28 images the model saw, as a PNG grid, here.")
 
 
 def model_path(path: str) -> str:
@@ -82,4 +86,4 @@ def main(paths) -> int:
 
 
 if __name__ == "__main__":
-    cli.run(main, prog="distmnist.predict", takes_args=True)
+    cli.run(main, prog="distmnist.predict", takes_args=True, define_flags=define_flags)

@@ -28,17 +28,17 @@ from typing import Optional
 
 from absl import flags
 
-from distmnist import cli, config, files
-from distmnist.config import TrainConfig
-from distmnist.errors import Stopped, UserError
+from distmnist.common import config, files
+from distmnist.startup import cli
+from distmnist.common.config import TrainConfig
+from distmnist.common.errors import Stopped, UserError
 
 NOT_SWEPT = ("logdir", "run_name", "events_dir", "export_dir", "overwrite", "profile_steps")
 FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
-    """The sweep's flags: every train setting as text (one value or a list), and its own. Defined by the entry
-    point only, so that importing this module (the tests do, beside distmnist.train) defines nothing."""
+    """The sweep's flags: every train setting as text (one value or a list), and its own."""
     for name, _, _, help_text, _, _ in config.settings():
         if name not in NOT_SWEPT:
             flags.DEFINE_string(name, None, f"{help_text} (one value, or a comma-separated list to sweep)")
@@ -189,10 +189,10 @@ def _outcome(logdir: str, point: Point, status: int, log_path: str, say) -> dict
 
 
 def _declare(logdir: str, configs: list) -> None:
-    from distmnist import tfquiet
+    from distmnist.startup import tfquiet
 
     tfquiet.import_tensorflow()
-    from distmnist import experiment
+    from distmnist.runs import experiment
 
     experiment.declare(logdir, experiment.differing(configs))
 
@@ -250,7 +250,7 @@ def run_sweep(given: dict, logdir: str, zipped: bool = False, parallel: int = 1,
 
 def _plot(report: dict, path: str) -> None:
     """Test accuracy against each swept setting, one panel per setting (finished points only)."""
-    from distmnist import plots
+    from distmnist.runs import plots
 
     plt = plots.plt
     swept = report["swept"] or ["run_name"]
@@ -279,5 +279,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    define_flags()
-    cli.run(main, prog="distmnist.sweep")
+    cli.run(main, prog="distmnist.sweep", define_flags=define_flags)

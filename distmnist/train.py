@@ -14,29 +14,30 @@ from typing import Optional
 from absl import flags
 
 import distmnist
-from distmnist import cli, config, pictures, runclaim, tfquiet, vertex
-from distmnist.cluster import parse_tf_config, tf_config_from_jobset
-from distmnist.config import TrainConfig
-from distmnist.errors import UserError
+from distmnist.common import config
+from distmnist.runs import pictures, runclaim
+from distmnist.startup import cli, tfquiet, vertex
+from distmnist.training.cluster import parse_tf_config, tf_config_from_jobset
+from distmnist.common.config import TrainConfig
+from distmnist.common.errors import UserError
 
 
-def _define_flags() -> None:
+def define_flags(flag_values=flags.FLAGS) -> None:
     """One flag per TrainConfig field, its help and default taken from the field."""
     for name, default, kind, help_text, _, choices in config.settings():
         text = help_text.replace("`", "").replace("**", "")
         if choices:
-            flags.DEFINE_enum(name, default, choices, text)
+            flags.DEFINE_enum(name, default, choices, text, flag_values=flag_values)
         elif kind in (bool, Optional[bool]):
-            flags.DEFINE_boolean(name, default, text)
+            flags.DEFINE_boolean(name, default, text, flag_values=flag_values)
         elif kind in (int, Optional[int]):
-            flags.DEFINE_integer(name, default, text)
+            flags.DEFINE_integer(name, default, text, flag_values=flag_values)
         elif kind is float:
-            flags.DEFINE_float(name, default, text)
+            flags.DEFINE_float(name, default, text, flag_values=flag_values)
         else:
-            flags.DEFINE_string(name, default, text)
+            flags.DEFINE_string(name, default, text, flag_values=flag_values)
 
 
-_define_flags()
 FLAGS = flags.FLAGS
 
 
@@ -75,14 +76,14 @@ def _train(settings: TrainConfig) -> None:
     painter = pictures.Painter()  # forked now, while this process is small and single-threaded
     tf = tfquiet.import_tensorflow()
     if settings.require_gpus and not tf.config.get_visible_devices("GPU"):
-        from distmnist.doctor import gpu_finding
+        from distmnist.startup.checks import gpu_finding
 
         raise UserError(f"--require_gpus: TensorFlow registered no GPU for this process: {gpu_finding(tf)}; nothing "
                         "was trained (python -m distmnist.doctor has the whole report)")
-    from distmnist.run import train_and_evaluate
+    from distmnist.runs.run import train_and_evaluate
 
     train_and_evaluate(settings, imports_s=time.perf_counter() - distmnist.STARTED, painter=painter)
 
 
 if __name__ == "__main__":
-    cli.run(main, prog="distmnist.train")
+    cli.run(main, prog="distmnist.train", define_flags=define_flags)

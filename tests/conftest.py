@@ -8,7 +8,7 @@ import gc
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-from distmnist import xlaflags  # noqa: E402
+from distmnist.startup import xlaflags  # noqa: E402
 
 xlaflags.configure()  # the XLA options distmnist's entry points run with
 
@@ -16,7 +16,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from distmnist.data import Mnist  # noqa: E402
+from distmnist.data.dataset import Mnist  # noqa: E402
 from helpers import hide_gpus_from_subprocesses, make_tiny_mnist  # noqa: E402
 
 # Split the CPU before any op runs, so tests can build 1-, 2- and 4-replica MirroredStrategies in one process.

@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 
-from distmnist.data import Mnist
+from distmnist.data.dataset import Mnist
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -124,6 +124,6 @@ def run_schedule(trainer, total_steps: int, reporter=None, log_every: int = 1, e
                  **schedule) -> dict:
     """The controller over `trainer` to total_steps, evaluating at 0, every eval_every and at the end, every step's
     loss reported (log_every=1); returns its timings."""
-    from distmnist.controller import Controller, Reporter, Schedule
+    from distmnist.training.controller import Controller, Reporter, Schedule
 
     return Controller(trainer, Schedule(total_steps, eval_every, log_every, **schedule), reporter or Reporter()).run()

@@ -122,8 +122,8 @@ def test_without_jax_the_jax_contender_says_so(tmp_path):
     from distmnist.bench import solo
 
     args = ["--contender=jax", f"--npz={tmp_path / 'unused.npz'}", *SOLO_ARGS]
-    hidden = [sys.executable, "-c",
-              f"import sys; sys.modules['jax'] = None; from distmnist.bench import solo; solo.main({args!r})"]
+    hidden = [sys.executable, "-c", "import runpy, sys; sys.modules['jax'] = None; "
+              f"sys.argv = ['solo', *{args!r}]; runpy.run_module('distmnist.bench.solo', run_name='__main__')"]
     missing = subprocess.run(hidden, capture_output=True, text=True, timeout=60)
     assert missing.returncode == 0 and json.loads(missing.stdout) == {"skipped": solo.NOT_INSTALLED}
 
@@ -157,7 +157,7 @@ def test_bad_counts_are_one_line_and_write_nothing(tmp_path):
 
 def test_a_contender_that_fails_is_named_with_its_last_line(tmp_path):
     from distmnist.bench import contenders
-    from distmnist.errors import RunFailed
+    from distmnist.common.errors import RunFailed
 
     timing = contenders.Timing(per_replica_batch_size=16, timed_steps=20)
     with pytest.raises(RunFailed, match=r"the distmnist contender in its own process failed: .*No such file"):

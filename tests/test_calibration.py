@@ -6,11 +6,12 @@ import dataclasses
 import numpy as np
 import pytest
 
-from distmnist import calibration, data, run
-from distmnist.export import Classifier
-from distmnist.loop import Trainer, TrainerSettings
-from distmnist.model import MLP
-from distmnist.strategy import make_strategy
+from distmnist.data import dataset
+from distmnist.runs import calibration, run
+from distmnist.runs.export import Classifier
+from distmnist.training.trainer import Trainer, TrainerSettings
+from distmnist.training.model import MLP
+from distmnist.training.strategy import make_strategy
 
 from helpers import run_schedule
 
@@ -54,7 +55,7 @@ def test_on_real_mnist_the_exported_probabilities_are_calibrated():
     """One epoch of real MNIST (about 95%): softmax of the raw outputs has an ECE near 0.74 on the test set;
     with the temperature fitted on training images 0.0075 (measured on a 2-core AMD EPYC, 2026-11-28); 0.03 is
     asserted. Accuracy is unchanged."""
-    mnist = data.load(None)
+    mnist = dataset.load(None)
     trainer = Trainer(TrainerSettings(), make_strategy(num_gpus=0).strategy, mnist)
     run_schedule(trainer, trainer.steps_per_epoch)
     classifier = Classifier(trainer.weights())

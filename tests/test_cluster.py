@@ -5,9 +5,9 @@ import re
 
 import pytest
 
-from distmnist.cluster import NoRole, parse_tf_config, tf_config_from_jobset
+from distmnist.training.cluster import NoRole, parse_tf_config, tf_config_from_jobset
 from helpers import run_module
-from distmnist.errors import UserError
+from distmnist.common.errors import UserError
 
 
 def tf_config(cluster, task):

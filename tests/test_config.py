@@ -7,9 +7,9 @@ import re
 
 import pytest
 
-from distmnist import config
-from distmnist.config import TrainConfig
-from distmnist.errors import UserError
+from distmnist.common import config
+from distmnist.common.config import TrainConfig
+from distmnist.common.errors import UserError
 
 from helpers import REPO
 
@@ -23,10 +23,12 @@ def test_the_readme_flags_table_is_the_one_the_settings_make():
 def test_every_flag_is_made_from_its_field():
     from absl import flags
 
-    from distmnist import train  # noqa: F401 - defines the flags
+    from distmnist import train
 
+    defined = flags.FlagValues()
+    train.define_flags(defined)
     for name, default, _, help_text, _, choices in config.settings():
-        flag = flags.FLAGS[name]
+        flag = defined[name]
         assert flag.default == default and flag.help.endswith(help_text.replace("`", "").replace("**", "")), name
         if choices:
             assert tuple(flag.parser.enum_values) == choices
@@ -46,8 +48,8 @@ def test_a_config_that_exists_is_valid(changes, message):
 
 
 def test_the_trainers_settings_are_made_from_the_config_and_default_as_it_does():
-    from distmnist import run
-    from distmnist.loop import TrainerSettings
+    from distmnist.runs import run
+    from distmnist.training.trainer import TrainerSettings
 
     config = TrainConfig()
     made = run.trainer_settings(config, epochs=config.epochs)

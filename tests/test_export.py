@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from distmnist.export import export_saved_model
-from distmnist.loop import Trainer, TrainerSettings
-from distmnist.model import MLP, images_to_features
-from distmnist.strategy import make_strategy
+from distmnist.runs.export import export_saved_model
+from distmnist.training.trainer import Trainer, TrainerSettings
+from distmnist.training.model import MLP, images_to_features
+from distmnist.training.strategy import make_strategy
 
 from helpers import run_python, run_schedule
 

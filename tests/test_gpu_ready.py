@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from distmnist.export import Classifier
-from distmnist.loop import Trainer, TrainerSettings
-from distmnist.strategy import communication, make_strategy
+from distmnist.runs.export import Classifier
+from distmnist.training.trainer import Trainer, TrainerSettings
+from distmnist.training.strategy import communication, make_strategy
 
 from helpers import REPO, free_ports, run_schedule
 from kernel_registry import (collective_dtypes, compiled_by_xla, loop_body_ops, memory_types, nodes_outside_xla,
@@ -40,7 +40,8 @@ def test_the_registry_check_finds_an_op_without_a_gpu_kernel():
     pytest.param(2, "tfdata", False, marks=pytest.mark.slow),
 ])
 def test_every_op_outside_xla_has_a_gpu_kernel(tiny_mnist, replicas, input_path, jit):
-    trainer = Trainer(TrainerSettings(batch_size=16, input=input_path, jit_compile=jit), make_strategy(cpu_replicas=replicas).strategy, tiny_mnist)
+    trainer = Trainer(TrainerSettings(batch_size=16, input=input_path, jit_compile=jit),
+                      make_strategy(cpu_replicas=replicas).strategy, tiny_mnist)
     graphs = trainer.graphs()
     checked = {"train_checked"} if input_path == "device" else set()  # run again after a non-finite call
     assert set(graphs) == {"train", "evaluate", "any_replica", "from_replica_0"} | checked
@@ -57,7 +58,8 @@ def test_with_xla_each_replica_step_is_two_launches_on_its_own_device(tiny_mnist
     """On 2 replicas (XLA by default) each replica's batch and gradients, and after the all-reduce its update of
     every weight, are one XLA launch each on the replica's device: no gather, matmul or variable update is left
     to TensorFlow's executor. Without XLA they are (the check can fail)."""
-    trainer = Trainer(TrainerSettings(batch_size=16, jit_compile=jit), make_strategy(cpu_replicas=2).strategy, tiny_mnist)
+    trainer = Trainer(TrainerSettings(batch_size=16, jit_compile=jit), make_strategy(cpu_replicas=2).strategy,
+                      tiny_mnist)
     nodes = nodes_outside_xla(trainer.graphs()["train"])
     executor_ops = {n.op for n in nodes} & {"GatherV2", "MatMul", "AssignSubVariableOp"}
     launches = [n.device.split("device:")[-1] for n in nodes if compiled_by_xla(n)]
@@ -104,7 +106,8 @@ def test_the_loop_goes_on_by_its_step_count_never_a_device_value(tiny_mnist, rep
     """The call's loop condition compares step counters with limits and nothing else (no non-finite flag from the
     device: on a GPU that was a copy to the host every step); with the device input the limit is steps_per_loop,
     a constant of the trace (XLA knows the trip count), over tf.data the call's step count."""
-    trainer = Trainer(TrainerSettings(batch_size=16, steps_per_loop=7, input=input_path), make_strategy(cpu_replicas=replicas).strategy, tiny_mnist)
+    trainer = Trainer(TrainerSettings(batch_size=16, steps_per_loop=7, input=input_path),
+                      make_strategy(cpu_replicas=replicas).strategy, tiny_mnist)
     ops, limit = training_loop_limit(trainer.graphs()["train"])
     assert ops <= {"Less", "Const", "Identity"}
     if input_path == "device":
@@ -155,13 +158,13 @@ def test_multi_worker_asks_for_nccl_on_gpus_only():
 WORKER = """
 import json, os, sys, time
 sys.path.insert(0, {tests!r})
-from distmnist import tfquiet
+from distmnist.startup import tfquiet
 tf = tfquiet.import_tensorflow()
 from helpers import make_tiny_mnist
 from kernel_registry import collective_dtypes, ops_without_gpu_kernel
-from distmnist.cluster import parse_tf_config
-from distmnist.loop import Trainer, TrainerSettings
-from distmnist.strategy import make_strategy
+from distmnist.training.cluster import parse_tf_config
+from distmnist.training.trainer import Trainer, TrainerSettings
+from distmnist.training.strategy import make_strategy
 choice = make_strategy(cluster=parse_tf_config(os.environ["TF_CONFIG"]), collective_timeout_s=60,
                        cluster_start_timeout_s=60)
 report = {{}}

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import tensorflow as tf
 
-from distmnist.cluster import parse_tf_config
+from distmnist.training.cluster import parse_tf_config
 from helpers import REPO, free_ports
 
 pytestmark = [pytest.mark.slow]

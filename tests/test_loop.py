@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from distmnist import data
-from distmnist.controller import Reporter
-from distmnist.errors import TrainingDiverged
-from distmnist.loop import Trainer, TrainerSettings
-from distmnist.model import images_to_features
-from distmnist.strategy import make_strategy
+from distmnist.data import dataset
+from distmnist.training.controller import Reporter
+from distmnist.common.errors import TrainingDiverged
+from distmnist.training.trainer import Trainer, TrainerSettings
+from distmnist.training.model import images_to_features
+from distmnist.training.strategy import make_strategy
 
 from helpers import make_tiny_mnist, run_schedule
 
@@ -135,7 +135,7 @@ def test_non_finite_loss_stops_on_the_device_and_names_the_step_and_replica(mnis
 
 @pytest.mark.slow
 def test_one_epoch_of_real_mnist_reaches_94_percent():
-    mnist = data.load()
+    mnist = dataset.load()
     trainer, log = train(mnist, 1, steps=None)
     assert trainer.step == 468
     assert log.acc[468] >= 0.94
@@ -144,7 +144,7 @@ def test_one_epoch_of_real_mnist_reaches_94_percent():
 def test_epoch_orders_past_the_runs_epochs_go_on_as_one_unbounded_draw():
     """The orders are drawn ahead only up to the run's epochs; asked for more (a caller that trains past its total),
     the sequence goes on with exactly the orders an unbounded draw gives, each epoch shuffled afresh."""
-    from distmnist.inputs import EpochOrder
+    from distmnist.training.inputs import EpochOrder
 
     unbounded = EpochOrder(50, 20, seed=3)
     bounded = EpochOrder(50, 20, seed=3, epochs=2)

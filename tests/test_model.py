@@ -1,7 +1,7 @@
 import numpy as np
 import tensorflow as tf
 
-from distmnist.model import MLP, images_to_features, labels_to_targets, parameter_count
+from distmnist.training.model import MLP, images_to_features, labels_to_targets, parameter_count
 
 
 def test_parameter_count_and_shapes():

@@ -10,10 +10,11 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from distmnist import data, images
-from distmnist.export import Classifier, save
-from distmnist.loop import Trainer, TrainerSettings
-from distmnist.strategy import make_strategy
+from distmnist.data import dataset
+from distmnist.data import images
+from distmnist.runs.export import Classifier, save
+from distmnist.training.trainer import Trainer, TrainerSettings
+from distmnist.training.strategy import make_strategy
 
 from helpers import REPO, run_module, run_schedule
 
@@ -24,7 +25,7 @@ COUNT = 40
 
 @pytest.fixture(scope="module")
 def mnist():
-    return data.load()
+    return dataset.load()
 
 
 @pytest.fixture(scope="module")

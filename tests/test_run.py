@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from distmnist.config import TrainConfig
-from distmnist.profiling import StepProfiler
-from distmnist.run import train_and_evaluate
-from distmnist.strategy import make_strategy
+from distmnist.common.config import TrainConfig
+from distmnist.training.profiling import StepProfiler
+from distmnist.runs.run import train_and_evaluate
+from distmnist.training.strategy import make_strategy
 
 from helpers import read_scalars
 

@@ -12,12 +12,12 @@ import time
 
 import pytest
 
-from distmnist import runclaim
+from distmnist.runs import runclaim
 from helpers import REPO
 
 HOLDER = """
 import sys, time
-from distmnist import runclaim
+from distmnist.runs import runclaim
 claim = runclaim.take(sys.argv[1], "r")
 print("claimed", flush=True)
 time.sleep(600)

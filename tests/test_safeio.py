@@ -13,8 +13,11 @@ import zlib
 import numpy as np
 import pytest
 
-from distmnist import data, images, rundir, safeio
-from distmnist.errors import UserError
+from distmnist.data import dataset
+from distmnist.common import safeio
+from distmnist.data import images
+from distmnist.runs import rundir
+from distmnist.common.errors import UserError
 
 
 def npy_declaring(shape, dtype="<u1", payload=b"\0" * 64) -> bytes:
@@ -74,15 +77,15 @@ def test_the_data_dir_readers_refuse_bombs_in_one_line(tmp_path):
     with gzip.open(idx / "train-images-idx3-ubyte.gz", "wb", compresslevel=9) as f:
         for _ in range(safeio.MAX_DATA_BYTES // 2 ** 24 + 1):
             f.write(b"\0" * 2 ** 24)
-    with pytest.raises(data.DataError, match="train-images-idx3-ubyte.gz: unpacks to more than 256 MiB"):
-        data.load(str(idx))
+    with pytest.raises(dataset.DataError, match="train-images-idx3-ubyte.gz: unpacks to more than 256 MiB"):
+        dataset.load(str(idx))
     npz = tmp_path / "npz"
     npz.mkdir()
     with zipfile.ZipFile(npz / "mnist.npz", "w") as archive:
         archive.writestr("x_train.npy", npy_declaring((10 ** 6, 28, 28 * 100)))
-    with pytest.raises(data.DataError, match=r"mnist.npz:x_train.npy: its header declares uint8 \[1000000, 28, "
+    with pytest.raises(dataset.DataError, match=r"mnist.npz:x_train.npy: its header declares uint8 \[1000000, 28, "
                                              r"2800\]"):
-        data.load(str(npz))
+        dataset.load(str(npz))
 
 
 def test_pictures_declaring_more_than_a_digit_needs_are_refused_from_the_header(tmp_path):

@@ -3,7 +3,7 @@
 
 import io
 
-from distmnist.summaries import RunReporter
+from distmnist.runs.summaries import RunReporter
 
 
 class Terminal(io.StringIO):
@@ -32,7 +32,7 @@ def test_a_pipe_gets_plain_lines_only():
 
 
 def test_the_bar_counts_and_says_lines_above_itself():
-    from distmnist.progress import Bar
+    from distmnist.common.progress import Bar
 
     terminal, pipe = Terminal(), io.StringIO()
     for stream in (terminal, pipe):

@@ -11,7 +11,7 @@ import urllib.request
 import pytest
 
 from distmnist import sweep
-from distmnist.errors import UserError
+from distmnist.common.errors import UserError
 from helpers import REPO, run_module, tensorboard_server
 
 

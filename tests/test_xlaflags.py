@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from distmnist import xlaflags
+from distmnist.startup import xlaflags
 
 
 def test_ynnpack_dots_are_added_and_a_users_choice_is_kept():
@@ -19,9 +19,9 @@ def test_ynnpack_dots_are_added_and_a_users_choice_is_kept():
 
 
 COMPILE = """
-from distmnist import tfquiet
+from distmnist.startup import tfquiet
 tf = tfquiet.import_tensorflow()
-from distmnist.model import MLP
+from distmnist.training.model import MLP
 model = MLP()
 tf.function(model, jit_compile=True)(tf.zeros([128, 784]))
 """

@@ -11,10 +11,10 @@ the median block without saves.
 import statistics
 import time
 
-from distmnist.checkpoints import Checkpointer
-from distmnist.data import Mnist
-from distmnist.controller import run_steps
-from distmnist.loop import Trainer, TrainerSettings
+from distmnist.runs.checkpoints import Checkpointer
+from distmnist.data.dataset import Mnist
+from distmnist.training.controller import run_steps
+from distmnist.training.trainer import Trainer, TrainerSettings
 
 GOAL = 0.03  # of the training time, at the default checkpoint_every
 

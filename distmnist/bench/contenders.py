@@ -13,13 +13,13 @@ import warnings
 import numpy as np
 import tensorflow as tf
 
-from distmnist import inputs
+from distmnist.training import inputs
 from distmnist.bench import solo
-from distmnist.data import Mnist
-from distmnist.errors import RunFailed
-from distmnist.controller import run_steps
-from distmnist.loop import Trainer, TrainerSettings
-from distmnist.model import LAYER_SIZES
+from distmnist.data.dataset import Mnist
+from distmnist.common.errors import RunFailed
+from distmnist.training.controller import run_steps
+from distmnist.training.trainer import Trainer, TrainerSettings
+from distmnist.training import LAYER_SIZES
 
 FLOP_PER_EXAMPLE = 2.41e6  # forward 1.07 + backward 1.34 MFLOP for 784-512-256-10
 
@@ -272,7 +272,8 @@ def time_to_accuracy_keras(mnist: Mnist, strategy, target: float, max_epochs: in
     global_batch_size = settings.batch_size * strategy.num_replicas_in_sync
     steps_per_epoch = len(mnist.x_train) // global_batch_size  # as distmnist: the partial batch dropped
     per_execution = max(k for k in range(1, 51) if steps_per_epoch % k == 0)  # must divide an epoch
-    model = compiled_keras(strategy, settings.learning_rate, settings.seed, tuned=True, steps_per_execution=per_execution)
+    model = compiled_keras(strategy, settings.learning_rate, settings.seed, tuned=True,
+                           steps_per_execution=per_execution)
     test_x = mnist.x_test.reshape(-1, LAYER_SIZES[0]).astype(np.float32) / 255.0
     reached = {}
 

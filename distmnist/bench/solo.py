@@ -19,15 +19,16 @@ contender's profiler instead, and the line is {"seconds", "steps", "trace"}: whe
 step breakdown (contenders.step_breakdown, xlaprofile.py).
 """
 
-import argparse
 import json
 import os
 import sys
 import time
 
 import numpy as np
+from absl import flags
 
-LAYER_SIZES = (784, 512, 256, 10)  # as distmnist.model (not imported: it imports TensorFlow)
+from distmnist.startup import cli
+from distmnist.training import LAYER_SIZES  # without TensorFlow, which the JAX contender must not import
 
 
 NOT_INSTALLED = "JAX is not installed (pip install -e '.[bench]' adds it)"
@@ -104,13 +105,13 @@ def distmnist_runner(npz: str, replicas: int, per_replica_batch_size: int, steps
                      seed: int, platform: str = "cpu"):
     """(run, global batch, facts): run() trains `steps` more steps with distmnist's default trainer and returns
     (its seconds, the last loss)."""
-    from distmnist import tfquiet
+    from distmnist.startup import tfquiet
 
     tfquiet.import_tensorflow()
-    from distmnist.controller import run_steps
-    from distmnist.data import Mnist
-    from distmnist.loop import Trainer, TrainerSettings
-    from distmnist.strategy import make_strategy
+    from distmnist.training.controller import run_steps
+    from distmnist.data.dataset import Mnist
+    from distmnist.training.trainer import Trainer, TrainerSettings
+    from distmnist.training.strategy import make_strategy
 
     if platform == "cpu":
         choice = make_strategy(num_gpus=0) if replicas == 1 else make_strategy(cpu_replicas=replicas)
@@ -204,7 +205,7 @@ def environment(contender: str, replicas: int, platform: str = "cpu", kernels: b
     """The environment the contender needs: on CPUs, JAX's host platform split into `replicas` devices; JAX's
     XLA as JAX's users run it, without the options distmnist sets for TensorFlow's (xlaflags.py). With kernels,
     XLA records every kernel it runs for the profiler (xlaprofile.py)."""
-    from distmnist import xlaflags
+    from distmnist.startup import xlaflags
     from distmnist.bench import xlaprofile
 
     env = dict(os.environ)
@@ -220,29 +221,30 @@ def environment(contender: str, replicas: int, platform: str = "cpu", kernels: b
     return env
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="distmnist.bench.solo")
-    parser.add_argument("--contender", choices=("jax", "distmnist"), required=True)
-    parser.add_argument("--npz", required=True)
-    parser.add_argument("--replicas", type=int, default=1)
-    parser.add_argument("--batch_size", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=400)
-    parser.add_argument("--learning_rate", type=float, default=0.1)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--platform", choices=("cpu", "gpu"), default="cpu")
-    parser.add_argument("--serve", type=int, default=0, help="take turns: at most this many timed runs, each on a "
-                        "line 'go' from stdin")
-    parser.add_argument("--profile", default="", help="profile the timed run, its trace written under this folder")
-    args = parser.parse_args(argv)
-    common = (args.contender, args.npz, args.replicas, args.batch_size, args.steps, args.learning_rate, args.seed,
-              args.platform)
-    if args.serve:
-        serve(*common, turns=args.serve)
-    elif args.profile:
-        print(json.dumps(profile(*common, logdir=args.profile)), flush=True)
+def define_flags() -> None:
+    flags.DEFINE_enum("contender", None, ["jax", "distmnist"], "Which loop to time.")
+    flags.DEFINE_string("npz", None, "MNIST's arrays (the bench writes them once for both contenders).")
+    flags.DEFINE_integer("replicas", 1, "Devices to train on.")
+    flags.DEFINE_integer("batch_size", 128, "Per-replica batch size.")
+    flags.DEFINE_integer("steps", 400, "Steps of each timed run.")
+    flags.DEFINE_float("learning_rate", 0.1, "Plain SGD learning rate.")
+    flags.DEFINE_integer("seed", 0, "Initialisation and shuffling.")
+    flags.DEFINE_enum("platform", "cpu", ["cpu", "gpu"], "The devices' kind.")
+    flags.DEFINE_integer("serve", 0, "Take turns: at most this many timed runs, each on a line 'go' from stdin.")
+    flags.DEFINE_string("profile", "", "Profile the timed run, its trace written under this folder.")
+    flags.mark_flags_as_required(["contender", "npz"])
+
+
+def main() -> None:
+    f = flags.FLAGS
+    common = (f.contender, f.npz, f.replicas, f.batch_size, f.steps, f.learning_rate, f.seed, f.platform)
+    if f.serve:
+        serve(*common, turns=f.serve)
+    elif f.profile:
+        print(json.dumps(profile(*common, logdir=f.profile)), flush=True)
     else:
         print(json.dumps(measure(*common)), flush=True)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run(main, prog="distmnist.bench.solo", define_flags=define_flags)

@@ -1,0 +1,303 @@
+"""One training run from a config, in three steps: set up (run directory, data, strategy, trainer, resume),
+train (the controller, signals, a cluster's failures), and write the artifacts (SavedModel, pictures, run.json)
+in <logdir>/<run_name>/."""
+
+import dataclasses
+import os
+import time
+from typing import Optional
+
+import tensorflow as tf
+
+import distmnist
+from distmnist.runs import calibration as calibration_lib
+from distmnist.data import dataset
+from distmnist.common import files
+from distmnist.runs import experiment, export, rundir, summaries
+from distmnist.runs.checkpoints import Checkpointer
+from distmnist.training.cluster import Cluster, parse_tf_config
+from distmnist.common.config import TrainConfig, default_run_name
+from distmnist.training.controller import Controller, Schedule
+from distmnist.data.dataset import Mnist
+from distmnist.common.errors import ClusterFailed, Stopped, TrainingDiverged
+from distmnist.training.trainer import Trainer, TrainerSettings, steps_per_epoch
+from distmnist.runs.pictures import Painter
+from distmnist.runs.signals import StopOnSignal
+from distmnist.training.strategy import StrategyChoice, make_strategy, set_host_threads
+from distmnist.runs.summaries import RunReporter
+
+CALIBRATION_STRIDE = 6
+
+
+@dataclasses.dataclass
+class Run:
+    """What set_up makes and the later steps use."""
+
+    config: TrainConfig
+    mnist: Mnist
+    choice: StrategyChoice
+    trainer: Trainer
+    checkpointer: Checkpointer
+    cluster: Optional[Cluster]
+    run_dir: Optional[str]  # None on a cluster's workers other than the chief
+    history: Optional[dict]  # what a resumed run logged before its checkpoint
+    total_steps: int
+    started: float
+    timings: dict  # seconds per part of the run, filled as it goes
+
+    @property
+    def is_chief(self) -> bool:
+        return self.cluster is None or self.cluster.is_chief
+
+    @property
+    def events_dir(self) -> Optional[str]:
+        return events_dir(self.config, self.run_dir)
+
+
+def events_dir(config: TrainConfig, run_dir: Optional[str]) -> Optional[str]:
+    """Where a run's TensorBoard events go: --events_dir, else the run directory (None: not written here)."""
+    return (config.events_dir or run_dir) if run_dir else None
+
+
+def trainer_settings(config: TrainConfig, epochs: int) -> TrainerSettings:
+    """What the trainer needs of the config; epochs: the epochs the run begins."""
+    return TrainerSettings(batch_size=config.batch_size, learning_rate=config.learning_rate, seed=config.seed,
+                           steps_per_loop=config.steps_per_loop, shuffle_buffer=config.shuffle_buffer,
+                           input=config.input, jit_compile=config.jit_compile, epochs=epochs)
+
+
+def schedule(config: TrainConfig, total_steps: int, run_dir: Optional[str]) -> Schedule:
+    """The controller's schedule from the config (the profile only where there is a run directory)."""
+    return Schedule(total_steps=total_steps, eval_every=config.eval_every, log_every=config.log_every,
+                    checkpoint_every=config.checkpoint_every, steps_per_call=config.steps_per_loop,
+                    profile_steps=config.profile_range() if run_dir else None)
+
+
+def describe_setup(choice: StrategyChoice, trainer: Trainer, config: TrainConfig, total_steps: int) -> str:
+    return "\n".join([
+        f"strategy:             {choice.name}",
+        f"devices:              {', '.join(choice.devices)}",
+        f"replicas:             {trainer.num_replicas}",
+        f"per-replica batch:    {trainer.per_replica_batch_size}",
+        f"global batch:         {trainer.global_batch_size}",
+        f"steps per epoch:      {trainer.steps_per_epoch} (total {total_steps})",
+        f"input:                {config.input}, {config.steps_per_loop} steps per call, "
+        f"XLA {'on' if config.resolved_jit_compile() else 'off'}",
+    ])
+
+
+def set_up(config: TrainConfig, choice: Optional[StrategyChoice] = None, mnist: Optional[Mnist] = None) -> Run:
+    """Plans the run directory before any expensive work (bad input fails fast), then loads the data, picks the
+    strategy, builds the trainer and, for a resumed run, restores the latest checkpoint."""
+    started = time.perf_counter()
+    timings = {}
+    config = dataclasses.replace(config, run_name=config.run_name or default_run_name())
+    flags = dataclasses.asdict(config)
+    cluster = parse_tf_config(os.environ.get("TF_CONFIG")) if config.strategy in ("auto", "multi_worker") else None
+    is_chief = cluster is None or cluster.is_chief
+    plan = rundir.plan(config.logdir, config.run_name, flags) if is_chief else None
+    mnist = mnist or dataset.load(config.data_dir)
+    timings["data_s"] = time.perf_counter() - started
+    set_host_threads(config.intra_op_threads, config.inter_op_threads)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    choice = choice or make_strategy(config.num_gpus, config.cpu_replicas, config.strategy, cluster,
+                                     config.collective_timeout_s, config.cluster_start_timeout_s,
+                                     config.gpu_memory_growth)
+    per_epoch = steps_per_epoch(len(mnist.x_train), config.batch_size, choice.strategy.num_replicas_in_sync)
+    total_steps = config.max_steps or config.epochs * per_epoch
+    trainer = Trainer(trainer_settings(config, epochs=-(-total_steps // per_epoch)), choice.strategy, mnist)
+    run_dir = rundir.open_dir(config.logdir, config.run_name, flags, plan) if is_chief else None
+    if is_chief and config.events_dir:
+        rundir.open_events_dir(config.events_dir, plan)
+    checkpointer = Checkpointer(trainer, run_dir, config.keep_checkpoints)
+    history, step = None, 0
+    if plan == "resume":
+        step = checkpointer.restore_latest()
+        history = checkpointer.history(step)
+        rundir.drop_events_after(events_dir(config, run_dir), step)
+    if cluster is not None:
+        step = trainer.adopt_replica_0(step)  # only the chief has the run directory: the others take its state
+    if step:
+        trainer.resume_at(step)
+        print(f"resuming from step {step}, the latest checkpoint in "
+              f"{checkpointer.directory if is_chief else 'the chief'}", flush=True)
+    print(describe_setup(choice, trainer, config, total_steps), flush=True)
+    timings["setup_s"] = time.perf_counter() - started - timings["data_s"]
+    return Run(config, mnist, choice, trainer, checkpointer, cluster, run_dir, history, total_steps, started, timings)
+
+
+def train(run: Run) -> tuple:
+    """Trains to the end, or to a stop request (errors.Stopped); returns (timings, the reporter's history). In a
+    cluster a collective that fails or times out means a peer is gone (errors.ClusterFailed)."""
+    trainer, checkpointer, cluster = run.trainer, run.checkpointer, run.cluster
+    config = run.config
+    description = (config.run_name, experiment.values(config, trainer.num_replicas), experiment.config_table(config))
+    reporter = RunReporter(run.events_dir, run.total_steps, config.learning_rate, verbose=run.is_chief,
+                           history=run.history, test_set=(run.mnist.x_test, run.mnist.y_test), description=description)
+    try:
+        with StopOnSignal() as stop:
+            # In a cluster every worker must stop at the same step: they agree on it, one collective per call.
+            should_stop = (lambda: trainer.any_replica(stop.requested)) if cluster else (lambda: stop.requested)
+            controller = Controller(trainer, schedule(config, run.total_steps, run.run_dir), reporter,
+                                    lambda step: checkpointer.save(step, reporter.history()), should_stop,
+                                    profile_dir=run.run_dir)
+            timing = controller.run()
+    except TrainingDiverged as exc:
+        kept = checkpointer.latest_step
+        saved = f"the checkpoint of step {kept} stays the latest" if kept is not None else "no checkpoint written"
+        raise TrainingDiverged(exc.step, exc.replica, exc.loss, saved + ", nothing exported") from None
+    except tf.errors.OpError as exc:
+        if cluster is None:
+            raise
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise ClusterFailed(f"{cluster.name} lost contact with the cluster at step {trainer.step} (peers: "
+                            f"{', '.join(cluster.peers())}): {type(exc).__name__}: {detail}") from None
+    finally:
+        reporter.close()
+        checkpointer.close()
+    if controller.stopped:
+        cause = f"by {stop.name}" if stop.requested else "because another worker was stopped"
+        where = f"with a checkpoint in {checkpointer.directory}" if run.is_chief else "(the chief holds the checkpoint)"
+        raise Stopped(f"stopped {cause} at step {trainer.step} of {run.total_steps} {where}; run the same "
+                      f"command with --run_name={run.config.run_name} to resume",
+                      stop.exit_status if stop.requested else 143)
+    return timing, reporter.history()
+
+
+def _calibrate(classifier: export.Classifier, mnist: Mnist) -> dict:
+    """Temperature scaling fitted on training images (every sixth, 10,000 of MNIST's 60,000), never the test set,
+    which stays for scoring; the fitted temperature goes into the SavedModel."""
+    images, labels = mnist.x_train[::CALIBRATION_STRIDE], mnist.y_train[::CALIBRATION_STRIDE]
+    temperature = classifier.fit_temperature(images, labels)
+    return {"method": "temperature scaling", "temperature": temperature,
+            "fitted_on": f"{len(labels)} training images (every {CALIBRATION_STRIDE}th)",
+            "ece_bins": calibration_lib.ECE_BINS}
+
+
+def write_artifacts(run: Run, timing: dict, history: dict, painter: Painter) -> dict:
+    """The chief's SavedModel (calibrated), pictures (drawn by `painter` meanwhile), end-of-run events and run.json;
+    returns what run.json holds."""
+    calibration, saved_model, written = _export(run, history, painter)
+    _record_timings(run, timing)
+    summary = _summary(run, timing, history, calibration)
+    run_json = os.path.join(run.run_dir, "run.json")
+    files.write_json(run_json, summary)
+    _report(run, summary, [saved_model, *([run.config.export_dir] if run.config.export_dir else []), *written,
+                           run_json])
+    return summary
+
+
+def _export(run: Run, history: dict, painter: Painter) -> tuple:
+    """Calibrates and exports the SavedModel (and to --export_dir) while the painter draws the run's pictures,
+    then writes the end-of-run events; returns (calibration, the SavedModel's path, the pictures written)."""
+    trainer, mnist, run_dir = run.trainer, run.mnist, run.run_dir
+    saved_model = os.path.join(run_dir, "saved_model")
+    start = time.perf_counter()
+    painter.submit("plot_run", run_dir, history["loss"], history["accuracy"])  # drawn while this calibrates
+    classifier = export.Classifier(trainer.weights())
+    calibration = _calibrate(classifier, mnist)
+    test = classifier.serve(tf.constant(mnist.x_test))  # what users will get
+    probabilities = test["probabilities"].numpy()
+    calibration["test"] = calibration_lib.report(test["outputs"].numpy(), mnist.y_test, calibration["temperature"])
+    written = painter.result()
+    painter.submit("draw_test_pictures", run_dir, mnist.x_test, mnist.y_test, probabilities,
+                   calibration["test"]["ece_before"])  # drawn while this exports
+    export.save(classifier, saved_model)
+    if run.config.export_dir:
+        export.save(classifier, run.config.export_dir)
+    run.timings["export_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    test_written, png = painter.result()
+    written += test_written
+    summaries.write_end_of_run(run.events_dir, trainer.step, png,
+                               "reliability diagram of the exported probabilities on the test set",
+                               experiment.final_scalars(time.perf_counter() - run.started,
+                                                        calibration["test"]["ece_after"]))
+    run.timings["pictures_s"] = time.perf_counter() - start  # what drawing adds: it overlaps the export
+    return calibration, saved_model, written
+
+
+def _record_timings(run: Run, timing: dict) -> None:
+    """The training loop's parts and the whole, into run.timings."""
+    first_call_s = timing["first_call_s"] or 0.0  # none when a finished run is resumed: nothing left to train
+    run.timings.update(first_call_s=first_call_s, steps_s=timing["train_time_s"] - first_call_s,
+                       evaluations_s=timing["evaluations_s"], checkpoints_s=run.checkpointer.seconds,
+                       profile_s=timing["profile_s"])
+    # From the first distmnist import when the entry point timed its imports; from set_up's start otherwise.
+    run.timings["total_s"] = time.perf_counter() - (run.started if run.timings["imports_s"] is None
+                                                    else distmnist.STARTED)
+
+
+def _summary(run: Run, timing: dict, history: dict, calibration: dict) -> dict:
+    """What run.json holds."""
+    trainer = run.trainer
+    return {
+        "final_test_accuracy": history["accuracy"][-1][1],
+        "global_step": trainer.step,
+        "epochs": trainer.epochs,
+        "steps_per_epoch": trainer.steps_per_epoch,
+        "strategy": run.choice.name,
+        "num_replicas": trainer.num_replicas,
+        "devices": list(run.choice.devices),
+        "per_replica_batch_size": trainer.per_replica_batch_size,
+        "global_batch_size": trainer.global_batch_size,
+        "examples_per_sec": timing["examples_per_sec"],
+        "train_time_s": timing["train_time_s"],
+        "calibration": calibration,
+        "timings": run.timings,
+        "wall_time_s": time.perf_counter() - run.started,
+        "tf_version": tf.__version__,
+        "seed": run.config.seed,
+        "data_source": run.mnist.source,
+        "run_dir": run.run_dir,
+        "flags": dataclasses.asdict(run.config),
+        "history": history,
+    }
+
+
+def _report(run: Run, summary: dict, written: list) -> None:
+    """The run's last lines on the console: the accuracy, everything written, where the time went."""
+    eps = summary["examples_per_sec"]
+    print(f"final test accuracy {summary['final_test_accuracy']:.4f} after {summary['global_step']} steps "
+          f"({summary['epochs']:.2f} epochs) in {summary['wall_time_s']:.1f} s"
+          + (f", {eps:,.0f} examples/s" if eps else ""))
+    print("wrote:\n  " + "\n  ".join([run.events_dir + " (TensorBoard events)", run.checkpointer.directory,
+                                        *written]))
+    print(time_line(run.timings))
+
+
+TIMING_NAMES = {"imports_s": "imports", "data_s": "data", "setup_s": "set-up", "first_call_s": "first call",
+                "steps_s": "training steps", "evaluations_s": "evaluations", "checkpoints_s": "checkpoints",
+                "profile_s": "profiler", "export_s": "export", "pictures_s": "pictures"}
+
+
+def time_line(timings: dict) -> str:
+    """The run's last console line: the total and its three largest parts."""
+    parts = sorted(((v, k) for k, v in timings.items() if k in TIMING_NAMES and v is not None), reverse=True)[:3]
+    return f"time: {timings['total_s']:.1f} s in all; " + ", ".join(f"{TIMING_NAMES[k]} {v:.1f} s" for v, k in parts)
+
+
+def train_and_evaluate(config: TrainConfig, choice: Optional[StrategyChoice] = None,
+                       mnist: Optional[Mnist] = None, imports_s: Optional[float] = None,
+                       painter: Optional[Painter] = None) -> dict:
+    """Trains, evaluates and exports; returns what run.json holds. `choice` and `mnist` override for tests;
+    imports_s is how long the entry point took to import TensorFlow (for run.json's timings); painter draws the
+    pictures (the entry point's helper process; by default they are drawn here, at the end).
+
+    The same command with the same --run_name resumes from the run's latest checkpoint. In a multi-worker
+    cluster every worker trains, and only the chief writes the run directory (and holds the checkpoints).
+    SIGTERM or SIGINT stops the run at the next call boundary with a checkpoint (errors.Stopped).
+    """
+    painter = painter or Painter(inline=True)
+    try:
+        run = set_up(config, choice, mnist)
+        run.timings["imports_s"] = imports_s
+        timing, history = train(run)
+        if not run.is_chief:
+            print(f"{run.cluster.name}: done after {run.trainer.step} steps; the chief writes the run directory",
+                  flush=True)
+            return {"global_step": run.trainer.step, "num_replicas": run.trainer.num_replicas}
+        return write_artifacts(run, timing, history, painter)
+    finally:
+        painter.close()

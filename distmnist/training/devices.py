@@ -1,0 +1,119 @@
+"""Which devices a process trains on, decided from the devices it can use, and how it takes the GPUs' memory.
+
+Every choice (the strategy, `--num_gpus`, the warnings, the doctor's verdict) is made from the GPUs TensorFlow
+lets this process use: its *visible* GPUs, not the physical list. A process that hid its GPUs
+(`tf.config.set_visible_devices([], "GPU")`, as the tests do) or was given fewer by CUDA_VISIBLE_DEVICES trains
+on what is left; the physical list still names the hidden ones. `plan` is that decision, a pure function of
+the lists; `make_strategy` (strategy.py) builds what it says.
+
+TensorFlow maps nearly all memory of every visible GPU when it first uses one, so several processes on one host
+(a local cluster, a notebook beside a run) would fight over it: this process sees only the GPUs it trains on
+(`--num_gpus=k`: the first k) and grows its memory as it needs it. TF_FORCE_GPU_ALLOW_GROWTH, when a user sets
+it, overrides the flag, as it does in TensorFlow itself.
+"""
+
+import dataclasses
+import os
+import shutil
+import subprocess
+from typing import Optional, Sequence
+
+from distmnist.common.errors import UserError
+
+DOCTOR_HINT = "python -m distmnist.doctor says why"
+# Where the NVIDIA kernel driver says it is loaded; DISTMNIST_NVIDIA_PROC points elsewhere (the tests, to be a
+# machine without a driver on one that has it).
+NVIDIA_PROC = "/proc/driver/nvidia/version"
+
+
+def nvidia_driver_present() -> bool:
+    """Whether this machine has an NVIDIA driver (so TensorFlow ought to see GPUs), without asking TensorFlow."""
+    return os.path.exists(os.environ.get("DISTMNIST_NVIDIA_PROC", NVIDIA_PROC)) or \
+        shutil.which("nvidia-smi") is not None
+
+
+def nvidia_smi(*query: str) -> list:
+    """Rows of `nvidia-smi --query-gpu=... --format=csv,noheader,nounits`, or [] without nvidia-smi."""
+    if not shutil.which("nvidia-smi"):
+        return []
+    try:
+        out = subprocess.run(["nvidia-smi", f"--query-gpu={','.join(query)}", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    if out.returncode != 0:
+        return []
+    return [[field.strip() for field in line.split(",")] for line in out.stdout.splitlines() if line.strip()]
+
+
+def driver_gpus() -> list:
+    """(index, name, total memory MiB, driver version) of each GPU the NVIDIA driver lists."""
+    return [tuple(row) for row in nvidia_smi("index", "name", "memory.total", "driver_version") if len(row) == 4]
+
+
+@dataclasses.dataclass(frozen=True)
+class DevicePlan:
+    """What a process trains on: `kind` is multi_worker, logical_cpus, mirrored or one_device; `gpus` how many of
+    its visible GPUs it uses (the first ones); `warnings` lines for the log."""
+
+    kind: str
+    gpus: int
+    cpu_replicas: int = 0
+    warnings: tuple = ()
+
+
+def plan(visible_gpus: Sequence, physical_gpus: Sequence, num_gpus: Optional[int] = None, cpu_replicas: int = 0,
+         kind: str = "auto", in_cluster: bool = False, driver_present: bool = False) -> DevicePlan:
+    """The devices of a run, from plain lists: `visible_gpus` those TensorFlow lets this process use,
+    `physical_gpus` those it registered (hidden ones included). kind "auto": a cluster means multi_worker;
+    otherwise two or more GPUs give a mirrored strategy over exactly that many, one GPU or none one device.
+    num_gpus None means every visible GPU; more than are visible uses what there is, with a warning.
+    cpu_replicas >= 2 gives that many logical CPUs and leaves every GPU alone."""
+    if num_gpus is not None and num_gpus < 0:
+        raise UserError(f"--num_gpus must be >= 0, got {num_gpus}")
+    if cpu_replicas < 0:
+        raise UserError(f"--cpu_replicas must be >= 0, got {cpu_replicas}")
+    if kind == "auto":
+        kind = "multi_worker" if in_cluster else "single_host"
+    if kind == "multi_worker":
+        if not in_cluster:
+            raise UserError("--strategy=multi_worker needs TF_CONFIG naming the cluster (see launch/local_cluster.sh)")
+        if cpu_replicas:
+            raise UserError("--cpu_replicas cannot be combined with a multi-worker cluster: each worker trains on "
+                            "its GPUs or its CPU")
+    elif cpu_replicas >= 2:
+        return DevicePlan("logical_cpus", 0, cpu_replicas)
+    visible, hidden = len(visible_gpus), len(physical_gpus) - len(visible_gpus)
+    use = visible if num_gpus is None else min(num_gpus, visible)
+    warnings = []
+    if num_gpus is not None and num_gpus > visible:
+        unseen = f", {hidden} more hidden from this process" if hidden > 0 else ""
+        warnings.append(f"--num_gpus={num_gpus} requested but {visible} GPU(s) visible{unseen}: using {visible} "
+                        f"({DOCTOR_HINT})")
+    elif not physical_gpus and num_gpus != 0 and driver_present:
+        warnings.append(f"this machine has an NVIDIA driver but TensorFlow registered no GPU: training on the CPU "
+                        f"({DOCTOR_HINT})")
+    if kind != "multi_worker":
+        kind = "mirrored" if kind == "mirrored" or (kind != "one_device" and use >= 2) else "one_device"
+    return DevicePlan(kind, use, 0, tuple(warnings))
+
+
+def configure_gpus(count: int, memory_growth: bool = True) -> list:
+    """Makes only the first `count` of this process's visible GPUs visible, with memory growth as asked; returns
+    their names ("/gpu:0", ...). Once TensorFlow has initialised its GPUs nothing can change: that is said, not
+    raised."""
+    import tensorflow as tf
+    from absl import logging
+
+    visible = tf.config.get_visible_devices("GPU")
+    wanted = visible[:count]
+    try:
+        if len(wanted) < len(visible):
+            tf.config.set_visible_devices(wanted, "GPU")
+        if "TF_FORCE_GPU_ALLOW_GROWTH" not in os.environ:
+            for gpu in wanted:
+                tf.config.experimental.set_memory_growth(gpu, memory_growth)
+    except RuntimeError:
+        logging.warning("TensorFlow has initialised its GPUs already: --num_gpus visibility and memory growth "
+                        "are as they were")
+    return [f"/gpu:{i}" for i in range(len(wanted))]

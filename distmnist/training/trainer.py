@@ -1,0 +1,309 @@
+"""The trainer: the model under a strategy, the compiled multi-step call, evaluation, and the collectives a
+cluster needs. The same code for 1 or N replicas and for either input path (inputs.DeviceInput or
+inputs.TfdataInput); when to evaluate, checkpoint and stop is the controller's business (controller.py).
+
+One tf.function call runs `steps_per_loop` training steps on the device (a loop around strategy.run) and hands
+back every step's loss at the end, so the host syncs once per call, not per step. With the device-resident input
+the trip count is a constant of the trace (a call of fewer steps masks the rest), and a call runs across epoch
+ends. Nothing in the loop is read back by the host, and nothing in a step checks for NaN or inf: a weight once
+non-finite stays so, so the call ends by checking the weights once, and the host checks the losses. When either
+is not finite, the weights go back to where the call started (a copy kept on the device) and the same steps run
+again in the checked call, where a step whose loss or gradient is not finite, and every step after it, leave the
+weights as they were: the call returns the first such step and its replicas. tf.data cannot replay a call's
+batches, so over tf.data every call is the checked one.
+
+With jit_compile, XLA compiles the whole multi-step call when there is one replica and the input allows it;
+otherwise each replica's step is two XLA launches, its batch and gradients, then its SGD update, with the
+all-reduce between them outside XLA; docs/performance.md has what each is worth.
+"""
+
+import dataclasses
+import functools
+from typing import Callable, Optional
+
+import numpy as np
+import tensorflow as tf
+
+from distmnist.training import inputs, step
+from distmnist.data.dataset import Mnist
+from distmnist.common.errors import TrainingDiverged, UserError
+from distmnist.training.model import MLP, images_to_features
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainerSettings:
+    """What the trainer needs of a run's settings (run.py makes it from the TrainConfig, whose defaults these are)."""
+
+    batch_size: int = 128  # per replica
+    learning_rate: float = 1.5
+    seed: int = 42
+    steps_per_loop: int = 50  # the most steps one compiled call runs (a constant of its trace)
+    shuffle_buffer: int = 10000
+    input: str = "device"  # inputs.DeviceInput or "tfdata": inputs.TfdataInput
+    jit_compile: Optional[bool] = None  # None: on for the device input (XLA cannot hold a tf.data iterator)
+    epochs: Optional[int] = None  # the epochs the run begins: the device input draws no more orders (None: unbounded)
+
+
+def steps_per_epoch(num_train: int, batch_size: int, num_replicas: int) -> int:
+    """Full global batches in an epoch; UserError when the global batch is larger than the training set."""
+    global_batch_size = batch_size * num_replicas
+    if num_train < global_batch_size:
+        raise UserError(f"the global batch ({batch_size} x {num_replicas} replicas = {global_batch_size}) is larger "
+                        f"than the {num_train} training images; lower --batch_size")
+    return num_train // global_batch_size
+
+
+class Trainer:
+    """Model and compiled calls for one strategy and one data set: train(n), evaluate() and the collectives."""
+
+    def __init__(self, settings: TrainerSettings, strategy: tf.distribute.Strategy, mnist: Mnist,
+                 loss_fn: Callable = step.mse_loss):
+        """Raises UserError when the global batch is larger than the training set."""
+        config = self.settings = settings
+        self.strategy = strategy
+        self.loss_fn = loss_fn
+        self.num_replicas = strategy.num_replicas_in_sync
+        self.per_replica_batch_size = config.batch_size
+        self.global_batch_size = config.batch_size * self.num_replicas
+        self.num_train = len(mnist.x_train)
+        self.num_test = len(mnist.x_test)
+        self.steps_per_epoch = steps_per_epoch(self.num_train, config.batch_size, self.num_replicas)
+        self.steps_per_loop = config.steps_per_loop
+        self.step = 0
+        self.trace_count = 0  # Python traces of the training function: stays 1 for a whole run
+
+        with strategy.scope():
+            self.model = MLP(seed=config.seed)
+            # The weights where the current call started, to run it again with checks (not in any checkpoint).
+            self._call_start = [tf.Variable(tf.zeros(v.shape), trainable=False, name=f"call_start_{i}")
+                                for i, v in enumerate(self.model.weights)]
+        self._learning_rate = tf.constant(config.learning_rate, tf.float32)
+        self._test = self._shard_eval_set(mnist.x_test, mnist.y_test)  # (features, labels), made once
+        replica_ids = strategy.experimental_local_results(inputs.on_each_replica(strategy, lambda r, n: np.int32(r)))
+        self._local_test_rows = [slice(*inputs.shard_bounds(self.num_test, int(r), self.num_replicas))
+                                 for r in replica_ids]  # the test rows each of this worker's replicas holds
+        if config.input == "device":
+            self.input = inputs.DeviceInput(strategy, mnist.x_train, mnist.y_train, self.steps_per_epoch,
+                                            self.per_replica_batch_size, config.steps_per_loop,
+                                            config.shuffle_buffer, config.seed, epochs=config.epochs)
+        else:
+            self.input = inputs.TfdataInput(strategy, mnist.x_train, mnist.y_train, self.global_batch_size,
+                                            config.shuffle_buffer, config.seed)
+        jit = config.input == "device" if config.jit_compile is None else config.jit_compile
+        whole_call_jit = jit and self.num_replicas == 1 and self.input.xla_whole_call
+        self.compiled_whole_call = whole_call_jit  # XLA takes the whole call, its loop included
+        # No Python control flow on tensors in any of these: AutoGraph's conversion would only add to their tracing
+        # (docs/performance.md, "No AutoGraph where nothing needs it").
+        per_replica_jit = functools.partial(tf.function, jit_compile=True, autograph=False) \
+            if jit and not whole_call_jit else (lambda fn: fn)
+        self._gradients = per_replica_jit(self._batch_gradients)
+        self._checked_gradients = per_replica_jit(self._checked_batch_gradients)
+        self._sgd_all = per_replica_jit(step.sgd_all)
+        self.checks_each_step = not self.input.replayable  # every call checked: it cannot be run again
+        call = functools.partial(tf.function, jit_compile=whole_call_jit or None, autograph=False)
+        self._call = call(functools.partial(self._call_fn, False))  # what a run uses
+        self._checked_call = call(functools.partial(self._call_fn, True))  # traced when a call must be checked
+        self._evaluate = tf.function(self._evaluate_fn, autograph=False)
+        self._any_replica = tf.function(self._any_replica_fn, autograph=False)  # traced only in a cluster
+        self._from_replica_0 = tf.function(self._from_replica_0_fn, autograph=False)
+
+    @property
+    def epochs(self) -> float:
+        return self.step / self.steps_per_epoch
+
+    # --- replica functions -------------------------------------------------------------------------------
+
+    def _replica_train_step(self, checked, active, *batch_args):
+        """One SGD step on this replica's batch, applied where `active` (and, when checked, where every replica's
+        loss and gradient are finite); returns the global batch's loss and, when checked, per replica, 1 where its
+        loss or gradient was not finite (otherwise an empty vector)."""
+        weights = [tf.convert_to_tensor(v) for v in self.model.weights]
+        ctx = tf.distribute.get_replica_context()
+        if checked:
+            grads, loss, finite = self._checked_gradients(weights, *batch_args)
+            bad = tf.one_hot(ctx.replica_id_in_sync_group, self.num_replicas) * (1.0 - tf.cast(finite, tf.float32))
+        else:
+            grads, loss = self._gradients(weights, *batch_args)
+            bad = tf.zeros([0])
+        # One all-reduce for the gradients and, in one small vector, the loss and the non-finite marks: each
+        # tensor is a collective of its own between workers, so the marks must not add one.
+        *grads, stats = ctx.all_reduce(tf.distribute.ReduceOp.SUM, list(grads) + [tf.concat([[loss], bad], 0)])
+        apply = tf.logical_and(active, tf.reduce_max(stats[1:]) == 0.0) if checked else active
+        sgd = functools.partial(self._sgd_all, learning_rate=self._learning_rate, apply=apply)
+        ctx.merge_call(functools.partial(self._update_copies, update=sgd), args=(grads,))
+        return stats[0], stats[1:]
+
+    def _batch_gradients(self, weights, *batch_args):
+        """This replica's batch (the device-resident input's gather) and its gradients: one XLA launch a replica
+        when XLA cannot take the whole call."""
+        features, targets = self.input.batch(*batch_args)
+        return step.gradients(weights, features, targets, self.global_batch_size, self.loss_fn)
+
+    def _checked_batch_gradients(self, weights, *batch_args):
+        """_batch_gradients and whether the loss and every gradient are finite."""
+        grads, loss = self._batch_gradients(weights, *batch_args)
+        return grads, loss, step.all_finite(loss, grads)
+
+    def _update_copies(self, strategy, values, update):
+        """The merge_call target: update(variables, values) on every replica's copy of the weights with that
+        replica's values, all the weights in one call: SGD (one XLA launch a replica under per-replica XLA), or
+        taking replica 0's. Bind `update` beforehand: merge_call would treat its arguments as per-replica data."""
+        self._on_each_copy(self.model.weights, values, update)
+
+    def _on_each_copy(self, targets, values, update) -> None:
+        """update(variables, values) with each replica's copies of the target variables and its values, on its own
+        device (as strategy.extended.update places one variable's update); cross-replica context."""
+        local = self.strategy.experimental_local_results
+        copies = zip(*(local(v) for v in targets))
+        replica_values = zip(*(local(x) for x in values))
+        for variables, replica_value in zip(copies, replica_values):
+            with tf.device(variables[0].device):
+                update(list(variables), list(replica_value))
+
+    def _replica_evaluate(self, features, labels):
+        """(correct answers as float32, predicted classes): GPUs do not all-reduce int32 (TensorFlow's
+        collective executor refuses it), and float32 counts exactly up to 2**24."""
+        predicted = tf.argmax(self.model(features), axis=-1, output_type=tf.int32)
+        correct = tf.cast(tf.equal(predicted, tf.cast(labels, tf.int32)), tf.float32)
+        return tf.reduce_sum(correct), predicted
+
+    # --- compiled functions (cross-replica context) --------------------------------------------------------
+
+    def _call_fn(self, checked, num_steps, *call_args):
+        """Runs num_steps (<= steps_per_loop) steps on the device, collecting each step's loss (from replica 0).
+        Unchecked, it first keeps the weights where it starts, and returns (losses [steps_per_loop], whether the
+        weights it ends with are finite). Checked, it returns (losses, the first step whose loss or gradient was
+        not finite or -1, and that step's non-finite marks per replica).
+
+        The loop runs steps_per_loop iterations, a constant of the trace, when the input can mask a step (the
+        device-resident one: XLA then knows the trip count, and no GPU copies a loop condition to the host);
+        over tf.data it runs num_steps, as a masked step would still take a batch. A step past num_steps changes
+        nothing, nor, in the checked call, one at or after a non-finite one.
+        """
+        if checked == self.checks_each_step:
+            self.trace_count += 1  # the call a run makes
+        size = self.steps_per_loop
+        trip = size if self.input.static_trip_count else num_steps
+        local = self.strategy.experimental_local_results
+        if not checked:
+            self._on_each_copy(self._call_start, self.model.weights, step.assign_all)
+
+        def body(i, losses, first_bad, bad_marks):
+            active = tf.logical_and(i < num_steps, first_bad < 0) if checked else i < num_steps
+            outputs = self.strategy.run(self._replica_train_step,
+                                        args=(checked, active, *self.input.step_args(call_args, i)))
+            loss, bad = (local(v)[0] for v in outputs)
+            if not checked:
+                return i + 1, losses.write(i, loss), first_bad, bad_marks
+            newly_bad = tf.logical_and(active, tf.reduce_max(bad) > 0.0)
+            return (i + 1, losses.write(i, loss), tf.where(newly_bad, i, first_bad),
+                    tf.where(newly_bad, bad, bad_marks))
+
+        # A plain counter against a limit, the loop's only condition: XLA finds the trip count in it.
+        start = (tf.constant(0), tf.TensorArray(tf.float32, size=size), tf.constant(-1), tf.zeros([self.num_replicas]))
+        _, losses, first_bad, bad_marks = tf.while_loop(lambda i, *_: i < trip, body, start)
+        if checked:
+            return losses.stack(), first_bad, bad_marks
+        first_copies = [local(v)[0] for v in self.model.weights]
+        with tf.device(first_copies[0].device):
+            return losses.stack(), step.finite_weights(first_copies)
+
+    def _evaluate_fn(self, features, labels):
+        correct, predicted = self.strategy.run(self._replica_evaluate, args=(features, labels))
+        total = self.strategy.reduce(tf.distribute.ReduceOp.SUM, correct, axis=None)
+        return total, self.strategy.experimental_local_results(predicted)
+
+    def _any_replica_fn(self, flag):
+        summed = self.strategy.run(  # tf.identity puts the host's flag on the replica's device
+            lambda f: tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, tf.identity(f)),
+            args=(flag,))
+        return self.strategy.experimental_local_results(summed)[0]
+
+    def _from_replica_0_fn(self, at_step):
+        """Every replica takes replica 0's weights and step: a sum in which every other replica adds zeros (the
+        step in float64, exact far beyond any run's length; GPUs do not all-reduce integers)."""
+        def replica(at_step):
+            ctx = tf.distribute.get_replica_context()
+            keep = tf.cast(tf.equal(ctx.replica_id_in_sync_group, 0), tf.float32)
+            weights = ctx.all_reduce(tf.distribute.ReduceOp.SUM, [tf.convert_to_tensor(v) * keep
+                                                                  for v in self.model.weights])
+            at_step = ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.identity(at_step) * tf.cast(keep, tf.float64))
+            ctx.merge_call(functools.partial(self._update_copies, update=step.assign_all), args=(weights,))
+            return at_step
+        return self.strategy.experimental_local_results(self.strategy.run(replica, args=(at_step,)))[0]
+
+    # --- host side -------------------------------------------------------------------------------------------
+
+    def any_replica(self, flag: bool) -> bool:
+        """Whether flag is true on any worker. A collective: every worker calls it at the same point."""
+        return float(self._any_replica(tf.constant(float(flag)))) > 0
+
+    def adopt_replica_0(self, step: int) -> int:
+        """Gives every worker the chief's weights and step (a resumed multi-worker run restores on the chief
+        only); returns the step. A collective, like any_replica."""
+        return int(self._from_replica_0(tf.constant(step, tf.float64)))
+
+    def graphs(self) -> dict:
+        """The GraphDefs of every function this trainer runs, by name, traced for its strategy and input path:
+        what TensorFlow will place on the devices (the tests check them against the GPU kernel registry)."""
+        call = self._checked_call if self.checks_each_step else self._call
+        functions = {
+            "train": call.get_concrete_function(tf.constant(1), *self.input.traced_args()),
+            "evaluate": self._evaluate.get_concrete_function(*self._test),
+            "any_replica": self._any_replica.get_concrete_function(tf.constant(0.0)),
+            "from_replica_0": self._from_replica_0.get_concrete_function(tf.constant(0.0, tf.float64)),
+        }
+        if not self.checks_each_step:  # run again after a non-finite call
+            functions["train_checked"] = self._checked_call.get_concrete_function(tf.constant(1),
+                                                                                   *self.input.traced_args())
+        return {name: fn.graph.as_graph_def() for name, fn in functions.items()}
+
+    def _shard_eval_set(self, x, y):
+        """Each replica's rows of the evaluation set on its own device: float32 features, converted once rather
+        than at every evaluation, and the labels."""
+        def rows(r, n):
+            return slice(*inputs.shard_bounds(len(x), r, n))
+        return (inputs.on_each_replica(self.strategy, lambda r, n: images_to_features(x[rows(r, n)])),
+                inputs.on_each_replica(self.strategy, lambda r, n: y[rows(r, n)]))
+
+    def evaluate(self) -> tuple:
+        """Accuracy over the whole test set, every image counted once whatever the replica count, and the
+        predicted class of every test image (-1 for images another worker holds)."""
+        correct, predicted = self._evaluate(*self._test)
+        classes = np.full([self.num_test], -1, np.int32)
+        for rows, replica_classes in zip(self._local_test_rows, predicted):
+            classes[rows] = replica_classes.numpy()
+        return int(round(float(correct))) / self.num_test, classes
+
+    def weights(self):
+        """The trained values as numpy arrays, kernel_0, bias_0, ... (from the first replica)."""
+        return [self.strategy.experimental_local_results(v)[0].numpy() for v in self.model.weights]
+
+    def train(self, num_steps: int) -> np.ndarray:
+        """One compiled call of num_steps (<= steps_per_loop) steps; returns their losses. When it ends with a
+        non-finite loss or weight, the same steps run again from the call's start in the checked call, which
+        names the first bad step and its replica (TrainingDiverged: the weights are then not to be saved)."""
+        if not 0 < num_steps <= self.steps_per_loop:
+            raise ValueError(f"a call runs 1 to {self.steps_per_loop} steps, not {num_steps}")
+        count, call_args = tf.constant(num_steps), self.input.call_args(self.step, num_steps)
+        losses = None
+        if not self.checks_each_step:
+            losses, finite = self._call(count, *call_args)
+            losses = losses.numpy()[:num_steps]
+            if not (bool(finite) and np.isfinite(losses).all()):
+                self._on_each_copy(self.model.weights, self._call_start, step.assign_all)
+                losses = None
+        if losses is None:
+            losses, first_bad, marks = self._checked_call(count, *call_args)
+            first_bad = int(first_bad)
+            if first_bad >= 0:
+                replica = int(np.flatnonzero(marks.numpy())[0])
+                raise TrainingDiverged(self.step + first_bad, replica, float(losses[first_bad]))
+            losses = losses.numpy()[:num_steps]
+        self.step += num_steps
+        return losses
+
+    def resume_at(self, step: int) -> None:
+        """Puts the input where an uninterrupted run would be after `step` steps (after a checkpoint restore)."""
+        self.step = step
+        self.input.seek(step)
