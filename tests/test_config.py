@@ -52,7 +52,9 @@ def test_the_trainers_settings_are_made_from_the_config_and_default_as_it_does()
     from distmnist.training.trainer import TrainerSettings
 
     config = TrainConfig()
-    made = run.trainer_settings(config, epochs=config.epochs)
-    shared = {f.name for f in dataclasses.fields(TrainerSettings)} - {"epochs"}
+    made = run.trainer_settings(config, total_steps=4680)
+    shared = {f.name for f in dataclasses.fields(TrainerSettings)} - {"total_steps", "loss_scale_growth_steps",
+                                                                      "jit_compile"}
     assert {name: getattr(made, name) for name in shared} == {name: getattr(config, name) for name in shared}
-    assert TrainerSettings(epochs=config.epochs) == made  # its own defaults are the config's
+    assert made.jit_compile == config.resolved_jit_compile()  # XLA as resolved (on this machine, for float32)
+    assert TrainerSettings(total_steps=4680, jit_compile=True) == made  # its own defaults are the config's

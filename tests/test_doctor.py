@@ -7,11 +7,13 @@ import stat
 
 import pytest
 
+from distmnist.training import devices
+
 from helpers import run_module
 
 pytestmark = [pytest.mark.slow]
 
-CHECKS = ["python", "tensorflow", "driver", "cuda libraries", "gpus", "xla", "all-reduce", "training"]
+CHECKS = ["python", "tensorflow", "driver", "cuda libraries", "gpus", "precision", "xla", "all-reduce", "training"]
 
 
 def no_driver(tmp_path) -> dict:
@@ -28,9 +30,13 @@ def test_a_cpu_machine_is_fine_and_says_so(tmp_path):
     assert result.stderr == ""
     lines = result.stdout.splitlines()
     assert [line.split()[0] for line in lines if not line.startswith(" ")][:-1] == \
-        ["ok", "ok", "info", "info", "info", "ok", "ok", "ok"]
+        ["ok", "ok", "info", "info", "info", "ok", "ok", "ok", "ok"]
     assert "no NVIDIA driver" in result.stdout and "none: TensorFlow trains on the CPU" in result.stdout
     assert "2 logical CPUs: sum of 2 replicas correct" in result.stdout
+    precision = next(line for line in lines if " precision " in line)
+    support = devices.precision_support(devices.cpu_flags(), [])
+    assert f"recommended --precision={support.recommended}" in precision
+    assert ("bfloat16 native" if support.native["mixed_bfloat16"] else "bfloat16 emulated") in precision
     training = next(line for line in lines if " training " in line)
     assert "OneDeviceStrategy on /cpu:0: 30 steps" in training and "examples/s" in training
     assert lines[-1] == "verdict: this machine can train on its CPU"

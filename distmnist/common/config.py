@@ -11,6 +11,7 @@ from distmnist.common.errors import UserError
 
 INPUTS = ("device", "tfdata")
 STRATEGIES = ("auto", "multi_worker", "mirrored", "one_device")
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")  # Keras's policy names
 
 
 def _setting(default, help: str, shown: Optional[str] = None, choices: tuple = ()):
@@ -51,6 +52,9 @@ class TrainConfig:
     eval_every: int = _setting(500, "evaluate on the whole test set every this many steps and at the end")
     input: str = _setting("device", "`device`: data resident on each replica's device; `tfdata`: the "
                           "tutorial's pipeline", choices=INPUTS)
+    precision: str = _setting("float32", "`mixed_bfloat16`, `mixed_float16`: matmuls and activations in that "
+                              "type, float32 weights, loss and update (float16 with loss scaling; docs/precision.md)",
+                              choices=PRECISIONS)
     steps_per_loop: int = _setting(50, "training steps per `tf.function` call (one host sync per call)")
     checkpoint_every: int = _setting(200, "steps between checkpoints (0: only at the end)")
     keep_checkpoints: int = _setting(3, "how many recent checkpoints to keep")
@@ -99,6 +103,8 @@ class TrainConfig:
             raise UserError("--require_gpus asks for GPUs, but --num_gpus=0 or --cpu_replicas trains on the CPU")
         if self.strategy not in STRATEGIES:
             raise UserError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
+        if self.precision not in PRECISIONS:
+            raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.input not in INPUTS:
             raise UserError(f"--input must be one of {', '.join(INPUTS)}, got {self.input!r}")
         self.profile_range()

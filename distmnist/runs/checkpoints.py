@@ -38,7 +38,8 @@ class Checkpointer:
         self.directory = os.path.join(run_dir, "checkpoints") if run_dir else self._scratch
         self._same = f"the same command with --run_name={os.path.basename(run_dir)}" if run_dir else "the same command"
         self._step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-        self._checkpoint = tf.train.Checkpoint(model=trainer.model, step=self._step)
+        extra = {"loss_scale": trainer.loss_scale} if trainer.loss_scale else {}  # mixed_float16's state
+        self._checkpoint = tf.train.Checkpoint(model=trainer.model, step=self._step, **extra)
         self._manager = tf.train.CheckpointManager(self._checkpoint, self.directory, max_to_keep=keep)
         self._options = tf.train.CheckpointOptions(enable_async=True)
         logfilters.quiet_checkpoint_writer()

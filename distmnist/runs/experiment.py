@@ -20,7 +20,7 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 from tensorboard.plugins.hparams import summary_v2 as hp  # hparams.api would import Keras (its callback)
 
 from distmnist.common import files
-from distmnist.common.config import INPUTS, STRATEGIES, TrainConfig
+from distmnist.common.config import INPUTS, PRECISIONS, STRATEGIES, TrainConfig
 
 INT = hp.IntInterval(0, 2 ** 31 - 1)
 
@@ -36,6 +36,7 @@ HPARAMS = (
     hp.HParam("input", hp.Discrete(list(INPUTS)), description="device-resident data or the tf.data pipeline"),
     hp.HParam("steps_per_loop", INT, description="training steps per compiled call"),
     hp.HParam("xla", hp.Discrete([False, True]), description="XLA compilation (resolved)"),
+    hp.HParam("precision", hp.Discrete(list(PRECISIONS)), description="float32, or mixed with bfloat16 or float16"),
 )
 
 # (tag, display name, description): scalars every run writes; the HParams table shows each one's last value.
@@ -52,8 +53,8 @@ MARKER = "experiment.txt"  # in the logdir: says the experiment is declared ther
 MARKER_TEXT = "distmnist's HParams experiment is declared in this folder's events (distmnist/experiment.py)\n"
 
 
-def values(config: TrainConfig, num_replicas: int) -> dict:
-    """This run's values of HPARAMS."""
+def values(config: TrainConfig, num_replicas: int, xla: bool) -> dict:
+    """This run's values of HPARAMS (xla: as the run resolved it)."""
     return {
         "learning_rate": config.learning_rate,
         "batch_size": config.batch_size,
@@ -65,7 +66,8 @@ def values(config: TrainConfig, num_replicas: int) -> dict:
         "strategy": config.strategy,
         "input": config.input,
         "steps_per_loop": config.steps_per_loop,
-        "xla": config.resolved_jit_compile(),
+        "xla": xla,
+        "precision": config.precision,
     }
 
 
@@ -107,10 +109,11 @@ def declare(logdir: str, differs=()) -> bool:
 
 
 def differing(configs) -> list:
-    """The HPARAMS whose values differ among these configs (a sweep's points; the replica count stands for
-    the settings that decide it, which are known before TensorFlow sees the devices)."""
-    seen = [values(c, num_replicas=1) | {"replicas": (c.strategy, c.num_gpus, c.cpu_replicas),
-                                          "global_batch_size": (c.batch_size, c.num_gpus, c.cpu_replicas)}
+    """The HPARAMS whose values differ among these configs (a sweep's points; the replica count and XLA stand for
+    the settings that decide them, which are known before TensorFlow sees the devices)."""
+    seen = [values(c, num_replicas=1, xla=(c.jit_compile, c.input, c.precision))
+            | {"replicas": (c.strategy, c.num_gpus, c.cpu_replicas),
+               "global_batch_size": (c.batch_size, c.num_gpus, c.cpu_replicas)}
             for c in configs]
     return sorted(name for name in seen[0] if len({repr(v[name]) for v in seen}) > 1) if seen else []
 

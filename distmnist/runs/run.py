@@ -4,6 +4,7 @@ in <logdir>/<run_name>/."""
 
 import dataclasses
 import os
+import sys
 import time
 from typing import Optional
 
@@ -17,6 +18,7 @@ from distmnist.runs import experiment, export, rundir, summaries
 from distmnist.runs.checkpoints import Checkpointer
 from distmnist.training.cluster import Cluster, parse_tf_config
 from distmnist.common.config import TrainConfig, default_run_name
+from distmnist.training import devices
 from distmnist.training.controller import Controller, Schedule
 from distmnist.data.dataset import Mnist
 from distmnist.common.errors import ClusterFailed, Stopped, TrainingDiverged
@@ -42,6 +44,7 @@ class Run:
     run_dir: Optional[str]  # None on a cluster's workers other than the chief
     history: Optional[dict]  # what a resumed run logged before its checkpoint
     total_steps: int
+    xla: bool  # as resolved for this run's devices
     started: float
     timings: dict  # seconds per part of the run, filled as it goes
 
@@ -59,11 +62,26 @@ def events_dir(config: TrainConfig, run_dir: Optional[str]) -> Optional[str]:
     return (config.events_dir or run_dir) if run_dir else None
 
 
-def trainer_settings(config: TrainConfig, epochs: int) -> TrainerSettings:
-    """What the trainer needs of the config; epochs: the epochs the run begins."""
+def trainer_settings(config: TrainConfig, total_steps: int, support: Optional[devices.PrecisionSupport] = None
+                     ) -> TrainerSettings:
+    """What the trainer needs of the config; total_steps: the run's length; support: what the training devices
+    do with low precisions. XLA resolved: on for the device input, except that a mixed precision on a CPU that runs
+    it natively leaves the step's matmuls to oneDNN (XLA's CPU dots do not use AMX; docs/precision.md)."""
+    jit = config.resolved_jit_compile()
+    if config.jit_compile is None and config.precision != "float32" and support and support.native[config.precision] \
+            and support.on_cpu:
+        jit = False
     return TrainerSettings(batch_size=config.batch_size, learning_rate=config.learning_rate, seed=config.seed,
                            steps_per_loop=config.steps_per_loop, shuffle_buffer=config.shuffle_buffer,
-                           input=config.input, jit_compile=config.jit_compile, epochs=epochs)
+                           input=config.input, jit_compile=jit, total_steps=total_steps,
+                           precision=config.precision)
+
+
+def precision_support(choice: StrategyChoice) -> devices.PrecisionSupport:
+    """What the devices this run trains on do with bfloat16 and float16."""
+    gpus = tf.config.get_visible_devices("GPU") if any("GPU" in d.upper() for d in choice.devices) else []
+    return devices.precision_support(devices.cpu_flags(), [
+        tf.config.experimental.get_device_details(g).get("compute_capability") or (0, 0) for g in gpus])
 
 
 def schedule(config: TrainConfig, total_steps: int, run_dir: Optional[str]) -> Schedule:
@@ -82,8 +100,8 @@ def describe_setup(choice: StrategyChoice, trainer: Trainer, config: TrainConfig
         f"global batch:         {trainer.global_batch_size}",
         f"steps per epoch:      {trainer.steps_per_epoch} (total {total_steps})",
         f"input:                {config.input}, {config.steps_per_loop} steps per call, "
-        f"XLA {'on' if config.resolved_jit_compile() else 'off'}",
-    ])
+        f"XLA {'on' if trainer.settings.jit_compile else 'off'}",
+    ] + ([f"precision:            {config.precision}"] if config.precision != "float32" else []))
 
 
 def set_up(config: TrainConfig, choice: Optional[StrategyChoice] = None, mnist: Optional[Mnist] = None) -> Run:
@@ -106,7 +124,11 @@ def set_up(config: TrainConfig, choice: Optional[StrategyChoice] = None, mnist: 
                                      config.gpu_memory_growth)
     per_epoch = steps_per_epoch(len(mnist.x_train), config.batch_size, choice.strategy.num_replicas_in_sync)
     total_steps = config.max_steps or config.epochs * per_epoch
-    trainer = Trainer(trainer_settings(config, epochs=-(-total_steps // per_epoch)), choice.strategy, mnist)
+    support = precision_support(choice)
+    if config.precision != "float32" and not support.native[config.precision]:
+        print(f"warning: {devices.emulated(config.precision, support)}; training anyway", file=sys.stderr, flush=True)
+    settings = trainer_settings(config, total_steps, support)
+    trainer = Trainer(settings, choice.strategy, mnist)
     run_dir = rundir.open_dir(config.logdir, config.run_name, flags, plan) if is_chief else None
     if is_chief and config.events_dir:
         rundir.open_events_dir(config.events_dir, plan)
@@ -124,7 +146,8 @@ def set_up(config: TrainConfig, choice: Optional[StrategyChoice] = None, mnist: 
               f"{checkpointer.directory if is_chief else 'the chief'}", flush=True)
     print(describe_setup(choice, trainer, config, total_steps), flush=True)
     timings["setup_s"] = time.perf_counter() - started - timings["data_s"]
-    return Run(config, mnist, choice, trainer, checkpointer, cluster, run_dir, history, total_steps, started, timings)
+    return Run(config, mnist, choice, trainer, checkpointer, cluster, run_dir, history, total_steps,
+               settings.jit_compile, started, timings)
 
 
 def train(run: Run) -> tuple:
@@ -132,7 +155,8 @@ def train(run: Run) -> tuple:
     cluster a collective that fails or times out means a peer is gone (errors.ClusterFailed)."""
     trainer, checkpointer, cluster = run.trainer, run.checkpointer, run.cluster
     config = run.config
-    description = (config.run_name, experiment.values(config, trainer.num_replicas), experiment.config_table(config))
+    description = (config.run_name, experiment.values(config, trainer.num_replicas, run.xla),
+                   experiment.config_table(config))
     reporter = RunReporter(run.events_dir, run.total_steps, config.learning_rate, verbose=run.is_chief,
                            history=run.history, test_set=(run.mnist.x_test, run.mnist.y_test), description=description)
     try:
@@ -241,6 +265,7 @@ def _summary(run: Run, timing: dict, history: dict, calibration: dict) -> dict:
         "num_replicas": trainer.num_replicas,
         "devices": list(run.choice.devices),
         "per_replica_batch_size": trainer.per_replica_batch_size,
+        "precision": dict(policy=run.config.precision, **(trainer.loss_scale_state() or {})),
         "global_batch_size": trainer.global_batch_size,
         "examples_per_sec": timing["examples_per_sec"],
         "train_time_s": timing["train_time_s"],

@@ -15,6 +15,7 @@ from distmnist.common.errors import UserError
 RUN_CONFIG = "run_config.json"
 # Flags that may differ between a run and its resumption; every other flag must match.
 RESUMABLE = ("overwrite", "data_dir", "require_gpus")
+ADDED_LATER = {"precision": "float32"}  # settings newer than some runs: what those runs trained with
 
 
 def plan(logdir: str, run_name: str, flags: dict) -> str:
@@ -46,8 +47,9 @@ def plan(logdir: str, run_name: str, flags: dict) -> str:
         raise UserError(f"run directory {run_dir} holds a link that leads out of it ({leaving[0]}); remove it, or "
                         "start afresh with --overwrite")
     for name, value in flags.items():
-        if name not in RESUMABLE and saved.get(name) != value:
-            raise UserError(f"run directory {run_dir} was started with --{name}={saved.get(name)}, not {value}; "
+        started = saved.get(name, ADDED_LATER.get(name))
+        if name not in RESUMABLE and started != value:
+            raise UserError(f"run directory {run_dir} was started with --{name}={started}, not {value}; "
                             "rerun with the same flags to resume it, or pass --overwrite to start afresh")
     return "resume"
 

@@ -89,6 +89,11 @@ class RunReporter(Reporter):
         if self.bar:
             self.bar.update(end_step, examples_per_sec)
 
+    def loss_scale(self, step: int, state: dict) -> None:
+        with self.writer.as_default():
+            tf.summary.scalar("loss_scale", state["loss_scale"], step=step)
+            tf.summary.scalar("skipped_steps", state["skipped_steps"], step=step)
+
     def history(self) -> dict:
         return {"loss": self.loss_history, "accuracy": self.accuracy_history}
 

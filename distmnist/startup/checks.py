@@ -14,6 +14,7 @@ import time
 import distmnist
 from distmnist.common import logfilters
 from distmnist.startup import tfquiet
+from distmnist.training import devices
 from distmnist.training.devices import configure_gpus, driver_gpus, nvidia_driver_present
 
 SUPPORTED_PYTHONS = ((3, 10), (3, 13))  # TensorFlow 2.21's wheels
@@ -134,6 +135,15 @@ def gpu_finding(tf) -> str:
     return "TensorFlow registered no GPU"
 
 
+def check_precision(tf) -> Check:
+    """What this machine's training devices do with bfloat16 and float16, and the --precision it recommends."""
+    capabilities = [tf.config.experimental.get_device_details(g).get("compute_capability") or (0, 0)
+                    for g in tf.config.get_visible_devices("GPU")]
+    support = devices.precision_support(devices.cpu_flags(), capabilities)
+    kinds = ", ".join(f"{p.replace('mixed_', '')} {'native' if n else 'emulated'}" for p, n in support.native.items())
+    return Check("precision", "ok", f"{kinds}; recommended --precision={support.recommended} ({support.why})")
+
+
 def check_xla(tf) -> Check:
     devices = [d.name for d in tf.config.list_logical_devices("GPU")] or [tf.config.list_logical_devices("CPU")[0].name]
     results, failed = [], []
@@ -223,6 +233,7 @@ def _diagnose_with_tensorflow(gpus: list, smoke_steps: int) -> list:
     else:
         configure_gpus(len(visible), memory_growth=True)
     checks = [check_tensorflow(tf), check_driver(gpus), check_cuda_libraries(tf, gpus), check_gpus(tf, gpus),
+              check_precision(tf),
               check_xla(tf), check_all_reduce(tf)]
     if smoke_steps > 0:
         checks.append(check_training(tf, smoke_steps))

@@ -25,10 +25,10 @@ def _fail(prog: str, message: str, status: int = 2) -> None:
 
 
 def run(main, prog: str = "distmnist", takes_args: bool = False, define_flags=None) -> None:
-    """Defines the entry point's flags (define_flags(): every entry point defines its flags there, so that importing
-    one defines nothing), parses them, then calls main() (main(args) with the arguments after the flags when
-    takes_args) and exits with what it returns if that is an int, else 0. A flag error or a UserError is one line on stderr and exit 2,
-    a run that started and failed one line and exit 1 (diverged) or 138 (lost a peer: a retry resumes), a run
+    """Defines the entry point's flags (define_flags(): every entry point defines its flags there, so that importing one
+    defines nothing), parses them, then calls main() (main(args) with the arguments after the flags when takes_args)
+    and exits with what it returns if that is an int, else 0. A flag error or a UserError is one line on stderr and
+    exit 2, a run that started and failed one line and exit 1 (diverged) or 138 (lost a peer: a retry resumes), a run
     stopped by a signal one line and 128 + the signal number."""
 
     def parse(argv):

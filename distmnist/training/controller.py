@@ -28,6 +28,9 @@ class Reporter:
     def predictions(self, step: int, classes: np.ndarray) -> None:
         """The predicted class of every test image at an evaluation (-1 for images another worker holds)."""
 
+    def loss_scale(self, step: int, state: dict) -> None:
+        """mixed_float16, after each call that logged a loss: the loss scale and the steps skipped so far."""
+
 
 @dataclasses.dataclass(frozen=True)
 class Schedule:
@@ -90,6 +93,8 @@ class Controller:
         logged = [(s, float(losses[s - first_step]))
                   for s in range(-(-first_step // every) * every, first_step + num_steps, every)]
         self.reporter.losses(logged, self.trainer.step, examples / seconds)
+        if logged and self.trainer.loss_scale is not None:
+            self.reporter.loss_scale(logged[-1][0], self.trainer.loss_scale_state())
 
     def _train_until(self, end: int) -> None:
         """Calls of at most steps_per_call steps up to `end`, or to a stop request (then self.stopped)."""

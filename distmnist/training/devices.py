@@ -117,3 +117,65 @@ def configure_gpus(count: int, memory_growth: bool = True) -> list:
         logging.warning("TensorFlow has initialised its GPUs already: --num_gpus visibility and memory growth "
                         "are as they were")
     return [f"/gpu:{i}" for i in range(len(wanted))]
+
+
+CPUINFO = "/proc/cpuinfo"
+# CPU features whose oneDNN kernels run each low precision's matmuls in hardware (TensorFlow's CPU build uses
+# oneDNN for them outside XLA; without these, the types are converted to and from float32: emulated).
+NATIVE_CPU_FEATURES = {"mixed_bfloat16": ("amx_bf16", "avx512_bf16"), "mixed_float16": ("amx_fp16", "avx512_fp16")}
+MIN_GPU_CAPABILITY = {"mixed_bfloat16": (8, 0), "mixed_float16": (7, 0)}  # bfloat16 from Ampere, float16 tensor cores
+
+
+def cpu_flags(path: str = CPUINFO) -> set:
+    """The first processor's feature flags (empty where /proc/cpuinfo is not there)."""
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+@dataclasses.dataclass(frozen=True)
+class PrecisionSupport:
+    """What this machine's devices do with each mixed precision, and the --precision to use."""
+
+    native: dict  # precision -> bool: the training devices run its matmuls in hardware
+    recommended: str
+    why: str
+    on_cpu: bool = True  # the CPU trains (no GPU)
+
+
+def precision_support(flags: set, gpu_capabilities: Sequence) -> PrecisionSupport:
+    """Pure: from the CPU's feature flags and the compute capabilities of the GPUs that will train (empty: the
+    CPU trains)."""
+    if gpu_capabilities:
+        lowest = min(tuple(c) for c in gpu_capabilities)
+        native = {p: lowest >= cc for p, cc in MIN_GPU_CAPABILITY.items()}
+        shown = ".".join(map(str, lowest))
+        if native["mixed_bfloat16"]:
+            return PrecisionSupport(native, "mixed_bfloat16", f"GPUs of compute capability {shown} run bfloat16 "
+                                    "natively, without loss scaling", on_cpu=False)
+        if native["mixed_float16"]:
+            return PrecisionSupport(native, "mixed_float16", f"GPUs of compute capability {shown} have float16 tensor "
+                                    "cores (bfloat16 needs 8.0)", on_cpu=False)
+        return PrecisionSupport(native, "float32", f"GPUs of compute capability {shown} have no tensor cores",
+                                on_cpu=False)
+    native = {p: any(f in flags for f in features) for p, features in NATIVE_CPU_FEATURES.items()}
+    if native["mixed_bfloat16"]:
+        found = ", ".join(f for f in NATIVE_CPU_FEATURES["mixed_bfloat16"] if f in flags)
+        return PrecisionSupport(native, "mixed_bfloat16", f"the CPU has {found}: oneDNN runs bfloat16 matmuls in "
+                                "hardware")
+    return PrecisionSupport(native, "float32", "the CPU has neither amx_bf16 nor avx512_bf16: bfloat16 and float16 "
+                            "are emulated here, no faster than float32 and less precise")
+
+
+def emulated(precision: str, support: PrecisionSupport) -> str:
+    """Why `precision` is emulated on the training devices, in one line (for the run's warning)."""
+    if support.on_cpu:
+        return (f"--precision={precision} is emulated on this CPU (it has none of "
+                f"{', '.join(NATIVE_CPU_FEATURES[precision])}): no faster than float32, and less precise")
+    needed = ".".join(map(str, MIN_GPU_CAPABILITY[precision]))
+    return f"--precision={precision} is emulated on GPUs below compute capability {needed}: no faster than float32"

@@ -24,15 +24,23 @@ def labels_to_targets(labels: tf.Tensor) -> tf.Tensor:
     return tf.one_hot(tf.cast(labels, tf.int32), NUM_CLASSES)
 
 
-def forward(weights, features: tf.Tensor) -> tf.Tensor:
-    """Outputs from [kernel_0, bias_0, kernel_1, ...] (variables or tensors) and features [N, 784]."""
-    h = features
+def forward(weights, features: tf.Tensor, compute_dtype: tf.DType = tf.float32) -> tf.Tensor:
+    """float32 outputs from [kernel_0, bias_0, kernel_1, ...] (variables or tensors) and features [N, 784].
+
+    compute_dtype bfloat16 or float16 (mixed precision): the features and weights are cast to it, the matmuls,
+    bias additions and ReLUs run in it, and the outputs come back as float32; the casts' gradients carry the
+    weights' gradients back to float32."""
+    low = compute_dtype != tf.float32
+    h = tf.cast(features, compute_dtype) if low else features
     last = len(weights) // 2 - 1
     for i in range(last + 1):
-        h = tf.matmul(h, weights[2 * i]) + weights[2 * i + 1]
+        kernel, bias = weights[2 * i], weights[2 * i + 1]
+        if low:
+            kernel, bias = tf.cast(kernel, compute_dtype), tf.cast(bias, compute_dtype)
+        h = tf.matmul(h, kernel) + bias
         if i < last:
             h = tf.nn.relu(h)
-    return h
+    return tf.cast(h, tf.float32) if low else h
 
 
 class MLP(tf.Module):

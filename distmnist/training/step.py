@@ -4,7 +4,7 @@ No strategy here: these run inside one replica (and XLA can compile them); the t
 across replicas and applies the update to every replica's copy of the weights.
 """
 
-from typing import Callable
+from typing import Callable, Optional
 
 import tensorflow as tf
 
@@ -22,12 +22,21 @@ def mse_loss(targets: tf.Tensor, outputs: tf.Tensor, global_batch_size: int) -> 
 
 
 def gradients(weights, features: tf.Tensor, targets: tf.Tensor, global_batch_size: int,
-              loss_fn: Callable = mse_loss):
-    """Returns (the loss's gradients for each weight, this replica's loss)."""
+              loss_fn: Callable = mse_loss, compute_dtype: tf.DType = tf.float32,
+              loss_scale: Optional[tf.Tensor] = None):
+    """Returns (the loss's gradients for each weight, this replica's loss), both float32.
+
+    compute_dtype: the forward pass's type (model.forward); the loss is float32 whatever it is. loss_scale (float16):
+    the gradients are taken of loss x loss_scale, so that small ones do not flush to zero in float16, and divided by
+    it again in float32; an overflow shows as a non-finite gradient (all_finite), the loss itself unscaled."""
     with tf.GradientTape() as tape:
         tape.watch(weights)
-        loss = loss_fn(targets, forward(weights, features), global_batch_size)
-    return tape.gradient(loss, weights), loss
+        loss = loss_fn(targets, forward(weights, features, compute_dtype), global_batch_size)
+        scaled = loss if loss_scale is None else loss * loss_scale
+    grads = tape.gradient(scaled, weights)
+    if loss_scale is not None:
+        grads = [g / loss_scale for g in grads]
+    return grads, loss
 
 
 def all_finite(loss: tf.Tensor, grads) -> tf.Tensor:
@@ -54,6 +63,20 @@ def sgd_all(variables, grads, learning_rate: tf.Tensor, apply: tf.Tensor) -> Non
     weight that wait for the intra-op threads another replica's step holds."""
     for variable, grad in zip(variables, grads):
         sgd(variable, grad, learning_rate, apply)
+
+
+def update_loss_scale(variables, values, growth_steps: int) -> None:
+    """Dynamic loss scaling's state after one step, on one replica's copy of [scale, good_steps, skipped]; values:
+    [[active, overflowed]] (1.0 or 0.0, the same on every replica: the overflow count is all-reduced). An active
+    step whose gradients overflowed was skipped: the scale halves (not below 1) and the run of good steps starts
+    again; growth_steps good steps in a row double it (as Keras's LossScaleOptimizer)."""
+    scale, good, skipped = variables
+    active, overflowed = values[0][0] > 0.0, values[0][1] > 0.0
+    skip = tf.logical_and(active, overflowed)
+    grow = tf.logical_and(tf.logical_and(active, tf.logical_not(overflowed)), good + 1.0 >= growth_steps)
+    scale.assign(tf.where(skip, tf.maximum(scale * 0.5, 1.0), tf.where(grow, scale * 2.0, scale)))
+    good.assign(tf.where(tf.logical_or(skip, grow), 0.0, tf.where(active, good + 1.0, good)))
+    skipped.assign_add(tf.where(skip, 1.0, 0.0))
 
 
 def assign_all(variables, values) -> None:

@@ -41,7 +41,29 @@ class TrainerSettings:
     shuffle_buffer: int = 10000
     input: str = "device"  # inputs.DeviceInput or "tfdata": inputs.TfdataInput
     jit_compile: Optional[bool] = None  # None: on for the device input (XLA cannot hold a tf.data iterator)
-    epochs: Optional[int] = None  # the epochs the run begins: the device input draws no more orders (None: unbounded)
+    total_steps: Optional[int] = None  # the steps the run will train, so the input draws its epochs' orders ahead,
+    # while the call compiles, and no more (None: not known; each epoch's order is then drawn one ahead, as it trains)
+    precision: str = "float32"  # or "mixed_bfloat16", "mixed_float16" (with dynamic loss scaling)
+    loss_scale_growth_steps: int = 2000  # mixed_float16: good steps in a row that double the loss scale
+
+
+COMPUTE_DTYPES = {"float32": tf.float32, "mixed_bfloat16": tf.bfloat16, "mixed_float16": tf.float16}
+INITIAL_LOSS_SCALE = 2.0 ** 15  # Keras's
+
+
+class LossScale(tf.Module):
+    """mixed_float16's dynamic loss scale: the scale, the good steps since it last changed, and the steps skipped
+    (float32 scalars: GPUs keep int32 variables in host memory). Checkpointed with the model."""
+
+    def __init__(self):
+        super().__init__(name="loss_scale")
+        self.scale = tf.Variable(INITIAL_LOSS_SCALE, trainable=False, name="scale")
+        self.good_steps = tf.Variable(0.0, trainable=False, name="good_steps")
+        self.skipped = tf.Variable(0.0, trainable=False, name="skipped")
+
+    @property
+    def state(self):
+        return [self.scale, self.good_steps, self.skipped]
 
 
 def steps_per_epoch(num_train: int, batch_size: int, num_replicas: int) -> int:
@@ -72,11 +94,15 @@ class Trainer:
         self.step = 0
         self.trace_count = 0  # Python traces of the training function: stays 1 for a whole run
 
+        self.compute_dtype = COMPUTE_DTYPES[config.precision]
         with strategy.scope():
             self.model = MLP(seed=config.seed)
-            # The weights where the current call started, to run it again with checks (not in any checkpoint).
+            self.loss_scale = LossScale() if config.precision == "mixed_float16" else None
+            # Everything a step changes: the weights, and the loss scale's state.
+            self._state = self.model.weights + (self.loss_scale.state if self.loss_scale else [])
+            # Where the current call started, to run it again with checks (not in any checkpoint).
             self._call_start = [tf.Variable(tf.zeros(v.shape), trainable=False, name=f"call_start_{i}")
-                                for i, v in enumerate(self.model.weights)]
+                                for i, v in enumerate(self._state)]
         self._learning_rate = tf.constant(config.learning_rate, tf.float32)
         self._test = self._shard_eval_set(mnist.x_test, mnist.y_test)  # (features, labels), made once
         replica_ids = strategy.experimental_local_results(inputs.on_each_replica(strategy, lambda r, n: np.int32(r)))
@@ -85,7 +111,9 @@ class Trainer:
         if config.input == "device":
             self.input = inputs.DeviceInput(strategy, mnist.x_train, mnist.y_train, self.steps_per_epoch,
                                             self.per_replica_batch_size, config.steps_per_loop,
-                                            config.shuffle_buffer, config.seed, epochs=config.epochs)
+                                            config.shuffle_buffer, config.seed,
+                                            epochs=-(-config.total_steps // self.steps_per_epoch)
+                                            if config.total_steps else None)
         else:
             self.input = inputs.TfdataInput(strategy, mnist.x_train, mnist.y_train, self.global_batch_size,
                                             config.shuffle_buffer, config.seed)
@@ -99,6 +127,8 @@ class Trainer:
         self._gradients = per_replica_jit(self._batch_gradients)
         self._checked_gradients = per_replica_jit(self._checked_batch_gradients)
         self._sgd_all = per_replica_jit(step.sgd_all)
+        self._update_loss_scale = functools.partial(step.update_loss_scale,
+                                                    growth_steps=float(config.loss_scale_growth_steps))
         self.checks_each_step = not self.input.replayable  # every call checked: it cannot be run again
         call = functools.partial(tf.function, jit_compile=whole_call_jit or None, autograph=False)
         self._call = call(functools.partial(self._call_fn, False))  # what a run uses
@@ -119,36 +149,53 @@ class Trainer:
         loss or gradient was not finite (otherwise an empty vector)."""
         weights = [tf.convert_to_tensor(v) for v in self.model.weights]
         ctx = tf.distribute.get_replica_context()
+        scale = tf.convert_to_tensor(self.loss_scale.scale) if self.loss_scale else None
         if checked:
-            grads, loss, finite = self._checked_gradients(weights, *batch_args)
+            grads, loss, finite = self._checked_gradients(weights, scale, *batch_args)
             bad = tf.one_hot(ctx.replica_id_in_sync_group, self.num_replicas) * (1.0 - tf.cast(finite, tf.float32))
         else:
-            grads, loss = self._gradients(weights, *batch_args)
+            grads, loss = self._gradients(weights, scale, *batch_args)
             bad = tf.zeros([0])
-        # One all-reduce for the gradients and, in one small vector, the loss and the non-finite marks: each
-        # tensor is a collective of its own between workers, so the marks must not add one.
-        *grads, stats = ctx.all_reduce(tf.distribute.ReduceOp.SUM, list(grads) + [tf.concat([[loss], bad], 0)])
-        apply = tf.logical_and(active, tf.reduce_max(stats[1:]) == 0.0) if checked else active
+        # mixed_float16: whether this replica's scaled gradients overflowed (then every replica skips the step).
+        overflow = [[1.0 - tf.cast(step.all_finite(0.0, grads), tf.float32)]] if self.loss_scale else []
+        # One all-reduce for the gradients and, in one small vector, the loss, the overflows and the non-finite
+        # marks: each tensor is a collective of its own between workers, so these must not add one.
+        *grads, stats = ctx.all_reduce(tf.distribute.ReduceOp.SUM,
+                                       list(grads) + [tf.concat([[loss], *overflow, bad], 0)])
+        marks = stats[1 + len(overflow):]
+        apply = tf.logical_and(active, tf.reduce_max(marks) == 0.0) if checked else active
+        if self.loss_scale:
+            overflowed = stats[1] > 0.0
+            apply = tf.logical_and(apply, tf.logical_not(overflowed))
+            flags = tf.stack([tf.cast(active, tf.float32), tf.cast(overflowed, tf.float32)])
+            ctx.merge_call(functools.partial(self._update_copies_of, self.loss_scale.state,
+                                             update=self._update_loss_scale), args=([flags],))
         sgd = functools.partial(self._sgd_all, learning_rate=self._learning_rate, apply=apply)
         ctx.merge_call(functools.partial(self._update_copies, update=sgd), args=(grads,))
-        return stats[0], stats[1:]
+        return stats[0], marks
 
-    def _batch_gradients(self, weights, *batch_args):
+    def _batch_gradients(self, weights, loss_scale, *batch_args):
         """This replica's batch (the device-resident input's gather) and its gradients: one XLA launch a replica
-        when XLA cannot take the whole call."""
+        when XLA cannot take the whole call. loss_scale: mixed_float16's (None otherwise)."""
         features, targets = self.input.batch(*batch_args)
-        return step.gradients(weights, features, targets, self.global_batch_size, self.loss_fn)
+        return step.gradients(weights, features, targets, self.global_batch_size, self.loss_fn, self.compute_dtype,
+                              loss_scale)
 
-    def _checked_batch_gradients(self, weights, *batch_args):
-        """_batch_gradients and whether the loss and every gradient are finite."""
-        grads, loss = self._batch_gradients(weights, *batch_args)
-        return grads, loss, step.all_finite(loss, grads)
+    def _checked_batch_gradients(self, weights, loss_scale, *batch_args):
+        """_batch_gradients and whether the loss and every gradient are finite (under loss scaling, whether the
+        loss is: an overflowing gradient skips the step instead)."""
+        grads, loss = self._batch_gradients(weights, loss_scale, *batch_args)
+        return grads, loss, tf.math.is_finite(loss) if loss_scale is not None else step.all_finite(loss, grads)
 
     def _update_copies(self, strategy, values, update):
         """The merge_call target: update(variables, values) on every replica's copy of the weights with that
         replica's values, all the weights in one call: SGD (one XLA launch a replica under per-replica XLA), or
         taking replica 0's. Bind `update` beforehand: merge_call would treat its arguments as per-replica data."""
         self._on_each_copy(self.model.weights, values, update)
+
+    def _update_copies_of(self, targets, strategy, values, update):
+        """_update_copies for other variables (the loss scale's state)."""
+        self._on_each_copy(targets, values, update)
 
     def _on_each_copy(self, targets, values, update) -> None:
         """update(variables, values) with each replica's copies of the target variables and its values, on its own
@@ -186,7 +233,7 @@ class Trainer:
         trip = size if self.input.static_trip_count else num_steps
         local = self.strategy.experimental_local_results
         if not checked:
-            self._on_each_copy(self._call_start, self.model.weights, step.assign_all)
+            self._on_each_copy(self._call_start, self._state, step.assign_all)
 
         def body(i, losses, first_bad, bad_marks):
             active = tf.logical_and(i < num_steps, first_bad < 0) if checked else i < num_steps
@@ -225,10 +272,10 @@ class Trainer:
         def replica(at_step):
             ctx = tf.distribute.get_replica_context()
             keep = tf.cast(tf.equal(ctx.replica_id_in_sync_group, 0), tf.float32)
-            weights = ctx.all_reduce(tf.distribute.ReduceOp.SUM, [tf.convert_to_tensor(v) * keep
-                                                                  for v in self.model.weights])
+            state = ctx.all_reduce(tf.distribute.ReduceOp.SUM, [tf.convert_to_tensor(v) * keep for v in self._state])
             at_step = ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.identity(at_step) * tf.cast(keep, tf.float64))
-            ctx.merge_call(functools.partial(self._update_copies, update=step.assign_all), args=(weights,))
+            ctx.merge_call(functools.partial(self._update_copies_of, self._state, update=step.assign_all),
+                           args=(state,))
             return at_step
         return self.strategy.experimental_local_results(self.strategy.run(replica, args=(at_step,)))[0]
 
@@ -275,6 +322,14 @@ class Trainer:
             classes[rows] = replica_classes.numpy()
         return int(round(float(correct))) / self.num_test, classes
 
+    def loss_scale_state(self) -> Optional[dict]:
+        """mixed_float16: the loss scale and the steps skipped so far (from the first replica); None otherwise."""
+        if not self.loss_scale:
+            return None
+        first = self.strategy.experimental_local_results
+        return {"loss_scale": float(first(self.loss_scale.scale)[0]),
+                "skipped_steps": int(first(self.loss_scale.skipped)[0])}
+
     def weights(self):
         """The trained values as numpy arrays, kernel_0, bias_0, ... (from the first replica)."""
         return [self.strategy.experimental_local_results(v)[0].numpy() for v in self.model.weights]
@@ -291,7 +346,7 @@ class Trainer:
             losses, finite = self._call(count, *call_args)
             losses = losses.numpy()[:num_steps]
             if not (bool(finite) and np.isfinite(losses).all()):
-                self._on_each_copy(self.model.weights, self._call_start, step.assign_all)
+                self._on_each_copy(self._state, self._call_start, step.assign_all)
                 losses = None
         if losses is None:
             losses, first_bad, marks = self._checked_call(count, *call_args)
