@@ -63,6 +63,25 @@ def test_quick_bench_writes_a_complete_report(tmp_path):
     assert set(race) == {"distmnist (default)", "keras fit (tuned)"}
     assert race["distmnist (default)"]["accuracy"] >= report["time_to_accuracy"]["target"] == 0.90
 
+    # The precisions: every precision at batch 128 and 512, each contender once in quick mode (JAX has no float16
+    # dots on CPUs), and the race in each mixed precision.
+    section = report["precisions"]
+    made = {(r["name"], r["precision"], r["batch"]) for r in section["rows"]}
+    expected = {(name, precision, batch) for batch in (128, 512)
+                for precision in ("float32", "mixed_bfloat16", "mixed_float16")
+                for name in ("distmnist", "keras fit (tuned)", "jax scan")
+                if not (name == "jax scan" and precision == "mixed_float16")}
+    assert made == expected and all(r["examples_per_sec"] > 0 and len(r["rounds"]) == 1 for r in section["rows"])
+    for batch, by in section["ratios"].items():
+        fastest_other = max(r["examples_per_sec"] for r in section["rows"]
+                            if r["batch"] == int(batch) and r["name"] != "distmnist")
+        ours = {r["precision"]: r["examples_per_sec"] for r in section["rows"]
+                if r["batch"] == int(batch) and r["name"] == "distmnist"}
+        assert by == pytest.approx({p: v / fastest_other for p, v in ours.items()})
+    assert set(section["race"]) == {"mixed_bfloat16", "mixed_float16"}
+    assert all(set(by) == {"distmnist", "keras fit (tuned)"} for by in section["race"].values())
+    assert "precisions, one replica" in result.stdout
+
     root = ET.parse(tmp_path / "bench.svg").getroot()
     texts = {t.text for t in root.iter() if t.tag.endswith("text") and t.text}
     assert "examples/second (higher is better)" in texts
@@ -146,12 +165,14 @@ def test_a_jax_without_a_gpu_backend_is_skipped_on_gpus_with_one_line(tmp_path):
 
 def test_bad_counts_are_one_line_and_write_nothing(tmp_path):
     out = tmp_path / "out"
-    for bad in ("--rounds=0", "--turns=0", "--checkpoint_every=0", "--checkpoint_rounds=-1", "--breakdown_rounds=-1"):
+    for bad in ("--rounds=0", "--turns=0", "--checkpoint_every=0", "--checkpoint_rounds=-1", "--breakdown_rounds=-1",
+                "--precision_rounds=-1"):
         result = run_module("distmnist.bench", bad, f"--out={out}")
         assert result.returncode == 2, bad
         assert result.stderr.strip().splitlines() == [
             "distmnist.bench: error: --batch_size, --steps, --rounds, --turns and --checkpoint_every must be positive, "
-            "--warmup_steps, --checkpoint_rounds, --process_rounds and --breakdown_rounds >= 0"], bad
+            "--warmup_steps, --checkpoint_rounds, --process_rounds, --breakdown_rounds and --precision_rounds "
+            ">= 0"], bad
         assert not out.exists()
 
 

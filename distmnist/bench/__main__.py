@@ -53,6 +53,9 @@ def define_flags() -> None:
     flags.DEFINE_integer("checkpoint_rounds", 30, "Paired rounds of the checkpoint section (training with and "
                          "without a checkpoint every --checkpoint_every steps); 0 skips it.")
     flags.DEFINE_integer("checkpoint_every", TrainConfig.checkpoint_every, "Steps between checkpoints in that section.")
+    flags.DEFINE_integer("precision_rounds", 3, "Rounds of the precisions section (every precision at batch 128 and "
+                         "512: distmnist, tuned Keras under the matching policy, JAX), then the time to the accuracy "
+                         "target in each mixed precision; 0 skips it.")
     flags.DEFINE_integer("process_rounds", 3, "Rounds of the whole-process section (distmnist.train at its defaults, "
                          "a Keras fit script, a bare TensorFlow import, each a fresh process); 0 skips it.")
 
@@ -91,9 +94,10 @@ def run_bench() -> dict:
     # Settings checked before TensorFlow is imported, as the train entry point does: bad flags fail at once.
     if FLAGS.batch_size <= 0 or FLAGS.steps <= 0 or FLAGS.rounds <= 0 or FLAGS.turns <= 0 or FLAGS.warmup_steps < 0 \
             or FLAGS.process_rounds < 0 or FLAGS.checkpoint_rounds < 0 or FLAGS.checkpoint_every <= 0 \
-            or FLAGS.breakdown_rounds < 0:
+            or FLAGS.breakdown_rounds < 0 or FLAGS.precision_rounds < 0:
         raise UserError("--batch_size, --steps, --rounds, --turns and --checkpoint_every must be positive, "
-                        "--warmup_steps, --checkpoint_rounds, --process_rounds and --breakdown_rounds >= 0")
+                        "--warmup_steps, --checkpoint_rounds, --process_rounds, --breakdown_rounds and "
+                        "--precision_rounds >= 0")
     tf = tfquiet.import_tensorflow()
     from distmnist.bench import contenders
     from distmnist.data import dataset
@@ -129,7 +133,7 @@ def run_bench() -> dict:
 
 def measure(tf, mnist, num_gpus: int, timing, quick: bool, npz) -> dict:
     """Every section in turn; what bench.json holds. npz: MNIST for the processes of their own (None: no JAX)."""
-    from distmnist.bench import breakdown, checkpointcost, lineup, race, turns
+    from distmnist.bench import breakdown, checkpointcost, lineup, precisions, race, turns
     from distmnist.training.trainer import TrainerSettings
 
     first_device = "/gpu:0" if num_gpus else "/cpu:0"
@@ -137,6 +141,7 @@ def measure(tf, mnist, num_gpus: int, timing, quick: bool, npz) -> dict:
     setups = replica_setups(num_gpus, device_name)
     setups = setups[:1] if quick else setups  # --quick: one replica count
     rounds = 1 if quick else FLAGS.rounds
+    max_epochs = 1 if quick else FLAGS.max_epochs
     results = lineup.measure(mnist, setups, device_name, first_device, timing, rounds, quick)["results"]
     jax = turns.measure(npz, setups, "gpu" if num_gpus else "cpu", timing, 2 if quick else FLAGS.turns)
     results += jax.pop("results", [])
@@ -147,10 +152,16 @@ def measure(tf, mnist, num_gpus: int, timing, quick: bool, npz) -> dict:
         "ratios": lineup.ratios(results, None if "skipped" in jax else jax["by_replicas"]["1"]["median"]),
         "distmnist_over_jax": jax,
         "step_breakdown": breakdown.measure(npz, num_gpus, timing, 1 if quick else FLAGS.breakdown_rounds),
-        "time_to_accuracy": race.measure(mnist, setups[0][2], 0.90 if quick else TARGET_ACCURACY,
-                                         1 if quick else FLAGS.max_epochs,
-                                         TrainerSettings(batch_size=FLAGS.batch_size)),
+        "time_to_accuracy": race.measure(mnist, setups[0][2], 0.90 if quick else TARGET_ACCURACY, max_epochs,
+                                         TrainerSettings(batch_size=FLAGS.batch_size, total_steps=max_epochs * (
+                                             len(mnist.x_train) // FLAGS.batch_size))),
     }
+    precision_rounds = min(1, FLAGS.precision_rounds) if quick else FLAGS.precision_rounds
+    if precision_rounds:
+        report["precisions"] = precisions.measure(
+            mnist, setups[0][2], timing, precision_rounds, npz, xla_setting(tf, num_gpus), report["time_to_accuracy"]
+            ["target"], max_epochs, TrainerSettings(batch_size=FLAGS.batch_size, total_steps=max_epochs * (
+                len(mnist.x_train) // FLAGS.batch_size)))
     checkpoint_rounds = min(2, FLAGS.checkpoint_rounds) if quick else FLAGS.checkpoint_rounds
     if checkpoint_rounds:
         gc.collect()
@@ -164,15 +175,28 @@ def measure(tf, mnist, num_gpus: int, timing, quick: bool, npz) -> dict:
     return report
 
 
+def xla_setting(tf, num_gpus: int):
+    """precision -> distmnist's XLA setting for it on this machine's first device, as a run resolves it."""
+    from distmnist.runs import run as run_lib
+    from distmnist.training import devices
+
+    gpus = tf.config.get_visible_devices("GPU")[:1] if num_gpus else []
+    support = devices.precision_support(devices.cpu_flags(), [
+        tf.config.experimental.get_device_details(g).get("compute_capability") or (0, 0) for g in gpus])
+    return lambda precision: run_lib.trainer_settings(TrainConfig(precision=precision), 1, support).jit_compile
+
+
 def table(report: dict) -> str:
     """Every section's table, under the machine's line."""
-    from distmnist.bench import breakdown, checkpointcost, lineup, race, turns
+    from distmnist.bench import breakdown, checkpointcost, lineup, precisions, race, turns
 
     m = report["machine"]
     lines = [f"machine: {m['cpu']}, {m['cores']} cores, GPUs: {', '.join(m['gpus']) or 'none'}, "
              f"TensorFlow {m['tf_version']}", lineup.table(report["results"], report["ratios"]),
              turns.table(report["distmnist_over_jax"]), breakdown.table(report["step_breakdown"]),
              race.table(report["time_to_accuracy"])]
+    if "precisions" in report:
+        lines.append(precisions.table(report["precisions"]))
     if "checkpoints" in report:
         lines.append(checkpointcost.table(report["checkpoints"]))
     if "whole_process" in report:

@@ -93,15 +93,24 @@ def keras_model(seed: int):
 
 
 def compiled_keras(strategy: tf.distribute.Strategy, learning_rate: float, seed: int, tuned: bool,
-                   steps_per_execution: int = 50):
+                   steps_per_execution: int = 50, policy: str = "float32"):
+    """policy: Keras's global dtype policy while the model is built (mixed_float16 also wraps the optimizer in
+    Keras's LossScaleOptimizer, which compile does itself)."""
     import keras
 
-    with strategy.scope():
-        model = keras_model(seed)
-        # Keras's XLA cannot reach variables on other replicas' devices: tuned means XLA on one replica only.
-        jit = strategy.num_replicas_in_sync == 1
-        extra = {"steps_per_execution": steps_per_execution, "jit_compile": jit} if tuned else {}
-        model.compile(optimizer=keras.optimizers.SGD(learning_rate), loss="mse", **extra)
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        with strategy.scope():
+            model = keras_model(seed)
+            # Keras's XLA cannot reach variables on other replicas' devices: tuned means XLA on one replica only.
+            jit = strategy.num_replicas_in_sync == 1
+            extra = {"steps_per_execution": steps_per_execution, "jit_compile": jit} if tuned else {}
+            optimizer = keras.optimizers.SGD(learning_rate)
+            if policy == "mixed_float16":
+                optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+            model.compile(optimizer=optimizer, loss="mse", **extra)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
     return model
 
 
@@ -116,9 +125,10 @@ def _fit(model, dataset, **kwargs):
         model.fit(dataset, **kwargs)
 
 
-def keras_fit(mnist: Mnist, strategy: tf.distribute.Strategy, timing: Timing, tuned: bool) -> float:
+def keras_fit(mnist: Mnist, strategy: tf.distribute.Strategy, timing: Timing, tuned: bool,
+              policy: str = "float32") -> float:
     """Keras Model.fit on the tutorial's pipeline: default settings, or tuned (steps_per_execution, XLA)."""
-    model = compiled_keras(strategy, timing.learning_rate, timing.seed, tuned)
+    model = compiled_keras(strategy, timing.learning_rate, timing.seed, tuned, policy=policy)
     global_batch_size = timing.per_replica_batch_size * strategy.num_replicas_in_sync
     dataset = keras_dataset(mnist, global_batch_size, timing.seed)
 
@@ -128,10 +138,13 @@ def keras_fit(mnist: Mnist, strategy: tf.distribute.Strategy, timing: Timing, tu
     return _examples_per_sec(run_steps, timing, global_batch_size)
 
 
-def distmnist_trainer(mnist: Mnist, strategy: tf.distribute.Strategy, timing: Timing, input_path: str) -> float:
-    """distmnist's own loop with the given input path and its defaults otherwise."""
+def distmnist_trainer(mnist: Mnist, strategy: tf.distribute.Strategy, timing: Timing, input_path: str,
+                      precision: str = "float32", jit_compile=None) -> float:
+    """distmnist's own loop with the given input path and precision, its defaults otherwise (XLA as the run
+    resolves it for this precision on these devices: jit_compile)."""
     settings = TrainerSettings(batch_size=timing.per_replica_batch_size, learning_rate=timing.learning_rate,
-                               seed=timing.seed, input=input_path)
+                               seed=timing.seed, input=input_path, precision=precision, jit_compile=jit_compile,
+                               total_steps=timing.warmup_steps + timing.timed_steps)
     trainer = Trainer(settings, strategy, mnist)
     return _examples_per_sec(functools.partial(run_steps, trainer), timing, trainer.global_batch_size)
 
@@ -177,6 +190,18 @@ def take_turns(npz: str, replicas: int, platform: str, timing: Timing, turns: in
                 process.wait()
             process.stdout.close()
             errors.close()
+
+
+def in_own_process(name: str, npz: str, timing: Timing, precision: str = "float32") -> dict:
+    """One contender of solo.py ("jax" or "distmnist") on one CPU replica, in a fresh process: its
+    {"examples_per_sec", ...} (one untimed run of timed_steps first), or {"skipped": why}."""
+    command = [sys.executable, "-m", "distmnist.bench.solo", f"--contender={name}", f"--npz={npz}",
+               f"--batch_size={timing.per_replica_batch_size}", f"--steps={timing.timed_steps}",
+               f"--learning_rate={timing.learning_rate}", f"--seed={timing.seed}", f"--precision={precision}"]
+    done = subprocess.run(command, env=solo.environment(name, 1), capture_output=True, text=True)
+    if done.returncode != 0 or not done.stdout.strip():
+        raise _failed(name, done.stderr, done.returncode)
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def step_breakdown(npz: str, timing: Timing, rounds: int) -> dict:
@@ -273,7 +298,7 @@ def time_to_accuracy_keras(mnist: Mnist, strategy, target: float, max_epochs: in
     steps_per_epoch = len(mnist.x_train) // global_batch_size  # as distmnist: the partial batch dropped
     per_execution = max(k for k in range(1, 51) if steps_per_epoch % k == 0)  # must divide an epoch
     model = compiled_keras(strategy, settings.learning_rate, settings.seed, tuned=True,
-                           steps_per_execution=per_execution)
+                           steps_per_execution=per_execution, policy=settings.precision)
     test_x = mnist.x_test.reshape(-1, LAYER_SIZES[0]).astype(np.float32) / 255.0
     reached = {}
 

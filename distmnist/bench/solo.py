@@ -37,7 +37,7 @@ NO_BACKEND = ("this JAX has no {platform} backend (pip install -e '.[bench-gpu]'
 
 
 def jax_runner(npz: str, replicas: int, per_replica_batch_size: int, steps: int, learning_rate: float, seed: int,
-               platform: str = "cpu"):
+               platform: str = "cpu", precision: str = "float32"):
     """(run, global batch, facts): run() trains `steps` more steps in one compiled call and returns (its seconds,
     the last loss) (the first call compiles); None, 0 and {"skipped": why} where JAX is not installed."""
     try:
@@ -70,13 +70,16 @@ def jax_runner(npz: str, replicas: int, per_replica_batch_size: int, steps: int,
                    rng.uniform(-limit, limit, [fan_out]).astype(np.float32)]
     params = jax.device_put(params, replicated)
 
+    low = {"float32": None, "mixed_bfloat16": jnp.bfloat16, "mixed_float16": jnp.float16}[precision]
+
     def loss_fn(params, x, y):
-        h = x
+        h = x if low is None else x.astype(low)  # mixed: the layers in the low type, parameters and loss float32
         for i in range(0, len(params), 2):
-            h = h @ params[i] + params[i + 1]
+            w, b = (params[i], params[i + 1]) if low is None else (params[i].astype(low), params[i + 1].astype(low))
+            h = h @ w + b
             if i + 2 < len(params):
                 h = jax.nn.relu(h)
-        return jnp.mean(jnp.mean(jnp.square(y - h), axis=-1))
+        return jnp.mean(jnp.mean(jnp.square(y - h.astype(jnp.float32)), axis=-1))
 
     @jax.jit
     def train_steps(params, features, targets, indices):
@@ -102,9 +105,9 @@ def jax_runner(npz: str, replicas: int, per_replica_batch_size: int, steps: int,
 
 
 def distmnist_runner(npz: str, replicas: int, per_replica_batch_size: int, steps: int, learning_rate: float,
-                     seed: int, platform: str = "cpu"):
+                     seed: int, platform: str = "cpu", turns: int = 1, precision: str = "float32"):
     """(run, global batch, facts): run() trains `steps` more steps with distmnist's default trainer and returns
-    (its seconds, the last loss)."""
+    (its seconds, the last loss); it runs turns + 1 times (the first untimed)."""
     from distmnist.startup import tfquiet
 
     tfquiet.import_tensorflow()
@@ -119,7 +122,8 @@ def distmnist_runner(npz: str, replicas: int, per_replica_batch_size: int, steps
         choice = make_strategy(num_gpus=replicas)
     with np.load(npz) as data:
         mnist = Mnist(*(data[key] for key in ("x_train", "y_train", "x_test", "y_test")), source=npz)
-    settings = TrainerSettings(batch_size=per_replica_batch_size, learning_rate=learning_rate, seed=seed)
+    settings = TrainerSettings(batch_size=per_replica_batch_size, learning_rate=learning_rate, seed=seed,
+                               total_steps=(turns + 1) * steps, precision=precision)
     trainer = Trainer(settings, choice.strategy, mnist)
 
     def run():
@@ -134,21 +138,22 @@ RUNNERS = {"jax": jax_runner, "distmnist": distmnist_runner}
 
 
 def _warmed(contender: str, npz: str, replicas: int, per_replica_batch_size: int, steps: int, learning_rate: float,
-            seed: int, platform: str):
+            seed: int, platform: str, turns: int = 1, precision: str = "float32"):
     """The contender's (run, global batch, facts) after one untimed run of `steps` steps (compilation, caches);
     run is None where the contender is not installed."""
+    kwargs = {"turns": turns, "precision": precision} if contender == "distmnist" else {"precision": precision}
     run, global_batch, facts = RUNNERS[contender](npz, replicas, per_replica_batch_size, steps, learning_rate, seed,
-                                                  platform)
+                                                  platform, **kwargs)
     if run is not None:
         run()
     return run, global_batch, facts
 
 
 def measure(contender: str, npz: str, replicas: int, per_replica_batch_size: int, steps: int, learning_rate: float,
-            seed: int, platform: str = "cpu") -> dict:
+            seed: int, platform: str = "cpu", precision: str = "float32") -> dict:
     """One untimed run of `steps` steps (compilation, caches), then one timed."""
     run, global_batch, facts = _warmed(contender, npz, replicas, per_replica_batch_size, steps, learning_rate, seed,
-                                       platform)
+                                       platform, precision=precision)
     if run is None:
         return facts
     return {**_timed(run, steps * global_batch), **facts}
@@ -164,7 +169,7 @@ def serve(contender: str, npz: str, replicas: int, per_replica_batch_size: int, 
     """Turn-taking: after one untimed run prints {"ready": ...}; then each line "go" on stdin runs `steps` steps
     and prints {"examples_per_sec": ...}, until stdin ends."""
     run, global_batch, facts = _warmed(contender, npz, replicas, per_replica_batch_size, steps, learning_rate, seed,
-                                       platform)
+                                       platform, turns)
     if run is None:
         print(json.dumps(facts), flush=True)
         return
@@ -232,6 +237,7 @@ def define_flags() -> None:
     flags.DEFINE_enum("platform", "cpu", ["cpu", "gpu"], "The devices' kind.")
     flags.DEFINE_integer("serve", 0, "Take turns: at most this many timed runs, each on a line 'go' from stdin.")
     flags.DEFINE_string("profile", "", "Profile the timed run, its trace written under this folder.")
+    flags.DEFINE_enum("precision", "float32", ["float32", "mixed_bfloat16", "mixed_float16"], "The layers' type.")
     flags.mark_flags_as_required(["contender", "npz"])
 
 
@@ -243,7 +249,7 @@ def main() -> None:
     elif f.profile:
         print(json.dumps(profile(*common, logdir=f.profile)), flush=True)
     else:
-        print(json.dumps(measure(*common)), flush=True)
+        print(json.dumps(measure(*common, precision=f.precision)), flush=True)
 
 
 if __name__ == "__main__":

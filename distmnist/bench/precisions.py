@@ -1,0 +1,78 @@
+"""Each precision at two batch sizes per replica (128, the tutorial's, and 512), on one replica: distmnist's
+trainer (XLA as a run resolves it for that precision on this machine), tuned Keras fit under the matching global
+dtype policy, and JAX's compiled scan with its layers in the same type (its own process, where JAX is installed);
+each set up afresh and timed in turn, --rounds times, the best round counting. Then the time to the target test
+accuracy of distmnist and tuned Keras in each mixed precision (float32's is the race section's). Every precision
+runs on any machine; where the hardware has none, it is emulated (docs/precision.md)."""
+
+import gc
+
+from distmnist.bench import contenders
+from distmnist.common import progress
+from distmnist.common.config import PRECISIONS
+
+BATCHES = (128, 512)
+
+
+def measure(mnist, strategy_fn, timing, rounds: int, npz, xla_for, race_target: float, max_epochs: int,
+            race_settings) -> dict:
+    """{"rows": [{"name", "precision", "batch", "rounds", "examples_per_sec"}], "ratios": {batch: {precision:
+    distmnist's over the fastest other contender in any precision}}, "race": {precision: {contender: ...}}}.
+    xla_for(precision): distmnist's XLA setting for it on this machine. npz None: no JAX."""
+    import dataclasses
+
+    lineup = []
+    for batch in BATCHES:
+        at = dataclasses.replace(timing, per_replica_batch_size=batch)
+        for precision in PRECISIONS:
+            lineup.append(("distmnist", precision, batch, lambda at=at, p=precision: contenders.distmnist_trainer(
+                mnist, strategy_fn(), at, "device", p, xla_for(p))))
+            lineup.append(("keras fit (tuned)", precision, batch, lambda at=at, p=precision: contenders.keras_fit(
+                mnist, strategy_fn(), at, tuned=True, policy=p)))
+            if npz is not None and precision != "mixed_float16":  # JAX's CPU dots have no float16 kernels
+                lineup.append(("jax scan", precision, batch, lambda at=at, p=precision: contenders.in_own_process(
+                    "jax", npz, at, p)["examples_per_sec"]))
+    rows = [{"name": name, "precision": precision, "batch": batch, "rounds": []}
+            for name, precision, batch, _ in lineup]
+    print(f"precisions: {rounds} round(s) of {len(lineup)} contenders at batch {' and '.join(map(str, BATCHES))}",
+          flush=True)
+    bar = progress.Bar(rounds * len(lineup), "precisions")
+    for _ in range(rounds):
+        for (name, precision, batch, measure_one), row in zip(lineup, rows):
+            gc.collect()
+            row["rounds"].append(measure_one())
+            bar.say(f"  {name:<18} {precision:<15} batch {batch:>4} {row['rounds'][-1]:>12,.0f} examples/s")
+            bar.update(sum(len(r["rounds"]) for r in rows))
+    bar.close()
+    for row in rows:
+        row["examples_per_sec"] = max(row["rounds"])
+    ratios = {}
+    for batch in BATCHES:
+        at_batch = [r for r in rows if r["batch"] == batch]
+        others = max(r["examples_per_sec"] for r in at_batch if r["name"] != "distmnist")
+        ratios[str(batch)] = {r["precision"]: r["examples_per_sec"] / others for r in at_batch
+                              if r["name"] == "distmnist"}
+    race = {}
+    for precision in PRECISIONS[1:]:
+        settings = dataclasses.replace(race_settings, precision=precision, jit_compile=xla_for(precision))
+        race[precision] = {}
+        for name, fn in (("distmnist", contenders.time_to_accuracy_distmnist),
+                         ("keras fit (tuned)", contenders.time_to_accuracy_keras)):
+            gc.collect()
+            seconds, epochs, accuracy = fn(mnist, strategy_fn(), race_target, max_epochs, settings)
+            race[precision][name] = {"seconds": seconds, "epochs": epochs, "accuracy": accuracy}
+    return {"rows": rows, "ratios": ratios, "race": race, "target": race_target}
+
+
+def table(section: dict) -> str:
+    lines = [f"precisions, one replica: {'contender':<18} {'precision':<15} {'batch':>5} {'examples/s':>12}"]
+    for r in section["rows"]:
+        lines.append(f"  {r['name']:<18} {r['precision']:<15} {r['batch']:>5} {r['examples_per_sec']:>12,.0f}")
+    for batch, by in section["ratios"].items():
+        lines.append(f"  batch {batch}: distmnist over the fastest other contender in any precision: " + ", ".join(
+            f"{p} {v:.2f}" for p, v in by.items()))
+    for precision, by in section["race"].items():
+        lines.append(f"  time to {section['target']:.1%} in {precision}: " + "; ".join(
+            f"{name} {r['seconds']:.1f} s ({r['epochs']} epochs)" if r["seconds"] else
+            f"{name} not reached in {r['epochs']} epochs" for name, r in by.items()))
+    return "\n".join(lines)
