@@ -192,12 +192,13 @@ def take_turns(npz: str, replicas: int, platform: str, timing: Timing, turns: in
             errors.close()
 
 
-def in_own_process(name: str, npz: str, timing: Timing, precision: str = "float32") -> dict:
+def in_own_process(name: str, npz: str, timing: Timing, precision: str = "float32", jit_compile=None) -> dict:
     """One contender of solo.py ("jax" or "distmnist") on one CPU replica, in a fresh process: its
     {"examples_per_sec", ...} (one untimed run of timed_steps first), or {"skipped": why}."""
     command = [sys.executable, "-m", "distmnist.bench.solo", f"--contender={name}", f"--npz={npz}",
                f"--batch_size={timing.per_replica_batch_size}", f"--steps={timing.timed_steps}",
-               f"--learning_rate={timing.learning_rate}", f"--seed={timing.seed}", f"--precision={precision}"]
+               f"--learning_rate={timing.learning_rate}", f"--seed={timing.seed}", f"--precision={precision}",
+               *([f"--{'' if jit_compile else 'no'}jit_compile"] if jit_compile is not None else [])]
     done = subprocess.run(command, env=solo.environment(name, 1), capture_output=True, text=True)
     if done.returncode != 0 or not done.stdout.strip():
         raise _failed(name, done.stderr, done.returncode)

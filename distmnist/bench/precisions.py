@@ -1,6 +1,7 @@
 """Each precision at two batch sizes per replica (128, the tutorial's, and 512), on one replica: distmnist's
 trainer (XLA as a run resolves it for that precision on this machine), tuned Keras fit under the matching global
-dtype policy, and JAX's compiled scan with its layers in the same type (its own process, where JAX is installed);
+dtype policy, and JAX's compiled scan with its layers in the same type (where JAX is installed, JAX and distmnist
+each in a fresh process of its own, as the turns section has them; Keras in this one, as in the lineup);
 each set up afresh and timed in turn, --rounds times, the best round counting. Then the time to the target test
 accuracy of distmnist and tuned Keras in each mixed precision (float32's is the race section's). Every precision
 runs on any machine; where the hardware has none, it is emulated (docs/precision.md)."""
@@ -25,8 +26,12 @@ def measure(mnist, strategy_fn, timing, rounds: int, npz, xla_for, race_target: 
     for batch in BATCHES:
         at = dataclasses.replace(timing, per_replica_batch_size=batch)
         for precision in PRECISIONS:
-            lineup.append(("distmnist", precision, batch, lambda at=at, p=precision: contenders.distmnist_trainer(
-                mnist, strategy_fn(), at, "device", p, xla_for(p))))
+            if npz is None:  # no JAX: distmnist in this process, as the lineup's rows
+                lineup.append(("distmnist", precision, batch, lambda at=at, p=precision: contenders.distmnist_trainer(
+                    mnist, strategy_fn(), at, "device", p, xla_for(p))))
+            else:  # beside JAX, each in a fresh process of its own, as the turns section compares them
+                lineup.append(("distmnist", precision, batch, lambda at=at, p=precision: contenders.in_own_process(
+                    "distmnist", npz, at, p, xla_for(p))["examples_per_sec"]))
             lineup.append(("keras fit (tuned)", precision, batch, lambda at=at, p=precision: contenders.keras_fit(
                 mnist, strategy_fn(), at, tuned=True, policy=p)))
             if npz is not None and precision != "mixed_float16":  # JAX's CPU dots have no float16 kernels

@@ -23,6 +23,7 @@ import json
 import os
 import sys
 import time
+from typing import Optional
 
 import numpy as np
 from absl import flags
@@ -105,7 +106,8 @@ def jax_runner(npz: str, replicas: int, per_replica_batch_size: int, steps: int,
 
 
 def distmnist_runner(npz: str, replicas: int, per_replica_batch_size: int, steps: int, learning_rate: float,
-                     seed: int, platform: str = "cpu", turns: int = 1, precision: str = "float32"):
+                     seed: int, platform: str = "cpu", turns: int = 1, precision: str = "float32",
+                     jit_compile: Optional[bool] = None):
     """(run, global batch, facts): run() trains `steps` more steps with distmnist's default trainer and returns
     (its seconds, the last loss); it runs turns + 1 times (the first untimed)."""
     from distmnist.startup import tfquiet
@@ -123,7 +125,7 @@ def distmnist_runner(npz: str, replicas: int, per_replica_batch_size: int, steps
     with np.load(npz) as data:
         mnist = Mnist(*(data[key] for key in ("x_train", "y_train", "x_test", "y_test")), source=npz)
     settings = TrainerSettings(batch_size=per_replica_batch_size, learning_rate=learning_rate, seed=seed,
-                               total_steps=(turns + 1) * steps, precision=precision)
+                               total_steps=(turns + 1) * steps, precision=precision, jit_compile=jit_compile)
     trainer = Trainer(settings, choice.strategy, mnist)
 
     def run():
@@ -138,10 +140,11 @@ RUNNERS = {"jax": jax_runner, "distmnist": distmnist_runner}
 
 
 def _warmed(contender: str, npz: str, replicas: int, per_replica_batch_size: int, steps: int, learning_rate: float,
-            seed: int, platform: str, turns: int = 1, precision: str = "float32"):
+            seed: int, platform: str, turns: int = 1, precision: str = "float32", jit_compile=None):
     """The contender's (run, global batch, facts) after one untimed run of `steps` steps (compilation, caches);
     run is None where the contender is not installed."""
-    kwargs = {"turns": turns, "precision": precision} if contender == "distmnist" else {"precision": precision}
+    kwargs = {"turns": turns, "precision": precision, "jit_compile": jit_compile} if contender == "distmnist" else \
+        {"precision": precision}
     run, global_batch, facts = RUNNERS[contender](npz, replicas, per_replica_batch_size, steps, learning_rate, seed,
                                                   platform, **kwargs)
     if run is not None:
@@ -150,10 +153,10 @@ def _warmed(contender: str, npz: str, replicas: int, per_replica_batch_size: int
 
 
 def measure(contender: str, npz: str, replicas: int, per_replica_batch_size: int, steps: int, learning_rate: float,
-            seed: int, platform: str = "cpu", precision: str = "float32") -> dict:
+            seed: int, platform: str = "cpu", precision: str = "float32", jit_compile=None) -> dict:
     """One untimed run of `steps` steps (compilation, caches), then one timed."""
     run, global_batch, facts = _warmed(contender, npz, replicas, per_replica_batch_size, steps, learning_rate, seed,
-                                       platform, precision=precision)
+                                       platform, precision=precision, jit_compile=jit_compile)
     if run is None:
         return facts
     return {**_timed(run, steps * global_batch), **facts}
@@ -238,6 +241,7 @@ def define_flags() -> None:
     flags.DEFINE_integer("serve", 0, "Take turns: at most this many timed runs, each on a line 'go' from stdin.")
     flags.DEFINE_string("profile", "", "Profile the timed run, its trace written under this folder.")
     flags.DEFINE_enum("precision", "float32", ["float32", "mixed_bfloat16", "mixed_float16"], "The layers' type.")
+    flags.DEFINE_boolean("jit_compile", None, "distmnist: XLA on or off (unset: the trainer's default).")
     flags.mark_flags_as_required(["contender", "npz"])
 
 
@@ -249,7 +253,7 @@ def main() -> None:
     elif f.profile:
         print(json.dumps(profile(*common, logdir=f.profile)), flush=True)
     else:
-        print(json.dumps(measure(*common, precision=f.precision)), flush=True)
+        print(json.dumps(measure(*common, precision=f.precision, jit_compile=f.jit_compile)), flush=True)
 
 
 if __name__ == "__main__":
