@@ -1,9 +1,13 @@
 """`python -m distmnist.bench --quick`: every contender runs and the report has its contract (no timing asserts)."""
 
+import importlib.util
 import json
 import xml.etree.ElementTree as ET
 
 import pytest
+
+from distmnist.bench.solo import TORCH_NOT_INSTALLED
+from distmnist.training import devices
 
 from helpers import run_module
 
@@ -67,10 +71,16 @@ def test_quick_bench_writes_a_complete_report(tmp_path):
     # dots on CPUs), and the race in each mixed precision.
     section = report["precisions"]
     made = {(r["name"], r["precision"], r["batch"]) for r in section["rows"]}
+    torch = importlib.util.find_spec("torch") is not None  # an optional extra: its absence is said in one line
+    bf16 = devices.precision_support(devices.cpu_flags(), []).native["mixed_bfloat16"]
     expected = {(name, precision, batch) for batch in (128, 512)
                 for precision in ("float32", "mixed_bfloat16", "mixed_float16")
-                for name in ("distmnist", "keras fit (tuned)", "jax scan")
-                if not (name == "jax scan" and precision == "mixed_float16")}
+                for name in ("distmnist", "keras fit (tuned)", "jax scan", *(["pytorch eager"] if torch else []))
+                if not (name in ("jax scan", "pytorch eager") and precision == "mixed_float16")
+                and not (name == "pytorch eager" and precision == "mixed_bfloat16" and not bf16)}
+    assert set(section["skipped"]) == ({"pytorch eager"} if not torch else set() if bf16 else
+                                       {"pytorch eager mixed_bfloat16"})
+    assert torch or f"pytorch eager: skipped, {TORCH_NOT_INSTALLED}" in result.stdout
     assert made == expected and all(r["examples_per_sec"] > 0 and len(r["rounds"]) == 1 for r in section["rows"])
     for batch, by in section["ratios"].items():
         fastest_other = max(r["examples_per_sec"] for r in section["rows"]
@@ -183,3 +193,31 @@ def test_a_contender_that_fails_is_named_with_its_last_line(tmp_path):
     timing = contenders.Timing(per_replica_batch_size=16, timed_steps=20)
     with pytest.raises(RunFailed, match=r"the distmnist contender in its own process failed: .*No such file"):
         contenders.take_turns(str(tmp_path / "missing.npz"), 1, "cpu", timing, 2)
+
+
+def test_without_pytorch_its_contender_says_so_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    args = ["--contender=torch", f"--npz={tmp_path / 'unused.npz'}", "--batch_size=16", "--steps=5"]
+    hidden = [sys.executable, "-c", "import runpy, sys; sys.modules['torch'] = None; "
+              f"sys.argv = ['solo', *{args!r}]; runpy.run_module('distmnist.bench.solo', run_name='__main__')"]
+    missing = subprocess.run(hidden, capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 0 and json.loads(missing.stdout) == {"skipped": TORCH_NOT_INSTALLED}
+    assert missing.stderr == ""
+
+
+@pytest.mark.parametrize("precision", ["float32", "mixed_bfloat16"])
+def test_the_pytorch_contender_trains(tmp_path, tiny_mnist, precision):
+    """Where PyTorch is installed (its CPU build; an optional extra like JAX's): its eager loop, with and without
+    bfloat16 autocast, really trains (the loss falls below what any constant guess scores)."""
+    pytest.importorskip("torch")
+    import numpy as np
+
+    npz = tmp_path / "mnist.npz"
+    np.savez(npz, **tiny_mnist.arrays())
+    result = run_module("distmnist.bench.solo", "--contender=torch", f"--npz={npz}", "--batch_size=32",
+                        "--steps=200", "--learning_rate=0.5", f"--precision={precision}", timeout_s=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    reply = json.loads(result.stdout.strip().splitlines()[-1])
+    assert reply["examples_per_sec"] > 0 and 0 < reply["final_loss"] < 0.05  # the best constant guess: 0.09

@@ -112,16 +112,17 @@ def run_bench() -> dict:
                                warmup_steps=5 if quick else FLAGS.warmup_steps,
                                timed_steps=50 if quick else FLAGS.steps)
     mnist = dataset.load(FLAGS.data_dir)
-    jax_dir = None if importlib.util.find_spec("jax") is None else tempfile.mkdtemp(prefix="distmnist-bench-")
+    installed = {name: importlib.util.find_spec(name) is not None for name in ("jax", "torch")}
+    own_dir = tempfile.mkdtemp(prefix="distmnist-bench-") if any(installed.values()) else None
     try:
         npz = None
-        if jax_dir:
-            npz = os.path.join(jax_dir, "mnist.npz")  # the solo processes read the same arrays, whatever the source
+        if own_dir:
+            npz = os.path.join(own_dir, "mnist.npz")  # the solo processes read the same arrays, whatever the source
             np.savez(npz, **mnist.arrays())
-        report = measure(tf, mnist, num_gpus, timing, quick, npz)
+        report = measure(tf, mnist, num_gpus, timing, quick, npz, installed)
     finally:
-        if jax_dir:
-            shutil.rmtree(jax_dir, ignore_errors=True)
+        if own_dir:
+            shutil.rmtree(own_dir, ignore_errors=True)
     json_path = os.path.join(FLAGS.out, "bench.json")
     files.write_json(json_path, report)
     svg_path = os.path.join(FLAGS.out, "bench.svg")
@@ -131,8 +132,10 @@ def run_bench() -> dict:
     return report
 
 
-def measure(tf, mnist, num_gpus: int, timing, quick: bool, npz) -> dict:
-    """Every section in turn; what bench.json holds. npz: MNIST for the processes of their own (None: no JAX)."""
+def measure(tf, mnist, num_gpus: int, timing, quick: bool, npz, installed: dict) -> dict:
+    """Every section in turn; what bench.json holds. npz: MNIST for the processes of their own; installed: which
+    of JAX and PyTorch are."""
+    jax_npz = npz if installed["jax"] else None
     from distmnist.bench import breakdown, checkpointcost, lineup, precisions, race, turns
     from distmnist.training.trainer import TrainerSettings
 
@@ -143,7 +146,7 @@ def measure(tf, mnist, num_gpus: int, timing, quick: bool, npz) -> dict:
     rounds = 1 if quick else FLAGS.rounds
     max_epochs = 1 if quick else FLAGS.max_epochs
     results = lineup.measure(mnist, setups, device_name, first_device, timing, rounds, quick)["results"]
-    jax = turns.measure(npz, setups, "gpu" if num_gpus else "cpu", timing, 2 if quick else FLAGS.turns)
+    jax = turns.measure(jax_npz, setups, "gpu" if num_gpus else "cpu", timing, 2 if quick else FLAGS.turns)
     results += jax.pop("results", [])
     report = {
         "machine": machine(tf),
@@ -151,7 +154,7 @@ def measure(tf, mnist, num_gpus: int, timing, quick: bool, npz) -> dict:
         "results": results,
         "ratios": lineup.ratios(results, None if "skipped" in jax else jax["by_replicas"]["1"]["median"]),
         "distmnist_over_jax": jax,
-        "step_breakdown": breakdown.measure(npz, num_gpus, timing, 1 if quick else FLAGS.breakdown_rounds),
+        "step_breakdown": breakdown.measure(jax_npz, num_gpus, timing, 1 if quick else FLAGS.breakdown_rounds),
         "time_to_accuracy": race.measure(mnist, setups[0][2], 0.90 if quick else TARGET_ACCURACY, max_epochs,
                                          TrainerSettings(batch_size=FLAGS.batch_size, total_steps=max_epochs * (
                                              len(mnist.x_train) // FLAGS.batch_size))),
@@ -159,9 +162,10 @@ def measure(tf, mnist, num_gpus: int, timing, quick: bool, npz) -> dict:
     precision_rounds = min(1, FLAGS.precision_rounds) if quick else FLAGS.precision_rounds
     if precision_rounds:
         report["precisions"] = precisions.measure(
-            mnist, setups[0][2], timing, precision_rounds, npz, xla_setting(tf, num_gpus), report["time_to_accuracy"]
-            ["target"], max_epochs, TrainerSettings(batch_size=FLAGS.batch_size, total_steps=max_epochs * (
-                len(mnist.x_train) // FLAGS.batch_size)))
+            mnist, setups[0][2], timing, precision_rounds, npz, installed, xla_setting(tf, num_gpus),
+            report["time_to_accuracy"]["target"], max_epochs, TrainerSettings(
+                batch_size=FLAGS.batch_size, total_steps=max_epochs * (len(mnist.x_train) // FLAGS.batch_size)),
+            precision_support(tf, num_gpus).native)
     checkpoint_rounds = min(2, FLAGS.checkpoint_rounds) if quick else FLAGS.checkpoint_rounds
     if checkpoint_rounds:
         gc.collect()
@@ -175,14 +179,20 @@ def measure(tf, mnist, num_gpus: int, timing, quick: bool, npz) -> dict:
     return report
 
 
-def xla_setting(tf, num_gpus: int):
-    """precision -> distmnist's XLA setting for it on this machine's first device, as a run resolves it."""
-    from distmnist.runs import run as run_lib
+def precision_support(tf, num_gpus: int):
+    """What this machine's first device does with each precision."""
     from distmnist.training import devices
 
     gpus = tf.config.get_visible_devices("GPU")[:1] if num_gpus else []
-    support = devices.precision_support(devices.cpu_flags(), [
+    return devices.precision_support(devices.cpu_flags(), [
         tf.config.experimental.get_device_details(g).get("compute_capability") or (0, 0) for g in gpus])
+
+
+def xla_setting(tf, num_gpus: int):
+    """precision -> distmnist's XLA setting for it on this machine's first device, as a run resolves it."""
+    from distmnist.runs import run as run_lib
+
+    support = precision_support(tf, num_gpus)
     return lambda precision: run_lib.trainer_settings(TrainConfig(precision=precision), 1, support).jit_compile
 
 

@@ -15,13 +15,26 @@ from distmnist.common.config import PRECISIONS
 BATCHES = (128, 512)
 
 
-def measure(mnist, strategy_fn, timing, rounds: int, npz, xla_for, race_target: float, max_epochs: int,
-            race_settings) -> dict:
+def measure(mnist, strategy_fn, timing, rounds: int, npz, installed: dict, xla_for, race_target: float,
+            max_epochs: int, race_settings, native: dict) -> dict:
     """{"rows": [{"name", "precision", "batch", "rounds", "examples_per_sec"}], "ratios": {batch: {precision:
     distmnist's over the fastest other contender in any precision}}, "race": {precision: {contender: ...}}}.
-    xla_for(precision): distmnist's XLA setting for it on this machine. npz None: no JAX."""
+    xla_for(precision): distmnist's XLA setting for it on this machine. installed: which of JAX and PyTorch are
+    (npz: MNIST for their processes). native: precision -> whether this machine runs it in hardware (PyTorch's
+    bfloat16 autocast is timed only where it does: emulated, it runs tens of times slower, docs/precision.md)."""
     import dataclasses
 
+    skipped = {}
+    if not installed["jax"]:
+        skipped["jax scan"] = contenders.solo.NOT_INSTALLED
+    if not installed["torch"]:
+        skipped["pytorch eager"] = contenders.solo.TORCH_NOT_INSTALLED
+    elif not native["mixed_bfloat16"]:
+        skipped["pytorch eager mixed_bfloat16"] = ("bfloat16 is emulated on this CPU (no amx_bf16 or avx512_bf16), "
+                                                   "where PyTorch's autocast runs tens of times slower than float32")
+    for name, why in skipped.items():
+        print(f"precisions: {name} skipped, {why}", flush=True)
+    npz = npz if any(installed.values()) else None
     lineup = []
     for batch in BATCHES:
         at = dataclasses.replace(timing, per_replica_batch_size=batch)
@@ -34,9 +47,12 @@ def measure(mnist, strategy_fn, timing, rounds: int, npz, xla_for, race_target: 
                     "distmnist", npz, at, p, xla_for(p))["examples_per_sec"]))
             lineup.append(("keras fit (tuned)", precision, batch, lambda at=at, p=precision: contenders.keras_fit(
                 mnist, strategy_fn(), at, tuned=True, policy=p)))
-            if npz is not None and precision != "mixed_float16":  # JAX's CPU dots have no float16 kernels
+            if installed["jax"] and precision != "mixed_float16":  # JAX's CPU dots have no float16 kernels
                 lineup.append(("jax scan", precision, batch, lambda at=at, p=precision: contenders.in_own_process(
                     "jax", npz, at, p)["examples_per_sec"]))
+            if installed["torch"] and (precision == "float32" or precision == "mixed_bfloat16" and native[precision]):
+                lineup.append(("pytorch eager", precision, batch, lambda at=at, p=precision:
+                               contenders.in_own_process("torch", npz, at, p)["examples_per_sec"]))
     rows = [{"name": name, "precision": precision, "batch": batch, "rounds": []}
             for name, precision, batch, _ in lineup]
     print(f"precisions: {rounds} round(s) of {len(lineup)} contenders at batch {' and '.join(map(str, BATCHES))}",
@@ -66,13 +82,15 @@ def measure(mnist, strategy_fn, timing, rounds: int, npz, xla_for, race_target: 
             gc.collect()
             seconds, epochs, accuracy = fn(mnist, strategy_fn(), race_target, max_epochs, settings)
             race[precision][name] = {"seconds": seconds, "epochs": epochs, "accuracy": accuracy}
-    return {"rows": rows, "ratios": ratios, "race": race, "target": race_target}
+    return {"rows": rows, "ratios": ratios, "race": race, "target": race_target, "skipped": skipped}
 
 
 def table(section: dict) -> str:
     lines = [f"precisions, one replica: {'contender':<18} {'precision':<15} {'batch':>5} {'examples/s':>12}"]
     for r in section["rows"]:
         lines.append(f"  {r['name']:<18} {r['precision']:<15} {r['batch']:>5} {r['examples_per_sec']:>12,.0f}")
+    for name, why in section["skipped"].items():
+        lines.append(f"  {name}: skipped, {why}")
     for batch, by in section["ratios"].items():
         lines.append(f"  batch {batch}: distmnist over the fastest other contender in any precision: " + ", ".join(
             f"{p} {v:.2f}" for p, v in by.items()))

@@ -33,6 +33,8 @@ from distmnist.training import LAYER_SIZES  # without TensorFlow, which the JAX 
 
 
 NOT_INSTALLED = "JAX is not installed (pip install -e '.[bench]' adds it)"
+TORCH_NOT_INSTALLED = ("PyTorch is not installed (its CPU build: pip install torch --index-url "
+                       "https://download.pytorch.org/whl/cpu)")
 NO_BACKEND = ("this JAX has no {platform} backend (pip install -e '.[bench-gpu]' adds JAX with CUDA 12, "
               "jax[cuda12])")
 
@@ -136,7 +138,61 @@ def distmnist_runner(npz: str, replicas: int, per_replica_batch_size: int, steps
     return run, trainer.global_batch_size, {"devices": list(choice.devices)}
 
 
-RUNNERS = {"jax": jax_runner, "distmnist": distmnist_runner}
+def torch_runner(npz: str, replicas: int, per_replica_batch_size: int, steps: int, learning_rate: float, seed: int,
+                 platform: str = "cpu", precision: str = "float32"):
+    """(run, global batch, facts): PyTorch's eager loop as its users write it on a CPU, the same MLP, initialisation,
+    MSE and SGD over the same resident data; mixed_bfloat16 under torch.autocast("cpu", dtype=torch.bfloat16) (its
+    CPU matmuls go through oneDNN). None, 0 and {"skipped": why} where PyTorch is not installed."""
+    try:
+        import torch
+    except ImportError:
+        return None, 0, {"skipped": TORCH_NOT_INSTALLED}
+    if replicas != 1 or platform != "cpu" or precision == "mixed_float16":
+        raise SystemExit("distmnist.bench.solo: the PyTorch contender runs on one CPU, in float32 or mixed_bfloat16")
+    with np.load(npz) as data:
+        x_train, y_train = data["x_train"], data["y_train"]
+    features = torch.from_numpy(x_train.reshape(-1, LAYER_SIZES[0]).astype(np.float32) / 255.0)
+    targets = torch.from_numpy(np.eye(LAYER_SIZES[-1], dtype=np.float32)[y_train])
+    rng = np.random.default_rng(seed)
+    params = []
+    for fan_in, fan_out in zip(LAYER_SIZES[:-1], LAYER_SIZES[1:]):
+        limit = 1.0 / np.sqrt(fan_in)
+        params += [torch.tensor(rng.uniform(-limit, limit, [fan_in, fan_out]).astype(np.float32), requires_grad=True),
+                   torch.tensor(rng.uniform(-limit, limit, [fan_out]).astype(np.float32), requires_grad=True)]
+    low = precision == "mixed_bfloat16"
+    order = torch.from_numpy(np.concatenate([rng.permutation(len(x_train)) for _ in range(
+        -(-2 * steps * per_replica_batch_size // len(x_train)))]))
+    position = 0
+
+    def step(batch):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=low):
+            h = features[batch]
+            for i in range(0, len(params), 2):
+                h = h @ params[i] + params[i + 1]
+                if i + 2 < len(params):
+                    h = torch.relu(h)
+        loss = torch.mean(torch.square(targets[batch] - h.float()))
+        grads = torch.autograd.grad(loss, params)
+        with torch.no_grad():
+            for p, g in zip(params, grads):
+                p.sub_(learning_rate * g)
+        return loss
+
+    def run():
+        nonlocal position
+        start = time.perf_counter()
+        for _ in range(steps):
+            if position + per_replica_batch_size > len(order):
+                position = 0
+            loss = step(order[position:position + per_replica_batch_size])
+            position += per_replica_batch_size
+        final = float(loss)
+        return time.perf_counter() - start, final
+
+    return run, per_replica_batch_size, {"torch_version": torch.__version__, "threads": torch.get_num_threads()}
+
+
+RUNNERS = {"jax": jax_runner, "distmnist": distmnist_runner, "torch": torch_runner}
 
 
 def _warmed(contender: str, npz: str, replicas: int, per_replica_batch_size: int, steps: int, learning_rate: float,
@@ -230,7 +286,7 @@ def environment(contender: str, replicas: int, platform: str = "cpu", kernels: b
 
 
 def define_flags() -> None:
-    flags.DEFINE_enum("contender", None, ["jax", "distmnist"], "Which loop to time.")
+    flags.DEFINE_enum("contender", None, ["jax", "distmnist", "torch"], "Which loop to time.")
     flags.DEFINE_string("npz", None, "MNIST's arrays (the bench writes them once for both contenders).")
     flags.DEFINE_integer("replicas", 1, "Devices to train on.")
     flags.DEFINE_integer("batch_size", 128, "Per-replica batch size.")
