@@ -112,6 +112,19 @@ def test_the_replica_count_changes_only_the_low_precision_rounding(mnist, precis
     assert max_difference(wrong_one, wrong_two) > bound
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", MIXED)
+def test_the_losses_do_not_depend_on_steps_per_loop(mnist, precision):
+    """Without XLA every step runs the same kernels whatever the call's length, so 1, 7 and 50 steps per call give
+    the same 70 losses and weights, bit for bit, in each precision (the float16 loss scale's state included)."""
+    runs = [trained(mnist, precision, steps=70, batch_size=32, steps_per_loop=k, jit_compile=False,
+                    loss_scale_growth_steps=20) for k in (1, 7, 50)]
+    for trainer, losses in runs[1:]:
+        np.testing.assert_array_equal(losses, runs[0][1])
+        assert max_difference(trainer, runs[0][0]) == 0.0
+        assert trainer.loss_scale_state() == runs[0][0].loss_scale_state()
+
+
 def test_a_planted_overflow_skips_the_step_and_halves_the_scale_on_every_replica(mnist):
     """A loss 1000 times too large overflows float16's gradients at the initial scale: the step changes no weight
     and halves the scale, on both replicas, and the run goes on; once the scale is small enough, it trains."""
