@@ -13,7 +13,7 @@ import json
 from absl import flags
 
 from distmnist.common.errors import UserError
-from distmnist.startup import cli
+from distmnist.common import cli
 from distmnist.startup.checks import diagnose
 
 FLAGS = flags.FLAGS

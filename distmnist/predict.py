@@ -18,7 +18,8 @@ from absl import flags
 
 from distmnist.common import files, progress
 from distmnist.data import images
-from distmnist.startup import cli, tfquiet  # none imports TensorFlow: bad files fail fast
+from distmnist.common import cli
+from distmnist.startup import tfquiet  # none imports TensorFlow: bad files fail fast
 from distmnist.common.errors import UserError
 
 FLAGS = flags.FLAGS

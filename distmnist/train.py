@@ -16,7 +16,8 @@ from absl import flags
 import distmnist
 from distmnist.common import config
 from distmnist.runs import pictures, runclaim
-from distmnist.startup import cli, tfquiet, vertex
+from distmnist.common import cli
+from distmnist.startup import tfquiet, vertex
 from distmnist.training.cluster import parse_tf_config, tf_config_from_jobset
 from distmnist.common.config import TrainConfig
 from distmnist.common.errors import UserError

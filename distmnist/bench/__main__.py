@@ -30,7 +30,8 @@ from distmnist.bench import wholeprocess
 from distmnist.common import files
 from distmnist.common.config import TrainConfig
 from distmnist.common.errors import UserError
-from distmnist.startup import cli, tfquiet
+from distmnist.common import cli
+from distmnist.startup import tfquiet
 
 FLAGS = flags.FLAGS
 

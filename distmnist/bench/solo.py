@@ -28,7 +28,7 @@ from typing import Optional
 import numpy as np
 from absl import flags
 
-from distmnist.startup import cli
+from distmnist.common import cli
 from distmnist.training import LAYER_SIZES  # without TensorFlow, which the JAX contender must not import
 
 

@@ -6,7 +6,7 @@
 from absl import flags
 
 from distmnist.data import dataset
-from distmnist.startup import cli
+from distmnist.common import cli
 
 
 def define_flags() -> None:

@@ -1,3 +1,2 @@
 """Start-up plumbing for the entry points: TensorFlow imported quietly (tfquiet.py), XLA's CPU options (xlaflags.py),
-flag parsing and one-line errors (cli.py), Vertex AI's environment (vertex.py), and the doctor's checks
-(checks.py)."""
+Vertex AI's environment (vertex.py), and the doctor's checks (checks.py)."""
