@@ -184,9 +184,7 @@ def precision_support(tf, num_gpus: int):
     """What this machine's first device does with each precision."""
     from distmnist.training import devices
 
-    gpus = tf.config.get_visible_devices("GPU")[:1] if num_gpus else []
-    return devices.precision_support(devices.cpu_flags(), [
-        tf.config.experimental.get_device_details(g).get("compute_capability") or (0, 0) for g in gpus])
+    return devices.support_of(tf.config.get_visible_devices("GPU")[:1] if num_gpus else [])
 
 
 def xla_setting(tf, num_gpus: int):

@@ -43,10 +43,12 @@ class Run:
     cluster: Optional[Cluster]
     run_dir: Optional[str]  # None on a cluster's workers other than the chief
     history: Optional[dict]  # what a resumed run logged before its checkpoint
-    total_steps: int
-    xla: bool  # as resolved for this run's devices
     started: float
     timings: dict  # seconds per part of the run, filled as it goes
+
+    @property
+    def total_steps(self) -> int:
+        return self.trainer.settings.total_steps
 
     @property
     def is_chief(self) -> bool:
@@ -75,13 +77,6 @@ def trainer_settings(config: TrainConfig, total_steps: int, support: Optional[de
                            steps_per_loop=config.steps_per_loop, shuffle_buffer=config.shuffle_buffer,
                            input=config.input, jit_compile=jit, total_steps=total_steps,
                            precision=config.precision)
-
-
-def precision_support(choice: StrategyChoice) -> devices.PrecisionSupport:
-    """What the devices this run trains on do with bfloat16 and float16."""
-    gpus = tf.config.get_visible_devices("GPU") if any("GPU" in d.upper() for d in choice.devices) else []
-    return devices.precision_support(devices.cpu_flags(), [
-        tf.config.experimental.get_device_details(g).get("compute_capability") or (0, 0) for g in gpus])
 
 
 def schedule(config: TrainConfig, total_steps: int, run_dir: Optional[str]) -> Schedule:
@@ -124,11 +119,11 @@ def set_up(config: TrainConfig, choice: Optional[StrategyChoice] = None, mnist: 
                                      config.gpu_memory_growth)
     per_epoch = steps_per_epoch(len(mnist.x_train), config.batch_size, choice.strategy.num_replicas_in_sync)
     total_steps = config.max_steps or config.epochs * per_epoch
-    support = precision_support(choice)
+    trains_on_gpus = any("GPU" in d.upper() for d in choice.devices)
+    support = devices.support_of(tf.config.get_visible_devices("GPU") if trains_on_gpus else [])
     if config.precision != "float32" and not support.native[config.precision]:
         print(f"warning: {devices.emulated(config.precision, support)}; training anyway", file=sys.stderr, flush=True)
-    settings = trainer_settings(config, total_steps, support)
-    trainer = Trainer(settings, choice.strategy, mnist)
+    trainer = Trainer(trainer_settings(config, total_steps, support), choice.strategy, mnist)
     run_dir = rundir.open_dir(config.logdir, config.run_name, flags, plan) if is_chief else None
     if is_chief and config.events_dir:
         rundir.open_events_dir(config.events_dir, plan)
@@ -146,8 +141,7 @@ def set_up(config: TrainConfig, choice: Optional[StrategyChoice] = None, mnist: 
               f"{checkpointer.directory if is_chief else 'the chief'}", flush=True)
     print(describe_setup(choice, trainer, config, total_steps), flush=True)
     timings["setup_s"] = time.perf_counter() - started - timings["data_s"]
-    return Run(config, mnist, choice, trainer, checkpointer, cluster, run_dir, history, total_steps,
-               settings.jit_compile, started, timings)
+    return Run(config, mnist, choice, trainer, checkpointer, cluster, run_dir, history, started, timings)
 
 
 def train(run: Run) -> tuple:
@@ -155,7 +149,7 @@ def train(run: Run) -> tuple:
     cluster a collective that fails or times out means a peer is gone (errors.ClusterFailed)."""
     trainer, checkpointer, cluster = run.trainer, run.checkpointer, run.cluster
     config = run.config
-    description = (config.run_name, experiment.values(config, trainer.num_replicas, run.xla),
+    description = (config.run_name, experiment.values(config, trainer.num_replicas, trainer.settings.jit_compile),
                    experiment.config_table(config))
     reporter = RunReporter(run.events_dir, run.total_steps, config.learning_rate, verbose=run.is_chief,
                            history=run.history, test_set=(run.mnist.x_test, run.mnist.y_test), description=description)

@@ -137,9 +137,7 @@ def gpu_finding(tf) -> str:
 
 def check_precision(tf) -> Check:
     """What this machine's training devices do with bfloat16 and float16, and the --precision it recommends."""
-    capabilities = [tf.config.experimental.get_device_details(g).get("compute_capability") or (0, 0)
-                    for g in tf.config.get_visible_devices("GPU")]
-    support = devices.precision_support(devices.cpu_flags(), capabilities)
+    support = devices.support_of(tf.config.get_visible_devices("GPU"))
     kinds = ", ".join(f"{p.replace('mixed_', '')} {'native' if n else 'emulated'}" for p, n in support.native.items())
     return Check("precision", "ok", f"{kinds}; recommended --precision={support.recommended} ({support.why})")
 

@@ -172,6 +172,14 @@ def precision_support(flags: set, gpu_capabilities: Sequence) -> PrecisionSuppor
                             "are emulated here, no faster than float32 and less precise")
 
 
+def support_of(gpus: Sequence) -> PrecisionSupport:
+    """precision_support for this CPU and the given TensorFlow GPU devices (empty: the CPU trains)."""
+    import tensorflow as tf
+
+    return precision_support(cpu_flags(), [tf.config.experimental.get_device_details(g).get("compute_capability")
+                                           or (0, 0) for g in gpus])
+
+
 def emulated(precision: str, support: PrecisionSupport) -> str:
     """Why `precision` is emulated on the training devices, in one line (for the run's warning)."""
     if support.on_cpu:

@@ -168,10 +168,10 @@ class Trainer:
             overflowed = stats[1] > 0.0
             apply = tf.logical_and(apply, tf.logical_not(overflowed))
             flags = tf.stack([tf.cast(active, tf.float32), tf.cast(overflowed, tf.float32)])
-            ctx.merge_call(functools.partial(self._update_copies_of, self.loss_scale.state,
+            ctx.merge_call(functools.partial(self._update_copies, self.loss_scale.state,
                                              update=self._update_loss_scale), args=([flags],))
         sgd = functools.partial(self._sgd_all, learning_rate=self._learning_rate, apply=apply)
-        ctx.merge_call(functools.partial(self._update_copies, update=sgd), args=(grads,))
+        ctx.merge_call(functools.partial(self._update_copies, self.model.weights, update=sgd), args=(grads,))
         return stats[0], marks
 
     def _batch_gradients(self, weights, loss_scale, *batch_args):
@@ -187,14 +187,11 @@ class Trainer:
         grads, loss = self._batch_gradients(weights, loss_scale, *batch_args)
         return grads, loss, tf.math.is_finite(loss) if loss_scale is not None else step.all_finite(loss, grads)
 
-    def _update_copies(self, strategy, values, update):
-        """The merge_call target: update(variables, values) on every replica's copy of the weights with that
-        replica's values, all the weights in one call: SGD (one XLA launch a replica under per-replica XLA), or
-        taking replica 0's. Bind `update` beforehand: merge_call would treat its arguments as per-replica data."""
-        self._on_each_copy(self.model.weights, values, update)
-
-    def _update_copies_of(self, targets, strategy, values, update):
-        """_update_copies for other variables (the loss scale's state)."""
+    def _update_copies(self, targets, strategy, values, update):
+        """The merge_call target: update(variables, values) on every replica's copy of the target variables with
+        that replica's values, all of them in one call: SGD on the weights (one XLA launch a replica under
+        per-replica XLA), the loss scale's state, or taking replica 0's. Bind `targets` and `update` beforehand:
+        merge_call would treat its arguments as per-replica data."""
         self._on_each_copy(targets, values, update)
 
     def _on_each_copy(self, targets, values, update) -> None:
@@ -274,7 +271,7 @@ class Trainer:
             keep = tf.cast(tf.equal(ctx.replica_id_in_sync_group, 0), tf.float32)
             state = ctx.all_reduce(tf.distribute.ReduceOp.SUM, [tf.convert_to_tensor(v) * keep for v in self._state])
             at_step = ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.identity(at_step) * tf.cast(keep, tf.float64))
-            ctx.merge_call(functools.partial(self._update_copies_of, self._state, update=step.assign_all),
+            ctx.merge_call(functools.partial(self._update_copies, self._state, update=step.assign_all),
                            args=(state,))
             return at_step
         return self.strategy.experimental_local_results(self.strategy.run(replica, args=(at_step,)))[0]
