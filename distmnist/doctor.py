@@ -12,8 +12,8 @@ import json
 
 from absl import flags
 
-from distmnist.common.errors import UserError
 from distmnist.common import cli
+from distmnist.common.errors import UserError
 from distmnist.startup.checks import diagnose
 
 FLAGS = flags.FLAGS

@@ -16,11 +16,10 @@ import sys
 import numpy as np
 from absl import flags
 
-from distmnist.common import files, progress
-from distmnist.data import images
-from distmnist.common import cli
-from distmnist.startup import tfquiet  # none imports TensorFlow: bad files fail fast
+from distmnist.common import cli, files, progress
 from distmnist.common.errors import UserError
+from distmnist.data import images
+from distmnist.startup import tfquiet  # none imports TensorFlow: bad files fail fast
 
 FLAGS = flags.FLAGS
 PROGRESS_FROM = 20  # files: more than this draw a progress bar on a terminal's stderr

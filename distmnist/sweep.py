@@ -28,8 +28,7 @@ from typing import Optional
 
 from absl import flags
 
-from distmnist.common import config, files
-from distmnist.common import cli
+from distmnist.common import cli, config, files
 from distmnist.common.config import TrainConfig
 from distmnist.common.errors import Stopped, UserError
 

@@ -14,13 +14,12 @@ from typing import Optional
 from absl import flags
 
 import distmnist
-from distmnist.common import config
-from distmnist.runs import pictures, runclaim
-from distmnist.common import cli
-from distmnist.startup import tfquiet, vertex
-from distmnist.training.cluster import parse_tf_config, tf_config_from_jobset
+from distmnist.common import cli, config
 from distmnist.common.config import TrainConfig
 from distmnist.common.errors import UserError
+from distmnist.runs import pictures, runclaim
+from distmnist.startup import tfquiet, vertex
+from distmnist.training.cluster import parse_tf_config, tf_config_from_jobset
 
 
 def define_flags(flag_values=flags.FLAGS) -> None:

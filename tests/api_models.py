@@ -9,9 +9,8 @@ import re
 import typing
 
 import pydantic
-from kubeflow_trainer_api import models as trainer_models
-
 from kubeflow.training import models as kubeflow_models
+from kubeflow_trainer_api import models as trainer_models
 from kubernetes import client as kubernetes_models
 
 PRIMITIVES = {"str": str, "int": int, "bool": bool, "float": (int, float), "object": object, "datetime": str,

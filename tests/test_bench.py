@@ -132,6 +132,7 @@ def test_the_jax_contender_trains_on_two_devices_in_its_own_process(tmp_path):
     import numpy as np
 
     from distmnist.bench import solo
+
     from helpers import make_tiny_mnist
 
     npz = tmp_path / "mnist.npz"

@@ -9,9 +9,9 @@ import pytest
 from distmnist.data import dataset
 from distmnist.runs import calibration, run
 from distmnist.runs.export import Classifier
-from distmnist.training.trainer import Trainer, TrainerSettings
 from distmnist.training.model import MLP
 from distmnist.training.strategy import make_strategy
+from distmnist.training.trainer import Trainer, TrainerSettings
 
 from helpers import run_schedule
 

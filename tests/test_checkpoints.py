@@ -18,12 +18,13 @@ import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
-from distmnist.runs.checkpoints import Checkpointer
-from distmnist.training.controller import run_steps
 from distmnist.common.errors import RunFailed, UserError
-from distmnist.training.trainer import Trainer, TrainerSettings
+from distmnist.runs.checkpoints import Checkpointer
 from distmnist.runs.signals import StopOnSignal
+from distmnist.training.controller import run_steps
 from distmnist.training.strategy import make_strategy
+from distmnist.training.trainer import Trainer, TrainerSettings
+
 from helpers import REPO, assert_same_weights, read_scalars, run_module, saved_weights
 
 pytestmark = [pytest.mark.slow]

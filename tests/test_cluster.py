@@ -5,9 +5,10 @@ import re
 
 import pytest
 
-from distmnist.training.cluster import NoRole, parse_tf_config, tf_config_from_jobset
-from helpers import run_module
 from distmnist.common.errors import UserError
+from distmnist.training.cluster import NoRole, parse_tf_config, tf_config_from_jobset
+
+from helpers import run_module
 
 
 def tf_config(cluster, task):

@@ -6,9 +6,8 @@ import struct
 import numpy as np
 import pytest
 
-from distmnist.data import dataset
-from distmnist.data import mirror
 from distmnist.common.errors import DataError
+from distmnist.data import dataset, mirror
 
 NOTES_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 NOTES_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]

@@ -7,9 +7,9 @@ import pytest
 import tensorflow as tf
 
 from distmnist.runs.export import export_saved_model
-from distmnist.training.trainer import Trainer, TrainerSettings
 from distmnist.training.model import MLP, images_to_features
 from distmnist.training.strategy import make_strategy
+from distmnist.training.trainer import Trainer, TrainerSettings
 
 from helpers import run_python, run_schedule
 

@@ -12,8 +12,8 @@ import pytest
 import tensorflow as tf
 
 from distmnist.runs.export import Classifier
-from distmnist.training.trainer import Trainer, TrainerSettings
 from distmnist.training.strategy import communication, make_strategy
+from distmnist.training.trainer import Trainer, TrainerSettings
 
 from helpers import REPO, free_ports, run_schedule
 from kernel_registry import (collective_dtypes, compiled_by_xla, loop_body_ops, memory_types, nodes_outside_xla,

@@ -19,6 +19,7 @@ import pytest
 import tensorflow as tf
 
 from distmnist.training.cluster import parse_tf_config
+
 from helpers import REPO, free_ports
 
 pytestmark = [pytest.mark.slow]

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from distmnist.common.errors import TrainingDiverged
 from distmnist.data import dataset
 from distmnist.training.controller import Reporter
-from distmnist.common.errors import TrainingDiverged
-from distmnist.training.trainer import Trainer, TrainerSettings
 from distmnist.training.model import images_to_features
 from distmnist.training.strategy import make_strategy
+from distmnist.training.trainer import Trainer, TrainerSettings
 
 from helpers import make_tiny_mnist, run_schedule
 

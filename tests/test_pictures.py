@@ -8,6 +8,7 @@ import pytest
 
 from distmnist.common.errors import RunFailed
 from distmnist.runs.pictures import Painter
+
 from helpers import run_python
 
 

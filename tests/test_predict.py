@@ -10,11 +10,10 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from distmnist.data import dataset
-from distmnist.data import images
+from distmnist.data import dataset, images
 from distmnist.runs.export import Classifier, save
-from distmnist.training.trainer import Trainer, TrainerSettings
 from distmnist.training.strategy import make_strategy
+from distmnist.training.trainer import Trainer, TrainerSettings
 
 from helpers import REPO, run_module, run_schedule
 

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from distmnist.common.config import TrainConfig
-from distmnist.training.profiling import StepProfiler
 from distmnist.runs.run import train_and_evaluate
+from distmnist.training.profiling import StepProfiler
 from distmnist.training.strategy import make_strategy
 
 from helpers import read_scalars

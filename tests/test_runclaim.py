@@ -13,6 +13,7 @@ import time
 import pytest
 
 from distmnist.runs import runclaim
+
 from helpers import REPO
 
 HOLDER = """

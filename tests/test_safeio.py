@@ -13,11 +13,10 @@ import zlib
 import numpy as np
 import pytest
 
-from distmnist.data import dataset
 from distmnist.common import safeio
-from distmnist.data import images
-from distmnist.runs import rundir
 from distmnist.common.errors import UserError
+from distmnist.data import dataset, images
+from distmnist.runs import rundir
 
 
 def npy_declaring(shape, dtype="<u1", payload=b"\0" * 64) -> bytes:

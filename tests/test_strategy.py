@@ -4,8 +4,8 @@ a GPU host's, with GPUs hidden, too few, none), `make_strategy` builds what it s
 import pytest
 import tensorflow as tf
 
-from distmnist.training import devices
 from distmnist.common.errors import UserError
+from distmnist.training import devices
 from distmnist.training.strategy import make_strategy
 
 FOUR = ["/physical_device:GPU:0", "/physical_device:GPU:1", "/physical_device:GPU:2", "/physical_device:GPU:3"]

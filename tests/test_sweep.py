@@ -12,6 +12,7 @@ import pytest
 
 from distmnist import sweep
 from distmnist.common.errors import UserError
+
 from helpers import REPO, run_module, tensorboard_server
 
 

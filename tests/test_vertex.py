@@ -14,6 +14,7 @@ import pytest
 from distmnist.common.config import TrainConfig
 from distmnist.common.errors import UserError
 from distmnist.startup.vertex import from_environment
+
 from helpers import REPO, read_scalars, run_module, run_python
 
 AIP = {"AIP_CHECKPOINT_DIR": "gs://b/jobs/j1/checkpoints/", "AIP_MODEL_DIR": "gs://b/jobs/j1/model/",

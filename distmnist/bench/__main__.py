@@ -27,10 +27,9 @@ import numpy as np
 from absl import flags
 
 from distmnist.bench import wholeprocess
-from distmnist.common import files
+from distmnist.common import cli, files
 from distmnist.common.config import TrainConfig
 from distmnist.common.errors import UserError
-from distmnist.common import cli
 from distmnist.startup import tfquiet
 
 FLAGS = flags.FLAGS

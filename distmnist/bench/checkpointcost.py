@@ -11,8 +11,8 @@ the median block without saves.
 import statistics
 import time
 
-from distmnist.runs.checkpoints import Checkpointer
 from distmnist.data.dataset import Mnist
+from distmnist.runs.checkpoints import Checkpointer
 from distmnist.training.controller import run_steps
 from distmnist.training.trainer import Trainer, TrainerSettings
 

@@ -13,13 +13,12 @@ import warnings
 import numpy as np
 import tensorflow as tf
 
-from distmnist.training import inputs
 from distmnist.bench import solo
-from distmnist.data.dataset import Mnist
 from distmnist.common.errors import RunFailed
+from distmnist.data.dataset import Mnist
+from distmnist.training import LAYER_SIZES, inputs
 from distmnist.training.controller import run_steps
 from distmnist.training.trainer import Trainer, TrainerSettings
-from distmnist.training import LAYER_SIZES
 
 FLOP_PER_EXAMPLE = 2.41e6  # forward 1.07 + backward 1.34 MFLOP for 784-512-256-10
 

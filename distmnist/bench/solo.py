@@ -31,7 +31,6 @@ from absl import flags
 from distmnist.common import cli
 from distmnist.training import LAYER_SIZES  # without TensorFlow, which the JAX contender must not import
 
-
 NOT_INSTALLED = "JAX is not installed (pip install -e '.[bench]' adds it)"
 TORCH_NOT_INSTALLED = ("PyTorch is not installed (its CPU build: pip install torch --index-url "
                        "https://download.pytorch.org/whl/cpu)")
@@ -115,10 +114,10 @@ def distmnist_runner(npz: str, replicas: int, per_replica_batch_size: int, steps
     from distmnist.startup import tfquiet
 
     tfquiet.import_tensorflow()
-    from distmnist.training.controller import run_steps
     from distmnist.data.dataset import Mnist
-    from distmnist.training.trainer import Trainer, TrainerSettings
+    from distmnist.training.controller import run_steps
     from distmnist.training.strategy import make_strategy
+    from distmnist.training.trainer import Trainer, TrainerSettings
 
     if platform == "cpu":
         choice = make_strategy(num_gpus=0) if replicas == 1 else make_strategy(cpu_replicas=replicas)
@@ -269,8 +268,8 @@ def environment(contender: str, replicas: int, platform: str = "cpu", kernels: b
     """The environment the contender needs: on CPUs, JAX's host platform split into `replicas` devices; JAX's
     XLA as JAX's users run it, without the options distmnist sets for TensorFlow's (xlaflags.py). With kernels,
     XLA records every kernel it runs for the profiler (xlaprofile.py)."""
-    from distmnist.startup import xlaflags
     from distmnist.bench import xlaprofile
+    from distmnist.startup import xlaflags
 
     env = dict(os.environ)
     flags = env.get("XLA_FLAGS", "")

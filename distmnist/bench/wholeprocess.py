@@ -18,8 +18,8 @@ import time
 from typing import Optional
 
 import distmnist
-from distmnist.data.dataset import keras_cache_path
 from distmnist.common.errors import RunFailed
+from distmnist.data.dataset import keras_cache_path
 
 KERAS_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "keras_fit_script.py")
 PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(distmnist.__file__)))

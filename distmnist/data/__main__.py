@@ -5,8 +5,8 @@
 
 from absl import flags
 
-from distmnist.data import dataset
 from distmnist.common import cli
+from distmnist.data import dataset
 
 
 def define_flags() -> None:

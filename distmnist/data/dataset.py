@@ -24,8 +24,8 @@ import numpy as np
 from absl import logging
 
 from distmnist.common import files, safeio
-from distmnist.data import mirror
 from distmnist.common.errors import DataError, UserError
+from distmnist.data import mirror
 
 KERAS_URL = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/mnist.npz"
 KERAS_NPZ_SHA256 = "731c5ac602752760c8e48fbffcf8c3b850d9dc2a2aedcf2cc48468fc17b673d1"

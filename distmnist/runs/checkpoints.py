@@ -22,8 +22,8 @@ import tensorflow as tf
 from absl import logging
 
 from distmnist.common import files, logfilters, safeio
-from distmnist.runs import rundir
 from distmnist.common.errors import RunFailed, UserError
+from distmnist.runs import rundir
 from distmnist.training.trainer import Trainer
 
 HISTORY = "history.json"

@@ -11,22 +11,22 @@ from typing import Optional
 import tensorflow as tf
 
 import distmnist
-from distmnist.runs import calibration as calibration_lib
-from distmnist.data import dataset
 from distmnist.common import files
+from distmnist.common.config import TrainConfig, default_run_name
+from distmnist.common.errors import ClusterFailed, Stopped, TrainingDiverged
+from distmnist.data import dataset
+from distmnist.data.dataset import Mnist
+from distmnist.runs import calibration as calibration_lib
 from distmnist.runs import experiment, export, rundir, summaries
 from distmnist.runs.checkpoints import Checkpointer
-from distmnist.training.cluster import Cluster, parse_tf_config
-from distmnist.common.config import TrainConfig, default_run_name
-from distmnist.training import devices
-from distmnist.training.controller import Controller, Schedule
-from distmnist.data.dataset import Mnist
-from distmnist.common.errors import ClusterFailed, Stopped, TrainingDiverged
-from distmnist.training.trainer import Trainer, TrainerSettings, steps_per_epoch
 from distmnist.runs.pictures import Painter
 from distmnist.runs.signals import StopOnSignal
-from distmnist.training.strategy import StrategyChoice, make_strategy, set_host_threads
 from distmnist.runs.summaries import RunReporter
+from distmnist.training import devices
+from distmnist.training.cluster import Cluster, parse_tf_config
+from distmnist.training.controller import Controller, Schedule
+from distmnist.training.strategy import StrategyChoice, make_strategy, set_host_threads
+from distmnist.training.trainer import Trainer, TrainerSettings, steps_per_epoch
 
 CALIBRATION_STRIDE = 6
 

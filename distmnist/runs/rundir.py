@@ -11,7 +11,6 @@ from tensorflow.core.util import event_pb2
 from distmnist.common import files, safeio
 from distmnist.common.errors import UserError
 
-
 RUN_CONFIG = "run_config.json"
 # Flags that may differ between a run and its resumption; every other flag must match.
 RESUMABLE = ("overwrite", "data_dir", "require_gpus")

@@ -11,8 +11,8 @@ was registered, and `python -m distmnist.doctor` reports them when a GPU was exp
 import importlib.abc
 import sys
 
-from distmnist.startup import xlaflags
 from distmnist.common.logfilters import capturing_stderr
+from distmnist.startup import xlaflags
 
 
 class _KerasLater(importlib.abc.MetaPathFinder):

@@ -10,8 +10,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from distmnist.training.trainer import Trainer
 from distmnist.training.profiling import StepProfiler
+from distmnist.training.trainer import Trainer
 
 
 class Reporter:

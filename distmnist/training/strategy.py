@@ -6,10 +6,10 @@ from typing import Optional
 import tensorflow as tf
 from absl import logging
 
+from distmnist.common.errors import UserError
 from distmnist.training import devices
 from distmnist.training.cluster import Cluster
 from distmnist.training.devices import configure_gpus
-from distmnist.common.errors import UserError
 
 
 @dataclasses.dataclass(frozen=True)

@@ -24,9 +24,9 @@ from typing import Callable, Optional
 import numpy as np
 import tensorflow as tf
 
-from distmnist.training import inputs, step
-from distmnist.data.dataset import Mnist
 from distmnist.common.errors import TrainingDiverged, UserError
+from distmnist.data.dataset import Mnist
+from distmnist.training import inputs, step
 from distmnist.training.model import MLP, images_to_features
 
 
