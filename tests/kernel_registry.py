@@ -163,11 +163,13 @@ def memory_types(node) -> tuple:
     inputs, outputs = _flat_args(node, op_def.input_arg), _flat_args(node, op_def.output_arg)
     if compiled_by_xla(node):
         return ([HOST if t in ALWAYS_ON_HOST else DEVICE for _, t in inputs], [DEVICE] * len(outputs))
-    kernel = None if node.op in FUNCTION_CALLS else _gpu_kernel(node)
-    host_args = kernel[2] if kernel else frozenset()
+    kernel = _gpu_kernel(node)
+    host_args = kernel[2] if kernel else frozenset()  # an If's or a Case's branch choice, on the host
+    # A function's int32 arguments and results live on the host, as do those of an op without a GPU kernel.
+    int32_on_host = kernel is None or node.op in FUNCTION_CALLS
 
     def memory(name, dtype):
-        on_host = name in host_args or dtype in ALWAYS_ON_HOST or (dtype == types_pb2.DT_INT32 and kernel is None)
+        on_host = name in host_args or dtype in ALWAYS_ON_HOST or (dtype == types_pb2.DT_INT32 and int32_on_host)
         return HOST if on_host else DEVICE
 
     return [memory(n, t) for n, t in inputs], [memory(n, t) for n, t in outputs]

@@ -228,6 +228,28 @@ def test_a_step_copies_between_host_and_device_only_what_is_named(tiny_mnist, re
     assert found == expected
 
 
+def _branch_ops(graph_def) -> list:
+    """The If and StatelessIf nodes of a graph and of every function in its library."""
+    nodes = list(graph_def.node) + [n for f in graph_def.library.function for n in f.node_def]
+    return [n for n in nodes if n.op in ("If", "StatelessIf")]
+
+
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_a_shorter_calls_masked_iterations_compute_nothing_on_cpus_and_branch_nowhere_on_gpus(tiny_mnist, replicas):
+    """A call of fewer than steps_per_loop steps: on CPUs each iteration's batch and gradients sit in a branch taken
+    only for the call's own steps (the trained numbers are the same: the steps-per-call tests), so a short call
+    costs what its steps cost; on GPUs there is no branch (XLA would copy each step's choice to the host), and the
+    masked iterations compute and are discarded."""
+    cpus = make_strategy(cpu_replicas=replicas).strategy if replicas > 1 else make_strategy().strategy
+    trainer = Trainer(TrainerSettings(batch_size=16), cpus, tiny_mnist)
+    assert trainer.skips_masked_steps and len(_branch_ops(trainer.graphs()["train"])) == replicas  # one each
+    tfdata = Trainer(TrainerSettings(batch_size=16, input="tfdata"), cpus, tiny_mnist)
+    assert not tfdata.skips_masked_steps and _branch_ops(tfdata.graphs()["train"]) == []  # every iteration a step
+    gpus = tf.distribute.MirroredStrategy(devices=[f"/gpu:{i}" for i in range(replicas)])
+    on_gpus = Trainer(TrainerSettings(batch_size=16), gpus, tiny_mnist)
+    assert not on_gpus.skips_masked_steps and _branch_ops(on_gpus.graphs()["train"]) == []
+
+
 def test_the_crossing_check_finds_a_planted_one():
     """The check can fail: a loop that uses its counter in an op TensorFlow runs itself (a Cast's GPU kernel takes
     int32 in device memory; the loop keeps its counter on the host) copies it every step; the same loop with the
@@ -240,6 +262,22 @@ def test_the_crossing_check_finds_a_planted_one():
     assert step_crossings(graph, compiled_whole=True) == []
 
 
+def test_a_branch_chosen_on_the_host_copies_nothing_one_chosen_on_the_device_does():
+    """An If keeps its predicate in host memory on a GPU (its kernel's HostMemory("cond")): a predicate from the
+    int32 loop counter (Less on int32 runs on the host) crosses nothing, as the trainer's masked steps have it; one
+    from a float32 comparison, made on the device, is copied to the host every step, and the check says so."""
+    def masked(on_device):
+        def body(i, y):
+            chosen = tf.reduce_sum(y) < 3.0 if on_device else i < 5
+            return i + 1, tf.cond(chosen, lambda: y * 2.0, lambda: y)
+        return lambda x: tf.while_loop(lambda i, y: i < 7, body, (0, x))[1]
+
+    for on_device, expected in ((False, []), (True, [("Less", "bool", "StatelessIf")])):
+        graph = tf.function(masked(on_device), autograph=False).get_concrete_function(
+            tf.zeros([4])).graph.as_graph_def()
+        assert step_crossings(graph) == expected, on_device
+
+
 def test_memory_types_follow_tensorflows_kernels():
     """What the crossings are read from, checked on ops whose kernels say: Less on int32 runs on the host (its
     DEFAULT kernel keeps x, y and z there), on float32 on the device; a resource handle is always on the host."""
@@ -250,6 +288,10 @@ def test_memory_types_follow_tensorflows_kernels():
     assert by_type[("Less", INT32)] == (["host", "host"], ["host"])
     assert by_type[("Less", tf.float32.as_datatype_enum)] == (["device", "device"], ["device"])
     assert by_type[("ReadVariableOp", None)] == (["host"], ["device"])
+    branch = tf.function(lambda p, x: tf.cond(p, lambda: x + 1, lambda: x), autograph=False).get_concrete_function(
+        tf.constant(True), tf.constant(1.0)).graph.as_graph_def()
+    (choice,) = [n for n in branch.node if n.op in ("If", "StatelessIf")]
+    assert memory_types(choice) == (["host", "device"], ["device"])
 
 
 NCCL = tf.float32.as_datatype_enum

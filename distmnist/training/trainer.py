@@ -2,15 +2,15 @@
 cluster needs. The same code for 1 or N replicas and for either input path (inputs.DeviceInput or
 inputs.TfdataInput); when to evaluate, checkpoint and stop is the controller's business (controller.py).
 
-One tf.function call runs `steps_per_loop` training steps on the device (a loop around strategy.run) and hands
-back every step's loss at the end, so the host syncs once per call, not per step. With the device-resident input
-the trip count is a constant of the trace (a call of fewer steps masks the rest), and a call runs across epoch
-ends. Nothing in the loop is read back by the host, and nothing in a step checks for NaN or inf: a weight once
-non-finite stays so, so the call ends by checking the weights once, and the host checks the losses. When either
-is not finite, the weights go back to where the call started (a copy kept on the device) and the same steps run
-again in the checked call, where a step whose loss or gradient is not finite, and every step after it, leave the
-weights as they were: the call returns the first such step and its replicas. tf.data cannot replay a call's
-batches, so over tf.data every call is the checked one.
+One tf.function call runs `steps_per_loop` training steps on the device (a loop around strategy.run) and hands back
+every step's loss at the end, so the host syncs once per call, not per step. With the device-resident input the trip
+count is a constant of the trace (a call of fewer steps masks the rest: on CPUs the masked iterations compute
+nothing), and a call runs across epoch ends. Nothing in the loop is read back by the host, and nothing in a step
+checks for NaN or inf: a weight once non-finite stays so, so the call ends by checking the weights once, and the
+host checks the losses. When either is not finite, the weights go back to where the call started (a copy kept on the
+device) and the same steps run again in the checked call, where a step whose loss or gradient is not finite, and
+every step after it, leave the weights as they were: the call returns the first such step and its replicas. tf.data
+cannot replay a call's batches, so over tf.data every call is the checked one.
 
 With jit_compile, XLA compiles the whole multi-step call when there is one replica and the input allows it;
 otherwise each replica's step is two XLA launches, its batch and gradients, then its SGD update, with the
@@ -120,6 +120,10 @@ class Trainer:
         jit = config.input == "device" if config.jit_compile is None else config.jit_compile
         whole_call_jit = jit and self.num_replicas == 1 and self.input.xla_whole_call
         self.compiled_whole_call = whole_call_jit  # XLA takes the whole call, its loop included
+        # A shorter call's masked iterations skip their batch and gradients on CPUs, where choosing is a branch;
+        # on a GPU, XLA would copy each step's choice to the host, so there they compute and are discarded.
+        self.skips_masked_steps = self.input.static_trip_count and all(
+            tf.DeviceSpec.from_string(d).device_type == "CPU" for d in strategy.extended.worker_devices)
         # No Python control flow on tensors in any of these: AutoGraph's conversion would only add to their tracing
         # (docs/performance.md, "No AutoGraph where nothing needs it").
         per_replica_jit = functools.partial(tf.function, jit_compile=True, autograph=False) \
@@ -154,7 +158,9 @@ class Trainer:
             grads, loss, finite = self._checked_gradients(weights, scale, *batch_args)
             bad = tf.one_hot(ctx.replica_id_in_sync_group, self.num_replicas) * (1.0 - tf.cast(finite, tf.float32))
         else:
-            grads, loss = self._gradients(weights, scale, *batch_args)
+            compute = functools.partial(self._gradients, weights, scale, *batch_args)
+            grads, loss = tf.cond(active, compute, lambda: ([tf.zeros_like(w) for w in weights], tf.zeros([]))) \
+                if self.skips_masked_steps else compute()
             bad = tf.zeros([0])
         # mixed_float16: whether this replica's scaled gradients overflowed (then every replica skips the step).
         overflow = [[1.0 - tf.cast(step.all_finite(0.0, grads), tf.float32)]] if self.loss_scale else []
@@ -222,7 +228,8 @@ class Trainer:
         The loop runs steps_per_loop iterations, a constant of the trace, when the input can mask a step (the
         device-resident one: XLA then knows the trip count, and no GPU copies a loop condition to the host);
         over tf.data it runs num_steps, as a masked step would still take a batch. A step past num_steps changes
-        nothing, nor, in the checked call, one at or after a non-finite one.
+        nothing (and, unchecked on CPUs, computes nothing), nor, in the checked call, one at or after a non-finite
+        one.
         """
         if checked == self.checks_each_step:
             self.trace_count += 1  # the call a run makes
