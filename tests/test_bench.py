@@ -63,15 +63,17 @@ def test_quick_bench_writes_a_complete_report(tmp_path):
         assert 0 < sum(us for _, us in only["top"]) <= only["in_xla_us"]
     assert "step breakdown, one CPU replica" in result.stdout
 
+    torch = importlib.util.find_spec("torch") is not None  # an optional extra: its absence is said in one line
     race = report["time_to_accuracy"]["by"]
-    assert set(race) == {"distmnist (default)", "keras fit (tuned)"}
+    assert set(race) == {"distmnist (default)", "keras fit (tuned)", "jax scan", *(["pytorch eager"] if torch else [])}
     assert race["distmnist (default)"]["accuracy"] >= report["time_to_accuracy"]["target"] == 0.90
+    assert all(set(r) == {"seconds", "epochs", "accuracy"} and r["epochs"] == 1 for r in race.values())
+    assert all(r["seconds"] > 0 for r in race.values() if r["accuracy"] >= 0.90)
 
     # The precisions: every precision at batch 128 and 512, each contender once in quick mode (JAX has no float16
     # dots on CPUs), and the race in each mixed precision.
     section = report["precisions"]
     made = {(r["name"], r["precision"], r["batch"]) for r in section["rows"]}
-    torch = importlib.util.find_spec("torch") is not None  # an optional extra: its absence is said in one line
     bf16 = devices.precision_support(devices.cpu_flags(), []).native["mixed_bfloat16"]
     expected = {(name, precision, batch) for batch in (128, 512)
                 for precision in ("float32", "mixed_bfloat16", "mixed_float16")
@@ -89,7 +91,9 @@ def test_quick_bench_writes_a_complete_report(tmp_path):
                 if r["batch"] == int(batch) and r["name"] == "distmnist"}
         assert by == pytest.approx({p: v / fastest_other for p, v in ours.items()})
     assert set(section["race"]) == {"mixed_bfloat16", "mixed_float16"}
-    assert all(set(by) == {"distmnist", "keras fit (tuned)"} for by in section["race"].values())
+    assert set(section["race"]["mixed_float16"]) == {"distmnist", "keras fit (tuned)"}
+    assert set(section["race"]["mixed_bfloat16"]) == {"distmnist", "keras fit (tuned)", "jax scan",
+                                                      *(["pytorch eager"] if torch and bf16 else [])}
     assert "precisions, one replica" in result.stdout
 
     root = ET.parse(tmp_path / "bench.svg").getroot()
@@ -222,3 +226,28 @@ def test_the_pytorch_contender_trains(tmp_path, tiny_mnist, precision):
     assert result.returncode == 0, result.stderr[-2000:]
     reply = json.loads(result.stdout.strip().splitlines()[-1])
     assert reply["examples_per_sec"] > 0 and 0 < reply["final_loss"] < 0.05  # the best constant guess: 0.09
+
+
+@pytest.mark.parametrize("contender", ["distmnist", "jax", "torch"])
+def test_each_contender_races_to_a_test_accuracy_in_its_own_process(tmp_path, tiny_mnist, contender):
+    """solo.py's race: epochs until the whole test set's accuracy reaches the target, the time from the first step
+    to that check the sum of the epochs' (the checks included); an unreachable target runs max_epochs and says
+    so (seconds null)."""
+    if contender == "torch":
+        pytest.importorskip("torch")
+    import numpy as np
+
+    npz = tmp_path / "mnist.npz"
+    np.savez(npz, **tiny_mnist.arrays())
+    args = [f"--contender={contender}", f"--npz={npz}", "--batch_size=32", "--learning_rate=0.5"]
+    for target, max_epochs in ((0.9, 20), (1.01, 2)):
+        result = run_module("distmnist.bench.solo", *args, f"--target_accuracy={target}",
+                            f"--max_epochs={max_epochs}", timeout_s=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+        reply = json.loads(result.stdout.strip().splitlines()[-1])
+        laps = reply["epoch_seconds"]
+        assert len(laps) == reply["epochs"] <= max_epochs and all(lap > 0 for lap in laps)
+        if target <= 1:
+            assert reply["accuracy"] >= target and reply["seconds"] == pytest.approx(sum(laps))
+        else:
+            assert reply["seconds"] is None and reply["epochs"] == max_epochs and 0 <= reply["accuracy"] <= 1

@@ -3,16 +3,16 @@
   python -m distmnist.bench            # about 15 minutes on a 2-core CPU; writes bench.json and bench.svg
   python -m distmnist.bench --quick    # a smoke test: one round of a few steps each, one replica count
 
-Contenders, each at the same per-replica batch after a warm-up: the tutorial's eager loop, Keras Model.fit
-(default and tuned), distmnist --input=tfdata, distmnist's default, and where JAX is installed (the `bench`
-extra) JAX's compiled scan against distmnist's default, each in a fresh process of its own (solo.py), and the
-compute bound (a large matmul's FLOP/s over 2.41 MFLOP per example); for 1 and 2 CPU replicas, or 1..N GPUs.
-All of them are timed in turn, --rounds times, and each one's best round counts. Where JAX is installed, on a
-CPU, the step breakdown: where one replica's step goes in each of those two, kernel by kernel in XLA's
-executable or outside it (xlaprofile.py). Then time to 98% test accuracy. Then what checkpoints cost the
-training (checkpointcost.py). Then the whole process (wholeprocess.py): `python -m distmnist.train` at its
-defaults against a Keras fit script doing the same training, and a bare `import tensorflow`, each a fresh
-process timed from outside, --process_rounds times.
+Contenders, each at the same per-replica batch after a warm-up: the tutorial's eager loop, Keras Model.fit (default
+and tuned), distmnist --input=tfdata, distmnist's default, and where JAX is installed (the `bench` extra) JAX's
+compiled scan against distmnist's default, each in a fresh process of its own (solo.py), and the compute bound (a
+large matmul's FLOP/s over 2.41 MFLOP per example); for 1 and 2 CPU replicas, or 1..N GPUs. All of them are timed in
+turn, --rounds times, and each one's best round counts. Where JAX is installed, on a CPU, the step breakdown: where
+one replica's step goes in each of those two, kernel by kernel in XLA's executable or outside it (xlaprofile.py).
+Then time to 98% test accuracy (JAX and PyTorch too, where installed). Then what checkpoints cost the training
+(checkpointcost.py). Then the whole process (wholeprocess.py): `python -m distmnist.train` at its defaults against a
+Keras fit script doing the same training, and a bare `import tensorflow`, each a fresh process timed from outside,
+--process_rounds times.
 """
 
 import dataclasses
@@ -136,7 +136,7 @@ def measure(tf, mnist, num_gpus: int, timing, quick: bool, npz, installed: dict)
     """Every section in turn; what bench.json holds. npz: MNIST for the processes of their own; installed: which
     of JAX and PyTorch are."""
     jax_npz = npz if installed["jax"] else None
-    from distmnist.bench import breakdown, checkpointcost, lineup, precisions, race, turns
+    from distmnist.bench import breakdown, checkpointcost, lineup, precisions, race, solo, turns
     from distmnist.training.trainer import TrainerSettings
 
     first_device = "/gpu:0" if num_gpus else "/cpu:0"
@@ -145,9 +145,16 @@ def measure(tf, mnist, num_gpus: int, timing, quick: bool, npz, installed: dict)
     setups = setups[:1] if quick else setups  # --quick: one replica count
     rounds = 1 if quick else FLAGS.rounds
     max_epochs = 1 if quick else FLAGS.max_epochs
+    platform = "gpu" if num_gpus else "cpu"
     results = lineup.measure(mnist, setups, device_name, first_device, timing, rounds, quick)["results"]
-    jax = turns.measure(jax_npz, setups, "gpu" if num_gpus else "cpu", timing, 2 if quick else FLAGS.turns)
+    jax = turns.measure(jax_npz, setups, platform, timing, 2 if quick else FLAGS.turns)
     results += jax.pop("results", [])
+    # The contenders in processes of their own that cannot run here, and why: said once each, then left out.
+    absent = {"jax": jax["skipped"]} if "skipped" in jax else {}
+    if not installed["torch"]:
+        absent["torch"] = solo.TORCH_NOT_INSTALLED
+    elif num_gpus:
+        absent["torch"] = "the PyTorch contender runs on CPUs only"
     report = {
         "machine": machine(tf),
         "settings": dict(dataclasses.asdict(timing), rounds=rounds, quick=quick),
@@ -157,12 +164,12 @@ def measure(tf, mnist, num_gpus: int, timing, quick: bool, npz, installed: dict)
         "step_breakdown": breakdown.measure(jax_npz, num_gpus, timing, 1 if quick else FLAGS.breakdown_rounds),
         "time_to_accuracy": race.measure(mnist, setups[0][2], 0.90 if quick else TARGET_ACCURACY, max_epochs,
                                          TrainerSettings(batch_size=FLAGS.batch_size, total_steps=max_epochs * (
-                                             len(mnist.x_train) // FLAGS.batch_size))),
+                                             len(mnist.x_train) // FLAGS.batch_size)), npz, platform, absent),
     }
     precision_rounds = min(1, FLAGS.precision_rounds) if quick else FLAGS.precision_rounds
     if precision_rounds:
         report["precisions"] = precisions.measure(
-            mnist, setups[0][2], timing, precision_rounds, npz, installed, xla_setting(tf, num_gpus),
+            mnist, setups[0][2], timing, precision_rounds, npz, platform, absent, xla_setting(tf, num_gpus),
             report["time_to_accuracy"]["target"], max_epochs, TrainerSettings(
                 batch_size=FLAGS.batch_size, total_steps=max_epochs * (len(mnist.x_train) // FLAGS.batch_size)),
             precision_support(tf, num_gpus).native)

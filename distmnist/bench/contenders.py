@@ -191,14 +191,33 @@ def take_turns(npz: str, replicas: int, platform: str, timing: Timing, turns: in
             errors.close()
 
 
-def in_own_process(name: str, npz: str, timing: Timing, precision: str = "float32", jit_compile=None) -> dict:
-    """One contender of solo.py ("jax" or "distmnist") on one CPU replica, in a fresh process: its
-    {"examples_per_sec", ...} (one untimed run of timed_steps first), or {"skipped": why}."""
+def in_own_process(name: str, npz: str, timing: Timing, precision: str = "float32", jit_compile=None,
+                   platform: str = "cpu") -> dict:
+    """One contender of solo.py ("jax", "torch" or "distmnist") on one replica (the platform's first device), in a
+    fresh process: its {"examples_per_sec", ...} (one untimed run of timed_steps first), or {"skipped": why}."""
     command = [sys.executable, "-m", "distmnist.bench.solo", f"--contender={name}", f"--npz={npz}",
                f"--batch_size={timing.per_replica_batch_size}", f"--steps={timing.timed_steps}",
                f"--learning_rate={timing.learning_rate}", f"--seed={timing.seed}", f"--precision={precision}",
-               *([f"--{'' if jit_compile else 'no'}jit_compile"] if jit_compile is not None else [])]
-    done = subprocess.run(command, env=solo.environment(name, 1), capture_output=True, text=True)
+               f"--platform={platform}", *([f"--{'' if jit_compile else 'no'}jit_compile"]
+                                           if jit_compile is not None else [])]
+    done = subprocess.run(command, env=solo.environment(name, 1, platform), capture_output=True, text=True)
+    if done.returncode != 0 or not done.stdout.strip():
+        raise _failed(name, done.stderr, done.returncode)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def race_in_own_process(name: str, npz: str, settings: TrainerSettings, target: float, max_epochs: int,
+                        platform: str = "cpu") -> dict:
+    """solo.py's race for "distmnist", "jax" or "torch" on one replica, in a fresh process, with the settings'
+    batch, learning rate, seed and precision (and, for distmnist, XLA): {"seconds" (None: not reached), "epochs",
+    "accuracy", "epoch_seconds", ...}."""
+    xla = settings.jit_compile if name == "distmnist" else None
+    command = [sys.executable, "-m", "distmnist.bench.solo", f"--contender={name}", f"--npz={npz}",
+               f"--batch_size={settings.batch_size}", f"--learning_rate={settings.learning_rate}",
+               f"--seed={settings.seed}", f"--precision={settings.precision}", f"--target_accuracy={target}",
+               f"--max_epochs={max_epochs}", f"--platform={platform}",
+               *([f"--{'' if xla else 'no'}jit_compile"] if xla is not None else [])]
+    done = subprocess.run(command, env=solo.environment(name, 1, platform), capture_output=True, text=True)
     if done.returncode != 0 or not done.stdout.strip():
         raise _failed(name, done.stderr, done.returncode)
     return json.loads(done.stdout.strip().splitlines()[-1])

@@ -1,58 +1,64 @@
 """Each precision at two batch sizes per replica (128, the tutorial's, and 512), on one replica: distmnist's
 trainer (XLA as a run resolves it for that precision on this machine), tuned Keras fit under the matching global
-dtype policy, and JAX's compiled scan with its layers in the same type (where JAX is installed, JAX and distmnist
-each in a fresh process of its own, as the turns section has them; Keras in this one, as in the lineup);
-each set up afresh and timed in turn, --rounds times, the best round counting. Then the time to the target test
-accuracy of distmnist and tuned Keras in each mixed precision (float32's is the race section's). Every precision
-runs on any machine; where the hardware has none, it is emulated (docs/precision.md)."""
+dtype policy, JAX's compiled scan with its layers in the same type and PyTorch's eager loop (float32, and bfloat16
+autocast where the CPU has it in hardware), the last two where installed (then JAX, PyTorch and distmnist each in
+a fresh process of its own, as the turns section has them; Keras in this one, as in the lineup); each set up
+afresh and timed in turn, --rounds times, the best round counting. Then the time to the target test accuracy of
+the same contenders in each mixed precision (float32's is the race section's). Every precision runs on any
+machine; where the hardware has none, it is emulated (docs/precision.md)."""
 
 import gc
 
 from distmnist.bench import contenders
 from distmnist.common import progress
+from distmnist.bench.race import IN_OWN_PROCESS, contest, lap_times
 from distmnist.common.config import PRECISIONS
 
 BATCHES = (128, 512)
 
 
-def measure(mnist, strategy_fn, timing, rounds: int, npz, installed: dict, xla_for, race_target: float,
+def measure(mnist, strategy_fn, timing, rounds: int, npz, platform: str, absent: dict, xla_for, race_target: float,
             max_epochs: int, race_settings, native: dict) -> dict:
     """{"rows": [{"name", "precision", "batch", "rounds", "examples_per_sec"}], "ratios": {batch: {precision:
-    distmnist's over the fastest other contender in any precision}}, "race": {precision: {contender: ...}}}.
-    xla_for(precision): distmnist's XLA setting for it on this machine. installed: which of JAX and PyTorch are
-    (npz: MNIST for their processes). native: precision -> whether this machine runs it in hardware (PyTorch's
-    bfloat16 autocast is timed only where it does: emulated, it runs tens of times slower, docs/precision.md)."""
+    distmnist's over the fastest other contender in any precision}}, "race": {precision: {contender: ...}},
+    "skipped": {contender: why}}. xla_for(precision): distmnist's XLA setting for it on this machine. npz: MNIST
+    for the processes of their own (None: none of solo.py's contenders installed), on the platform's first device;
+    absent: those of them that cannot run here ("jax", "torch") -> why. native: precision -> whether this machine
+    runs it in hardware (PyTorch's bfloat16 autocast is timed only where it does: emulated, it runs tens of times
+    slower, docs/precision.md)."""
     import dataclasses
 
-    skipped = {}
-    if not installed["jax"]:
-        skipped["jax scan"] = contenders.solo.NOT_INSTALLED
-    if not installed["torch"]:
-        skipped["pytorch eager"] = contenders.solo.TORCH_NOT_INSTALLED
-    elif not native["mixed_bfloat16"]:
+    skipped = {name: absent[module] for name, module in IN_OWN_PROCESS.items() if module in absent}
+    if "torch" not in absent and not native["mixed_bfloat16"]:
         skipped["pytorch eager mixed_bfloat16"] = ("bfloat16 is emulated on this CPU (no amx_bf16 or avx512_bf16), "
                                                    "where PyTorch's autocast runs tens of times slower than float32")
     for name, why in skipped.items():
         print(f"precisions: {name} skipped, {why}", flush=True)
-    npz = npz if any(installed.values()) else None
+
+    def entrants(precision: str) -> list:
+        """Who is timed, and raced, in this precision besides distmnist and Keras."""
+        names = []
+        if "jax" not in absent and (precision != "mixed_float16" or platform == "gpu"):  # no float16 dots on CPUs
+            names.append("jax scan")
+        if "torch" not in absent and (precision == "float32" or precision == "mixed_bfloat16" and native[precision]):
+            names.append("pytorch eager")
+        return names
+
     lineup = []
     for batch in BATCHES:
         at = dataclasses.replace(timing, per_replica_batch_size=batch)
         for precision in PRECISIONS:
-            if npz is None:  # no JAX: distmnist in this process, as the lineup's rows
+            if npz is None:  # neither JAX nor PyTorch: distmnist in this process, as the lineup's rows
                 lineup.append(("distmnist", precision, batch, lambda at=at, p=precision: contenders.distmnist_trainer(
                     mnist, strategy_fn(), at, "device", p, xla_for(p))))
-            else:  # beside JAX, each in a fresh process of its own, as the turns section compares them
+            else:  # beside them, each in a fresh process of its own, as the turns section compares them
                 lineup.append(("distmnist", precision, batch, lambda at=at, p=precision: contenders.in_own_process(
-                    "distmnist", npz, at, p, xla_for(p))["examples_per_sec"]))
+                    "distmnist", npz, at, p, xla_for(p), platform)["examples_per_sec"]))
             lineup.append(("keras fit (tuned)", precision, batch, lambda at=at, p=precision: contenders.keras_fit(
                 mnist, strategy_fn(), at, tuned=True, policy=p)))
-            if installed["jax"] and precision != "mixed_float16":  # JAX's CPU dots have no float16 kernels
-                lineup.append(("jax scan", precision, batch, lambda at=at, p=precision: contenders.in_own_process(
-                    "jax", npz, at, p)["examples_per_sec"]))
-            if installed["torch"] and (precision == "float32" or precision == "mixed_bfloat16" and native[precision]):
-                lineup.append(("pytorch eager", precision, batch, lambda at=at, p=precision:
-                               contenders.in_own_process("torch", npz, at, p)["examples_per_sec"]))
+            for name in entrants(precision):
+                lineup.append((name, precision, batch, lambda at=at, p=precision, m=IN_OWN_PROCESS[name]:
+                               contenders.in_own_process(m, npz, at, p, platform=platform)["examples_per_sec"]))
     rows = [{"name": name, "precision": precision, "batch": batch, "rounds": []}
             for name, precision, batch, _ in lineup]
     print(f"precisions: {rounds} round(s) of {len(lineup)} contenders at batch {' and '.join(map(str, BATCHES))}",
@@ -76,12 +82,8 @@ def measure(mnist, strategy_fn, timing, rounds: int, npz, installed: dict, xla_f
     race = {}
     for precision in PRECISIONS[1:]:
         settings = dataclasses.replace(race_settings, precision=precision, jit_compile=xla_for(precision))
-        race[precision] = {}
-        for name, fn in (("distmnist", contenders.time_to_accuracy_distmnist),
-                         ("keras fit (tuned)", contenders.time_to_accuracy_keras)):
-            gc.collect()
-            seconds, epochs, accuracy = fn(mnist, strategy_fn(), race_target, max_epochs, settings)
-            race[precision][name] = {"seconds": seconds, "epochs": epochs, "accuracy": accuracy}
+        race[precision] = contest(mnist, strategy_fn, race_target, max_epochs, settings, npz, platform,
+                                  ["distmnist", "keras fit (tuned)", *entrants(precision)])
     return {"rows": rows, "ratios": ratios, "race": race, "target": race_target, "skipped": skipped}
 
 
@@ -95,7 +97,5 @@ def table(section: dict) -> str:
         lines.append(f"  batch {batch}: distmnist over the fastest other contender in any precision: " + ", ".join(
             f"{p} {v:.2f}" for p, v in by.items()))
     for precision, by in section["race"].items():
-        lines.append(f"  time to {section['target']:.1%} in {precision}: " + "; ".join(
-            f"{name} {r['seconds']:.1f} s ({r['epochs']} epochs)" if r["seconds"] else
-            f"{name} not reached in {r['epochs']} epochs" for name, r in by.items()))
+        lines.append(f"  time to {section['target']:.1%} in {precision}: " + lap_times(by))
     return "\n".join(lines)
