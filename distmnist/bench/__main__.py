@@ -49,6 +49,8 @@ def define_flags() -> None:
                          "default and of JAX's scan, each profiled in a process of its own with XLA's kernel events, "
                          "alternating (where JAX is installed and there is no GPU); 0 skips it.")
     flags.DEFINE_integer("max_epochs", 15, "Give up the time-to-accuracy race after this many epochs.")
+    flags.DEFINE_integer("race_rounds", 3, "Rounds of each time-to-accuracy race (every contender in turn, the order "
+                         "rotating); each contender's median round counts.")
     flags.DEFINE_string("data_dir", None, "As for distmnist.train.")
     flags.DEFINE_integer("checkpoint_rounds", 30, "Paired rounds of the checkpoint section (training with and "
                          "without a checkpoint every --checkpoint_every steps); 0 skips it.")
@@ -94,9 +96,9 @@ def run_bench() -> dict:
     # Settings checked before TensorFlow is imported, as the train entry point does: bad flags fail at once.
     if FLAGS.batch_size <= 0 or FLAGS.steps <= 0 or FLAGS.rounds <= 0 or FLAGS.turns <= 0 or FLAGS.warmup_steps < 0 \
             or FLAGS.process_rounds < 0 or FLAGS.checkpoint_rounds < 0 or FLAGS.checkpoint_every <= 0 \
-            or FLAGS.breakdown_rounds < 0 or FLAGS.precision_rounds < 0:
-        raise UserError("--batch_size, --steps, --rounds, --turns and --checkpoint_every must be positive, "
-                        "--warmup_steps, --checkpoint_rounds, --process_rounds, --breakdown_rounds and "
+            or FLAGS.breakdown_rounds < 0 or FLAGS.precision_rounds < 0 or FLAGS.race_rounds <= 0:
+        raise UserError("--batch_size, --steps, --rounds, --turns, --race_rounds and --checkpoint_every must be "
+                        "positive, --warmup_steps, --checkpoint_rounds, --process_rounds, --breakdown_rounds and "
                         "--precision_rounds >= 0")
     tf = tfquiet.import_tensorflow()
     from distmnist.bench import contenders
@@ -145,6 +147,7 @@ def measure(tf, mnist, num_gpus: int, timing, quick: bool, npz, installed: dict)
     setups = setups[:1] if quick else setups  # --quick: one replica count
     rounds = 1 if quick else FLAGS.rounds
     max_epochs = 1 if quick else FLAGS.max_epochs
+    race_rounds = 1 if quick else FLAGS.race_rounds
     platform = "gpu" if num_gpus else "cpu"
     results = lineup.measure(mnist, setups, device_name, first_device, timing, rounds, quick)["results"]
     jax = turns.measure(jax_npz, setups, platform, timing, 2 if quick else FLAGS.turns)
@@ -164,7 +167,8 @@ def measure(tf, mnist, num_gpus: int, timing, quick: bool, npz, installed: dict)
         "step_breakdown": breakdown.measure(jax_npz, num_gpus, timing, 1 if quick else FLAGS.breakdown_rounds),
         "time_to_accuracy": race.measure(mnist, setups[0][2], 0.90 if quick else TARGET_ACCURACY, max_epochs,
                                          TrainerSettings(batch_size=FLAGS.batch_size, total_steps=max_epochs * (
-                                             len(mnist.x_train) // FLAGS.batch_size)), npz, platform, absent),
+                                             len(mnist.x_train) // FLAGS.batch_size)), npz, platform, absent,
+                                         race_rounds),
     }
     precision_rounds = min(1, FLAGS.precision_rounds) if quick else FLAGS.precision_rounds
     if precision_rounds:
@@ -172,7 +176,7 @@ def measure(tf, mnist, num_gpus: int, timing, quick: bool, npz, installed: dict)
             mnist, setups[0][2], timing, precision_rounds, npz, platform, absent, xla_setting(tf, num_gpus),
             report["time_to_accuracy"]["target"], max_epochs, TrainerSettings(
                 batch_size=FLAGS.batch_size, total_steps=max_epochs * (len(mnist.x_train) // FLAGS.batch_size)),
-            precision_support(tf, num_gpus).native)
+            precision_support(tf, num_gpus).native, race_rounds)
     checkpoint_rounds = min(2, FLAGS.checkpoint_rounds) if quick else FLAGS.checkpoint_rounds
     if checkpoint_rounds:
         gc.collect()

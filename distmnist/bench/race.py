@@ -5,51 +5,73 @@ whole test set checked after every epoch. Each is timed from its first step to t
 tracing, compiling and the checks count; loading the data and building the model do not."""
 
 import gc
+import statistics
 
 from distmnist.bench import contenders
 
 IN_OWN_PROCESS = {"jax scan": "jax", "pytorch eager": "torch"}  # the bench's name -> solo.py's contender
 
 
-def contest(mnist, strategy_fn, target: float, max_epochs: int, settings, npz, platform: str, names) -> dict:
-    """{name: {"seconds" (None: not reached), "epochs", "accuracy"}} for each of names in turn, in the settings'
+def contest(mnist, strategy_fn, target: float, max_epochs: int, settings, npz, platform: str, names,
+            rounds: int = 1) -> dict:
+    """{name: {"seconds" (the median round's; None: not reached in some round), "rounds" (each round's seconds,
+    None where not reached: "-" in the table), "epochs", "accuracy" (the last round's)}} for each of names, in the settings'
     precision, on one replica: "distmnist..." (distmnist's trainer, in a process of its own where npz is given:
-    MNIST for those processes, on the platform's first device), "keras fit (tuned)", "jax scan", "pytorch
-    eager"."""
-    race = {}
-    for name in names:
-        gc.collect()
-        own = IN_OWN_PROCESS.get(name, "distmnist" if name.startswith("distmnist") and npz else None)
-        if own:
-            reply = contenders.race_in_own_process(own, npz, settings, target, max_epochs, platform)
-            seconds, epochs, accuracy = reply["seconds"], reply["epochs"], reply["accuracy"]
-        else:
-            fn = contenders.time_to_accuracy_keras if name.startswith("keras") else \
-                contenders.time_to_accuracy_distmnist
-            seconds, epochs, accuracy = fn(mnist, strategy_fn(), target, max_epochs, settings)
-        race[name] = {"seconds": seconds, "epochs": epochs, "accuracy": accuracy}
-        print(f"  time to {target:.1%} in {settings.precision}: {name:<22} "
-              + (f"{seconds:6.1f} s ({epochs} epochs, {accuracy:.2%})" if seconds else
-                 f"not reached in {epochs} epochs ({accuracy:.2%})"), flush=True)
+    MNIST for those processes, on the platform's first device), "keras fit (tuned)", "jax scan", "pytorch eager".
+    Each round races them all in turn, the order rotating from round to round (this machine's speed drifts)."""
+    race = {name: {"rounds": []} for name in names}
+    for round_number in range(rounds):
+        first = round_number % len(names)
+        for name in names[first:] + names[:first]:
+            gc.collect()
+            seconds, epochs, accuracy = _one(mnist, strategy_fn, target, max_epochs, settings, npz, platform, name)
+            race[name].update(epochs=epochs, accuracy=accuracy)
+            race[name]["rounds"].append(seconds)
+            print(f"  time to {target:.1%} in {settings.precision}: {name:<22} "
+                  + (f"{seconds:6.1f} s ({epochs} epochs, {accuracy:.2%})" if seconds else
+                     f"not reached in {epochs} epochs ({accuracy:.2%})"), flush=True)
+    for result in race.values():
+        reached = None not in result["rounds"]
+        result["seconds"] = statistics.median(result["rounds"]) if reached else None
     return race
 
 
+def _one(mnist, strategy_fn, target: float, max_epochs: int, settings, npz, platform: str, name: str) -> tuple:
+    """One contender's (seconds or None, epochs, accuracy)."""
+    own = IN_OWN_PROCESS.get(name, "distmnist" if name.startswith("distmnist") and npz else None)
+    if own:
+        reply = contenders.race_in_own_process(own, npz, settings, target, max_epochs, platform)
+        return reply["seconds"], reply["epochs"], reply["accuracy"]
+    fn = contenders.time_to_accuracy_keras if name.startswith("keras") else contenders.time_to_accuracy_distmnist
+    return fn(mnist, strategy_fn(), target, max_epochs, settings)
+
+
 def measure(mnist, strategy_fn, target: float, max_epochs: int, settings, npz=None, platform: str = "cpu",
-            absent=None) -> dict:
-    """{"target", "learning_rate", "by": {contender: {"seconds" (None: not reached), "epochs", "accuracy"}}}, in
-    float32. absent: solo.py's contenders that cannot run here ("jax", "torch") -> why (npz: MNIST for the
-    others' processes, None when there are none)."""
+            absent=None, rounds: int = 1) -> dict:
+    """{"target", "learning_rate", "rounds", "by": {contender: contest's}}, in float32. absent: solo.py's
+    contenders that cannot run here ("jax", "torch") -> why (npz: MNIST for the others' processes, None when there
+    are none)."""
     absent = absent if npz else dict.fromkeys(IN_OWN_PROCESS.values(), "")
     names = ["distmnist (default)", "keras fit (tuned)"]
     names += [name for name, module in IN_OWN_PROCESS.items() if module not in absent]
-    return {"target": target, "learning_rate": settings.learning_rate,
-            "by": contest(mnist, strategy_fn, target, max_epochs, settings, npz, platform, names)}
+    return {"target": target, "learning_rate": settings.learning_rate, "rounds": rounds,
+            "by": contest(mnist, strategy_fn, target, max_epochs, settings, npz, platform, names, rounds)}
 
 
 def table(section: dict) -> str:
-    return f"time to {section['target']:.1%}: " + lap_times(section["by"])
+    return f"time to {section['target']:.1%} (median of {section['rounds']} round(s)): " + lap_times(section["by"])
 
 
 def lap_times(by: dict) -> str:
-    return "; ".join(f"{name} {r['seconds']:.1f} s ({r['epochs']} epochs)" if r["seconds"] else
-                     f"{name} not reached in {r['epochs']} epochs" for name, r in by.items())
+    def rounds(r):
+        return "" if len(r["rounds"]) < 2 else ", rounds " + " ".join(
+            f"{s:.1f}" if s else "-" for s in r["rounds"])
+
+    def one(name, r):
+        if r["seconds"]:
+            return f"{name} {r['seconds']:.1f} s ({r['epochs']} epochs{rounds(r)})"
+        if any(r["rounds"]):
+            return f"{name} not reached in every round{rounds(r)}"
+        return f"{name} not reached in {r['epochs']} epochs"
+
+    return "; ".join(one(name, r) for name, r in by.items())
