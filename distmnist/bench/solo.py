@@ -294,7 +294,7 @@ def torch_runner(npz: str, replicas: int, per_replica_batch_size: int, steps: in
                 position = 0
             loss = m.step(order[position:position + per_replica_batch_size])
             position += per_replica_batch_size
-        final = float(loss)
+        final = float(loss.detach())
         return time.perf_counter() - start, final
 
     return run, per_replica_batch_size, m.facts
