@@ -195,15 +195,9 @@ def in_own_process(name: str, npz: str, timing: Timing, precision: str = "float3
                    platform: str = "cpu") -> dict:
     """One contender of solo.py ("jax", "torch" or "distmnist") on one replica (the platform's first device), in a
     fresh process: its {"examples_per_sec", ...} (one untimed run of timed_steps first), or {"skipped": why}."""
-    command = [sys.executable, "-m", "distmnist.bench.solo", f"--contender={name}", f"--npz={npz}",
-               f"--batch_size={timing.per_replica_batch_size}", f"--steps={timing.timed_steps}",
-               f"--learning_rate={timing.learning_rate}", f"--seed={timing.seed}", f"--precision={precision}",
-               f"--platform={platform}", *([f"--{'' if jit_compile else 'no'}jit_compile"]
-                                           if jit_compile is not None else [])]
-    done = subprocess.run(command, env=solo.environment(name, 1, platform), capture_output=True, text=True)
-    if done.returncode != 0 or not done.stdout.strip():
-        raise _failed(name, done.stderr, done.returncode)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return _solo_reply(name, npz, platform, jit_compile, batch_size=timing.per_replica_batch_size,
+                       steps=timing.timed_steps, learning_rate=timing.learning_rate, seed=timing.seed,
+                       precision=precision)
 
 
 def race_in_own_process(name: str, npz: str, settings: TrainerSettings, target: float, max_epochs: int,
@@ -211,12 +205,17 @@ def race_in_own_process(name: str, npz: str, settings: TrainerSettings, target: 
     """solo.py's race for "distmnist", "jax" or "torch" on one replica, in a fresh process, with the settings'
     batch, learning rate, seed and precision (and, for distmnist, XLA): {"seconds" (None: not reached), "epochs",
     "accuracy", "epoch_seconds", ...}."""
-    xla = settings.jit_compile if name == "distmnist" else None
+    return _solo_reply(name, npz, platform, settings.jit_compile if name == "distmnist" else None,
+                       batch_size=settings.batch_size, learning_rate=settings.learning_rate, seed=settings.seed,
+                       precision=settings.precision, target_accuracy=target, max_epochs=max_epochs)
+
+
+def _solo_reply(name: str, npz: str, platform: str, jit_compile, **settings) -> dict:
+    """The last line solo.py prints, parsed, for the contender on one replica of the platform in a fresh process,
+    with these flags (jit_compile: distmnist's XLA, None for its default); RunFailed with its last stderr line."""
     command = [sys.executable, "-m", "distmnist.bench.solo", f"--contender={name}", f"--npz={npz}",
-               f"--batch_size={settings.batch_size}", f"--learning_rate={settings.learning_rate}",
-               f"--seed={settings.seed}", f"--precision={settings.precision}", f"--target_accuracy={target}",
-               f"--max_epochs={max_epochs}", f"--platform={platform}",
-               *([f"--{'' if xla else 'no'}jit_compile"] if xla is not None else [])]
+               f"--platform={platform}", *(f"--{flag}={value}" for flag, value in settings.items()),
+               *([f"--{'' if jit_compile else 'no'}jit_compile"] if jit_compile is not None else [])]
     done = subprocess.run(command, env=solo.environment(name, 1, platform), capture_output=True, text=True)
     if done.returncode != 0 or not done.stdout.strip():
         raise _failed(name, done.stderr, done.returncode)
@@ -298,15 +297,10 @@ def matmul_flops_per_sec(device: str, sizes=(2048, 3072), min_seconds: float = 0
 
 
 def time_to_accuracy_distmnist(mnist: Mnist, strategy, target: float, max_epochs: int, settings: TrainerSettings):
-    """Wall seconds from the first step until the test accuracy (checked every epoch) reaches the target."""
-    trainer = Trainer(settings, strategy, mnist)
-    start = time.perf_counter()
-    for epoch in range(1, max_epochs + 1):
-        run_steps(trainer, trainer.steps_per_epoch)
-        accuracy, _ = trainer.evaluate()
-        if accuracy >= target:
-            return time.perf_counter() - start, epoch, accuracy
-    return None, max_epochs, accuracy
+    """(seconds from the first step until the test accuracy, checked every epoch, reaches the target, or None;
+    epochs; accuracy), in this process (solo.trainer_race)."""
+    reached = solo.trainer_race(Trainer(settings, strategy, mnist), target, max_epochs)
+    return reached["seconds"], reached["epochs"], reached["accuracy"]
 
 
 def time_to_accuracy_keras(mnist: Mnist, strategy, target: float, max_epochs: int, settings: TrainerSettings):

@@ -10,8 +10,8 @@ machine; where the hardware has none, it is emulated (docs/precision.md)."""
 import gc
 
 from distmnist.bench import contenders
-from distmnist.common import progress
 from distmnist.bench.race import IN_OWN_PROCESS, contest, lap_times
+from distmnist.common import progress
 from distmnist.common.config import PRECISIONS
 
 BATCHES = (128, 512)

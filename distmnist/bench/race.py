@@ -14,11 +14,12 @@ IN_OWN_PROCESS = {"jax scan": "jax", "pytorch eager": "torch"}  # the bench's na
 
 def contest(mnist, strategy_fn, target: float, max_epochs: int, settings, npz, platform: str, names,
             rounds: int = 1) -> dict:
-    """{name: {"seconds" (the median round's; None: not reached in some round), "rounds" (each round's seconds,
-    None where not reached: "-" in the table), "epochs", "accuracy" (the last round's)}} for each of names, in the settings'
-    precision, on one replica: "distmnist..." (distmnist's trainer, in a process of its own where npz is given:
-    MNIST for those processes, on the platform's first device), "keras fit (tuned)", "jax scan", "pytorch eager".
-    Each round races them all in turn, the order rotating from round to round (this machine's speed drifts)."""
+    """{name: {"seconds" (the median round's; None: not reached in some round), "rounds" (each round's seconds, None
+    where not reached: "-" in the table), "epochs", "accuracy" (the last round's)}} for each of names, in the
+    settings' precision, on one replica: "distmnist..." (distmnist's trainer, in a process of its own where npz is
+    given: MNIST for those processes, on the platform's first device), "keras fit (tuned)", "jax scan", "pytorch
+    eager". Each round races them all in turn, the order rotating from round to round (this machine's speed
+    drifts)."""
     race = {name: {"rounds": []} for name in names}
     for round_number in range(rounds):
         first = round_number % len(names)

@@ -172,24 +172,30 @@ def _race(epoch, target: float, max_epochs: int) -> dict:
 def distmnist_race(npz: str, replicas: int, per_replica_batch_size: int, learning_rate: float, seed: int,
                    platform: str, precision: str, target: float, max_epochs: int,
                    jit_compile: Optional[bool] = None) -> dict:
-    """Time to the target test accuracy with distmnist's trainer, as jax_race: its epochs (the partial batch
-    dropped) in calls of its steps_per_loop, the whole test set evaluated after each."""
-    with np.load(npz) as data:
-        steps_per_epoch = len(data["y_train"]) // (per_replica_batch_size * replicas)
-    trainer, devices = _distmnist_trainer(npz, replicas, per_replica_batch_size, learning_rate, seed, platform,
-                                          max_epochs * steps_per_epoch, precision, jit_compile)
+    """Time to the target test accuracy with distmnist's trainer, as jax_race (trainer_race)."""
+    choice, mnist, Trainer, TrainerSettings = _distmnist_setup(npz, replicas, platform)
+    steps_per_epoch = len(mnist.x_train) // (per_replica_batch_size * replicas)
+    settings = TrainerSettings(batch_size=per_replica_batch_size, learning_rate=learning_rate, seed=seed,
+                               total_steps=max_epochs * steps_per_epoch, precision=precision, jit_compile=jit_compile)
+    return {**trainer_race(Trainer(settings, choice.strategy, mnist), target, max_epochs),
+            "devices": list(choice.devices)}
+
+
+def trainer_race(trainer, target: float, max_epochs: int) -> dict:
+    """_race for a distmnist Trainer: its epochs (the partial batch dropped) in calls of its steps_per_loop, the
+    whole test set evaluated after each."""
     from distmnist.training.controller import run_steps
 
     def epoch():
         run_steps(trainer, trainer.steps_per_epoch)
         return trainer.evaluate()[0]
 
-    return {**_race(epoch, target, max_epochs), "devices": devices}
+    return _race(epoch, target, max_epochs)
 
 
-def _distmnist_trainer(npz: str, replicas: int, per_replica_batch_size: int, learning_rate: float, seed: int,
-                       platform: str, total_steps: int, precision: str, jit_compile: Optional[bool]):
-    """distmnist's Trainer at its defaults on 1 device or N (logical CPUs, or GPUs), with these settings."""
+def _distmnist_setup(npz: str, replicas: int, platform: str):
+    """TensorFlow imported quietly, then (the strategy's choice for 1 device or N: logical CPUs, or GPUs; MNIST
+    from npz; the Trainer and TrainerSettings classes)."""
     from distmnist.startup import tfquiet
 
     tfquiet.import_tensorflow()
@@ -203,9 +209,7 @@ def _distmnist_trainer(npz: str, replicas: int, per_replica_batch_size: int, lea
         choice = make_strategy(num_gpus=replicas)
     with np.load(npz) as data:
         mnist = Mnist(*(data[key] for key in ("x_train", "y_train", "x_test", "y_test")), source=npz)
-    settings = TrainerSettings(batch_size=per_replica_batch_size, learning_rate=learning_rate, seed=seed,
-                               total_steps=total_steps, precision=precision, jit_compile=jit_compile)
-    return Trainer(settings, choice.strategy, mnist), list(choice.devices)
+    return choice, mnist, Trainer, TrainerSettings
 
 
 def distmnist_runner(npz: str, replicas: int, per_replica_batch_size: int, steps: int, learning_rate: float,
@@ -213,8 +217,10 @@ def distmnist_runner(npz: str, replicas: int, per_replica_batch_size: int, steps
                      jit_compile: Optional[bool] = None):
     """(run, global batch, facts): run() trains `steps` more steps with distmnist's default trainer and returns
     (its seconds, the last loss); it runs turns + 1 times (the first untimed)."""
-    trainer, devices = _distmnist_trainer(npz, replicas, per_replica_batch_size, learning_rate, seed, platform,
-                                          (turns + 1) * steps, precision, jit_compile)
+    choice, mnist, Trainer, TrainerSettings = _distmnist_setup(npz, replicas, platform)
+    settings = TrainerSettings(batch_size=per_replica_batch_size, learning_rate=learning_rate, seed=seed,
+                               total_steps=(turns + 1) * steps, precision=precision, jit_compile=jit_compile)
+    trainer = Trainer(settings, choice.strategy, mnist)
     from distmnist.training.controller import run_steps
 
     def run():
@@ -222,7 +228,7 @@ def distmnist_runner(npz: str, replicas: int, per_replica_batch_size: int, steps
         losses = run_steps(trainer, steps)
         return time.perf_counter() - start, float(losses[-1])
 
-    return run, trainer.global_batch_size, {"devices": devices}
+    return run, trainer.global_batch_size, {"devices": list(choice.devices)}
 
 
 def _torch_model(npz: str, replicas: int, learning_rate: float, seed: int, platform: str, precision: str):
