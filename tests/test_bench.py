@@ -277,3 +277,21 @@ def test_the_race_rotates_its_order_and_counts_each_contenders_median_round(monk
     assert by["c"]["seconds"] == 3.0
     assert race.lap_times(by) == ("a 8.0 s (7 epochs, rounds 9.0 7.0 8.0); b not reached in every round, rounds "
                                   "5.0 - 6.0; c 3.0 s (7 epochs, rounds 3.0 4.0 2.0)")
+
+
+def test_a_bad_or_hostile_npz_is_one_line_from_every_contender(tmp_path):
+    """solo.py's arrays: a missing file, one that is not an npz, and one whose array is a pickle (code it would
+    run on loading) are each one stderr line naming the file, exit 2, before any framework starts."""
+    import numpy as np
+
+    missing, junk, pickled = tmp_path / "missing.npz", tmp_path / "junk.npz", tmp_path / "pickled.npz"
+    junk.write_bytes(b"not a zip")
+    np.savez(pickled, x_train=np.array([object()], dtype=object))
+    for npz, why in ((missing, "No such file or directory"), (junk, "not an .npz"), (pickled, "not an .npz")):
+        for contender in ("distmnist", "jax"):
+            result = run_module("distmnist.bench.solo", f"--contender={contender}", f"--npz={npz}",
+                                "--target_accuracy=0.9", unset=("TF_CPP_MIN_LOG_LEVEL",))
+            assert result.returncode == 2 and result.stdout == "", (contender, npz, result.stderr[-2000:])
+            (line,) = result.stderr.splitlines()
+            assert line.startswith(f"distmnist.bench.solo: error: cannot read MNIST's arrays from --npz={npz}: ")
+            assert why in line, (contender, line)

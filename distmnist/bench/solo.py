@@ -25,6 +25,7 @@ first step (compiling included) to the check that reached the target, for the be
 """
 
 import json
+import logging
 import os
 import sys
 import time
@@ -35,6 +36,7 @@ import numpy as np
 from absl import flags
 
 from distmnist.common import cli
+from distmnist.common.errors import UserError
 from distmnist.training import LAYER_SIZES  # without TensorFlow, which the JAX contender must not import
 
 NOT_INSTALLED = "JAX is not installed (pip install -e '.[bench]' adds it)"
@@ -42,6 +44,16 @@ TORCH_NOT_INSTALLED = ("PyTorch is not installed (its CPU build: pip install tor
                        "https://download.pytorch.org/whl/cpu)")
 NO_BACKEND = ("this JAX has no {platform} backend (pip install -e '.[bench-gpu]' adds JAX with CUDA 12, "
               "jax[cuda12])")
+
+
+def _arrays(npz: str) -> tuple:
+    """(x_train, y_train, x_test, y_test) from the bench's npz (no pickles); UserError naming the file otherwise."""
+    try:
+        with np.load(npz, allow_pickle=False) as data:
+            return tuple(data[key] for key in ("x_train", "y_train", "x_test", "y_test"))
+    except (OSError, ValueError, KeyError) as exc:
+        why = getattr(exc, "strerror", None) or "not an .npz of x_train, y_train, x_test and y_test"
+        raise UserError(f"cannot read MNIST's arrays from --npz={npz}: {why} (the bench writes it)") from None
 
 
 def _jax_model(npz: str, replicas: int, learning_rate: float, seed: int, platform: str, precision: str):
@@ -56,17 +68,17 @@ def _jax_model(npz: str, replicas: int, learning_rate: float, seed: int, platfor
     import jax.numpy as jnp
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # not its INFO line on the missing TPU
     try:
         devices = jax.devices(platform)[:replicas]
     except RuntimeError:  # "Unknown backend": JAX from PyPI has only its CPU backend unless asked for CUDA's
         return {"skipped": NO_BACKEND.format(platform=platform)}
+    x_train, y_train, x_test, y_test = _arrays(npz)
     if len(devices) < replicas:
         raise SystemExit(f"distmnist.bench.solo: {replicas} {platform} devices wanted, JAX has {len(devices)}")
     mesh = Mesh(np.array(devices), ("batch",))
     replicated = NamedSharding(mesh, PartitionSpec())
 
-    with np.load(npz) as data:
-        x_train, y_train, x_test, y_test = (data[k] for k in ("x_train", "y_train", "x_test", "y_test"))
     features = jax.device_put(x_train.reshape(-1, LAYER_SIZES[0]).astype(np.float32) / 255.0, replicated)
     targets = jax.device_put(np.eye(LAYER_SIZES[-1], dtype=np.float32)[y_train], replicated)
     test_x = jax.device_put(x_test.reshape(-1, LAYER_SIZES[0]).astype(np.float32) / 255.0, replicated)
@@ -198,6 +210,7 @@ def _distmnist_setup(npz: str, replicas: int, platform: str):
     from npz; the Trainer and TrainerSettings classes)."""
     from distmnist.startup import tfquiet
 
+    arrays = _arrays(npz)
     tfquiet.import_tensorflow()
     from distmnist.data.dataset import Mnist
     from distmnist.training.strategy import make_strategy
@@ -207,8 +220,7 @@ def _distmnist_setup(npz: str, replicas: int, platform: str):
         choice = make_strategy(num_gpus=0) if replicas == 1 else make_strategy(cpu_replicas=replicas)
     else:
         choice = make_strategy(num_gpus=replicas)
-    with np.load(npz) as data:
-        mnist = Mnist(*(data[key] for key in ("x_train", "y_train", "x_test", "y_test")), source=npz)
+    mnist = Mnist(*arrays, source=npz)
     return choice, mnist, Trainer, TrainerSettings
 
 
@@ -242,8 +254,7 @@ def _torch_model(npz: str, replicas: int, learning_rate: float, seed: int, platf
         return {"skipped": TORCH_NOT_INSTALLED}
     if replicas != 1 or platform != "cpu" or precision == "mixed_float16":
         raise SystemExit("distmnist.bench.solo: the PyTorch contender runs on one CPU, in float32 or mixed_bfloat16")
-    with np.load(npz) as data:
-        x_train, y_train, x_test, y_test = (data[k] for k in ("x_train", "y_train", "x_test", "y_test"))
+    x_train, y_train, x_test, y_test = _arrays(npz)
     features = torch.from_numpy(x_train.reshape(-1, LAYER_SIZES[0]).astype(np.float32) / 255.0)
     targets = torch.from_numpy(np.eye(LAYER_SIZES[-1], dtype=np.float32)[y_train])
     test_x = torch.from_numpy(x_test.reshape(-1, LAYER_SIZES[0]).astype(np.float32) / 255.0)
