@@ -1,8 +1,10 @@
 """`python -m distmnist.bench --quick`: every contender runs and the report has its contract (no timing asserts)."""
 
 import importlib.util
+import io
 import json
 import xml.etree.ElementTree as ET
+import zipfile
 
 import pytest
 
@@ -280,18 +282,24 @@ def test_the_race_rotates_its_order_and_counts_each_contenders_median_round(monk
 
 
 def test_a_bad_or_hostile_npz_is_one_line_from_every_contender(tmp_path):
-    """solo.py's arrays: a missing file, one that is not an npz, and one whose array is a pickle (code it would
-    run on loading) are each one stderr line naming the file, exit 2, before any framework starts."""
+    """solo.py reads the bench's npz as distmnist reads any MNIST file: a missing file, one that is not an npz, one
+    whose array is a pickle (code it would run on loading) and one whose header declares terabytes are each one
+    stderr line naming the file, exit 2, nothing allocated or unpickled, before any framework starts."""
     import numpy as np
+    from numpy.lib import format as npy_format
 
-    missing, junk, pickled = tmp_path / "missing.npz", tmp_path / "junk.npz", tmp_path / "pickled.npz"
+    missing, junk, pickled, huge = (tmp_path / f"{name}.npz" for name in ("missing", "junk", "pickled", "huge"))
     junk.write_bytes(b"not a zip")
     np.savez(pickled, x_train=np.array([object()], dtype=object))
-    for npz, why in ((missing, "No such file or directory"), (junk, "not an .npz"), (pickled, "not an .npz")):
+    header = io.BytesIO()
+    npy_format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": (10 ** 12,)})
+    with zipfile.ZipFile(huge, "w") as archive:
+        archive.writestr("x_train.npy", header.getvalue() + bytes(64))
+    for npz, why in ((missing, "No such file or directory"), (junk, "not a readable .npz file"),
+                     (pickled, "only pickle can load"), (huge, "its header declares")):
         for contender in ("distmnist", "jax"):
             result = run_module("distmnist.bench.solo", f"--contender={contender}", f"--npz={npz}",
                                 "--target_accuracy=0.9", unset=("TF_CPP_MIN_LOG_LEVEL",))
             assert result.returncode == 2 and result.stdout == "", (contender, npz, result.stderr[-2000:])
             (line,) = result.stderr.splitlines()
-            assert line.startswith(f"distmnist.bench.solo: error: cannot read MNIST's arrays from --npz={npz}: ")
-            assert why in line, (contender, line)
+            assert line.startswith("distmnist.bench.solo: error: ") and str(npz) in line and why in line, line

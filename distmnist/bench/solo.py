@@ -35,7 +35,7 @@ from typing import Optional
 import numpy as np
 from absl import flags
 
-from distmnist.common import cli
+from distmnist.common import cli, safeio
 from distmnist.common.errors import UserError
 from distmnist.training import LAYER_SIZES  # without TensorFlow, which the JAX contender must not import
 
@@ -47,13 +47,16 @@ NO_BACKEND = ("this JAX has no {platform} backend (pip install -e '.[bench-gpu]'
 
 
 def _arrays(npz: str) -> tuple:
-    """(x_train, y_train, x_test, y_test) from the bench's npz (no pickles); UserError naming the file otherwise."""
+    """(x_train, y_train, x_test, y_test) from the bench's npz, read as distmnist reads any MNIST file
+    (dataset.read_npz: bounded, each array's size checked from its header, never unpickled); UserError otherwise."""
+    from distmnist.data import dataset
+
     try:
-        with np.load(npz, allow_pickle=False) as data:
-            return tuple(data[key] for key in ("x_train", "y_train", "x_test", "y_test"))
-    except (OSError, ValueError, KeyError) as exc:
-        why = getattr(exc, "strerror", None) or "not an .npz of x_train, y_train, x_test and y_test"
-        raise UserError(f"cannot read MNIST's arrays from --npz={npz}: {why} (the bench writes it)") from None
+        data = safeio.read_path(npz)
+    except OSError as exc:
+        raise UserError(f"cannot read --npz={npz}: {exc.strerror or exc}") from None
+    arrays = dataset.read_npz(data, npz)
+    return tuple(arrays[key] for key in dataset.KEYS)
 
 
 def _jax_model(npz: str, replicas: int, learning_rate: float, seed: int, platform: str, precision: str):
