@@ -153,3 +153,12 @@ def test_epoch_orders_past_the_runs_epochs_go_on_as_one_unbounded_draw():
         np.testing.assert_array_equal(order, unbounded.next_epoch())
         assert sorted(order) == list(range(50))
     assert len({tuple(order) for order in orders}) == 5
+
+
+def test_epoch_orders_are_drawn_without_autotuning():
+    """Nothing in the orders' pipeline is tuned; with tf.data's autotuning on, its model thread ran beside the
+    training and a deleted iterator waited for it (up to 3.7 s in these tests). The orders themselves are the
+    tutorial pipeline's, autotuned there (test_device_and_tfdata_inputs_train_the_same_model)."""
+    from distmnist.training.inputs import EpochOrder
+
+    assert EpochOrder(50, 20, seed=3)._sequence().options().autotune.enabled is False

@@ -20,6 +20,13 @@ def _shuffled(dataset: tf.data.Dataset, shuffle_buffer: int, seed: int) -> tf.da
     return dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
 
 
+_UNTUNED = tf.data.Options()
+# The orders' pipeline has nothing to tune (its prefetch is fixed): without tf.data's autotuning there is no
+# model thread beside the training, and an iterator is deleted at once (one waited up to 3.7 s for that thread,
+# in the tests).
+_UNTUNED.autotune.enabled = False
+
+
 class EpochOrder:
     """Yields each epoch's order of training-example indices, int64 [n], in sequence from epoch 0.
 
@@ -35,7 +42,7 @@ class EpochOrder:
     def __init__(self, num_examples: int, shuffle_buffer: int, seed: int, epochs: Optional[int] = None):
         # A new dataset draws the sequence from its start: iterators of one dataset share its shuffle's seeds.
         self._sequence = lambda: _shuffled(tf.data.Dataset.range(num_examples), shuffle_buffer, seed).batch(
-            num_examples).repeat()
+            num_examples).repeat().with_options(_UNTUNED)
         self._bound = epochs
         ahead = min(MAX_EPOCHS_AHEAD, epochs) if epochs else 1
         self._epochs = iter((self._sequence() if epochs is None else self._sequence().take(epochs)).prefetch(ahead))
