@@ -46,7 +46,7 @@ TESTS_N ?= 2
 test: $(VENV)/.installed-test
 	$(PY) -m pytest -q -n $(TESTS_N) --durations=15 tests
 
-# No cluster, network or real-MNIST training, few subprocesses: about 2 min on 2 cores.
+# No cluster, network or real-MNIST training, few subprocesses: under a minute on 2 cores.
 test-fast: $(VENV)/.installed-test
 	$(PY) -m pytest -q -n $(TESTS_N) -m "not slow and not cluster and not network and not gpu" tests
 
