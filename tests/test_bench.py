@@ -94,11 +94,13 @@ def test_quick_bench_writes_a_complete_report(tmp_path):
         ours = {r["precision"]: r["examples_per_sec"] for r in section["rows"]
                 if r["batch"] == int(batch) and r["name"] == "distmnist"}
         assert by == pytest.approx({p: v / fastest_other for p, v in ours.items()})
+        assert section["over_float32"][batch] == pytest.approx(
+            {p: v / ours["float32"] for p, v in ours.items() if p != "float32"})  # one round in quick mode
     assert set(section["race"]) == {"mixed_bfloat16", "mixed_float16"}
     assert set(section["race"]["mixed_float16"]) == {"distmnist", "keras fit (tuned)"}
     assert set(section["race"]["mixed_bfloat16"]) == {"distmnist", "keras fit (tuned)", "jax scan",
                                                       *(["pytorch eager"] if torch and bf16 else [])}
-    assert "precisions, one replica" in result.stdout
+    assert "precisions, one replica" in result.stdout and "mixed precisions over its float32" in result.stdout
 
     root = ET.parse(tmp_path / "bench.svg").getroot()
     texts = {t.text for t in root.iter() if t.tag.endswith("text") and t.text}

@@ -8,6 +8,7 @@ the same contenders in each mixed precision (float32's is the race section's). E
 machine; where the hardware has none, it is emulated (docs/precision.md)."""
 
 import gc
+import statistics
 
 from distmnist.bench import contenders
 from distmnist.bench.race import IN_OWN_PROCESS, contest, lap_times
@@ -20,7 +21,8 @@ BATCHES = (128, 512)
 def measure(mnist, strategy_fn, timing, rounds: int, npz, platform: str, absent: dict, xla_for, race_target: float,
             max_epochs: int, race_settings, native: dict, race_rounds: int = 1) -> dict:
     """{"rows": [{"name", "precision", "batch", "rounds", "examples_per_sec"}], "ratios": {batch: {precision:
-    distmnist's over the fastest other contender in any precision}}, "race": {precision: {contender: ...}},
+    distmnist's over the fastest other contender in any precision}}, "over_float32": {batch: {mixed precision:
+    distmnist's over its own float32, the median of the rounds' ratios}}, "race": {precision: {contender: ...}},
     "skipped": {contender: why}}. xla_for(precision): distmnist's XLA setting for it on this machine. npz: MNIST
     for the processes of their own (None: none of solo.py's contenders installed), on the platform's first device;
     absent: those of them that cannot run here ("jax", "torch") -> why. native: precision -> whether this machine
@@ -73,18 +75,21 @@ def measure(mnist, strategy_fn, timing, rounds: int, npz, platform: str, absent:
     bar.close()
     for row in rows:
         row["examples_per_sec"] = max(row["rounds"])
-    ratios = {}
+    ratios, over_float32 = {}, {}
     for batch in BATCHES:
         at_batch = [r for r in rows if r["batch"] == batch]
         others = max(r["examples_per_sec"] for r in at_batch if r["name"] != "distmnist")
-        ratios[str(batch)] = {r["precision"]: r["examples_per_sec"] / others for r in at_batch
-                              if r["name"] == "distmnist"}
+        ours = {r["precision"]: r for r in at_batch if r["name"] == "distmnist"}
+        ratios[str(batch)] = {p: r["examples_per_sec"] / others for p, r in ours.items()}
+        # Within a round the precisions ran minutes apart at most, not a whole bench: paired by round.
+        over_float32[str(batch)] = {p: statistics.median(
+            a / b for a, b in zip(r["rounds"], ours["float32"]["rounds"])) for p, r in ours.items() if p != "float32"}
     race = {}
     for precision in PRECISIONS[1:]:
         settings = dataclasses.replace(race_settings, precision=precision, jit_compile=xla_for(precision))
         race[precision] = contest(mnist, strategy_fn, race_target, max_epochs, settings, npz, platform,
                                   ["distmnist", "keras fit (tuned)", *entrants(precision)], race_rounds)
-    return {"rows": rows, "ratios": ratios, "race": race, "target": race_target, "race_rounds": race_rounds,
+    return {"rows": rows, "ratios": ratios, "over_float32": over_float32, "race": race, "target": race_target, "race_rounds": race_rounds,
             "skipped": skipped}
 
 
@@ -97,6 +102,9 @@ def table(section: dict) -> str:
     for batch, by in section["ratios"].items():
         lines.append(f"  batch {batch}: distmnist over the fastest other contender in any precision: " + ", ".join(
             f"{p} {v:.2f}" for p, v in by.items()))
+    for batch, by in section["over_float32"].items():
+        lines.append(f"  batch {batch}: distmnist's mixed precisions over its float32 (median of the rounds): " +
+                     ", ".join(f"{p} {v:.2f}" for p, v in by.items()))
     for precision, by in section["race"].items():
         lines.append(f"  time to {section['target']:.1%} in {precision} (median of {section['race_rounds']} "
                      f"round(s)): " + lap_times(by))
