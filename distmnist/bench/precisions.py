@@ -89,8 +89,8 @@ def measure(mnist, strategy_fn, timing, rounds: int, npz, platform: str, absent:
         settings = dataclasses.replace(race_settings, precision=precision, jit_compile=xla_for(precision))
         race[precision] = contest(mnist, strategy_fn, race_target, max_epochs, settings, npz, platform,
                                   ["distmnist", "keras fit (tuned)", *entrants(precision)], race_rounds)
-    return {"rows": rows, "ratios": ratios, "over_float32": over_float32, "race": race, "target": race_target, "race_rounds": race_rounds,
-            "skipped": skipped}
+    return {"rows": rows, "ratios": ratios, "over_float32": over_float32, "race": race, "target": race_target,
+            "race_rounds": race_rounds, "skipped": skipped}
 
 
 def table(section: dict) -> str:

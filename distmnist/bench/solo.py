@@ -188,12 +188,10 @@ def distmnist_race(npz: str, replicas: int, per_replica_batch_size: int, learnin
                    platform: str, precision: str, target: float, max_epochs: int,
                    jit_compile: Optional[bool] = None) -> dict:
     """Time to the target test accuracy with distmnist's trainer, as jax_race (trainer_race)."""
-    choice, mnist, Trainer, TrainerSettings = _distmnist_setup(npz, replicas, platform)
-    steps_per_epoch = len(mnist.x_train) // (per_replica_batch_size * replicas)
-    settings = TrainerSettings(batch_size=per_replica_batch_size, learning_rate=learning_rate, seed=seed,
-                               total_steps=max_epochs * steps_per_epoch, precision=precision, jit_compile=jit_compile)
-    return {**trainer_race(Trainer(settings, choice.strategy, mnist), target, max_epochs),
-            "devices": list(choice.devices)}
+    trainer, devices = _distmnist_trainer(npz, replicas, platform, lambda steps_per_epoch: max_epochs * steps_per_epoch,
+                                          batch_size=per_replica_batch_size, learning_rate=learning_rate, seed=seed,
+                                          precision=precision, jit_compile=jit_compile)
+    return {**trainer_race(trainer, target, max_epochs), "devices": devices}
 
 
 def trainer_race(trainer, target: float, max_epochs: int) -> dict:
@@ -208,9 +206,9 @@ def trainer_race(trainer, target: float, max_epochs: int) -> dict:
     return _race(epoch, target, max_epochs)
 
 
-def _distmnist_setup(npz: str, replicas: int, platform: str):
-    """TensorFlow imported quietly, then (the strategy's choice for 1 device or N: logical CPUs, or GPUs; MNIST
-    from npz; the Trainer and TrainerSettings classes)."""
+def _distmnist_trainer(npz: str, replicas: int, platform: str, total_steps, **settings):
+    """TensorFlow imported quietly, then (distmnist's Trainer on 1 device or N: logical CPUs, or GPUs, with MNIST
+    from npz and these TrainerSettings; the devices). total_steps(steps per epoch): the steps it will train."""
     from distmnist.startup import tfquiet
 
     arrays = _arrays(npz)
@@ -224,7 +222,9 @@ def _distmnist_setup(npz: str, replicas: int, platform: str):
     else:
         choice = make_strategy(num_gpus=replicas)
     mnist = Mnist(*arrays, source=npz)
-    return choice, mnist, Trainer, TrainerSettings
+    steps_per_epoch = len(mnist.x_train) // (settings["batch_size"] * replicas)
+    trainer = Trainer(TrainerSettings(total_steps=total_steps(steps_per_epoch), **settings), choice.strategy, mnist)
+    return trainer, list(choice.devices)
 
 
 def distmnist_runner(npz: str, replicas: int, per_replica_batch_size: int, steps: int, learning_rate: float,
@@ -232,10 +232,9 @@ def distmnist_runner(npz: str, replicas: int, per_replica_batch_size: int, steps
                      jit_compile: Optional[bool] = None):
     """(run, global batch, facts): run() trains `steps` more steps with distmnist's default trainer and returns
     (its seconds, the last loss); it runs turns + 1 times (the first untimed)."""
-    choice, mnist, Trainer, TrainerSettings = _distmnist_setup(npz, replicas, platform)
-    settings = TrainerSettings(batch_size=per_replica_batch_size, learning_rate=learning_rate, seed=seed,
-                               total_steps=(turns + 1) * steps, precision=precision, jit_compile=jit_compile)
-    trainer = Trainer(settings, choice.strategy, mnist)
+    trainer, devices = _distmnist_trainer(npz, replicas, platform, lambda steps_per_epoch: (turns + 1) * steps,
+                                          batch_size=per_replica_batch_size, learning_rate=learning_rate, seed=seed,
+                                          precision=precision, jit_compile=jit_compile)
     from distmnist.training.controller import run_steps
 
     def run():
@@ -243,7 +242,7 @@ def distmnist_runner(npz: str, replicas: int, per_replica_batch_size: int, steps
         losses = run_steps(trainer, steps)
         return time.perf_counter() - start, float(losses[-1])
 
-    return run, trainer.global_batch_size, {"devices": list(choice.devices)}
+    return run, trainer.global_batch_size, {"devices": devices}
 
 
 def _torch_model(npz: str, replicas: int, learning_rate: float, seed: int, platform: str, precision: str):
