@@ -3,6 +3,7 @@ update; float16 with dynamic loss scaling. What each precision must keep of floa
 derived from the types' unit roundoff (docs/precision.md)."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -12,13 +13,13 @@ from distmnist.common.config import TrainConfig
 from distmnist.common.errors import UserError
 from distmnist.runs import rundir
 from distmnist.runs.checkpoints import Checkpointer
-from distmnist.training import devices
+from distmnist.training import devices, inputs
 from distmnist.training.controller import run_steps
-from distmnist.training.model import forward
+from distmnist.training.model import forward, images_to_features
 from distmnist.training.strategy import make_strategy
 from distmnist.training.trainer import INITIAL_LOSS_SCALE, Trainer, TrainerSettings
 
-from helpers import make_tiny_mnist, run_module
+from helpers import make_tiny_mnist, run_module, run_python
 
 MIXED = ("mixed_bfloat16", "mixed_float16")
 ROUNDINGS = 12  # the most roundings to the low type between the pixels and a weight's gradient: 4 per layer
@@ -58,6 +59,72 @@ def test_the_forward_pass_runs_in_the_low_precision_and_answers_in_float32(preci
     assert mixed.dtype == tf.float32
     bound = 784 * UNIT_ROUNDOFF[precision] * float(np.abs(exact).max() + 1)
     assert 0 < np.abs(mixed.numpy() - exact).max() < bound
+
+
+@pytest.mark.parametrize("precision", MIXED)
+@pytest.mark.parametrize("jit", [False, True])
+def test_the_training_images_are_resident_in_the_low_type_and_change_no_number(mnist, precision, jit):
+    """The forward pass's first op casts the pixels to the low type, so they are kept in it on the device: half the
+    bytes, one op a step fewer. The steps' losses and weights are bit for bit those of float32-resident images."""
+    low = {"mixed_bfloat16": tf.bfloat16, "mixed_float16": tf.float16}[precision]
+    settings = TrainerSettings(batch_size=32, precision=precision, jit_compile=jit)
+    resident, as_float32 = (Trainer(settings, make_strategy().strategy, mnist) for _ in range(2))
+    assert resident.strategy.experimental_local_results(resident.input.features)[0].dtype == low
+    as_float32.input.features = inputs.on_each_replica(as_float32.strategy,
+                                                       lambda r, n: images_to_features(mnist.x_train))
+    np.testing.assert_array_equal(run_steps(resident, 12), run_steps(as_float32, 12))
+    for a, b in zip(resident.model.get_numpy(), as_float32.model.get_numpy()):
+        np.testing.assert_array_equal(a, b)
+
+
+# Trains two steps outside XLA; TF_DUMP_GRAPH_PREFIX has TensorFlow write each function's graph as it runs it.
+TRAIN_TWO_STEPS = """
+import numpy as np
+from distmnist.data.dataset import Mnist
+from distmnist.training.strategy import make_strategy
+from distmnist.training.trainer import Trainer, TrainerSettings
+rng = np.random.default_rng(0)
+x, y = rng.integers(0, 256, (256, 28, 28), np.uint8), rng.integers(0, 10, 256).astype(np.uint8)
+settings = TrainerSettings(batch_size=32, precision={precision!r}, jit_compile=False, steps_per_loop=2)
+Trainer(settings, make_strategy().strategy, Mnist(x, y, x[:32], y[:32], "random")).train(2)
+"""
+
+
+def matmuls_as_run(tmp_path, precision: str, env: dict) -> list:
+    """The matmuls of the training call as TensorFlow runs it outside XLA, after its graph rewrites (grappler's
+    fusions, oneDNN's kernels): (op, type, fused ops) for each, from the graphs TensorFlow dumps."""
+    from google.protobuf import text_format
+
+    result = run_python(TRAIN_TWO_STEPS.format(precision=precision), env={
+        **env, "TF_DUMP_GRAPH_PREFIX": str(tmp_path), "TF_DUMP_GRAPH_NAME_FILTER": "*"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    found = []
+    for path in tmp_path.glob("*_partition_*after_partition_passes.pbtxt"):  # as the executor gets it
+        graph = text_format.Parse(path.read_text(), tf.compat.v1.GraphDef())
+        found += [(node.op, tf.as_dtype(node.attr["T"].type).name,
+                   tuple(op.decode() for op in node.attr["fused_ops"].list.s))
+                  for node in graph.node if "MatMul" in node.op]
+    return sorted(found)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["float32", "mixed_bfloat16"])
+def test_with_onednn_every_matmul_of_the_step_is_onednns_and_the_layers_are_fused(tmp_path, precision):
+    """What a CPU with amx_bf16 or avx512_bf16 runs for a mixed precision (docs/precision.md): outside XLA,
+    TensorFlow's oneDNN kernels take all 8 matmuls of the step (3 forward, 5 backward) in the step's type, each
+    forward one fused with its bias and ReLU. bfloat16 where the CPU has the features, TensorFlow's oneDNN default
+    as a user's shell has it; float32, with oneDNN switched on, checks the same reading on any x86 CPU."""
+    if precision == "float32":
+        env = {"TF_ENABLE_ONEDNN_OPTS": "1"}
+    elif devices.precision_support(devices.cpu_flags(), []).native[precision]:
+        env = {name: value for name, value in os.environ.items() if name != "TF_ENABLE_ONEDNN_OPTS"}
+    else:
+        pytest.skip("bfloat16 goes through oneDNN only on CPUs with amx_bf16 or avx512_bf16")
+    matmuls = matmuls_as_run(tmp_path, precision, env)
+    dtype = "float32" if precision == "float32" else "bfloat16"
+    assert len(matmuls) == 8 and all(op.startswith("_Mkl") and t == dtype for op, t, _ in matmuls), matmuls
+    assert sorted(fused for _, _, fused in matmuls if fused) == [("BiasAdd",), ("BiasAdd", "Relu"),
+                                                                  ("BiasAdd", "Relu")], matmuls
 
 
 @pytest.mark.slow

@@ -131,9 +131,10 @@ def replica_call_indices(epoch_order, first_step: int, count: int, steps_per_loo
 
 
 class DeviceInput:
-    """The training set resident on every replica's device, in its training dtype: float32 features [N, 784] and
-    one-hot targets [N, 10], made once on each replica's own device (GatherV2 has GPU kernels for float32, none
-    for uint8). Each call gets its steps' rows as int64 indices, [steps_per_loop, batch] per replica (int32
+    """The training set resident on every replica's device, in its training dtype: features [N, 784] in the
+    layers' type (float32, or a mixed precision's low type: the forward pass casts them to it first, so a gather of
+    the cast features is the same batch, at half the bytes and one op a step fewer) and float32 one-hot targets
+    [N, 10], made once on each replica's own device (GatherV2 has GPU kernels for those types, none for uint8). Each call gets its steps' rows as int64 indices, [steps_per_loop, batch] per replica (int32
     tensors on a GPU live in host memory), the epochs' orders drawn from the seed as tf.data's shuffle draws them;
     a call runs across an epoch's end."""
 
@@ -143,7 +144,7 @@ class DeviceInput:
 
     def __init__(self, strategy: tf.distribute.Strategy, x: np.ndarray, y: np.ndarray, steps_per_epoch: int,
                  per_replica_batch_size: int, steps_per_loop: int, shuffle_buffer: int, seed: int,
-                 epochs: Optional[int] = None):
+                 epochs: Optional[int] = None, dtype: tf.DType = tf.float32):
         self.strategy = strategy
         self.steps_per_epoch = steps_per_epoch
         self.per_replica_batch_size = per_replica_batch_size
@@ -152,7 +153,7 @@ class DeviceInput:
         self._order = self._new_order()
         self._orders = {}  # epoch -> order, for the epochs the current call needs
         self._next_epoch = 0  # the epoch self._order draws next
-        self.features = on_each_replica(strategy, lambda r, n: images_to_features(x))
+        self.features = on_each_replica(strategy, lambda r, n: tf.cast(images_to_features(x), dtype))
         self.targets = on_each_replica(strategy, lambda r, n: labels_to_targets(y))
 
     def _epoch_order(self, epoch: int) -> np.ndarray:

@@ -113,7 +113,7 @@ class Trainer:
                                             self.per_replica_batch_size, config.steps_per_loop,
                                             config.shuffle_buffer, config.seed,
                                             epochs=-(-config.total_steps // self.steps_per_epoch)
-                                            if config.total_steps else None)
+                                            if config.total_steps else None, dtype=self.compute_dtype)
         else:
             self.input = inputs.TfdataInput(strategy, mnist.x_train, mnist.y_train, self.global_batch_size,
                                             config.shuffle_buffer, config.seed)
