@@ -253,19 +253,54 @@ def test_a_resume_that_changes_the_precision_is_refused_in_one_line(tmp_path):
     assert rundir.plan(str(tmp_path), "r", flags) == "resume"
 
 
-@pytest.mark.parametrize("flags, capabilities, recommended, native", [
-    ({"avx2", "fma"}, [], "float32", {"mixed_bfloat16": False, "mixed_float16": False}),
-    ({"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}, [], "mixed_bfloat16",
+@pytest.mark.parametrize("flags, capabilities, onednn_off, recommended, native", [
+    ({"avx2", "fma"}, [], False, "float32", {"mixed_bfloat16": False, "mixed_float16": False}),
+    ({"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}, [], False, "mixed_bfloat16",
      {"mixed_bfloat16": True, "mixed_float16": False}),
-    ({"avx2"}, [(8, 0), (9, 0)], "mixed_bfloat16", {"mixed_bfloat16": True, "mixed_float16": True}),
-    ({"avx2"}, [(7, 5)], "mixed_float16", {"mixed_bfloat16": False, "mixed_float16": True}),
-    ({"avx2"}, [(6, 1)], "float32", {"mixed_bfloat16": False, "mixed_float16": False}),
-    ({"amx_bf16"}, [(8, 6), (7, 0)], "mixed_float16", {"mixed_bfloat16": False, "mixed_float16": True}),
+    ({"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}, [], True, "float32",
+     {"mixed_bfloat16": False, "mixed_float16": False}),
+    ({"avx2"}, [(8, 0), (9, 0)], False, "mixed_bfloat16", {"mixed_bfloat16": True, "mixed_float16": True}),
+    ({"avx2"}, [(7, 5)], True, "mixed_float16", {"mixed_bfloat16": False, "mixed_float16": True}),
+    ({"avx2"}, [(6, 1)], False, "float32", {"mixed_bfloat16": False, "mixed_float16": False}),
+    ({"amx_bf16"}, [(8, 6), (7, 0)], False, "mixed_float16", {"mixed_bfloat16": False, "mixed_float16": True}),
 ])
-def test_what_each_machine_runs_natively_and_what_it_recommends(flags, capabilities, recommended, native):
-    support = devices.precision_support(flags, capabilities)
+def test_what_each_machine_runs_natively_and_what_it_recommends(flags, capabilities, onednn_off, recommended,
+                                                                native):
+    support = devices.precision_support(flags, capabilities, onednn_off)
     assert support.recommended == recommended and support.native == native
     assert support.on_cpu == (not capabilities)
+
+
+@pytest.mark.parametrize("precision, jit_flag, flags, capabilities, onednn_off, xla", [
+    ("mixed_bfloat16", None, {"amx_bf16"}, [], False, False),  # oneDNN's kernels take the matmuls
+    ("mixed_bfloat16", True, {"amx_bf16"}, [], False, True),  # unless --jit_compile says otherwise
+    ("mixed_bfloat16", None, {"amx_bf16"}, [], True, True),  # oneDNN switched off: nothing uses the tiles
+    ("mixed_bfloat16", None, {"avx2"}, [], False, True),  # emulated: XLA as in float32
+    ("mixed_bfloat16", None, {"amx_bf16"}, [(8, 0)], False, True),  # GPUs: the XLA call
+    ("mixed_float16", None, {"amx_bf16"}, [], False, True),  # no float16 features
+    ("float32", None, {"amx_bf16"}, [], False, True),
+])
+def test_xla_is_left_off_only_where_onednn_runs_the_precision_natively(precision, jit_flag, flags, capabilities,
+                                                                        onednn_off, xla):
+    from distmnist.runs.run import trainer_settings
+
+    support = devices.precision_support(flags, capabilities, onednn_off)
+    assert trainer_settings(TrainConfig(precision=precision, jit_compile=jit_flag), 100, support).jit_compile == xla
+
+
+def test_a_cpu_with_bfloat16_features_and_onednn_switched_off_says_what_to_unset():
+    """TensorFlow's oneDNN banner tells users to set TF_ENABLE_ONEDNN_OPTS=0 to silence it; on a CPU with AMX that
+    would leave a mixed precision to kernels that do not use the tiles, so the run's warning says to unset it."""
+    support = devices.precision_support({"avx512f", "avx512_bf16", "amx_bf16"}, [], onednn_off=True)
+    assert support.switched_off == {"mixed_bfloat16": "amx_bf16, avx512_bf16"}
+    assert "TF_ENABLE_ONEDNN_OPTS=0" in support.why
+    assert devices.emulated("mixed_bfloat16", support) == (
+        "--precision=mixed_bfloat16 cannot use this CPU's amx_bf16, avx512_bf16 with TF_ENABLE_ONEDNN_OPTS=0 "
+        "(oneDNN's kernels off): no faster than float32; unset it to train faster")
+    assert devices.emulated("mixed_float16", support).startswith("--precision=mixed_float16 is emulated on this CPU")
+    for value, off in [("0", True), ("false", True), (" False ", True), ("1", False), ("true", False), ("", False)]:
+        assert devices.onednn_switched_off({"TF_ENABLE_ONEDNN_OPTS": value}) == off, value
+    assert not devices.onednn_switched_off({})
 
 
 def test_this_machines_cpu_flags_are_read():

@@ -124,6 +124,13 @@ CPUINFO = "/proc/cpuinfo"
 # oneDNN for them outside XLA; without these, the types are converted to and from float32: emulated).
 NATIVE_CPU_FEATURES = {"mixed_bfloat16": ("amx_bf16", "avx512_bf16"), "mixed_float16": ("amx_fp16", "avx512_fp16")}
 MIN_GPU_CAPABILITY = {"mixed_bfloat16": (8, 0), "mixed_float16": (7, 0)}  # bfloat16 from Ampere, float16 tensor cores
+ONEDNN_SWITCH = "TF_ENABLE_ONEDNN_OPTS"  # TensorFlow turns oneDNN on by default on CPUs with these features
+
+
+def onednn_switched_off(environ=os.environ) -> bool:
+    """Whether the user turned TensorFlow's oneDNN kernels off (TF_ENABLE_ONEDNN_OPTS=0 or false, as
+    TensorFlow's own banner suggests to silence it): then no kernel uses the CPU's bfloat16 or float16 features."""
+    return environ.get(ONEDNN_SWITCH, "").strip().lower() in ("0", "false")
 
 
 def cpu_flags(path: str = CPUINFO) -> set:
@@ -146,11 +153,13 @@ class PrecisionSupport:
     recommended: str
     why: str
     on_cpu: bool = True  # the CPU trains (no GPU)
+    switched_off: dict = dataclasses.field(default_factory=dict)  # precision -> the CPU's features for it, unused
+    # because the user switched oneDNN off
 
 
-def precision_support(flags: set, gpu_capabilities: Sequence) -> PrecisionSupport:
-    """Pure: from the CPU's feature flags and the compute capabilities of the GPUs that will train (empty: the
-    CPU trains)."""
+def precision_support(flags: set, gpu_capabilities: Sequence, onednn_off: bool = False) -> PrecisionSupport:
+    """Pure: from the CPU's feature flags, the compute capabilities of the GPUs that will train (empty: the CPU
+    trains) and whether the user switched oneDNN off (onednn_switched_off)."""
     if gpu_capabilities:
         lowest = min(tuple(c) for c in gpu_capabilities)
         native = {p: lowest >= cc for p, cc in MIN_GPU_CAPABILITY.items()}
@@ -163,11 +172,15 @@ def precision_support(flags: set, gpu_capabilities: Sequence) -> PrecisionSuppor
                                     "cores (bfloat16 needs 8.0)", on_cpu=False)
         return PrecisionSupport(native, "float32", f"GPUs of compute capability {shown} have no tensor cores",
                                 on_cpu=False)
-    native = {p: any(f in flags for f in features) for p, features in NATIVE_CPU_FEATURES.items()}
+    hardware = {p: ", ".join(f for f in features if f in flags) for p, features in NATIVE_CPU_FEATURES.items()}
+    native = {p: bool(found) and not onednn_off for p, found in hardware.items()}
     if native["mixed_bfloat16"]:
-        found = ", ".join(f for f in NATIVE_CPU_FEATURES["mixed_bfloat16"] if f in flags)
-        return PrecisionSupport(native, "mixed_bfloat16", f"the CPU has {found}: oneDNN runs bfloat16 matmuls in "
-                                "hardware")
+        return PrecisionSupport(native, "mixed_bfloat16", f"the CPU has {hardware['mixed_bfloat16']}: oneDNN runs "
+                                "bfloat16 matmuls in hardware")
+    if hardware["mixed_bfloat16"]:
+        return PrecisionSupport(native, "float32", f"the CPU has {hardware['mixed_bfloat16']}, but {ONEDNN_SWITCH}=0 "
+                                "switches off the oneDNN kernels that use it: unset it for --precision=mixed_bfloat16",
+                                switched_off={p: found for p, found in hardware.items() if found})
     return PrecisionSupport(native, "float32", "the CPU has neither amx_bf16 nor avx512_bf16: bfloat16 and float16 "
                             "are emulated here, no faster than float32 and less precise")
 
@@ -177,11 +190,14 @@ def support_of(gpus: Sequence) -> PrecisionSupport:
     import tensorflow as tf
 
     return precision_support(cpu_flags(), [tf.config.experimental.get_device_details(g).get("compute_capability")
-                                           or (0, 0) for g in gpus])
+                                           or (0, 0) for g in gpus], onednn_switched_off())
 
 
 def emulated(precision: str, support: PrecisionSupport) -> str:
     """Why `precision` is emulated on the training devices, in one line (for the run's warning)."""
+    if precision in support.switched_off:
+        return (f"--precision={precision} cannot use this CPU's {support.switched_off[precision]} with "
+                f"{ONEDNN_SWITCH}=0 (oneDNN's kernels off): no faster than float32; unset it to train faster")
     if support.on_cpu:
         return (f"--precision={precision} is emulated on this CPU (it has none of "
                 f"{', '.join(NATIVE_CPU_FEATURES[precision])}): no faster than float32, and less precise")
