@@ -153,8 +153,8 @@ class PrecisionSupport:
     recommended: str
     why: str
     on_cpu: bool = True  # the CPU trains (no GPU)
-    switched_off: dict = dataclasses.field(default_factory=dict)  # precision -> the CPU's features for it, unused
-    # because the user switched oneDNN off
+    # precision -> this CPU's features for it, which nothing uses because the user switched oneDNN off
+    switched_off: dict = dataclasses.field(default_factory=dict)
 
 
 def precision_support(flags: set, gpu_capabilities: Sequence, onednn_off: bool = False) -> PrecisionSupport:

@@ -134,9 +134,10 @@ class DeviceInput:
     """The training set resident on every replica's device, in its training dtype: features [N, 784] in the
     layers' type (float32, or a mixed precision's low type: the forward pass casts them to it first, so a gather of
     the cast features is the same batch, at half the bytes and one op a step fewer) and float32 one-hot targets
-    [N, 10], made once on each replica's own device (GatherV2 has GPU kernels for those types, none for uint8). Each call gets its steps' rows as int64 indices, [steps_per_loop, batch] per replica (int32
-    tensors on a GPU live in host memory), the epochs' orders drawn from the seed as tf.data's shuffle draws them;
-    a call runs across an epoch's end."""
+    [N, 10], made once on each replica's own device (GatherV2 has GPU kernels for those types, none for uint8).
+    Each call gets its steps' rows as int64 indices, [steps_per_loop, batch] per replica (int32 tensors on a GPU
+    live in host memory), the epochs' orders drawn from the seed as tf.data's shuffle draws them; a call runs
+    across an epoch's end."""
 
     xla_whole_call = True  # plain tensors in, so XLA can compile the whole multi-step call
     static_trip_count = True  # every call runs steps_per_loop iterations and masks those past its count

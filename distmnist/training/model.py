@@ -38,9 +38,9 @@ def forward(weights, features: tf.Tensor, compute_dtype: tf.DType = tf.float32) 
         if low:
             kernel, bias = tf.cast(kernel, compute_dtype), tf.cast(bias, compute_dtype)
         h = tf.matmul(h, kernel)
-        # The low types' BiasAdd: outside XLA, TensorFlow fuses it with the matmul and the ReLU into one kernel, and
-        # its gradient is one op (BiasAddGrad). float32 keeps its add, whose gradient sums in another order outside
-        # XLA: float32 runs keep their numbers bit for bit on every path.
+        # The low types' BiasAdd: its gradient is one op (BiasAddGrad), and on the oneDNN path (CPUs with bfloat16
+        # features, XLA off) TensorFlow runs it with the matmul and the ReLU as one fused kernel. float32 keeps its
+        # add, whose gradient sums in another order outside XLA: float32's numbers stay bit for bit on every path.
         h = tf.nn.bias_add(h, bias) if low else h + bias
         if i < last:
             h = tf.nn.relu(h)
