@@ -41,10 +41,11 @@ def run_module(module: str, *args: str, timeout_s: int = 300, env=None, gpu: boo
                           timeout=timeout_s, cwd=REPO, env=_environment(env, gpu, unset))
 
 
-def run_python(code: str, timeout_s: int = 120, gpu: bool = False, env=None) -> subprocess.CompletedProcess:
-    """Runs code in a fresh interpreter outside the repository, so distmnist cannot be imported by accident."""
+def run_python(code: str, timeout_s: int = 120, gpu: bool = False, env=None, unset=()) -> subprocess.CompletedProcess:
+    """Runs code in a fresh interpreter outside the repository, so distmnist cannot be imported by accident;
+    `unset` as for run_module."""
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout_s,
-                          cwd="/", env=_environment({"TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}, gpu))
+                          cwd="/", env=_environment({"TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}, gpu, unset))
 
 
 def free_ports(count: int) -> list:

@@ -78,7 +78,7 @@ def test_quick_bench_writes_a_complete_report(tmp_path):
     # dots on CPUs), and the race in each mixed precision.
     section = report["precisions"]
     made = {(r["name"], r["precision"], r["batch"]) for r in section["rows"]}
-    bf16 = devices.precision_support(devices.cpu_flags(), []).native["mixed_bfloat16"]
+    bf16 = devices.support_of([]).native["mixed_bfloat16"]
     expected = {(name, precision, batch) for batch in (128, 512)
                 for precision in ("float32", "mixed_bfloat16", "mixed_float16")
                 for name in ("distmnist", "keras fit (tuned)", "jax scan", *(["pytorch eager"] if torch else []))
