@@ -1,7 +1,7 @@
 """Benchmark: distmnist against the other ways of training this MLP in TensorFlow, on this machine, now.
 
-  python -m distmnist.bench            # about 15 minutes on a 2-core CPU; writes bench.json and bench.svg
-  python -m distmnist.bench --quick    # a smoke test: one round of a few steps each, one replica count
+  python -m bench            # about 15 minutes on a 2-core CPU; writes bench.json and bench.svg
+  python -m bench --quick    # a smoke test: one round of a few steps each, one replica count
 
 Contenders, each at the same per-replica batch after a warm-up: the tutorial's eager loop, Keras Model.fit (default
 and tuned), distmnist --input=tfdata, distmnist's default, and where JAX is installed (the `bench` extra) JAX's
@@ -23,10 +23,9 @@ import platform
 import shutil
 import tempfile
 
-import numpy as np
 from absl import flags
 
-from distmnist.bench import wholeprocess
+from bench import wholeprocess
 from distmnist.common import cli, files
 from distmnist.common.config import TrainConfig
 from distmnist.common.errors import UserError
@@ -101,7 +100,8 @@ def run_bench() -> dict:
                         "positive, --warmup_steps, --checkpoint_rounds, --process_rounds, --breakdown_rounds and "
                         "--precision_rounds >= 0")
     tf = tfquiet.import_tensorflow()
-    from distmnist.bench import contenders
+    from bench import mnist_npz
+    from bench.timing import Timing
     from distmnist.data import dataset
     from distmnist.training.strategy import make_strategy
 
@@ -110,7 +110,7 @@ def run_bench() -> dict:
     if not num_gpus:
         make_strategy(cpu_replicas=2)  # split the CPU before any op runs
     quick = FLAGS.quick
-    timing = contenders.Timing(per_replica_batch_size=FLAGS.batch_size,
+    timing = Timing(per_replica_batch_size=FLAGS.batch_size,
                                warmup_steps=5 if quick else FLAGS.warmup_steps,
                                timed_steps=50 if quick else FLAGS.steps)
     mnist = dataset.load(FLAGS.data_dir)
@@ -119,8 +119,7 @@ def run_bench() -> dict:
     try:
         npz = None
         if own_dir:
-            npz = os.path.join(own_dir, "mnist.npz")  # the solo processes read the same arrays, whatever the source
-            np.savez(npz, **mnist.arrays())
+            npz = mnist_npz.write(mnist, own_dir)  # the solo processes read the same arrays, whatever the source
         report = measure(tf, mnist, num_gpus, timing, quick, npz, installed)
     finally:
         if own_dir:
@@ -138,7 +137,8 @@ def measure(tf, mnist, num_gpus: int, timing, quick: bool, npz, installed: dict)
     """Every section in turn; what bench.json holds. npz: MNIST for the processes of their own; installed: which
     of JAX and PyTorch are."""
     jax_npz = npz if installed["jax"] else None
-    from distmnist.bench import breakdown, checkpointcost, lineup, precisions, race, solo, turns
+    from bench import breakdown, checkpointcost, lineup, precisions, race, turns
+    from bench.contenders import pytorch_eager
     from distmnist.training.trainer import TrainerSettings
 
     first_device = "/gpu:0" if num_gpus else "/cpu:0"
@@ -155,7 +155,7 @@ def measure(tf, mnist, num_gpus: int, timing, quick: bool, npz, installed: dict)
     # The contenders in processes of their own that cannot run here, and why: said once each, then left out.
     absent = {"jax": jax["skipped"]} if "skipped" in jax else {}
     if not installed["torch"]:
-        absent["torch"] = solo.TORCH_NOT_INSTALLED
+        absent["torch"] = pytorch_eager.NOT_INSTALLED
     elif num_gpus:
         absent["torch"] = "the PyTorch contender runs on CPUs only"
     report = {
@@ -207,7 +207,7 @@ def xla_setting(tf, num_gpus: int):
 
 def table(report: dict) -> str:
     """Every section's table, under the machine's line."""
-    from distmnist.bench import breakdown, checkpointcost, lineup, precisions, race, turns
+    from bench import breakdown, checkpointcost, lineup, precisions, race, turns
 
     m = report["machine"]
     lines = [f"machine: {m['cpu']}, {m['cores']} cores, GPUs: {', '.join(m['gpus']) or 'none'}, "
@@ -244,4 +244,4 @@ def plot(report: dict, path: str) -> None:
 
 
 if __name__ == "__main__":
-    cli.run(run_bench, prog="distmnist.bench", define_flags=define_flags)
+    cli.run(run_bench, prog="bench", define_flags=define_flags)
