@@ -1,13 +1,19 @@
-"""`python -m bench --quick`: every contender runs and the report has its contract (no timing asserts)."""
+"""`python -m bench --quick`: every contender runs, the report has its contract (no timing asserts) and the results
+file says the run's figures; the machine's kind that names that file."""
 
+import importlib.metadata
 import importlib.util
 import io
 import json
+import os
+import platform
+import subprocess
 import xml.etree.ElementTree as ET
 import zipfile
 
 import pytest
 
+from bench import machine, report as report_lib
 from bench.contenders import jax_scan, pytorch_eager
 from distmnist.training import devices
 
@@ -20,13 +26,29 @@ CONTENDERS = {"compute bound", "tutorial eager", "keras fit (default)", "keras f
               "jax scan"}  # the test extra brings JAX
 
 
+def results_files() -> dict:
+    """{name: (size, mtime)} of what bench/results holds now."""
+    folder = report_lib.RESULTS_DIR
+    return {name: (os.stat(os.path.join(folder, name)).st_size, os.stat(os.path.join(folder, name)).st_mtime_ns)
+            for name in (os.listdir(folder) if os.path.isdir(folder) else [])}
+
+
 def test_quick_bench_writes_a_complete_report(tmp_path):
+    before = results_files()
     result = run_module("bench", "--quick", f"--out={tmp_path}", timeout_s=400)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "bench.json").read_text())
+    assert results_files() == before  # --quick: no machine's figures, bench/results untouched
+    assert sorted(os.listdir(tmp_path)) == ["bench.json", "bench.svg"]
 
-    assert set(report["machine"]) == {"cpu", "cores", "gpus", "tf_version"}
+    assert set(report["machine"]) == {"cpu", "cpu_features", "cores", "gpus", "kind", "python", "tf_version",
+                                      "jax_version", "torch_version"}
     assert report["machine"]["cores"] >= 1 and report["machine"]["tf_version"].startswith("2.")
+    assert report["machine"]["kind"] == machine.cpu_kind(*machine.read_cpuinfo(), platform.machine())
+    assert report["machine"]["jax_version"] == importlib.metadata.version("jax")  # the test extra brings JAX
+    head = subprocess.run(["git", "-C", REPO, "rev-parse", "HEAD"], capture_output=True, text=True)
+    assert report["run"]["commit"] == (head.stdout.strip() if head.returncode == 0 else None)
+    assert report["run"]["seconds"] > 0 and report["run"]["started"] < report["run"]["finished"]
     rows = report["results"]
     assert {r["name"] for r in rows} == CONTENDERS and {r["replicas"] for r in rows} == {1}  # --quick: one count
     own_process = {"distmnist (default, own process)", "jax scan"}  # paired turns: the median counts
@@ -127,6 +149,70 @@ def test_quick_bench_writes_a_complete_report(tmp_path):
     assert whole["distmnist_outside_training_s"] > parts["imports_s"] > 0 and parts["steps_s"] > 0
     assert 0 < whole["accuracy"]["distmnist.train"] <= 1 and 0 < whole["accuracy"]["keras fit script"] <= 1
     assert "Keras script / distmnist:" in result.stdout and "the bare import (goal <= 1.3x)" in result.stdout
+
+    check_results_file(report, tmp_path / "results")
+
+
+def markdown_sections(text: str) -> dict:
+    """{heading: [each table row's cells]} of a Markdown file, the "## " headings' sections (the title's: "")."""
+    sections, heading = {"": []}, ""
+    for line in text.splitlines():
+        if line.startswith("## "):
+            heading = line[3:]
+            sections[heading] = []
+        elif line.startswith("|") and not line.startswith("|---"):
+            sections[heading].append([cell.strip() for cell in line.strip().strip("|").split("|")])
+    return sections
+
+
+def section(sections: dict, start: str) -> list:
+    (rows,) = [rows for heading, rows in sections.items() if heading.startswith(start)]
+    return rows
+
+
+def check_results_file(report: dict, folder) -> None:
+    """The results file the quick run's report makes (in a temporary folder: a quick run writes none of its own)
+    holds every section's figures from the report, in tables, with the run's date, commit and machine."""
+    path = report_lib.write(report, str(folder))
+    assert path == str(folder / f"{report['machine']['kind']}.md") and os.listdir(folder) == [os.path.basename(path)]
+    text = open(path).read()
+    assert text.startswith(f"# Bench results: {report['machine']['kind']}\n")
+    sections = markdown_sections(text)
+    run = dict(map(tuple, sections[""][1:]))  # the title's table: the run
+    m = report["machine"]
+    assert run["date"].startswith(f"{report['run']['started']} to {report['run']['finished']}")
+    assert run["commit"].startswith(f"`{report['run']['commit']}`, ")
+    assert run["CPU"] == f"{m['cpu']}, {m['cores']} cores" and run["TensorFlow"] == m["tf_version"]
+    assert run["JAX"] == m["jax_version"] and run["PyTorch"] == (m["torch_version"] or "not installed")
+    assert run["CPU features"].startswith(", ".join(m["cpu_features"]))
+
+    steady = section(sections, "Steady state")
+    for r in report["results"]:
+        assert [r["name"], str(r["replicas"]), r["device"], f"{r['examples_per_sec']:,.0f}"] in [row[:4]
+                                                                                                for row in steady]
+    assert {row[1] for row in steady if len(row) == 2} >= {f"{v:.2f}" for v in report["ratios"].values()}
+    by = report["distmnist_over_jax"]["by_replicas"]["1"]
+    assert section(sections, "distmnist's default over JAX")[1][:2] == ["1", f"{by['median']:.3f}"]
+    split = section(sections, "Step breakdown")
+    for name, b in report["step_breakdown"]["median"].items():
+        assert [name, f"{b['wall_us']:,.0f}", f"{b['in_xla_us']:,.0f}", f"{b['outside_us']:,.0f}"] in split
+        assert [f"`{b['top'][0][0]}`", f"{b['top'][0][1]:,.0f}"] in split
+    race = section(sections, "Time to 90.0%")
+    for name, r in report["time_to_accuracy"]["by"].items():
+        seconds = "not reached" if r["seconds"] is None else f"{r['seconds']:.1f}"
+        assert [name, seconds, "-" if r["seconds"] is None else seconds, str(r["epochs"]),
+                f"{r['accuracy']:.2%}"] in race
+    precisions = section(sections, "Precisions")
+    for r in report["precisions"]["rows"]:
+        row = next(row for row in precisions if row[:2] == [r["name"], r["precision"]])
+        assert row[2 + [128, 512].index(r["batch"])] == f"{r['examples_per_sec']:,.0f}"  # a column per batch
+    saves = report["checkpoints"]
+    assert section(sections, "Checkpoints")[1][4:6] == [f"{saves['cost_s'] * 1e3:.1f}", f"{saves['cost_fraction']:.1%}"]
+    whole, process = section(sections, "Whole process"), report["whole_process"]
+    median = f"{process['median_s']['distmnist.train']:.1f}"  # one round: its only round
+    assert ["`python -m distmnist.train` (defaults)", median, median,
+            f"{process['accuracy']['distmnist.train']:.2%}"] in whole
+    assert [f"{process['keras_over_distmnist']:.2f}x", ">= 1.8x"] in [row[1:] for row in whole]
 
 
 SOLO_ARGS = ["--replicas=2", "--batch_size=16", "--steps=20", "--learning_rate=0.5"]
