@@ -54,7 +54,7 @@ doctor: $(VENV)/.installed
 	$(PY) -m distmnist.doctor
 
 bench: $(VENV)/.installed-bench
-	$(PY) -m distmnist.bench
+	$(PY) -m bench
 
 tensorboard: $(VENV)/.installed
 	$(VENV)/bin/tensorboard --logdir logs --host 127.0.0.1 --port 6006

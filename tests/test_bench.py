@@ -1,17 +1,23 @@
-"""`python -m distmnist.bench --quick`: every contender runs and the report has its contract (no timing asserts)."""
+"""`python -m bench --quick`: every contender runs, the report has its contract (no timing asserts) and the results
+file says the run's figures; the machine's kind that names that file."""
 
+import importlib.metadata
 import importlib.util
 import io
 import json
+import os
+import platform
+import subprocess
 import xml.etree.ElementTree as ET
 import zipfile
 
 import pytest
 
-from distmnist.bench.solo import TORCH_NOT_INSTALLED
+from bench import machine, report as report_lib
+from bench.contenders import jax_scan, pytorch_eager
 from distmnist.training import devices
 
-from helpers import run_module
+from helpers import REPO, run_module, run_python
 
 pytestmark = [pytest.mark.slow]
 
@@ -20,13 +26,29 @@ CONTENDERS = {"compute bound", "tutorial eager", "keras fit (default)", "keras f
               "jax scan"}  # the test extra brings JAX
 
 
+def results_files() -> dict:
+    """{name: (size, mtime)} of what bench/results holds now."""
+    folder = report_lib.RESULTS_DIR
+    return {name: (os.stat(os.path.join(folder, name)).st_size, os.stat(os.path.join(folder, name)).st_mtime_ns)
+            for name in (os.listdir(folder) if os.path.isdir(folder) else [])}
+
+
 def test_quick_bench_writes_a_complete_report(tmp_path):
-    result = run_module("distmnist.bench", "--quick", f"--out={tmp_path}", timeout_s=400)
+    before = results_files()
+    result = run_module("bench", "--quick", f"--out={tmp_path}", timeout_s=400)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "bench.json").read_text())
+    assert results_files() == before  # --quick: no machine's figures, bench/results untouched
+    assert sorted(os.listdir(tmp_path)) == ["bench.json", "bench.svg"]
 
-    assert set(report["machine"]) == {"cpu", "cores", "gpus", "tf_version"}
+    assert set(report["machine"]) == {"cpu", "cpu_features", "cores", "gpus", "kind", "python", "tf_version",
+                                      "jax_version", "torch_version"}
     assert report["machine"]["cores"] >= 1 and report["machine"]["tf_version"].startswith("2.")
+    assert report["machine"]["kind"] == machine.cpu_kind(*machine.read_cpuinfo(), platform.machine())
+    assert report["machine"]["jax_version"] == importlib.metadata.version("jax")  # the test extra brings JAX
+    head = subprocess.run(["git", "-C", REPO, "rev-parse", "HEAD"], capture_output=True, text=True)
+    assert report["run"]["commit"] == (head.stdout.strip() if head.returncode == 0 else None)
+    assert report["run"]["seconds"] > 0 and report["run"]["started"] < report["run"]["finished"]
     rows = report["results"]
     assert {r["name"] for r in rows} == CONTENDERS and {r["replicas"] for r in rows} == {1}  # --quick: one count
     own_process = {"distmnist (default, own process)", "jax scan"}  # paired turns: the median counts
@@ -86,7 +108,7 @@ def test_quick_bench_writes_a_complete_report(tmp_path):
                 and not (name == "pytorch eager" and precision == "mixed_bfloat16" and not bf16)}
     assert set(section["skipped"]) == ({"pytorch eager"} if not torch else set() if bf16 else
                                        {"pytorch eager mixed_bfloat16"})
-    assert torch or f"pytorch eager: skipped, {TORCH_NOT_INSTALLED}" in result.stdout
+    assert torch or f"pytorch eager: skipped, {pytorch_eager.NOT_INSTALLED}" in result.stdout
     assert made == expected and all(r["examples_per_sec"] > 0 and len(r["rounds"]) == 1 for r in section["rows"])
     for batch, by in section["ratios"].items():
         fastest_other = max(r["examples_per_sec"] for r in section["rows"]
@@ -128,6 +150,70 @@ def test_quick_bench_writes_a_complete_report(tmp_path):
     assert 0 < whole["accuracy"]["distmnist.train"] <= 1 and 0 < whole["accuracy"]["keras fit script"] <= 1
     assert "Keras script / distmnist:" in result.stdout and "the bare import (goal <= 1.3x)" in result.stdout
 
+    check_results_file(report, tmp_path / "results")
+
+
+def markdown_sections(text: str) -> dict:
+    """{heading: [each table row's cells]} of a Markdown file, the "## " headings' sections (the title's: "")."""
+    sections, heading = {"": []}, ""
+    for line in text.splitlines():
+        if line.startswith("## "):
+            heading = line[3:]
+            sections[heading] = []
+        elif line.startswith("|") and not line.startswith("|---"):
+            sections[heading].append([cell.strip() for cell in line.strip().strip("|").split("|")])
+    return sections
+
+
+def section(sections: dict, start: str) -> list:
+    (rows,) = [rows for heading, rows in sections.items() if heading.startswith(start)]
+    return rows
+
+
+def check_results_file(report: dict, folder) -> None:
+    """The results file the quick run's report makes (in a temporary folder: a quick run writes none of its own)
+    holds every section's figures from the report, in tables, with the run's date, commit and machine."""
+    path = report_lib.write(report, str(folder))
+    assert path == str(folder / f"{report['machine']['kind']}.md") and os.listdir(folder) == [os.path.basename(path)]
+    text = open(path).read()
+    assert text.startswith(f"# Bench results: {report['machine']['kind']}\n")
+    sections = markdown_sections(text)
+    run = dict(map(tuple, sections[""][1:]))  # the title's table: the run
+    m = report["machine"]
+    assert run["date"].startswith(f"{report['run']['started']} to {report['run']['finished']}")
+    assert run["commit"].startswith(f"`{report['run']['commit']}`, ")
+    assert run["CPU"] == f"{m['cpu']}, {m['cores']} cores" and run["TensorFlow"] == m["tf_version"]
+    assert run["JAX"] == m["jax_version"] and run["PyTorch"] == (m["torch_version"] or "not installed")
+    assert run["CPU features"].startswith(", ".join(m["cpu_features"]))
+
+    steady = section(sections, "Steady state")
+    for r in report["results"]:
+        assert [r["name"], str(r["replicas"]), r["device"], f"{r['examples_per_sec']:,.0f}"] in [row[:4]
+                                                                                                for row in steady]
+    assert {row[1] for row in steady if len(row) == 2} >= {f"{v:.2f}" for v in report["ratios"].values()}
+    by = report["distmnist_over_jax"]["by_replicas"]["1"]
+    assert section(sections, "distmnist's default over JAX")[1][:2] == ["1", f"{by['median']:.3f}"]
+    split = section(sections, "Step breakdown")
+    for name, b in report["step_breakdown"]["median"].items():
+        assert [name, f"{b['wall_us']:,.0f}", f"{b['in_xla_us']:,.0f}", f"{b['outside_us']:,.0f}"] in split
+        assert [f"`{b['top'][0][0]}`", f"{b['top'][0][1]:,.0f}"] in split
+    race = section(sections, "Time to 90.0%")
+    for name, r in report["time_to_accuracy"]["by"].items():
+        seconds = "not reached" if r["seconds"] is None else f"{r['seconds']:.1f}"
+        assert [name, seconds, "-" if r["seconds"] is None else seconds, str(r["epochs"]),
+                f"{r['accuracy']:.2%}"] in race
+    precisions = section(sections, "Precisions")
+    for r in report["precisions"]["rows"]:
+        row = next(row for row in precisions if row[:2] == [r["name"], r["precision"]])
+        assert row[2 + [128, 512].index(r["batch"])] == f"{r['examples_per_sec']:,.0f}"  # a column per batch
+    saves = report["checkpoints"]
+    assert section(sections, "Checkpoints")[1][4:6] == [f"{saves['cost_s'] * 1e3:.1f}", f"{saves['cost_fraction']:.1%}"]
+    whole, process = section(sections, "Whole process"), report["whole_process"]
+    median = f"{process['median_s']['distmnist.train']:.1f}"  # one round: its only round
+    assert ["`python -m distmnist.train` (defaults)", median, median,
+            f"{process['accuracy']['distmnist.train']:.2%}"] in whole
+    assert [f"{process['keras_over_distmnist']:.2f}x", ">= 1.8x"] in [row[1:] for row in whole]
+
 
 SOLO_ARGS = ["--replicas=2", "--batch_size=16", "--steps=20", "--learning_rate=0.5"]
 
@@ -141,31 +227,48 @@ def test_the_jax_contender_trains_on_two_devices_in_its_own_process(tmp_path):
 
     import numpy as np
 
-    from distmnist.bench import solo
+    from bench import ownprocess
 
     from helpers import make_tiny_mnist
 
     npz = tmp_path / "mnist.npz"
     np.savez(npz, **make_tiny_mnist().arrays())
-    run = [sys.executable, "-m", "distmnist.bench.solo", "--contender=jax", f"--npz={npz}", *SOLO_ARGS]
-    trained = subprocess.run(run, env=solo.environment("jax", 2), capture_output=True, text=True, timeout=300)
+    run = [sys.executable, "-m", "bench.solo", "--contender=jax", f"--npz={npz}", *SOLO_ARGS]
+    trained = subprocess.run(run, env=ownprocess.environment("jax", 2), capture_output=True, text=True, timeout=300,
+                             cwd=REPO)
     assert trained.returncode == 0, trained.stderr[-2000:]
     report = json.loads(trained.stdout.strip().splitlines()[-1])
     assert len(report["devices"]) == 2 and report["examples_per_sec"] > 0
     assert 0 < report["final_loss"] < 0.05  # the MSE of the best constant guess is 0.09
 
 
+def test_the_bench_starts_its_own_processes_in_its_checkout_wherever_it_was_started(tmp_path, tiny_mnist):
+    """The bench is not installed: it runs from the checkout. Started from another folder, with nothing on
+    PYTHONPATH, its contenders' processes (`python -m bench.solo`) still find the bench, as they start in the
+    checkout."""
+    import numpy as np
+
+    npz = tmp_path / "mnist.npz"
+    np.savez(npz, **tiny_mnist.arrays())
+    code = (f"import json, sys; sys.path.insert(0, {REPO!r}); from bench import ownprocess; "
+            "from bench.timing import Timing; "
+            f"print(json.dumps(ownprocess.measure('jax', {str(npz)!r}, Timing(per_replica_batch_size=16, "
+            "timed_steps=5))))")
+    result = run_python(code, timeout_s=300, unset=("PYTHONPATH",))  # in /, outside the checkout
+    assert result.returncode == 0, result.stderr[-2000:]
+    reply = json.loads(result.stdout.strip().splitlines()[-1])
+    assert reply["examples_per_sec"] > 0 and reply["devices"] == ["cpu:0"]  # JAX's CPU device
+
+
 def test_without_jax_the_jax_contender_says_so(tmp_path):
     import subprocess
     import sys
 
-    from distmnist.bench import solo
-
     args = ["--contender=jax", f"--npz={tmp_path / 'unused.npz'}", *SOLO_ARGS]
     hidden = [sys.executable, "-c", "import runpy, sys; sys.modules['jax'] = None; "
-              f"sys.argv = ['solo', *{args!r}]; runpy.run_module('distmnist.bench.solo', run_name='__main__')"]
-    missing = subprocess.run(hidden, capture_output=True, text=True, timeout=60)
-    assert missing.returncode == 0 and json.loads(missing.stdout) == {"skipped": solo.NOT_INSTALLED}
+              f"sys.argv = ['solo', *{args!r}]; runpy.run_module('bench.solo', run_name='__main__')"]
+    missing = subprocess.run(hidden, capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert missing.returncode == 0 and json.loads(missing.stdout) == {"skipped": jax_scan.NOT_INSTALLED}
 
 
 def test_a_jax_without_a_gpu_backend_is_skipped_on_gpus_with_one_line(tmp_path):
@@ -174,36 +277,37 @@ def test_a_jax_without_a_gpu_backend_is_skipped_on_gpus_with_one_line(tmp_path):
     import subprocess
     import sys
 
-    from distmnist.bench import solo
+    from bench import ownprocess
 
     args = ["--contender=jax", f"--npz={tmp_path / 'unused.npz'}", "--platform=gpu", *SOLO_ARGS]
-    asked = subprocess.run([sys.executable, "-m", "distmnist.bench.solo", *args], env=solo.environment("jax", 1, "gpu"),
-                           capture_output=True, text=True, timeout=120)
+    asked = subprocess.run([sys.executable, "-m", "bench.solo", *args], env=ownprocess.environment("jax", 1, "gpu"),
+                           capture_output=True, text=True, timeout=120, cwd=REPO)
     assert asked.returncode == 0, asked.stderr[-2000:]
-    assert json.loads(asked.stdout) == {"skipped": solo.NO_BACKEND.format(platform="gpu")}
-    assert "pip install -e '.[bench-gpu]'" in solo.NO_BACKEND
+    assert json.loads(asked.stdout) == {"skipped": jax_scan.NO_BACKEND.format(platform="gpu")}
+    assert "pip install -e '.[bench-gpu]'" in jax_scan.NO_BACKEND
 
 
 def test_bad_counts_are_one_line_and_write_nothing(tmp_path):
     out = tmp_path / "out"
     for bad in ("--rounds=0", "--turns=0", "--checkpoint_every=0", "--checkpoint_rounds=-1", "--breakdown_rounds=-1",
                 "--precision_rounds=-1", "--race_rounds=0"):
-        result = run_module("distmnist.bench", bad, f"--out={out}")
+        result = run_module("bench", bad, f"--out={out}")
         assert result.returncode == 2, bad
         assert result.stderr.strip().splitlines() == [
-            "distmnist.bench: error: --batch_size, --steps, --rounds, --turns, --race_rounds and --checkpoint_every "
+            "bench: error: --batch_size, --steps, --rounds, --turns, --race_rounds and --checkpoint_every "
             "must be positive, --warmup_steps, --checkpoint_rounds, --process_rounds, --breakdown_rounds and "
             "--precision_rounds >= 0"], bad
         assert not out.exists()
 
 
 def test_a_contender_that_fails_is_named_with_its_last_line(tmp_path):
-    from distmnist.bench import contenders
+    from bench import turns
+    from bench.timing import Timing
     from distmnist.common.errors import RunFailed
 
-    timing = contenders.Timing(per_replica_batch_size=16, timed_steps=20)
+    timing = Timing(per_replica_batch_size=16, timed_steps=20)
     with pytest.raises(RunFailed, match=r"the distmnist contender in its own process failed: .*No such file"):
-        contenders.take_turns(str(tmp_path / "missing.npz"), 1, "cpu", timing, 2)
+        turns.take_turns(str(tmp_path / "missing.npz"), 1, "cpu", timing, 2)
 
 
 def test_without_pytorch_its_contender_says_so_in_one_line(tmp_path):
@@ -212,9 +316,9 @@ def test_without_pytorch_its_contender_says_so_in_one_line(tmp_path):
 
     args = ["--contender=torch", f"--npz={tmp_path / 'unused.npz'}", "--batch_size=16", "--steps=5"]
     hidden = [sys.executable, "-c", "import runpy, sys; sys.modules['torch'] = None; "
-              f"sys.argv = ['solo', *{args!r}]; runpy.run_module('distmnist.bench.solo', run_name='__main__')"]
-    missing = subprocess.run(hidden, capture_output=True, text=True, timeout=60)
-    assert missing.returncode == 0 and json.loads(missing.stdout) == {"skipped": TORCH_NOT_INSTALLED}
+              f"sys.argv = ['solo', *{args!r}]; runpy.run_module('bench.solo', run_name='__main__')"]
+    missing = subprocess.run(hidden, capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert missing.returncode == 0 and json.loads(missing.stdout) == {"skipped": pytorch_eager.NOT_INSTALLED}
     assert missing.stderr == ""
 
 
@@ -227,7 +331,7 @@ def test_the_pytorch_contender_trains(tmp_path, tiny_mnist, precision):
 
     npz = tmp_path / "mnist.npz"
     np.savez(npz, **tiny_mnist.arrays())
-    result = run_module("distmnist.bench.solo", "--contender=torch", f"--npz={npz}", "--batch_size=32",
+    result = run_module("bench.solo", "--contender=torch", f"--npz={npz}", "--batch_size=32",
                         "--steps=200", "--learning_rate=0.5", f"--precision={precision}", timeout_s=300)
     assert result.returncode == 0, result.stderr[-2000:]
     reply = json.loads(result.stdout.strip().splitlines()[-1])
@@ -247,7 +351,7 @@ def test_each_contender_races_to_a_test_accuracy_in_its_own_process(tmp_path, ti
     np.savez(npz, **tiny_mnist.arrays())
     args = [f"--contender={contender}", f"--npz={npz}", "--batch_size=32", "--learning_rate=0.5"]
     for target, max_epochs in ((0.9, 20), (1.01, 2)):
-        result = run_module("distmnist.bench.solo", *args, f"--target_accuracy={target}",
+        result = run_module("bench.solo", *args, f"--target_accuracy={target}",
                             f"--max_epochs={max_epochs}", timeout_s=300)
         assert result.returncode == 0, result.stderr[-2000:]
         reply = json.loads(result.stdout.strip().splitlines()[-1])
@@ -262,7 +366,7 @@ def test_each_contender_races_to_a_test_accuracy_in_its_own_process(tmp_path, ti
 def test_the_race_rotates_its_order_and_counts_each_contenders_median_round(monkeypatch):
     """Each round races every contender in turn, starting one further along each time (the machine drifts); a
     contender's figure is its median round, none where a round did not reach the target."""
-    from distmnist.bench import race
+    from bench import race
     from distmnist.training.trainer import TrainerSettings
 
     laps = {"a": [9.0, 7.0, 8.0], "b": [5.0, None, 6.0], "c": [3.0, 4.0, 2.0]}
@@ -300,8 +404,8 @@ def test_a_bad_or_hostile_npz_is_one_line_from_every_contender(tmp_path):
     for npz, why in ((missing, "No such file or directory"), (junk, "not a readable .npz file"),
                      (pickled, "only pickle can load"), (huge, "its header declares")):
         for contender in ("distmnist", "jax"):
-            result = run_module("distmnist.bench.solo", f"--contender={contender}", f"--npz={npz}",
+            result = run_module("bench.solo", f"--contender={contender}", f"--npz={npz}",
                                 "--target_accuracy=0.9", unset=("TF_CPP_MIN_LOG_LEVEL",))
             assert result.returncode == 2 and result.stdout == "", (contender, npz, result.stderr[-2000:])
             (line,) = result.stderr.splitlines()
-            assert line.startswith("distmnist.bench.solo: error: ") and str(npz) in line and why in line, line
+            assert line.startswith("bench.solo: error: ") and str(npz) in line and why in line, line

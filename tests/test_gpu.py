@@ -150,15 +150,15 @@ def test_a_two_process_cluster_trains_with_a_gpu_each(tmp_path):
 def test_the_bench_runs_on_the_gpu(tmp_path):
     """The bench on GPUs: every TensorFlow row measured there; JAX measured where its CUDA backend is installed
     (the bench-gpu extra), else skipped in one line."""
-    from distmnist.bench import solo
+    from bench.contenders import jax_scan
 
-    result = run_module("distmnist.bench", "--quick", f"--out={tmp_path}", gpu=True, timeout_s=900)
+    result = run_module("bench", "--quick", f"--out={tmp_path}", gpu=True, timeout_s=900)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "bench.json").read_text())
     assert report["machine"]["gpus"]
     jax = report["distmnist_over_jax"]
     if "skipped" in jax:
-        assert jax["skipped"] in (solo.NOT_INSTALLED, solo.NO_BACKEND.format(platform="gpu"))
+        assert jax["skipped"] in (jax_scan.NOT_INSTALLED, jax_scan.NO_BACKEND.format(platform="gpu"))
         assert f"skipped, {jax['skipped']}" in result.stdout
     else:
         assert jax["by_replicas"]["1"]["median"] > 0

@@ -48,12 +48,12 @@ def test_xla_compiles_the_models_dots_with_ynnpack(tmp_path):
 
 
 def test_jax_in_the_bench_runs_with_the_users_flags_not_ours(monkeypatch):
-    from distmnist.bench import solo
+    from bench import ownprocess
 
     monkeypatch.setattr(xlaflags, "added", True)
     monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/d --xla_cpu_experimental_ynn_fusion_type=dot,reduce")
-    assert solo.environment("jax", 2)["XLA_FLAGS"] == "--xla_dump_to=/d --xla_force_host_platform_device_count=2"
-    assert solo.environment("distmnist", 2)["XLA_FLAGS"] == \
+    assert ownprocess.environment("jax", 2)["XLA_FLAGS"] == "--xla_dump_to=/d --xla_force_host_platform_device_count=2"
+    assert ownprocess.environment("distmnist", 2)["XLA_FLAGS"] == \
         "--xla_dump_to=/d --xla_cpu_experimental_ynn_fusion_type=dot,reduce --xla_force_host_platform_device_count=2"
     monkeypatch.setattr(xlaflags, "added", False)  # the user's own choice: kept for JAX too
-    assert "ynn_fusion_type" in solo.environment("jax", 1)["XLA_FLAGS"]
+    assert "ynn_fusion_type" in ownprocess.environment("jax", 1)["XLA_FLAGS"]

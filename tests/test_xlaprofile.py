@@ -3,7 +3,7 @@
 import pytest
 from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
-from distmnist.bench import xlaprofile
+from bench import xlaprofile
 
 US = 1_000_000  # picoseconds
 

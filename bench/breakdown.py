@@ -1,7 +1,31 @@
 """Where one CPU replica's step goes in distmnist's default and in JAX's scan: each profiled in a process of its
 own with XLA's kernel events (xlaprofile.py), inside XLA's executable kernel by kernel, or outside it."""
 
-from distmnist.bench import contenders
+import tempfile
+
+from bench import ownprocess, xlaprofile
+from bench.contenders import jax_scan
+from bench.timing import Timing
+
+
+def profiled_rounds(npz: str, timing: Timing, rounds: int) -> dict:
+    """Where one CPU replica's steps go, for distmnist's default trainer and JAX's scan, each in a process of its
+    own (solo.py --profile) with XLA's kernel events on, the two alternating for `rounds` rounds: {"distmnist":
+    [xlaprofile.breakdown per round], "jax": [...]}, or {"skipped": why} without JAX.
+
+    RunFailed with the last line a contender wrote to stderr when one fails."""
+    made = {"distmnist": [], "jax": []}
+    for round_number in range(rounds):
+        for name in ("distmnist", "jax") if round_number % 2 == 0 else ("jax", "distmnist"):
+            with tempfile.TemporaryDirectory(prefix="distmnist-profile-") as logdir:
+                reply = ownprocess.run(name, npz, kernels=True, batch_size=timing.per_replica_batch_size,
+                                       steps=timing.timed_steps, learning_rate=timing.learning_rate, seed=timing.seed,
+                                       profile=logdir)
+                if "skipped" in reply:
+                    return reply
+                with open(reply["trace"], "rb") as trace:
+                    made[name].append(xlaprofile.breakdown(trace.read(), reply["steps"], reply["seconds"]))
+    return made
 
 
 def measure(npz, num_gpus: int, timing, rounds: int) -> dict:
@@ -11,10 +35,10 @@ def measure(npz, num_gpus: int, timing, rounds: int) -> dict:
     if num_gpus:
         return {"skipped": "XLA's kernel events are read on CPUs only"}
     if npz is None:
-        return {"skipped": contenders.solo.NOT_INSTALLED}
+        return {"skipped": jax_scan.NOT_INSTALLED}
     print(f"step breakdown: {rounds} round(s) of {timing.timed_steps} profiled steps on one CPU replica, "
           "distmnist and JAX alternating", flush=True)
-    made = contenders.step_breakdown(npz, timing, rounds)
+    made = profiled_rounds(npz, timing, rounds)
     if "skipped" in made:
         return made
     median = {name: sorted(runs, key=lambda r: r["wall_us"])[(len(runs) - 1) // 2] for name, runs in made.items()}

@@ -17,12 +17,11 @@ import tempfile
 import time
 from typing import Optional
 
-import distmnist
+from bench import CHECKOUT
 from distmnist.common.errors import RunFailed
 from distmnist.data.dataset import keras_cache_path
 
 KERAS_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "keras_fit_script.py")
-PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(distmnist.__file__)))
 QUICK_STEPS = 30  # --quick: a smoke run of each command, no meaningful figures
 RATIO_GOAL = 1.8  # Keras script's wall time over distmnist's
 OUTSIDE_GOAL = 1.3  # distmnist's time outside the training steps over the bare import
@@ -31,7 +30,7 @@ OUTSIDE_GOAL = 1.3  # distmnist's time outside the training steps over the bare 
 def _run(name: str, command: list) -> tuple:
     """(wall seconds, stdout) of one command; RunFailed with its last line of stderr when it fails."""
     start = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True, cwd=PACKAGE_PARENT)
+    result = subprocess.run(command, capture_output=True, text=True, cwd=CHECKOUT)
     seconds = time.perf_counter() - start
     if result.returncode != 0:
         last = (result.stderr.strip().splitlines() or ["no output"])[-1]

@@ -1,7 +1,7 @@
 """The yardstick of the bench's whole-process section: the training `python -m distmnist.train` does at its
 defaults, written as a Keras user would write it. It imports nothing of distmnist, so it runs as a plain script:
 
-  python distmnist/bench/keras_fit_script.py [--data=mnist.npz] [--epochs=10] [--steps=N]
+  python bench/keras_fit_script.py [--data=mnist.npz] [--epochs=10] [--steps=N]
 
 The same model (784-512-256-10, ReLU, weights and biases uniform in +-1/sqrt(fan_in)), loss (MSE on one-hot
 targets), optimiser (plain SGD, learning rate 1.5), batch (128), epochs (10) and data (MNIST from the Keras

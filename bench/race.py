@@ -7,7 +7,8 @@ tracing, compiling and the checks count; loading the data and building the model
 import gc
 import statistics
 
-from distmnist.bench import contenders
+from bench import ownprocess
+from bench.contenders import distmnist_trainer, keras_fit
 
 IN_OWN_PROCESS = {"jax scan": "jax", "pytorch eager": "torch"}  # the bench's name -> solo.py's contender
 
@@ -41,9 +42,9 @@ def _one(mnist, strategy_fn, target: float, max_epochs: int, settings, npz, plat
     """One contender's (seconds or None, epochs, accuracy)."""
     own = IN_OWN_PROCESS.get(name, "distmnist" if name.startswith("distmnist") and npz else None)
     if own:
-        reply = contenders.race_in_own_process(own, npz, settings, target, max_epochs, platform)
+        reply = ownprocess.race(own, npz, settings, target, max_epochs, platform)
         return reply["seconds"], reply["epochs"], reply["accuracy"]
-    fn = contenders.time_to_accuracy_keras if name.startswith("keras") else contenders.time_to_accuracy_distmnist
+    fn = keras_fit.time_to_accuracy if name.startswith("keras") else distmnist_trainer.time_to_accuracy
     return fn(mnist, strategy_fn(), target, max_epochs, settings)
 
 

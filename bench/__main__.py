@@ -1,7 +1,7 @@
-"""Benchmark: distmnist against the other ways of training this MLP in TensorFlow, on this machine, now.
+"""Benchmark: distmnist against the other ways of training this MLP, on this machine, now. From the checkout:
 
-  python -m distmnist.bench            # about 15 minutes on a 2-core CPU; writes bench.json and bench.svg
-  python -m distmnist.bench --quick    # a smoke test: one round of a few steps each, one replica count
+  python -m bench            # writes bench.json and bench.svg (--out), and bench/results/<kind>.md (machine.py)
+  python -m bench --quick    # a smoke test: one round of a few steps each, one replica count; no results file
 
 Contenders, each at the same per-replica batch after a warm-up: the tutorial's eager loop, Keras Model.fit (default
 and tuned), distmnist --input=tfdata, distmnist's default, and where JAX is installed (the `bench` extra) JAX's
@@ -12,21 +12,20 @@ one replica's step goes in each of those two, kernel by kernel in XLA's executab
 Then time to 98% test accuracy (JAX and PyTorch too, where installed). Then what checkpoints cost the training
 (checkpointcost.py). Then the whole process (wholeprocess.py): `python -m distmnist.train` at its defaults against a
 Keras fit script doing the same training, and a bare `import tensorflow`, each a fresh process timed from outside,
---process_rounds times.
+--process_rounds times. A full run's figures go to bench/results/<kind>.md (report.py), with its date, commit and
+machine; docs/performance.md says how to read them.
 """
 
 import dataclasses
 import gc
 import importlib.util
 import os
-import platform
 import shutil
 import tempfile
 
-import numpy as np
 from absl import flags
 
-from distmnist.bench import wholeprocess
+from bench import machine, report as report_lib, wholeprocess
 from distmnist.common import cli, files
 from distmnist.common.config import TrainConfig
 from distmnist.common.errors import UserError
@@ -60,26 +59,11 @@ def define_flags() -> None:
                          "target in each mixed precision; 0 skips it.")
     flags.DEFINE_integer("process_rounds", 3, "Rounds of the whole-process section (distmnist.train at its defaults, "
                          "a Keras fit script, a bare TensorFlow import, each a fresh process); 0 skips it.")
+    flags.DEFINE_boolean("results", True, "Write the figures to bench/results/<kind of machine>.md, replacing that "
+                         "file (--quick never does; --noresults for a run that should not).")
 
 
 TARGET_ACCURACY = 0.98
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine(tf) -> dict:
-    gpus = [tf.config.experimental.get_device_details(g).get("device_name", g.name)
-            for g in tf.config.get_visible_devices("GPU")]
-    return {"cpu": cpu_name(), "cores": os.cpu_count(), "gpus": gpus, "tf_version": tf.__version__}
 
 
 def replica_setups(num_gpus: int, gpu_name: str = "GPU"):
@@ -100,8 +84,10 @@ def run_bench() -> dict:
         raise UserError("--batch_size, --steps, --rounds, --turns, --race_rounds and --checkpoint_every must be "
                         "positive, --warmup_steps, --checkpoint_rounds, --process_rounds, --breakdown_rounds and "
                         "--precision_rounds >= 0")
+    started, code = report_lib.now(), report_lib.provenance()  # the code measured: as it was when the run began
     tf = tfquiet.import_tensorflow()
-    from distmnist.bench import contenders
+    from bench import mnist_npz
+    from bench.timing import Timing
     from distmnist.data import dataset
     from distmnist.training.strategy import make_strategy
 
@@ -110,27 +96,29 @@ def run_bench() -> dict:
     if not num_gpus:
         make_strategy(cpu_replicas=2)  # split the CPU before any op runs
     quick = FLAGS.quick
-    timing = contenders.Timing(per_replica_batch_size=FLAGS.batch_size,
-                               warmup_steps=5 if quick else FLAGS.warmup_steps,
-                               timed_steps=50 if quick else FLAGS.steps)
+    timing = Timing(per_replica_batch_size=FLAGS.batch_size, warmup_steps=5 if quick else FLAGS.warmup_steps,
+                    timed_steps=50 if quick else FLAGS.steps)
     mnist = dataset.load(FLAGS.data_dir)
     installed = {name: importlib.util.find_spec(name) is not None for name in ("jax", "torch")}
     own_dir = tempfile.mkdtemp(prefix="distmnist-bench-") if any(installed.values()) else None
     try:
         npz = None
         if own_dir:
-            npz = os.path.join(own_dir, "mnist.npz")  # the solo processes read the same arrays, whatever the source
-            np.savez(npz, **mnist.arrays())
+            npz = mnist_npz.write(mnist, own_dir)  # the solo processes read the same arrays, whatever the source
         report = measure(tf, mnist, num_gpus, timing, quick, npz, installed)
     finally:
         if own_dir:
             shutil.rmtree(own_dir, ignore_errors=True)
+    report["run"] = report_lib.run_record(code, started, report_lib.now())
     json_path = os.path.join(FLAGS.out, "bench.json")
     files.write_json(json_path, report)
     svg_path = os.path.join(FLAGS.out, "bench.svg")
     plot(report, svg_path)
     print(table(report))
-    print(f"wrote {json_path} and {svg_path}")
+    written = [json_path, svg_path]
+    if FLAGS.results and not quick:  # a smoke run's figures are no machine's figures
+        written.append(report_lib.write(report))
+    print(f"wrote {', '.join(written)}")
     return report
 
 
@@ -138,52 +126,58 @@ def measure(tf, mnist, num_gpus: int, timing, quick: bool, npz, installed: dict)
     """Every section in turn; what bench.json holds. npz: MNIST for the processes of their own; installed: which
     of JAX and PyTorch are."""
     jax_npz = npz if installed["jax"] else None
-    from distmnist.bench import breakdown, checkpointcost, lineup, precisions, race, solo, turns
+    from bench import breakdown, checkpointcost, lineup, precisions, race, turns
+    from bench.contenders import pytorch_eager
     from distmnist.training.trainer import TrainerSettings
 
     first_device = "/gpu:0" if num_gpus else "/cpu:0"
-    device_name = machine(tf)["gpus"][0] if num_gpus else "CPU"  # every row names its device
+    this_machine = machine.describe(tf)
+    device_name = this_machine["gpus"][0] if num_gpus else "CPU"  # every row names its device
     setups = replica_setups(num_gpus, device_name)
     setups = setups[:1] if quick else setups  # --quick: one replica count
-    rounds = 1 if quick else FLAGS.rounds
-    max_epochs = 1 if quick else FLAGS.max_epochs
-    race_rounds = 1 if quick else FLAGS.race_rounds
+    # --quick: one round of each section (two turns, two checkpoint rounds), a race of one epoch.
+    counts = {"rounds": 1, "turns": 2, "breakdown_rounds": 1, "race_rounds": 1,
+              "precision_rounds": min(1, FLAGS.precision_rounds), "checkpoint_rounds": min(2, FLAGS.checkpoint_rounds),
+              "process_rounds": min(1, FLAGS.process_rounds), "max_epochs": 1} if quick else {
+        name: FLAGS[name].value for name in ("rounds", "turns", "breakdown_rounds", "race_rounds", "precision_rounds",
+                                             "checkpoint_rounds", "process_rounds", "max_epochs")}
+    rounds, max_epochs, race_rounds = counts["rounds"], counts["max_epochs"], counts["race_rounds"]
     platform = "gpu" if num_gpus else "cpu"
     results = lineup.measure(mnist, setups, device_name, first_device, timing, rounds, quick)["results"]
-    jax = turns.measure(jax_npz, setups, platform, timing, 2 if quick else FLAGS.turns)
+    jax = turns.measure(jax_npz, setups, platform, timing, counts["turns"])
     results += jax.pop("results", [])
     # The contenders in processes of their own that cannot run here, and why: said once each, then left out.
     absent = {"jax": jax["skipped"]} if "skipped" in jax else {}
     if not installed["torch"]:
-        absent["torch"] = solo.TORCH_NOT_INSTALLED
+        absent["torch"] = pytorch_eager.NOT_INSTALLED
     elif num_gpus:
         absent["torch"] = "the PyTorch contender runs on CPUs only"
     report = {
-        "machine": machine(tf),
-        "settings": dict(dataclasses.asdict(timing), rounds=rounds, quick=quick),
+        "machine": this_machine,
+        "settings": dict(dataclasses.asdict(timing), **counts, quick=quick),
         "results": results,
         "ratios": lineup.ratios(results, None if "skipped" in jax else jax["by_replicas"]["1"]["median"]),
         "distmnist_over_jax": jax,
-        "step_breakdown": breakdown.measure(jax_npz, num_gpus, timing, 1 if quick else FLAGS.breakdown_rounds),
+        "step_breakdown": breakdown.measure(jax_npz, num_gpus, timing, counts["breakdown_rounds"]),
         "time_to_accuracy": race.measure(mnist, setups[0][2], 0.90 if quick else TARGET_ACCURACY, max_epochs,
                                          TrainerSettings(batch_size=FLAGS.batch_size, total_steps=max_epochs * (
                                              len(mnist.x_train) // FLAGS.batch_size)), npz, platform, absent,
                                          race_rounds),
     }
-    precision_rounds = min(1, FLAGS.precision_rounds) if quick else FLAGS.precision_rounds
+    precision_rounds = counts["precision_rounds"]
     if precision_rounds:
         report["precisions"] = precisions.measure(
             mnist, setups[0][2], timing, precision_rounds, npz, platform, absent, xla_setting(tf, num_gpus),
             report["time_to_accuracy"]["target"], max_epochs, TrainerSettings(
                 batch_size=FLAGS.batch_size, total_steps=max_epochs * (len(mnist.x_train) // FLAGS.batch_size)),
             precision_support(tf, num_gpus).native, race_rounds)
-    checkpoint_rounds = min(2, FLAGS.checkpoint_rounds) if quick else FLAGS.checkpoint_rounds
+    checkpoint_rounds = counts["checkpoint_rounds"]
     if checkpoint_rounds:
         gc.collect()
         every = 10 if quick else FLAGS.checkpoint_every
         print(f"checkpoints: {checkpoint_rounds} paired round(s) of {every} steps with and without a save", flush=True)
         report["checkpoints"] = checkpointcost.measure(mnist, setups[0][2](), every, checkpoint_rounds)
-    process_rounds = min(1, FLAGS.process_rounds) if quick else FLAGS.process_rounds
+    process_rounds = counts["process_rounds"]
     if process_rounds:
         print(f"whole process: {process_rounds} round(s) of three fresh processes, in turn", flush=True)
         report["whole_process"] = wholeprocess.measure(process_rounds, FLAGS.data_dir, quick)
@@ -207,7 +201,7 @@ def xla_setting(tf, num_gpus: int):
 
 def table(report: dict) -> str:
     """Every section's table, under the machine's line."""
-    from distmnist.bench import breakdown, checkpointcost, lineup, precisions, race, turns
+    from bench import breakdown, checkpointcost, lineup, precisions, race, turns
 
     m = report["machine"]
     lines = [f"machine: {m['cpu']}, {m['cores']} cores, GPUs: {', '.join(m['gpus']) or 'none'}, "
@@ -244,4 +238,4 @@ def plot(report: dict, path: str) -> None:
 
 
 if __name__ == "__main__":
-    cli.run(run_bench, prog="distmnist.bench", define_flags=define_flags)
+    cli.run(run_bench, prog="bench", define_flags=define_flags)

@@ -10,8 +10,9 @@ machine; where the hardware has none, it is emulated (docs/precision.md)."""
 import gc
 import statistics
 
-from distmnist.bench import contenders
-from distmnist.bench.race import IN_OWN_PROCESS, contest, lap_times
+from bench import ownprocess
+from bench.contenders import distmnist_trainer, keras_fit
+from bench.race import IN_OWN_PROCESS, contest, lap_times
 from distmnist.common import progress
 from distmnist.common.config import PRECISIONS
 
@@ -51,16 +52,16 @@ def measure(mnist, strategy_fn, timing, rounds: int, npz, platform: str, absent:
         at = dataclasses.replace(timing, per_replica_batch_size=batch)
         for precision in PRECISIONS:
             if npz is None:  # neither JAX nor PyTorch: distmnist in this process, as the lineup's rows
-                lineup.append(("distmnist", precision, batch, lambda at=at, p=precision: contenders.distmnist_trainer(
-                    mnist, strategy_fn(), at, "device", p, xla_for(p))))
+                lineup.append(("distmnist", precision, batch, lambda at=at, p=precision:
+                               distmnist_trainer.examples_per_sec(mnist, strategy_fn(), at, "device", p, xla_for(p))))
             else:  # beside them, each in a fresh process of its own, as the turns section compares them
-                lineup.append(("distmnist", precision, batch, lambda at=at, p=precision: contenders.in_own_process(
+                lineup.append(("distmnist", precision, batch, lambda at=at, p=precision: ownprocess.measure(
                     "distmnist", npz, at, p, xla_for(p), platform)["examples_per_sec"]))
-            lineup.append(("keras fit (tuned)", precision, batch, lambda at=at, p=precision: contenders.keras_fit(
+            lineup.append(("keras fit (tuned)", precision, batch, lambda at=at, p=precision: keras_fit.examples_per_sec(
                 mnist, strategy_fn(), at, tuned=True, policy=p)))
             for name in entrants(precision):
                 lineup.append((name, precision, batch, lambda at=at, p=precision, m=IN_OWN_PROCESS[name]:
-                               contenders.in_own_process(m, npz, at, p, platform=platform)["examples_per_sec"]))
+                               ownprocess.measure(m, npz, at, p, platform=platform)["examples_per_sec"]))
     rows = [{"name": name, "precision": precision, "batch": batch, "rounds": []}
             for name, precision, batch, _ in lineup]
     print(f"precisions: {rounds} round(s) of {len(lineup)} contenders at batch {' and '.join(map(str, BATCHES))}",

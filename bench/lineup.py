@@ -4,26 +4,25 @@ default to the others on one replica."""
 
 import gc
 
-from distmnist.bench import contenders
+from bench.contenders import compute_bound, distmnist_trainer, keras_fit, tutorial_eager
 from distmnist.common import progress
 
 
 def _lineup(mnist, setups, device_name: str, first_device: str, timing, quick: bool) -> list:
     """(name, replicas, device label, measure()) for every contender."""
     bound_sizes = {"sizes": (1024,), "min_seconds": 0.1} if quick else {}
-    lineup = [("compute bound", 1, device_name,
-               lambda: contenders.matmul_flops_per_sec(first_device, **bound_sizes) / contenders.FLOP_PER_EXAMPLE),
-              ("tutorial eager", 1, device_name, lambda: contenders.tutorial_eager(mnist, first_device, timing))]
+    lineup = [("compute bound", 1, device_name, lambda: compute_bound.examples_per_sec(first_device, **bound_sizes)),
+              ("tutorial eager", 1, device_name, lambda: tutorial_eager.examples_per_sec(mnist, first_device, timing))]
     for replicas, device, strategy_fn in setups:
         lineup += [
             ("keras fit (default)", replicas, device,
-             lambda s=strategy_fn: contenders.keras_fit(mnist, s(), timing, tuned=False)),
+             lambda s=strategy_fn: keras_fit.examples_per_sec(mnist, s(), timing, tuned=False)),
             ("keras fit (tuned)", replicas, device,
-             lambda s=strategy_fn: contenders.keras_fit(mnist, s(), timing, tuned=True)),
+             lambda s=strategy_fn: keras_fit.examples_per_sec(mnist, s(), timing, tuned=True)),
             ("distmnist --input=tfdata", replicas, device,
-             lambda s=strategy_fn: contenders.distmnist_trainer(mnist, s(), timing, "tfdata")),
+             lambda s=strategy_fn: distmnist_trainer.examples_per_sec(mnist, s(), timing, "tfdata")),
             ("distmnist (default)", replicas, device,
-             lambda s=strategy_fn: contenders.distmnist_trainer(mnist, s(), timing, "device")),
+             lambda s=strategy_fn: distmnist_trainer.examples_per_sec(mnist, s(), timing, "device")),
         ]
     return lineup
 

@@ -1,0 +1,96 @@
+"""distmnist's own trainer (its default path, or --input=tfdata), at its defaults otherwise: in the bench's process
+(the lineup, the race) or in a process of its own (solo.py: beside JAX and PyTorch, on the same terms).
+
+TensorFlow is imported inside the functions: in a process of its own, quietly (tfquiet) and only when this
+contender is the one that runs."""
+
+from typing import Optional
+
+from bench import mnist_npz
+from bench import timing as timing_lib
+
+
+def examples_per_sec(mnist, strategy, timing: timing_lib.Timing, input_path: str, precision: str = "float32",
+                     jit_compile=None) -> float:
+    """distmnist's own loop with the given input path and precision, its defaults otherwise (XLA as the run
+    resolves it for this precision on these devices: jit_compile)."""
+    import functools
+
+    from distmnist.training.controller import run_steps
+    from distmnist.training.trainer import Trainer, TrainerSettings
+
+    settings = TrainerSettings(batch_size=timing.per_replica_batch_size, learning_rate=timing.learning_rate,
+                               seed=timing.seed, input=input_path, precision=precision, jit_compile=jit_compile,
+                               total_steps=timing.warmup_steps + timing.timed_steps)
+    trainer = Trainer(settings, strategy, mnist)
+    return timing_lib.examples_per_sec(functools.partial(run_steps, trainer), timing, trainer.global_batch_size)
+
+
+def trainer_race(trainer, target: float, max_epochs: int) -> dict:
+    """timing.until_accuracy for a distmnist Trainer: its epochs (the partial batch dropped) in calls of its
+    steps_per_loop, the whole test set evaluated after each."""
+    from distmnist.training.controller import run_steps
+
+    def epoch():
+        run_steps(trainer, trainer.steps_per_epoch)
+        return trainer.evaluate()[0]
+
+    return timing_lib.until_accuracy(epoch, target, max_epochs)
+
+
+def time_to_accuracy(mnist, strategy, target: float, max_epochs: int, settings) -> tuple:
+    """(seconds from the first step until the test accuracy, checked every epoch, reaches the target, or None;
+    epochs; accuracy), in this process."""
+    from distmnist.training.trainer import Trainer
+
+    reached = trainer_race(Trainer(settings, strategy, mnist), target, max_epochs)
+    return reached["seconds"], reached["epochs"], reached["accuracy"]
+
+
+def _from_npz(npz: str, replicas: int, platform: str, total_steps, **settings):
+    """TensorFlow imported quietly, then (distmnist's Trainer on 1 device or N: logical CPUs, or GPUs, with MNIST
+    from npz and these TrainerSettings; the devices). total_steps(steps per epoch): the steps it will train."""
+    from distmnist.startup import tfquiet
+
+    arrays = mnist_npz.read(npz)
+    tfquiet.import_tensorflow()
+    from distmnist.data.dataset import Mnist
+    from distmnist.training.strategy import make_strategy
+    from distmnist.training.trainer import Trainer, TrainerSettings
+
+    if platform == "cpu":
+        choice = make_strategy(num_gpus=0) if replicas == 1 else make_strategy(cpu_replicas=replicas)
+    else:
+        choice = make_strategy(num_gpus=replicas)
+    mnist = Mnist(*arrays, source=npz)
+    steps_per_epoch = len(mnist.x_train) // (settings["batch_size"] * replicas)
+    trainer = Trainer(TrainerSettings(total_steps=total_steps(steps_per_epoch), **settings), choice.strategy, mnist)
+    return trainer, list(choice.devices)
+
+
+def runner(npz: str, replicas: int, per_replica_batch_size: int, steps: int, learning_rate: float, seed: int,
+           platform: str = "cpu", precision: str = "float32", turns: int = 1, jit_compile: Optional[bool] = None):
+    """(run, global batch, facts): run() trains `steps` more steps with distmnist's default trainer and returns
+    (its seconds, the last loss); it runs turns + 1 times (the first untimed)."""
+    import time
+
+    trainer, devices = _from_npz(npz, replicas, platform, lambda steps_per_epoch: (turns + 1) * steps,
+                                 batch_size=per_replica_batch_size, learning_rate=learning_rate, seed=seed,
+                                 precision=precision, jit_compile=jit_compile)
+    from distmnist.training.controller import run_steps
+
+    def run():
+        start = time.perf_counter()
+        losses = run_steps(trainer, steps)
+        return time.perf_counter() - start, float(losses[-1])
+
+    return run, trainer.global_batch_size, {"devices": devices}
+
+
+def race(npz: str, replicas: int, per_replica_batch_size: int, learning_rate: float, seed: int, platform: str,
+         precision: str, target: float, max_epochs: int, jit_compile: Optional[bool] = None) -> dict:
+    """Time to the target test accuracy with distmnist's trainer, as jax_scan.race (trainer_race)."""
+    trainer, devices = _from_npz(npz, replicas, platform, lambda steps_per_epoch: max_epochs * steps_per_epoch,
+                                 batch_size=per_replica_batch_size, learning_rate=learning_rate, seed=seed,
+                                 precision=precision, jit_compile=jit_compile)
+    return {**trainer_race(trainer, target, max_epochs), "devices": devices}
