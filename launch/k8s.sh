@@ -382,7 +382,8 @@ if [[ $api == trainjob ]]; then
         "Trainer 2.0 to 2.3), nothing applied: $(one_line "$explained")"
     fi
   done
-  if kubectl explain trainjobs.spec.activeDeadlineSeconds --api-version=trainer.kubeflow.org/v1alpha1 >/dev/null 2>&1; then
+  if kubectl explain trainjobs.spec.activeDeadlineSeconds --api-version=trainer.kubeflow.org/v1alpha1 \
+    >/dev/null 2>&1; then
     trainjob_deadline=1
   else
     trainjob_deadline=0

@@ -158,7 +158,8 @@ UP = ("up", "--bucket=gs://my-bucket", f"--image={IMAGE}")
 @pytest.mark.slow  # a script started many times
 @pytest.mark.parametrize("args, message", [
     (("up", f"--image={IMAGE}"), "--bucket must be a gs:// bucket"),
-    (("up", "--bucket=gs://my-bucket/it's", f"--image={IMAGE}"), "--bucket must be a gs:// bucket (and folder: letters"),
+    (("up", "--bucket=gs://my-bucket/it's", f"--image={IMAGE}"),
+     "--bucket must be a gs:// bucket (and folder: letters"),
     (("up", "--bucket=gs://my-bucket"), "--image must name the job image"),
     ((*UP, "--", "--logdir=/x"), "--logdir=/x is set by Vertex AI"),
     (("up", "--name=Bad_Name"), "--name must be lower-case letters"),
@@ -246,7 +247,8 @@ def fake_gcloud(tmp_path, jobs=""):
     (bin_dir / "gcloud").chmod(0o755)
     (tmp_path / "jobs").write_text(jobs)
     calls = tmp_path / "calls"
-    return {"PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_LOG": str(calls), "FAKE_JOBS": str(tmp_path / "jobs")}, calls
+    return {"PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_LOG": str(calls),
+            "FAKE_JOBS": str(tmp_path / "jobs")}, calls
 
 
 @pytest.mark.slow  # a script started many times
