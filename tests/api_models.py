@@ -158,7 +158,8 @@ def trainer_release_models(release: str) -> str:
             out.write(f"kubeflow-trainer-api=={version} --hash=sha256:{sha256}\n")
         download = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
                                    "--only-binary=:all:", "--require-hashes", "-r", requirement,
-                                   "-d", os.path.join(scratch, "wheel")], capture_output=True, text=True, timeout=300)
+                                   "-d", os.path.join(scratch, "wheel")], capture_output=True, text=True,
+                                  timeout=300, check=False)
         assert download.returncode == 0, f"pip download kubeflow-trainer-api=={version}: {download.stderr[-2000:]}"
         wheel, = os.listdir(os.path.join(scratch, "wheel"))
         with open(os.path.join(scratch, "wheel", wheel), "rb") as data:
@@ -196,7 +197,8 @@ def _in_release(release: str, documents: list) -> dict:
     models = trainer_release_models(release)
     path = os.pathsep.join([models, os.path.dirname(os.path.abspath(__file__)), os.environ.get("PYTHONPATH", "")])
     result = subprocess.run([sys.executable, "-c", _IN_RELEASE, models], input=json.dumps(documents),
-                            capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": path})
+                            capture_output=True, text=True, timeout=300, check=False,
+                            env={**os.environ, "PYTHONPATH": path})
     assert result.returncode == 0, result.stderr[-2000:]
     return json.loads(result.stdout)
 

@@ -451,12 +451,12 @@ REFUSAL = ('Error from server (BadRequest): error when creating "STDIN": Trainin
 @pytest.mark.slow  # a script started many times
 @pytest.mark.parametrize("api, explains, refuse, message", [
     # Trainer serving another version of its API (or none that kubectl can read): nothing is sent at all.
-    ("trainjob", "", "", "k8s.sh: the cluster does not serve the Trainer API k8s.sh renders (trainer.kubeflow.org/"
-                         "v1alpha1 trainjobs.spec.runtimeRef, Trainer 2.0 to 2.3), nothing applied: error: field "
-                         "\"runtimeRef\" does not exist"),
+    ("trainjob", "", "", ("k8s.sh: the cluster does not serve the Trainer API k8s.sh renders (trainer.kubeflow.org/"
+                          "v1alpha1 trainjobs.spec.runtimeRef, Trainer 2.0 to 2.3), nothing applied: error: field "
+                          "\"runtimeRef\" does not exist")),
     # The server refuses a manifest in the dry run: nothing is applied.
-    ("trainjob", EXPLAINS_V22, REFUSAL, "k8s.sh: the cluster refuses the manifests (kubectl apply --dry-run=server), "
-                                        "nothing applied: " + REFUSAL.splitlines()[0] + " (and 1 more lines)"),
+    ("trainjob", EXPLAINS_V22, REFUSAL, ("k8s.sh: the cluster refuses the manifests (kubectl apply --dry-run=server), "
+                                         "nothing applied: " + REFUSAL.splitlines()[0] + " (and 1 more lines)")),
     ("tfjob", "", REFUSAL, "k8s.sh: the cluster refuses the manifests"),
 ], ids=["another-trainer-api", "trainjob-refused-in-the-dry-run", "tfjob-refused-in-the-dry-run"])
 def test_apply_refuses_in_one_line_before_creating_anything(tmp_path, api, explains, refuse, message):

@@ -113,7 +113,8 @@ def test_the_job_spec_is_a_valid_custom_job_spec():
                     "--accelerator-type=NVIDIA_TESLA_A100", "--accelerator-count=1",
                     "--service-account=trainer@my-project.iam.gserviceaccount.com", "--dry-run", "--", "--epochs=3")
     assert result.returncode == 0 and not result.stderr, result.stderr
-    spec = CustomJobSpec.from_json(printed_spec(result.stdout), ignore_unknown_fields=False)  # Google's own type: unknown fields fail
+    # Google's own type: unknown fields fail.
+    spec = CustomJobSpec.from_json(printed_spec(result.stdout), ignore_unknown_fields=False)
     chief, workers = spec.worker_pool_specs
     assert (chief.replica_count, workers.replica_count) == (1, 3)  # pool 0 the chief, pool 1 the workers
     for pool in (chief, workers):
