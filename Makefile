@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 TRAIN_FLAGS ?=
 SWEEP_FLAGS ?= --learning_rate=0.5,1.0,1.5 --batch_size=64,128 --epochs=2
 
-.PHONY: train test test-fast data bench sweep doctor tensorboard image clean
+.PHONY: train test test-fast data bench sweep doctor tensorboard image image-lock clean
 
 $(PY):
 	$(if $(strip $(PYTHON)),,$(error no Python 3.10-3.13 here (TensorFlow 2.21 has wheels for those only): \
@@ -24,6 +24,10 @@ $(VENV)/.installed: setup.cfg pyproject.toml | $(PY)
 
 $(VENV)/.installed-test: $(VENV)/.installed
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	touch $@
+
+$(VENV)/.installed-lock: $(VENV)/.installed
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[lock]'
 	touch $@
 
 $(VENV)/.installed-bench: $(VENV)/.installed
@@ -68,3 +72,15 @@ IMAGE ?= distmnist:$(VERSION)
 image:
 	@docker info >/dev/null 2>&1 || { echo "make image: no Docker here (docker info fails): run it where Docker runs, or docker build -t $(IMAGE) . there" >&2; exit 2; }
 	docker build -t $(IMAGE) .
+
+# The image's Python packages, each pinned with the hashes of its files (the Dockerfile installs them with pip
+# --require-hashes): uv resolves setup.cfg's dependencies with the gpu extra and requirements/image.in for the
+# base image's Python (read from the Dockerfile's FROM) on linux x86_64 and aarch64 (glibc 2.36: Debian bookworm).
+# Run it to take newer releases, and commit the two files.
+IMAGE_PYTHON = $(shell sed -n 's/^FROM python:\([0-9.]*\)-.*/\1/p' Dockerfile)
+image-lock: $(VENV)/.installed-lock
+	for target in amd64:x86_64 arm64:aarch64; do \
+	  $(VENV)/bin/uv pip compile --quiet setup.cfg requirements/image.in --extra gpu --generate-hashes \
+	    --only-binary :all: --python-version $(IMAGE_PYTHON) --python-platform $${target#*:}-manylinux_2_36 \
+	    --custom-compile-command "make image-lock" -o requirements/image-$${target%%:*}.txt || exit 2; \
+	done

@@ -3,16 +3,19 @@
 # image), a PersistentVolumeClaim for the run directory (a restarted chief resumes from its checkpoints), and a
 # NetworkPolicy that lets only the job's own pods reach them (TensorFlow's gRPC servers run whatever graph they
 # are sent). Two APIs:
-#   trainjob  Kubeflow Trainer v2: a TrainJob on a TrainingRuntime of this job's own (a JobSet of a `chief` and
-#             a `worker` job); distmnist builds its TF_CONFIG from JobSet's stable host names and indices.
+#   trainjob  Kubeflow Trainer v2 (releases 2.0 to 2.3): a TrainJob on a TrainingRuntime of this job's own (a
+#             JobSet of a `chief` and a `worker` job); distmnist builds its TF_CONFIG from JobSet's stable host
+#             names and indices.
 #   tfjob     the v1 training operator (1.9.x): a TFJob; the operator writes TF_CONFIG.
 #
 #   launch/k8s.sh render [options] [-- train flags]   # print the manifests; runs nothing
-#   launch/k8s.sh apply  [options] [-- train flags]   # kubectl apply them
+#   launch/k8s.sh apply  [options] [-- train flags]   # render for what the cluster serves, check, kubectl apply
 #   launch/k8s.sh delete [options]                    # kubectl delete the job (the claim and its runs stay)
 #
 # Options, as --opt=value or --opt value (defaults in brackets):
 #   --api=API             trainjob or tfjob [render: trainjob; apply, delete: what the cluster serves]
+#   --trainer=VERSION     render only: the Trainer release to render a TrainJob for, 2.0 to 2.3 [2.3]; apply
+#                         renders for the TrainJob schema the cluster serves
 #   --image=IMAGE         the job image, pushed where the cluster pulls from [distmnist:0.1.0]
 #   --namespace=NS        [default]
 #   --name=NAME           the job's name, also the run's --run_name [distmnist]
@@ -27,7 +30,8 @@
 # Exit statuses decide restarts: 1-127 are permanent (2: bad input, 1: the loss diverged) and fail the job; 128
 # and above are retried (138: a peer was lost, 143: stopped by SIGTERM, as on preemption; 137: killed), and the
 # same command resumes from the chief's latest checkpoint. --max-restarts and --active-deadline bound a job that
-# keeps failing. Only the chief mounts the claim (it alone writes the run directory), so ReadWriteOnce is enough.
+# keeps failing. A TrainJob holds the deadline from Trainer 2.2 on; before, each of the JobSet's Jobs does (so it
+# counts from each restart, and a Job past it fails the JobSet). Only the chief mounts the claim (it alone writes the run directory), so ReadWriteOnce is enough.
 # Pods meet the "restricted" Pod Security Standard (non-root, no privilege escalation, no capabilities, the
 # runtime's default seccomp profile, no service-account token).
 set -euo pipefail
@@ -40,9 +44,10 @@ help() {
 die() { echo "k8s.sh: $*" >&2; exit 2; }
 
 api="" image=distmnist:0.1.0 namespace=default name=distmnist workers=1 gpus=1 pvc=distmnist-runs pvc_size=5Gi
-storage_class="" active_deadline=86400 max_restarts=6
+storage_class="" active_deadline=86400 max_restarts=6 trainer=""
 VALUE_OPTIONS=(--api:api --image:image --namespace:namespace --name:name --workers:workers --gpus:gpus --pvc:pvc
-  --pvc-size:pvc_size --storage-class:storage_class --active-deadline:active_deadline --max-restarts:max_restarts)
+  --pvc-size:pvc_size --storage-class:storage_class --active-deadline:active_deadline --max-restarts:max_restarts
+  --trainer:trainer)
 SWITCH_OPTIONS=()
 [[ $# -ge 1 ]] || { help >&2; exit 2; }
 parse_options "$@"
@@ -54,7 +59,9 @@ case $action in render | apply | delete) ;; *) die "unknown action '$action' (re
 # Kubernetes names: lower-case RFC 1123 labels.
 dns_label='^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$'
 [[ -z $api || $api == trainjob || $api == tfjob ]] || die "--api must be trainjob or tfjob, got '$api'"
-[[ $name =~ $dns_label && ${#name} -le 40 ]] || die "--name must be a lower-case DNS label of at most 40 characters, got '$name'"
+# A TrainJob's name starts with a letter (a validation rule of its CRD, which a server dry run does not reach).
+[[ $name =~ $dns_label && $name =~ ^[a-z] && ${#name} -le 40 ]] ||
+  die "--name must be a lower-case DNS label that starts with a letter, of at most 40 characters, got '$name'"
 [[ $namespace =~ $dns_label ]] || die "--namespace must be a lower-case DNS label, got '$namespace'"
 [[ $pvc =~ $dns_label ]] || die "--pvc must be a lower-case DNS label, got '$pvc'"
 [[ $workers =~ ^[0-9]+$ ]] || die "--workers must be a whole number (workers besides the chief), got '$workers'"
@@ -63,6 +70,17 @@ dns_label='^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$'
 [[ $active_deadline =~ ^[1-9][0-9]*$ ]] || die "--active-deadline must be a positive number of seconds, got '$active_deadline'"
 [[ $max_restarts =~ ^[0-9]+$ ]] || die "--max-restarts must be a whole number, got '$max_restarts'"
 [[ -n $image && ! $image =~ [[:space:]] ]] || die "--image must name an image, got '$image'"
+# Trainer's releases as 2.N or v2.N.P. What differs between them for this job: spec.activeDeadlineSeconds, which
+# a TrainJob has from 2.2 on (a strict apply refuses it on 2.0 and 2.1).
+if [[ -n $trainer ]]; then
+  [[ $action == render ]] || die "--trainer is for render (apply renders for the TrainJob schema the cluster serves)"
+  [[ $api != tfjob ]] || die "--trainer is for --api=trainjob (Kubeflow Trainer v2), not the v1 operator's TFJob"
+  [[ $trainer =~ ^v?2\.([0-3])(\.[0-9]+)?$ ]] ||
+    die "--trainer must be a Kubeflow Trainer release from 2.0 to 2.3 (like 2.1 or v2.2.1), got '$trainer'"
+  trainjob_deadline=$((BASH_REMATCH[1] >= 2))
+else
+  trainjob_deadline=1  # render: the newest release; apply: what the cluster says (below)
+fi
 for flag in ${train_flags[@]+"${train_flags[@]}"}; do
   case $flag in
     --logdir=* | --run_name=* | --require_gpus | --norequire_gpus) die "$flag is set by k8s.sh (the claim's /runs, --name, --gpus)" ;;
@@ -244,7 +262,9 @@ jobset_env() {
 EOF
 }
 
-render_trainjob() {
+# The TrainingRuntime: its JobSet fails at once on a permanent status (and, where the Jobs hold the deadline, on
+# a Job past it); any other failure restarts it.
+render_runtime() {
   cat <<EOF
 ---
 # The job's own runtime: a JobSet of a chief (the trainer's "node" container, which alone mounts the claim) and
@@ -269,8 +289,15 @@ spec:
           - name: permanent
             action: FailJobSet
             onJobFailureReasons: ["PodFailurePolicy"]
-      replicatedJobs:
 EOF
+  if ((!trainjob_deadline)); then
+    cat <<EOF
+          - name: deadline
+            action: FailJobSet
+            onJobFailureReasons: ["DeadlineExceeded"]
+EOF
+  fi
+  echo "      replicatedJobs:"
   local role count
   for role in chief worker; do
     count=$(pods "$role")
@@ -288,6 +315,9 @@ EOF
               completions: ${count}
               completionMode: Indexed
               backoffLimit: 0
+EOF
+    ((trainjob_deadline)) || echo "              activeDeadlineSeconds: ${active_deadline}"
+    cat <<EOF
               podFailurePolicy:
                 rules:
                   - action: FailJob
@@ -296,6 +326,9 @@ EOF
 EOF
     pod 16 node "$([[ $role == chief ]] && echo 1 || echo 0)" Never "$(jobset_env)"
   done
+}
+
+render_trainjob() {
   cat <<EOF
 ---
 apiVersion: trainer.kubeflow.org/v1alpha1
@@ -308,17 +341,57 @@ spec:
     apiGroup: trainer.kubeflow.org
     kind: TrainingRuntime
     name: $(q "$name")
-  activeDeadlineSeconds: ${active_deadline}
 EOF
+  ((trainjob_deadline)) && echo "  activeDeadlineSeconds: ${active_deadline}"
+  return 0
 }
 
-render() {
+# Everything but the TrainJob, which Trainer's webhook admits only once its runtime exists (so a server dry run of
+# it fails on a first apply).
+render_ahead() {
   claim_and_policy
-  if [[ $api == trainjob ]]; then render_trainjob; else render_tfjob; fi
+  if [[ $api == trainjob ]]; then render_runtime; else render_tfjob; fi
+}
+render() {
+  render_ahead
+  if [[ $api == trainjob ]]; then render_trainjob; fi
 }
 
 if [[ $action == render ]]; then
   render
-else
-  render | kubectl apply -f -
+  exit 0
 fi
+
+# kubectl's error on one line: its first line, and how many more there were.
+one_line() {
+  local first more
+  first=$(grep -m1 . <<<"$1")
+  more=$(($(grep -c . <<<"$1") - 1))
+  ((more > 0)) && first+=" (and $more more lines)"
+  echo "$first"
+}
+
+# The Trainer API the cluster serves, read with kubectl explain (the API server's OpenAPI, which every signed-in
+# user may read): the two kinds at the version rendered, and whether a TrainJob has spec.activeDeadlineSeconds
+# (Trainer 2.2 and later). When explain cannot find that field the deadline goes on the Jobs, which every release
+# takes.
+if [[ $api == trainjob ]]; then
+  for field in trainjobs.spec.runtimeRef trainingruntimes.spec.template; do
+    if ! explained=$(kubectl explain "$field" --api-version=trainer.kubeflow.org/v1alpha1 2>&1 >/dev/null); then
+      die "the cluster does not serve the Trainer API k8s.sh renders (trainer.kubeflow.org/v1alpha1 $field," \
+        "Trainer 2.0 to 2.3), nothing applied: $(one_line "$explained")"
+    fi
+  done
+  if kubectl explain trainjobs.spec.activeDeadlineSeconds --api-version=trainer.kubeflow.org/v1alpha1 \
+    >/dev/null 2>&1; then
+    trainjob_deadline=1
+  else
+    trainjob_deadline=0
+  fi
+fi
+# The API server checks everything the TrainJob waits for (strict field validation, as apply does, and admission)
+# and keeps none of it: whatever it refuses stops the apply here, before a single object exists.
+if ! refused=$(render_ahead | kubectl apply --dry-run=server --validate=strict -f - 2>&1 >/dev/null); then
+  die "the cluster refuses the manifests (kubectl apply --dry-run=server), nothing applied: $(one_line "$refused")"
+fi
+render | kubectl apply --validate=strict -f -

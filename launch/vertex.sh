@@ -6,7 +6,7 @@
 #
 #   launch/vertex.sh up --project=P --bucket=gs://B --image=REGION-docker.pkg.dev/P/REPO/distmnist:0.1.0 \
 #     --service-account=SA@P.iam.gserviceaccount.com [-- train flags]
-#   launch/vertex.sh up ... --dry-run       # print the job spec and the gcloud command, run nothing
+#   launch/vertex.sh up ... --dry-run       # print the job spec and the gcloud commands, run nothing
 #   launch/vertex.sh down --project=P       # cancel the queued, pending or running jobs of that --name
 #
 # Options, as --opt=value or --opt value (defaults in brackets):
@@ -24,6 +24,8 @@
 #   --tensorboard=ID        a Vertex AI TensorBoard instance (projects/P/locations/R/tensorboards/ID) to stream to
 #   --dry-run               print, run nothing
 #
+# `up` again while a job of that --name, or one writing to the same folder, is queued, pending or running reports
+# that job and submits none (a second job would train into the same folder beside it, and bill).
 # scheduling.restartJobOnWorkerRestart is on: when any replica restarts, all do, and all resume from the
 # chief's latest checkpoint in AIP_CHECKPOINT_DIR (a lone restarted worker could not rejoin a collective).
 set -euo pipefail
@@ -93,7 +95,9 @@ if [[ $action == down ]]; then
   exit 0
 fi
 
-[[ $bucket =~ ^gs://[a-z0-9][-_.a-z0-9]{1,61}[a-z0-9](/.*)?$ ]] || die "--bucket must be a gs:// bucket for the job's outputs, got '$bucket'"
+# A folder's name goes into a gcloud --filter: letters, digits and -_./ only.
+[[ $bucket =~ ^gs://[a-z0-9][-_.a-z0-9]{1,61}[a-z0-9](/[-_.a-zA-Z0-9/]*)?$ ]] ||
+  die "--bucket must be a gs:// bucket (and folder: letters, digits, -_./) for the job's outputs, got '$bucket'"
 [[ -n $image && ! $image =~ [[:space:]] ]] || die "--image must name the job image in Artifact Registry (see make image)"
 # The job's identity: without one, Vertex's service agent runs it, which can read every bucket of the project
 # (and a job with --tensorboard is refused).
@@ -102,6 +106,8 @@ roles="roles/storage.objectAdmin on $bucket"
 [[ $service_account =~ ^[a-z][-a-z0-9]{4,28}[a-z0-9]@[-a-z0-9.]+\.gserviceaccount\.com$ ]] ||
   die "--service-account must name the job's own service account (NAME@PROJECT.iam.gserviceaccount.com), holding" \
     "$roles and nothing more, got '$service_account'"
+
+output=${bucket%/}/$name  # the job's AIP_* folders' root
 
 # JSON strings, quotes and backslashes escaped.
 q() { local s=${1//\\/\\\\}; s=${s//\"/\\\"}; printf '"%s"' "$s"; }
@@ -135,12 +141,38 @@ spec() {
     pool "$workers"
   fi
   echo "  ],"
-  echo "  \"baseOutputDirectory\": {\"outputUriPrefix\": $(q "${bucket%/}/$name")},"
+  echo "  \"baseOutputDirectory\": {\"outputUriPrefix\": $(q "$output")},"
   echo "  \"serviceAccount\": $(q "$service_account"),"
   [[ -n $tensorboard ]] && echo "  \"tensorboard\": $(q "$tensorboard"),"
   echo '  "scheduling": {"restartJobOnWorkerRestart": true, "timeout": "86400s"}'
   echo "}"
 }
+
+# A job of this name, or one writing to this folder, that has not ended is reported instead of a second one: two
+# jobs would train into one folder side by side (the second resuming from the first's checkpoints), both billing.
+# One being cancelled still runs until its replicas stop (the chief checkpoints on SIGTERM): up waits for its end.
+active="state=JOB_STATE_QUEUED OR state=JOB_STATE_PENDING OR state=JOB_STATE_RUNNING OR state=JOB_STATE_CANCELLING"
+list=("${gcloud_base[@]}" list "${where[@]}"
+  --filter="(displayName=$name OR jobSpec.baseOutputDirectory.outputUriPrefix='$output') AND ($active)"
+  --format="value(name,displayName,state)")
+if ((dry_run)); then
+  echo "# a job named $name or writing to $output that has not ended is reported instead of submitting this one:"
+  run "${list[@]}"
+else
+  found=$("${list[@]}") || die "could not list the jobs (gcloud ai custom-jobs list failed; see above)"
+  if [[ -n $found ]]; then
+    while read -r id display state; do
+      [[ $state != JOB_STATE_CANCELLING ]] ||
+        die "job ${id##*/} ($display), writing to $output, is being cancelled: up again once it has ended" \
+          "(gcloud ai custom-jobs describe ${id##*/} --region=$region)"
+    done <<<"$found"
+    while read -r id display state; do
+      echo "vertex.sh: job ${id##*/} ($display, $state) already trains into $output: no second job submitted" \
+        "(vertex.sh down --name=$display cancels it)"
+    done <<<"$found"
+    exit 0
+  fi
+fi
 
 config=$(mktemp "${TMPDIR:-/tmp}/vertex-job.XXXXXX.json")
 trap 'rm -f "$config"' EXIT

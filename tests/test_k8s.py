@@ -1,7 +1,8 @@
 """launch/k8s.sh: the TrainJob (Kubeflow Trainer v2) or TFJob (the v1 operator), claim and NetworkPolicy it
-renders, checked against Kubeflow's and Kubernetes' own models, the restricted Pod Security Standard and the
-policy's semantics; apply and delete through kubectl (a fake one here: no cluster is reachable); a TrainJob's
-chief and worker as processes in network namespaces of their own, as pods."""
+renders, checked against Kubeflow's and Kubernetes' own models (a TrainJob against each supported Trainer
+release's), the restricted Pod Security Standard and the policy's semantics; apply and delete through kubectl (a
+fake one here: no cluster is reachable); a TrainJob's chief and worker as processes in network namespaces of their
+own, as pods."""
 
 import os
 import re
@@ -13,7 +14,7 @@ import sys
 import pytest
 import yaml
 
-from api_models import check_manifest
+from api_models import TRAINER_RELEASES, check_for_release, check_manifest, trainer_spec_fields
 from helpers import REPO
 
 SCRIPT = os.path.join(REPO, "launch", "k8s.sh")
@@ -124,6 +125,38 @@ def test_defaults_and_no_gpus():
         assert "storageClassName" not in manifests["PersistentVolumeClaim"]["spec"]
     assert render()["TrainJob"]["spec"]["activeDeadlineSeconds"] == 86400  # the documented default: a day
     assert render("--api=tfjob")["TFJob"]["spec"]["runPolicy"]["activeDeadlineSeconds"] == 86400
+
+
+def jobs_of(manifests: dict) -> dict:
+    """The JobSet's replicated Jobs' specs, by name."""
+    jobs = manifests["TrainingRuntime"]["spec"]["template"]["spec"]["replicatedJobs"]
+    return {job["name"]: job["template"]["spec"] for job in jobs}
+
+
+@pytest.mark.network  # each release's models, from PyPI once
+@pytest.mark.parametrize("release", sorted(TRAINER_RELEASES))
+def test_each_trainer_release_takes_what_render_makes_for_it(release):
+    """A TrainJob has spec.activeDeadlineSeconds from Trainer 2.2 on only, and `kubectl apply` validates strictly:
+    for 2.0 and 2.1 the deadline is on each of the JobSet's Jobs, and a Job past it fails the JobSet."""
+    args = ("--workers=3", "--gpus=2", "--active-deadline=7200")
+    rendered = [render(f"--trainer={release}", *args), render(f"--trainer=v{release}.0", "--workers=0", "--gpus=0")]
+    newest = render(*args)  # what render made for every release before --trainer
+    documents = [m[kind] for m in rendered for kind in ("TrainingRuntime", "TrainJob")] + [newest["TrainJob"]]
+    *errors, newest_error = check_for_release(release, documents)
+    assert errors == [None] * 4, errors
+    manifests = rendered[0]
+    rules = manifests["TrainingRuntime"]["spec"]["template"]["spec"]["failurePolicy"]["rules"]
+    if release in ("2.0", "2.1"):
+        assert newest_error == "TrainJob.spec: TrainerV1alpha1TrainJobSpec has no field activeDeadlineSeconds"
+        assert "activeDeadlineSeconds" not in manifests["TrainJob"]["spec"]
+        assert {name: job["activeDeadlineSeconds"] for name, job in jobs_of(manifests).items()} == {
+            "chief": 7200, "worker": 7200}
+        assert rules[1] == {"name": "deadline", "action": "FailJobSet", "onJobFailureReasons": ["DeadlineExceeded"]}
+    else:
+        assert newest_error is None and manifests == newest
+        assert manifests["TrainJob"]["spec"]["activeDeadlineSeconds"] == 7200
+        assert not any("activeDeadlineSeconds" in job for job in jobs_of(manifests).values())
+        assert [rule["name"] for rule in rules] == ["permanent"]
 
 
 ALLOWED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim", "projected",
@@ -242,6 +275,11 @@ def test_the_model_check_can_fail():
         "containers"][0]["imagePullPolicyy"] = "Always"
     with pytest.raises(AssertionError, match=r"IoK8sApiCoreV1Container has no field imagePullPolicyy"):
         check_manifest(runtime)
+    del runtime["spec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"][
+        "containers"][0]["imagePullPolicyy"]
+    runtime["spec"]["template"]["spec"]["replicatedJobs"][0]["template"]["metadata"]["generateName"] = "x-"
+    with pytest.raises(AssertionError, match=r"IoK8sApimachineryPkgApisMetaV1ObjectMeta has no field generateName"):
+        check_manifest(runtime)  # the CRDs keep only name, namespace, labels, annotations, finalizers there
     trainjob["spec"]["activeDeadline"] = 60
     with pytest.raises(AssertionError, match=r"TrainerV1alpha1TrainJobSpec has no field activeDeadline"):
         check_manifest(trainjob)
@@ -253,6 +291,10 @@ def test_the_model_check_can_fail():
 @pytest.mark.slow  # a script started many times
 @pytest.mark.parametrize("args, message", [
     (("render", "--name=Big_Name"), "--name must be a lower-case DNS label"),
+    (("render", "--name=1mnist"), "--name must be a lower-case DNS label that starts with a letter"),
+    (("render", "--trainer=2.4"), "--trainer must be a Kubeflow Trainer release from 2.0 to 2.3"),
+    (("render", "--trainer=1.9"), "--trainer must be a Kubeflow Trainer release from 2.0 to 2.3"),
+    (("render", "--api=tfjob", "--trainer=2.1"), "--trainer is for --api=trainjob"),
     (("render", "--workers=-1"), "--workers must be a whole number"),
     (("render", "--workers", "-1"), "--workers must be a whole number"),
     (("render", "--gpus=two"), "--gpus must be a whole number"),
@@ -289,7 +331,7 @@ def options_in_help(script: str) -> list:
 
 SAMPLES = {"--api": "tfjob", "--image": "r.example/d:1", "--namespace": "ml", "--name": "mnist-b", "--workers": "2",
            "--gpus": "4", "--pvc": "claim", "--pvc-size": "9Gi", "--storage-class": "fast", "--active-deadline": "60",
-           "--max-restarts": "2"}
+           "--max-restarts": "2", "--trainer": "2.1"}
 
 
 @pytest.mark.slow  # a script started many times
@@ -301,16 +343,40 @@ def test_every_option_takes_both_forms():
         assert joined.stdout != k8s("render").stdout, option  # the option took effect
 
 
-def fake_kubectl(tmp_path, serves=""):
+FAKE_KUBECTL = r"""#!/bin/sh
+echo "$@" >> "$FAKE_LOG"
+case $1 in
+  api-resources) printf "pods\n$FAKE_SERVES\n" ;;
+  # explain: the fields $FAKE_EXPLAINS lists exist; any other is missing, as kubectl says it
+  explain)
+    for field in $FAKE_EXPLAINS; do [ "$field" = "$2" ] && { echo "FIELD: ${2##*.}"; exit 0; }; done
+    echo "error: field \"${2##*.}\" does not exist" >&2
+    exit 1 ;;
+  apply)
+    if [ "$2" = --dry-run=server ]; then
+      cat > "$FAKE_LOG.dry-run"
+      [ -z "$FAKE_REFUSE" ] || { printf "$FAKE_REFUSE" >&2; exit 1; }
+    else
+      cat > "$FAKE_LOG.stdin"
+    fi ;;
+esac
+"""
+# What a cluster with Trainer 2.2 or later explains (the fields apply asks about).
+EXPLAINS_V22 = "trainjobs.spec.runtimeRef trainjobs.spec.activeDeadlineSeconds trainingruntimes.spec.template"
+EXPLAIN = "--api-version=trainer.kubeflow.org/v1alpha1"
+
+
+def fake_kubectl(tmp_path, serves="", explains=EXPLAINS_V22, refuse=""):
+    """A kubectl for a cluster that serves `serves` (api-resources), explains the `explains` fields and refuses
+    a server dry run with `refuse` on stderr."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     fake = bin_dir / "kubectl"
-    fake.write_text('#!/bin/sh\necho "$@" >> "$FAKE_LOG"\n'
-                    'if [ "$1" = api-resources ]; then printf "pods\\n$FAKE_SERVES\\n"; fi\n'
-                    'if [ "$1" = apply ]; then cat > "$FAKE_LOG.stdin"; fi\n')
+    fake.write_text(FAKE_KUBECTL)
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     log = tmp_path / "log"
-    return {"PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_LOG": str(log), "FAKE_SERVES": serves}, log
+    return {"PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_LOG": str(log), "FAKE_SERVES": serves,
+            "FAKE_EXPLAINS": explains, "FAKE_REFUSE": refuse}, log
 
 
 @pytest.mark.slow  # a script started many times
@@ -327,8 +393,12 @@ def test_apply_and_delete_use_the_api_the_cluster_serves(tmp_path, serves, api):
                             "delete trainingruntime mnist-b --namespace ml --ignore-not-found"],
                "tfjob": ["delete tfjob mnist-b --namespace ml --ignore-not-found"]}[api]
     policy = "delete networkpolicy mnist-b-members-only --namespace ml --ignore-not-found"
-    assert log.read_text().splitlines() == ["api-resources -o name", "apply -f -", "api-resources -o name", *deletes,
-                                            policy]
+    explains = {"trainjob": [f"explain trainjobs.spec.runtimeRef {EXPLAIN}",
+                             f"explain trainingruntimes.spec.template {EXPLAIN}",
+                             f"explain trainjobs.spec.activeDeadlineSeconds {EXPLAIN}"], "tfjob": []}[api]
+    assert log.read_text().splitlines() == ["api-resources -o name", *explains,
+                                            "apply --dry-run=server --validate=strict -f -",
+                                            "apply --validate=strict -f -", "api-resources -o name", *deletes, policy]
     assert (tmp_path / "log.stdin").read_text() == k8s("render", f"--api={api}", "--name=mnist-b", "--",
                                                        "--epochs=2").stdout
 
@@ -344,7 +414,59 @@ def test_apply_on_a_cluster_without_kubeflow_says_so_and_applies_nothing(tmp_pat
     (tmp_path / "explicit").mkdir()
     env, log = fake_kubectl(tmp_path / "explicit", "jobs.batch")
     assert k8s("apply", "--api=tfjob", env=env).returncode == 0  # an explicit --api is not second-guessed
-    assert log.read_text().splitlines() == ["apply -f -"]
+    assert log.read_text().splitlines() == ["apply --dry-run=server --validate=strict -f -",
+                                            "apply --validate=strict -f -"]
+
+
+def without_trainjob(rendered: str) -> str:
+    """The rendered manifests but the TrainJob (the last document)."""
+    return rendered[:rendered.rindex("---\napiVersion: trainer.kubeflow.org/v1alpha1\nkind: TrainJob")]
+
+
+@pytest.mark.slow  # a script started many times
+@pytest.mark.network  # each release's models, from PyPI once
+@pytest.mark.parametrize("release", ["2.1", "2.3"])
+def test_apply_renders_for_the_trainer_the_cluster_serves(tmp_path, release):
+    """The fake cluster explains the TrainJob and TrainingRuntime fields of that release's models; apply renders
+    what render --trainer makes for it (which the release's models take: the test above), the server checks all
+    but the TrainJob in a dry run first, and then all of it is applied."""
+    fields = trainer_spec_fields(release)
+    explains = " ".join(f"{path}.{field}" for path, names in fields.items() for field in names)
+    env, log = fake_kubectl(tmp_path, "trainjobs.trainer.kubeflow.org", explains)
+    args = ("--name=mnist-c", "--workers=2", "--active-deadline=600", "--", "--epochs=2")
+    result = k8s("apply", *args, env=env)
+    assert result.returncode == 0 and not result.stderr, result.stderr
+    expected = k8s("render", f"--trainer={release}", *args).stdout
+    assert (tmp_path / "log.stdin").read_text() == expected
+    assert (tmp_path / "log.dry-run").read_text() == without_trainjob(expected)
+    assert log.read_text().splitlines()[-2:] == ["apply --dry-run=server --validate=strict -f -",
+                                                 "apply --validate=strict -f -"]
+
+
+REFUSAL = ('Error from server (BadRequest): error when creating "STDIN": TrainingRuntime in version "v1alpha1" '
+           'cannot be handled as a TrainingRuntime: strict decoding error: unknown field "spec.template.spec.x"\n'
+           'Error from server (Forbidden): error when creating "STDIN": persistentvolumeclaims is forbidden\n')
+
+
+@pytest.mark.slow  # a script started many times
+@pytest.mark.parametrize("api, explains, refuse, message", [
+    # Trainer serving another version of its API (or none that kubectl can read): nothing is sent at all.
+    ("trainjob", "", "", ("k8s.sh: the cluster does not serve the Trainer API k8s.sh renders (trainer.kubeflow.org/"
+                          "v1alpha1 trainjobs.spec.runtimeRef, Trainer 2.0 to 2.3), nothing applied: error: field "
+                          "\"runtimeRef\" does not exist")),
+    # The server refuses a manifest in the dry run: nothing is applied.
+    ("trainjob", EXPLAINS_V22, REFUSAL, ("k8s.sh: the cluster refuses the manifests (kubectl apply --dry-run=server), "
+                                         "nothing applied: " + REFUSAL.splitlines()[0] + " (and 1 more lines)")),
+    ("tfjob", "", REFUSAL, "k8s.sh: the cluster refuses the manifests"),
+], ids=["another-trainer-api", "trainjob-refused-in-the-dry-run", "tfjob-refused-in-the-dry-run"])
+def test_apply_refuses_in_one_line_before_creating_anything(tmp_path, api, explains, refuse, message):
+    serves = {"trainjob": "trainjobs.trainer.kubeflow.org", "tfjob": "tfjobs.kubeflow.org"}[api]
+    env, log = fake_kubectl(tmp_path, serves, explains, refuse)
+    result = k8s("apply", env=env)
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr
+    assert result.stderr.startswith(message), result.stderr
+    assert "apply --validate=strict -f -" not in log.read_text().splitlines()  # nothing created
+    assert not (tmp_path / "log.stdin").exists()
 
 
 class Pods:

@@ -81,6 +81,12 @@ def vertex(*args, env=None):
                           env={**os.environ, **(env or {})})
 
 
+def printed_spec(stdout: str) -> str:
+    """The job spec a dry run prints: the lines between its heading and the gcloud command after it."""
+    after = ("\n" + stdout).split("\n# the job spec (", 1)[1].split("\n", 1)[1]
+    return after.split("\ngcloud ", 1)[0]
+
+
 def printed_gcloud(stdout: str) -> list:
     """The printed gcloud commands as (verb, {flag: value}, positional arguments), each flag one gcloud documents."""
     found = []
@@ -107,8 +113,8 @@ def test_the_job_spec_is_a_valid_custom_job_spec():
                     "--accelerator-type=NVIDIA_TESLA_A100", "--accelerator-count=1",
                     "--service-account=trainer@my-project.iam.gserviceaccount.com", "--dry-run", "--", "--epochs=3")
     assert result.returncode == 0 and not result.stderr, result.stderr
-    text = result.stdout.split("\n", 1)[1].rsplit("\ngcloud ", 1)[0]  # between the heading and the command
-    spec = CustomJobSpec.from_json(text, ignore_unknown_fields=False)  # Google's own type: unknown fields fail
+    # Google's own type: unknown fields fail.
+    spec = CustomJobSpec.from_json(printed_spec(result.stdout), ignore_unknown_fields=False)
     chief, workers = spec.worker_pool_specs
     assert (chief.replica_count, workers.replica_count) == (1, 3)  # pool 0 the chief, pool 1 the workers
     for pool in (chief, workers):
@@ -119,7 +125,11 @@ def test_the_job_spec_is_a_valid_custom_job_spec():
     assert spec.base_output_directory.output_uri_prefix == "gs://my-bucket/jobs/mnist-a"  # the AIP_* folders' root
     assert spec.scheduling.restart_job_on_worker_restart  # one restarts, all restart and resume together
     assert spec.service_account == "trainer@my-project.iam.gserviceaccount.com"
-    (verb, flags, positional), = printed_gcloud(result.stdout)
+    (listed, list_flags, _), (verb, flags, positional) = printed_gcloud(result.stdout)
+    # First the jobs that would make this one a second: of that name or folder, not ended.
+    assert listed == "list" and list_flags["--filter"] == (
+        "(displayName=mnist-a OR jobSpec.baseOutputDirectory.outputUriPrefix='gs://my-bucket/jobs/mnist-a') AND "
+        "(state=JOB_STATE_QUEUED OR state=JOB_STATE_PENDING OR state=JOB_STATE_RUNNING OR state=JOB_STATE_CANCELLING)")
     assert verb == "create" and not positional
     assert flags["--region"] == "europe-west4" and flags["--project"] == "my-project"
     assert flags["--display-name"] == "mnist-a" and flags["--config"].endswith(".json")
@@ -131,8 +141,7 @@ def test_without_gpus_and_down():
     result = vertex("up", "--bucket=gs://my-bucket", f"--image={IMAGE}", "--workers=0", "--machine-type=n2-standard-8",
                     "--accelerator-type=NONE", f"--service-account={ACCOUNT}", "--dry-run")
     assert result.returncode == 0, result.stderr
-    spec = CustomJobSpec.from_json(result.stdout.split("\n", 1)[1].rsplit("\ngcloud ", 1)[0],
-                                   ignore_unknown_fields=False)
+    spec = CustomJobSpec.from_json(printed_spec(result.stdout), ignore_unknown_fields=False)
     pool, = spec.worker_pool_specs
     assert pool.machine_spec.accelerator_count == 0 and pool.replica_count == 1
     assert list(pool.container_spec.args) == []  # a CPU job: no --require_gpus, and no CMD to hide AIP_*
@@ -150,6 +159,8 @@ UP = ("up", "--bucket=gs://my-bucket", f"--image={IMAGE}")
 @pytest.mark.slow  # a script started many times
 @pytest.mark.parametrize("args, message", [
     (("up", f"--image={IMAGE}"), "--bucket must be a gs:// bucket"),
+    (("up", "--bucket=gs://my-bucket/it's", f"--image={IMAGE}"),
+     "--bucket must be a gs:// bucket (and folder: letters"),
     (("up", "--bucket=gs://my-bucket"), "--image must name the job image"),
     ((*UP, "--", "--logdir=/x"), "--logdir=/x is set by Vertex AI"),
     (("up", "--name=Bad_Name"), "--name must be lower-case letters"),
@@ -200,28 +211,91 @@ def test_every_option_takes_both_forms():
 
 FAKE_GCLOUD = r"""#!/bin/bash
 echo "gcloud $*" >> "$FAKE_LOG"
-if [[ $3 == list ]]; then  # jobs of every state; gcloud keeps those its --filter names
-  for job in q:JOB_STATE_QUEUED p:JOB_STATE_PENDING r:JOB_STATE_RUNNING s:JOB_STATE_SUCCEEDED c:JOB_STATE_CANCELLED; do
-    [[ $* == *"state=${job#*:}"* ]] && echo "projects/1/locations/us-central1/customJobs/${job%%:*}"
-  done
-fi
+# The project's custom jobs in $FAKE_JOBS, one a line: ID DISPLAY_NAME OUTPUT_URI_PREFIX STATE. list prints those
+# its --filter names (by display name or output folder, and state), the fields of --format=value(...) tab-separated;
+# create adds one, queued.
+filter="" format="" display="" config=""
+for word in "$@"; do
+  case $word in
+    --filter=*) filter=${word#*=} ;; --format=*) format=${word#*=} ;;
+    --display-name=*) display=${word#*=} ;; --config=*) config=${word#*=} ;;
+  esac
+done
+case $3 in
+  list)
+    while read -r id name output state; do
+      [[ $filter == *"state=$state"[\ \)]* ]] || continue
+      [[ $filter == *"displayName=$name"[\ \)]* || $filter == *"outputUriPrefix='$output'"* ]] || continue
+      declare -A value=([name]="projects/1/locations/us-central1/customJobs/$id" [displayName]=$name [state]=$state)
+      fields=${format#value(}
+      fields=${fields%)}
+      line=""
+      for field in ${fields//,/ }; do line+="${line:+$'\t'}${value[$field]}"; done
+      echo "$line"
+    done < "$FAKE_JOBS" ;;
+  create)
+    output=$(grep -o '"outputUriPrefix": "[^"]*"' "$config" | cut -d'"' -f4)
+    echo "job$(wc -l < "$FAKE_JOBS") $display $output JOB_STATE_QUEUED" >> "$FAKE_JOBS" ;;
+esac
 exit 0
 """
 
 
-def fake_gcloud(tmp_path):
+def fake_gcloud(tmp_path, jobs=""):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "gcloud").write_text(FAKE_GCLOUD)
     (bin_dir / "gcloud").chmod(0o755)
+    (tmp_path / "jobs").write_text(jobs)
     calls = tmp_path / "calls"
-    return {"PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_LOG": str(calls)}, calls
+    return {"PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_LOG": str(calls),
+            "FAKE_JOBS": str(tmp_path / "jobs")}, calls
 
 
 @pytest.mark.slow  # a script started many times
 def test_down_cancels_queued_pending_and_running_jobs(tmp_path):
-    env, calls = fake_gcloud(tmp_path)
+    jobs = "".join(f"{job} mnist-a gs://b/mnist-a JOB_STATE_{state}\n" for job, state in (
+        ("q", "QUEUED"), ("p", "PENDING"), ("r", "RUNNING"), ("s", "SUCCEEDED"), ("c", "CANCELLED")))
+    env, calls = fake_gcloud(tmp_path, jobs + "o mnist-b gs://b/mnist-b JOB_STATE_RUNNING\n")
     result = vertex("down", "--name=mnist-a", "--region", "us-central1", env=env)
     assert result.returncode == 0, result.stderr
     cancelled = [line.split()[4] for line in calls.read_text().splitlines() if " cancel " in line]
     assert cancelled == ["q", "p", "r"]  # a queued or pending job would start later and bill
+
+
+@pytest.mark.slow  # a script started many times
+def test_a_second_up_reports_the_job_instead_of_submitting_another(tmp_path):
+    env, calls = fake_gcloud(tmp_path)
+    up = (*UP, "--name=mnist-a", f"--service-account={ACCOUNT}")
+    first, second = vertex(*up, env=env), vertex(*up, env=env)
+    assert first.returncode == 0 and "already" not in first.stdout, first.stderr
+    assert second.returncode == 0 and not second.stderr, second.stderr
+    assert second.stdout == ("vertex.sh: job job0 (mnist-a, JOB_STATE_QUEUED) already trains into gs://my-bucket/"
+                             "mnist-a: no second job submitted (vertex.sh down --name=mnist-a cancels it)\n")
+    assert [line.split()[3] for line in calls.read_text().splitlines()] == ["list", "create", "list"]
+
+
+@pytest.mark.slow  # a script started many times
+@pytest.mark.parametrize("job, submitted", [
+    ("x other gs://my-bucket/mnist-a JOB_STATE_RUNNING", False),  # another name, the same folder
+    ("y mnist-a gs://elsewhere/mnist-a JOB_STATE_PENDING", False),  # the same name, another folder
+    ("z mnist-a gs://my-bucket/mnist-a JOB_STATE_SUCCEEDED", True),  # ended: a new job resumes from its checkpoint
+    ("v other gs://my-bucket/other JOB_STATE_RUNNING", True),
+])
+def test_up_finds_a_job_by_name_or_folder(tmp_path, job, submitted):
+    env, calls = fake_gcloud(tmp_path, job + "\n")
+    result = vertex(*UP, "--name=mnist-a", f"--service-account={ACCOUNT}", env=env)
+    assert result.returncode == 0 and not result.stderr, result.stderr
+    assert (" create " in calls.read_text()) == submitted
+    assert ("no second job submitted" in result.stdout) == (not submitted)
+
+
+@pytest.mark.slow  # a script started many times
+def test_up_waits_for_a_job_being_cancelled(tmp_path):
+    """Its replicas still run (the chief checkpoints on SIGTERM) into the folder a new job would resume from."""
+    env, calls = fake_gcloud(tmp_path, "w mnist-a gs://my-bucket/mnist-a JOB_STATE_CANCELLING\n")
+    result = vertex(*UP, "--name=mnist-a", f"--service-account={ACCOUNT}", env=env)
+    assert result.returncode == 2 and not result.stdout and len(result.stderr.splitlines()) == 1, result.stderr
+    assert result.stderr == ("vertex.sh: job w (mnist-a), writing to gs://my-bucket/mnist-a, is being cancelled: up "
+                             "again once it has ended (gcloud ai custom-jobs describe w --region=us-central1)\n")
+    assert " create " not in calls.read_text()
