@@ -226,11 +226,11 @@ def special_files(tmp_path) -> dict:
     import socket
     fifo, sock = tmp_path / "fifo", tmp_path / "socket"
     os.mkfifo(fifo)
-    server = socket.socket(socket.AF_UNIX)
-    server.bind(str(sock))
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(str(sock))  # the socket's file stays after it is closed
     (tmp_path / "folder").mkdir()
     return {"a folder": str(tmp_path / "folder"), "a FIFO (named pipe)": str(fifo), "a socket": str(sock),
-            "a character device": "/dev/zero"}
+            "a character device": "/dev/null"}
 
 
 class FifoWatch:
@@ -261,8 +261,8 @@ class FifoWatch:
 
 
 def test_only_regular_files_are_opened(tmp_path):
-    """A FIFO hung every reader (open() waits for a writer), /dev/zero would be read to the bound: each is refused
-    from its stat, unopened."""
+    """A FIFO hung every reader (open() waits for a writer), a device was opened and read (/dev/zero to the bound):
+    each is refused from its stat, unopened (the device here is /dev/null: old code read /dev/zero until killed)."""
     for kind, path in special_files(tmp_path).items():
         with FifoWatch(str(tmp_path / "fifo")) as watch:
             with pytest.raises(safeio.NotAFile, match=f"^{path}: is {re.escape(kind)}, not a file$"):

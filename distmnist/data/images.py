@@ -110,7 +110,7 @@ def _arrays_from_file(path: str, room: int) -> List[Tuple[str, np.ndarray]]:
             low, high = array.min(), array.max()  # NaN and the infinities show in these two
             if not (np.isfinite(low) and np.isfinite(high)):
                 raise ImageError(f"{name}: holds NaN or infinite values; a picture's pixels are finite numbers")
-            if max(-float(low), float(high)) > np.finfo(np.float32).max:
+            if max(-float(low), float(high)) > float(np.finfo(np.float32).max):
                 raise ImageError(f"{name}: holds values beyond float32's range; scale its pixels to 0-255 or 0-1")
     return arrays
 
