@@ -155,7 +155,6 @@ def test_a_decompression_bomb_among_good_pictures_is_one_line_and_the_rest_answe
     encrypted .npz. Each is refused in one line, the pictures counted and sized from the headers, the good
     pictures among them answered, and the process stays small (its peak resident memory, as the kernel counts
     it)."""
-    import subprocess
     import sys
     import zlib
 
@@ -188,7 +187,8 @@ def test_a_decompression_bomb_among_good_pictures_is_one_line_and_the_rest_answe
                 "sys.exit(status)")
     process = subprocess.Popen([sys.executable, "-c", measured, str(tmp_path / "peak_kib"), sys.executable, "-m",
                                 "distmnist.predict", f"--model={saved_model}", good[0], str(bomb), good[1], str(huge),
-                                str(many), str(foreign), str(fifo), str(encrypted), good[2]], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                str(many), str(foreign), str(fifo), str(encrypted), good[2]], cwd=REPO,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                env={k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"})
     out, err = process.communicate(timeout=300)
     peak_mib = int((tmp_path / "peak_kib").read_text()) / 1024
