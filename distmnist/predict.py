@@ -139,9 +139,9 @@ def read_pictures(paths, max_pictures: int):
         try:
             pictures = images.load(path, room=max_pictures - len(names))
         except images.TooManyPictures as exc:
-            report(f"{path}: holds {exc.count:,} pictures, " + (
-                f"more than --max_pictures={max_pictures:,}; raise it, or split the file" if exc.count > max_pictures
-                else f"and {len(names):,} were read before it: more than --max_pictures={max_pictures:,} in all; "
+            report(f"{path}: holds {images.picture_count(exc.count)}" + (
+                f", more than --max_pictures={max_pictures:,}; raise it, or split the file" if exc.count > max_pictures
+                else f"; with the {len(names):,} read before it, more than --max_pictures={max_pictures:,} in all; "
                      "raise it, or predict in several runs"))
             pictures, failures = [], failures + 1
         except images.ImageError as exc:

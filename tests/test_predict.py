@@ -313,11 +313,16 @@ def test_every_file_and_picture_that_can_be_answered_is(tmp_path, capsys):
         f"distmnist.predict: error: {paths[3]}: holds NaN or infinite values; a picture's pixels are finite numbers",
         f"distmnist.predict: error: {paths[4]}[1]: no digit found (the picture is blank)",
         f"distmnist.predict: error: {paths[5]}: no such file",
-        f"distmnist.predict: error: {paths[6]}: holds 3 pictures, and 6 were read before it: more than "
+        f"distmnist.predict: error: {paths[6]}: holds 3 pictures; with the 6 read before it, more than "
         "--max_pictures=8 in all; raise it, or predict in several runs"]
     predict.read_pictures([paths[2]], max_pictures=2)
     assert capsys.readouterr().err == (f"distmnist.predict: error: {paths[2]}: holds 3 pictures, more than "
                                        "--max_pictures=2; raise it, or split the file\n")
+    names, _, failures = predict.read_pictures([paths[0], paths[7]], max_pictures=1)
+    assert names == [paths[0]] and failures == 1
+    assert capsys.readouterr().err == (f"distmnist.predict: error: {paths[7]}: holds 1 picture; with the 1 read "
+                                       "before it, more than --max_pictures=1 in all; raise it, or predict in "
+                                       "several runs\n")
 
 
 @pytest.fixture(scope="module")

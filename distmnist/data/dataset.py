@@ -109,7 +109,10 @@ def _exists(path: str) -> bool:
     """Whether something is at path (lexists: a dangling link is there too, and reading it says so)."""
     if files.is_url(path):
         import tensorflow as tf
-        return tf.io.gfile.exists(path)
+        try:
+            return tf.io.gfile.exists(path)
+        except tf.errors.OpError as exc:  # permission denied, a bucket that is not there, ...
+            raise DataError(f"{path}: cannot be read ({exc.message})") from None
     return os.path.lexists(path)
 
 

@@ -34,8 +34,13 @@ class TooManyPictures(ImageError):
     """A file holds more pictures than the batch has room for (`count` of them, `room` left)."""
 
     def __init__(self, path: str, count: int, room: int):
-        super().__init__(f"{path}: holds {count:,} pictures, more than the {room:,} this batch has room for")
+        super().__init__(f"{path}: holds {picture_count(count)}, more than the {room:,} this batch has room for")
         self.path, self.count, self.room = path, count, room
+
+
+def picture_count(count: int) -> str:
+    """"1 picture", "3 pictures"."""
+    return f"{count:,} picture" + ("" if count == 1 else "s")
 
 
 def _one_line(exc: BaseException) -> str:
