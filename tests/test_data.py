@@ -1,13 +1,22 @@
 import gzip
+import hashlib
 import io
+import os
 import pickle
+import re
+import shutil
+import stat
 import struct
+import subprocess
+import sys
+import tempfile
 
 import numpy as np
 import pytest
 
 from distmnist.common.errors import DataError
 from distmnist.data import dataset, mirror
+from helpers import REPO
 
 NOTES_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 NOTES_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
@@ -126,3 +135,114 @@ def test_offline_mirror_fills_an_empty_keras_cache_that_the_next_load_uses(tmp_p
     second = dataset.load()
     assert second.source == "Keras cache"
     assert dataset.matches_digests(second.arrays())
+
+
+def test_idx_sizes_are_python_integers(tmp_path, tiny_mnist):
+    """2^31 x 2^31 x 4 is 2^64: numpy's int64 product wrapped to 0, matched the empty body, and reshape raised."""
+    header = struct.pack(">HBB", 0, 8, 3) + struct.pack(">3I", 2 ** 31, 2 ** 31, 4)
+    with pytest.raises(DataError, match=r"images: header says 2147483648x2147483648x4 = 18,446,744,073,709,551,616 "
+                                        r"bytes of data, found 0 \(truncated or corrupt\)"):
+        dataset.parse_idx(header, "images", 3)
+    folder = write_idx_dir(tmp_path, tiny_mnist, compress=False)
+    (tmp_path / "train-images-idx3-ubyte").write_bytes(header)
+    with pytest.raises(DataError, match="train-images-idx3-ubyte: header says 2147483648x"):
+        dataset.load(folder)
+
+
+def make_unreadable(path, kind: str) -> None:
+    """Puts at `path` (the place of mnist.npz) something that cannot be read as a file: a folder, a FIFO (which
+    hung the reader), corrupt bytes, or an encrypted zip member."""
+    from test_safeio import npz_bytes, patched_zip
+    if kind == "folder":
+        path.mkdir()
+        (path / "x_train.npy").write_bytes(b"not ours to remove")
+    elif kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "corrupt":
+        path.write_bytes(b"PK\x03\x04 not a zip")
+    else:
+        path.write_bytes(patched_zip(npz_bytes(x_train=np.zeros([1, 28, 28], np.uint8)), "flags", 0x1))
+
+
+BROKEN = {"folder": ": is a folder, not a file", "fifo": r": is a FIFO \(named pipe\), not a file",
+          "corrupt": ": not a readable .npz file", "encrypted": ":x_train.npy: is encrypted"}
+
+
+def watching(path, kind: str):
+    """A FifoWatch on the FIFO, for the kind that is one."""
+    import contextlib
+    from test_safeio import FifoWatch
+    return FifoWatch(str(path)) if kind == "fifo" else contextlib.nullcontext()
+
+
+@pytest.mark.parametrize("kind", BROKEN)
+def test_a_broken_keras_cache_is_passed_over_for_the_next_source(tmp_path, monkeypatch, tiny_mnist, caplog, kind):
+    """The cache entry is skipped with one warning naming it, and the next source (the Keras download, here
+    from a local file) gives the data: a folder there crashed every default start (IsADirectoryError), a FIFO
+    hung it. What is not a file is left as it was; a file that failed its checks is replaced, as Keras does."""
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    cache = dataset.keras_cache_path()
+    cache.parent.mkdir(parents=True)
+    make_unreadable(cache, kind)
+    served = io.BytesIO()
+    np.savez(served, **tiny_mnist.arrays())
+    (tmp_path / "served.npz").write_bytes(served.getvalue())
+    monkeypatch.setattr(dataset, "KERAS_URL", (tmp_path / "served.npz").as_uri())
+    monkeypatch.setattr(dataset, "KERAS_NPZ_SHA256", hashlib.sha256(served.getvalue()).hexdigest())
+    with caplog.at_level("INFO", logger="absl"), watching(cache, kind) as watch:
+        loaded = dataset.load()
+    assert loaded.source == "Keras download" and not (watch and watch.opened)
+    assert_same_arrays(loaded, tiny_mnist)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert re.fullmatch(f"MNIST: Keras cache unusable, ignoring it: {cache}{BROKEN[kind]}.*", warnings[0]), warnings
+    if kind in ("folder", "fifo"):
+        assert (cache / "x_train.npy").read_bytes() == b"not ours to remove" if kind == "folder" else \
+            stat.S_ISFIFO(os.lstat(cache).st_mode)
+        assert "something other than a file is there" in warnings[1]
+    else:
+        assert cache.read_bytes() == served.getvalue()
+
+
+@pytest.mark.parametrize("kind", BROKEN)
+def test_a_data_dir_whose_mnist_npz_cannot_be_read_is_one_line(tmp_path, kind):
+    make_unreadable(tmp_path / "mnist.npz", kind)
+    with watching(tmp_path / "mnist.npz", kind) as watch:
+        with pytest.raises(DataError, match=f"^{tmp_path / 'mnist.npz'}{BROKEN[kind]}"):
+            dataset.load(str(tmp_path))
+    assert not (watch and watch.opened)
+
+
+def as_another_user(code: str, env: dict) -> subprocess.CompletedProcess:
+    """Runs code in a fresh Python as a user that file modes bind: root reads a chmod 000 file, so as root the
+    code runs as nobody (setpriv); skipped where neither is possible."""
+    command = [sys.executable, "-c", code]
+    if os.geteuid() == 0:
+        if not shutil.which("setpriv"):
+            pytest.skip("root ignores file modes, and setpriv (util-linux) is not here to run as another user")
+        command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] + command
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, cwd="/",
+                          env={**os.environ, "PYTHONPATH": REPO, **env})
+
+
+def test_an_unreadable_cache_and_data_dir_are_one_line_each(tiny_mnist):
+    """chmod 000: a PermissionError traceback from the cache reader (every default start) and from --data_dir's;
+    now the cache is passed over with a warning naming it, and --data_dir's file is one line."""
+    home = tempfile.mkdtemp(prefix="distmnist-unreadable-")  # outside pytest's 0700 folders: the user must reach it
+    try:
+        os.chmod(home, 0o755)
+        os.makedirs(os.path.join(home, "datasets"), mode=0o755)
+        cache = os.path.join(home, "datasets", "mnist.npz")
+        np.savez(cache, **tiny_mnist.arrays())
+        os.chmod(cache, 0)
+        code = ("from absl import logging; logging.use_absl_handler(); from distmnist.data import dataset\n"
+                "print(dataset._from_cache(dataset.keras_cache_path()))\n"
+                "try:\n    dataset.load(dataset.os.path.dirname(dataset.keras_cache_path()))\n"
+                "except dataset.DataError as exc:\n    print(exc)\n")
+        result = as_another_user(code, {"KERAS_HOME": home})
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert result.stdout.splitlines() == ["None", f"{cache}: cannot be read (Permission denied)"]
+        warnings = [line for line in result.stderr.splitlines() if "MNIST:" in line]
+        assert len(warnings) == 1 and warnings[0].endswith(
+            f"MNIST: Keras cache unusable, ignoring it: {cache}: cannot be read (Permission denied)"), result.stderr
+    finally:
+        shutil.rmtree(home)

@@ -29,7 +29,7 @@ def saved_model(tmp_path_factory):
     ("distmnist.train", ["--batch_size=0"], "--batch_size must be a positive integer, got 0"),
     ("distmnist.train", ["--data_dir=/nonexistent/mnist"], "/nonexistent/mnist"),
     ("bench", ["--rounds=0"], "--turns, --race_rounds and --checkpoint_every must be positive"),
-    ("distmnist.predict", ["--model=/nonexistent", "x.png"], "is neither a SavedModel nor a run directory"),
+    ("distmnist.predict", ["--model=/nonexistent", "x.png"], "--model=/nonexistent does not exist"),
     ("distmnist.doctor", ["--smoke_steps=-1"], "--smoke_steps must be >= 0"),
 ], ids=["train-flag", "train-data", "bench", "predict-model", "doctor"])
 def test_bad_input_is_one_line(tmp_path, module, args, message):

@@ -11,12 +11,11 @@ Sources, tried in order, each logged in one line:
 
 import dataclasses
 import hashlib
-import io
+import math
 import os
 import struct
 import urllib.error
 import urllib.request
-import zipfile
 from pathlib import Path
 from typing import Optional
 
@@ -99,17 +98,22 @@ def parse_idx(data: bytes, name: str, ndim: int) -> np.ndarray:
                         f"{ndim} dimensions)")
     dims = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
     body = data[4 + 4 * ndim:]
-    if len(body) != int(np.prod(dims)):
-        raise DataError(f"{name}: header says {'x'.join(map(str, dims))} = {int(np.prod(dims))} bytes of data, "
-                        f"found {len(body)} (truncated or corrupt)")
+    declared = math.prod(dims)  # Python integers: three 32-bit dimensions can pass 64 bits
+    if len(body) != declared:
+        raise DataError(f"{name}: header says {'x'.join(map(str, dims))} = {declared:,} bytes of data, "
+                        f"found {len(body):,} (truncated or corrupt)")
     return np.frombuffer(body, np.uint8).reshape(dims)
 
 
 def _exists(path: str) -> bool:
+    """Whether something is at path (lexists: a dangling link is there too, and reading it says so)."""
     if files.is_url(path):
         import tensorflow as tf
-        return tf.io.gfile.exists(path)
-    return os.path.exists(path)
+        try:
+            return tf.io.gfile.exists(path)
+        except tf.errors.OpError as exc:  # permission denied, a bucket that is not there, ...
+            raise DataError(f"{path}: cannot be read ({exc.message})") from None
+    return os.path.lexists(path)
 
 
 def _bounded(read, *args):
@@ -121,26 +125,29 @@ def _bounded(read, *args):
 
 
 def _read(path: str) -> bytes:
-    """The file's bytes, refused past safeio.MAX_DATA_BYTES."""
+    """The file's bytes, refused past safeio.MAX_DATA_BYTES; a folder, a FIFO, a device, and every error reading
+    it (permission, I/O), are one DataError naming it."""
     if files.is_url(path):
         import tensorflow as tf
-        with tf.io.gfile.GFile(path, "rb") as f:
-            return _bounded(safeio.read_bounded, f, path)
-    return _bounded(safeio.read_path, path)
+        try:
+            with tf.io.gfile.GFile(path, "rb") as f:
+                return _bounded(safeio.read_bounded, f, path)
+        except tf.errors.OpError as exc:
+            raise DataError(f"{path}: cannot be read ({exc.message})") from None
+    try:
+        return _bounded(safeio.read_path, path)
+    except OSError as exc:
+        raise DataError(str(safeio.unreadable(path, exc))) from None
 
 
 def read_npz(data: bytes, name: str) -> dict:
     """Reads Keras's mnist.npz layout from bytes, never unpickling, each array's size checked from its header
     before it is inflated."""
-    _bounded(safeio.check_arrays, data, name)
-    try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-            missing = [k for k in KEYS if k not in npz.files]
-            if missing:
-                raise DataError(f"{name}: missing arrays {', '.join(missing)}; expected {', '.join(KEYS)}")
-            return {k: npz[k] for k in KEYS}
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise DataError(f"{name}: not a readable .npz file ({exc}); replace it or remove it") from None
+    arrays = {header.key: array for header, array in _bounded(safeio.read_arrays, data, name)}
+    missing = [k for k in KEYS if k not in arrays]
+    if missing:
+        raise DataError(f"{name}: missing arrays {', '.join(missing)}; expected {', '.join(KEYS)}")
+    return {k: arrays[k] for k in KEYS}
 
 
 def _read_data_dir(data_dir: str) -> dict:
@@ -165,6 +172,11 @@ def _read_data_dir(data_dir: str) -> dict:
 
 
 def _save_cache(path: Path, write) -> None:
+    """Writes the Keras cache, replacing at most a regular file there (one that failed its checks, as Keras itself
+    replaces it); a folder, a link or a FIFO at its place is left as it is."""
+    if os.path.lexists(path) and not (path.is_file() and not path.is_symlink()):
+        logging.warning("MNIST: not writing the Keras cache %s: something other than a file is there", path)
+        return
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         files.write_with(str(path), write)
@@ -174,8 +186,15 @@ def _save_cache(path: Path, write) -> None:
 
 
 def _from_cache(path: Path) -> Optional[dict]:
-    if not path.exists():
+    """The cache's arrays, or None: a cache entry that is missing, unreadable (a folder, a FIFO, a permission or an
+    I/O error), corrupt or not MNIST is passed over with one line, and the next source tried."""
+    try:
+        os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
         logging.info("MNIST: Keras cache %s: not there", path)
+        return None
+    except OSError as exc:
+        logging.warning("MNIST: Keras cache unusable, ignoring it: %s", safeio.unreadable(str(path), exc))
         return None
     try:
         arrays = validate(read_npz(_read(str(path)), str(path)), str(path))
@@ -191,8 +210,8 @@ def _from_cache(path: Path) -> Optional[dict]:
 def _from_keras_download(cache: Path) -> Optional[dict]:
     try:
         with urllib.request.urlopen(KERAS_URL, timeout=CONNECT_TIMEOUT_S) as response:
-            data = response.read()
-    except (urllib.error.URLError, OSError) as exc:
+            data = safeio.read_bounded(response, KERAS_URL)
+    except (urllib.error.URLError, OSError, UserError) as exc:
         logging.info("MNIST: Keras download %s: failed (%s)", KERAS_URL, getattr(exc, "reason", exc))
         return None
     if hashlib.sha256(data).hexdigest() != KERAS_NPZ_SHA256:

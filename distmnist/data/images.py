@@ -10,7 +10,7 @@ is taken as it is. No TensorFlow here.
 import io
 import os
 import warnings
-from typing import List, Sequence, Tuple
+from typing import Iterator, List, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageOps, PngImagePlugin, UnidentifiedImageError
@@ -19,88 +19,134 @@ from distmnist.common import safeio
 from distmnist.common.errors import UserError
 
 ARRAY_SUFFIXES = (".npy", ".npz")
+# Pictures in one batch, by default: ten times MNIST's test set. Each is kept as 28x28 bytes once prepared
+# (100,000 take 78 MB); what a file holds is read, and bounded, one file at a time (safeio.MAX_ARRAY_BYTES).
+MAX_PICTURES = 100_000
+SOFTWARE = "distmnist"  # the PNG text that marks a grid distmnist drew (grid_png), which it may replace
 INK_THRESHOLD = 0.25  # of full ink: pixels above it bound the crop
 
 
 class ImageError(UserError):
-    """One input file cannot be used; the message names it and says why."""
+    """One input file, or one picture in it, cannot be used; the message names it and says why."""
+
+
+class TooManyPictures(ImageError):
+    """A file holds more pictures than the batch has room for (`count` of them, `room` left)."""
+
+    def __init__(self, path: str, count: int, room: int):
+        super().__init__(f"{path}: holds {picture_count(count)}, more than the {room:,} this batch has room for")
+        self.path, self.count, self.room = path, count, room
+
+
+def picture_count(count: int) -> str:
+    """"1 picture", "3 pictures"."""
+    return f"{count:,} picture" + ("" if count == 1 else "s")
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _decode(f, path: str) -> np.ndarray:
+    with warnings.catch_warnings():  # Pillow's own bomb warning: the size check below says it in one line
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        opened = Image.open(f)  # reads the header only
+    with opened as image:
+        safeio.check_picture_size(image.width, image.height, path)  # before a pixel is decoded
+        image = ImageOps.exif_transpose(image)  # photos: the orientation their camera recorded
+        if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+            # A transparent background is the paper: composite on white (strokes stay dark).
+            background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+            image = Image.alpha_composite(background, image.convert("RGBA"))
+        return np.asarray(image.convert("L"), dtype=np.float32)
 
 
 def _gray_from_file(path: str) -> np.ndarray:
     try:
-        with warnings.catch_warnings():  # Pillow's own bomb warning: the size check below says it in one line
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            opened = Image.open(path)  # reads the header only
-        with opened as image:
-            safeio.check_picture_size(image.width, image.height, path)  # before a pixel is decoded
-            image = ImageOps.exif_transpose(image)  # photos: the orientation their camera recorded
-            if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-                # A transparent background is the paper: composite on white (strokes stay dark).
-                background = Image.new("RGBA", image.size, (255, 255, 255, 255))
-                image = Image.alpha_composite(background, image.convert("RGBA"))
-            return np.asarray(image.convert("L"), dtype=np.float32)
-    except FileNotFoundError:
-        raise ImageError(f"{path}: no such file") from None
-    except Image.DecompressionBombError:  # past Pillow's own bound, refused by Pillow as it opens the header
-        raise ImageError(f"{path}: declares more than {Image.MAX_IMAGE_PIXELS * 2:,} pixels, more than the "
-                         f"{safeio.MAX_PICTURE_PIXELS / 1e6:,.0f} megapixels a picture of a digit needs; scale it "
-                         "down") from None
-    except safeio.TooLarge as exc:
+        opened = safeio.open_regular(path)  # a FIFO, a device, a socket, a folder: refused unopened
+    except safeio.NotAFile as exc:
         raise ImageError(str(exc)) from None
-    except IsADirectoryError:
-        raise ImageError(f"{path}: is a folder, not an image") from None
-    except UnidentifiedImageError:
-        size = os.path.getsize(path)
-        raise ImageError(f"{path}: " + ("an empty file" if size == 0 else
-                                        "not an image Pillow can read (PNG, JPEG, BMP, ...) nor a .npy/.npz "
-                                        "array")) from None
-    except (OSError, ValueError) as exc:
-        raise ImageError(f"{path}: cannot be read as an image ({exc})") from None
-
-
-def _arrays_from_file(path: str) -> List[Tuple[str, np.ndarray]]:
-    try:
-        safeio.check_arrays(path, path)  # every header, before any array is read
-        loaded = np.load(path, allow_pickle=False)
-        if isinstance(loaded, np.lib.npyio.NpzFile):
-            with loaded:
-                arrays = [(f"{path}:{name}", loaded[name]) for name in loaded.files]
-        else:
-            arrays = [(path, loaded)]
-    except FileNotFoundError:
-        raise ImageError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise ImageError(f"{path}: is a folder, not an array file") from None
-    except UserError as exc:
-        raise ImageError(str(exc)) from None
-    except (OSError, ValueError, EOFError) as exc:
-        raise ImageError(f"{path}: not a readable numpy array file ({exc})") from None
-    images = []
-    for name, array in arrays:
-        if array.ndim == 2:
-            images.append((name, array))
-        elif array.ndim == 3 and array.shape[0] > 0:
-            images += [(f"{name}[{i}]", a) for i, a in enumerate(array)]
-        else:
-            raise ImageError(f"{name}: expected an image [H, W] or images [N, H, W], got shape {array.shape}")
-    for name, array in images:
-        if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)) or \
-                min(array.shape) == 0:
-            raise ImageError(f"{name}: expected numbers in a non-empty [H, W] array, got {array.dtype} {array.shape}")
+    except OSError as exc:
+        raise ImageError(str(safeio.unreadable(path, exc))) from None
+    with opened as f:
         try:
-            safeio.check_picture_size(array.shape[1], array.shape[0], name)
+            return _decode(f, path)
+        except Image.DecompressionBombError:  # past Pillow's own bound, refused by Pillow as it opens the header
+            raise ImageError(f"{path}: declares more than {Image.MAX_IMAGE_PIXELS * 2:,} pixels, more than the "
+                             f"{safeio.MAX_PICTURE_PIXELS / 1e6:,.0f} megapixels a picture of a digit needs; scale "
+                             "it down") from None
         except safeio.TooLarge as exc:
             raise ImageError(str(exc)) from None
-    return [(name, array.astype(np.float32) * (255.0 if array.dtype.kind == "f" and array.max() <= 1 else 1.0))
-            for name, array in images]
+        except UnidentifiedImageError:
+            raise ImageError(f"{path}: " + ("an empty file" if os.fstat(f.fileno()).st_size == 0 else
+                                            "not an image Pillow can read (PNG, JPEG, BMP, ...) nor a .npy/.npz "
+                                            "array")) from None
+        except Exception as exc:  # noqa: BLE001  Pillow's decoders raise many kinds for a damaged file:
+            # OSError, SyntaxError (a PNG chunk that is not one), ValueError, struct.error, EOFError, ...
+            raise ImageError(f"{path}: cannot be read as an image ({_one_line(exc)})") from None
 
 
-def load(path: str) -> List[Tuple[str, np.ndarray]]:
+def _display(path: str, header: safeio.ArrayHeader) -> str:
+    """How a picture's array is named in answers and errors: the file, or file:member for a .npz member."""
+    return f"{path}:{header.key}" if header.key else path
+
+
+def _arrays_from_file(path: str, room: int) -> List[Tuple[str, np.ndarray]]:
+    def check(headers: List[safeio.ArrayHeader]) -> None:  # from the headers, before any data is read
+        count = 0
+        for header in headers:
+            name, shape = _display(path, header), header.shape
+            if header.dtype.kind not in "iuf" or len(shape) not in (2, 3) or header.count == 0:
+                raise ImageError(f"{name}: expected a picture [H, W] or pictures [N, H, W] of numbers, got "
+                                 f"{header.dtype} {list(shape)}")
+            safeio.check_picture_size(shape[-1], shape[-2], name)
+            count += 1 if len(shape) == 2 else shape[0]
+        if count > room:
+            raise TooManyPictures(path, count, room)
+
+    try:
+        arrays = [(_display(path, header), array) for header, array in safeio.read_arrays(path, path, check=check)]
+    except ImageError:
+        raise
+    except UserError as exc:
+        raise ImageError(str(exc)) from None
+    for name, array in arrays:
+        if array.dtype.kind == "f":
+            low, high = array.min(), array.max()  # NaN and the infinities show in these two
+            if not (np.isfinite(low) and np.isfinite(high)):
+                raise ImageError(f"{name}: holds NaN or infinite values; a picture's pixels are finite numbers")
+            if max(-float(low), float(high)) > float(np.finfo(np.float32).max):
+                raise ImageError(f"{name}: holds values beyond float32's range; scale its pixels to 0-255 or 0-1")
+    return arrays
+
+
+def _pictures(arrays: List[Tuple[str, np.ndarray]]) -> List[Tuple[str, np.ndarray]]:
+    pictures = []
+    for name, array in arrays:
+        pictures += [(name, array)] if array.ndim == 2 else [(f"{name}[{i}]", a) for i, a in enumerate(array)]
+    return pictures
+
+
+def _gray(picture: np.ndarray) -> np.ndarray:
+    """float32 0-255 from a picture's array: floats in 0-1 are scaled to 0-255."""
+    gray = picture.astype(np.float32, copy=False)  # a picture Pillow decoded is float32 already
+    return gray * 255.0 if picture.dtype.kind == "f" and gray.max() <= 1 else gray
+
+
+def load(path: str, room: int = MAX_PICTURES) -> Iterator[Tuple[str, np.ndarray]]:
     """The grayscale pictures in one file, as (name, float32 [H, W] in 0-255): one for an image file, one per
-    image for .npy/.npz arrays ([H, W] or [N, H, W]; floats in 0-1 are scaled to 0-255)."""
+    picture for .npy/.npz arrays ([H, W] or [N, H, W]; floats in 0-1 are scaled to 0-255).
+
+    Everything about the file is checked before this returns (ImageError otherwise): an array file's headers
+    (at most `room` pictures, their size, dtype and shape) before its data is read, then its values (NaN and
+    infinities refused). Each picture is made float32 only as it is taken from the iterator."""
     if path.lower().endswith(ARRAY_SUFFIXES):
-        return _arrays_from_file(path)
-    return [(path, _gray_from_file(path))]
+        pictures = _pictures(_arrays_from_file(path, room))
+    else:
+        if room < 1:
+            raise TooManyPictures(path, 1, room)
+        pictures = [(path, _gray_from_file(path))]
+    return ((name, _gray(picture)) for name, picture in pictures)
 
 
 def _centre_of_mass(image: np.ndarray) -> Tuple[float, float]:
@@ -118,9 +164,12 @@ def to_mnist(gray: np.ndarray, name: str = "image") -> np.ndarray:
         return np.clip(np.rint(gray), 0, 255).astype(np.uint8)  # already MNIST's form
     ink = 255.0 - gray if light_background else gray
     ink = ink - np.median(255.0 - border if light_background else border)  # the paper's level becomes 0
-    if ink.max() <= 0:
+    peak = ink.max()
+    if not np.isfinite(peak):  # values near float32's limits, whose differences overflow it
+        raise ImageError(f"{name}: its values span more than float32 holds; scale its pixels to 0-255 or 0-1")
+    if peak <= 0:
         raise ImageError(f"{name}: no digit found (the picture is blank)")
-    ink = np.clip(ink / ink.max(), 0.0, 1.0)
+    ink = np.clip(ink / peak, 0.0, 1.0)
     rows, cols = np.nonzero(ink > INK_THRESHOLD)
     ink = ink[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
     height, width = ink.shape
@@ -156,9 +205,20 @@ def grid_png(images: Sequence[np.ndarray], captions: Sequence[str], columns: int
         sheet.paste(Image.fromarray(image).resize((28 * scale, 28 * scale), Image.Resampling.NEAREST), (x, y))
         draw.text((x + 2, y + 28 * scale + 1), caption, fill=0)
     info = PngImagePlugin.PngInfo()
+    info.add_text("Software", SOFTWARE)
     info.add_text("captions", "\n".join(captions))
     if title:
         info.add_text("Title", title)
     buffer = io.BytesIO()
     sheet.save(buffer, format="PNG", pnginfo=info)
     return buffer.getvalue()
+
+
+def drawn_by_distmnist(path: str) -> bool:
+    """Whether the regular file at `path` is a PNG whose text says grid_png drew it; read from its header and the
+    text chunks before its pixels, never decoding them. False for anything else, whatever is wrong with it."""
+    try:
+        with safeio.open_regular(path) as f, Image.open(f, formats=["PNG"]) as image:
+            return image.info.get("Software") == SOFTWARE
+    except Exception:  # noqa: BLE001  a file that is not such a PNG, in whichever way, is not ours
+        return False
