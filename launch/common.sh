@@ -35,6 +35,12 @@ check_common() {
   [[ $ACTION == up || $ACTION == down ]] || die "unknown action '$ACTION' (up or down)"
   [[ $WORKERS =~ ^[1-9][0-9]*$ ]] || die "--workers must be a positive integer, got '$WORKERS'"
   [[ $NAME =~ ^[a-z]([-a-z0-9]{0,40}[a-z0-9])?$ ]] || die "--name must be lower-case letters, digits and dashes"
+  local flag
+  for flag in ${TRAIN_FLAGS[@]+"${TRAIN_FLAGS[@]}"}; do
+    if train_flag_sets "$flag" logdir run_name; then
+      die "$flag is set by $(basename "$0") (the chief's run directory, mirrored to the bucket, is named by --name)"
+    fi
+  done
   if [[ $ACTION == up ]]; then
     [[ -n $BUCKET ]] || die "--bucket is required for up (where the package goes and the chief's run lands)"
   fi

@@ -64,11 +64,9 @@ dns_label='^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$'
 [[ $max_restarts =~ ^[0-9]+$ ]] || die "--max-restarts must be a whole number, got '$max_restarts'"
 [[ -n $image && ! $image =~ [[:space:]] ]] || die "--image must name an image, got '$image'"
 for flag in ${train_flags[@]+"${train_flags[@]}"}; do
-  case $flag in
-    --logdir=* | --run_name=* | --require_gpus | --norequire_gpus) die "$flag is set by k8s.sh (the claim's /runs, --name, --gpus)" ;;
-    --*) ;;
-    *) die "train flags go after -- as --flag=value, got '$flag'" ;;
-  esac
+  if train_flag_sets "$flag" logdir run_name require_gpus; then
+    die "$flag is set by k8s.sh (the claim's /runs, --name, --gpus)"
+  fi
 done
 
 # The API the cluster serves (apply, delete), unless --api says: Trainer v2 first, then the v1 operator.

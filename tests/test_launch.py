@@ -288,6 +288,13 @@ def test_every_aws_command_passes_the_aws_clis_own_validation(tmp_path):
     ("aws.sh", ["up", "--bucket=s3://x", "--bogus=1"], "unknown option '--bogus=1'"),
     ("aws.sh", ["up", "--bucket", "s3://x"], "--subnet is required for up"),
     ("aws.sh", ["up", "--workers", "0", "--bucket", "s3://x"], "--workers must be a positive integer"),
+    ("gcp.sh", ["up", "--bucket=gs://b", "--", "--logdir", "/x"], "--logdir is set by gcp.sh"),
+    ("aws.sh", ["up", "--bucket=s3://b", "--", "-run_name=r"], "-run_name=r is set by aws.sh"),
+    ("aws.sh", ["up", "--bucket=s3://b", "--", "--epochs", "3", "4"],
+     "train flags go after -- as --flag=value or --flag value, got '4'"),
+    ("local_cluster.sh", ["2", "3"], "say how many workers, one number N >= 1"),
+    ("local_cluster.sh", ["two"], "say how many workers, one number N >= 1"),
+    ("local_cluster.sh", ["2", "--max_steps=3"], "unknown option '--max_steps=3' (see --help; train flags go after --)"),
 ])
 def test_bad_launch_arguments_get_one_line_and_exit_2(script, args, message, tmp_path):
     result = dry_run(script, *args)
@@ -393,7 +400,7 @@ def local_cluster_dry_run(workers: int, env: dict) -> list:
     """Each worker's (TF_CONFIG, CUDA_VISIBLE_DEVICES) as local_cluster.sh --dry-run prints them. The PATH has a
     fake nvidia-smi that finds no GPU unless the test gives its own: the host's driver, if any, plays no part."""
     result = subprocess.run(["bash", os.path.join(REPO, "launch", "local_cluster.sh"), "--dry-run", str(workers),
-                             "--max_steps=3"], capture_output=True, text=True, cwd=REPO, timeout=60,
+                             "--", "--max_steps=3"], capture_output=True, text=True, cwd=REPO, timeout=60,
                             env={"PATH": f"{NO_GPUS}:/usr/bin:/bin", "PYTHON": sys.executable, **env})
     assert result.returncode == 0, result.stderr
     rows = re.findall(r"^worker (\d+): TF_CONFIG='(.*)' CUDA_VISIBLE_DEVICES='(.*)' (.*)$", result.stdout, re.M)
@@ -612,26 +619,60 @@ AWS_SAMPLES = {"--region": "eu-west-1", "--instance-type": "g5.2xlarge", "--ami"
                "--instance-profile": "vm2", "--name": "mnist-b", "--workers": "3", "--bucket": "s3://other"}
 
 
-@pytest.mark.parametrize("script, base, samples", [
-    ("gcp.sh", ["up", "--bucket", "gs://bkt"], GCP_SAMPLES),
-    ("aws.sh", ["up", "--bucket", "s3://bkt", "--subnet", "subnet-9", "--instance-profile", "vm"], AWS_SAMPLES),
-])
-def test_every_launch_option_takes_both_forms(script, base, samples):
+K8S_SAMPLES = {"--api": "tfjob", "--image": "r.example/d:1", "--namespace": "ml", "--name": "mnist-b", "--workers": "2",
+               "--gpus": "4", "--pvc": "claim", "--pvc-size": "9Gi", "--storage-class": "fast",
+               "--active-deadline": "60", "--max-restarts": "2"}
+VERTEX_SAMPLES = {"--project": "proj-2x", "--region": "europe-west4", "--bucket": "gs://other",
+                  "--image": "europe-docker.pkg.dev/p/r/d:2", "--name": "mnist-b", "--workers": "3",
+                  "--machine-type": "a2-highgpu-1g", "--accelerator-type": "NVIDIA_TESLA_A100",
+                  "--accelerator-count": "2", "--service-account": "other-sa@proj-1.iam.gserviceaccount.com",
+                  "--tensorboard": "projects/p/locations/us-central1/tensorboards/123"}
+# Each launch script: the words a run needs (its action first), a value for each option its --help lists, its
+# switches, and how its dry run shows the train flags `--epochs 3`.
+GRAMMAR = {
+    "gcp.sh": (["up", "--dry-run", "--bucket", "gs://bkt"], GCP_SAMPLES, ["--spot"], "--require_gpus --epochs 3"),
+    "aws.sh": (["up", "--dry-run", "--bucket", "s3://bkt", "--subnet", "subnet-9", "--instance-profile", "vm"],
+               AWS_SAMPLES, ["--spot"], "--require_gpus --epochs 3"),
+    "k8s.sh": (["render"], K8S_SAMPLES, [], '"--epochs", "3"'),
+    "vertex.sh": (["up", "--dry-run", "--bucket=gs://bkt", "--image=us-docker.pkg.dev/p/r/d:1",
+                   "--service-account=job-sa@proj-1.iam.gserviceaccount.com"], VERTEX_SAMPLES, [], '"--epochs", "3"'),
+    "local_cluster.sh": (["2", "--dry-run"], {}, [], "-m distmnist.train --epochs 3"),
+}
+
+
+def launch_output(script: str, *args: str) -> str:
+    """The script's output, which must succeed, with what differs from run to run (temporary files, free ports)
+    replaced. No cloud CLI on the PATH, and an nvidia-smi that finds no GPU."""
+    result = subprocess.run(["bash", os.path.join(REPO, "launch", script), *args], capture_output=True, text=True,
+                            cwd=REPO, timeout=60, env={"PATH": f"{NO_GPUS}:/usr/bin:/bin", "PYTHON": sys.executable,
+                                                       "HOME": os.environ.get("HOME", "/tmp")})
+    assert result.returncode == 0, (script, args, result.stderr)
+    return re.sub(r"localhost:\d+", "localhost:PORT", re.sub(r"/tmp/[^/\s]+", "TMP", result.stdout))
+
+
+@pytest.mark.parametrize("script", sorted(GRAMMAR))
+def test_every_launch_script_reads_its_options_in_one_grammar(script):
+    """Options anywhere before `--`, each as --opt value and --opt=value; everything after `--` to training."""
+    base, samples, switches, shown = GRAMMAR[script]
     listed = subprocess.run(["bash", os.path.join(REPO, "launch", script), "--help"], capture_output=True,
                             text=True, timeout=30).stdout
-    options = set(re.findall(r"(?:^|, )\s*(--[a-z][-a-z]*) [A-Z]", listed, re.M))
-    assert options == set(samples), options ^ set(samples)
+    options = set(re.findall(r"(?:^\s*|, )(--[a-z][-a-z]*)(?: [A-Z]|=[A-Za-z])", listed, re.M))
+    assert options == set(samples), options ^ set(samples)  # a value to try for each option, and no more
 
-    def output(*args):
-        result = dry_run(script, *base, *args)
-        assert result.returncode == 0, (args, result.stderr)
-        return re.sub(r"/tmp/tmp\.\w+", "TMP", result.stdout)
-
-    plain = output()
+    plain = launch_output(script, *base)
+    assert launch_output(script, *base[1:], base[0]) == plain  # the action anywhere among the options
     for option, value in samples.items():
-        joined, spaced = output(f"{option}={value}"), output(option, value)
-        assert joined == spaced and joined != plain, option
-    assert output("--spot") == output("--spot") != plain
+        joined = launch_output(script, *base, f"{option}={value}")
+        assert joined != plain, option  # it took effect
+        assert launch_output(script, *base, option, value) == joined, option
+    if samples:  # an option before the action as after it
+        option, value = next(iter(samples.items()))
+        assert launch_output(script, option, value, *base) == launch_output(script, *base, option, value)
+    for switch in switches:
+        assert launch_output(script, switch, *base) == launch_output(script, *base, switch) != plain
+    flags = launch_output(script, *base, "--", "--epochs", "3")
+    assert shown in flags and launch_output(script, *base, "--", "--epochs=3") == flags.replace(
+        shown, shown.replace('"--epochs", "3"', '"--epochs=3"').replace("--epochs 3", "--epochs=3"))
 
 
 STATEFUL_GCLOUD = r"""#!/bin/bash
