@@ -27,7 +27,7 @@ INSTANCE_PROFILE=${AWS_INSTANCE_PROFILE:-}
 SPOT=${AWS_SPOT:-0}
 
 help() {
-  sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
   common_help
   cat <<'HELP'
 AWS options:

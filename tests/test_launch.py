@@ -67,6 +67,7 @@ def commands(output: str) -> list:
     return [line[2:] for line in output.splitlines() if line.startswith("+ ")]
 
 
+SERVICE_ACCOUNT = r"[a-z][-a-z0-9]{4,28}[a-z0-9]@[-a-zA-Z0-9.]+\.gserviceaccount\.com"
 # What Google's gcloud reference documents for each command the script prints: its flags and the form of
 # their values (https://cloud.google.com/sdk/gcloud/reference/...). A flag or value outside these fails.
 GCLOUD = {
@@ -82,8 +83,19 @@ GCLOUD = {
     "compute firewall-rules create": {"--network": r"\S+", "--direction": r"INGRESS", "--allow": r"tcp(:\d+)?",
                                       "--action": r"ALLOW|DENY", "--rules": r"all|tcp(:\d+)?",
                                       "--source-tags": r"\S+", "--source-ranges": r"35\.235\.240\.0/20|0\.0\.0\.0/0",
-                                      "--target-tags": r"\S+", "--priority": r"\d+"},
+                                      "--target-tags": r"\S+", "--priority": r"\d+",
+                                      "--source-service-accounts": SERVICE_ACCOUNT,
+                                      "--target-service-accounts": SERVICE_ACCOUNT},
+    # The fields of the list command's reference example ("To list all fields of all firewall rules").
+    "compute firewall-rules describe": {"--format": re.escape(
+        "value(network.basename(),direction,priority,sourceRanges.list(),sourceServiceAccounts.list(),"
+        "sourceTags.list(),targetServiceAccounts.list(),targetTags.list(),allowed[].map().firewall_rule().list(),"
+        "denied[].map().firewall_rule().list(),disabled)")},
     "compute firewall-rules delete": {"--quiet": None},
+    "compute instances list": {"--filter": r"serviceAccounts\.email=" + SERVICE_ACCOUNT,
+                               "--format": re.escape("value(name,zone.basename())")},
+    "compute instances describe": {"--zone": r"[a-z]+-[a-z]+\d+-[a-z]",
+                                   "--format": re.escape("value(status,serviceAccounts[0].email)")},
     "compute instances delete": {"--zone": r"[a-z]+-[a-z]+\d+-[a-z]", "--quiet": None},
     "compute instances add-metadata": {"--zone": r"[a-z]+-[a-z]+\d+-[a-z]",
                                        "--metadata-from-file": r"startup-script=\S+(,shutdown-script=\S+)?"},
@@ -142,15 +154,21 @@ def test_gcp_dry_run(tmp_path):
     cmds = gcloud_commands(result.stdout)
     names = [name for name, _ in cmds]
     # The checks come before anything is made.
+    made = names.index("storage cp")
     assert names[:3] == ["compute images describe-from-family", "compute networks subnets describe",
                          "compute routers list"]
+    assert set(names[3:made]) == {"compute instances list", "compute instances describe",
+                                  "compute firewall-rules describe"}
+    # Membership is the cluster's service account, on both sides; no rule names a tag.
+    account = "mnist-vm@PROJECT.iam.gserviceaccount.com"
     firewall = [flags for name, flags in cmds if name == "compute firewall-rules create"]
-    assert len(firewall) == 3
-    assert firewall[0]["--source-tags"] == firewall[0]["--target-tags"] == "mnist" and firewall[0]["--allow"] == "tcp"
-    assert firewall[1] == {"--network": "default", "--direction": "INGRESS", "--allow": "tcp:22",
-                           "--source-ranges": "35.235.240.0/20", "--target-tags": "mnist", "--priority": "900"}
-    assert firewall[2] == {"--network": "default", "--direction": "INGRESS", "--action": "DENY", "--rules": "all",
-                           "--source-ranges": "0.0.0.0/0", "--target-tags": "mnist", "--priority": "1000"}
+    assert firewall == [
+        {"--network": "default", "--direction": "INGRESS", "--allow": "tcp", "--source-service-accounts": account,
+         "--target-service-accounts": account, "--priority": "900"},
+        {"--network": "default", "--direction": "INGRESS", "--allow": "tcp:22", "--source-ranges": "35.235.240.0/20",
+         "--target-service-accounts": account, "--priority": "900"},
+        {"--network": "default", "--direction": "INGRESS", "--action": "DENY", "--rules": "all",
+         "--source-ranges": "0.0.0.0/0", "--target-service-accounts": account, "--priority": "1000"}]
     binding = next(flags for name, flags in cmds if name == "storage buckets add-iam-policy-binding")
     assert binding["--member"] == "serviceAccount:mnist-vm@PROJECT.iam.gserviceaccount.com"
     assert "gcloud storage buckets add-iam-policy-binding gs://bkt --member" in result.stdout  # the bucket itself
@@ -158,8 +176,8 @@ def test_gcp_dry_run(tmp_path):
     assert len(creates) == 3
     for index, flags in enumerate(creates):
         assert flags["--machine-type"] == "g2-standard-8" and "--accelerator" not in flags  # the L4 comes with it
-        assert flags["--network"] == "default" and "--no-address" in flags and flags["--tags"] == "mnist"
-        assert flags["--service-account"] == "mnist-vm@PROJECT.iam.gserviceaccount.com"
+        assert flags["--network"] == "default" and "--no-address" in flags and "--tags" not in flags
+        assert flags["--service-account"] == account
         assert flags["--scopes"] == "storage-rw" and flags["--provisioning-model"] == "SPOT"
         assert ("shutdown-script=" in flags["--metadata-from-file"]) == (index == 0)  # the chief saves its run
     assert result.stdout.count("python -m distmnist.train --logdir=/opt/distmnist/logs --run_name=mnist "
@@ -292,9 +310,12 @@ def test_every_aws_command_passes_the_aws_clis_own_validation(tmp_path):
     ("aws.sh", ["up", "--bucket=s3://b", "--", "-run_name=r"], "-run_name=r is set by aws.sh"),
     ("aws.sh", ["up", "--bucket=s3://b", "--", "--epochs", "3", "4"],
      "train flags go after -- as --flag=value or --flag value, got '4'"),
+    ("gcp.sh", ["up", "--bucket=gs://b", "--service-account", "123-compute@developer.gserviceaccount.com"],
+     "is the project's default compute account, which other VMs run as"),
     ("local_cluster.sh", ["2", "3"], "say how many workers, one number N >= 1"),
     ("local_cluster.sh", ["two"], "say how many workers, one number N >= 1"),
-    ("local_cluster.sh", ["2", "--max_steps=3"], "unknown option '--max_steps=3' (see --help; train flags go after --)"),
+    ("local_cluster.sh", ["2", "--max_steps=3"],
+     "unknown option '--max_steps=3' (see --help; train flags go after --)"),
 ])
 def test_bad_launch_arguments_get_one_line_and_exit_2(script, args, message, tmp_path):
     result = dry_run(script, *args)
@@ -487,19 +508,27 @@ def test_gcp_up_with_everything_in_place_creates_the_cluster(tmp_path):
 
 
 def test_gcp_down_removes_whatever_exists_and_goes_on_past_failures(tmp_path):
-    result, calls = fake_gcloud(tmp_path, ["down", "--name", "mnist", "--workers", "3"], gone="mnist-1",
-                                fail="mnist-0")
+    env = stateful_cli(tmp_path, "gcloud", STATEFUL_GCLOUD)
+    up, _ = launch("gcp.sh", env, "up", "--bucket", "gs://bkt", "--name", "mnist", "--workers", "3")
+    assert up.returncode == 0, up.stderr
+    vms = project(tmp_path)["vms"]
+    del vms["us-central1-a/mnist-1"]
+    project(tmp_path, vms=vms)
+    result, calls = launch("gcp.sh", {**env, "FAKE_FAIL": "mnist-0"}, "down", "--name", "mnist", "--workers", "3")
     assert "mnist-1: already gone" in result.stdout
     deletes = [c for c in calls if " delete " in c]
     assert deletes == ["gcloud compute instances delete mnist-0 --zone us-central1-a --quiet",
                        "gcloud compute instances delete mnist-2 --zone us-central1-a --quiet",
                        "gcloud compute firewall-rules delete mnist-grpc --quiet",
                        "gcloud compute firewall-rules delete mnist-iap-ssh --quiet",
-                       "gcloud compute firewall-rules delete mnist-deny --quiet",
-                       "gcloud iam service-accounts delete mnist-vm@proj.iam.gserviceaccount.com --quiet"]
+                       "gcloud compute firewall-rules delete mnist-deny --quiet"]
+    # mnist-0 still runs as the account: it stays until the VM is gone.
+    assert f"{ACCOUNT}: still the identity of mnist-0/us-central1-a" in result.stdout
     assert result.returncode == 2
     assert result.stderr.splitlines()[-1] == ("gcp.sh: error: could not remove: mnist-0 (see above); run down "
                                               "again or remove them by hand")
+    again, calls = launch("gcp.sh", env, "down", "--name", "mnist", "--workers", "3")
+    assert again.returncode == 0 and project(tmp_path)["accounts"] == [] and project(tmp_path)["vms"] == {}
 
 
 def test_a_preempted_chief_saves_its_checkpoint_to_the_bucket_within_gces_30_s(tmp_path, tiny_npz_dir):
@@ -561,29 +590,37 @@ DEFAULT_NETWORK_RULES = [
 
 def firewall_rules(output: str) -> list:
     """The rules gcp.sh's printed `firewall-rules create` commands make, in the form above."""
+    def listed(flags, flag):
+        return flags[flag].split(",") if flag in flags else []
+
     rules = []
     for name, flags in gcloud_commands(output):
         if name != "compute firewall-rules create":
             continue
-        sources = flags.get("--source-ranges", "").split(",") if "--source-ranges" in flags else []
+        targets = listed(flags, "--target-tags") + listed(flags, "--target-service-accounts")
         rules.append({"action": flags.get("--action", "ALLOW"),
                       "rules": (flags.get("--allow") or flags["--rules"]).split(","),
-                      "sources": sources, "source_tags": flags.get("--source-tags", "").split(",") if
-                      "--source-tags" in flags else [],
-                      "priority": int(flags.get("--priority", 1000)), "targets": flags["--target-tags"].split(",")})
+                      "sources": listed(flags, "--source-ranges"),
+                      "source_tags": listed(flags, "--source-tags"),
+                      "source_accounts": listed(flags, "--source-service-accounts"),
+                      "priority": int(flags.get("--priority", 1000)), "target_tags": listed(flags, "--target-tags"),
+                      "target_accounts": listed(flags, "--target-service-accounts"), "targets": targets or None})
     return rules
 
 
-def admitted(rules: list, target_tags: set, source_ip: str, source_tags: set, port: int) -> bool:
-    """Google Cloud's ingress decision for one TCP connection: of the rules that apply (target, source, protocol
-    and port), the one of the highest priority (lowest number) decides, a deny winning a tie; none: the implied
-    deny."""
+def admitted(rules: list, target: dict, source_ip: str, source: dict, port: int) -> bool:
+    """Google Cloud's ingress decision for one TCP connection to the VM `target` from source_ip, which is the VM
+    `source` when that has tags or an account ({"tags": set, "account": str}): of the rules that apply (target,
+    source, protocol and port), the one of the highest priority (lowest number) decides, a deny winning a tie;
+    none: the implied deny. A rule applies to every VM when it names no target tag or account."""
     def applies(rule):
-        if rule["targets"] is not None and not target_tags & set(rule["targets"]):
+        if rule["targets"] is not None and not (target["tags"] & set(rule.get("target_tags", [])) or
+                                                target.get("account") in rule.get("target_accounts", [])):
             return False
         by_range = any(ipaddress.ip_address(source_ip) in ipaddress.ip_network(r) for r in rule["sources"])
-        by_tag = bool(source_tags & set(rule.get("source_tags", [])))
-        if not (by_range or by_tag):
+        by_tag = bool(source.get("tags", set()) & set(rule.get("source_tags", [])))
+        by_account = source.get("account") in rule.get("source_accounts", [])
+        if not (by_range or by_tag or by_account):
             return False
         return any(r == "all" or r == "tcp" or r == f"tcp:{port}" for r in rule["rules"])
 
@@ -596,18 +633,27 @@ def test_gcp_only_the_clusters_members_reach_its_ports(network):
     result = dry_run("gcp.sh", "up", "--bucket", "gs://bkt", "--name", "mnist", "--network", network)
     assert result.returncode == 0, result.stderr
     rules = firewall_rules(result.stdout) + (DEFAULT_NETWORK_RULES if network == "default" else [])
-    vm = {"mnist"}
-    who = {"a member": ("10.128.0.5", {"mnist"}), "a stranger VM in the network": ("10.128.0.9", set()),
-           "another cluster's VM": ("10.128.0.7", {"other"}), "IAP's TCP forwarding": ("35.235.240.9", set()),
-           "the internet": ("203.0.113.7", set())}
-    reach = {name: [port for port in (22, 2222, 3389, 40000) if admitted(rules, vm, ip, tags, port)]
-             for name, (ip, tags) in who.items()}
+    # The cluster's VMs as gcp.sh makes them: their tags, if any, and their account.
+    made = next(flags for name, flags in gcloud_commands(result.stdout) if name == "compute instances create")
+    vm = {"tags": set(made["--tags"].split(",")) if "--tags" in made else set(), "account": made["--service-account"]}
+    stranger = "someone-else@proj.iam.gserviceaccount.com"
+    who = {"a member": ("10.128.0.5", vm),
+           "a stranger VM in the network": ("10.128.0.9", {"tags": set(), "account": stranger}),
+           "a stranger VM with the cluster's tag": ("10.128.0.8", {"tags": {"mnist"}, "account": stranger}),
+           "a VM of another account": ("10.128.0.6", {"tags": set(), "account": "other@proj.iam.gserviceaccount.com"}),
+           "another cluster's VM": ("10.128.0.7", {"tags": {"other"},
+                                                   "account": "other-vm@proj.iam.gserviceaccount.com"}),
+           "IAP's TCP forwarding": ("35.235.240.9", {}), "the internet": ("203.0.113.7", {})}
+    reach = {name: [port for port in (22, 2222, 3389, 40000) if admitted(rules, vm, ip, source, port)]
+             for name, (ip, source) in who.items()}
     assert reach == {"a member": [22, 2222, 3389, 40000], "a stranger VM in the network": [],
+                     "a stranger VM with the cluster's tag": [], "a VM of another account": [],
                      "another cluster's VM": [], "IAP's TCP forwarding": [22], "the internet": []}
+    assert not any(rule.get("source_tags") or rule.get("target_tags") for rule in rules)  # no rule trusts a tag
     # The check itself: the rules gcp.sh made before its deny rule leave the cluster open on the default network.
     before = [r for r in rules if r["action"] != "DENY"]
     if network == "default":
-        assert admitted(before, vm, "10.128.0.9", set(), 2222)
+        assert admitted(before, vm, "10.128.0.9", {}, 2222)
 
 
 GCP_SAMPLES = {"--zone": "europe-west4-a", "--machine-type": "g2-standard-24", "--accelerator": "nvidia-tesla-t4",
@@ -675,55 +721,140 @@ def test_every_launch_script_reads_its_options_in_one_grammar(script):
         shown, shown.replace('"--epochs", "3"', '"--epochs=3"').replace("--epochs 3", "--epochs=3"))
 
 
-STATEFUL_GCLOUD = r"""#!/bin/bash
-# gcloud as a project would answer it: what is created stays (files in $FAKE_STATE) until deleted.
-echo "gcloud $*" >> "$FAKE_LOG"
-state=$FAKE_STATE
-case "$*" in
-  "config get-value project") echo proj ;;
-  "compute images describe-from-family"*) echo common-cu128-v20261101 ;;
-  "compute networks subnets describe"*) echo True ;;
-  "compute routers list"*) printf 'r1	default
-' ;;
-  "compute routers nats list"*) echo nat1 ;;
-  "compute firewall-rules describe "*) [[ -e $state/rule-$4 ]] || exit 1 ;;
-  "compute firewall-rules create "*)
-    [[ -e $state/rule-$4 ]] && { echo "ERROR: The resource '$4' already exists" >&2; exit 1; }
-    touch "$state/rule-$4" ;;
-  "compute firewall-rules delete "*) rm "$state/rule-$4" ;;
-  "iam service-accounts describe "*) [[ -e $state/sa-$4 ]] || exit 1 ;;
-  "iam service-accounts delete "*) rm "$state/sa-$4" ;;
-  "iam service-accounts create "*)
-    [[ -e $state/sa-$4@proj.iam.gserviceaccount.com ]] && { echo "ERROR: already exists" >&2; exit 1; }
-    touch "$state/sa-$4@proj.iam.gserviceaccount.com"
-    echo 0 > "$state/iam-calls" ;;
-  "storage buckets add-iam-policy-binding"*)  # IAM knows a new account only after FAKE_IAM_LAG calls
-    calls=$(cat "$state/iam-calls" 2>/dev/null || echo 1000)
-    echo $((calls + 1)) > "$state/iam-calls"
-    if ((calls < ${FAKE_IAM_LAG:-0})); then
-      echo "ERROR: (gcloud.storage.buckets.add-iam-policy-binding) HTTPError 400: Service account $6" \
-        "does not exist." >&2
-      exit 1
-    fi ;;
-  "compute instances describe "*) [[ -e $state/vm-$4 ]] || exit 1; cat "$state/vm-$4" ;;
-  "compute instances create "*)
-    [[ -e $state/vm-$4 ]] && { echo "ERROR: The resource '$4' already exists" >&2; exit 1; }
-    echo RUNNING > "$state/vm-$4" ;;
-  "compute instances start "*) echo RUNNING > "$state/vm-$4" ;;
-  "compute instances delete "*) rm "$state/vm-$4" ;;
-esac
-exit 0
-"""
+STATEFUL_GCLOUD = r'''
+"""gcloud as a project would answer it, far enough for gcp.sh: what is made stays ($FAKE_STATE/project.json)
+until deleted, with the fields gcp.sh asks for; every call is logged to $FAKE_LOG."""
+import json
+import os
+import sys
+
+RULE_FORMAT = ("value(network.basename(),direction,priority,sourceRanges.list(),sourceServiceAccounts.list(),"
+               "sourceTags.list(),targetServiceAccounts.list(),targetTags.list(),"
+               "allowed[].map().firewall_rule().list(),denied[].map().firewall_rule().list(),disabled)")
+args = sys.argv[1:]
+with open(os.environ["FAKE_LOG"], "a") as log:
+    log.write(" ".join(["gcloud", *args]) + "\n")
+path = os.path.join(os.environ["FAKE_STATE"], "project.json")
+state = {"rules": {}, "vms": {}, "accounts": [], "iam_calls": 1000,
+         "routers": {"r1": "default", "r2": "other", "r3": "my-vpc"}}
+if os.path.exists(path):
+    with open(path) as f:
+        state.update(json.load(f))
+flags = {a: (args[i + 1] if i + 1 < len(args) and not args[i + 1].startswith("--") else None)
+         for i, a in enumerate(args) if a.startswith("--")}
+words = [a for i, a in enumerate(args) if not a.startswith("--") and (i == 0 or not args[i - 1].startswith("--"))]
+command, name = " ".join(words[:-1]), words[-1]
+
+
+def fail(message):
+    print(f"ERROR: {message}", file=sys.stderr)
+    sys.exit(1)
+
+
+def listed(flag):
+    return flags[flag].split(",") if flags.get(flag) else []
+
+
+if " ".join(words) == "config get-value project":
+    print("proj")
+elif command == "compute images describe-from-family":
+    print("common-cu128-v20261101")
+elif command == "compute networks subnets describe":
+    print("True")
+elif " ".join(words) == "compute routers list":
+    print("\n".join(f"{router}\t{network}" for router, network in state["routers"].items()))
+elif " ".join(words) == "compute routers nats list":
+    print("nat1")
+elif command == "compute firewall-rules describe":
+    rule = state["rules"].get(name) or fail(f"The resource 'projects/proj/global/firewalls/{name}' was not found")
+    assert flags["--format"] == RULE_FORMAT, flags["--format"]
+    print("\t".join([rule["network"], rule["direction"], str(rule["priority"])] +
+                    [",".join(rule[key]) for key in ("sourceRanges", "sourceServiceAccounts", "sourceTags",
+                                                     "targetServiceAccounts", "targetTags", "allowed", "denied")] +
+                    [str(rule["disabled"])]))
+elif command == "compute firewall-rules create":
+    if name in state["rules"]:
+        fail(f"The resource 'projects/proj/global/firewalls/{name}' already exists")
+    rule = {"network": flags.get("--network", "default"), "direction": flags.get("--direction", "INGRESS"),
+            "priority": int(flags.get("--priority", 1000)), "sourceRanges": listed("--source-ranges"),
+            "sourceServiceAccounts": listed("--source-service-accounts"), "sourceTags": listed("--source-tags"),
+            "targetServiceAccounts": listed("--target-service-accounts"), "targetTags": listed("--target-tags"),
+            "allowed": listed("--allow"), "denied": [], "disabled": False}
+    if flags.get("--action") == "DENY":
+        rule["denied"] = listed("--rules")
+    if (rule["sourceTags"] or rule["targetTags"]) and (rule["sourceServiceAccounts"] or rule["targetServiceAccounts"]):
+        fail("Invalid value for field 'resource': service accounts cannot be used with tags")
+    if not (rule["sourceRanges"] or rule["sourceTags"] or rule["sourceServiceAccounts"]):
+        rule["sourceRanges"] = ["0.0.0.0/0"]
+    state["rules"][name] = rule
+elif command == "compute firewall-rules delete":
+    state["rules"].pop(name, None) or fail(f"The resource 'projects/proj/global/firewalls/{name}' was not found")
+elif command == "iam service-accounts describe":
+    name in state["accounts"] or fail(f"NOT_FOUND: Unknown service account {name}")
+elif command == "iam service-accounts delete":
+    name in state["accounts"] or fail(f"NOT_FOUND: Unknown service account {name}")
+    state["accounts"].remove(name)
+elif command == "iam service-accounts create":
+    account = f"{name}@proj.iam.gserviceaccount.com"
+    if account in state["accounts"]:
+        fail("already exists")
+    state["accounts"].append(account)
+    state["iam_calls"] = 0
+elif command.startswith("storage buckets add-iam-policy-binding"):  # IAM knows a new account after FAKE_IAM_LAG calls
+    state["iam_calls"] += 1
+    if state["iam_calls"] - 1 < int(os.environ.get("FAKE_IAM_LAG", "0")):
+        with open(path, "w") as f:
+            json.dump(state, f)
+        fail(f"(gcloud.storage.buckets.add-iam-policy-binding) HTTPError 400: Service account "
+             f"{flags['--member'].split(':')[1]} does not exist.")
+elif command == "compute instances describe":
+    vm = state["vms"].get(f"{flags['--zone']}/{name}") or fail(f"The resource '{name}' was not found")
+    assert flags["--format"] == "value(status,serviceAccounts[0].email)", flags["--format"]
+    print(f"{vm['status']}\t{vm['account']}")
+elif " ".join(words) == "compute instances list":
+    assert flags["--format"] == "value(name,zone.basename())", flags["--format"]
+    key, account = flags["--filter"].split("=", 1)
+    assert key == "serviceAccounts.email", flags["--filter"]
+    for where, vm in state["vms"].items():
+        if vm["account"] == account:
+            print("\t".join(reversed(where.split("/"))))
+elif command == "compute instances create":
+    where = f"{flags['--zone']}/{name}"
+    if where in state["vms"]:
+        fail(f"The resource '{name}' already exists")
+    state["vms"][where] = {"status": "RUNNING", "account": flags["--service-account"],
+                           "tags": listed("--tags"), "network": flags["--network"]}
+elif command == "compute instances start":
+    state["vms"][f"{flags['--zone']}/{name}"]["status"] = "RUNNING"
+elif command == "compute instances delete" and name in os.environ.get("FAKE_FAIL", "").split():
+    fail("Quota exceeded")
+elif command == "compute instances delete":
+    state["vms"].pop(f"{flags['--zone']}/{name}", None) or fail(f"The resource '{name}' was not found")
+with open(path, "w") as f:
+    json.dump(state, f)
+'''
 
 
 def stateful_cli(tmp_path, name: str, text: str) -> dict:
     bin_dir, state = tmp_path / "bin", tmp_path / "state"
     bin_dir.mkdir(exist_ok=True)
     state.mkdir(exist_ok=True)
+    if not text.startswith("#!"):  # Python
+        text = f"#!{sys.executable}{text}"
     (bin_dir / name).write_text(text)
     (bin_dir / name).chmod(0o755)
     return {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": os.environ.get("HOME", "/tmp"),
             "FAKE_LOG": str(tmp_path / "calls"), "FAKE_STATE": str(state), "DISTMNIST_POLL_S": "0"}
+
+
+def project(tmp_path, **changes) -> dict:
+    """The fake gcloud's project, after changing it (rules, vms, accounts) as given."""
+    path = tmp_path / "state" / "project.json"
+    state = json.loads(path.read_text()) if path.exists() else {"rules": {}, "vms": {}, "accounts": []}
+    if changes:
+        state.update(changes)
+        path.write_text(json.dumps(state))
+    return state
 
 
 def launch(script, env, *args):
@@ -743,18 +874,110 @@ def test_gcp_up_twice_succeeds_and_starts_stopped_vms_again(tmp_path):
     assert len(made) == 6  # the account, three rules, two VMs
     second, calls = launch("gcp.sh", env, *up)
     assert second.returncode == 0, second.stderr
-    assert not [c for c in calls if " create " in c]  # each thing described first, kept
-    for kept in ("mnist-grpc: exists, kept", "mnist-deny: exists, kept", "mnist-vm@proj.iam.gserviceaccount.com: "
-                 "exists, kept", "mnist-0: RUNNING, kept"):
+    assert not [c for c in calls if " create " in c or " delete " in c]  # each thing described first, kept
+    for kept in ("mnist-grpc: exists as up makes it, kept", "mnist-deny: exists as up makes it, kept",
+                 "mnist-vm@proj.iam.gserviceaccount.com: exists, kept", "mnist-0: RUNNING, kept"):
         assert kept in second.stdout
-    (tmp_path / "state" / "vm-mnist-0").write_text("TERMINATED\n")  # its run done, or preempted: the VM stopped
+    vms = project(tmp_path)["vms"]
+    vms["us-central1-a/mnist-0"]["status"] = "TERMINATED"  # its run done, or preempted: the VM stopped
+    project(tmp_path, vms=vms)
     third, calls = launch("gcp.sh", env, *up)
     assert third.returncode == 0, third.stderr
-    assert [c.split(" --")[0] for c in calls if "compute instances" in c and "describe" not in c] == [
-        "gcloud compute instances add-metadata mnist-0", "gcloud compute instances start mnist-0"]
+    assert [c.split(" --")[0] for c in calls if "compute instances" in c and "describe" not in c
+            and "list" not in c] == ["gcloud compute instances add-metadata mnist-0",
+                                     "gcloud compute instances start mnist-0"]
     down, _ = launch("gcp.sh", env, "down", "--name", "mnist", "--workers", "2")
     assert down.returncode == 0, down.stderr
-    assert sorted(os.listdir(tmp_path / "state")) == ["iam-calls"]  # everything up made is gone
+    left = project(tmp_path)
+    assert left["rules"] == left["vms"] == {} and left["accounts"] == []  # everything up made is gone
+
+
+OLD_RULES = {  # as gcp.sh made them before membership by account: by the tag mnist
+    "mnist-grpc": {"network": "default", "direction": "INGRESS", "priority": 900, "sourceRanges": [],
+                   "sourceServiceAccounts": [], "sourceTags": ["mnist"], "targetServiceAccounts": [],
+                   "targetTags": ["mnist"], "allowed": ["tcp"], "denied": [], "disabled": False},
+    "mnist-iap-ssh": {"network": "default", "direction": "INGRESS", "priority": 900,
+                      "sourceRanges": ["35.235.240.0/20"], "sourceServiceAccounts": [], "sourceTags": [],
+                      "targetServiceAccounts": [], "targetTags": ["mnist"], "allowed": ["tcp:22"], "denied": [],
+                      "disabled": False},
+    "mnist-deny": {"network": "default", "direction": "INGRESS", "priority": 1000, "sourceRanges": ["0.0.0.0/0"],
+                   "sourceServiceAccounts": [], "sourceTags": [], "targetServiceAccounts": [], "targetTags": ["mnist"],
+                   "allowed": [], "denied": ["all"], "disabled": False}}
+ACCOUNT = "mnist-vm@proj.iam.gserviceaccount.com"
+
+
+def test_gcp_a_rule_of_the_clusters_name_on_another_network_is_another_clusters(tmp_path):
+    """Rule names are the project's, each rule is on one network: up refuses in one line before making anything,
+    and down leaves that cluster's rules and account alone."""
+    env = stateful_cli(tmp_path, "gcloud", STATEFUL_GCLOUD)
+    theirs = {name: {**rule, "network": "other", "sourceTags": [], "targetTags": [],
+                     "sourceServiceAccounts": [ACCOUNT] if rule["sourceTags"] else [],
+                     "targetServiceAccounts": [ACCOUNT]} for name, rule in OLD_RULES.items()}
+    project(tmp_path, rules=theirs, accounts=[ACCOUNT])
+    result, calls = launch("gcp.sh", env, "up", "--bucket", "gs://bkt", "--name", "mnist", "--network", "default")
+    assert result.returncode == 2 and result.stderr.splitlines() == [
+        "gcp.sh: error: firewall rule mnist-grpc is on network other, not default: another cluster named mnist (rule "
+        "names are the project's), or this one made with --network other: choose another --name, or run down with "
+        "that --network first"]
+    assert not [c for c in calls if " create " in c or " delete " in c or c.startswith("gcloud storage")]
+    down, calls = launch("gcp.sh", env, "down", "--name", "mnist", "--network", "default")
+    assert down.returncode == 0, down.stderr
+    assert not [c for c in calls if " delete " in c] and project(tmp_path)["rules"] == theirs
+    assert "mnist-grpc: on network other for mnist-vm@proj.iam.gserviceaccount.com, not this cluster's" in down.stdout
+    assert f"{ACCOUNT}: still the identity of no VM and named by mnist-grpc mnist-iap-ssh mnist-deny: kept" in (
+        down.stdout)
+    # That cluster's own down removes it all.
+    down, calls = launch("gcp.sh", env, "down", "--name", "mnist", "--network", "other")
+    assert down.returncode == 0, down.stderr
+    assert project(tmp_path)["rules"] == {} and project(tmp_path)["accounts"] == []
+
+
+def test_gcp_up_replaces_a_rule_that_differs_and_refuses_while_the_cluster_runs(tmp_path):
+    env = stateful_cli(tmp_path, "gcloud", STATEFUL_GCLOUD)
+    project(tmp_path, rules=OLD_RULES, accounts=[ACCOUNT], vms={"us-central1-a/mnist-0": {
+        "status": "RUNNING", "account": ACCOUNT, "tags": ["mnist"], "network": "default"}})
+    up = ("up", "--bucket", "gs://bkt", "--name", "mnist", "--workers", "1")
+    running, calls = launch("gcp.sh", env, *up)
+    assert running.returncode == 2 and running.stderr.splitlines() == [
+        f"gcp.sh: error: firewall rule mnist-grpc differs from what up makes (source-service-accounts none (up: "
+        f"{ACCOUNT}), source-tags mnist (up: none), target-service-accounts none (up: {ACCOUNT}), target-tags mnist "
+        f"(up: none)) and mnist-0 (RUNNING) runs: replacing it would leave the cluster open or cut off meanwhile; run "
+        f"down, then up"]
+    assert not [c for c in calls if " create " in c or " delete " in c or c.startswith("gcloud storage")]
+    vms = project(tmp_path)["vms"]
+    vms["us-central1-a/mnist-0"]["status"] = "TERMINATED"
+    project(tmp_path, vms=vms)
+    stopped, calls = launch("gcp.sh", env, *up)
+    assert stopped.returncode == 0, stopped.stderr
+    assert "mnist-deny: differs from what up makes (target-service-accounts none (up: " in stopped.stdout
+    rules = project(tmp_path)["rules"]
+    assert all(rule["targetServiceAccounts"] == [ACCOUNT] and not rule["targetTags"] for rule in rules.values())
+    assert rules["mnist-grpc"]["sourceServiceAccounts"] == [ACCOUNT] and rules["mnist-deny"]["denied"] == ["all"]
+    assert "gcloud compute instances start mnist-0 --zone us-central1-a" in calls
+
+
+def test_gcp_up_refuses_a_vm_not_of_the_cluster_that_runs_as_its_account(tmp_path):
+    """Whoever runs as the account is a member: another VM that does (or the cluster's VM running as another
+    account) is one line, before anything is made."""
+    env = stateful_cli(tmp_path, "gcloud", STATEFUL_GCLOUD)
+    project(tmp_path, accounts=[ACCOUNT], vms={"europe-west4-a/mnist-0": {
+        "status": "RUNNING", "account": ACCOUNT, "tags": [], "network": "default"}})
+    result, calls = launch("gcp.sh", env, "up", "--bucket", "gs://bkt", "--name", "mnist")
+    assert result.returncode == 2 and result.stderr.splitlines() == [
+        f"gcp.sh: error: VM mnist-0 (europe-west4-a) runs as {ACCOUNT}, so the cluster's firewall rules would admit "
+        f"it as a member: give the cluster an account of its own (--service-account, or leave it out for mnist-vm), "
+        f"or remove mnist-0, or if it is another cluster named mnist, choose another --name"]
+    project(tmp_path, vms={"us-central1-a/mnist-1": {
+        "status": "TERMINATED", "account": "else@proj.iam.gserviceaccount.com", "tags": [], "network": "default"}})
+    result, calls = launch("gcp.sh", env, "up", "--bucket", "gs://bkt", "--name", "mnist")
+    assert result.returncode == 2 and result.stderr.splitlines() == [
+        f"gcp.sh: error: VM mnist-1 exists and runs as else@proj.iam.gserviceaccount.com, not {ACCOUNT}, so the "
+        f"firewall rules would leave it out: run down (with the --service-account it was made with), then up"]
+    assert not [c for c in calls if " create " in c or c.startswith("gcloud storage")]
+    down, calls = launch("gcp.sh", env, "down", "--name", "mnist")  # not this cluster's: kept
+    assert down.returncode == 0 and not [c for c in calls if "instances delete" in c]
+    assert "mnist-1: runs as else@proj.iam.gserviceaccount.com, not mnist-vm@proj.iam.gserviceaccount.com" in (
+        down.stdout)
 
 
 def test_gcp_up_waits_until_iam_knows_a_new_service_account(tmp_path):
