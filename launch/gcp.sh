@@ -172,9 +172,9 @@ exists() {
 # network tag "doesn't offer any kind of access control" (Google's VPC firewall docs; anyone who can set tags on a
 # VM in the network can take it), while running a VM as the account takes iam.serviceAccountUser on it. A rule
 # names accounts or tags, never both ("targetServiceAccounts cannot be used at the same time as targetTags or
-# sourceTags": the Compute API's Firewall resource). The deny rule covers the same
-# VMs, by the same account: it outranks every allow rule of lower priority (a larger number), the network's own
-# included: the default network's default-allow-internal (priority 65534) admits all of 10.128.0.0/9 to every port.
+# sourceTags": the Compute API's Firewall resource). The deny rule covers the same VMs, by the same account: it
+# outranks every allow rule of lower priority (a larger number), the network's own included: the default
+# network's default-allow-internal (priority 65534) admits all of 10.128.0.0/9 to every port.
 # A rule as gcloud describes it (RULE_FORMAT, the fields of `gcloud compute firewall-rules list`'s reference
 # example, tabs made |) and as up makes it (rule_wanted) are compared field by field (RULE_FIELDS).
 RULE_FORMAT='value(network.basename(),direction,priority,sourceRanges.list(),sourceServiceAccounts.list(),'
