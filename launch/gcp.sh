@@ -10,11 +10,12 @@
 # no public address), uploads this checkout (git archive HEAD) to the bucket, gives the VMs a service account
 # of the cluster's own that can use that bucket and nothing else, opens every port between the VMs that run as
 # that account (the members) and SSH to IAP's range only, denies the rest, and creates the VMs. Each VM's
-# start-up script installs distmnist[gpu] in a Python 3.10+ venv, waits for the NVIDIA driver, stops unless
-# `python -m distmnist.doctor` says TensorFlow can use its GPUs, fetches MNIST and trains; the chief mirrors its
-# run directory to gs://BUCKET/NAME/run (also from its shutdown script, so a preempted Spot VM saves its
-# checkpoint); then every VM shuts down. `down` deletes what up made (the VMs, the firewall rules on --network
-# for the account, the account up created) and goes on past what is gone.
+# start-up script installs distmnist[gpu] (the uploaded archive, unless it is the one installed) in a Python
+# 3.10+ venv, waits for the NVIDIA driver, stops unless `python -m distmnist.doctor` says TensorFlow can use its
+# GPUs, fetches MNIST and trains; the chief mirrors its run directory to gs://BUCKET/NAME/run after each
+# checkpoint, at the end and from its shutdown script (so a preempted Spot VM saves its checkpoint), every VM its
+# log; then every VM shuts down. `down` deletes what up made (the VMs, the firewall rules on --network for the
+# account, the account up created) and goes on past what is gone.
 # TensorFlow's gRPC servers run any graph sent to them: never open GRPC_PORT beyond the cluster.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=common.sh
@@ -415,14 +416,11 @@ for ((i = 0; i < WORKERS; i++)); do
   echo "--- start-up script of ${hosts[$i]} ---"
   cat "$work/startup-$i.sh"
   echo "--- end ---"
-  metadata="startup-script=$work/startup-$i.sh"
-  if ((i == 0)); then
-    shutdown_script "gcloud storage rsync --recursive" >"$work/shutdown.sh"
-    echo "--- shutdown script of ${hosts[0]} ---"
-    cat "$work/shutdown.sh"
-    echo "--- end ---"
-    metadata+=",shutdown-script=$work/shutdown.sh"
-  fi
+  shutdown_script "$i" "gcloud storage cp" "gcloud storage rsync --recursive" >"$work/shutdown-$i.sh"
+  echo "--- shutdown script of ${hosts[$i]} ---"
+  cat "$work/shutdown-$i.sh"
+  echo "--- end ---"
+  metadata="startup-script=$work/startup-$i.sh,shutdown-script=$work/shutdown-$i.sh"
   extra=()
   if ((SPOT)); then extra+=(--provisioning-model SPOT --instance-termination-action STOP); fi
   case ${status[${hosts[$i]}]} in

@@ -1,7 +1,11 @@
 """The launch scripts: syntax and shellcheck, and what their --dry-run says they would create."""
 
+import contextlib
 import glob
+import gzip
+import hashlib
 import http.server
+import io
 import ipaddress
 import json
 import os
@@ -11,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 from pathlib import Path
@@ -18,7 +23,10 @@ from pathlib import Path
 import pytest
 import tensorflow as tf
 
+from distmnist.common.config import TrainConfig
+from distmnist.runs.run import train_and_evaluate
 from distmnist.training.cluster import parse_tf_config
+from distmnist.training.strategy import make_strategy
 
 from helpers import REPO, free_ports
 
@@ -179,7 +187,9 @@ def test_gcp_dry_run(tmp_path):
         assert flags["--network"] == "default" and "--no-address" in flags and "--tags" not in flags
         assert flags["--service-account"] == account
         assert flags["--scopes"] == "storage-rw" and flags["--provisioning-model"] == "SPOT"
-        assert ("shutdown-script=" in flags["--metadata-from-file"]) == (index == 0)  # the chief saves its run
+        # Each VM saves on the way down: the chief its run, every one its log.
+        assert re.fullmatch(rf"startup-script=(\S+)/startup-{index}\.sh,shutdown-script=\1/shutdown-{index}\.sh",
+                            flags["--metadata-from-file"])
     assert result.stdout.count("python -m distmnist.train --logdir=/opt/distmnist/logs --run_name=mnist "
                                "--require_gpus --epochs=20 --batch_size=256") == 3  # no GPU: exit 2, no CPU run
     assert "venv/bin/python -m distmnist.data" in result.stdout
@@ -341,6 +351,7 @@ def test_start_up_scripts_pass_shellcheck_and_watch_for_preemption(tmp_path, scr
     assert result.returncode == 0, result.stderr
     scripts = re.findall(r"^--- start-up script of \S+ ---\n(.*?)^--- end ---$", result.stdout, re.M | re.S)
     assert len(scripts) == 2
+    scheme = {"gcp": "gs", "aws": "s3"}[cloud]
     for index, text in enumerate(scripts):
         path = tmp_path / f"startup-{index}.sh"
         path.write_text(text)
@@ -356,6 +367,20 @@ def test_start_up_scripts_pass_shellcheck_and_watch_for_preemption(tmp_path, scr
         assert f"/distmnist/doctor-{index}.txt" in text and 'grep -q "can train on its GPUs" doctor.txt' in text
         assert ("/opt/distmnist/logs/distmnist s3://bkt/distmnist/run" in text or
                 "/opt/distmnist/logs/distmnist gs://bkt/distmnist/run" in text) == (index == 0)
+        # While it trains: every VM's log to the bucket, the chief's run after each checkpoint.
+        log = f"/var/log/distmnist.log {scheme}://bkt/distmnist/startup-{index}.log"
+        assert "save_loop &" in text and log in text
+        assert ("find /opt/distmnist/logs/distmnist/checkpoints -newer" in text) == (index == 0)
+        # What runs on the way down: gcp.sh's shutdown scripts, and on AWS the script the unit's ExecStop runs.
+        if cloud == "gcp":
+            down = re.findall(r"^--- shutdown script of \S+ ---\n(.*?)^--- end ---$", result.stdout,
+                              re.M | re.S)[index]
+        else:
+            down = re.search(r"<<'SAVE'\n(.*?)^SAVE$", text, re.M | re.S).group(1)
+        (tmp_path / f"shutdown-{index}.sh").write_text(down)
+        check = subprocess.run([shellcheck(), str(tmp_path / f"shutdown-{index}.sh")], capture_output=True, text=True)
+        assert check.returncode == 0, check.stdout
+        assert (f"/opt/distmnist/logs/distmnist {scheme}://bkt/distmnist/run" in down) == (index == 0) and log in down
 
 
 class FakeMetadata(http.server.BaseHTTPRequestHandler):
@@ -542,6 +567,7 @@ def test_a_preempted_chief_saves_its_checkpoint_to_the_bucket_within_gces_30_s(t
     logdir, bucket = tmp_path / "logs", tmp_path / "bucket"
     script = (script.replace(f"/opt/distmnist/logs/{name}", str(logdir / name))
               .replace("gcloud storage rsync --recursive", "cp -r").replace(f"gs://bkt/{name}/run", str(bucket))
+              .replace("gcloud storage cp", "cp").replace(f"gs://bkt/{name}/", f"{tmp_path}/")
               .replace("/var/log/distmnist.log", str(tmp_path / "vm.log")))
     (tmp_path / "shutdown.sh").write_text(script)
 
@@ -571,7 +597,7 @@ def test_a_preempted_chief_saves_its_checkpoint_to_the_bucket_within_gces_30_s(t
     checkpoint = tf.train.latest_checkpoint(str(bucket / "checkpoints"))
     assert checkpoint is not None and int(checkpoint.rsplit("-", 1)[1]) >= 100
     vm_log = (tmp_path / "vm.log").read_text()
-    assert "ended with status 0" in vm_log
+    assert "ended with status 0" in vm_log and (tmp_path / "startup-0.log").read_text() == vm_log  # the log too
     print(f"preemption notice to the run in the bucket: {saved_s:.1f} s")
     assert saved_s < 30
 
@@ -839,8 +865,8 @@ def stateful_cli(tmp_path, name: str, text: str) -> dict:
     bin_dir, state = tmp_path / "bin", tmp_path / "state"
     bin_dir.mkdir(exist_ok=True)
     state.mkdir(exist_ok=True)
-    if not text.startswith("#!"):  # Python
-        text = f"#!{sys.executable}{text}"
+    if not text.startswith("#!"):  # Python, started as fast as it can be (no site, no environment)
+        text = f"#!{sys.executable} -IS{text}"
     (bin_dir / name).write_text(text)
     (bin_dir / name).chmod(0o755)
     return {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": os.environ.get("HOME", "/tmp"),
@@ -1056,28 +1082,275 @@ def test_aws_up_twice_succeeds_reusing_its_group_and_never_a_stale_cluster(tmp_p
     ("aws.sh", ["up", "--bucket", "s3://bkt", "--subnet", "subnet-9", "--instance-profile", "vm"], "aws"),
 ])
 def test_a_failed_start_up_leaves_its_log_in_the_bucket_and_on_the_console(tmp_path, script, args, cloud):
-    """A VM's start-up script, as the script writes it, run here with the VM's paths in a temporary folder, the
-    bucket a local folder and `shutdown` a fake: the package is not in the bucket, so the start-up fails."""
+    """A VM's start-up script, as the script writes it, run on a VM folder (see vm): the package is not in the
+    bucket, so the start-up fails."""
     result = dry_run(script, *args, "--workers", "1")
-    text = re.search(r"^--- start-up script of \S+ ---\n(.*?)^--- end ---$", result.stdout, re.M | re.S).group(1)
-    bucket, bin_dir = tmp_path / "bucket", tmp_path / "bin"
-    bucket.mkdir()
-    bin_dir.mkdir()
-    scheme = {"gcp": "gs://", "aws": "s3://"}[cloud]
-    text = (text.replace("/opt/distmnist", str(tmp_path / "opt")).replace("/var/log/distmnist.log",
-                                                                          str(tmp_path / "vm.log")))
-    copy = (f'#!/bin/bash\nargs=("$@")\nsrc=$(echo "${{args[-2]}}" | sed "s#^{scheme}#{bucket}/#")\n'
-            f'dst=$(echo "${{args[-1]}}" | sed "s#^{scheme}#{bucket}/#")\nmkdir -p "$(dirname "$dst")" && '
-            f'cp "$src" "$dst"\n')
-    (bin_dir / {"gcp": "gcloud", "aws": "aws"}[cloud]).write_text(copy)
-    (bin_dir / "shutdown").write_text(f'#!/bin/sh\necho "shutdown $*" > {tmp_path}/shutdown\n')
-    for tool in bin_dir.iterdir():
-        tool.chmod(0o755)
-    (tmp_path / "startup.sh").write_text(text)
-    run = subprocess.run(["bash", str(tmp_path / "startup.sh")], capture_output=True, text=True, timeout=60,
-                         env={"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path)})
+    folder, command, env = vm(tmp_path, startup_script(result.stdout))
+    run = subprocess.run(command, capture_output=True, text=True, timeout=60, env=env)
     assert run.returncode == 1
-    uploaded = (bucket / "bkt" / "distmnist" / "startup-0.log").read_text()
+    uploaded = (tmp_path / "bucket" / "bkt" / "distmnist" / "startup-0.log").read_text()
     assert "distmnist.tar.gz" in uploaded and "worker 0 ended with status 1" in uploaded
     assert "worker 0 ended with status 1" in run.stdout  # the console gets the same lines
-    assert (tmp_path / "shutdown").read_text().strip() == "shutdown -h now"  # then the VM stops
+    assert (folder / "shutdown.log").read_text().strip() == "shutdown -h now"  # then the VM stops
+
+
+# A VM's image, as far as the start-up script uses it: python3 (which makes the venv), the venv's pip and python,
+# nvidia-smi, systemctl and shutdown, each logging what it is asked to $FAKE_VM/<tool>.log; the bucket CLIs copy
+# to and from a local folder. The venv's python answers for the doctor (a GPU here) and MNIST (cached), records
+# the DISTMNIST_SOURCE_* distmnist.train is given, and runs distmnist.train for real when FAKE_REAL_TRAIN is set.
+VM_TOOLS = {
+    "python3": r"""#!/bin/bash
+if [ "$1 $2" = "-m venv" ]; then
+  mkdir -p "$3/bin" && cp "$FAKE_TOOLS/venv-python" "$3/bin/python" && cp "$FAKE_TOOLS/venv-pip" "$3/bin/pip"
+  exit 0
+fi
+exec "$FAKE_PYTHON" "$@"
+""",
+    "venv-python": r"""#!/bin/bash
+case "$1 $2" in
+  "-m distmnist.doctor") echo "distmnist doctor: TensorFlow can train on its GPUs"; exit 0 ;;
+  "-m distmnist.data") exit 0 ;;
+  "-m distmnist.train")
+    env | grep '^DISTMNIST_SOURCE_' | sort >"$FAKE_VM/train-env"
+    [ -n "${FAKE_REAL_TRAIN:-}" ] || exit 0 ;;
+esac
+exec "$FAKE_PYTHON" "$@"
+""",
+    "venv-pip": r"""#!/bin/bash
+echo "pip $*" >>"$FAKE_VM/pip.log"
+for word in "$@"; do
+  case $word in
+    *" @ file://"*) echo "installed $(sha256sum "${word#* @ file://}" | cut -d' ' -f1)" >>"$FAKE_VM/pip.log" ;;
+  esac
+done
+""",
+    "nvidia-smi": "#!/bin/sh\necho 'GPU 0: NVIDIA L4 (UUID: GPU-0)'\n",
+    "systemctl": '#!/bin/sh\necho "systemctl $*" >>"$FAKE_VM/systemctl.log"\n',
+    "shutdown": '#!/bin/sh\necho "shutdown $*" >>"$FAKE_VM/shutdown.log"\n',
+    "bucket": r"""#!/bin/bash
+# gcloud storage cp|rsync --recursive, aws s3 cp|sync: SRC DST, either one in the bucket
+src=${*: -2:1} dst=${*: -1}
+for end in src dst; do
+  declare "$end=$(sed -E "s#^(gs|s3)://#$FAKE_BUCKET/#" <<<"${!end}")"
+done
+if [ -d "$src" ]; then
+  mkdir -p "$dst" && cp -r "$src"/. "$dst"/
+else
+  mkdir -p "$(dirname "$dst")" && cp "$src" "$dst"
+fi
+""",
+}
+
+
+def source_archive(path: Path, commit: str) -> str:
+    """An archive as `git archive` makes it (its commit in the pax header, the files under distmnist/), with what
+    the start-up script takes from it; returns its sha256."""
+    data = io.BytesIO()
+    with tarfile.open(fileobj=data, mode="w", format=tarfile.PAX_FORMAT, pax_headers={"comment": commit}) as tar:
+        tar.add(os.path.join(REPO, "launch", "preemption_watch.sh"), "distmnist/launch/preemption_watch.sh")
+    path.write_bytes(gzip.compress(data.getvalue(), mtime=0))  # the same commit, the same bytes
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def vm(tmp_path: Path, text: str, env=None) -> tuple:
+    """A VM's folder, and the command and environment that run the start-up script `text` on it; the bucket is
+    tmp_path/bucket."""
+    folder, tools = tmp_path / "vm", tmp_path / "tools"
+    for sub in (folder / "opt", folder / "etc", tools, tmp_path / "bucket"):
+        sub.mkdir(parents=True, exist_ok=True)
+    for name, body in VM_TOOLS.items():
+        (tools / name).write_text(body)
+        (tools / name).chmod(0o755)
+    for cli in ("gcloud", "aws"):
+        (tools / cli).write_text(VM_TOOLS["bucket"])
+        (tools / cli).chmod(0o755)
+    text = (text.replace("/opt/distmnist", str(folder / "opt")).replace("/var/log/distmnist.log", str(folder / "log"))
+            .replace("/etc/systemd/system", str(folder / "etc")))
+    assert not re.search(r"[ >](/etc|/opt|/var)/", text)  # nothing of this machine's is written
+    (folder / "startup.sh").write_text(text)
+    env = {"PATH": f"{tools}:/usr/bin:/bin", "HOME": str(tmp_path), "FAKE_VM": str(folder),
+           "FAKE_TOOLS": str(tools), "FAKE_PYTHON": sys.executable, "FAKE_BUCKET": str(tmp_path / "bucket"),
+           "PYTHONPATH": REPO, "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "3", "DISTMNIST_POLL_S": "0.2",
+           **(env or {})}
+    return folder, ["bash", str(folder / "startup.sh")], env
+
+
+def startup_script(output: str, index: int = 0) -> str:
+    return re.findall(r"^--- start-up script of \S+ ---\n(.*?)^--- end ---$", output, re.M | re.S)[index]
+
+
+def test_a_vm_started_again_installs_what_up_uploaded_and_says_which_commit_runs(tmp_path):
+    """A GCE VM booted three times, as `up` starts a stopped VM again: the archive of the first up, the same one,
+    then a new one. It installs when the archive's sha256 is not the installed one's, and names the commit that
+    runs on its console and to distmnist.train (which writes it in run.json: the test below)."""
+    up = dry_run("gcp.sh", "up", "--bucket", "gs://bkt", "--name", "mnist", "--workers", "1")
+    assert up.returncode == 0, up.stderr
+    folder, command, env = vm(tmp_path, startup_script(up.stdout))
+    uploaded = tmp_path / "bucket" / "bkt" / "mnist" / "distmnist.tar.gz"
+    uploaded.parent.mkdir(parents=True)
+
+    def boot(commit):
+        digest = source_archive(uploaded, commit)
+        result = subprocess.run(command, capture_output=True, text=True, timeout=60, env=env)
+        assert result.returncode == 0, result.stdout[-3000:]
+        assert f"distmnist: running commit {commit} (archive sha256 {digest})" in result.stdout  # the console
+        assert (folder / "train-env").read_text() == (f"DISTMNIST_SOURCE_COMMIT={commit}\n"
+                                                      f"DISTMNIST_SOURCE_SHA256={digest}\n")
+        return digest, [line for line in (folder / "pip.log").read_text().splitlines() if "--upgrade pip" not in line]
+
+    first, pip = boot("a" * 40)
+    assert pip == ["pip uninstall -y distmnist", f"pip install distmnist[gpu] @ file://{folder}/opt/distmnist.tar.gz",
+                   f"installed {first}"]
+    again, pip_again = boot("a" * 40)
+    assert again == first and pip_again == pip  # the same archive: nothing installed
+    new, pip = boot("b" * 40)  # up again, from another commit
+    assert new != first and pip == pip_again + [
+        "pip uninstall -y distmnist", f"pip install distmnist[gpu] @ file://{folder}/opt/distmnist.tar.gz",
+        f"installed {new}"]
+
+
+def test_run_json_names_the_source_the_start_up_script_exports(tmp_path, tiny_mnist, monkeypatch):
+    config = TrainConfig(logdir=str(tmp_path), run_name="r", max_steps=2, batch_size=16, steps_per_loop=2)
+    monkeypatch.setenv("DISTMNIST_SOURCE_COMMIT", "b" * 40)
+    monkeypatch.setenv("DISTMNIST_SOURCE_SHA256", "c" * 64)
+    train_and_evaluate(config, choice=make_strategy(cpu_replicas=1), mnist=tiny_mnist)
+    run_json = tmp_path / "r" / "run.json"
+    assert json.loads(run_json.read_text())["source"] == {"commit": "b" * 40, "archive_sha256": "c" * 64}
+    monkeypatch.delenv("DISTMNIST_SOURCE_COMMIT")
+    monkeypatch.delenv("DISTMNIST_SOURCE_SHA256")
+    train_and_evaluate(config, choice=make_strategy(cpu_replicas=1), mnist=tiny_mnist)  # resumed: run.json again
+    assert json.loads(run_json.read_text())["source"] is None  # not started by a launch script
+
+
+@contextlib.contextmanager
+def metadata_server():
+    """FakeMetadata on a free loopback port: yields its URL; `FakeMetadata.preempted` flips its answer."""
+    FakeMetadata.preempted = False
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FakeMetadata)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+
+
+class Console:
+    """A process's output, read line by line as it comes (a thread), so that a test can wait for a line."""
+
+    def __init__(self, stream):
+        self.lines, self._new = [], threading.Condition()
+        threading.Thread(target=self._read, args=(stream,), daemon=True).start()
+
+    def _read(self, stream):
+        for line in stream:
+            with self._new:
+                self.lines.append(line)
+                self._new.notify_all()
+
+    def wait_for(self, pattern: str, timeout_s: float = 120) -> str:
+        deadline = time.monotonic() + timeout_s
+        with self._new:
+            while True:
+                found = next((line for line in self.lines if re.search(pattern, line)), None)
+                if found or time.monotonic() > deadline:
+                    assert found, f"no line matches {pattern!r} within {timeout_s} s:\n{''.join(self.lines[-40:])}"
+                    return found
+                self._new.wait(timeout=1)
+
+
+@contextlib.contextmanager
+def aws_chief(tmp_path, tiny_npz_dir, **env):
+    """The chief of a one-instance AWS cluster training for real, as aws.sh's start-up script runs it, on a VM
+    folder (see vm) with the cluster's archive in the bucket: yields (the VM folder, the
+    cluster's folder in the bucket, the start-up script's process, its Console). Everything it started is
+    killed at the end."""
+    name = f"save{os.getpid()}"  # the start-up and shutdown scripts find distmnist.train by its --run_name
+    up = dry_run("aws.sh", "up", "--bucket", "s3://bkt", "--subnet", "subnet-9", "--instance-profile", "vm", "--name",
+                 name, "--workers", "1", "--spot", "--", "--norequire_gpus", f"--data_dir={tiny_npz_dir}",
+                 "--max_steps=100000000", "--batch_size=32", "--checkpoint_every=50", "--log_every=50")
+    assert up.returncode == 0, up.stderr
+    text = re.sub(r"^TF_CONFIG=\$\(.*\) \|\| exit 1$", "TF_CONFIG=", startup_script(up.stdout), flags=re.M)
+    assert "\nTF_CONFIG=\n" in text  # a cluster of one: no TF_CONFIG, one process
+    folder, command, env = vm(tmp_path, text, {"FAKE_REAL_TRAIN": "1", **env})
+    bucket = tmp_path / "bucket" / "bkt" / name
+    bucket.mkdir(parents=True)
+    source_archive(bucket / "distmnist.tar.gz", "c" * 40)
+    chief = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                             start_new_session=True)
+    try:
+        yield folder, bucket, chief, Console(chief.stdout)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(chief.pid, signal.SIGKILL)
+        chief.wait()
+
+
+def save_unit(folder) -> list:
+    """The systemd unit the start-up script installed and started, checked: its ExecStop command."""
+    unit = (folder / "etc" / "distmnist-save.service").read_text()
+    assert "systemctl daemon-reload\nsystemctl start distmnist-save.service" in (folder / "systemctl.log").read_text()
+    # Stopped before the network: units stop in the reverse order of their start.
+    assert "\nWants=network-online.target\nAfter=network-online.target\n" in unit
+    assert "\nType=oneshot\nRemainAfterExit=yes\n" in unit and "\nTimeoutStopSec=90\n" in unit
+    if shutil.which("systemd-analyze"):
+        verify = subprocess.run(["systemd-analyze", "verify", str(folder / "etc" / "distmnist-save.service")],
+                                capture_output=True, text=True, timeout=60)
+        assert verify.returncode == 0 and verify.stderr == "", verify.stderr
+    return shlex.split(re.search(r"^ExecStop=(.*)$", unit, re.M).group(1))
+
+
+def latest_step(checkpoints) -> int:
+    latest = tf.train.latest_checkpoint(str(checkpoints))
+    return int(latest.rsplit("-", 1)[1]) if latest else -1
+
+
+def test_an_aws_chief_saves_after_checkpoints_and_on_a_spot_interruption(tmp_path, tiny_npz_dir):
+    """While it trains, the chief's checkpoints reach the bucket (here every second at most: DISTMNIST_SYNC_S);
+    the Spot notice stops training with a checkpoint, and the instance's shutdown (the unit's ExecStop, as systemd
+    runs it) saves the run and the log: the bucket has the last checkpoint."""
+    with metadata_server() as url, aws_chief(tmp_path, tiny_npz_dir, DISTMNIST_SYNC_S="1",
+                                             DISTMNIST_METADATA_URL=url) as (folder, bucket, chief, console):
+        deadline = time.monotonic() + 180
+        while latest_step(bucket / "run" / "checkpoints") < 0:  # the periodic save, while it trains
+            assert chief.poll() is None and time.monotonic() < deadline, "".join(console.lines[-40:])
+            time.sleep(0.5)
+        assert (bucket / "startup-0.log").exists()  # the log too
+        FakeMetadata.preempted = True  # two minutes' notice
+        assert chief.wait(timeout=120) == 143, "".join(console.lines[-40:])
+        console.wait_for(r"distmnist.train exited with 143")
+        instance = {"PATH": f"{tmp_path / 'tools'}:/usr/bin:/bin", "FAKE_BUCKET": str(tmp_path / "bucket")}
+        stop = subprocess.run(save_unit(folder), capture_output=True, text=True, timeout=120, env=instance)
+        assert stop.returncode == 0, stop.stdout + stop.stderr
+    assert latest_step(bucket / "run" / "checkpoints") == latest_step(folder / "opt" / "logs" / bucket.name /
+                                                                      "checkpoints") > 0
+    log = (bucket / "startup-0.log").read_text()
+    assert "preemption notice from aws" in log and "shutdown: " in log and "mirroring the run" in log
+
+
+STATEFUL_AWS_TERMINATING = STATEFUL_AWS.replace(
+    '"ec2 terminate-instances") rm', '"ec2 terminate-instances") ${FAKE_ON_TERMINATE:-true}; rm')
+
+
+def test_aws_down_mid_run_saves_the_run_and_the_logs_on_the_way_down(tmp_path, tiny_npz_dir):
+    """aws.sh down while the chief trains: EC2's default terminate shuts the OS down gracefully, and systemd runs
+    the unit's ExecStop (the fake aws runs it from terminate-instances): training stops with a checkpoint, the run
+    and the log reach the bucket. The start-up script itself is gone first (killed: it may not get to run once
+    the instance goes down), and no periodic save comes in between (DISTMNIST_SYNC_S)."""
+    with aws_chief(tmp_path, tiny_npz_dir, DISTMNIST_SYNC_S="100000") as (folder, bucket, chief, console):
+        console.wait_for(r"^step 100 ")
+        exec_stop = save_unit(folder)
+        os.kill(chief.pid, signal.SIGKILL)  # the start-up script; training goes on
+        instance = tmp_path / "instance-shutdown.sh"  # systemd runs the ExecStop in the instance's environment
+        instance.write_text(f"#!/bin/bash\nexport PATH={tmp_path / 'tools'}:/usr/bin:/bin "
+                            f"FAKE_BUCKET={tmp_path / 'bucket'}\nexec {shlex.join(exec_stop)}\n")
+        instance.chmod(0o755)
+        env = stateful_cli(tmp_path, "aws", STATEFUL_AWS_TERMINATING)
+        (tmp_path / "state" / "instance-0").write_text("i-0\n")
+        down, calls = launch("aws.sh", {**env, "FAKE_ON_TERMINATE": str(instance)}, "down", "--name", bucket.name,
+                             "--bucket", "s3://bkt")
+        assert down.returncode == 0, down.stderr
+        assert "aws ec2 terminate-instances --region us-east-1 --instance-ids i-0" in calls
+    saved = latest_step(bucket / "run" / "checkpoints")
+    assert saved == latest_step(folder / "opt" / "logs" / bucket.name / "checkpoints") >= 100
+    log = (bucket / "startup-0.log").read_text()
+    assert "stopping distmnist.train with a checkpoint" in log and "mirroring the run" in log
