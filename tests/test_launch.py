@@ -1177,6 +1177,7 @@ def vm(tmp_path: Path, text: str, env=None) -> tuple:
 
 
 def startup_script(output: str, index: int = 0) -> str:
+    """Worker INDEX's start-up script, as a dry run prints it."""
     return re.findall(r"^--- start-up script of \S+ ---\n(.*?)^--- end ---$", output, re.M | re.S)[index]
 
 
@@ -1301,6 +1302,7 @@ def save_unit(folder) -> list:
 
 
 def latest_step(checkpoints) -> int:
+    """The step of the newest checkpoint in a folder, as a resumed run finds it; -1 when there is none."""
     latest = tf.train.latest_checkpoint(str(checkpoints))
     return int(latest.rsplit("-", 1)[1]) if latest else -1
 
