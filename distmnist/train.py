@@ -3,7 +3,7 @@
   python -m distmnist.train                    # every visible GPU, else the CPU
   python -m distmnist.train --num_gpus=2       # MirroredStrategy over two GPUs
   python -m distmnist.train --cpu_replicas=2   # the distributed path on two logical CPUs
-  launch/local_cluster.sh 2 [flags]            # two workers on this machine (MultiWorkerMirroredStrategy)
+  launch/local_cluster.sh 2 -- [flags]         # two workers on this machine (MultiWorkerMirroredStrategy)
 """
 
 import dataclasses

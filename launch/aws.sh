@@ -10,10 +10,12 @@
 # required). Private addresses are known only after launch, so `up` then writes the cluster to
 # s3://BUCKET/NAME/cluster.json, which each instance's start-up script waits for to build its TF_CONFIG. Each
 # instance installs distmnist[gpu], fetches MNIST, trains; the chief copies its run directory to
-# s3://BUCKET/NAME/run; every instance then shuts down (and terminates). `down` terminates the instances and
-# deletes the security group, past whatever is already gone. Needs the aws CLI, a subnet with a NAT gateway (pip
-# reaches PyPI through it) and an instance profile that can use the bucket and nothing else (docs/cloud.md has
-# the policy): no credentials in this script or on the instances.
+# s3://BUCKET/NAME/run after each checkpoint (every 5 minutes at most), at the end and, through a systemd
+# unit, on the way down (aws.sh down, a Spot interruption, any termination with an OS shutdown), every instance
+# its log; every instance then shuts down (and terminates). `down` terminates the instances (each saves its part
+# on the way down) and deletes the security group, past whatever is already gone. Needs the aws CLI, a subnet
+# with a NAT gateway (pip reaches PyPI through it) and an instance profile that can use the bucket and nothing
+# else (docs/cloud.md has the policy): no credentials in this script or on the instances.
 # TensorFlow's gRPC servers run any graph sent to them: never open GRPC_PORT beyond the cluster.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=common.sh
@@ -27,7 +29,7 @@ INSTANCE_PROFILE=${AWS_INSTANCE_PROFILE:-}
 SPOT=${AWS_SPOT:-0}
 
 help() {
-  sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
   common_help
   cat <<'HELP'
 AWS options:
@@ -59,7 +61,8 @@ if [[ $ACTION == down ]]; then
   else
     ids=$(aws ec2 describe-instances --region "$REGION" --filters "Name=tag:distmnist-cluster,Values=$NAME" \
       "Name=instance-state-name,Values=pending,running,stopping,stopped" \
-      --query 'Reservations[].Instances[].InstanceId' --output text) || die "cannot list the instances (aws ec2 describe-instances failed)"
+      --query 'Reservations[].Instances[].InstanceId' --output text) ||
+      die "cannot list the instances (aws ec2 describe-instances failed)"
     group=$(aws ec2 describe-security-groups --region "$REGION" --filters "Name=group-name,Values=$group_name" \
       --query 'SecurityGroups[0].GroupId' --output text) || group=""
   fi

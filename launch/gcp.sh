@@ -8,12 +8,14 @@
 #
 # `up` checks the image family, the subnet's Private Google Access and the network's Cloud NAT (the VMs have
 # no public address), uploads this checkout (git archive HEAD) to the bucket, gives the VMs a service account
-# that can use that bucket and nothing else, opens the gRPC port between cluster members only and SSH to
-# IAP's range only, and creates the VMs. Each VM's start-up script installs distmnist[gpu] in a Python 3.10+
-# venv, waits for the NVIDIA driver, stops unless `python -m distmnist.doctor` says TensorFlow can use its GPUs,
-# fetches MNIST and trains; the chief mirrors its run directory to gs://BUCKET/NAME/run (also from its
-# shutdown script, so a preempted Spot VM saves its checkpoint); then every VM shuts down. `down` deletes
-# whatever of the VMs, firewall rules and up's service account exists, and goes on past what is gone.
+# of the cluster's own that can use that bucket and nothing else, opens every port between the VMs that run as
+# that account (the members) and SSH to IAP's range only, denies the rest, and creates the VMs. Each VM's
+# start-up script installs distmnist[gpu] (the uploaded archive, unless it is the one installed) in a Python
+# 3.10+ venv, waits for the NVIDIA driver, stops unless `python -m distmnist.doctor` says TensorFlow can use its
+# GPUs, fetches MNIST and trains; the chief mirrors its run directory to gs://BUCKET/NAME/run after each
+# checkpoint, at the end and from its shutdown script (so a preempted Spot VM saves its checkpoint), every VM its
+# log; then every VM shuts down. `down` deletes what up made (the VMs, the firewall rules on --network for the
+# account, the account up created) and goes on past what is gone.
 # TensorFlow's gRPC servers run any graph sent to them: never open GRPC_PORT beyond the cluster.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=common.sh
@@ -37,7 +39,7 @@ IAM_WAIT_S=${DISTMNIST_IAM_WAIT_S:-180}
 POLL_S=${DISTMNIST_POLL_S:-5}
 
 help() {
-  sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
   common_help
   cat <<'HELP'
 Google Cloud options:
@@ -56,8 +58,9 @@ Google Cloud options:
   --image-project PROJECT   [GCP_IMAGE_PROJECT, deeplearning-platform-release]
   --network NET, --subnet S [GCP_NETWORK, GCP_SUBNET, default]; the subnet needs Private Google Access and
                             the network a Cloud NAT in the zone's region (up checks both)
-  --service-account EMAIL   the VMs' identity [GCP_SERVICE_ACCOUNT, NAME-vm@PROJECT, which up creates and
-                            allows the bucket's objects and nothing else]
+  --service-account EMAIL   the VMs' identity, and their membership: the firewall admits the VMs that run as
+                            it, so no other VM may [GCP_SERVICE_ACCOUNT, NAME-vm@PROJECT, which up creates
+                            and allows the bucket's objects and nothing else]
   --spot                    Spot VMs (cheaper, preemptible) [GCP_SPOT=1]
 TensorBoard, never on a public interface (IAP's SSH tunnel; up opens tcp:22 to IAP's range only):
   gcloud compute ssh NAME-0 --zone ZONE --tunnel-through-iap -- -L 6006:127.0.0.1:6006 \
@@ -145,10 +148,20 @@ grpc_rule="$NAME-grpc"
 ssh_rule="$NAME-iap-ssh"
 deny_rule="$NAME-deny"
 sa_id="$NAME-vm"  # a service account id: 6-30 characters
+if [[ -z $SERVICE_ACCOUNT ]]; then
+  ((${#sa_id} >= 6 && ${#sa_id} <= 30)) ||
+    die "--name makes the service account id '$sa_id', which must have 6-30 characters; pass --service-account"
+elif [[ $SERVICE_ACCOUNT == *-compute@developer.gserviceaccount.com ]]; then
+  die "--service-account $SERVICE_ACCOUNT is the project's default compute account, which other VMs run as: the" \
+    "firewall rules admit and deny by the account, so the cluster needs one of its own (leave --service-account" \
+    "out and up makes $sa_id)"
+fi
 
 project() {
   if ((DRY_RUN)); then echo "PROJECT"; else gcloud config get-value project 2>/dev/null; fi
 }
+# The VMs' identity, and their membership: the firewall rules admit and deny by it.
+account=${SERVICE_ACCOUNT:-$sa_id@$(project).iam.gserviceaccount.com}
 
 # exists DESCRIBE-COMMAND...: whether gcloud finds the thing (asked before making or removing it, so that up and
 # down can run again after a partial run); a dry run finds nothing and prints every command.
@@ -156,26 +169,113 @@ exists() {
   ((!DRY_RUN)) && gcloud "$@" --format 'value(name)' >/dev/null 2>&1
 }
 
+# Membership is the VMs' service account, on both sides of the rule that opens every port between members: a
+# network tag "doesn't offer any kind of access control" (Google's VPC firewall docs; anyone who can set tags on a
+# VM in the network can take it), while running a VM as the account takes iam.serviceAccountUser on it. A rule
+# names accounts or tags, never both ("targetServiceAccounts cannot be used at the same time as targetTags or
+# sourceTags": the Compute API's Firewall resource). The deny rule covers the same VMs, by the same account: it
+# outranks every allow rule of lower priority (a larger number), the network's own included: the default
+# network's default-allow-internal (priority 65534) admits all of 10.128.0.0/9 to every port.
+# A rule as gcloud describes it (RULE_FORMAT, the fields of `gcloud compute firewall-rules list`'s reference
+# example, tabs made |) and as up makes it (rule_wanted) are compared field by field (RULE_FIELDS).
+RULE_FORMAT='value(network.basename(),direction,priority,sourceRanges.list(),sourceServiceAccounts.list(),'
+RULE_FORMAT+='sourceTags.list(),targetServiceAccounts.list(),targetTags.list(),allowed[].map().firewall_rule().list(),'
+RULE_FORMAT+='denied[].map().firewall_rule().list(),disabled)'
+RULE_FIELDS=(network direction priority source-ranges source-service-accounts source-tags target-service-accounts
+  target-tags allow deny disabled)
+rule_wanted() {  # rule_wanted RULE: the rule up makes, in RULE_FORMAT's fields
+  case $1 in
+    "$grpc_rule") echo "$NETWORK|INGRESS|$ALLOW_PRIORITY||$account||$account||tcp||false" ;;
+    "$ssh_rule") echo "$NETWORK|INGRESS|$ALLOW_PRIORITY|$IAP_RANGE|||$account||tcp:22||false" ;;
+    "$deny_rule") echo "$NETWORK|INGRESS|$DENY_PRIORITY|0.0.0.0/0|||$account|||all|false" ;;
+  esac
+}
+make_rule() {  # make_rule RULE: gcloud's create for it
+  local common=(--network "$NETWORK" --direction INGRESS --target-service-accounts "$account")
+  case $1 in
+    "$grpc_rule") run gcloud compute firewall-rules create "$1" "${common[@]}" --allow tcp \
+      --source-service-accounts "$account" --priority "$ALLOW_PRIORITY" ;;
+    "$ssh_rule") run gcloud compute firewall-rules create "$1" "${common[@]}" --allow tcp:22 \
+      --source-ranges "$IAP_RANGE" --priority "$ALLOW_PRIORITY" ;;
+    "$deny_rule") run gcloud compute firewall-rules create "$1" "${common[@]}" --action DENY --rules all \
+      --source-ranges 0.0.0.0/0 --priority "$DENY_PRIORITY" ;;
+  esac
+}
+describe_rule() {  # describe_rule RULE: the rule as it is, in RULE_FORMAT's fields, lower case; nothing if none
+  local have
+  have=$(gcloud compute firewall-rules describe "$1" --format "$RULE_FORMAT" 2>/dev/null) || return 0
+  [[ -n $have ]] || return 0
+  have=${have//$'\t'/|}
+  [[ ${have##*|} ]] || have+=false  # disabled: false when the API leaves it out
+  echo "${have,,}"
+}
+field() {  # field DESCRIPTION NAME: one field of a rule's description
+  local -a fields
+  local i
+  IFS='|' read -r -a fields <<<"$1"
+  for i in "${!RULE_FIELDS[@]}"; do
+    if [[ ${RULE_FIELDS[i]} == "$2" ]]; then echo "${fields[i]:-}"; fi
+  done
+}
+differences() {  # differences HAVE WANT: the fields in which the rule differs from what up makes, in words
+  local name out=""
+  for name in "${RULE_FIELDS[@]}"; do
+    local have want
+    have=$(field "$1" "$name") want=$(field "$2" "$name")
+    [[ $have == "$want" ]] || out+="${out:+, }$name ${have:-none} (up: ${want:-none})"
+  done
+  echo "$out"
+}
+
 if [[ $ACTION == down ]]; then
-  # Each piece on its own, past whatever is already gone; the status says whether anything could not be removed.
+  # What up made, and only that, each piece on its own, past whatever is already gone: the VMs that run as the
+  # cluster's account, the rules on --network for that account (or for the tag NAME, as gcp.sh made them before
+  # it used accounts), and the account up made unless something else still runs as it or names it. The status
+  # says whether anything could not be removed.
   failed=()
   for host in "${hosts[@]}"; do
-    if ((!DRY_RUN)) && ! exists compute instances describe "$host" --zone "$ZONE"; then
-      echo "$host: already gone"; continue
+    if ((!DRY_RUN)); then
+      if ! vm=$(gcloud compute instances describe "$host" --zone "$ZONE" \
+        --format 'value(status,serviceAccounts[0].email)' 2>/dev/null); then
+        echo "$host: already gone"; continue
+      fi
+      runs_as=$(cut -f2 <<<"$vm")
+      if [[ $runs_as != "$account" ]]; then
+        echo "$host: runs as ${runs_as:-no account}, not $account: not this cluster's, kept (down takes the" \
+          "--service-account up had)"
+        continue
+      fi
     fi
     run gcloud compute instances delete "$host" --zone "$ZONE" --quiet || failed+=("$host")
   done
   # The deny rule goes last: until the VMs are gone it keeps the network's own rules away from their ports.
+  foreign=()
   for rule in "$grpc_rule" "$ssh_rule" "$deny_rule"; do
-    if ((!DRY_RUN)) && ! exists compute firewall-rules describe "$rule"; then
-      echo "$rule: already gone"; continue
+    if ((!DRY_RUN)); then
+      have=$(describe_rule "$rule")
+      if [[ -z $have ]]; then echo "$rule: already gone"; continue; fi
+      targets=$(field "$have" target-service-accounts) tags=$(field "$have" target-tags)
+      if [[ $(field "$have" network) != "${NETWORK,,}" || ! ($targets == "${account,,}" || $tags == "${NAME,,}") ]]
+      then
+        echo "$rule: on network $(field "$have" network) for ${targets:-${tags:-every VM}}, not this cluster's" \
+          "(network $NETWORK, account $account): kept"
+        [[ $targets != *"${account,,}"* ]] || foreign+=("$rule")
+        continue
+      fi
     fi
     run gcloud compute firewall-rules delete "$rule" --quiet || failed+=("$rule")
   done
   if [[ -z $SERVICE_ACCOUNT ]]; then  # the one up made; one passed with --service-account is yours to keep
-    account="$sa_id@$(project).iam.gserviceaccount.com"
+    users=""
+    if ((!DRY_RUN)); then
+      users=$(gcloud compute instances list --filter "serviceAccounts.email=$account" \
+        --format 'value(name,zone.basename())' 2>/dev/null | tr '\t\n' '/ ') ||
+        die "cannot list the VMs that run as $account (gcloud compute instances list failed)"
+    fi
     if ((!DRY_RUN)) && ! exists iam service-accounts describe "$account"; then
       echo "$account: already gone"
+    elif [[ -n ${users// /} || ${#foreign[@]} -gt 0 ]]; then
+      echo "$account: still the identity of ${users:-no VM}${foreign[*]:+ and named by ${foreign[*]}}: kept"
     else
       run gcloud iam service-accounts delete "$account" --quiet || failed+=("$account")
     fi
@@ -216,6 +316,53 @@ if ((!DRY_RUN)) && [[ -z $nat ]]; then
     "compute routers create $NAME-router --network $NETWORK --region $REGION && gcloud compute routers nats create" \
     "$NAME-nat --router $NAME-router --region $REGION --auto-allocate-nat-external-ips --nat-all-subnet-ip-ranges"
 fi
+# Membership: only the cluster's own VMs may run as its account (any VM that does is a member), and the cluster's
+# VMs that exist must run as it.
+members=$(ask gcloud compute instances list --filter "serviceAccounts.email=$account" \
+  --format 'value(name,zone.basename())') || die "cannot list the VMs that run as $account (gcloud compute" \
+  "instances list failed)"
+while read -r vm zone; do
+  [[ -z $vm || ($zone == "$ZONE" && " ${hosts[*]} " == *" $vm "*) ]] && continue
+  die "VM $vm ($zone) runs as $account, so the cluster's firewall rules would admit it as a member: give the" \
+    "cluster an account of its own (--service-account, or leave it out for $sa_id), or remove $vm, or if it is" \
+    "another cluster named $NAME, choose another --name"
+done <<<"$members"
+declare -A status
+for host in "${hosts[@]}"; do
+  vm=$(ask gcloud compute instances describe "$host" --zone "$ZONE" \
+    --format 'value(status,serviceAccounts[0].email)') || vm=""
+  status[$host]=$(cut -f1 <<<"$vm")
+  runs_as=$(cut -s -f2 <<<"$vm")
+  if [[ -n ${status[$host]} && $runs_as != "$account" ]]; then
+    die "VM $host exists and runs as ${runs_as:-no account}, not $account, so the firewall rules would leave it" \
+      "out: run down (with the --service-account it was made with), then up"
+  fi
+done
+# The cluster's rules: none (made), as up makes them (kept), on another network (refused: rule names are the
+# project's, each rule is on one network, so it is another cluster's of the same --name, or one made with
+# another --network), or else different (replaced, while no VM of the cluster runs: meanwhile it would be open
+# or cut off).
+declare -A existing replace
+running=""
+for host in "${hosts[@]}"; do
+  [[ -z ${status[$host]} || ${status[$host]} == TERMINATED ]] || running+="${running:+, }$host (${status[$host]})"
+done
+for rule in "$grpc_rule" "$ssh_rule" "$deny_rule"; do
+  if ((DRY_RUN)); then ask gcloud compute firewall-rules describe "$rule" --format "$RULE_FORMAT"; continue; fi
+  have=$(describe_rule "$rule") want=$(rule_wanted "$rule")
+  existing[$rule]=$have
+  [[ -n $have && $have != "${want,,}" ]] || continue
+  if [[ $(field "$have" network) != "${NETWORK,,}" ]]; then
+    die "firewall rule $rule is on network $(field "$have" network), not $NETWORK: another cluster named $NAME" \
+      "(rule names are the project's), or this one made with --network $(field "$have" network): choose another" \
+      "--name, or run down with that --network first"
+  fi
+  if [[ -n $running ]]; then
+    die "firewall rule $rule differs from what up makes ($(differences "$have" "${want,,}")) and $running runs:" \
+      "replacing it would leave the cluster open or cut off meanwhile; run down, then up"
+  fi
+  replace[$rule]=$(differences "$have" "${want,,}")
+done
 exec 3>&-
 
 work=$(mktemp -d)
@@ -225,11 +372,8 @@ run gcloud storage cp "$work/distmnist.tar.gz" "$BUCKET/$NAME/distmnist.tar.gz"
 
 # Least privilege: the VMs' identity can use the bucket's objects and nothing else in the project.
 if [[ -z $SERVICE_ACCOUNT ]]; then
-  ((${#sa_id} >= 6 && ${#sa_id} <= 30)) ||
-    die "--name makes the service account id '$sa_id', which must have 6-30 characters; pass --service-account"
-  SERVICE_ACCOUNT="$sa_id@$(project).iam.gserviceaccount.com"
-  if exists iam service-accounts describe "$SERVICE_ACCOUNT"; then
-    echo "$SERVICE_ACCOUNT: exists, kept"
+  if exists iam service-accounts describe "$account"; then
+    echo "$account: exists, kept"
   else
     run gcloud iam service-accounts create "$sa_id" --display-name "distmnist $NAME VMs (bucket only)"
   fi
@@ -237,7 +381,7 @@ fi
 # IAM is eventually consistent: an account made seconds ago can be reported missing for a minute or so. Its first
 # use, the bucket binding, is tried again while IAM says so, IAM_WAIT_S at most; any other error ends up at once.
 bucket_root=$(cut -d/ -f1-3 <<<"$BUCKET")
-binding=(gcloud storage buckets add-iam-policy-binding "$bucket_root" --member "serviceAccount:$SERVICE_ACCOUNT"
+binding=(gcloud storage buckets add-iam-policy-binding "$bucket_root" --member "serviceAccount:$account"
   --role roles/storage.objectAdmin)
 bind_bucket() {
   local deadline=$((SECONDS + IAM_WAIT_S))
@@ -246,24 +390,23 @@ bind_bucket() {
     sleep "$POLL_S"
     "${binding[@]}" 2>"$work/iam-error" && return 0
   done
-  die "could not grant $SERVICE_ACCOUNT the bucket ($(grep -v '^[[:space:]]*$' "$work/iam-error" | tail -n 1));" \
+  die "could not grant $account the bucket ($(grep -v '^[[:space:]]*$' "$work/iam-error" | tail -n 1));" \
     "IAM was given ${IAM_WAIT_S} s to know a new account: run up again"
 }
 bind_bucket
 
-# Firewall: the cluster's VMs (network tag NAME) take TCP from each other (TensorFlow's gRPC port, and NCCL's
-# own connections between GPU workers) and SSH from IAP's TCP forwarding, and nothing from anywhere else. The
-# deny rule outranks every allow rule of lower priority (a larger number), the network's own included: the
-# default network's default-allow-internal (priority 65534) admits all of 10.128.0.0/9 to every port.
-make_rule() {  # make_rule NAME FLAGS...: created unless it exists
-  local rule=$1
-  shift
-  if exists compute firewall-rules describe "$rule"; then echo "$rule: exists, kept"; return 0; fi
-  run gcloud compute firewall-rules create "$rule" --network "$NETWORK" --direction INGRESS "$@" --target-tags "$NAME"
-}
-make_rule "$grpc_rule" --allow tcp --source-tags "$NAME" --priority "$ALLOW_PRIORITY"
-make_rule "$ssh_rule" --allow tcp:22 --source-ranges "$IAP_RANGE" --priority "$ALLOW_PRIORITY"
-make_rule "$deny_rule" --action DENY --rules all --source-ranges 0.0.0.0/0 --priority "$DENY_PRIORITY"
+# Firewall (see rule_wanted): the VMs that run as the account take TCP from each other (TensorFlow's gRPC port,
+# and NCCL's own connections between GPU workers) and SSH from IAP's TCP forwarding, and nothing from anywhere else.
+for rule in "$grpc_rule" "$ssh_rule" "$deny_rule"; do
+  if [[ -n ${replace[$rule]:-} ]]; then
+    echo "$rule: differs from what up makes (${replace[$rule]}): replaced"
+    run gcloud compute firewall-rules delete "$rule" --quiet
+  elif [[ -n ${existing[$rule]:-} ]]; then
+    echo "$rule: exists as up makes it, kept"
+    continue
+  fi
+  make_rule "$rule"
+done
 
 echo "chief: ${hosts[0]} (worker 0 writes the run directory); $WORKERS x $MACHINE_TYPE, $ACCELERATOR_COUNT x $ACCELERATOR each"
 for ((i = 0; i < WORKERS; i++)); do
@@ -273,28 +416,20 @@ for ((i = 0; i < WORKERS; i++)); do
   echo "--- start-up script of ${hosts[$i]} ---"
   cat "$work/startup-$i.sh"
   echo "--- end ---"
-  metadata="startup-script=$work/startup-$i.sh"
-  if ((i == 0)); then
-    shutdown_script "gcloud storage rsync --recursive" >"$work/shutdown.sh"
-    echo "--- shutdown script of ${hosts[0]} ---"
-    cat "$work/shutdown.sh"
-    echo "--- end ---"
-    metadata+=",shutdown-script=$work/shutdown.sh"
-  fi
+  shutdown_script "$i" "gcloud storage cp" "gcloud storage rsync --recursive" >"$work/shutdown-$i.sh"
+  echo "--- shutdown script of ${hosts[$i]} ---"
+  cat "$work/shutdown-$i.sh"
+  echo "--- end ---"
+  metadata="startup-script=$work/startup-$i.sh,shutdown-script=$work/shutdown-$i.sh"
   extra=()
   if ((SPOT)); then extra+=(--provisioning-model SPOT --instance-termination-action STOP); fi
-  status=""
-  if ((!DRY_RUN)); then
-    status=$(gcloud compute instances describe "${hosts[$i]}" --zone "$ZONE" --format 'value(status)' 2>/dev/null) ||
-      status=""
-  fi
-  case $status in
+  case ${status[${hosts[$i]}]} in
     "")
       run gcloud compute instances create "${hosts[$i]}" --zone "$ZONE" --machine-type "$MACHINE_TYPE" \
         ${accelerator_flags[@]+"${accelerator_flags[@]}"} --maintenance-policy TERMINATE \
         --image-family "$IMAGE_FAMILY" --image-project "$IMAGE_PROJECT" --boot-disk-size 100GB \
-        --network "$NETWORK" --subnet "$SUBNET" --no-address --tags "$NAME" \
-        --service-account "$SERVICE_ACCOUNT" --scopes storage-rw \
+        --network "$NETWORK" --subnet "$SUBNET" --no-address \
+        --service-account "$account" --scopes storage-rw \
         --metadata install-nvidia-driver=True --metadata-from-file "$metadata" \
         ${extra[@]+"${extra[@]}"}
       ;;
@@ -302,9 +437,10 @@ for ((i = 0; i < WORKERS; i++)); do
       run gcloud compute instances add-metadata "${hosts[$i]}" --zone "$ZONE" --metadata-from-file "$metadata"
       run gcloud compute instances start "${hosts[$i]}" --zone "$ZONE"
       ;;
-    *) echo "${hosts[$i]}: $status, kept (down, then up, to start it afresh)" ;;
+    *) echo "${hosts[$i]}: ${status[${hosts[$i]}]}, kept (down, then up, to start it afresh)" ;;
   esac
 done
 echo "the chief's run lands in $BUCKET/$NAME/run; follow a VM with:"
 echo "  gcloud compute ssh ${hosts[0]} --zone $ZONE --tunnel-through-iap -- tail -f /var/log/distmnist.log"
-echo "then remove everything with: $0 down --name $NAME --workers $WORKERS --zone $ZONE"
+echo "then remove everything with: $0 down --name $NAME --workers $WORKERS --zone $ZONE --network $NETWORK" \
+  "${SERVICE_ACCOUNT:+--service-account $SERVICE_ACCOUNT}"

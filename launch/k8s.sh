@@ -82,11 +82,9 @@ else
   trainjob_deadline=1  # render: the newest release; apply: what the cluster says (below)
 fi
 for flag in ${train_flags[@]+"${train_flags[@]}"}; do
-  case $flag in
-    --logdir=* | --run_name=* | --require_gpus | --norequire_gpus) die "$flag is set by k8s.sh (the claim's /runs, --name, --gpus)" ;;
-    --*) ;;
-    *) die "train flags go after -- as --flag=value, got '$flag'" ;;
-  esac
+  if train_flag_sets "$flag" logdir run_name require_gpus; then
+    die "$flag is set by k8s.sh (the claim's /runs, --name, --gpus)"
+  fi
 done
 
 # The API the cluster serves (apply, delete), unless --api says: Trainer v2 first, then the v1 operator.

@@ -3,22 +3,30 @@
 # its own TF_CONFIG, logs streamed with a [worker i] prefix. Exits with the first non-zero status (and stops
 # the other workers), or 0 when all finish.
 #
-#   launch/local_cluster.sh N [train flags...]
-#   launch/local_cluster.sh 2 --max_steps=200 --run_name=rehearsal
-#   launch/local_cluster.sh --dry-run 2        # print each worker's environment and command, start nothing
+#   launch/local_cluster.sh N [--dry-run] [-- train flags...]
+#   launch/local_cluster.sh 2 -- --max_steps=200 --run_name=rehearsal
+#   launch/local_cluster.sh 2 --dry-run        # print each worker's environment and command, start nothing
 #
+# Options go anywhere before `--` (as in every launch script); everything after it goes to distmnist.train.
 # GPUs: each worker sees its own disjoint share of this host's GPUs through CUDA_VISIBLE_DEVICES (the GPUs
 # that CUDA_VISIBLE_DEVICES already names, else those `nvidia-smi -L` lists; none without either), so no two
 # TensorFlow processes take memory on one GPU. With G GPUs, each worker gets G / N of them (G >= N).
 # PYTHON picks the interpreter (default: .venv/bin/python if present, else python3).
 set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=options.sh
+source "$(dirname "$0")/options.sh"
 
-usage() { echo "usage: $0 [--dry-run] N [distmnist.train flags...]  (N >= 1 workers)" >&2; exit 2; }
+help() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
+die() { echo "local_cluster: $*" >&2; exit 2; }
 dry_run=0
-if [[ ${1:-} == --dry-run ]]; then dry_run=1; shift; fi
-[[ $# -ge 1 && $1 =~ ^[1-9][0-9]*$ ]] || usage
-workers=$1
-shift
+VALUE_OPTIONS=()
+SWITCH_OPTIONS=(--dry-run:dry_run)
+parse_options "$@"
+[[ ${#WORDS[@]} -eq 1 && ${WORDS[0]} =~ ^[1-9][0-9]*$ ]] ||
+  die "say how many workers, one number N >= 1 (launch/local_cluster.sh N [--dry-run] [-- train flags]), got" \
+    "'${WORDS[*]}'"
+workers=${WORDS[0]}
+set -- ${TRAIN_FLAGS[@]+"${TRAIN_FLAGS[@]}"}
 
 # The host's GPUs, as CUDA indices or UUIDs.
 gpus=()

@@ -8,7 +8,9 @@
 # parse_options sets those variables (whose names must not start with an underscore: the parser's own do),
 # leaves the words that are not options (the action) in WORDS and what follows `--` in TRAIN_FLAGS, and calls
 # the script's `help` for -h/--help. Anything else is one line on stderr
-# through the script's `die` (exit status 2) before anything is made.
+# through the script's `die` (exit status 2) before anything is made. Every launch script has this one grammar:
+# its options anywhere before `--`, in either form, and everything after `--` for distmnist.train as it is
+# (`-- --epochs 3` and `-- --epochs=3` alike).
 
 _option_variable() {  # _option_variable NAME ENTRY...: the variable of option NAME among ENTRY (--opt:VAR)
   local _name=$1 _entry
@@ -22,6 +24,18 @@ _option_variable() {  # _option_variable NAME ENTRY...: the variable of option N
   return 1
 }
 
+# Every word after `--` is a flag (-x, --x, --x=value) or the value of the flag before it (--epochs 3), as
+# distmnist.train reads them; a stray word would stop it (after the machines started): refused here instead.
+_check_train_words() {
+  local _word _previous=""
+  for _word in ${TRAIN_FLAGS[@]+"${TRAIN_FLAGS[@]}"}; do
+    if [[ $_word != -* && ! ($_previous == -* && $_previous != *=*) ]]; then
+      die "train flags go after -- as --flag=value or --flag value, got '$_word'"
+    fi
+    _previous=$_word
+  done
+}
+
 parse_options() {
   WORDS=()
   TRAIN_FLAGS=()
@@ -30,7 +44,7 @@ parse_options() {
     _word=$1
     shift
     case $_word in
-      --) TRAIN_FLAGS=("$@"); return 0 ;;
+      --) TRAIN_FLAGS=("$@"); _check_train_words; return 0 ;;
       -h | --help) help; exit 0 ;;
       --*=*) _name=${_word%%=*} _value=${_word#*=} ;;
       -*) _name=$_word _value="" ;;
@@ -51,4 +65,16 @@ parse_options() {
       die "unknown option '$_word' (see --help; train flags go after --)"
     fi
   done
+}
+
+# train_flag_sets WORD NAME...: whether WORD, one word after `--`, sets one of the distmnist.train flags NAME in a
+# form absl reads: --NAME, --NAME=VALUE, -NAME, -NAME=VALUE, or --noNAME for a boolean. The scripts refuse the
+# flags they set themselves.
+train_flag_sets() {
+  local _word=$1 _name
+  shift
+  for _name in "$@"; do
+    [[ $_word =~ ^--?(no)?$_name(=|$) ]] && return 0
+  done
+  return 1
 }

@@ -60,12 +60,8 @@ case $action in up | down) ;; *) die "unknown action '$action' (up or down)" ;; 
 [[ -z $tensorboard || $tensorboard =~ ^projects/[^/]+/locations/[^/]+/tensorboards/[0-9]+$ ]] ||
   die "--tensorboard must read projects/P/locations/R/tensorboards/ID, got '$tensorboard'"
 for flag in ${train_flags[@]+"${train_flags[@]}"}; do
-  case $flag in
-    --logdir=* | --run_name=*) die "$flag is set by Vertex AI (AIP_CHECKPOINT_DIR) for this job" ;;
-    --require_gpus | --norequire_gpus) die "$flag is set by vertex.sh (from --accelerator-type and -count)" ;;
-    --*) ;;
-    *) die "train flags go after -- as --flag=value, got '$flag'" ;;
-  esac
+  if train_flag_sets "$flag" logdir run_name; then die "$flag is set by Vertex AI (AIP_CHECKPOINT_DIR) for this job"; fi
+  if train_flag_sets "$flag" require_gpus; then die "$flag is set by vertex.sh (from --accelerator-type and -count)"; fi
 done
 
 gcloud_base=(gcloud ai custom-jobs)

@@ -137,7 +137,7 @@ def test_two_gpus_all_reduce_with_nccl_and_run_xla_on_each_gpu():
 
 @TWO_GPUS
 def test_a_two_process_cluster_trains_with_a_gpu_each(tmp_path):
-    result = subprocess.run(["bash", os.path.join(REPO, "launch", "local_cluster.sh"), "2",
+    result = subprocess.run(["bash", os.path.join(REPO, "launch", "local_cluster.sh"), "2", "--",
                              f"--logdir={tmp_path}", "--run_name=c", "--max_steps=60", "--require_gpus"],
                             capture_output=True, text=True, timeout=900, env={**os.environ, "PYTHON": sys.executable,
                                                                               "CUDA_VISIBLE_DEVICES": "0,1"})

@@ -22,7 +22,7 @@ FLAGS = ("--max_steps=20", "--batch_size=32", "--log_every=5", "--eval_every=10"
 
 
 def local_cluster(workers: int, *args: str, timeout_s: int = 240) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", os.path.join(REPO, "launch", "local_cluster.sh"), str(workers), *args],
+    return subprocess.run(["bash", os.path.join(REPO, "launch", "local_cluster.sh"), str(workers), "--", *args],
                           capture_output=True, text=True, timeout=timeout_s,
                           env={**os.environ, "PYTHON": sys.executable})
 

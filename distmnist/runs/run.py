@@ -270,9 +270,18 @@ def _summary(run: Run, timing: dict, history: dict, calibration: dict) -> dict:
         "seed": run.config.seed,
         "data_source": run.mnist.source,
         "run_dir": run.run_dir,
+        "source": _source(),
         "flags": dataclasses.asdict(run.config),
         "history": history,
     }
+
+
+def _source() -> Optional[dict]:
+    """The code that ran, as the launch scripts' start-up names it (DISTMNIST_SOURCE_*: the commit and the sha256 of
+    the archive installed); None elsewhere."""
+    source = {"commit": os.environ.get("DISTMNIST_SOURCE_COMMIT"),
+              "archive_sha256": os.environ.get("DISTMNIST_SOURCE_SHA256")}
+    return source if any(source.values()) else None
 
 
 def _report(run: Run, summary: dict, written: list) -> None:
