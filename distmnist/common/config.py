@@ -48,8 +48,8 @@ class TrainConfig:
     logdir: str = _setting("logs", "where run directories go")
     events_dir: Optional[str] = _setting(None, "this run's TensorBoard events here instead of in its run directory "
                                          "(a folder or a `gs://` URL; Vertex AI: `AIP_TENSORBOARD_LOG_DIR`)")
-    export_dir: Optional[str] = _setting(None, "a copy of the SavedModel here too (a folder or a `gs://` URL; Vertex "
-                                         "AI: `AIP_MODEL_DIR`)")
+    export_dir: Optional[str] = _setting(None, "a copy of the SavedModel here too: a new or empty folder, an earlier "
+                                         "export, or a `gs://` URL (Vertex AI: `AIP_MODEL_DIR`)")
     run_name: Optional[str] = _setting(None, "the run's directory under `--logdir`; the same command with "
                                        "the same `--run_name` resumes it", "timestamp")
     strategy: str = _setting("auto", "`auto`: multi-worker with TF_CONFIG, mirrored over 2+ GPUs, else one "
