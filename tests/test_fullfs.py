@@ -13,6 +13,7 @@ import time
 import pytest
 import tensorflow as tf
 
+from distmnist.common import files
 from distmnist.common.config import TrainConfig
 from distmnist.common.errors import OutOfRoom
 from distmnist.runs import outputs, run
@@ -79,6 +80,21 @@ def tiny_config(logdir, **changes) -> TrainConfig:
                        steps_per_loop=4, checkpoint_every=6, **changes)
 
 
+@pytest.mark.parametrize("number, advice", [(errno.ENOSPC, "free space on its filesystem"),
+                                            (errno.EDQUOT, "free space or raise the quota"),
+                                            (errno.EROFS, "make its filesystem writable again")])
+def test_tensorflows_words_for_a_full_disk_a_quota_and_a_read_only_filesystem_are_read(number, advice):
+    """TensorFlow's file errors carry the C library's words after the path, not the number (as its SaveV2 said on a
+    full tmpfs); a quota, which no tmpfs here can set, is read the same way."""
+    message = f"{{{{function_node __wrapped__SaveV2}}}} /b/ckpt_temp/part-0.data; {os.strerror(number)} [Op:SaveV2]"
+    error = files.no_room_in(message)
+    assert (error.errno, error.filename) == (number, "/b/ckpt_temp/part-0.data")
+    assert str(OutOfRoom(error, "run it again")) == f"cannot write /b/ckpt_temp/part-0.data: {os.strerror(number)}; " \
+                                                    f"{advice}, then run it again"
+    assert files.no_room_in("/b/x; Permission denied") is None
+
+
+@pytest.mark.slow  # trains and exports, twice: make test, not test-fast
 def test_events_that_find_no_room_name_their_file_and_the_same_call_then_resumes(mount_tmpfs, tiny_mnist):
     """Room for the run's settings, none for its first events: one error naming the event file; freed, it runs."""
     fs = mount_tmpfs("fs", "16m")
@@ -93,6 +109,7 @@ def test_events_that_find_no_room_name_their_file_and_the_same_call_then_resumes
     assert summary["global_step"] == 12
 
 
+@pytest.mark.slow  # trains and exports, twice: make test, not test-fast
 def test_an_export_dir_without_room_still_gets_run_json_and_the_same_call_writes_it(mount_tmpfs, tmp_path,
                                                                                      tiny_mnist):
     small = mount_tmpfs("small", "64k")  # a SavedModel of this model is 2.2 MB
@@ -110,6 +127,7 @@ def test_an_export_dir_without_room_still_gets_run_json_and_the_same_call_writes
     assert tf.saved_model.load(str(small / "model")).signatures["serving_default"] is not None
 
 
+@pytest.mark.slow  # trains and exports, twice: make test, not test-fast
 def test_pictures_that_find_no_room_name_their_file(mount_tmpfs, tiny_mnist):
     fs = mount_tmpfs("fs", "16m")
     started = run.set_up(tiny_config(fs), choice=make_strategy(), mnist=tiny_mnist)

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -49,6 +50,14 @@ def make_run(logdir, name="r", checkpoint=True, **flags) -> str:
     return run_dir
 
 
+@pytest.fixture(scope="module")
+def an_export(tmp_path_factory) -> str:
+    """One export of distmnist's, made once (tf.saved_model.save traces the model): tests copy it."""
+    path = str(tmp_path_factory.mktemp("export") / "model")
+    export.export_saved_model(weights(), path)
+    return path
+
+
 @pytest.fixture
 def cwd(tmp_path, monkeypatch):
     work = tmp_path / "work"
@@ -73,10 +82,10 @@ def cwd(tmp_path, monkeypatch):
     ("elsewhere/r/model", "--export_dir=elsewhere/r/model is inside the distmnist run directory {cwd}/elsewhere/r"),
     ("link", "--export_dir=link is a link; give the folder it leads to"),
 ])
-def test_an_export_dir_that_would_replace_what_is_not_distmnists_is_refused(cwd, export_dir, message):
+def test_an_export_dir_that_would_replace_what_is_not_distmnists_is_refused(cwd, an_export, export_dir, message):
     (cwd / "mine").mkdir()
     (cwd / "mine" / "a.txt").write_text("the user's")
-    export.export_saved_model(weights(), str(cwd / "theirs"))
+    shutil.copytree(an_export, cwd / "theirs")
     os.remove(cwd / "theirs" / outputs.EXPORT_MARKER)  # a SavedModel of someone else's
     make_run(cwd / "elsewhere")
     (cwd / "empty").mkdir()
@@ -89,10 +98,10 @@ def test_an_export_dir_that_would_replace_what_is_not_distmnists_is_refused(cwd,
 
 
 @pytest.mark.parametrize("export_dir", ["new", "empty", "earlier", "../outside/model"])
-def test_an_export_dir_that_is_new_empty_or_an_earlier_export_is_taken(cwd, export_dir):
+def test_an_export_dir_that_is_new_empty_or_an_earlier_export_is_taken(cwd, an_export, export_dir):
     (cwd / "empty").mkdir()
     (cwd.parent / "outside").mkdir()
-    export.export_saved_model(weights(), str(cwd / "earlier"))
+    shutil.copytree(an_export, cwd / "earlier")
     outputs.check(TrainConfig(run_name="r", export_dir=export_dir))
 
 

@@ -67,8 +67,18 @@ def drop_events_after(run_dir: str, step: int) -> int:
             changed = True  # a record cut short by the kill: drop it
         if changed:
             tmp = f"{run_dir.rstrip('/')}/.tmp-resume-{os.path.basename(path)}"
-            with tf.io.TFRecordWriter(tmp) as writer:
-                for record in records:
-                    writer.write(record)
-            tf.io.gfile.rename(tmp, path, overwrite=True)
+            try:
+                with tf.io.TFRecordWriter(tmp) as writer:
+                    for record in records:
+                        writer.write(record)
+                tf.io.gfile.rename(tmp, path, overwrite=True)
+            except tf.errors.OpError as exc:
+                try:
+                    tf.io.gfile.remove(tmp)
+                except tf.errors.OpError:
+                    pass  # never made, or the filesystem will not let it go
+                error = files.no_room_in(exc.message)
+                if error is None:
+                    raise
+                raise OSError(error.errno, error.strerror, path) from None  # the file rewritten, not its temporary
     return dropped

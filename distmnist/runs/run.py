@@ -239,9 +239,12 @@ def _export(run: Run, history: dict, painter: Painter) -> tuple:
         export.save(classifier, saved_model, legacy=True)  # the run directory is distmnist's: its own export too
     except (OSError, tf.errors.OpError) as exc:
         error = _no_room(exc)
-        if error is None:
-            raise
-        raise OSError(error.errno, error.strerror, saved_model) from None  # not the temporary folder's file
+        if error is not None:
+            raise OSError(error.errno, error.strerror, saved_model) from None  # not the temporary folder's file
+        if isinstance(exc, FileExistsError):
+            raise RunFailed(f"{saved_model} {exc.strerror}: move them out, then run the same command with "
+                            f"--run_name={run.config.run_name} to write the SavedModel") from None
+        raise
     copy_failed = None
     if run.config.export_dir:
         try:
