@@ -127,7 +127,7 @@ def test_an_export_dir_without_room_still_gets_run_json_and_the_same_call_writes
     assert tf.saved_model.load(str(small / "model")).signatures["serving_default"] is not None
 
 
-@pytest.mark.slow  # trains and exports, twice: make test, not test-fast
+@pytest.mark.slow  # trains on a tmpfs: make test, not test-fast
 def test_pictures_that_find_no_room_name_their_file(mount_tmpfs, tiny_mnist):
     fs = mount_tmpfs("fs", "16m")
     started = run.set_up(tiny_config(fs), choice=make_strategy(), mnist=tiny_mnist)
