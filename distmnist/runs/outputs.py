@@ -66,10 +66,16 @@ def check(config: TrainConfig, cwd: Optional[str] = None) -> None:
     one on a read-only filesystem (to be made writable again, not chosen anew)."""
     cwd = cwd or os.getcwd()
     run_dir = os.path.join(config.logdir, config.run_name or "")
-    if config.export_dir and not files.is_url(config.export_dir):
-        _check_export(config.export_dir, config.logdir, run_dir, config.events_dir, cwd)
-    if config.events_dir and not files.is_url(config.events_dir):
-        _check_events(config.events_dir, config.logdir, run_dir)
+    try:
+        if config.export_dir and not files.is_url(config.export_dir):
+            _check_export(config.export_dir, config.logdir, run_dir, config.events_dir, cwd)
+        if config.events_dir and not files.is_url(config.events_dir):
+            _check_events(config.events_dir, config.logdir, run_dir)
+    except OSError as exc:  # a folder that cannot be read: what it holds is unknown
+        if files.no_room(exc):
+            raise
+        raise UserError(f"cannot look into {exc.filename} ({exc.strerror}); choose another output folder, or make "
+                        "it readable") from None
 
 
 def _check_export(export_dir: str, logdir: str, run_dir: str, events_dir: Optional[str], cwd: str) -> None:
