@@ -12,13 +12,13 @@ import os
 import shutil
 
 from distmnist.common import files, safeio
+from distmnist.common.config import PATH_SETTINGS
 from distmnist.common.errors import UserError
 
 RUN_CONFIG = "run_config.json"
 # Flags that may differ between a run and its resumption; every other flag must match (paths as places).
 RESUMABLE = ("overwrite", "data_dir", "require_gpus")
 ADDED_LATER = {"precision": "float32"}  # settings newer than some runs: what those runs trained with
-PATH_FLAGS = ("logdir", "events_dir", "export_dir")
 # What distmnist writes in a run directory: the names, and the prefixes of the event files and temporary names.
 WRITTEN = {RUN_CONFIG, "run.json", "checkpoints", "saved_model", "plugins", "train.svg", "test.svg", "confusion.svg",
            "mistakes.png", "calibration.svg"}
@@ -90,7 +90,7 @@ def plan(logdir: str, run_name: str, flags: dict) -> str:
                         f"{OVERWRITE}")
     for name, value in flags.items():
         started = saved.get(name, ADDED_LATER.get(name))
-        same = files.same_place(started, value) if name in PATH_FLAGS and isinstance(started, (str, type(None))) \
+        same = files.same_place(started, value) if name in PATH_SETTINGS and isinstance(started, (str, type(None))) \
             else started == value
         if name not in RESUMABLE and not same:
             then = f"with --{name}={started}" if started is not None else f"without --{name}"
