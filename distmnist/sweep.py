@@ -30,7 +30,8 @@ from absl import flags
 
 from distmnist.common import cli, config, files
 from distmnist.common.config import TrainConfig
-from distmnist.common.errors import Stopped, UserError
+from distmnist.common.errors import OutOfRoom, Stopped, UserError
+from distmnist.runs import outputs
 
 NOT_SWEPT = ("logdir", "run_name", "events_dir", "export_dir", "overwrite", "profile_steps")
 FLAGS = flags.FLAGS
@@ -216,6 +217,8 @@ def run_sweep(given: dict, logdir: str, zipped: bool = False, parallel: int = 1,
     if parallel < 1:
         raise UserError(f"--parallel must be >= 1, got {parallel}")
     points = plan(given, zipped)
+    TrainConfig(logdir=logdir)  # a path a filesystem takes
+    outputs.check_sweep_folder(logdir)  # before anything is written: it replaces only what a sweep wrote
     os.makedirs(os.path.join(logdir, "sweep-logs"), exist_ok=True)
     _declare(logdir, [p.config for p in points])
     results = {p.run_name: _result(logdir, p) for p in points}
@@ -274,7 +277,14 @@ def _plot(report: dict, path: str) -> None:
 
 def main() -> None:
     given = {name: FLAGS[name].value for name in SWEPT_NAMES if FLAGS[name].value is not None}
-    run_sweep(given, FLAGS.logdir, FLAGS.zip, FLAGS.parallel)
+    try:
+        run_sweep(given, FLAGS.logdir, FLAGS.zip, FLAGS.parallel)
+    except Exception as exc:  # noqa: BLE001  the sweep's own files (each point's run says so of its own)
+        error = exc if isinstance(exc, OSError) and files.no_room(exc) else \
+            files.no_room_in(str(exc)) if type(exc).__module__.startswith("tensorflow") else None
+        if error is None:
+            raise
+        raise OutOfRoom(error, "run the same command: finished points are kept") from None
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@
   launch/local_cluster.sh 2 -- [flags]         # two workers on this machine (MultiWorkerMirroredStrategy)
 """
 
+import contextlib
 import dataclasses
 import os
 import time
@@ -14,10 +15,10 @@ from typing import Optional
 from absl import flags
 
 import distmnist
-from distmnist.common import cli, config
+from distmnist.common import cli, config, files
 from distmnist.common.config import TrainConfig
-from distmnist.common.errors import UserError
-from distmnist.runs import pictures, runclaim
+from distmnist.common.errors import OutOfRoom, UserError
+from distmnist.runs import outputs, pictures, runclaim, rundir
 from distmnist.startup import tfquiet, vertex
 from distmnist.training.cluster import parse_tf_config, tf_config_from_jobset
 
@@ -58,10 +59,17 @@ def main() -> None:
         cluster = parse_tf_config(os.environ.get("TF_CONFIG"))
     if settings.run_name is None:
         settings = dataclasses.replace(settings, run_name=config.default_run_name())
-    # One writer per run: the chief claims the run directory before anything is written (runclaim.py).
-    claim = runclaim.take(settings.logdir, settings.run_name) if (cluster is None or cluster.is_chief) and \
-        "://" not in settings.logdir else None
+    chief = cluster is None or cluster.is_chief
+    claim_path = runclaim.claim_path(settings.logdir, settings.run_name)
+    with _no_room_is_one_line(claim_path):
+        if chief:
+            outputs.check(settings)  # every output, before anything is written
+        # One writer per run: the chief claims the run directory before anything is written (runclaim.py).
+        claim = runclaim.take(settings.logdir, settings.run_name) if chief and "://" not in settings.logdir else None
     try:
+        if chief:  # the run directory's plan, made again in set_up: a directory that cannot be used fails here
+            with _no_room_is_one_line(claim_path):
+                rundir.plan(settings.logdir, settings.run_name, dataclasses.asdict(settings))
         _train(settings)
     except UserError:
         if claim:
@@ -70,6 +78,18 @@ def main() -> None:
     finally:
         if claim:  # on every way out (a stop, a divergence too): a lease would otherwise look held for a minute
             claim.release()
+
+
+@contextlib.contextmanager
+def _no_room_is_one_line(claim_path: str):
+    """A full or read-only filesystem while checking and claiming is one line (exit 1), as at any later write; an
+    error without a path is the claim's (os.pwrite names none)."""
+    try:
+        yield
+    except OSError as exc:
+        if not files.no_room(exc):
+            raise
+        raise OutOfRoom(OSError(exc.errno, exc.strerror, exc.filename or claim_path), "run the same command") from None
 
 
 def _train(settings: TrainConfig) -> None:

@@ -41,6 +41,16 @@ def run_module(module: str, *args: str, timeout_s: int = 300, env=None, gpu: boo
                           timeout=timeout_s, cwd=REPO, env=_environment(env, gpu, unset))
 
 
+def without_tensorflow(folder) -> dict:
+    """An environment in which importing TensorFlow fails (a stand-in package first on the path): a process run
+    with it shows that it stopped before it would import TensorFlow."""
+    stand_in = os.path.join(str(folder), "no_tensorflow", "tensorflow")
+    os.makedirs(stand_in, exist_ok=True)
+    with open(os.path.join(stand_in, "__init__.py"), "w") as f:
+        f.write("raise ImportError('this process imported TensorFlow')\n")
+    return {"PYTHONPATH": os.path.dirname(stand_in)}
+
+
 def run_python(code: str, timeout_s: int = 120, gpu: bool = False, env=None, unset=()) -> subprocess.CompletedProcess:
     """Runs code in a fresh interpreter outside the repository, so distmnist cannot be imported by accident;
     `unset` as for run_module."""

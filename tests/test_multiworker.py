@@ -39,7 +39,8 @@ def test_tfdata_input_shards_across_workers(tmp_path, tiny_npz_dir):
 
 
 def test_a_failing_worker_stops_the_cluster_with_its_status(tmp_path, tiny_npz_dir):
-    (tmp_path / "taken").mkdir()  # the chief refuses an existing run directory: exit 2
+    (tmp_path / "taken").mkdir()  # the chief refuses a folder that is not a distmnist run: exit 2
+    (tmp_path / "taken" / "notes.txt").write_text("the user's")
     start = time.monotonic()
     result = local_cluster(2, f"--data_dir={tiny_npz_dir}", f"--logdir={tmp_path}", "--run_name=taken", *FLAGS)
     assert result.returncode == 2

@@ -244,8 +244,9 @@ def test_a_resumed_run_continues_bit_for_bit(mnist, tmp_path, precision):
 def test_a_resume_that_changes_the_precision_is_refused_in_one_line(tmp_path):
     flags = dict(vars(TrainConfig(logdir=str(tmp_path), run_name="r")))
     rundir.open_dir(str(tmp_path), "r", flags, rundir.plan(str(tmp_path), "r", flags))
-    with pytest.raises(UserError, match="was started with --precision=float32, not mixed_bfloat16; rerun with the "
-                                        "same flags"):
+    (tmp_path / "r" / "run.json").write_text("{}")  # a run, not a start that failed before its first checkpoint
+    with pytest.raises(UserError, match="was started with --precision=float32, not mixed_bfloat16; rerun with "
+                                        "--precision=float32 to resume it"):
         rundir.plan(str(tmp_path), "r", {**flags, "precision": "mixed_bfloat16"})
     older = {name: value for name, value in flags.items() if name != "precision"}  # a run from before the flag
     (tmp_path / "r" / "run_config.json").write_text(__import__("json").dumps(older))

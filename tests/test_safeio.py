@@ -110,6 +110,7 @@ def test_a_resumed_run_refuses_links_out_of_it_and_unreadable_settings(tmp_path)
     run.mkdir(parents=True)
     flags = {"run_name": "r"}
     (run / "run_config.json").write_text(json.dumps(flags))
+    (run / "run.json").write_text("{}")  # a run, not a start that failed before its first checkpoint
     assert rundir.plan(str(tmp_path / "logs"), "r", flags) == "resume"
     (tmp_path / "elsewhere").write_text("")
     os.symlink(tmp_path / "elsewhere", run / "history.json")

@@ -2,6 +2,7 @@
 again, a diverging point, and what TensorBoard's HParams plugin makes of it."""
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import pytest
 
 from distmnist import sweep
 from distmnist.common.errors import UserError
+from distmnist.runs import outputs
 
 from helpers import REPO, run_module, tensorboard_server
 
@@ -47,6 +49,30 @@ def test_the_entry_point_says_what_is_wrong_in_one_line_and_writes_nothing(tmp_p
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == ["distmnist.sweep: error: --learning_rate: 'zero' is not a float"]
     assert not (tmp_path / "sweep").exists()
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda d: d.write_text("x"), "--logdir={d} is a file"),
+    (lambda d: (d.mkdir(), (d / "sweep.json").write_text('{"mine": 1}')),
+     "{d}/sweep.json is not a distmnist sweep's report, and a sweep writes its own there"),
+    (lambda d: (d.mkdir(), (d / "sweep.svg").write_text("<svg/>")), "{d}/sweep.svg is not a distmnist sweep's"),
+    (lambda d: (d.mkdir(), (d / "sweep-logs").write_text("x")), "{d}/sweep-logs is not the folder of a sweep's logs"),
+])
+def test_a_sweep_replaces_only_what_a_sweep_wrote(tmp_path, make, message):
+    folder = tmp_path / "sweep"
+    make(folder)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    with pytest.raises(UserError, match=re.escape(message.format(d=folder))):
+        sweep.run_sweep({"learning_rate": "0.5,1.0"}, str(folder))
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+def test_a_sweeps_own_folder_is_taken_again(tmp_path):
+    folder = tmp_path / "sweep"
+    (folder / "sweep-logs").mkdir(parents=True)
+    (folder / "sweep.json").write_text(json.dumps({"swept": [], "points": []}))
+    (folder / "sweep.svg").write_text("<svg/>")
+    outputs.check_sweep_folder(str(folder))
 
 
 def session(group: dict) -> str:

@@ -17,7 +17,7 @@ from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 from tensorflow.python.framework import tensor_util
 
-from helpers import read_scalars, run_module, run_python, tensorboard_server
+from helpers import read_scalars, run_module, run_python, tensorboard_server, without_tensorflow
 
 pytestmark = [pytest.mark.slow]
 
@@ -208,6 +208,24 @@ def assert_one_line_error(result, *fragments):
 ])
 def test_bad_flags_get_one_line_and_exit_2(args, fragments):
     assert_one_line_error(run_module("distmnist.train", *args, timeout_s=60), *fragments)
+
+
+@pytest.mark.parametrize("flag, fragment", [
+    ("--seed=9223372036854775808", "--seed must be at most 9,223,372,036,854,775,807"),
+    ("--steps_per_loop=100000000", "--steps_per_loop must be at most 10,000"),
+    ("--run_name=" + "r" * 300, "--run_name is 300 bytes long; it must be at most 200"),
+    ("--logdir=", "--logdir must not be empty"),
+    ("--export_dir=", "--export_dir must not be empty"),
+])
+def test_unusable_values_stop_before_tensorflow_and_leave_nothing(tmp_path, tiny_npz_dir, flag, fragment):
+    """Out of TensorFlow's range, or no name a filesystem takes: one line before TensorFlow is imported, and no
+    claim, logdir or run directory made."""
+    work = tmp_path / "work"
+    work.mkdir()
+    result = run_module("distmnist.train", f"--data_dir={tiny_npz_dir}", f"--logdir={work / 'logs'}",
+                        "--run_name=r", *TINY_FLAGS, flag, env=without_tensorflow(tmp_path), timeout_s=60)
+    assert_one_line_error(result, fragment)
+    assert os.listdir(work) == []
 
 
 def test_bad_data_and_existing_runs_leave_everything_untouched(tmp_path, tiny_npz_dir):

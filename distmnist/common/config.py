@@ -12,6 +12,25 @@ from distmnist.common.errors import UserError
 INPUTS = ("device", "tfdata")
 STRATEGIES = ("auto", "multi_worker", "mirrored", "one_device")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")  # Keras's policy names
+PATH_SETTINGS = ("data_dir", "logdir", "events_dir", "export_dir")  # compared as places (rundir.plan)
+
+NAME_MAX = 255  # bytes in one file name on Linux's filesystems (ext4, XFS, Btrfs, tmpfs, NFS)
+# The run's claim beside it adds up to 40 bytes to its name: ".NAME.claim" and the lease's ".NAME.claim.TOKEN"
+# (runclaim.py); the sweep's ".log" fewer.
+MAX_RUN_NAME_BYTES = 200
+INT64_MAX = 2 ** 63 - 1  # every integer setting reaches TensorFlow, at most as an int64 (steps, seeds, counts)
+# Where TensorFlow does something with a number at once, a tighter bound, and why:
+INT_LIMITS = {  # (lowest, highest, why); the lowest where the checks above do not already say it
+    "seed": (-2 ** 63, INT64_MAX, "tf.random and tf.data take int64 seeds"),
+    "shuffle_buffer": (None, 1_000_000, "tf.data reserves the whole buffer at once, and one larger than the "
+                                        "training set shuffles no better"),
+    "steps_per_loop": (None, 10_000, "a call holds every one of its steps' inputs and losses at once"),
+    "cpu_replicas": (None, 64, "each logical CPU compiles its own copy of the step"),
+    "intra_op_threads": (None, 1024, "TensorFlow starts every thread of its pools at once"),
+    "inter_op_threads": (None, 1024, "TensorFlow starts every thread of its pools at once"),
+    "collective_timeout_s": (None, 2 ** 31 - 1, "TensorFlow's collectives count it in milliseconds"),
+    "cluster_start_timeout_s": (None, 2 ** 31 - 1, "TensorFlow's collectives count it in milliseconds"),
+}
 
 
 def _setting(default, help: str, shown: Optional[str] = None, choices: tuple = ()):
@@ -29,8 +48,8 @@ class TrainConfig:
     logdir: str = _setting("logs", "where run directories go")
     events_dir: Optional[str] = _setting(None, "this run's TensorBoard events here instead of in its run directory "
                                          "(a folder or a `gs://` URL; Vertex AI: `AIP_TENSORBOARD_LOG_DIR`)")
-    export_dir: Optional[str] = _setting(None, "a copy of the SavedModel here too (a folder or a `gs://` URL; Vertex "
-                                         "AI: `AIP_MODEL_DIR`)")
+    export_dir: Optional[str] = _setting(None, "a copy of the SavedModel here too: a new or empty folder, an earlier "
+                                         "export, or a `gs://` URL (Vertex AI: `AIP_MODEL_DIR`)")
     run_name: Optional[str] = _setting(None, "the run's directory under `--logdir`; the same command with "
                                        "the same `--run_name` resumes it", "timestamp")
     strategy: str = _setting("auto", "`auto`: multi-worker with TF_CONFIG, mirrored over 2+ GPUs, else one "
@@ -107,9 +126,30 @@ class TrainConfig:
             raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.input not in INPUTS:
             raise UserError(f"--input must be one of {', '.join(INPUTS)}, got {self.input!r}")
+        self._check_ranges()
         self.profile_range()
-        if self.run_name is not None and (not self.run_name or "/" in self.run_name or self.run_name in (".", "..")):
-            raise UserError(f"--run_name must be a plain directory name, got {self.run_name!r}")
+        for name in PATH_SETTINGS:
+            _check_path(name, getattr(self, name), optional=name != "logdir")
+        if self.run_name is not None:
+            _check_name("run_name", self.run_name)
+            if "/" in self.run_name or self.run_name in (".", ".."):
+                raise UserError(f"--run_name must be a plain directory name, got {self.run_name!r}")
+            if len(self.run_name.encode()) > MAX_RUN_NAME_BYTES:
+                raise UserError(f"--run_name is {len(self.run_name.encode())} bytes long; it must be at most "
+                                f"{MAX_RUN_NAME_BYTES} (file names end at {NAME_MAX} bytes, and the run's claim "
+                                "file adds to its name)")
+
+    def _check_ranges(self) -> None:
+        """Every integer setting within what TensorFlow takes (INT_LIMITS, else an int64)."""
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                continue
+            low, high, why = INT_LIMITS.get(field.name, (None, INT64_MAX, "TensorFlow takes it as an int64"))
+            if high is not None and value > high:
+                raise UserError(f"--{field.name} must be at most {high:,} ({why}), got {value}")
+            if low is not None and value < low:
+                raise UserError(f"--{field.name} must be at least {low:,} ({why}), got {value}")
 
     def profile_range(self) -> Optional[tuple]:
         """--profile_steps as (start, end), None when not set; UserError when it does not read START,END."""
@@ -120,10 +160,38 @@ class TrainConfig:
             start, end = (int(p) for p in parts) if len(parts) == 2 else (None, None)
         except ValueError:
             start = end = None
-        if start is None or not 0 <= start < end:
+        if start is None or not 0 <= start < end <= INT64_MAX:
             raise UserError(f"--profile_steps must read START,END with 0 <= START < END (for example 200,300), got "
                             f"{self.profile_steps!r}")
         return start, end
+
+
+def _check_name(name: str, value: str) -> None:
+    """UserError unless value can name a file: not empty, no NUL byte, UTF-8 text (TensorBoard's records and the
+    run's JSON hold it as such; a byte that is not, taken from the command line, would fail there)."""
+    if not value:
+        raise UserError(f"--{name} must not be empty")
+    if "\0" in value:
+        raise UserError(f"--{name} must not contain a NUL byte, got {value!r}")
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise UserError(f"--{name} must be UTF-8 text, got {value!r}") from None
+
+
+def _check_path(name: str, value: Optional[str], optional: bool) -> None:
+    """UserError unless value can be a path: _check_name's rules, and no name in it longer than a filesystem takes
+    (a URL's object names are the store's to judge)."""
+    if value is None:
+        return
+    if not value and optional:
+        raise UserError(f"--{name} must not be empty; leave it unset instead")
+    _check_name(name, value)
+    if "://" not in value:
+        longest = max(value.split("/"), key=lambda part: len(part.encode()))
+        if len(longest.encode()) > NAME_MAX:
+            raise UserError(f"--{name} holds a name of {len(longest.encode())} bytes ({longest[:20]}...); file names "
+                            f"end at {NAME_MAX} bytes")
 
 
 def default_run_name() -> str:

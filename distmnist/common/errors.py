@@ -1,4 +1,6 @@
-"""Errors that the entry points turn into one line on stderr and exit status 2."""
+"""Errors that the entry points turn into one line on stderr and an exit status."""
+
+import errno
 
 
 class UserError(Exception):
@@ -14,6 +16,18 @@ class RunFailed(Exception):
     `exit_status`: 1 when running it again would fail the same way."""
 
     exit_status = 1
+
+
+class OutOfRoom(RunFailed):
+    """A write that failed for want of room (a full disk, a quota) or of write access (a read-only filesystem):
+    the line names the path and what to do; `then` says what the same command does afterwards."""
+
+    ADVICE = {errno.ENOSPC: "free space on its filesystem", errno.EDQUOT: "free space or raise the quota",
+              errno.EROFS: "make its filesystem writable again"}
+
+    def __init__(self, error: OSError, then: str):
+        advice = self.ADVICE.get(error.errno, "free space")
+        super().__init__(f"cannot write {error.filename or 'a file'}: {error.strerror}; {advice}, then {then}")
 
 
 class TrainingDiverged(RunFailed):

@@ -5,11 +5,14 @@ A plain tf.Module with an explicit signature, so it loads with tf.saved_model.lo
 and no distmnist import; the preprocessing and the calibration temperature live inside it.
 """
 
+import os
+
 import numpy as np
 import tensorflow as tf
 
+import distmnist
 from distmnist.common import files, logfilters
-from distmnist.runs import calibration
+from distmnist.runs import calibration, outputs
 from distmnist.training.model import MLP, images_to_features
 
 
@@ -48,17 +51,24 @@ class Classifier(tf.Module):
         return temperature
 
 
-def save(classifier: Classifier, path: str) -> None:
-    """Writes the SavedModel to `path`: a folder atomically (a temporary folder renamed into place), a
-    tf.io.gfile URL (gs://, Vertex AI's AIP_MODEL_DIR) directly."""
+def save(classifier: Classifier, path: str, legacy: bool = False) -> None:
+    """Writes the SavedModel to `path`: a folder atomically (a temporary folder renamed into place, with the marker
+    that makes it distmnist's to replace later), replacing only nothing, an empty folder or an export of
+    distmnist's (legacy: one without the marker too, as in run directories before it; FileExistsError otherwise);
+    a tf.io.gfile URL (gs://, Vertex AI's AIP_MODEL_DIR) directly."""
     def write(target):
         tf.saved_model.save(classifier, target, signatures={"serving_default": classifier.serve})
+
+    def write_marked(target):
+        write(target)
+        files.write_json(os.path.join(target, outputs.EXPORT_MARKER),
+                         {"written_by": f"distmnist {distmnist.__version__}"})
 
     with logfilters.absl_warnings_only():
         if files.is_url(path):
             write(path)
         else:
-            files.replace_dir(path, write)
+            files.replace_dir(path, write_marked, lambda p: outputs.is_replaceable_export(p, legacy))
 
 
 def export_saved_model(weights, path: str, temperature: float = 1.0) -> Classifier:

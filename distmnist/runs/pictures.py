@@ -18,6 +18,7 @@ import sys
 import traceback
 from typing import Any
 
+from distmnist.common import files
 from distmnist.common.errors import RunFailed
 
 
@@ -39,6 +40,8 @@ def _serve(connection, runs_end) -> None:
         except Exception as exc:  # noqa: BLE001  everything goes back to the run, in one line
             lines = traceback.format_exception_only(type(exc), exc)
             reply = ("error", lines[-1].strip() if lines else type(exc).__name__)
+            if isinstance(exc, OSError) and files.no_room(exc):  # the run says what to do about it
+                reply = ("no_room", (exc.errno, exc.strerror, exc.filename))
         connection.send(reply)
 
 
@@ -71,7 +74,8 @@ class Painter:
             self._connection.send((name, args))
 
     def result(self) -> Any:
-        """The submitted function's return value; RunFailed with the helper's one-line error if it failed."""
+        """The submitted function's return value; RunFailed with the helper's one-line error if it failed, the
+        OSError itself for a write that failed for want of room (files.no_room)."""
         if self._process is None:
             from distmnist.runs import plots
             (name, args), self._pending = self._pending, None
@@ -81,6 +85,8 @@ class Painter:
         except (EOFError, OSError):
             raise RunFailed(f"the process drawing the pictures ended (exit status {self._process.exitcode}) "
                             "before it finished") from None
+        if status == "no_room":
+            raise OSError(*value)
         if status == "error":
             raise RunFailed(f"drawing the pictures failed: {value}")
         return value

@@ -12,12 +12,12 @@ import tensorflow as tf
 
 import distmnist
 from distmnist.common import files
-from distmnist.common.config import TrainConfig, default_run_name
-from distmnist.common.errors import ClusterFailed, Stopped, TrainingDiverged
+from distmnist.common.config import INT64_MAX, TrainConfig, default_run_name
+from distmnist.common.errors import ClusterFailed, OutOfRoom, RunFailed, Stopped, TrainingDiverged, UserError
 from distmnist.data import dataset
 from distmnist.data.dataset import Mnist
 from distmnist.runs import calibration as calibration_lib
-from distmnist.runs import experiment, export, rundir, summaries
+from distmnist.runs import events, experiment, export, outputs, rundir, summaries
 from distmnist.runs.checkpoints import Checkpointer
 from distmnist.runs.pictures import Painter
 from distmnist.runs.signals import StopOnSignal
@@ -100,14 +100,17 @@ def describe_setup(choice: StrategyChoice, trainer: Trainer, config: TrainConfig
 
 
 def set_up(config: TrainConfig, choice: Optional[StrategyChoice] = None, mnist: Optional[Mnist] = None) -> Run:
-    """Plans the run directory before any expensive work (bad input fails fast), then loads the data, picks the
-    strategy, builds the trainer and, for a resumed run, restores the latest checkpoint."""
+    """Checks the outputs and plans the run directory before any expensive work (bad input fails fast), then loads
+    the data, picks the strategy, builds the trainer, opens the run directory and, for a resumed run, restores the
+    latest checkpoint."""
     started = time.perf_counter()
     timings = {}
     config = dataclasses.replace(config, run_name=config.run_name or default_run_name())
     flags = dataclasses.asdict(config)
     cluster = parse_tf_config(os.environ.get("TF_CONFIG")) if config.strategy in ("auto", "multi_worker") else None
     is_chief = cluster is None or cluster.is_chief
+    if is_chief:
+        outputs.check(config)
     plan = rundir.plan(config.logdir, config.run_name, flags) if is_chief else None
     mnist = mnist or dataset.load(config.data_dir)
     timings["data_s"] = time.perf_counter() - started
@@ -119,20 +122,26 @@ def set_up(config: TrainConfig, choice: Optional[StrategyChoice] = None, mnist: 
                                      config.gpu_memory_growth)
     per_epoch = steps_per_epoch(len(mnist.x_train), config.batch_size, choice.strategy.num_replicas_in_sync)
     total_steps = config.max_steps or config.epochs * per_epoch
+    if total_steps > INT64_MAX:
+        raise UserError(f"--epochs={config.epochs} is {total_steps:,} steps of this data, more than TensorFlow's int64 "
+                        "step counter holds; lower --epochs")
     trains_on_gpus = any("GPU" in d.upper() for d in choice.devices)
     support = devices.support_of(tf.config.get_visible_devices("GPU") if trains_on_gpus else [])
     if config.precision != "float32" and not support.native[config.precision]:
         print(f"warning: {devices.emulated(config.precision, support)}; training anyway", file=sys.stderr, flush=True)
     trainer = Trainer(trainer_settings(config, total_steps, support), choice.strategy, mnist)
-    run_dir = rundir.open_dir(config.logdir, config.run_name, flags, plan) if is_chief else None
     if is_chief and config.events_dir:
-        rundir.open_events_dir(config.events_dir, plan)
+        events.open_events_dir(config.events_dir, os.path.join(config.logdir, config.run_name), plan)
+    run_dir = rundir.open_dir(config.logdir, config.run_name, flags, plan) if is_chief else None
+    if plan == "restart":
+        print(f"run directory {run_dir} held no checkpoint (a start that ended before its first): starting it "
+              "afresh", flush=True)
     checkpointer = Checkpointer(trainer, run_dir, config.keep_checkpoints)
     history, step = None, 0
     if plan == "resume":
         step = checkpointer.restore_latest()
         history = checkpointer.history(step)
-        rundir.drop_events_after(events_dir(config, run_dir), step)
+        events.drop_events_after(events_dir(config, run_dir), step)
     if cluster is not None:
         step = trainer.adopt_replica_0(step)  # only the chief has the run directory: the others take its state
     if step:
@@ -166,14 +175,16 @@ def train(run: Run) -> tuple:
         saved = f"the checkpoint of step {kept} stays the latest" if kept is not None else "no checkpoint written"
         raise TrainingDiverged(exc.step, exc.replica, exc.loss, saved + ", nothing exported") from None
     except tf.errors.OpError as exc:
-        if cluster is None:
+        if cluster is None or _no_room(exc):
             raise
         detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
         raise ClusterFailed(f"{cluster.name} lost contact with the cluster at step {trainer.step} (peers: "
                             f"{', '.join(cluster.peers())}): {type(exc).__name__}: {detail}") from None
     finally:
-        reporter.close()
-        checkpointer.close()
+        try:
+            reporter.close()
+        finally:
+            checkpointer.close()  # waits for the save in flight, even when the events could not be written
     if controller.stopped:
         cause = f"by {stop.name}" if stop.requested else "because another worker was stopped"
         where = f"with a checkpoint in {checkpointer.directory}" if run.is_chief else "(the chief holds the checkpoint)"
@@ -196,11 +207,13 @@ def _calibrate(classifier: export.Classifier, mnist: Mnist) -> dict:
 def write_artifacts(run: Run, timing: dict, history: dict, painter: Painter) -> dict:
     """The chief's SavedModel (calibrated), pictures (drawn by `painter` meanwhile), end-of-run events and run.json;
     returns what run.json holds."""
-    calibration, saved_model, written = _export(run, history, painter)
+    calibration, saved_model, written, copy_failed = _export(run, history, painter)
     _record_timings(run, timing)
     summary = _summary(run, timing, history, calibration)
     run_json = os.path.join(run.run_dir, "run.json")
     files.write_json(run_json, summary)
+    if copy_failed:  # the run is complete and recorded; only its copy is missing
+        raise copy_failed
     _report(run, summary, [saved_model, *([run.config.export_dir] if run.config.export_dir else []), *written,
                            run_json])
     return summary
@@ -208,7 +221,8 @@ def write_artifacts(run: Run, timing: dict, history: dict, painter: Painter) -> 
 
 def _export(run: Run, history: dict, painter: Painter) -> tuple:
     """Calibrates and exports the SavedModel (and to --export_dir) while the painter draws the run's pictures,
-    then writes the end-of-run events; returns (calibration, the SavedModel's path, the pictures written)."""
+    then writes the end-of-run events; returns (calibration, the SavedModel's path, the pictures written, the
+    RunFailed of a copy to --export_dir that could not be written, else None)."""
     trainer, mnist, run_dir = run.trainer, run.mnist, run.run_dir
     saved_model = os.path.join(run_dir, "saved_model")
     start = time.perf_counter()
@@ -221,9 +235,22 @@ def _export(run: Run, history: dict, painter: Painter) -> tuple:
     written = painter.result()
     painter.submit("draw_test_pictures", run_dir, mnist.x_test, mnist.y_test, probabilities,
                    calibration["test"]["ece_before"])  # drawn while this exports
-    export.save(classifier, saved_model)
+    try:
+        export.save(classifier, saved_model, legacy=True)  # the run directory is distmnist's: its own export too
+    except (OSError, tf.errors.OpError) as exc:
+        error = _no_room(exc)
+        if error is not None:
+            raise OSError(error.errno, error.strerror, saved_model) from None  # not the temporary folder's file
+        if isinstance(exc, FileExistsError):
+            raise RunFailed(f"{saved_model} {exc.strerror}: move them out, then run the same command with "
+                            f"--run_name={run.config.run_name} to write the SavedModel") from None
+        raise
+    copy_failed = None
     if run.config.export_dir:
-        export.save(classifier, run.config.export_dir)
+        try:
+            export.save(classifier, run.config.export_dir)
+        except (OSError, tf.errors.OpError) as exc:
+            copy_failed = _copy_failed(run, exc)
     run.timings["export_s"] = time.perf_counter() - start
     start = time.perf_counter()
     test_written, png = painter.result()
@@ -233,7 +260,44 @@ def _export(run: Run, history: dict, painter: Painter) -> tuple:
                                experiment.final_scalars(time.perf_counter() - run.started,
                                                         calibration["test"]["ece_after"]))
     run.timings["pictures_s"] = time.perf_counter() - start  # what drawing adds: it overlaps the export
-    return calibration, saved_model, written
+    return calibration, saved_model, written, copy_failed
+
+
+def _copy_failed(run: Run, exc: Exception) -> RunFailed:
+    """The one line for a copy to --export_dir that could not be written (what the same command then does: a
+    finished run resumed writes its artifacts again)."""
+    where, then = run.config.export_dir, f"run the same command with --run_name={run.config.run_name} to write it"
+    error = _no_room(exc)
+    if error is not None:
+        return OutOfRoom(OSError(error.errno, error.strerror, where), f"{then} (the run is complete in {run.run_dir})")
+    if isinstance(exc, FileExistsError):
+        return RunFailed(f"--export_dir={where} now {exc.strerror}: move those files out, or choose another "
+                         f"--export_dir, then {then} (the run is complete in {run.run_dir})")
+    detail = exc.strerror if isinstance(exc, OSError) else (exc.message.strip().splitlines() or [""])[0][:300]
+    return RunFailed(f"the SavedModel could not be written to --export_dir={where} ({detail}); the run is complete "
+                     f"in {run.run_dir}: fix the folder, then {then}")
+
+
+def _no_room(exc: Exception) -> Optional[OSError]:
+    """The OSError of a write that failed for want of room or write access (files.NO_ROOM), from Python's or
+    TensorFlow's file system; None for any other error."""
+    if isinstance(exc, OSError):
+        return exc if files.no_room(exc) else None
+    if isinstance(exc, tf.errors.OpError):
+        return files.no_room_in(exc.message)
+    return None
+
+
+def _afterwards(run: Optional[Run], run_name: str) -> str:
+    """What the same command does after a failed write: resume from the run's latest checkpoint."""
+    step = None
+    if run is not None:
+        try:
+            step = run.checkpointer.latest_step
+        except RunFailed:
+            pass
+    then = f"run the same command with --run_name={run_name}"
+    return f"{then}: it resumes from the checkpoint of step {step}" if step else f"{then}: it starts afresh"
 
 
 def _record_timings(run: Run, timing: dict) -> None:
@@ -315,9 +379,13 @@ def train_and_evaluate(config: TrainConfig, choice: Optional[StrategyChoice] = N
 
     The same command with the same --run_name resumes from the run's latest checkpoint. In a multi-worker
     cluster every worker trains, and only the chief writes the run directory (and holds the checkpoints).
-    SIGTERM or SIGINT stops the run at the next call boundary with a checkpoint (errors.Stopped).
+    SIGTERM or SIGINT stops the run at the next call boundary with a checkpoint (errors.Stopped). A write that
+    fails for want of room or write access is errors.OutOfRoom, naming the path; a copy to --export_dir that
+    cannot be written is a RunFailed once run.json is written.
     """
     painter = painter or Painter(inline=True)
+    config = dataclasses.replace(config, run_name=config.run_name or default_run_name())
+    run = None
     try:
         run = set_up(config, choice, mnist)
         run.timings["imports_s"] = imports_s
@@ -327,5 +395,10 @@ def train_and_evaluate(config: TrainConfig, choice: Optional[StrategyChoice] = N
                   flush=True)
             return {"global_step": run.trainer.step, "num_replicas": run.trainer.num_replicas}
         return write_artifacts(run, timing, history, painter)
+    except (OSError, tf.errors.OpError) as exc:
+        error = _no_room(exc)
+        if error is None:
+            raise
+        raise OutOfRoom(error, _afterwards(run, config.run_name)) from None
     finally:
         painter.close()
