@@ -62,7 +62,7 @@ def main() -> None:
     claim = runclaim.take(settings.logdir, settings.run_name) if (cluster is None or cluster.is_chief) and \
         "://" not in settings.logdir else None
     try:
-        _train(settings)
+        _train(settings, claim)
     except UserError:
         if claim:
             claim.abandon()  # a run that failed its checks leaves nothing behind, its claim included
@@ -72,7 +72,7 @@ def main() -> None:
             claim.release()
 
 
-def _train(settings: TrainConfig) -> None:
+def _train(settings: TrainConfig, claim: Optional[runclaim.Claim]) -> None:
     painter = pictures.Painter()  # forked now, while this process is small and single-threaded
     tf = tfquiet.import_tensorflow()
     if settings.require_gpus and not tf.config.get_visible_devices("GPU"):
@@ -82,7 +82,7 @@ def _train(settings: TrainConfig) -> None:
                         "was trained (python -m distmnist.doctor has the whole report)")
     from distmnist.runs.run import train_and_evaluate
 
-    train_and_evaluate(settings, imports_s=time.perf_counter() - distmnist.STARTED, painter=painter)
+    train_and_evaluate(settings, imports_s=time.perf_counter() - distmnist.STARTED, painter=painter, claim=claim)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,10 @@ class TrainingDiverged(RunFailed):
                          f"{loss:.4g}){'; ' + saved if saved else ''}; lower --learning_rate")
         self.step, self.replica, self.loss = step, replica, loss
 
+    def with_saved(self, saved: str) -> "TrainingDiverged":
+        """The same failure, saying what was kept."""
+        return type(self)(self.step, self.replica, self.loss, saved)
+
 
 class ClusterFailed(RunFailed):
     """A peer in a multi-worker cluster was lost or a collective timed out. Exit status 138: running the same
