@@ -289,7 +289,7 @@ def assert_replicas_agree(trainer) -> None:
             np.testing.assert_array_equal(values[0], other)
 
 
-@pytest.mark.parametrize("input_path", ["device", "tfdata"])
+@pytest.mark.parametrize("input_path", ["device", pytest.param("tfdata", marks=pytest.mark.slow)])
 def test_a_planted_overflow_skips_the_step_and_halves_the_scale_on_every_replica(mnist, input_path):
     """huge overflows float16's gradients at the initial scale: the step changes no weight and halves the scale, on
     both replicas, and the run goes on; once the scale is small enough, it trains. Over tf.data every call is the
@@ -310,7 +310,7 @@ def test_a_planted_overflow_skips_the_step_and_halves_the_scale_on_every_replica
     assert_replicas_agree(trainer)
 
 
-@pytest.mark.parametrize("input_path", ["device", "tfdata"])
+@pytest.mark.parametrize("input_path", ["device", pytest.param("tfdata", marks=pytest.mark.slow)])
 def test_an_overflow_on_one_replica_skips_the_step_on_every_replica(mnist, input_path):
     """Only replica 1's gradients overflow (its loss is huge's): both replicas skip the step and halve the scale,
     their weights stay equal and as they were; once the scale fits replica 1's gradients, both train, alike. A
@@ -341,14 +341,15 @@ def overflowing_at_any_scale(targets, outputs, global_batch_size):
     return 1e9 * tf.reduce_sum(tf.square(targets - outputs)) / global_batch_size
 
 
-@pytest.mark.parametrize("input_path, replicas", [("device", 1), ("device", 2), ("tfdata", 1)])
+@pytest.mark.parametrize("input_path, replicas", [("device", 1), pytest.param("device", 2, marks=pytest.mark.slow),
+                                                  pytest.param("tfdata", 1, marks=pytest.mark.slow)])
 def test_skipping_step_after_step_at_loss_scale_1_stops_as_a_divergence(mnist, input_path, replicas):
     """The scale halves from 2^15 to 1 in 15 skipped steps; then no halving can help, and MAX_SKIPPED_AT_SCALE_1
     steps skipped in a row at scale 1 end the run (GradientsOverflowed, a divergence), instead of a run that trains
     nothing to its end. The weights are still the initial ones."""
     trainer = Trainer(TrainerSettings(batch_size=32 // replicas, precision="mixed_float16", steps_per_loop=5,
-                                      input=input_path), make_strategy(cpu_replicas=replicas).strategy, mnist,
-                      loss_fn=overflowing_at_any_scale)
+                                      input=input_path, jit_compile=False),
+                      make_strategy(cpu_replicas=replicas).strategy, mnist, loss_fn=overflowing_at_any_scale)
     before = trainer.weights()
     with pytest.raises(GradientsOverflowed) as caught:
         run_steps(trainer, 1000)
@@ -363,6 +364,7 @@ def test_skipping_step_after_step_at_loss_scale_1_stops_as_a_divergence(mnist, i
     assert_replicas_agree(trainer)
 
 
+@pytest.mark.slow  # a run's set-up, and 115 steps
 def test_a_run_that_skips_every_step_at_scale_1_keeps_its_last_checkpoint_and_exports_nothing(tmp_path, mnist):
     """The run's side of GradientsOverflowed, as of a divergence: one line naming what was kept, exit status 1,
     the last checkpoint (every 50 steps) the latest, no SavedModel, no run.json."""
@@ -384,6 +386,7 @@ def test_a_run_that_skips_every_step_at_scale_1_keeps_its_last_checkpoint_and_ex
     assert not (tmp_path / "r" / "saved_model").exists() and not (tmp_path / "r" / "run.json").exists()
 
 
+@pytest.mark.slow  # 400 steps
 def test_good_steps_between_skipped_ones_at_scale_1_keep_the_run_going(mnist):
     """Only steps skipped in a row end a run: here the gradients overflow at any scale on the batches whose first
     example is a digit below 5, about every other batch; far more than MAX_SKIPPED_AT_SCALE_1 steps are skipped
@@ -393,22 +396,22 @@ def test_good_steps_between_skipped_ones_at_scale_1_keep_the_run_going(mnist):
     def overflowing_on_some_batches(targets, outputs, global_batch_size):
         return tf.where(tf.argmax(targets[0]) < 5, 1e9, 1.0) * mse_loss(targets, outputs, global_batch_size)
 
-    trainer = Trainer(TrainerSettings(batch_size=32, precision="mixed_float16", learning_rate=0.5),
+    trainer = Trainer(TrainerSettings(batch_size=32, precision="mixed_float16", learning_rate=0.5, jit_compile=False),
                       make_strategy().strategy, mnist, loss_fn=overflowing_on_some_batches)
     run_steps(trainer, 400)
     state = trainer.loss_scale_state()
     assert state["loss_scale"] == 1.0 and MAX_SKIPPED_AT_SCALE_1 < state["skipped_steps"] < 300
 
 
-@pytest.mark.parametrize("input_path", ["device", "tfdata"])
+@pytest.mark.parametrize("input_path", ["device", pytest.param("tfdata", marks=pytest.mark.slow)])
 def test_a_divergence_after_skipped_steps_rolls_the_loss_scale_back_with_the_weights(mnist, input_path):
     """huge's gradients overflow at the first scales (skipped steps), then at learning rate 1.5 they blow the
     weights up and the loss becomes infinite: the run diverges at that step, and the weights and every replica's
     loss scale state (the scale, the good steps, the steps skipped, those skipped at scale 1) are those of a run of
     exactly the steps before it: the call's steps are rolled back, then replayed with the checks."""
     def trainer():
-        return Trainer(TrainerSettings(batch_size=16, precision="mixed_float16", learning_rate=1.5,
-                                       input=input_path), make_strategy(cpu_replicas=2).strategy, mnist, loss_fn=huge)
+        return Trainer(TrainerSettings(batch_size=16, precision="mixed_float16", learning_rate=1.5, input=input_path,
+                                       jit_compile=False), make_strategy(cpu_replicas=2).strategy, mnist, loss_fn=huge)
 
     diverging = trainer()
     with pytest.raises(TrainingDiverged) as caught:
@@ -600,6 +603,7 @@ def test_what_dynamic_loss_scaling_can_reach(state, steps, reachable):
             assert_reachable_loss_scale(state, steps)
 
 
+@pytest.mark.slow  # a run with its export
 def test_a_float16_run_reports_a_loss_scale_it_can_reach_and_its_steps_skipped(tmp_path, mnist):
     """run.json's precision entry on the CPU (float16 emulated) after skipped steps and growths: the scale and the
     steps skipped are those the trainer reached, and a scale that dynamic loss scaling can reach from them."""
