@@ -372,10 +372,7 @@ def test_a_checkpoint_is_used_only_when_it_verifies_and_pruning_spares_the_newer
     """With the index gone: ckpt-30 holds step 20 (files copied over), ckpt-20 has another model's shapes, so
     ckpt-10 is the one to resume from. The index is written again listing ckpt-10 alone; saving on with
     keep_checkpoints=1 prunes ckpt-10 but never ckpt-30, which is newer than the checkpoint restored."""
-    def trainer():
-        return plain_trainer(tiny_mnist)
-
-    first = trainer()
+    first = plain_trainer(tiny_mnist)
     saver = Checkpointer(first, str(tmp_path), keep=3)
     saved = {}
     for step in (10, 20, 30):
@@ -392,7 +389,7 @@ def test_a_checkpoint_is_used_only_when_it_verifies_and_pruning_spares_the_newer
     (directory / "checkpoint").unlink()
     newer = {name: data for name, data in files_under(directory).items() if name.startswith("ckpt-30")}
 
-    resumed = trainer()
+    resumed = first  # its weights are step 30's: the restore must bring back step 10's
     restorer = Checkpointer(resumed, str(tmp_path), keep=1)
     with caplog.at_level(logging.WARNING):
         assert restorer.restore_latest() == 10
