@@ -280,7 +280,7 @@ def test_a_claim_file_that_is_not_a_claim_is_one_line_and_left_as_it_is(tmp_path
 
 
 @pytest.mark.parametrize("kind", ["lock", "lease"])
-@pytest.mark.parametrize("thing", ["a folder", "a link", "a FIFO"])
+@pytest.mark.parametrize("thing", ["a folder", "a link", "a FIFO", "a socket"])
 def test_a_claim_path_that_is_not_a_file_is_one_line_and_nothing_is_written_through_it(tmp_path, monkeypatch, kind,
                                                                                         thing):
     monkeypatch.setenv("DISTMNIST_RUN_CLAIM", kind)
@@ -291,8 +291,12 @@ def test_a_claim_path_that_is_not_a_file_is_one_line_and_nothing_is_written_thro
         path.mkdir()
     elif thing == "a link":
         path.symlink_to(target)
-    else:
+    elif thing == "a FIFO":
         os.mkfifo(path)
+    else:
+        server = socket.socket(socket.AF_UNIX)
+        server.bind(str(path))
+        server.close()  # the socket file stays
     with pytest.raises(runclaim.NotAClaim, match=rf"^{path} is not a distmnist run claim \((not a regular file|a "
                                                  r"symbolic link)\); if no distmnist process"):
         runclaim.take(str(tmp_path), "r")  # a FIFO would hang a reader that waits for a writer

@@ -194,8 +194,9 @@ def _existing_claim(path: str, fields: dict) -> dict:
     except FileNotFoundError:
         return {}
     except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise NotAClaim(_not_a_claim(path, "a symbolic link")) from None
+        if exc.errno in (errno.ELOOP, errno.ENXIO):  # a link; a socket
+            raise NotAClaim(_not_a_claim(path, "a symbolic link" if exc.errno == errno.ELOOP else
+                                         "not a regular file")) from None
         raise UserError(f"cannot read the run claim {path} ({exc.strerror}); fix its permissions") from None
 
 
@@ -296,10 +297,10 @@ def _take_lock(path: str, run_dir: str, me: dict, created: list) -> Claim:
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
     except OSError as exc:
-        if exc.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
+        if exc.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):  # a link; a folder; a socket
             raise NotAClaim(_not_a_claim(path, "a symbolic link" if exc.errno == errno.ELOOP else
                                          "not a regular file")) from None
-        raise
+        raise UserError(f"cannot open the run claim {path} ({exc.strerror}); fix its permissions") from None
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise NotAClaim(_not_a_claim(path, "not a regular file"))
