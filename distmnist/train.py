@@ -70,7 +70,7 @@ def main() -> None:
         if chief:  # the run directory's plan, made again in set_up: a directory that cannot be used fails here
             with _no_room_is_one_line(claim_path):
                 rundir.plan(settings.logdir, settings.run_name, dataclasses.asdict(settings))
-        _train(settings)
+        _train(settings, claim)
     except UserError:
         if claim:
             claim.abandon()  # a run that failed its checks leaves nothing behind, its claim included
@@ -92,7 +92,7 @@ def _no_room_is_one_line(claim_path: str):
         raise OutOfRoom(OSError(exc.errno, exc.strerror, exc.filename or claim_path), "run the same command") from None
 
 
-def _train(settings: TrainConfig) -> None:
+def _train(settings: TrainConfig, claim: Optional[runclaim.Claim]) -> None:
     painter = pictures.Painter()  # forked now, while this process is small and single-threaded
     tf = tfquiet.import_tensorflow()
     if settings.require_gpus and not tf.config.get_visible_devices("GPU"):
@@ -102,7 +102,7 @@ def _train(settings: TrainConfig) -> None:
                         "was trained (python -m distmnist.doctor has the whole report)")
     from distmnist.runs.run import train_and_evaluate
 
-    train_and_evaluate(settings, imports_s=time.perf_counter() - distmnist.STARTED, painter=painter)
+    train_and_evaluate(settings, imports_s=time.perf_counter() - distmnist.STARTED, painter=painter, claim=claim)
 
 
 if __name__ == "__main__":

@@ -2,27 +2,61 @@
 update; float16 with dynamic loss scaling. What each precision must keep of float32's guarantees, with tolerances
 derived from the types' unit roundoff (docs/precision.md)."""
 
+import dataclasses
 import json
+import math
+import platform
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from distmnist.common.config import TrainConfig
-from distmnist.common.errors import UserError
+from distmnist.common.errors import GradientsOverflowed, TrainingDiverged, UserError
 from distmnist.runs import rundir
 from distmnist.runs.checkpoints import Checkpointer
 from distmnist.training import devices, inputs
 from distmnist.training.controller import run_steps
 from distmnist.training.model import forward, images_to_features
 from distmnist.training.strategy import make_strategy
-from distmnist.training.trainer import INITIAL_LOSS_SCALE, Trainer, TrainerSettings
+from distmnist.training.trainer import INITIAL_LOSS_SCALE, MAX_SKIPPED_AT_SCALE_1, Trainer, TrainerSettings
 
 from helpers import make_tiny_mnist, run_module, run_python
 
 MIXED = ("mixed_bfloat16", "mixed_float16")
 ROUNDINGS = 12  # the most roundings to the low type between the pixels and a weight's gradient: 4 per layer
 UNIT_ROUNDOFF = {"float32": 2.0 ** -24, "mixed_bfloat16": 2.0 ** -8, "mixed_float16": 2.0 ** -11}
+LOW_TYPES = {"mixed_bfloat16": tf.bfloat16, "mixed_float16": tf.float16}
+SIGMAS = 6  # a rounding error beyond 6 standard deviations of the model below: odds under 1e-8 an output
+
+
+def rounding_sigma(precision: str, features: np.ndarray, weights: list) -> np.ndarray:
+    """Per output of forward(weights, features, low type), the standard deviation of its difference from the exact
+    (float64) outputs, in float64. Each rounding to the type is an error of variance at most u^2 v^2 / 3 (round to
+    nearest: within +-u|v|, uniform), independent of the others: the pixels, every weight and bias, every matmul
+    output and bias addition; the products are exact and summed in float32 or better (whose errors, 2^-24 relative,
+    are left out); a ReLU passes an error where it passes its value. The errors then add up in variance through the
+    layers (Higham, Accuracy and Stability of Numerical Algorithms, 2.8: the statistical estimate)."""
+    u2_3 = UNIT_ROUNDOFF[precision] ** 2 / 3
+    h = features.astype(np.float64)
+    var = u2_3 * h ** 2
+    for i in range(len(weights) // 2):
+        kernel, bias = weights[2 * i].astype(np.float64), weights[2 * i + 1].astype(np.float64)
+        z = h @ kernel
+        var = var @ kernel ** 2 + u2_3 * (h ** 2 @ kernel ** 2 + z ** 2 + bias ** 2 + (z + bias) ** 2)
+        h = z + bias
+        if i < len(weights) // 2 - 1:
+            var, h = np.where(h > 0, var, 0.0), np.maximum(h, 0.0)
+    return np.sqrt(var)
+
+
+def exact_forward(weights: list, features: np.ndarray) -> np.ndarray:
+    h = features.astype(np.float64)
+    for i in range(len(weights) // 2):
+        h = h @ weights[2 * i].astype(np.float64) + weights[2 * i + 1].astype(np.float64)
+        if i < len(weights) // 2 - 1:
+            h = np.maximum(h, 0.0)
+    return h
 
 
 @pytest.fixture(scope="module")
@@ -43,21 +77,31 @@ def max_difference(a, b):
 
 @pytest.mark.parametrize("precision", MIXED)
 def test_the_forward_pass_runs_in_the_low_precision_and_answers_in_float32(precision):
-    """Every matmul of the traced forward pass is in the low type, the outputs float32, within the type's rounding
-    of float32's: each output sums 784, 512 and 256 products, each rounded once to the type (Higham: n*u)."""
+    """Every matmul of the traced forward pass is in the low type, the outputs float32, and they differ from the
+    exact outputs as the type's roundings make them differ (rounding_sigma): every output within SIGMAS standard
+    deviations, and their root mean square within one and a half (the model's variance is an upper bound). The
+    other mixed type's outputs, or float32's, fail this: the bound tells the types apart."""
     rng = np.random.default_rng(0)
-    weights = [tf.constant(rng.uniform(-0.05, 0.05, s).astype(np.float32)) for s in
+    weights = [rng.uniform(-0.05, 0.05, s).astype(np.float32) for s in
                ((784, 512), (512,), (512, 256), (256,), (256, 10), (10,))]
-    features = tf.constant(rng.uniform(0, 1, (32, 784)).astype(np.float32))
-    low = {"mixed_bfloat16": tf.bfloat16, "mixed_float16": tf.float16}[precision]
+    features = rng.uniform(0, 1, (32, 784)).astype(np.float32)
+    low = LOW_TYPES[precision]
     graph = tf.function(lambda x: forward(weights, x, low)).get_concrete_function(
         tf.TensorSpec([None, 784], tf.float32)).graph
     assert {op.get_attr("T") for op in graph.get_operations() if op.type == "MatMul"} == {low}
-    exact = forward(weights, features).numpy()
-    mixed = forward(weights, features, low)
-    assert mixed.dtype == tf.float32
-    bound = 784 * UNIT_ROUNDOFF[precision] * float(np.abs(exact).max() + 1)
-    assert 0 < np.abs(mixed.numpy() - exact).max() < bound
+    exact = exact_forward(weights, features)
+    sigma = rounding_sigma(precision, features, weights)
+
+    def deviations(dtype):
+        outputs = forward(weights, tf.constant(features), dtype)
+        assert outputs.dtype == tf.float32
+        return (outputs.numpy() - exact) / sigma
+
+    z = deviations(low)
+    assert np.abs(z).max() < SIGMAS and 0.1 < np.sqrt(np.mean(z ** 2)) < 1.5
+    other = LOW_TYPES[next(p for p in MIXED if p != precision)]
+    assert (np.abs(deviations(other)).max() > SIGMAS) == (precision == "mixed_float16")  # bfloat16's: 8x float16's
+    assert np.sqrt(np.mean(deviations(tf.float32) ** 2)) < 0.1  # float32 is no rounding of the type at all
 
 
 @pytest.mark.parametrize("precision", MIXED)
@@ -135,8 +179,43 @@ def test_a_short_run_learns_as_float32_does(mnist, precision):
     reference, ref_losses = trained(mnist, "float32", steps=150, learning_rate=0.5)
     low, losses = trained(mnist, precision, steps=150, learning_rate=0.5)
     assert losses[-10:].mean() < 0.5 * losses[:10].mean()
-    assert abs(losses[0] - ref_losses[0]) < 784 * UNIT_ROUNDOFF[precision] * ref_losses[0]
+    assert abs(losses[0] - ref_losses[0]) < first_loss_bound(mnist, precision, reference.settings.seed, 64)
     assert abs(low.evaluate()[0] - reference.evaluate()[0]) <= 3 / 203
+
+
+def first_loss_bound(mnist, precision: str, seed: int, batch_size: int, examples: int = None) -> float:
+    """How far the first step's loss (a mean of squared errors over a batch of the training set, from the initial
+    weights) may be from float32's: the loss moves by sum(2 (o - t) d) / (10 B) for output errors d of standard
+    deviation sigma (rounding_sigma), to first order; SIGMAS of that deviation, with the batch taken as the
+    worst of the training set's first `examples` (all of them by default), and the second-order mean of d^2."""
+    from distmnist.training.model import MLP, images_to_features, labels_to_targets
+
+    weights = MLP(seed=seed).get_numpy()
+    features = images_to_features(mnist.x_train[:examples]).numpy()
+    outputs, targets = exact_forward(weights, features), labels_to_targets(mnist.y_train[:examples]).numpy()
+    sigma = rounding_sigma(precision, features, weights)
+    per_example = np.sum((outputs - targets) ** 2 * sigma ** 2, axis=1)  # each example's share of the variance
+    worst = np.sort(per_example)[-batch_size:].sum()
+    return float(SIGMAS * 2 * np.sqrt(worst) / (10 * batch_size) + np.max(sigma) ** 2)
+
+
+@pytest.mark.parametrize("precision", MIXED)
+def test_the_first_loss_bound_tells_a_loss_taken_in_the_low_type_apart(mnist, precision):
+    """The bound of test_a_short_run_learns_as_float32_does, against the first batch's loss computed as the trainer
+    computes it, and as it would be if the loss itself were taken in the low type (outputs and mean): the first
+    passes, the second does not (the bound that allowed 784 u, three times the loss in bfloat16, passed both)."""
+    from distmnist.training import step
+    from distmnist.training.model import MLP, images_to_features, labels_to_targets
+
+    weights = MLP(seed=42).get_numpy()
+    features, targets = images_to_features(mnist.x_train[:64]), labels_to_targets(mnist.y_train[:64])
+    low = LOW_TYPES[precision]
+    bound = first_loss_bound(mnist, precision, 42, 64, examples=64)  # the batch itself: its worst 64 of 64
+    reference = float(step.mse_loss(targets, forward(weights, features), 64))
+    mixed = float(step.mse_loss(targets, forward(weights, features, low), 64))
+    in_the_low_type = float(tf.cast(step.mse_loss(tf.cast(targets, low), tf.cast(forward(weights, features, low),
+                                                                                  low), 64), tf.float32))
+    assert abs(mixed - reference) < bound < abs(in_the_low_type - reference)
 
 
 @pytest.mark.slow
@@ -191,25 +270,163 @@ def test_the_losses_do_not_depend_on_steps_per_loop(mnist, precision):
         assert trainer.loss_scale_state() == runs[0][0].loss_scale_state()
 
 
-def test_a_planted_overflow_skips_the_step_and_halves_the_scale_on_every_replica(mnist):
-    """A loss 1000 times too large overflows float16's gradients at the initial scale: the step changes no weight
-    and halves the scale, on both replicas, and the run goes on; once the scale is small enough, it trains."""
-    def huge(targets, outputs, global_batch_size):
-        return 1e3 * tf.reduce_sum(tf.square(targets - outputs)) / global_batch_size
+def huge(targets, outputs, global_batch_size):
+    """A loss 1000 times too large: its float16 gradients overflow at the initial loss scale."""
+    return 1e3 * tf.reduce_sum(tf.square(targets - outputs)) / global_batch_size
 
-    trainer = Trainer(TrainerSettings(batch_size=32, precision="mixed_float16", learning_rate=1e-12),
-                      make_strategy(cpu_replicas=2).strategy, mnist, loss_fn=huge)
+
+def copies(trainer, variables) -> list:
+    """Every replica's copy of each variable, as numpy arrays: [[replica 0's, replica 1's, ...], ...]."""
+    return [[c.numpy() for c in trainer.strategy.experimental_local_results(v)] for v in variables]
+
+
+def assert_replicas_agree(trainer) -> None:
+    """Every replica holds the same weights and loss scale state, bit for bit."""
+    for values in copies(trainer, trainer._state):
+        for other in values[1:]:
+            np.testing.assert_array_equal(values[0], other)
+
+
+@pytest.mark.parametrize("input_path", ["device", pytest.param("tfdata", marks=pytest.mark.slow)])
+def test_a_planted_overflow_skips_the_step_and_halves_the_scale_on_every_replica(mnist, input_path):
+    """huge overflows float16's gradients at the initial scale: the step changes no weight and halves the scale, on
+    both replicas, and the run goes on; once the scale is small enough, it trains. Over tf.data every call is the
+    checked one, where an overflow must still skip, not diverge."""
+    trainer = Trainer(TrainerSettings(batch_size=32, precision="mixed_float16", learning_rate=1e-12,
+                                      input=input_path), make_strategy(cpu_replicas=2).strategy, mnist, loss_fn=huge)
     before = trainer.weights()
     run_steps(trainer, 1)
     assert trainer.loss_scale_state() == {"loss_scale": INITIAL_LOSS_SCALE / 2, "skipped_steps": 1}
     for a, b in zip(before, trainer.weights()):
         np.testing.assert_array_equal(a, b)
-    copies = [v.numpy() for v in trainer.strategy.experimental_local_results(trainer.loss_scale.scale)]
-    assert copies == [INITIAL_LOSS_SCALE / 2] * 2
+    assert copies(trainer, [trainer.loss_scale.scale]) == [[INITIAL_LOSS_SCALE / 2] * 2]
+    assert_replicas_agree(trainer)
     run_steps(trainer, 30)  # halves until the scaled gradients fit, then trains
     state = trainer.loss_scale_state()
     assert 1 < state["skipped_steps"] < 31 and state["loss_scale"] == INITIAL_LOSS_SCALE / 2 ** state["skipped_steps"]
     assert max(float(np.abs(a - b).max()) for a, b in zip(before, trainer.weights())) > 0
+    assert_replicas_agree(trainer)
+
+
+@pytest.mark.parametrize("input_path", ["device", pytest.param("tfdata", marks=pytest.mark.slow)])
+def test_an_overflow_on_one_replica_skips_the_step_on_every_replica(mnist, input_path):
+    """Only replica 1's gradients overflow (its loss is huge's): both replicas skip the step and halve the scale,
+    their weights stay equal and as they were; once the scale fits replica 1's gradients, both train, alike. A
+    replica that applied its step while the other skipped would leave the copies apart."""
+    def huge_on_replica_1(targets, outputs, global_batch_size):
+        factor = tf.where(tf.equal(tf.distribute.get_replica_context().replica_id_in_sync_group, 1), 1e3, 1.0)
+        return factor * tf.reduce_sum(tf.square(targets - outputs)) / global_batch_size
+
+    trainer = Trainer(TrainerSettings(batch_size=32, precision="mixed_float16", learning_rate=1e-3, input=input_path,
+                                      jit_compile=False),  # a replica's id is a constant of its own trace
+                      make_strategy(cpu_replicas=2).strategy, mnist, loss_fn=huge_on_replica_1)
+    before = trainer.weights()
+    run_steps(trainer, 1)
+    assert copies(trainer, [trainer.loss_scale.scale, trainer.loss_scale.skipped]) == \
+        [[INITIAL_LOSS_SCALE / 2] * 2, [1.0, 1.0]]
+    for weight, copy in zip(before, copies(trainer, trainer.model.weights)):
+        for value in copy:
+            np.testing.assert_array_equal(value, weight)
+    run_steps(trainer, 20)
+    assert 1 < trainer.loss_scale_state()["skipped_steps"] < 21
+    assert max(float(np.abs(a - b).max()) for a, b in zip(before, trainer.weights())) > 0
+    assert_replicas_agree(trainer)
+
+
+def overflowing_at_any_scale(targets, outputs, global_batch_size):
+    """A loss whose float16 gradients overflow even at scale 1 (its gradient by the outputs is about 3e7, float16's
+    largest number 65504), while the loss itself, in float32, is finite."""
+    return 1e9 * tf.reduce_sum(tf.square(targets - outputs)) / global_batch_size
+
+
+@pytest.mark.parametrize("input_path, replicas", [("device", 1), pytest.param("device", 2, marks=pytest.mark.slow),
+                                                  pytest.param("tfdata", 1, marks=pytest.mark.slow)])
+def test_skipping_step_after_step_at_loss_scale_1_stops_as_a_divergence(mnist, input_path, replicas):
+    """The scale halves from 2^15 to 1 in 15 skipped steps; then no halving can help, and MAX_SKIPPED_AT_SCALE_1
+    steps skipped in a row at scale 1 end the run (GradientsOverflowed, a divergence), instead of a run that trains
+    nothing to its end. The weights are still the initial ones."""
+    trainer = Trainer(TrainerSettings(batch_size=32 // replicas, precision="mixed_float16", steps_per_loop=5,
+                                      input=input_path, jit_compile=False),
+                      make_strategy(cpu_replicas=replicas).strategy, mnist, loss_fn=overflowing_at_any_scale)
+    before = trainer.weights()
+    with pytest.raises(GradientsOverflowed) as caught:
+        run_steps(trainer, 1000)
+    assert isinstance(caught.value, TrainingDiverged)
+    assert (caught.value.step, caught.value.skipped) == (15, MAX_SKIPPED_AT_SCALE_1)
+    assert str(caught.value) == ("the float16 gradients overflowed at loss scale 1 in 100 steps in a row from step "
+                                 "15 on, each one skipped: nothing was learned; lower --learning_rate, or train with "
+                                 "--precision=mixed_bfloat16 or float32")
+    assert trainer.step == 115 and trainer.loss_scale_state() == {"loss_scale": 1.0, "skipped_steps": 115}
+    for a, b in zip(before, trainer.weights()):
+        np.testing.assert_array_equal(a, b)
+    assert_replicas_agree(trainer)
+
+
+@pytest.mark.slow  # a run's set-up, and 115 steps
+def test_a_run_that_skips_every_step_at_scale_1_keeps_its_last_checkpoint_and_exports_nothing(tmp_path, mnist):
+    """The run's side of GradientsOverflowed, as of a divergence: one line naming what was kept, exit status 1,
+    the last checkpoint (every 50 steps) the latest, no SavedModel, no run.json."""
+    from distmnist.runs.run import set_up, train
+
+    config = TrainConfig(logdir=str(tmp_path), run_name="r", precision="mixed_float16", max_steps=1000,
+                         batch_size=16, steps_per_loop=5, checkpoint_every=50, jit_compile=False)
+    run = set_up(config, make_strategy(), mnist)
+    run.trainer = Trainer(run.trainer.settings, run.choice.strategy, mnist, loss_fn=overflowing_at_any_scale)
+    run.checkpointer = Checkpointer(run.trainer, run.run_dir, config.keep_checkpoints)
+    with pytest.raises(GradientsOverflowed) as caught:
+        train(run)
+    assert caught.value.exit_status == 1
+    assert str(caught.value) == ("the float16 gradients overflowed at loss scale 1 in 100 steps in a row from step "
+                                 "15 on, each one skipped: nothing was learned; the checkpoint of step 100 stays the "
+                                 "latest, nothing exported; lower --learning_rate, or train with "
+                                 "--precision=mixed_bfloat16 or float32")
+    assert tf.train.latest_checkpoint(str(tmp_path / "r" / "checkpoints")).endswith("ckpt-100")
+    assert not (tmp_path / "r" / "saved_model").exists() and not (tmp_path / "r" / "run.json").exists()
+
+
+@pytest.mark.slow  # 400 steps
+def test_good_steps_between_skipped_ones_at_scale_1_keep_the_run_going(mnist):
+    """Only steps skipped in a row end a run: here the gradients overflow at any scale on the batches whose first
+    example is a digit below 5, about every other batch; far more than MAX_SKIPPED_AT_SCALE_1 steps are skipped
+    at scale 1 in all, and the run trains on."""
+    from distmnist.training.step import mse_loss
+
+    def overflowing_on_some_batches(targets, outputs, global_batch_size):
+        return tf.where(tf.argmax(targets[0]) < 5, 1e9, 1.0) * mse_loss(targets, outputs, global_batch_size)
+
+    trainer = Trainer(TrainerSettings(batch_size=32, precision="mixed_float16", learning_rate=0.5, jit_compile=False),
+                      make_strategy().strategy, mnist, loss_fn=overflowing_on_some_batches)
+    run_steps(trainer, 400)
+    state = trainer.loss_scale_state()
+    assert state["loss_scale"] == 1.0 and MAX_SKIPPED_AT_SCALE_1 < state["skipped_steps"] < 300
+
+
+@pytest.mark.parametrize("input_path, replicas", [("device", 1), pytest.param("device", 2, marks=pytest.mark.slow),
+                                                  pytest.param("tfdata", 2, marks=pytest.mark.slow)])
+def test_a_divergence_after_skipped_steps_rolls_the_loss_scale_back_with_the_weights(mnist, input_path, replicas):
+    """huge's gradients overflow at the first scales (skipped steps), then at learning rate 1.5 they blow the
+    weights up and the loss becomes infinite: the run diverges at that step, and the weights and every replica's
+    loss scale state (the scale, the good steps, the steps skipped, those skipped at scale 1) are those of a run of
+    exactly the steps before it: the call's steps are rolled back, then replayed with the checks."""
+    def trainer():
+        return Trainer(TrainerSettings(batch_size=32 // replicas, precision="mixed_float16", learning_rate=1.5,
+                                       input=input_path, jit_compile=False),
+                       make_strategy(cpu_replicas=replicas).strategy, mnist, loss_fn=huge)
+
+    diverging = trainer()
+    with pytest.raises(TrainingDiverged) as caught:
+        run_steps(diverging, 50)
+    assert type(caught.value) is TrainingDiverged and diverging.step == 0
+    diverged_at = caught.value.step
+    assert 1 < diverged_at < 50 and not math.isfinite(caught.value.loss)
+    good = trainer()
+    run_steps(good, diverged_at)
+    skipped = good.loss_scale_state()["skipped_steps"]
+    assert 0 < skipped < diverged_at  # it skipped steps, then trained, before diverging
+    for mine, theirs in zip(copies(diverging, diverging._state), copies(good, good._state)):
+        for a, b in zip(mine, theirs):
+            np.testing.assert_array_equal(a, b)
+    assert_replicas_agree(diverging)
 
 
 def test_good_steps_in_a_row_double_the_scale(mnist):
@@ -303,10 +520,31 @@ def test_a_cpu_with_bfloat16_features_and_onednn_switched_off_says_what_to_unset
     assert not devices.onednn_switched_off({})
 
 
+# numpy's own CPUID reading (its dispatch) and the names Linux's /proc/cpuinfo gives the same features.
+NUMPY_TO_LINUX = {"SSE": "sse", "SSE2": "sse2", "SSE3": "pni", "SSSE3": "ssse3", "SSE41": "sse4_1", "SSE42": "sse4_2",
+                  "POPCNT": "popcnt", "AVX": "avx", "F16C": "f16c", "FMA3": "fma", "AVX2": "avx2",
+                  "AVX512F": "avx512f", "AVX512CD": "avx512cd"}
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="x86 flags: this is not x86")
 def test_this_machines_cpu_flags_are_read():
+    """The flags read from /proc/cpuinfo say what numpy finds the CPU does, feature by feature (SSE2 at least on
+    every x86-64); a reading that found nothing, or another processor's line, would disagree."""
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__
+    except ImportError:  # numpy 1
+        from numpy.core._multiarray_umath import __cpu_features__
     flags = devices.cpu_flags()
-    assert "sse2" in flags or not flags  # x86 machines list it; elsewhere /proc/cpuinfo may say nothing
-    assert devices.cpu_flags("/nonexistent") == set()
+    found = {linux: bool(__cpu_features__.get(name)) for name, linux in NUMPY_TO_LINUX.items()}
+    assert found["sse2"] and {linux: linux in flags for linux in found} == found
+
+
+def test_cpu_flags_are_the_first_processors_and_none_without_cpuinfo(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: A\nflags\t\t: fpu sse2 avx2\n\n"
+                       "processor\t: 1\nflags\t\t: fpu sse2\n")
+    assert devices.cpu_flags(str(cpuinfo)) == {"fpu", "sse2", "avx2"}
+    assert devices.cpu_flags(str(tmp_path / "nonexistent")) == set()
 
 
 @pytest.mark.slow
@@ -334,7 +572,59 @@ def test_the_default_run_in_float16_on_a_gpu_reaches_98_percent(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / "fp16" / "run.json").read_text())
     assert summary["final_test_accuracy"] >= 0.98 and summary["calibration"]["test"]["ece_after"] <= 0.02
-    assert summary["precision"]["policy"] == "mixed_float16" and summary["precision"]["loss_scale"] >= 1
+    assert summary["precision"]["policy"] == "mixed_float16"
+    assert_reachable_loss_scale(summary["precision"], summary["global_step"])
+
+
+def assert_reachable_loss_scale(state: dict, steps: int, growth_steps: int = 2000) -> None:
+    """The loss scale a run reports is one dynamic loss scaling reaches from 2^15 in `steps` steps of which
+    state["skipped_steps"] were skipped: a power of two, halved at most once a skipped step and never below 1,
+    doubled at most once every growth_steps good steps."""
+    scale, skipped = state["loss_scale"], state["skipped_steps"]
+    exponent = math.log2(scale)
+    assert exponent == int(exponent) and 0 <= skipped <= steps, state
+    assert max(0, 15 - skipped) <= exponent <= 15 + (steps - skipped) // growth_steps, state
+
+
+@pytest.mark.parametrize("state, steps, reachable", [
+    ({"loss_scale": 2.0 ** 15, "skipped_steps": 0}, 10, True),
+    ({"loss_scale": 2.0 ** 12, "skipped_steps": 3}, 10, True),
+    ({"loss_scale": 2.0 ** 16, "skipped_steps": 0}, 2000, True),
+    ({"loss_scale": 1.0, "skipped_steps": 15}, 20, True),
+    ({"loss_scale": 2.0 ** 16, "skipped_steps": 0}, 1999, False),  # doubled before 2000 good steps
+    ({"loss_scale": 2.0 ** 12, "skipped_steps": 2}, 10, False),  # halved without a skipped step
+    ({"loss_scale": 0.5, "skipped_steps": 16}, 20, False),  # below 1
+    ({"loss_scale": 3000.0, "skipped_steps": 4}, 10, False),  # not a power of two
+])
+def test_what_dynamic_loss_scaling_can_reach(state, steps, reachable):
+    if reachable:
+        assert_reachable_loss_scale(state, steps)
+    else:
+        with pytest.raises(AssertionError):
+            assert_reachable_loss_scale(state, steps)
+
+
+@pytest.mark.slow  # a run with its export
+def test_a_float16_run_reports_a_loss_scale_it_can_reach_and_its_steps_skipped(tmp_path, mnist):
+    """run.json's precision entry on the CPU (float16 emulated) after skipped steps and growths: the scale and the
+    steps skipped are those the trainer reached, and a scale that dynamic loss scaling can reach from them."""
+    from distmnist.runs.run import set_up, train, write_artifacts
+    from distmnist.runs.pictures import Painter
+
+    config = TrainConfig(logdir=str(tmp_path), run_name="r", precision="mixed_float16", max_steps=40,
+                         batch_size=16, steps_per_loop=10, eval_every=40, log_every=10, jit_compile=False,
+                         learning_rate=1e-3)  # huge's gradients, a thousand times the loss's
+    run = set_up(config, make_strategy(), mnist)
+    run.trainer = Trainer(dataclasses.replace(run.trainer.settings, loss_scale_growth_steps=8),
+                          run.choice.strategy, mnist, loss_fn=huge)  # skips first, then grows: both kinds of change
+    run.checkpointer = Checkpointer(run.trainer, run.run_dir, config.keep_checkpoints)
+    run.timings["imports_s"] = None  # as train_and_evaluate leaves it for a caller that is not an entry point
+    timing, history = train(run)
+    summary = write_artifacts(run, timing, history, Painter(inline=True))
+    state = run.trainer.loss_scale_state()
+    assert summary["precision"] == {"policy": "mixed_float16", **state}
+    assert state["skipped_steps"] > 0 and state["loss_scale"] > INITIAL_LOSS_SCALE / 2 ** state["skipped_steps"]
+    assert_reachable_loss_scale(summary["precision"], summary["global_step"], growth_steps=8)
 
 
 @pytest.mark.parametrize("precision", MIXED)

@@ -38,6 +38,24 @@ class TrainingDiverged(RunFailed):
                          f"{loss:.4g}){'; ' + saved if saved else ''}; lower --learning_rate")
         self.step, self.replica, self.loss = step, replica, loss
 
+    def with_saved(self, saved: str) -> "TrainingDiverged":
+        """The same failure, saying what was kept."""
+        return type(self)(self.step, self.replica, self.loss, saved)
+
+
+class GradientsOverflowed(TrainingDiverged):
+    """mixed_float16: the scaled gradients overflowed in `skipped` steps in a row at loss scale 1, from `step` on;
+    every one was skipped, as every later one would be. `saved` says what was kept."""
+
+    def __init__(self, step: int, skipped: int, saved: str = ""):
+        RunFailed.__init__(self, f"the float16 gradients overflowed at loss scale 1 in {skipped} steps in a row from "
+                                 f"step {step} on, each one skipped: nothing was learned{'; ' + saved if saved else ''}"
+                                 "; lower --learning_rate, or train with --precision=mixed_bfloat16 or float32")
+        self.step, self.skipped, self.replica, self.loss = step, skipped, None, None
+
+    def with_saved(self, saved: str) -> "GradientsOverflowed":
+        return GradientsOverflowed(self.step, self.skipped, saved)
+
 
 class ClusterFailed(RunFailed):
     """A peer in a multi-worker cluster was lost or a collective timed out. Exit status 138: running the same

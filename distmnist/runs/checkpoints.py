@@ -2,9 +2,14 @@
 history beside them, so that the same command resumes exactly where the last checkpoint left off.
 
 The input position is not stored: both input paths derive it from the seed and the step (Trainer.resume_at).
-tf.train.CheckpointManager records a checkpoint as the latest only after all its files are written, so a
-checkpoint cut short by a crash is never picked up; a latest one that cannot be read is reported and the one
-before it used.
+tf.train.CheckpointManager records a checkpoint in the index (checkpoints/checkpoint) only after all its files
+are written, so a checkpoint cut short by a crash is never picked up; a latest one that cannot be read is
+reported and the one before it used. A checkpoint is used only when it verifies: it restores every variable
+(TensorFlow checks each one's shape and type), the step it holds is its file's number, and history.json, written
+before it, reaches its step. An index that is missing, empty, garbled or names a latest checkpoint that is not
+there, while ckpt-* files are, is not trusted: the newest ckpt-* that verifies is used, with one warning line.
+Whenever the checkpoint used is not the index's latest, the index is written again listing it and the
+checkpoints before it, never one after it, which keep_checkpoints would otherwise prune.
 
 Saving is TensorFlow's asynchronous checkpointing: save() copies the variables (2 MB) and returns, a thread of
 TensorFlow's writes the files and records them while the next training call runs. A save waits for the one
@@ -13,13 +18,17 @@ before it; wait() (and latest_step, close) waits for the last one and reports a 
 
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
-from typing import Optional
+from typing import List, Optional, Tuple
 
 import tensorflow as tf
 from absl import logging
+from google.protobuf import text_format
+from tensorflow.python.checkpoint import checkpoint_management
+from tensorflow.python.training.checkpoint_state_pb2 import CheckpointState
 
 from distmnist.common import files, logfilters, safeio
 from distmnist.common.errors import RunFailed, UserError
@@ -27,6 +36,9 @@ from distmnist.runs import rundir
 from distmnist.training.trainer import Trainer
 
 HISTORY = "history.json"
+INDEX = "checkpoint"  # tf.train.CheckpointManager's
+MAX_INDEX_BYTES = 1 << 20  # an index lists keep_checkpoints names: a few hundred bytes
+_CHECKPOINT_FILE = re.compile(r"ckpt-(\d+)\.index")
 
 
 class Checkpointer:
@@ -40,7 +52,11 @@ class Checkpointer:
         self._step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
         extra = {"loss_scale": trainer.loss_scale} if trainer.loss_scale else {}  # mixed_float16's state
         self._checkpoint = tf.train.Checkpoint(model=trainer.model, step=self._step, **extra)
-        self._manager = tf.train.CheckpointManager(self._checkpoint, self.directory, max_to_keep=keep)
+        self._keep = keep
+        # A damaged index is not read (TensorFlow's manager would take it for no checkpoint at all, or fail): the
+        # manager is made once restore_latest has found the checkpoint to resume from and written the index again.
+        self._listed, self._damage = ([], None) if self._scratch else read_index(self.directory)
+        self._manager = None if self._damage else self._new_manager()
         self._options = tf.train.CheckpointOptions(enable_async=True)
         logfilters.quiet_checkpoint_writer()
         self._pending = None  # the step of a save not yet waited for
@@ -53,7 +69,7 @@ class Checkpointer:
         if not self._scratch:
             try:
                 os.makedirs(self.directory, exist_ok=True)
-                files.write_json(os.path.join(self.directory, HISTORY), history)
+                files.write_json(os.path.join(self.directory, HISTORY), {**history, "step": step})
             except OSError as exc:
                 raise self._failed(step, exc.strerror or str(exc)) from None
         self._step.assign(step)
@@ -87,29 +103,89 @@ class Checkpointer:
         latest = self._manager.latest_checkpoint
         return int(latest.rpartition("-")[2]) if latest else None
 
+    def _new_manager(self) -> tf.train.CheckpointManager:
+        return tf.train.CheckpointManager(self._checkpoint, self.directory, max_to_keep=self._keep)
+
     def restore_latest(self) -> int:
-        """Restores the newest readable checkpoint and returns its step (0 when there is none)."""
-        for path in reversed(self._manager.checkpoints):
-            try:
-                self._checkpoint.restore(path).assert_existing_objects_matched()
-            except Exception as exc:  # noqa: BLE001  a damaged file fails in many ways (OpError, IndexError, ...)
-                logging.warning("checkpoint %s cannot be read (%s); trying the one before it", path, exc)
-                continue
-            return int(self._step.numpy())
-        if self._manager.checkpoints:
-            raise UserError(f"no checkpoint in {self.directory} can be read; start afresh with --overwrite")
+        """Restores the newest checkpoint that verifies and returns its step (0 when there is none). With a sound
+        index, the checkpoints it lists, newest first (one that does not verify is reported and the one before it
+        tried); with a damaged one, every ckpt-* in the folder. UserError when there are checkpoints and none
+        verifies: nothing is changed then."""
+        history = self._history_file()
+        history_step = history.get("step") if history else None
+        # The index's own list, not the manager's: the manager leaves out checkpoints whose recorded time is ahead
+        # of this machine's clock (a run moved from another machine), and would then start again from step 0.
+        candidates = checkpoint_files(self.directory) if self._damage else \
+            [(_number(name), os.path.join(self.directory, name)) for name in self._listed]
+        skipped = []
+        for number, path in reversed(candidates):
+            why = self._restore(path, number, history_step)
+            if why is None:
+                if self._damage:
+                    logging.warning("the checkpoint index %s is %s; resuming from %s, the newest checkpoint that "
+                                    "verifies%s", os.path.join(self.directory, INDEX), self._damage,
+                                    os.path.basename(path), f" ({'; '.join(skipped)[:300]})" if skipped else "")
+                if self._damage or skipped:
+                    self._list_up_to(number, candidates)
+                return number
+            skipped.append(f"{os.path.basename(path)}: {why}")
+            if not self._damage:
+                logging.warning("checkpoint %s cannot be used (%s); trying the one before it", path, why)
+        if candidates:
+            raise UserError(f"no checkpoint in {self.directory} can be used ({'; '.join(skipped)[:500]}); nothing "
+                            "was changed: restore the folder from a copy, or start afresh with --overwrite, which "
+                            "deletes this run")
         return 0
+
+    def _restore(self, path: str, number: int, history_step: Optional[int]) -> Optional[str]:
+        """Restores one checkpoint; None when it verifies, else why not."""
+        try:
+            self._checkpoint.restore(path).assert_existing_objects_matched()
+        except Exception as exc:  # noqa: BLE001  a damaged file fails in many ways (OpError, IndexError, ...)
+            return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        step = int(self._step.numpy())
+        if step != number:
+            return f"it holds step {step}"
+        if isinstance(history_step, int) and history_step < number:
+            return f"{HISTORY} ends at step {history_step}"
+        return None
+
+    def _list_up_to(self, number: int, candidates: list) -> None:
+        """Writes the index again, listing the restored checkpoint last and those before it (what keep_checkpoints
+        may prune), never one after it: those that did not verify are left as they are until the run's own
+        checkpoint of their step replaces them."""
+        kept = [path for n, path in candidates if n <= number]
+        now = time.time()
+        try:
+            checkpoint_management.update_checkpoint_state_internal(
+                self.directory, kept[-1], all_model_checkpoint_paths=kept,
+                all_model_checkpoint_timestamps=[now] * len(kept), last_preserved_timestamp=now - 1,
+                save_relative_paths=True)
+        except (OSError, tf.errors.OpError) as exc:
+            detail = getattr(exc, "message", None) or getattr(exc, "strerror", None) or str(exc)
+            raise RunFailed(f"the checkpoint index {os.path.join(self.directory, INDEX)} could not be written "
+                            f"({detail}); free space or fix the folder's permissions, then run {self._same} to "
+                            "resume") from None
+        self._damage = None
+        self._manager = self._new_manager()
+
+    def _history_file(self) -> Optional[dict]:
+        """history.json as written (None when there is none); UserError when it is not a distmnist history."""
+        path = os.path.join(self.directory, HISTORY)
+        if self._scratch or not os.path.exists(path):
+            return None
+        try:
+            history = json.loads(safeio.read_path(path, safeio.MAX_JSON_BYTES))
+            rundir.kept_history(history, 0)  # the shape a history has
+        except (OSError, ValueError, KeyError, TypeError, IndexError, RecursionError) as exc:
+            raise UserError(f"{path} is not a distmnist history ({type(exc).__name__}: {exc}); start afresh with "
+                            "--overwrite, which deletes this run") from None
+        return history
 
     def history(self, step: int) -> dict:
         """The logged values up to a restored step (what the killed run logged after it is dropped)."""
-        path = os.path.join(self.directory, HISTORY)
-        if not os.path.exists(path):
-            return {"loss": [], "accuracy": []}
-        try:
-            return rundir.kept_history(json.loads(safeio.read_path(path, safeio.MAX_JSON_BYTES)), step)
-        except (ValueError, KeyError, TypeError, IndexError) as exc:
-            raise UserError(f"{path} is not a distmnist history ({type(exc).__name__}: {exc}); start afresh with "
-                            "--overwrite") from None
+        history = self._history_file()
+        return rundir.kept_history(history, step) if history else {"loss": [], "accuracy": []}
 
     def close(self) -> None:
         """Waits for the last save, then removes a worker's scratch folder."""
@@ -127,3 +203,54 @@ def _write_error(checkpoint: tf.train.Checkpoint) -> str:
     if helper is not None:
         helper._async_error = None
     return (str(error).strip().splitlines() or [type(error).__name__])[0] if error else "no error was reported"
+
+
+def _number(path: str) -> int:
+    return int(path.rpartition("-")[2])
+
+
+def checkpoint_files(directory: str) -> List[Tuple[int, str]]:
+    """(number, path prefix) of every ckpt-N in the folder that has its .index file, oldest first."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []
+    numbers = sorted(int(m.group(1)) for m in map(_CHECKPOINT_FILE.fullmatch, names) if m)
+    return [(n, os.path.join(directory, f"ckpt-{n}")) for n in numbers]
+
+
+def read_index(directory: str) -> Tuple[List[str], Optional[str]]:
+    """The checkpoints the folder's index lists (names, oldest first), and why it cannot be trusted while ckpt-*
+    files are there (None: it can, or there are none). TensorFlow's CheckpointManager writes an index that names
+    its latest checkpoint last among all it keeps, each with a time, each of them in this folder."""
+    if not checkpoint_files(directory):
+        return [], None
+    path = os.path.join(directory, INDEX)
+    if not os.path.lexists(path):
+        return [], "missing"
+    try:
+        data = safeio.read_path(path, MAX_INDEX_BYTES)
+    except (OSError, UserError) as exc:
+        return [], f"unreadable ({getattr(exc, 'strerror', None) or 'larger than an index is'})"
+    if not data.strip():
+        return [], "empty"
+    try:
+        text = data.decode()
+    except UnicodeDecodeError:
+        return [], "garbled (not text)"
+    state = CheckpointState()
+    try:
+        text_format.Parse(text, state)
+    except text_format.ParseError as exc:
+        return [], f"garbled ({str(exc).splitlines()[0][:100]})"
+    listed = list(state.all_model_checkpoint_paths)
+    if not state.model_checkpoint_path or not listed or listed[-1] != state.model_checkpoint_path or \
+            len(state.all_model_checkpoint_timestamps) != len(listed):
+        return [], "inconsistent (not as TensorFlow's CheckpointManager writes it)"
+    for name in listed:
+        if os.path.dirname(name) or not _CHECKPOINT_FILE.fullmatch(name + ".index"):
+            return [], f"inconsistent (it names {name[:100]!r})"
+    if not os.path.exists(os.path.join(directory, listed[-1] + ".index")):
+        return [], f"stale (its latest, {listed[-1]}, is not there)"
+    # An older one that is gone was pruned: the manager rewrites the index after deleting.
+    return [name for name in listed if os.path.exists(os.path.join(directory, name + ".index"))], None

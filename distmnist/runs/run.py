@@ -20,6 +20,7 @@ from distmnist.runs import calibration as calibration_lib
 from distmnist.runs import events, experiment, export, outputs, rundir, summaries
 from distmnist.runs.checkpoints import Checkpointer
 from distmnist.runs.pictures import Painter
+from distmnist.runs.runclaim import Claim
 from distmnist.runs.signals import StopOnSignal
 from distmnist.runs.summaries import RunReporter
 from distmnist.training import devices
@@ -153,27 +154,34 @@ def set_up(config: TrainConfig, choice: Optional[StrategyChoice] = None, mnist: 
     return Run(config, mnist, choice, trainer, checkpointer, cluster, run_dir, history, started, timings)
 
 
-def train(run: Run) -> tuple:
+def train(run: Run, claim: Optional[Claim] = None) -> tuple:
     """Trains to the end, or to a stop request (errors.Stopped); returns (timings, the reporter's history). In a
-    cluster a collective that fails or times out means a peer is gone (errors.ClusterFailed)."""
+    cluster a collective that fails or times out means a peer is gone (errors.ClusterFailed). claim: the run's, whose
+    loss stops the run (errors.RunFailed), without a checkpoint when another process took it over."""
     trainer, checkpointer, cluster = run.trainer, run.checkpointer, run.cluster
     config = run.config
     description = (config.run_name, experiment.values(config, trainer.num_replicas, trainer.settings.jit_compile),
                    experiment.config_table(config))
     reporter = RunReporter(run.events_dir, run.total_steps, config.learning_rate, verbose=run.is_chief,
                            history=run.history, test_set=(run.mnist.x_test, run.mnist.y_test), description=description)
+    lost = (lambda: claim.lost) if claim else (lambda: None)
+
+    def save(step: int) -> None:
+        if not (claim and claim.taken_over):  # the run is another process's now: nothing more is written into it
+            checkpointer.save(step, reporter.history())
+
     try:
         with StopOnSignal() as stop:
             # In a cluster every worker must stop at the same step: they agree on it, one collective per call.
-            should_stop = (lambda: trainer.any_replica(stop.requested)) if cluster else (lambda: stop.requested)
-            controller = Controller(trainer, schedule(config, run.total_steps, run.run_dir), reporter,
-                                    lambda step: checkpointer.save(step, reporter.history()), should_stop,
-                                    profile_dir=run.run_dir)
+            requested = lambda: stop.requested or lost() is not None  # noqa: E731
+            should_stop = (lambda: trainer.any_replica(requested())) if cluster else requested
+            controller = Controller(trainer, schedule(config, run.total_steps, run.run_dir), reporter, save,
+                                    should_stop, profile_dir=run.run_dir)
             timing = controller.run()
     except TrainingDiverged as exc:
         kept = checkpointer.latest_step
         saved = f"the checkpoint of step {kept} stays the latest" if kept is not None else "no checkpoint written"
-        raise TrainingDiverged(exc.step, exc.replica, exc.loss, saved + ", nothing exported") from None
+        raise exc.with_saved(saved + ", nothing exported") from None
     except tf.errors.OpError as exc:
         if cluster is None or _no_room(exc):
             raise
@@ -185,6 +193,14 @@ def train(run: Run) -> tuple:
             reporter.close()
         finally:
             checkpointer.close()  # waits for the save in flight, even when the events could not be written
+    if lost():
+        kept = checkpointer.latest_step
+        raise RunFailed(f"{lost()}: stopped at step {trainer.step} of {run.total_steps} " + (
+            "without a checkpoint, so that one process writes the run (" + (
+                f"its latest checkpoint: step {kept})" if kept is not None else "it has no checkpoint)")
+            if claim.taken_over else f"with a checkpoint in {checkpointer.directory}, before another process could "
+            f"take the run over; once the claim can be written, run the same command with --run_name="
+            f"{config.run_name} to resume"))
     if controller.stopped:
         cause = f"by {stop.name}" if stop.requested else "because another worker was stopped"
         where = f"with a checkpoint in {checkpointer.directory}" if run.is_chief else "(the chief holds the checkpoint)"
@@ -372,10 +388,11 @@ def time_line(timings: dict) -> str:
 
 def train_and_evaluate(config: TrainConfig, choice: Optional[StrategyChoice] = None,
                        mnist: Optional[Mnist] = None, imports_s: Optional[float] = None,
-                       painter: Optional[Painter] = None) -> dict:
+                       painter: Optional[Painter] = None, claim: Optional[Claim] = None) -> dict:
     """Trains, evaluates and exports; returns what run.json holds. `choice` and `mnist` override for tests;
     imports_s is how long the entry point took to import TensorFlow (for run.json's timings); painter draws the
-    pictures (the entry point's helper process; by default they are drawn here, at the end).
+    pictures (the entry point's helper process; by default they are drawn here, at the end); claim: the run's
+    (runclaim.take), whose loss stops the run.
 
     The same command with the same --run_name resumes from the run's latest checkpoint. In a multi-worker
     cluster every worker trains, and only the chief writes the run directory (and holds the checkpoints).
@@ -389,7 +406,7 @@ def train_and_evaluate(config: TrainConfig, choice: Optional[StrategyChoice] = N
     try:
         run = set_up(config, choice, mnist)
         run.timings["imports_s"] = imports_s
-        timing, history = train(run)
+        timing, history = train(run, claim)
         if not run.is_chief:
             print(f"{run.cluster.name}: done after {run.trainer.step} steps; the chief writes the run directory",
                   flush=True)

@@ -4,15 +4,22 @@ terminal, a sweep and a hand run sharing a name, a job engine's replacement chie
 going down) stops in one line instead of writing beside it. No TensorFlow here.
 
 The claim is the file <logdir>/.<run_name>.claim, outside the run directory (which --overwrite deletes), and
-it names its holder: host, pid, since when.
+it names its holder: host, boot, pid and the pid's start time, since when. A claim file that is not one (not a
+regular file, not a claim's JSON) is refused in one line, never overwritten.
 
   - lock (local and network filesystems): an exclusive POSIX record lock (fcntl), which NFS carries to its
     server too. The kernel releases it when the process ends, however it ends (SIGKILL, a crash, a power cut on
     NFS once the server notices), so no claim is ever left stale.
   - lease (FUSE mounts such as Cloud Storage FUSE, where such locks are only local to one machine): the file
-    holds the holder's heartbeat, rewritten every LEASE_BEAT_S; a newcomer takes it over only when the
-    heartbeat is LEASE_STALE_S old, and then reads it back after a pause to see that no one else took it.
-    Hosts' clocks are taken to agree within a few seconds (NTP, as on cloud VMs).
+    holds the holder's heartbeat, rewritten every LEASE_BEAT_S; a newcomer takes it over when the heartbeat is
+    LEASE_STALE_S old, or at once when the holder was on this host, in this boot (the kernel's boot id: a pid
+    of an earlier boot means nothing now), and its pid is no longer the process that claimed (gone, a zombie,
+    or another process that started at another time): a Kubernetes container restarted after an OOM kill
+    finds its dead self's lease. It then reads the file back after a pause to see that no one else took it.
+    Hosts' clocks are taken to agree within a few seconds (NTP, as on cloud VMs). The holder's heartbeat
+    thread watches its lease: another process's claim in it (taken over: the holder was frozen past
+    LEASE_STALE_S, or a process under the same host name in another pid namespace judged it dead) or no
+    heartbeat written for LEASE_STALE_S / 2 sets Claim.lost, which the training loop checks at every call.
 
 DISTMNIST_RUN_CLAIM=lock|lease chooses the kind where the filesystem is not what it seems (an NFS without
 lock daemons: lease).
@@ -23,8 +30,10 @@ import datetime
 import errno
 import fcntl
 import json
+import math
 import os
 import socket
+import stat
 import threading
 import time
 import uuid
@@ -41,6 +50,16 @@ LEASE_STALE_S = 60.0
 
 class Claimed(UserError):
     """Another process holds the run's claim."""
+
+
+class NotAClaim(UserError):
+    """The claim file is not a distmnist claim: refused, never overwritten."""
+
+
+# A claim's fields and their types; boot_id and started are absent from claims of earlier versions.
+FIELDS = {"host": str, "pid": int, "since": str, "token": str}
+LEASE_FIELDS = {**FIELDS, "beat": (int, float)}
+MAX_CLAIM_BYTES = 4096
 
 
 def claim_path(logdir: str, run_name: str) -> str:
@@ -94,10 +113,15 @@ class Claim:
     created: list  # folders and the claim file this process made, for `abandon`
     fd: Optional[int] = None
     _stop: Optional[threading.Event] = None
+    _heartbeat: Optional[threading.Thread] = None
+    lost: Optional[str] = None  # set by a lease's heartbeat: why the run must stop now
+    taken_over: bool = False  # lost to another process: write nothing more into the run
 
     def release(self) -> None:
         if self._stop is not None:
             self._stop.set()
+            if self._heartbeat is not None:
+                self._heartbeat.join(timeout=10)  # a beat in flight would write the lease again once it is removed
             if _read(self.path).get("token") == self.token:
                 _remove(self.path)
         if self.fd is not None:
@@ -120,12 +144,90 @@ class Claim:
 
 
 def _read(path: str) -> dict:
+    """The claim's contents, {} when there is none or it cannot be read (for messages and the heartbeat)."""
     try:
-        with open(path) as f:
-            value = json.loads(f.read(4096) or "{}")
-        return value if isinstance(value, dict) else {}
-    except (OSError, ValueError):
+        return _parse(path, _read_bytes(path), FIELDS)
+    except (OSError, NotAClaim):
         return {}
+
+
+def _read_bytes(path: str) -> bytes:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise NotAClaim(_not_a_claim(path, "not a regular file"))
+        return os.read(fd, MAX_CLAIM_BYTES + 1)
+    finally:
+        os.close(fd)
+
+
+def _not_a_claim(path: str, why: str) -> str:
+    return (f"{path} is not a distmnist run claim ({why}); if no distmnist process is using this run, remove it "
+            "and run the same command again")
+
+
+def _parse(path: str, data: bytes, fields: dict) -> dict:
+    """A claim's JSON, checked field by field (NotAClaim otherwise); {} for an empty file, as a holder leaves it
+    between creating and writing it."""
+    if not data.strip():
+        return {}
+    if len(data) > MAX_CLAIM_BYTES:
+        raise NotAClaim(_not_a_claim(path, f"over {MAX_CLAIM_BYTES} bytes"))
+    try:
+        value = json.loads(data)
+    except (ValueError, RecursionError):
+        raise NotAClaim(_not_a_claim(path, "not JSON")) from None
+    if not isinstance(value, dict):
+        raise NotAClaim(_not_a_claim(path, "not a JSON object"))
+    for name, kind in fields.items():
+        if not isinstance(value.get(name), kind) or isinstance(value.get(name), bool):
+            raise NotAClaim(_not_a_claim(path, f"no valid {name!r}"))
+    if "beat" in fields and not math.isfinite(value["beat"]):
+        raise NotAClaim(_not_a_claim(path, "no valid 'beat'"))
+    return value
+
+
+def _existing_claim(path: str, fields: dict) -> dict:
+    """What a newcomer finds: {} when there is no claim file yet; NotAClaim when it is not one."""
+    try:
+        return _parse(path, _read_bytes(path), fields)
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENXIO):  # a link; a socket
+            raise NotAClaim(_not_a_claim(path, "a symbolic link" if exc.errno == errno.ELOOP else
+                                         "not a regular file")) from None
+        raise UserError(f"cannot read the run claim {path} ({exc.strerror}); fix its permissions") from None
+
+
+def boot_id() -> str:
+    """This boot of this machine's kernel ('' where unknown): pids are only comparable within one boot."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def process_started(pid: int) -> Optional[int]:
+    """When the live process `pid` started (clock ticks since boot), None when there is no such process or it is
+    a zombie (it has ended; its parent has not collected it)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+    except (OSError, IndexError):
+        return None
+    if fields[0] == "Z":
+        return None
+    return int(fields[19])  # field 22 of proc(5), counted from the state (field 3)
+
+
+def holder_is_gone(holder: dict) -> bool:
+    """Whether the holder was on this host, in this boot, and its pid is no longer the process that claimed."""
+    if holder.get("host") != socket.gethostname() or not holder.get("boot_id") or holder["boot_id"] != boot_id():
+        return False
+    started = process_started(holder["pid"])
+    return started is None or (isinstance(holder.get("started"), int) and started != holder["started"])
 
 
 def _remove(path: str) -> None:
@@ -147,68 +249,132 @@ def _make_logdir(logdir: str, run_dir: str) -> list:
     return missing
 
 
-def _lease_beat_s() -> float:
-    return float(os.environ.get("DISTMNIST_LEASE_BEAT_S", LEASE_BEAT_S))
+def _seconds(name: str, default: float) -> float:
+    text = os.environ.get(name)
+    if text is None:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise UserError(f"{name} must be a positive number of seconds, got {text!r}")
+    return value
 
 
-def _lease_stale_s() -> float:
-    return float(os.environ.get("DISTMNIST_LEASE_STALE_S", LEASE_STALE_S))
+def lease_timing() -> tuple:
+    """(heartbeat interval, staleness) in seconds, from DISTMNIST_LEASE_BEAT_S and DISTMNIST_LEASE_STALE_S;
+    UserError when either is not a positive number, or a holder that beats could look stale."""
+    beat_s, stale_s = _seconds("DISTMNIST_LEASE_BEAT_S", LEASE_BEAT_S), _seconds("DISTMNIST_LEASE_STALE_S",
+                                                                                  LEASE_STALE_S)
+    if stale_s <= 2 * beat_s:
+        raise UserError(f"DISTMNIST_LEASE_STALE_S ({stale_s:g} s) must be more than twice DISTMNIST_LEASE_BEAT_S "
+                        f"({beat_s:g} s): a holder that beats must never look stale")
+    return beat_s, stale_s
 
 
 def take(logdir: str, run_name: str) -> Claim:
     """Claims <logdir>/<run_name> for this process (creating logdir if needed), or raises Claimed naming the
-    holder. Hold the returned Claim for the life of the run."""
+    holder (NotAClaim for a claim file that is not one). Hold the returned Claim for the life of the run."""
     run_dir = os.path.join(logdir, run_name)
     kind = kind_for(logdir)
-    created = _make_logdir(logdir, run_dir)
+    timing = lease_timing()  # checked whatever the kind: a bad setting is bad input wherever it is read
     path = claim_path(logdir, run_name)
+    if kind == "lease":
+        _existing_claim(path, LEASE_FIELDS)  # before anything is made
+    created = _make_logdir(logdir, run_dir)
     token = uuid.uuid4().hex
-    me = {"host": socket.gethostname(), "pid": os.getpid(), "since": _now(), "token": token}
+    me = {"host": socket.gethostname(), "boot_id": boot_id(), "pid": os.getpid(),
+          "started": process_started(os.getpid()), "since": _now(), "token": token}
     if not os.path.exists(path):
         created.append(path)
     if kind == "lock":
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        return _take_lock(path, run_dir, me, created)
+    return _take_lease(path, run_dir, me, created, *timing)
+
+
+def _take_lock(path: str, run_dir: str, me: dict, created: list) -> Claim:
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):  # a link; a folder; a socket
+            raise NotAClaim(_not_a_claim(path, "a symbolic link" if exc.errno == errno.ELOOP else
+                                         "not a regular file")) from None
+        raise UserError(f"cannot open the run claim {path} ({exc.strerror}); fix its permissions") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise NotAClaim(_not_a_claim(path, "not a regular file"))
         try:
             fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
-            os.close(fd)
             if exc.errno in (errno.EACCES, errno.EAGAIN):
                 raise Claimed(_holder_line(run_dir, _read(path))) from None
             raise
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(me).encode(), 0)
-        return Claim(path, token, created, fd=fd)
-    return _take_lease(path, run_dir, me, created)
+        _parse(path, os.pread(fd, MAX_CLAIM_BYTES + 1, 0), FIELDS)  # held now: a claim, or refused
+    except BaseException:
+        os.close(fd)
+        raise
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps(me).encode(), 0)
+    return Claim(path, me["token"], created, fd=fd)
 
 
 def _write_lease(path: str, value: dict) -> None:
     temporary = f"{path}.{value['token']}"
-    with open(temporary, "w") as f:
-        f.write(json.dumps(value))
-    os.replace(temporary, path)
+    try:
+        with open(temporary, "w") as f:
+            f.write(json.dumps(value))
+        os.replace(temporary, path)
+    except OSError:
+        _remove(temporary)
+        raise
 
 
-def _take_lease(path: str, run_dir: str, me: dict, created: list) -> Claim:
-    beat_s, stale_s = _lease_beat_s(), _lease_stale_s()
-    holder = _read(path)
-    if holder and time.time() - holder.get("beat", 0) < stale_s:
+def _take_lease(path: str, run_dir: str, me: dict, created: list, beat_s: float, stale_s: float) -> Claim:
+    holder = _existing_claim(path, LEASE_FIELDS)
+    age_s = time.time() - holder["beat"] if holder else 0.0
+    gone = bool(holder) and holder_is_gone(holder)
+    if holder and age_s < stale_s and not gone:
         raise Claimed(_holder_line(run_dir, holder))
     if holder:
-        logging.warning("run directory %s: taking over the claim of pid %s on %s, whose last heartbeat is %.0f s old",
-                        run_dir, holder.get("pid"), holder.get("host"), time.time() - holder.get("beat", 0))
+        why = "which is no longer running" if gone else f"whose last heartbeat is {age_s:.0f} s old"
+        logging.warning("run directory %s: taking over the claim of pid %s on %s, %s", run_dir, holder["pid"],
+                        holder["host"], why)
     _write_lease(path, {**me, "beat": time.time()})
     time.sleep(min(beat_s, 2.0))  # another newcomer's write, if any, lands meanwhile: the file has one winner
     now = _read(path)
     if now.get("token") != me["token"]:
         raise Claimed(_holder_line(run_dir, now))
-    stop = threading.Event()
+    claim = Claim(path, me["token"], created, _stop=threading.Event())
+    claim._heartbeat = threading.Thread(target=_heartbeat, args=(claim, me, beat_s, stale_s),
+                                        name="run-claim-heartbeat", daemon=True)
+    claim._heartbeat.start()
+    return claim
 
-    def beat():
-        while not stop.wait(beat_s):
-            if _read(path).get("token") != me["token"]:
-                logging.error("run directory %s: another process has taken over this run's claim", run_dir)
+
+def _heartbeat(claim: Claim, me: dict, beat_s: float, stale_s: float) -> None:
+    """Rewrites the lease every beat_s while the claim is held. Sets claim.lost when another process's claim is
+    in the file (taken over) or no heartbeat could be written for stale_s / 2: the run must stop before a
+    newcomer may take it over. A file gone or unreadable for a moment is written again at the next beat."""
+    written = time.monotonic()
+    while not claim._stop.wait(beat_s):
+        try:
+            holder = _parse(claim.path, _read_bytes(claim.path), LEASE_FIELDS)
+        except FileNotFoundError:
+            holder = {}
+        except (OSError, NotAClaim):
+            holder = None  # unreadable now: not evidence of a takeover
+        if holder and holder["token"] != me["token"]:
+            claim.taken_over = True
+            claim.lost = (f"another distmnist process (pid {holder['pid']} on {holder['host']}, since "
+                          f"{holder['since']}) took over this run's claim {claim.path}")
+            return
+        try:
+            _write_lease(claim.path, {**me, "beat": time.time()})
+            written = time.monotonic()
+        except OSError as exc:
+            silent_s = time.monotonic() - written
+            if silent_s >= stale_s / 2:
+                claim.lost = (f"no heartbeat could be written to this run's claim {claim.path} for {silent_s:.1f} s "
+                              f"({exc.strerror or exc})")
                 return
-            _write_lease(path, {**me, "beat": time.time()})
-
-    threading.Thread(target=beat, name="run-claim-heartbeat", daemon=True).start()
-    return Claim(path, me["token"], created, _stop=stop)

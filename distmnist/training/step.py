@@ -66,14 +66,17 @@ def sgd_all(variables, grads, learning_rate: tf.Tensor, apply: tf.Tensor) -> Non
 
 
 def update_loss_scale(variables, values, growth_steps: int) -> None:
-    """Dynamic loss scaling's state after one step, on one replica's copy of [scale, good_steps, skipped]; values:
-    [[active, overflowed]] (1.0 or 0.0, the same on every replica: the overflow count is all-reduced). An active
-    step whose gradients overflowed was skipped: the scale halves (not below 1) and the run of good steps starts
-    again; growth_steps good steps in a row double it (as Keras's LossScaleOptimizer)."""
-    scale, good, skipped = variables
+    """Dynamic loss scaling's state after one step, on one replica's copy of [scale, good_steps, skipped,
+    skipped_at_1]; values: [[active, overflowed]] (1.0 or 0.0, the same on every replica: the overflow count is
+    all-reduced). An active step whose gradients overflowed was skipped: the scale halves (not below 1) and the run
+    of good steps starts again; growth_steps good steps in a row double it (as Keras's LossScaleOptimizer).
+    skipped_at_1 counts the steps skipped in a row at scale 1, where halving cannot help (a good step resets it)."""
+    scale, good, skipped, skipped_at_1 = variables
     active, overflowed = values[0][0] > 0.0, values[0][1] > 0.0
     skip = tf.logical_and(active, overflowed)
     grow = tf.logical_and(tf.logical_and(active, tf.logical_not(overflowed)), good + 1.0 >= growth_steps)
+    skipped_at_1.assign(tf.where(active, tf.where(tf.logical_and(skip, scale <= 1.0), skipped_at_1 + 1.0, 0.0),
+                                 skipped_at_1))
     scale.assign(tf.where(skip, tf.maximum(scale * 0.5, 1.0), tf.where(grow, scale * 2.0, scale)))
     good.assign(tf.where(tf.logical_or(skip, grow), 0.0, tf.where(active, good + 1.0, good)))
     skipped.assign_add(tf.where(skip, 1.0, 0.0))

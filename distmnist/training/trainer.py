@@ -24,7 +24,7 @@ from typing import Callable, Optional
 import numpy as np
 import tensorflow as tf
 
-from distmnist.common.errors import TrainingDiverged, UserError
+from distmnist.common.errors import GradientsOverflowed, TrainingDiverged, UserError
 from distmnist.data.dataset import Mnist
 from distmnist.training import inputs, step
 from distmnist.training.model import MLP, images_to_features
@@ -49,11 +49,15 @@ class TrainerSettings:
 
 COMPUTE_DTYPES = {"float32": tf.float32, "mixed_bfloat16": tf.bfloat16, "mixed_float16": tf.float16}
 INITIAL_LOSS_SCALE = 2.0 ** 15  # Keras's
+# mixed_float16: steps skipped in a row at loss scale 1 that end the run as a divergence does. Halving the scale
+# cannot help there, so every later step would be skipped too: a run that trains nothing and exports its start.
+MAX_SKIPPED_AT_SCALE_1 = 100
 
 
 class LossScale(tf.Module):
     """mixed_float16's dynamic loss scale: the scale, the good steps since it last changed, and the steps skipped
-    (float32 scalars: GPUs keep int32 variables in host memory). Checkpointed with the model."""
+    (float32 scalars: GPUs keep int32 variables in host memory). Checkpointed with the model. The trainer also
+    counts the steps skipped in a row at scale 1: MAX_SKIPPED_AT_SCALE_1 of them end the run (GradientsOverflowed)."""
 
     def __init__(self):
         super().__init__(name="loss_scale")
@@ -98,8 +102,12 @@ class Trainer:
         with strategy.scope():
             self.model = MLP(seed=config.seed)
             self.loss_scale = LossScale() if config.precision == "mixed_float16" else None
+            # The steps skipped in a row at scale 1 (step.update_loss_scale): not the LossScale's, so not in
+            # checkpoints, which a resume of an earlier run must still restore.
+            self._loss_scale_state = self.loss_scale.state + [tf.Variable(0.0, trainable=False, name="skipped_at_1")] \
+                if self.loss_scale else []
             # Everything a step changes: the weights, and the loss scale's state.
-            self._state = self.model.weights + (self.loss_scale.state if self.loss_scale else [])
+            self._state = self.model.weights + self._loss_scale_state
             # Where the current call started, to run it again with checks (not in any checkpoint).
             self._call_start = [tf.Variable(tf.zeros(v.shape), trainable=False, name=f"call_start_{i}")
                                 for i, v in enumerate(self._state)]
@@ -169,12 +177,13 @@ class Trainer:
         *grads, stats = ctx.all_reduce(tf.distribute.ReduceOp.SUM,
                                        list(grads) + [tf.concat([[loss], *overflow, bad], 0)])
         marks = stats[1 + len(overflow):]
+        # A step whose loss or gradient is not finite changes nothing, the loss scale's state included.
         apply = tf.logical_and(active, tf.reduce_max(marks) == 0.0) if checked else active
         if self.loss_scale:
             overflowed = stats[1] > 0.0
+            flags = tf.stack([tf.cast(apply, tf.float32), tf.cast(overflowed, tf.float32)])
             apply = tf.logical_and(apply, tf.logical_not(overflowed))
-            flags = tf.stack([tf.cast(active, tf.float32), tf.cast(overflowed, tf.float32)])
-            ctx.merge_call(functools.partial(self._update_copies, self.loss_scale.state,
+            ctx.merge_call(functools.partial(self._update_copies, self._loss_scale_state,
                                              update=self._update_loss_scale), args=([flags],))
         sgd = functools.partial(self._sgd_all, learning_rate=self._learning_rate, apply=apply)
         ctx.merge_call(functools.partial(self._update_copies, self.model.weights, update=sgd), args=(grads,))
@@ -360,6 +369,10 @@ class Trainer:
                 raise TrainingDiverged(self.step + first_bad, replica, float(losses[first_bad]))
             losses = losses.numpy()[:num_steps]
         self.step += num_steps
+        if self.loss_scale is not None:
+            skipped = int(self.strategy.experimental_local_results(self._loss_scale_state[-1])[0])
+            if skipped >= MAX_SKIPPED_AT_SCALE_1:
+                raise GradientsOverflowed(self.step - skipped, skipped)
         return losses
 
     def resume_at(self, step: int) -> None:
