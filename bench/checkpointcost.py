@@ -13,8 +13,7 @@ import time
 
 from distmnist.data.dataset import Mnist
 from distmnist.runs.checkpoints import Checkpointer
-from distmnist.training.controller import run_steps
-from distmnist.training.trainer import Trainer, TrainerSettings
+from distmnist.training.trainer import Trainer, TrainerSettings, run_steps
 
 GOAL = 0.03  # of the training time, at the default checkpoint_every
 

@@ -25,9 +25,8 @@ from distmnist.common.errors import RunFailed, UserError
 from distmnist.runs.checkpoints import Checkpointer
 from distmnist.runs.run import train_and_evaluate
 from distmnist.runs.signals import StopOnSignal
-from distmnist.training.controller import run_steps
 from distmnist.training.strategy import make_strategy
-from distmnist.training.trainer import Trainer, TrainerSettings
+from distmnist.training.trainer import Trainer, TrainerSettings, run_steps
 
 from helpers import REPO, assert_same_weights, read_scalars, run_module, saved_weights
 

@@ -17,7 +17,7 @@ from helpers import run_python, run_schedule
 @pytest.mark.slow
 def test_reloaded_model_matches_the_trained_one_exactly(tmp_path, tiny_mnist):
     trainer = Trainer(TrainerSettings(batch_size=32), make_strategy(cpu_replicas=2).strategy, tiny_mnist)
-    run_schedule(trainer, 10)
+    run_schedule(trainer, tiny_mnist, 10)
     trained_logits = trainer.model(images_to_features(tiny_mnist.x_test)).numpy()
 
     path = tmp_path / "saved_model"
@@ -80,7 +80,7 @@ def test_a_float32_pass_keeps_within_the_rounding_bound_the_gpu_comparison_uses(
     from rounding import forward_and_bound
 
     trainer = Trainer(TrainerSettings(batch_size=32), make_strategy().strategy, tiny_mnist)
-    run_schedule(trainer, 20)
+    run_schedule(trainer, tiny_mnist, 20)
     classifier = export_saved_model(trainer.weights(), str(tmp_path / "saved_model"))
     images = np.random.default_rng(0).integers(0, 256, (300, 28, 28), dtype=np.uint8)
     exact, bound = forward_and_bound(saved_weights(tmp_path), images)

@@ -16,12 +16,12 @@ from distmnist.common.errors import GradientsOverflowed, TrainingDiverged, UserE
 from distmnist.runs import rundir
 from distmnist.runs.checkpoints import Checkpointer
 from distmnist.training import devices, inputs
-from distmnist.training.controller import run_steps
 from distmnist.training.model import forward, images_to_features
 from distmnist.training.strategy import make_strategy
-from distmnist.training.trainer import INITIAL_LOSS_SCALE, MAX_SKIPPED_AT_SCALE_1, Trainer, TrainerSettings
+from distmnist.training.trainer import INITIAL_LOSS_SCALE, MAX_SKIPPED_AT_SCALE_1, Trainer, TrainerSettings, run_steps
 
-from helpers import make_tiny_mnist, run_module, run_python
+import helpers
+from helpers import evaluator, make_tiny_mnist, run_module, run_python
 
 MIXED = ("mixed_bfloat16", "mixed_float16")
 ROUNDINGS = 12  # the most roundings to the low type between the pixels and a weight's gradient: 4 per layer
@@ -180,7 +180,7 @@ def test_a_short_run_learns_as_float32_does(mnist, precision):
     low, losses = trained(mnist, precision, steps=150, learning_rate=0.5)
     assert losses[-10:].mean() < 0.5 * losses[:10].mean()
     assert abs(losses[0] - ref_losses[0]) < first_loss_bound(mnist, precision, reference.settings.seed, 64)
-    assert abs(low.evaluate()[0] - reference.evaluate()[0]) <= 3 / 203
+    assert abs(evaluator(low, mnist).evaluate()[0] - evaluator(reference, mnist).evaluate()[0]) <= 3 / 203
 
 
 def first_loss_bound(mnist, precision: str, seed: int, batch_size: int, examples: int = None) -> float:
@@ -204,16 +204,16 @@ def test_the_first_loss_bound_tells_a_loss_taken_in_the_low_type_apart(mnist, pr
     """The bound of test_a_short_run_learns_as_float32_does, against the first batch's loss computed as the trainer
     computes it, and as it would be if the loss itself were taken in the low type (outputs and mean): the first
     passes, the second does not (the bound that allowed 784 u, three times the loss in bfloat16, passed both)."""
-    from distmnist.training import step
+    from distmnist.training import stepmaths
     from distmnist.training.model import MLP, images_to_features, labels_to_targets
 
     weights = MLP(seed=42).get_numpy()
     features, targets = images_to_features(mnist.x_train[:64]), labels_to_targets(mnist.y_train[:64])
     low = LOW_TYPES[precision]
     bound = first_loss_bound(mnist, precision, 42, 64, examples=64)  # the batch itself: its worst 64 of 64
-    reference = float(step.mse_loss(targets, forward(weights, features), 64))
-    mixed = float(step.mse_loss(targets, forward(weights, features, low), 64))
-    in_the_low_type = float(tf.cast(step.mse_loss(tf.cast(targets, low), tf.cast(forward(weights, features, low),
+    reference = float(stepmaths.mse_loss(targets, forward(weights, features), 64))
+    mixed = float(stepmaths.mse_loss(targets, forward(weights, features, low), 64))
+    in_the_low_type = float(tf.cast(stepmaths.mse_loss(tf.cast(targets, low), tf.cast(forward(weights, features, low),
                                                                                   low), 64), tf.float32))
     assert abs(mixed - reference) < bound < abs(in_the_low_type - reference)
 
@@ -229,7 +229,7 @@ def test_the_replica_count_changes_only_the_low_precision_rounding(mnist, precis
     entry differs by at most ROUNDINGS x u x |g|max between the runs (first order), and after 5 steps a weight by
     2 x 5 x learning_rate x ROUNDINGS x u x |g|max (|g|max: the largest gradient entry at the first or the last
     step). A loss wrongly averaged per replica is caught by the same bound."""
-    from distmnist.training import step
+    from distmnist.training import stepmaths
 
     one, _ = trained(mnist, precision, replicas=1, steps=5, jit_compile=False)
     two, _ = trained(mnist, precision, replicas=2, steps=5, jit_compile=False)
@@ -239,7 +239,7 @@ def test_the_replica_count_changes_only_the_low_precision_rounding(mnist, precis
     largest = 0.0
     for weights in (fresh.weights(), one.weights()):
         for start in range(0, 2048, 64):
-            grads, _ = step.gradients([tf.constant(w) for w in weights], features[start:start + 64],
+            grads, _ = stepmaths.gradients([tf.constant(w) for w in weights], features[start:start + 64],
                                       targets[start:start + 64], 64)
             largest = max(largest, max(float(np.abs(g).max()) for g in grads))
     bound = 2 * 5 * 1.5 * ROUNDINGS * UNIT_ROUNDOFF[precision] * largest
@@ -389,7 +389,7 @@ def test_good_steps_between_skipped_ones_at_scale_1_keep_the_run_going(mnist):
     """Only steps skipped in a row end a run: here the gradients overflow at any scale on the batches whose first
     example is a digit below 5, about every other batch; far more than MAX_SKIPPED_AT_SCALE_1 steps are skipped
     at scale 1 in all, and the run trains on."""
-    from distmnist.training.step import mse_loss
+    from distmnist.training.stepmaths import mse_loss
 
     def overflowing_on_some_batches(targets, outputs, global_batch_size):
         return tf.where(tf.argmax(targets[0]) < 5, 1e9, 1.0) * mse_loss(targets, outputs, global_batch_size)
@@ -637,7 +637,7 @@ def test_the_low_precision_graphs_have_gpu_kernels_in_their_types(mnist, precisi
 
     trainer = Trainer(TrainerSettings(batch_size=16, precision=precision, jit_compile=jit),
                       make_strategy(cpu_replicas=replicas).strategy, mnist)
-    graphs = trainer.graphs()
+    graphs = helpers.graphs(trainer, mnist)
     for name, graph in graphs.items():
         assert ops_without_gpu_kernel(graph) == [], name
     low = {"mixed_bfloat16": tf.bfloat16, "mixed_float16": tf.float16}[precision].as_datatype_enum

@@ -33,7 +33,7 @@ def mnist():
 def saved_model(tmp_path_factory, mnist):
     """A model trained for one epoch on real MNIST (about 95% on the test set)."""
     trainer = Trainer(TrainerSettings(), make_strategy().strategy, mnist)
-    run_schedule(trainer, trainer.steps_per_epoch)
+    run_schedule(trainer, mnist, trainer.steps_per_epoch)
     path = tmp_path_factory.mktemp("run") / "saved_model"
     classifier = Classifier(trainer.weights())
     classifier.fit_temperature(mnist.x_train[::6], mnist.y_train[::6])  # as a run does

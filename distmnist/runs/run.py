@@ -25,7 +25,9 @@ from distmnist.runs.signals import StopOnSignal
 from distmnist.runs.summaries import RunReporter
 from distmnist.training import devices
 from distmnist.training.cluster import Cluster, parse_tf_config
-from distmnist.training.controller import Controller, Schedule
+from distmnist.training.agreement import Agreement
+from distmnist.training.controller import Controller
+from distmnist.training.evaluator import Evaluator
 from distmnist.training.strategy import StrategyChoice, make_strategy, set_host_threads
 from distmnist.training.trainer import Trainer, TrainerSettings, steps_per_epoch
 
@@ -80,11 +82,12 @@ def trainer_settings(config: TrainConfig, total_steps: int, support: Optional[de
                            precision=config.precision)
 
 
-def schedule(config: TrainConfig, total_steps: int, run_dir: Optional[str]) -> Schedule:
-    """The controller's schedule from the config (the profile only where there is a run directory)."""
-    return Schedule(total_steps=total_steps, eval_every=config.eval_every, log_every=config.log_every,
-                    checkpoint_every=config.checkpoint_every, steps_per_call=config.steps_per_loop,
-                    profile_steps=config.profile_range() if run_dir else None)
+def schedule(config: TrainConfig, total_steps: int, run_dir: Optional[str]) -> dict:
+    """The controller's schedule from the config, as its keyword arguments (the profile only where there is a run
+    directory)."""
+    return dict(total_steps=total_steps, eval_every=config.eval_every, log_every=config.log_every,
+                checkpoint_every=config.checkpoint_every, steps_per_call=config.steps_per_loop,
+                profile_steps=config.profile_range() if run_dir else None, profile_dir=run_dir)
 
 
 def describe_setup(choice: StrategyChoice, trainer: Trainer, config: TrainConfig, total_steps: int) -> str:
@@ -144,7 +147,8 @@ def set_up(config: TrainConfig, choice: Optional[StrategyChoice] = None, mnist: 
         history = checkpointer.history(step)
         events.drop_events_after(events_dir(config, run_dir), step)
     if cluster is not None:
-        step = trainer.adopt_replica_0(step)  # only the chief has the run directory: the others take its state
+        # only the chief has the run directory: the others take its state
+        step = Agreement(choice.strategy, trainer.state).adopt_replica_0(step)
     if step:
         trainer.resume_at(step)
         print(f"resuming from step {step}, the latest checkpoint in "
@@ -174,9 +178,16 @@ def train(run: Run, claim: Optional[Claim] = None) -> tuple:
         with StopOnSignal() as stop:
             # In a cluster every worker must stop at the same step: they agree on it, one collective per call.
             requested = lambda: stop.requested or lost() is not None  # noqa: E731
-            should_stop = (lambda: trainer.any_replica(requested())) if cluster else requested
-            controller = Controller(trainer, schedule(config, run.total_steps, run.run_dir), reporter, save,
-                                    should_stop, profile_dir=run.run_dir)
+            if cluster:
+                agreement = Agreement(trainer.strategy, trainer.state)
+                should_stop = lambda: agreement.any_replica(requested())  # noqa: E731
+            else:
+                should_stop = requested
+            controller = Controller(trainer, Evaluator(trainer.strategy, trainer.model, run.mnist), reporter,
+                                    start_step=trainer.step, global_batch_size=trainer.global_batch_size,
+                                    save_checkpoint=save, should_stop=should_stop,
+                                    loss_scale_state=trainer.loss_scale_state if trainer.loss_scale else None,
+                                    **schedule(config, run.total_steps, run.run_dir))
             timing = controller.run()
     except TrainingDiverged as exc:
         kept = checkpointer.latest_step

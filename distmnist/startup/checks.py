@@ -188,9 +188,8 @@ def check_training(tf, steps: int) -> Check:
     import numpy as np
 
     from distmnist.data.dataset import Mnist
-    from distmnist.training.controller import run_steps
     from distmnist.training.strategy import make_strategy
-    from distmnist.training.trainer import Trainer, TrainerSettings
+    from distmnist.training.trainer import Trainer, TrainerSettings, run_steps
 
     rng = np.random.default_rng(0)
     labels = (np.arange(8192) % 10).astype(np.uint8)
