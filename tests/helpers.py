@@ -132,6 +132,21 @@ def read_scalars(run_dir: str) -> dict:
             for tag in acc.Tags()["tensors"] if acc.SummaryMetadata(tag).plugin_data.plugin_name == "scalars"}
 
 
+def trainer_settings(total_steps: Optional[int] = None, loss_scale_growth_steps: Optional[int] = None,
+                     **config_values):
+    """A trainer's settings as a run makes them (run.trainer_settings) from TrainConfig(**config_values), XLA
+    resolved without a machine's precision support; total_steps None: the run's length not known."""
+    import dataclasses
+
+    from distmnist.common.config import TrainConfig
+    from distmnist.runs.run import trainer_settings as from_config
+
+    settings = from_config(TrainConfig(**config_values), total_steps)
+    if loss_scale_growth_steps is not None:
+        settings = dataclasses.replace(settings, loss_scale_growth_steps=loss_scale_growth_steps)
+    return settings
+
+
 def evaluator(trainer, mnist: Mnist):
     """The evaluator of the trainer's model on mnist's test set, as a run's controller has it."""
     from distmnist.training.evaluator import Evaluator

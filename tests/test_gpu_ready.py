@@ -13,10 +13,10 @@ import tensorflow as tf
 
 from distmnist.runs.export import Classifier
 from distmnist.training.strategy import communication, make_strategy
-from distmnist.training.trainer import Trainer, TrainerSettings
+from distmnist.training.trainer import Trainer
 
 import helpers
-from helpers import REPO, free_ports, run_schedule
+from helpers import REPO, free_ports, run_schedule, trainer_settings
 from kernel_registry import (collective_dtypes, compiled_by_xla, loop_body_ops, memory_types, nodes_outside_xla,
                              ops_without_gpu_kernel, step_crossings)
 
@@ -41,7 +41,7 @@ def test_the_registry_check_finds_an_op_without_a_gpu_kernel():
     pytest.param(2, "tfdata", False, marks=pytest.mark.slow),
 ])
 def test_every_op_outside_xla_has_a_gpu_kernel(tiny_mnist, replicas, input_path, jit):
-    trainer = Trainer(TrainerSettings(batch_size=16, input=input_path, jit_compile=jit),
+    trainer = Trainer(trainer_settings(batch_size=16, input=input_path, jit_compile=jit),
                       make_strategy(cpu_replicas=replicas).strategy, tiny_mnist)
     graphs = helpers.graphs(trainer, tiny_mnist)
     checked = {"train_checked"} if input_path == "device" else set()  # run again after a non-finite call
@@ -59,7 +59,7 @@ def test_with_xla_each_replica_step_is_two_launches_on_its_own_device(tiny_mnist
     """On 2 replicas (XLA by default) each replica's batch and gradients, and after the all-reduce its update of
     every weight, are one XLA launch each on the replica's device: no gather, matmul or variable update is left
     to TensorFlow's executor. Without XLA they are (the check can fail)."""
-    trainer = Trainer(TrainerSettings(batch_size=16, jit_compile=jit), make_strategy(cpu_replicas=2).strategy,
+    trainer = Trainer(trainer_settings(batch_size=16, jit_compile=jit), make_strategy(cpu_replicas=2).strategy,
                       tiny_mnist)
     nodes = nodes_outside_xla(helpers.graphs(trainer)["train"])
     executor_ops = {n.op for n in nodes} & {"GatherV2", "MatMul", "AssignSubVariableOp"}
@@ -78,7 +78,7 @@ def test_with_xla_each_replica_step_is_two_launches_on_its_own_device(tiny_mnist
 def test_no_step_of_a_runs_call_checks_for_nan_and_the_checked_calls_steps_do(tiny_mnist, replicas):
     """The call a run makes has no finiteness check in its steps (it checks the weights once, after its loop);
     the call that runs again after a non-finite one checks every step (the test can fail both ways)."""
-    trainer = Trainer(TrainerSettings(batch_size=16), make_strategy(cpu_replicas=replicas).strategy,
+    trainer = Trainer(trainer_settings(batch_size=16), make_strategy(cpu_replicas=replicas).strategy,
                       tiny_mnist)
     graphs = helpers.graphs(trainer)
     assert "IsFinite" not in loop_body_ops(graphs["train"])
@@ -107,7 +107,7 @@ def test_the_loop_goes_on_by_its_step_count_never_a_device_value(tiny_mnist, rep
     """The call's loop condition compares step counters with limits and nothing else (no non-finite flag from the
     device: on a GPU that was a copy to the host every step); with the device input the limit is steps_per_loop,
     a constant of the trace (XLA knows the trip count), over tf.data the call's step count."""
-    trainer = Trainer(TrainerSettings(batch_size=16, steps_per_loop=7, input=input_path),
+    trainer = Trainer(trainer_settings(batch_size=16, steps_per_loop=7, input=input_path),
                       make_strategy(cpu_replicas=replicas).strategy, tiny_mnist)
     ops, limit = training_loop_limit(helpers.graphs(trainer)["train"])
     assert ops <= {"Less", "Const", "Identity"}
@@ -120,7 +120,7 @@ def test_the_loop_goes_on_by_its_step_count_never_a_device_value(tiny_mnist, rep
 def test_xla_compiles_the_call_with_a_known_trip_count(tiny_mnist):
     """One replica, device input: XLA's optimised HLO of the whole call has a while loop whose trip count XLA
     itself found (steps_per_loop), the form a GPU runs without asking the host after each step."""
-    trainer = Trainer(TrainerSettings(batch_size=16, steps_per_loop=7), make_strategy().strategy,
+    trainer = Trainer(trainer_settings(batch_size=16, steps_per_loop=7), make_strategy().strategy,
                       tiny_mnist)
     hlo = trainer._call.experimental_get_compiler_ir(tf.constant(7), *trainer.input.traced_args())(
         stage="optimized_hlo")
@@ -130,7 +130,7 @@ def test_xla_compiles_the_call_with_a_known_trip_count(tiny_mnist):
 @pytest.mark.parametrize("replicas", [2, pytest.param(4, marks=pytest.mark.slow)])
 def test_each_replica_holds_its_data_on_its_own_device(tiny_mnist, replicas):
     choice = make_strategy(cpu_replicas=replicas)
-    settings = TrainerSettings(batch_size=8)
+    settings = trainer_settings(batch_size=8)
     trainer = Trainer(settings, choice.strategy, tiny_mnist)
     helpers.graphs(trainer)
     _, _, indices = trainer.input.call_args(0, 2)
@@ -163,17 +163,17 @@ sys.path.insert(0, {tests!r})
 from distmnist.startup import tfquiet
 tf = tfquiet.import_tensorflow()
 import helpers
-from helpers import make_tiny_mnist
+from helpers import make_tiny_mnist, trainer_settings
 from kernel_registry import collective_dtypes, ops_without_gpu_kernel
 from distmnist.training.cluster import parse_tf_config
-from distmnist.training.trainer import Trainer, TrainerSettings
+from distmnist.training.trainer import Trainer
 from distmnist.training.strategy import make_strategy
 choice = make_strategy(cluster=parse_tf_config(os.environ["TF_CONFIG"]), collective_timeout_s=60,
                        cluster_start_timeout_s=60)
 report = {{}}
 for input_path in ("device", "tfdata"):
     mnist = make_tiny_mnist()
-    trainer = Trainer(TrainerSettings(batch_size=8, input=input_path), choice.strategy, mnist)
+    trainer = Trainer(trainer_settings(batch_size=8, input=input_path), choice.strategy, mnist)
     for name, graph in helpers.graphs(trainer, mnist).items():
         report[f"{{input_path}} {{name}}"] = {{"missing": ops_without_gpu_kernel(graph),
                                            "collectives": sorted(collective_dtypes(graph))}}
@@ -226,7 +226,7 @@ PER_REPLICA_CROSSINGS = [("Less", "bool", "StatefulPartitionedCall (XLA)"),  # a
 @pytest.mark.parametrize("replicas", [1, 2, pytest.param(4, marks=pytest.mark.slow)])
 def test_a_step_copies_between_host_and_device_only_what_is_named(tiny_mnist, replicas):
     strategy = make_strategy(cpu_replicas=replicas).strategy if replicas > 1 else make_strategy().strategy
-    trainer = Trainer(TrainerSettings(batch_size=16), strategy, tiny_mnist)
+    trainer = Trainer(trainer_settings(batch_size=16), strategy, tiny_mnist)
     found = step_crossings(helpers.graphs(trainer)["train"], trainer.compiled_whole_call)
     expected = [] if replicas == 1 else sorted(PER_REPLICA_CROSSINGS * replicas)
     assert found == expected
@@ -245,12 +245,12 @@ def test_a_shorter_calls_masked_iterations_compute_nothing_on_cpus_and_branch_no
     costs what its steps cost; on GPUs there is no branch (XLA would copy each step's choice to the host), and the
     masked iterations compute and are discarded."""
     cpus = make_strategy(cpu_replicas=replicas).strategy if replicas > 1 else make_strategy().strategy
-    trainer = Trainer(TrainerSettings(batch_size=16), cpus, tiny_mnist)
+    trainer = Trainer(trainer_settings(batch_size=16), cpus, tiny_mnist)
     assert trainer.skips_masked_steps and len(_branch_ops(helpers.graphs(trainer)["train"])) == replicas  # one each
-    tfdata = Trainer(TrainerSettings(batch_size=16, input="tfdata"), cpus, tiny_mnist)
+    tfdata = Trainer(trainer_settings(batch_size=16, input="tfdata"), cpus, tiny_mnist)
     assert not tfdata.skips_masked_steps and _branch_ops(helpers.graphs(tfdata)["train"]) == []  # every iteration a step
     gpus = tf.distribute.MirroredStrategy(devices=[f"/gpu:{i}" for i in range(replicas)])
-    on_gpus = Trainer(TrainerSettings(batch_size=16), gpus, tiny_mnist)
+    on_gpus = Trainer(trainer_settings(batch_size=16), gpus, tiny_mnist)
     assert not on_gpus.skips_masked_steps and _branch_ops(helpers.graphs(on_gpus)["train"]) == []
 
 
@@ -309,7 +309,7 @@ def test_the_single_host_gpu_graph_with_nccl_is_ready_too(tiny_mnist):
     GPU, and a step's host-device copies are the named ones (docs/gpus.md)."""
     strategy = tf.distribute.MirroredStrategy(devices=["/gpu:0", "/gpu:1"],
                                               cross_device_ops=tf.distribute.NcclAllReduce())
-    trainer = Trainer(TrainerSettings(batch_size=16), strategy, tiny_mnist)
+    trainer = Trainer(trainer_settings(batch_size=16), strategy, tiny_mnist)
     graphs = helpers.graphs(trainer, tiny_mnist)
     for name, graph in graphs.items():
         assert ops_without_gpu_kernel(graph) == [], name

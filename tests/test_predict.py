@@ -17,9 +17,9 @@ from distmnist.common.errors import RunFailed, UserError
 from distmnist.data import dataset, images
 from distmnist.runs.export import Classifier, save
 from distmnist.training.strategy import make_strategy
-from distmnist.training.trainer import Trainer, TrainerSettings
+from distmnist.training.trainer import Trainer
 
-from helpers import REPO, run_module, run_schedule
+from helpers import REPO, run_module, run_schedule, trainer_settings
 
 COUNT = 40
 
@@ -32,7 +32,7 @@ def mnist():
 @pytest.fixture(scope="module")
 def saved_model(tmp_path_factory, mnist):
     """A model trained for one epoch on real MNIST (about 95% on the test set)."""
-    trainer = Trainer(TrainerSettings(), make_strategy().strategy, mnist)
+    trainer = Trainer(trainer_settings(), make_strategy().strategy, mnist)
     run_schedule(trainer, mnist, trainer.steps_per_epoch)
     path = tmp_path_factory.mktemp("run") / "saved_model"
     classifier = Classifier(trainer.weights())

@@ -16,11 +16,14 @@ def examples_per_sec(mnist, strategy, timing: timing_lib.Timing, input_path: str
     resolves it for this precision on these devices: jit_compile)."""
     import functools
 
-    from distmnist.training.trainer import Trainer, TrainerSettings, run_steps
+    from distmnist.common.config import TrainConfig
+    from distmnist.runs.run import trainer_settings
+    from distmnist.training.trainer import Trainer, run_steps
 
-    settings = TrainerSettings(batch_size=timing.per_replica_batch_size, learning_rate=timing.learning_rate,
-                               seed=timing.seed, input=input_path, precision=precision, jit_compile=jit_compile,
-                               total_steps=timing.warmup_steps + timing.timed_steps)
+    settings = trainer_settings(TrainConfig(batch_size=timing.per_replica_batch_size,
+                                            learning_rate=timing.learning_rate, seed=timing.seed, input=input_path,
+                                            precision=precision, jit_compile=jit_compile),
+                                total_steps=timing.warmup_steps + timing.timed_steps)
     trainer = Trainer(settings, strategy, mnist)
     return timing_lib.examples_per_sec(functools.partial(run_steps, trainer), timing, trainer.global_batch_size)
 
@@ -51,14 +54,16 @@ def time_to_accuracy(mnist, strategy, target: float, max_epochs: int, settings) 
 
 def _from_npz(npz: str, replicas: int, platform: str, total_steps, **settings):
     """TensorFlow imported quietly, then (distmnist's Trainer on 1 device or N: logical CPUs, or GPUs, with MNIST
-    from npz and these TrainerSettings; the devices; the data). total_steps(steps per epoch): the steps it will train."""
+    from npz and the trainer's settings from a TrainConfig of these values; the devices; the data). total_steps(steps per epoch): the steps it will train."""
     from distmnist.startup import tfquiet
 
     arrays = mnist_npz.read(npz)
     tfquiet.import_tensorflow()
+    from distmnist.common.config import TrainConfig
     from distmnist.data.dataset import Mnist
+    from distmnist.runs.run import trainer_settings
     from distmnist.training.strategy import make_strategy
-    from distmnist.training.trainer import Trainer, TrainerSettings
+    from distmnist.training.trainer import Trainer
 
     if platform == "cpu":
         choice = make_strategy(num_gpus=0) if replicas == 1 else make_strategy(cpu_replicas=replicas)
@@ -66,7 +71,7 @@ def _from_npz(npz: str, replicas: int, platform: str, total_steps, **settings):
         choice = make_strategy(num_gpus=replicas)
     mnist = Mnist(*arrays, source=npz)
     steps_per_epoch = len(mnist.x_train) // (settings["batch_size"] * replicas)
-    trainer = Trainer(TrainerSettings(total_steps=total_steps(steps_per_epoch), **settings), choice.strategy, mnist)
+    trainer = Trainer(trainer_settings(TrainConfig(**settings), total_steps(steps_per_epoch)), choice.strategy, mnist)
     return trainer, list(choice.devices), mnist
 
 

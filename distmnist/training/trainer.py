@@ -33,23 +33,25 @@ from distmnist.training.model import MLP
 
 @dataclasses.dataclass(frozen=True)
 class TrainerSettings:
-    """What the trainer needs of a run's settings (run.py makes it from the TrainConfig, whose defaults these are)."""
+    """What the trainer needs of a run's config, every field given: run.trainer_settings makes it from a TrainConfig
+    (test harnesses may give it in full). No defaults here: the config's are the only ones."""
 
-    batch_size: int = 128  # per replica
-    learning_rate: float = 1.5
-    seed: int = 42
-    steps_per_loop: int = 50  # the most steps one compiled call runs (a constant of its trace)
-    shuffle_buffer: int = 10000
-    input: str = "device"  # inputs.DeviceInput or "tfdata": inputs.TfdataInput
-    jit_compile: Optional[bool] = None  # None: on for the device input (XLA cannot hold a tf.data iterator)
-    total_steps: Optional[int] = None  # the steps the run will train, so the input draws its epochs' orders ahead,
-    # while the call compiles, and no more (None: not known; each epoch's order is then drawn one ahead, as it trains)
-    precision: str = "float32"  # or "mixed_bfloat16", "mixed_float16" (with dynamic loss scaling)
-    loss_scale_growth_steps: int = 2000  # mixed_float16: good steps in a row that double the loss scale
+    batch_size: int  # per replica
+    learning_rate: float
+    seed: int
+    steps_per_loop: int  # the most steps one compiled call runs (a constant of its trace)
+    shuffle_buffer: int
+    input: str  # "device": inputs.DeviceInput, or "tfdata": inputs.TfdataInput
+    jit_compile: bool  # as devices.resolve_xla decided it for the run
+    total_steps: Optional[int]  # the steps the run will train, so the input draws its epochs' orders ahead, while
+    # the call compiles, and no more (None: not known; each epoch's order is then drawn one ahead, as it trains)
+    precision: str  # "float32", "mixed_bfloat16", "mixed_float16" (with dynamic loss scaling)
+    loss_scale_growth_steps: int  # mixed_float16: good steps in a row that double the loss scale
 
 
 COMPUTE_DTYPES = {"float32": tf.float32, "mixed_bfloat16": tf.bfloat16, "mixed_float16": tf.float16}
 INITIAL_LOSS_SCALE = 2.0 ** 15  # Keras's
+LOSS_SCALE_GROWTH_STEPS = 2000  # Keras's: good steps in a row that double the loss scale
 # mixed_float16: steps skipped in a row at loss scale 1 that end the run as a divergence does. Halving the scale
 # cannot help there, so every later step would be skipped too: a run that trains nothing and exports its start.
 MAX_SKIPPED_AT_SCALE_1 = 100
@@ -130,7 +132,7 @@ class Trainer:
         else:
             self.input = inputs.TfdataInput(strategy, mnist.x_train, mnist.y_train, self.global_batch_size,
                                             config.shuffle_buffer, config.seed)
-        jit = config.input == "device" if config.jit_compile is None else config.jit_compile
+        jit = config.jit_compile
         whole_call_jit = jit and self.num_replicas == 1 and self.input.xla_whole_call
         self.compiled_whole_call = whole_call_jit  # XLA takes the whole call, its loop included
         # A shorter call's masked iterations skip their batch and gradients on CPUs, where choosing is a branch;
