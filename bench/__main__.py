@@ -29,7 +29,7 @@ from bench import machine, report as report_lib, wholeprocess
 from distmnist.common import cli, files
 from distmnist.common.config import TrainConfig
 from distmnist.common.errors import UserError
-from distmnist.startup import tfquiet
+from distmnist.environment import tfquiet
 
 FLAGS = flags.FLAGS
 

@@ -189,7 +189,7 @@ def _outcome(logdir: str, point: Point, status: int, log_path: str, say) -> dict
 
 
 def _declare(logdir: str, configs: list) -> None:
-    from distmnist.startup import tfquiet
+    from distmnist.environment import tfquiet
 
     tfquiet.import_tensorflow()
     from distmnist.runs import experiment

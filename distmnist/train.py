@@ -18,8 +18,9 @@ import distmnist
 from distmnist.common import cli, files
 from distmnist.common.config import TrainConfig, field_descriptions, with_run_name
 from distmnist.common.errors import OutOfRoom, UserError
-from distmnist.runs import outputs, pictures, runclaim, rundir
-from distmnist.startup import tfquiet, vertex
+from distmnist.runs import outputs, runclaim, rundir
+from distmnist.runs.painter import Painter
+from distmnist.environment import tfquiet, vertex
 from distmnist.training import cluster as cluster_lib
 
 
@@ -88,10 +89,10 @@ def _no_room_is_one_line(claim_path: str):
 
 
 def _train(config: TrainConfig, claim: Optional[runclaim.Claim], cluster: Optional[cluster_lib.Cluster]) -> None:
-    painter = pictures.Painter()  # forked now, while this process is small and single-threaded
+    painter = Painter()  # forked now, while this process is small and single-threaded
     tf = tfquiet.import_tensorflow()
     if config.require_gpus and not tf.config.get_visible_devices("GPU"):
-        from distmnist.startup.checks import gpu_finding
+        from distmnist.environment.checks import gpu_finding
 
         raise UserError(f"--require_gpus: TensorFlow registered no GPU for this process: {gpu_finding(tf)}; nothing "
                         "was trained (python -m distmnist.doctor has the whole report)")

@@ -160,7 +160,7 @@ def test_multi_worker_asks_for_nccl_on_gpus_only():
 WORKER = """
 import json, os, sys, time
 sys.path.insert(0, {tests!r})
-from distmnist.startup import tfquiet
+from distmnist.environment import tfquiet
 tf = tfquiet.import_tensorflow()
 import helpers
 from helpers import make_tiny_mnist, trainer_settings

@@ -611,7 +611,7 @@ def test_a_float16_run_reports_a_loss_scale_it_can_reach_and_its_steps_skipped(t
     """run.json's precision entry on the CPU (float16 emulated) after skipped steps and growths: the scale and the
     steps skipped are those the trainer reached, and a scale that dynamic loss scaling can reach from them."""
     from distmnist.runs.run import set_up, train, write_artifacts
-    from distmnist.runs.pictures import Painter
+    from distmnist.runs.painter import Painter
 
     config = TrainConfig(logdir=str(tmp_path), run_name="r", precision="mixed_float16", max_steps=40,
                          batch_size=16, steps_per_loop=10, eval_every=40, log_every=10, jit_compile=False,

@@ -61,7 +61,7 @@ def test_a_training_run_prints_nothing_from_tensorflow(tmp_path, tiny_npz_dir):
 def test_tensorflow_is_imported_without_keras_which_still_works_when_used():
     result = run_python("""
 import sys
-from distmnist.startup import tfquiet
+from distmnist.environment import tfquiet
 tf = tfquiet.import_tensorflow()
 print("keras" in sys.modules, "matplotlib" in sys.modules, any(m.startswith("keras") for m in sys.modules))
 print(tf.keras.layers.Dense(2)(tf.zeros([1, 3])).shape, tf.keras.optimizers.SGD.__name__)

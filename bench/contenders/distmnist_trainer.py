@@ -55,7 +55,7 @@ def time_to_accuracy(mnist, strategy, target: float, max_epochs: int, settings) 
 def _from_npz(npz: str, replicas: int, platform: str, total_steps, **settings):
     """TensorFlow imported quietly, then (distmnist's Trainer on 1 device or N: logical CPUs, or GPUs, with MNIST
     from npz and the trainer's settings from a TrainConfig of these values; the devices; the data). total_steps(steps per epoch): the steps it will train."""
-    from distmnist.startup import tfquiet
+    from distmnist.environment import tfquiet
 
     arrays = mnist_npz.read(npz)
     tfquiet.import_tensorflow()

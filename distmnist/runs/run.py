@@ -19,7 +19,7 @@ from distmnist.data.dataset import Mnist
 from distmnist.runs import calibration as calibration_lib
 from distmnist.runs import events, experiment, export, outputs, rundir, summaries
 from distmnist.runs.checkpoints import Checkpointer
-from distmnist.runs.pictures import Painter
+from distmnist.runs.painter import Painter
 from distmnist.runs.runclaim import Claim
 from distmnist.runs.signals import StopOnSignal
 from distmnist.runs.summaries import RunReporter

@@ -13,7 +13,7 @@ import time
 
 import distmnist
 from distmnist.common import logfilters
-from distmnist.startup import tfquiet
+from distmnist.environment import tfquiet
 from distmnist.training import devices
 from distmnist.training.devices import configure_gpus, driver_gpus, nvidia_driver_present
 
