@@ -17,11 +17,13 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from distmnist.data.dataset import Mnist  # noqa: E402
+
 from helpers import hide_gpus_from_subprocesses, make_tiny_mnist  # noqa: E402
 
 # Split the CPU before any op runs, so tests can build 1-, 2- and 4-replica MirroredStrategies in one process.
 tf.config.set_logical_device_configuration(
-    tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * 4)
+    tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * 4
+)
 GPUS = tf.config.list_physical_devices("GPU")  # physical: hiding them below does not change this list
 tf.config.set_visible_devices([], "GPU")
 hide_gpus_from_subprocesses()
