@@ -162,7 +162,7 @@ def test_epoch_orders_past_the_runs_epochs_go_on_as_one_unbounded_draw():
 
 def test_epoch_orders_are_drawn_without_autotuning():
     """Nothing in the orders' pipeline is tuned; with tf.data's autotuning on, its model thread ran beside the
-    training and a deleted iterator waited for it (up to 3.7 s in these tests). The orders themselves are the
+    training and a deleted iterator waited for it. The orders themselves are the
     tutorial pipeline's, autotuned there (test_device_and_tfdata_inputs_train_the_same_model)."""
     from distmnist.training.inputs import EpochOrder
 

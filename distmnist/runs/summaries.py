@@ -66,7 +66,7 @@ class RunReporter(Reporter):
     def _describe_run(self, run_name: str, hparam_values: dict, config_text: str) -> None:
         """What a fresh run logs once: its config for the HParams and Text dashboards, and the model's graph."""
         model = MLP()
-        graph = tf.function(model, autograph=False).get_concrete_function(  # AutoGraph's first use costs 0.13 s
+        graph = tf.function(model, autograph=False).get_concrete_function(  # AutoGraph's first use is slow
             tf.TensorSpec([None, 784], tf.float32, name="features"))
         with self.writer.as_default():
             hparams.hparams(hparam_values, trial_id=run_name)
