@@ -181,7 +181,7 @@ def main(paths: list[str]) -> int:
     if not names:
         return 2
     probabilities = answer(serve, prepared)
-    for name, p in zip(names, probabilities):
+    for name, p in zip(names, probabilities, strict=True):
         top = np.argsort(-p, kind="stable")[:FLAGS.top_k]
         if FLAGS.json:
             print(json.dumps({"path": name, "digit": int(top[0]), "probability": float(p[top[0]]),

@@ -71,11 +71,11 @@ def _parse(name: str, text: str) -> Any:
     """One setting's value from its text, as its flag would read it (UserError naming it when it does not)."""
     kind = {n: k for n, _, k, *_ in config.settings()}[name]
     try:
-        if kind in (bool, Optional[bool]):
+        if kind in (bool, bool | None):
             if text.lower() not in ("true", "false", "1", "0"):
                 raise ValueError
             return text.lower() in ("true", "1")
-        if kind in (int, Optional[int]):
+        if kind in (int, int | None):
             return int(text)
         if kind is float:
             return float(text)
@@ -94,12 +94,12 @@ def plan(given: dict, zipped: bool) -> list:
         if len(lengths) > 1:
             raise UserError("--zip pairs the lists element by element: give every swept setting the same number of "
                             f"values (got {', '.join(f'--{n}: {len(v)}' for n, v in swept.items())})")
-        combos = list(zip(*swept.values()))
+        combos = list(zip(*swept.values(), strict=True))
     else:
         combos = list(itertools.product(*swept.values()))
     points = []
     for combo in combos:
-        settings = dict(zip(swept, combo))
+        settings = dict(zip(swept, combo, strict=True))
         values = {name: _parse(name, text.strip()) for name, text in {**fixed, **settings}.items()}
         run_name = ",".join(f"{name}={text.strip()}" for name, text in settings.items()) or "run"
         if "/" in run_name:
@@ -236,7 +236,7 @@ def run_sweep(
             say(line)
 
     with Runner(logdir, locked_say) as runner, concurrent.futures.ThreadPoolExecutor(max_workers=parallel) as pool:
-        for point, outcome in zip(todo, pool.map(runner.run, todo)):
+        for point, outcome in zip(todo, pool.map(runner.run, todo), strict=True):
             results[point.run_name] = outcome or {"status": "not started"}
     rows = [{"run_name": p.run_name, "settings": p.settings, **(results[p.run_name] or {})} for p in points]
     swept = sorted({name for p in points for name in p.settings})
@@ -262,7 +262,7 @@ def _plot(report: dict, path: str) -> None:
     swept = report["swept"] or ["run_name"]
     fig, axes = plt.subplots(1, len(swept), figsize=(4.2 * len(swept), 3.6), squeeze=False)
     done = [r for r in report["points"] if r["status"] == "ok"]
-    for ax, name in zip(axes[0], swept):
+    for ax, name in zip(axes[0], swept, strict=True):
         values = [r["settings"].get(name, r["run_name"]) for r in done]
         numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
         labels = None if numeric else sorted({str(v) for v in values})

@@ -253,7 +253,7 @@ def _read_npz(f: BinaryIO, name: str, limit: int,
         if check:
             check(headers)
         return [(header, _in_member(archive, member, header.name, functools.partial(_data_after_header, header=header)))
-                for member, header in zip(members, headers)]
+                for member, header in zip(members, headers, strict=True)]
 
 
 def read_arrays(source: Union[str, bytes], name: str, limit: int = MAX_ARRAY_BYTES,
