@@ -33,12 +33,19 @@ def _environment(env=None, gpu: bool = False, unset=()) -> dict:
     return full_env
 
 
-def run_module(module: str, *args: str, timeout_s: int = 300, env=None, gpu: bool = False,
-               unset=()) -> subprocess.CompletedProcess:
+def run_module(
+    module: str, *args: str, timeout_s: int = 300, env=None, gpu: bool = False, unset=()
+) -> subprocess.CompletedProcess:
     """The entry point in a fresh process, on the CPU (gpu=True: with the GPUs the machine shows); `unset` names
     environment variables to remove, as a user's shell would not have them."""
-    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
-                          timeout=timeout_s, cwd=REPO, env=_environment(env, gpu, unset))
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        cwd=REPO,
+        env=_environment(env, gpu, unset),
+    )
 
 
 def without_tensorflow(folder) -> dict:
@@ -54,8 +61,14 @@ def without_tensorflow(folder) -> dict:
 def run_python(code: str, timeout_s: int = 120, gpu: bool = False, env=None, unset=()) -> subprocess.CompletedProcess:
     """Runs code in a fresh interpreter outside the repository, so distmnist cannot be imported by accident;
     `unset` as for run_module."""
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout_s,
-                          cwd="/", env=_environment({"TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}, gpu, unset))
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        cwd="/",
+        env=_environment({"TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}, gpu, unset),
+    )
 
 
 def free_ports(count: int) -> list:
@@ -73,10 +86,14 @@ def free_ports(count: int) -> list:
 def tensorboard_server(logdir):
     """A real TensorBoard (what `make tensorboard` runs) on a free loopback port over logdir: yields (the server
     process, its data API's base URL); always stopped at the end."""
-    port, = free_ports(1)
+    (port,) = free_ports(1)
     tensorboard = os.path.join(os.path.dirname(sys.executable), "tensorboard")
-    server = subprocess.Popen([tensorboard, "--logdir", str(logdir), "--host", "127.0.0.1", "--port", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        [tensorboard, "--logdir", str(logdir), "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         yield server, f"http://127.0.0.1:{port}/data"
     finally:
@@ -93,8 +110,9 @@ def saved_weights(run_dir) -> dict:
     import tensorflow as tf
 
     reader = tf.train.load_checkpoint(os.path.join(run_dir, "saved_model", "variables", "variables"))
-    return {name: reader.get_tensor(name) for name in sorted(reader.get_variable_to_shape_map())
-            if name.startswith("mlp/")}
+    return {
+        name: reader.get_tensor(name) for name in sorted(reader.get_variable_to_shape_map()) if name.startswith("mlp/")
+    }
 
 
 def assert_same_weights(a: dict, b: dict) -> None:
@@ -127,12 +145,16 @@ def read_scalars(run_dir: str) -> dict:
 
     acc = event_accumulator.EventAccumulator(run_dir, size_guidance={event_accumulator.TENSORS: 0})
     acc.Reload()
-    return {tag: [(e.step, float(tensor_util.MakeNdarray(e.tensor_proto))) for e in acc.Tensors(tag)]
-            for tag in acc.Tags()["tensors"] if acc.SummaryMetadata(tag).plugin_data.plugin_name == "scalars"}
+    return {
+        tag: [(e.step, float(tensor_util.MakeNdarray(e.tensor_proto))) for e in acc.Tensors(tag)]
+        for tag in acc.Tags()["tensors"]
+        if acc.SummaryMetadata(tag).plugin_data.plugin_name == "scalars"
+    }
 
 
-def run_schedule(trainer, total_steps: int, reporter=None, log_every: int = 1, eval_every: int = 500,
-                 **schedule) -> dict:
+def run_schedule(
+    trainer, total_steps: int, reporter=None, log_every: int = 1, eval_every: int = 500, **schedule
+) -> dict:
     """The controller over `trainer` to total_steps, evaluating at 0, every eval_every and at the end, every step's
     loss reported (log_every=1); returns its timings."""
     from distmnist.training.controller import Controller, Reporter, Schedule

@@ -241,7 +241,8 @@ def _make_logdir(logdir: str, run_dir: str) -> list:
     """Creates logdir (and its missing parents); returns what it made, outermost first. A place that cannot hold
     it is the UserError rundir.plan gives too."""
     files.check_creatable(logdir, run_dir)
-    missing, path = [], logdir
+    missing: list[str] = []
+    path = logdir
     while path and not os.path.exists(path):
         missing.insert(0, path)
         path = os.path.dirname(path)
@@ -357,6 +358,7 @@ def _heartbeat(claim: Claim, me: dict, beat_s: float, stale_s: float) -> None:
     in the file (taken over) or no heartbeat could be written for stale_s / 2: the run must stop before a
     newcomer may take it over. A file gone or unreadable for a moment is written again at the next beat."""
     written = time.monotonic()
+    assert claim._stop is not None  # claim() made it with the claim
     while not claim._stop.wait(beat_s):
         try:
             holder = _parse(claim.path, _read_bytes(claim.path), LEASE_FIELDS)
