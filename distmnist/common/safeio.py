@@ -11,6 +11,7 @@ import math
 import os
 import stat
 import struct
+import tokenize
 import warnings
 import zipfile
 import zlib
@@ -159,8 +160,9 @@ def _npy_header(f: BinaryIO, name: str, key: str) -> ArrayHeader:
         with warnings.catch_warnings():  # numpy's note on headers written by Python 2: read all the same
             warnings.simplefilter("ignore")
             shape, fortran_order, dtype = reader(io.BytesIO(length_bytes + header))
-    except (ValueError, EOFError, struct.error) as exc:
-        raise UserError(f"{name}: not a readable numpy array ({exc})") from None
+    # numpy parses the header's dict as Python: brackets left open are tokenize's error, other text ast's.
+    except (ValueError, EOFError, struct.error, tokenize.TokenError, SyntaxError, RecursionError) as exc:
+        raise UserError(f"{name}: not a readable numpy array ({' '.join(str(exc).split())})") from None
     if dtype.hasobject:
         raise UserError(f"{name}: holds Python objects, which only pickle can load, and distmnist never unpickles; "
                         "save plain numbers")

@@ -48,10 +48,15 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _decode(f, path: str) -> np.ndarray:
-    with warnings.catch_warnings():  # Pillow's own bomb warning: the size check below says it in one line
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        opened = Image.open(f)  # reads the header only
-    with opened as image:
+    # Pillow warns of its own bomb bound (the size check below says it in one line) and of damaged metadata (TIFF
+    # tags, EXIF) as it decodes: the picture is answered, or refused in one line, all the same.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return _decode_quietly(f, path)
+
+
+def _decode_quietly(f, path: str) -> np.ndarray:
+    with Image.open(f) as image:  # reads the header only
         safeio.check_picture_size(image.width, image.height, path)  # before a pixel is decoded
         image = ImageOps.exif_transpose(image)  # photos: the orientation their camera recorded
         if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):

@@ -71,7 +71,9 @@ def _now() -> str:
 
 
 def _holder_line(run_dir: str, holder: dict) -> str:
-    who = f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}, since {holder.get('since', '?')}"
+    host, since = (text if text.isprintable() else repr(text) for text in (holder.get("host", "?"),
+                                                                            holder.get("since", "?")))  # one line
+    who = f"pid {holder.get('pid', '?')} on {host}, since {since}"
     return (f"run directory {run_dir} is in use by another distmnist process ({who}); wait for it to end, or "
             "choose another --run_name")
 
@@ -182,7 +184,7 @@ def _parse(path: str, data: bytes, fields: dict) -> dict:
     for name, kind in fields.items():
         if not isinstance(value.get(name), kind) or isinstance(value.get(name), bool):
             raise NotAClaim(_not_a_claim(path, f"no valid {name!r}"))
-    if "beat" in fields and not math.isfinite(value["beat"]):
+    if "beat" in fields and not (abs(value["beat"]) < 1e300 and math.isfinite(value["beat"])):  # 10**400: no float
         raise NotAClaim(_not_a_claim(path, "no valid 'beat'"))
     return value
 

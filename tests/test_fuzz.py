@@ -1,0 +1,366 @@
+"""The fuzz tier: mutated files of every kind distmnist reads (tests/fuzzing.py), each held to the contract for
+bad input: served, or refused in one line of the documented error type, never another exception, never a hang,
+never a warning; and, as processes, one line per bad file on stderr and the documented exit status, the good files
+still answered, and nothing outside the run and its named outputs created, changed or removed (the tree compared,
+file by file, before and after).
+
+Sizes: DISTMNIST_FUZZ_CASES mutated files per seed in this process (3 in `make test`, 200 in `make test-fuzz`),
+DISTMNIST_FUZZ_PROCESSES processes per kind of file (1 and 4). A failure names its case (`fuzzing.case(kind, name)`
+gives its bytes back)."""
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import fuzzing
+from helpers import _environment, make_tiny_mnist
+
+from distmnist.common.config import TrainConfig
+from distmnist.common.errors import DataError, UserError
+from distmnist.data import dataset, images
+from distmnist.runs import checkpoints, rundir, runclaim
+
+pytestmark = pytest.mark.fuzz
+
+CASES = int(os.environ.get("DISTMNIST_FUZZ_CASES", "3"))
+PROCESS_CASES = int(os.environ.get("DISTMNIST_FUZZ_PROCESSES", "1"))
+CASE_TIMEOUT_S = 20  # one file: the largest a reader lets through (24 megapixels) decodes in well under a second
+SHOWN = 12  # failures listed in full
+
+
+class Hang(Exception):
+    """A case ran past CASE_TIMEOUT_S."""
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float):
+    """Hang raised in this (the main) thread once `seconds` pass: Pillow's and numpy's loops return to Python
+    between their pieces, where the signal handler runs."""
+    def on_alarm(signum, frame):
+        raise Hang(f"still running after {seconds} s")
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def one_line(message: str) -> bool:
+    return len(message.splitlines()) == 1 and message.strip() == message
+
+
+def outcome(call, refusal, case):
+    """('served', what call returned) or ('refused', its one-line message); a string saying what broke the
+    contract otherwise: another exception, a hang, a warning, a message of several lines or none."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # what a process shows: all but deprecations (Pillow's IM format, ...)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=PendingDeprecationWarning)
+        try:
+            with time_limit(CASE_TIMEOUT_S):
+                result = ("served", call())
+        except refusal as exc:
+            result = ("refused", str(exc))
+        except Exception as exc:  # noqa: BLE001  what the contract rules out: the failure to report
+            return f"{case}: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+    if caught:
+        return f"{case}: warned {caught[0].category.__name__}: {' '.join(str(caught[0].message).split())[:200]}"
+    if result[0] == "refused" and not one_line(result[1]):
+        return f"{case}: a refusal of {len(result[1].splitlines())} lines: {result[1][:300]!r}"
+    return result
+
+
+def check_all(results: list) -> dict:
+    """Fails listing every case that broke the contract; otherwise how many were served and refused."""
+    broken = [r for r in results if isinstance(r, str)]
+    assert not broken, f"{len(broken)} of {len(results)} cases broke the contract:\n" + "\n".join(broken[:SHOWN])
+    return {kind: sum(r[0] == kind for r in results) for kind in ("served", "refused")}
+
+
+def tree(root) -> dict:
+    """Every entry under root: a file's sha256, a link's target, 'folder' for a folder."""
+    found = {}
+    for folder, dirs, names in os.walk(root):
+        for name in dirs + names:
+            path = os.path.join(folder, name)
+            relative = os.path.relpath(path, root)
+            if os.path.islink(path):
+                found[relative] = "-> " + os.readlink(path)
+            elif os.path.isdir(path):
+                found[relative] = "folder"
+            else:
+                with open(path, "rb") as f:
+                    found[relative] = hashlib.sha256(f.read()).hexdigest()
+    return found
+
+
+def changes(before: dict, after: dict) -> set:
+    return {p for p in before.keys() | after.keys() if before.get(p) != after.get(p)}
+
+
+# --- in this process: each reader over every kind of mutated file -------------------------------------------------
+
+def test_every_format_pillow_reads_has_a_seed_pillow_identifies():
+    """The picture cases start from a file of each format Pillow reads here: a format added to Pillow fails this
+    until it has one."""
+    Image.init()
+    seeds = fuzzing.picture_seeds()
+    assert set(Image.OPEN) <= set(seeds), sorted(set(Image.OPEN) - set(seeds))
+    for name, (_, data) in seeds.items():
+        with Image.open(__import__("io").BytesIO(data)) as image:
+            assert image.format.upper() == ("JPEG" if name == "MPO" else name)  # Pillow opens a one-frame MPO as JPEG
+
+
+def prepared(path: str):
+    """What predict makes of a file: (name, MNIST-style picture) for each picture in it."""
+    pictures = [(name, images.to_mnist(gray, name)) for name, gray in images.load(path)]
+    for _, picture in pictures:
+        assert picture.dtype == np.uint8 and picture.shape == (28, 28)
+    return pictures
+
+
+def predict_outcome(path: str, case) -> object:
+    """As predict reads a file: every picture prepared, or one ImageError naming the file."""
+    result = outcome(lambda: prepared(path), images.ImageError, case)
+    if isinstance(result, tuple) and result[0] == "refused" and not result[1].startswith(path):
+        return f"{case}: a refusal that does not name the file: {result[1][:200]!r}"
+    return result
+
+
+@pytest.mark.parametrize("kind", ["picture", "array"])
+def test_predict_reads_mutated_files_within_the_contract(tmp_path, kind):
+    results = []
+    for number, case in enumerate(fuzzing.cases(kind, CASES)):
+        path = str(tmp_path / f"{number}{case.suffix}")
+        with open(path, "wb") as f:
+            f.write(case.data)
+        results.append(predict_outcome(path, case))
+        os.remove(path)
+    counts = check_all(results)
+    assert counts["served"] and counts["refused"], counts  # the mutations reach both ends
+
+
+def test_the_data_readers_take_mutated_idx_and_npz_files_within_the_contract(tmp_path):
+    tiny = fuzzing.seeds("idx")
+    good = {f"{split}-{what}": data for split in ("train", "t10k") for what, (_, data) in
+            (("images-idx3-ubyte", tiny["images"]), ("labels-idx1-ubyte", tiny["labels"]))}
+    results = []
+    for case in fuzzing.cases("idx", CASES) + fuzzing.cases("mnist_npz", CASES):
+        folder = tmp_path / case.name.replace("#", "-")
+        folder.mkdir()
+        if case.kind == "mnist_npz":
+            (folder / "mnist.npz").write_bytes(case.data)
+        else:
+            for name, data in good.items():
+                (folder / name).write_bytes(data)
+            stem = "train-images-idx3-ubyte" if case.name.startswith("images") else "train-labels-idx1-ubyte"
+            os.remove(folder / stem)
+            (folder / (stem + (".gz" if case.suffix.endswith(".gz") else ""))).write_bytes(case.data)
+        results.append(outcome(lambda: dataset.load(str(folder)), DataError, case))
+    check_all(results)
+
+
+def test_the_checkpoint_index_reader_takes_mutated_indexes_within_the_contract(tmp_path):
+    directory = tmp_path / "checkpoints"
+    directory.mkdir()
+    for step in (12, 18, 24):
+        (directory / f"ckpt-{step}.index").write_bytes(b"")
+    present = {"ckpt-12", "ckpt-18", "ckpt-24"}
+    results = []
+    for case in fuzzing.cases("index", CASES * 10):
+        (directory / "checkpoint").write_bytes(case.data)
+        result = outcome(lambda: checkpoints.read_index(str(directory)), (), case)
+        if isinstance(result, tuple):
+            listed, damage = result[1]
+            if damage is not None and not one_line(damage):
+                result = f"{case}: damage of several lines: {damage!r}"
+            elif damage is None and (not listed or not set(listed) <= present):
+                result = f"{case}: trusted, listing {listed}"
+            elif damage is not None and listed:
+                result = f"{case}: damaged ({damage}) yet listing {listed}"
+        results.append(result)
+    check_all(results)
+
+
+def test_resuming_reads_mutated_run_configs_and_histories_within_the_contract(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the settings name logs/r relative to here
+    logdir = tmp_path / "logs"
+    run_dir = logdir / "r"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "ckpt-24.index").write_bytes(b"")  # a run: resuming it reads its settings
+    flags = fuzzing.run_config()
+    results = []
+    for case in fuzzing.cases("run_config", CASES * 10):
+        (run_dir / rundir.RUN_CONFIG).write_bytes(case.data)
+        before = tree(tmp_path)
+        result = outcome(lambda: rundir.plan("logs", "r", flags), UserError, case)
+        if isinstance(result, tuple) and result[0] == "served" and result[1] != "resume":
+            result = f"{case}: planned {result[1]!r} for a run with a checkpoint"
+        if tree(tmp_path) != before:
+            result = f"{case}: changed {sorted(changes(before, tree(tmp_path)))}"
+        results.append(result)
+    check_all(results)
+    checkpointer = object.__new__(checkpoints.Checkpointer)  # its history reader alone: no trainer needed
+    checkpointer.directory, checkpointer._scratch = str(run_dir / "checkpoints"), None
+    results = []
+    for case in fuzzing.cases("history", CASES * 10):
+        (run_dir / "checkpoints" / checkpoints.HISTORY).write_bytes(case.data)
+        results.append(outcome(lambda: checkpointer.history(6), UserError, case))
+    check_all(results)
+
+
+@pytest.mark.parametrize("kind", ["lock", "lease", "lease-here"])
+def test_claiming_a_run_reads_mutated_claims_within_the_contract(tmp_path, monkeypatch, kind):
+    monkeypatch.setenv("DISTMNIST_RUN_CLAIM", kind.partition("-")[0])
+    monkeypatch.setenv("DISTMNIST_LEASE_BEAT_S", "0.01")  # a lease's wait for rival newcomers: 0.01 s
+    monkeypatch.setenv("DISTMNIST_LEASE_STALE_S", "0.05")
+    logdir = tmp_path / "logs"
+    logdir.mkdir()
+    path = logdir / ".r.claim"
+    results = []
+    for case in fuzzing.cases("claim", CASES * 10, {kind}):
+        path.write_bytes(case.data)
+        before = tree(tmp_path)
+
+        def take():
+            runclaim.take(str(logdir), "r").release()
+            return "taken"
+        result = outcome(take, UserError, case)
+        after = tree(tmp_path)
+        if changes(before, after) - {".r.claim", "logs/.r.claim"} or \
+                (isinstance(result, tuple) and result[0] == "refused" and after != before):
+            result = f"{case}: changed {sorted(changes(before, after))} ({result})"
+        results.append(result)
+        if path.exists() or path.is_symlink():
+            path.unlink()
+    check_all(results)
+
+
+# --- as processes: predict over good and mutated files; train resuming a run whose files were mutated -----------
+
+def run(module: str, *args: str, cwd, env=None, timeout_s=300) -> subprocess.CompletedProcess:
+    """The entry point as a user runs it: a fresh process, in `cwd`, TensorFlow's log level as a shell has it."""
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=timeout_s,
+                          cwd=str(cwd), env=_environment({"PYTHONPATH": os.path.dirname(os.path.dirname(
+                              os.path.abspath(__file__))), **(env or {})}, unset=("TF_CPP_MIN_LOG_LEVEL",)))
+
+
+def no_traceback(result) -> None:
+    assert "Traceback" not in result.stderr and "Error" not in "\n".join(
+        line for line in result.stderr.splitlines() if not line.startswith(("distmnist.", "W", "I"))), result.stderr
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    from distmnist.runs.export import export_saved_model
+    from distmnist.training.model import MLP
+
+    path = tmp_path_factory.mktemp("model") / "saved_model"
+    export_saved_model(MLP().get_numpy(), str(path))
+    return str(path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("part", range(PROCESS_CASES))
+def test_predict_answers_the_good_files_beside_mutated_ones(tmp_path, model, part):
+    root = tmp_path / "root"
+    pictures = root / "pictures"
+    pictures.mkdir(parents=True)
+    (root / "cwd").mkdir()
+    (root / "cwd" / "notes.txt").write_text("the user's")
+    good = [("good.png", fuzzing.picture_seeds()["PNG"][1]), ("good.npy", fuzzing.array_seeds()["npy-uint8"][1])]
+    mutated = fuzzing.cases("picture", 1, start=1000 + part) + fuzzing.cases("array", 2, start=1000 + 2 * part)
+    paths, expected_errors, expected_names = [], [], []
+    for number, (name, data) in enumerate(good[:1] + [(f"{i}{c.suffix}", c.data) for i, c in enumerate(mutated)]
+                                          + good[1:]):
+        path = str(pictures / name)
+        with open(path, "wb") as f:
+            f.write(data)
+        paths.append(path)
+        result = predict_outcome(path, mutated[number - 1] if 0 < number <= len(mutated) else name)
+        assert isinstance(result, tuple), result  # the in-process tier's contract, first
+        if result[0] == "refused":
+            expected_errors.append(result[1])
+        else:
+            expected_names += [n for n, _ in result[1]]
+    before = tree(root)
+    answered = run("distmnist.predict", f"--model={model}", "--json", *paths, cwd=root / "cwd")
+    no_traceback(answered)
+    assert answered.returncode == (2 if expected_errors else 0), answered.stderr[-3000:]
+    assert answered.stderr.splitlines() == [f"distmnist.predict: error: {m}" for m in expected_errors]
+    names = [json.loads(line)["path"] for line in answered.stdout.splitlines()]
+    assert names == expected_names and names[0] == paths[0] and names[-1].startswith(paths[-1])  # the good ones too
+    assert tree(root) == before  # predict writes nothing
+
+
+SMALL = dict(max_steps=24, batch_size=16, log_every=6, eval_every=12, steps_per_loop=6, checkpoint_every=6,
+             keep_checkpoints=3, jit_compile=False)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A finished tiny run (checkpoints at 12, 18, 24) and the MNIST-shaped data it trained on."""
+    from distmnist.runs.run import train_and_evaluate
+    from distmnist.training.strategy import make_strategy
+
+    root = tmp_path_factory.mktemp("finished")
+    mnist = make_tiny_mnist(num_train=256, num_test=50)
+    (root / "data").mkdir()
+    np.savez_compressed(root / "data" / "mnist.npz", **mnist.arrays())
+    config = TrainConfig(logdir=str(root / "logs"), run_name="r", data_dir=str(root / "data"), **SMALL)
+    train_and_evaluate(config, choice=make_strategy(), mnist=mnist)
+    return root
+
+
+def resume(root, env=None):
+    return run("distmnist.train", f"--data_dir={root / 'data'}", f"--logdir={root / 'logs'}", "--run_name=r",
+               *(f"--{name}={str(value).lower()}" for name, value in SMALL.items()), cwd=root / "cwd", env=env)
+
+
+MUTATED = {"index": "logs/r/checkpoints/checkpoint", "run_config": "logs/r/run_config.json",
+           "claim": "logs/.r.claim"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind,part", [(kind, part) for kind in MUTATED for part in range(PROCESS_CASES)])
+def test_a_run_whose_files_were_mutated_resumes_or_is_refused_in_one_line(tmp_path, finished_run, kind, part):
+    root = tmp_path / "root"
+    shutil.copytree(finished_run, root)
+    for folder, name in (("cwd", "notes.txt"), ("mine", "thesis.tex"), ("logs", "my-notes.txt")):
+        (root / folder).mkdir(exist_ok=True)
+        (root / folder / name).write_text("the user's")
+    seed = ("lock", "lease")[part % 2] if kind == "claim" else None
+    override = {"run_config": (".json", (root / MUTATED[kind]).read_bytes())} if kind == "run_config" else None
+    case, = fuzzing.cases(kind, 1, {seed} if seed else None, start=1000 + part, override=override)
+    (root / MUTATED[kind]).write_bytes(case.data)
+    before = tree(root)
+    resumed = resume(root, env={"DISTMNIST_RUN_CLAIM": seed} if seed else None)
+    after = tree(root)
+    no_traceback(resumed)
+    said = [line for line in resumed.stderr.splitlines() if not re.match(r"I\d{4} ", line)]  # absl's INFO lines
+    assert resumed.returncode in (0, 2), f"{case}: {resumed.stderr[-3000:]}"
+    if resumed.returncode == 2:
+        assert len(said) == 1 and said[0].startswith("distmnist.train: error: "), f"{case}: {resumed.stderr}"
+        assert after == before, f"{case}: changed {sorted(changes(before, after))}"
+        return
+    assert len(said) <= 1 and all(line.startswith("W") for line in said), f"{case}: {resumed.stderr}"
+    step = int(re.search(r"resuming from step (\d+)", resumed.stdout).group(1))
+    assert step in (12, 18, 24), f"{case}: {resumed.stdout}"  # never from step 0
+    outside = {p for p in changes(before, after) if not (p.startswith("logs/r/") or p == "logs/.r.claim")}
+    assert not outside, f"{case}: changed outside the run {sorted(outside)}"
+    history = json.loads((root / "logs" / "r" / "run.json").read_text())["history"]
+    assert [s for s, _ in history["loss"]] == list(range(0, 24, 6)), f"{case}: {history}"
