@@ -113,7 +113,11 @@ def mutate(rng: random.Random, data: bytes, special: Tuple[Callable, ...] = ()) 
     hows = []
     for _ in range(rng.choice((1, 1, 1, 2, 3))):
         pool = special if special and rng.random() < 0.5 else GENERIC
-        data, how = rng.choice(pool)(rng, data) if data else (b"\0", "a byte")
+        mutator = rng.choice(pool)
+        try:
+            data, how = mutator(rng, data) if data else (b"\0", "a byte")
+        except (ValueError, IndexError, KeyError, struct.error, zipfile.BadZipFile):  # a format mutated past its
+            data, how = bit_flips(rng, data)  # mutator's reach already: its bytes, then
         hows.append(how)
     return data, "; ".join(hows)
 

@@ -71,11 +71,14 @@ def _now() -> str:
 
 
 def _holder_line(run_dir: str, holder: dict) -> str:
-    host, since = (text if text.isprintable() else repr(text) for text in (holder.get("host", "?"),
-                                                                            holder.get("since", "?")))  # one line
-    who = f"pid {holder.get('pid', '?')} on {host}, since {since}"
+    who = f"pid {holder.get('pid', '?')} on {_shown(holder.get('host', '?'))}, since {_shown(holder.get('since', '?'))}"
     return (f"run directory {run_dir} is in use by another distmnist process ({who}); wait for it to end, or "
             "choose another --run_name")
+
+
+def _shown(text: str) -> str:
+    """A claim's text as it goes into a line: quoted and escaped when it holds a line break or another control."""
+    return text if text.isprintable() else repr(text)
 
 
 def _mount_type(path: str) -> str:
@@ -342,7 +345,7 @@ def _take_lease(path: str, run_dir: str, me: dict, created: list, beat_s: float,
     if holder:
         why = "which is no longer running" if gone else f"whose last heartbeat is {age_s:.0f} s old"
         logging.warning("run directory %s: taking over the claim of pid %s on %s, %s", run_dir, holder["pid"],
-                        holder["host"], why)
+                        _shown(holder["host"]), why)
     _write_lease(path, {**me, "beat": time.time()})
     time.sleep(min(beat_s, 2.0))  # another newcomer's write, if any, lands meanwhile: the file has one winner
     now = _read(path)
