@@ -416,7 +416,15 @@ def npz_member_rewritten(rng: random.Random, data: bytes) -> Tuple[bytes, str]:
     return buffer.getvalue(), f"member {name}: {how}"
 
 
-ARRAY_MUTATORS = (npy_header, non_finite_payload, zip_member, npz_member_rewritten)
+def float32_extremes(rng: random.Random, data: bytes) -> Tuple[bytes, str]:
+    """A float32 picture on paper or ink near float32's limits (its sums and differences overflow)."""
+    paper, ink = rng.choice(((3.4e38, -3.4e38), (-3.4e38, 3.4e38), (3e38, 0.0), (1e-45, 3.4e38), (0.0, 3.4e38)))
+    picture = np.full((rng.randint(2, 40), rng.randint(2, 40)), paper, np.float32)
+    picture[1:-1, picture.shape[1] // 2] = ink
+    return _npy(picture), f"float32 paper {paper}, ink {ink}"
+
+
+ARRAY_MUTATORS = (npy_header, non_finite_payload, zip_member, npz_member_rewritten, float32_extremes)
 
 
 # --- IDX files ------------------------------------------------------------------------------------------------

@@ -292,6 +292,7 @@ def claim_cases(cases, logdir, path, tmp_path, warned, results):
 FOUND = [("array", "npy-2d#12"),  # a .npy header with a bracket left open: numpy's tokenizer raised TokenError
          ("array", "npy-uint8#8"),  # the same, through a header whose length field was changed
          ("mnist_npz", "mnist#11"),  # the same in a member of --data_dir's mnist.npz
+         ("array", "npy-2d#18"),  # float32 paper and ink near its limits: numpy's overflow warning on stderr
          ("picture", "TIFF#3"), ("picture", "TIFF#6"),  # Pillow's UserWarning for a TIFF tag past the file's end,
          ("picture", "TIFF#19")]  # and for corrupt EXIF: two more lines on stderr
 

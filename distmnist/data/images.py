@@ -162,7 +162,13 @@ def _centre_of_mass(image: np.ndarray) -> Tuple[float, float]:
 
 def to_mnist(gray: np.ndarray, name: str = "image") -> np.ndarray:
     """MNIST's preparation of one grayscale picture (float or uint8 [H, W], 0-255): uint8 [28, 28]."""
-    gray = np.asarray(gray, dtype=np.float32)
+    # Values near float32's limits overflow its sums and differences: refused below in one line, without numpy's
+    # warning (two more lines on stderr).
+    with np.errstate(over="ignore", invalid="ignore"):
+        return _to_mnist(np.asarray(gray, dtype=np.float32), name)
+
+
+def _to_mnist(gray: np.ndarray, name: str) -> np.ndarray:
     border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
     light_background = np.median(border) > 127
     if gray.shape == (28, 28) and not light_background:
