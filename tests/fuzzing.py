@@ -190,8 +190,9 @@ def _handmade() -> Dict[str, Tuple[str, bytes]]:
     psd = (b"8BPS" + struct.pack(">H6xHIIHH", 1, 1, height, width, 8, 1) + struct.pack(">I", 0) + struct.pack(">I", 0)
            + struct.pack(">I", 0) + struct.pack(">H", 0) + pixels)
     sun = struct.pack(">8I", 0x59A66A95, width, height, 8, len(pixels), 1, 0, 0) + pixels
+    rows = "".join('"' + "".join("b" if v < 128 else "a" for v in row) + '",\n' for row in _digit())
     xpm = ("/* XPM */\nstatic char *d[] = {\n" + f'"{width} {height} 2 1",\n' + '"a c #FFFFFF",\n"b c #000000",\n'
-           + "".join('"' + "".join("b" if v < 128 else "a" for v in row) + '",\n' for row in _digit()) + "};\n").encode()
+           + rows + "};\n").encode()
     xv = b"P7 332\n#XVVERSION:\n#END_OF_COMMENTS\n" + f"{width} {height} 255\n".encode() + pixels
     eps = (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 24 20\n%%EndComments\n"
            b"/Helvetica findfont 12 scalefont setfont 2 4 moveto (7) show\n%%EOF\n")
@@ -631,8 +632,8 @@ def mutators(kind: str, seed: str) -> Tuple[Callable, ...]:
         return PICTURE_MUTATORS.get(seed, ())
     if kind == "claim" and seed.startswith("lease"):
         return JSON_MUTATORS + (fresh_lease, fresh_lease)
-    return {"array": ARRAY_MUTATORS, "mnist_npz": ARRAY_MUTATORS, "idx": IDX_MUTATORS, "index": INDEX_MUTATORS, "run_config": JSON_MUTATORS,
-            "history": JSON_MUTATORS, "claim": JSON_MUTATORS}[kind]
+    return {"array": ARRAY_MUTATORS, "mnist_npz": ARRAY_MUTATORS, "idx": IDX_MUTATORS, "index": INDEX_MUTATORS,
+            "run_config": JSON_MUTATORS, "history": JSON_MUTATORS, "claim": JSON_MUTATORS}[kind]
 
 
 def cases(kind: str, count: int, seed_names=None, start: int = 0, override=None) -> List[Case]:
