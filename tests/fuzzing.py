@@ -13,6 +13,7 @@ import dataclasses
 import gzip
 import io
 import json
+import math
 import random
 import socket
 import struct
@@ -116,7 +117,7 @@ def mutate(rng: random.Random, data: bytes, special: Tuple[Callable, ...] = ()) 
         mutator = rng.choice(pool)
         try:
             data, how = mutator(rng, data) if data else (b"\0", "a byte")
-        except (ValueError, IndexError, KeyError, struct.error, zipfile.BadZipFile):  # a format mutated past its
+        except (ValueError, TypeError, IndexError, KeyError, struct.error, zipfile.BadZipFile):  # mutated past its
             data, how = bit_flips(rng, data)  # mutator's reach already: its bytes, then
         hows.append(how)
     return data, "; ".join(hows)
@@ -346,6 +347,8 @@ def non_finite_payload(rng: random.Random, data: bytes) -> Tuple[bytes, str]:
     value = rng.choice((np.nan, np.inf, -np.inf, 1e308, -1e308, 3.5e38, 5e-324, 1e-45, 0.0))
     shape = header[header.index("'shape':") + 8:header.index("}")].rstrip(", ")
     dims = [int(d) for d in shape.strip(" ()").split(",") if d.strip()]
+    if not 0 <= math.prod(dims) <= 100_000:  # a shape blown up by an earlier mutation: not one to fill
+        return bit_flips(rng, data)
     array = np.full(dims, 0.5, np.dtype(dtype))
     flat = array.reshape(-1)
     with np.errstate(over="ignore"):  # float64's extremes become float16's infinities: wanted

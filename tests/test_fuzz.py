@@ -292,6 +292,8 @@ FOUND = [("array", "npy-2d#12"),  # a .npy header with a bracket left open: nump
          ("array", "npy-uint8#8"),  # the same, through a header whose length field was changed
          ("mnist_npz", "mnist#11"),  # the same in a member of --data_dir's mnist.npz
          ("array", "npy-2d#18"),  # float32 paper and ink near its limits: numpy's overflow warning on stderr
+         ("mnist_npz", "mnist#737"),  # a zip member's name with line breaks: a refusal of five lines
+         ("array", "npy-float32#295"),  # a float picture in 0-1 but for one value near -float32's limit: warned
          ("picture", "TIFF#3"), ("picture", "TIFF#6"),  # Pillow's UserWarning for a TIFF tag past the file's end,
          ("picture", "TIFF#19")]  # and for corrupt EXIF: two more lines on stderr
 

@@ -217,7 +217,7 @@ def _in_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo, where: str, re
             data.read(1)  # reaches the member's end, where zipfile checks its CRC
             return result
     except _ZIP_ERRORS + (OSError,) as exc:
-        raise UserError(f"{where}: cannot be read ({exc})") from None
+        raise UserError(f"{where}: cannot be read ({' '.join(str(exc).split())})") from None
 
 
 def _zip_directory_size(f: BinaryIO) -> int:
@@ -241,10 +241,11 @@ def _read_npz(f: BinaryIO, name: str, limit: int,
     with archive:
         members, headers, total = archive.infolist(), [], 0
         for member in members:
-            where = f"{name}:{member.filename}"
+            shown = member.filename if member.filename.isprintable() else repr(member.filename)  # a line break, ...
+            where = f"{name}:{shown}"
             if member.file_size > limit + MAX_NPY_HEADER + 16:  # what the zip says the member unpacks to
                 raise TooLarge(f"{where}: unpacks to {_size(member.file_size)}, more than {_size(limit)}")
-            key = member.filename[:-4] if member.filename.endswith(".npy") else member.filename
+            key = shown[:-4] if shown.endswith(".npy") else shown
             header = _in_member(archive, member, where, functools.partial(_npy_header, name=where, key=key))
             _check_size(header, limit, member.file_size - header.offset)
             headers.append(header)

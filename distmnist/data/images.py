@@ -135,7 +135,8 @@ def _pictures(arrays: List[Tuple[str, np.ndarray]]) -> List[Tuple[str, np.ndarra
 def _gray(picture: np.ndarray) -> np.ndarray:
     """float32 0-255 from a picture's array: floats in 0-1 are scaled to 0-255."""
     gray = picture.astype(np.float32, copy=False)  # a picture Pillow decoded is float32 already
-    return gray * 255.0 if picture.dtype.kind == "f" and gray.max() <= 1 else gray
+    with np.errstate(over="ignore"):  # -3e38 becomes -inf, which to_mnist then takes as any value below the paper
+        return gray * 255.0 if picture.dtype.kind == "f" and gray.max() <= 1 else gray
 
 
 def load(path: str, room: int = MAX_PICTURES) -> Iterator[Tuple[str, np.ndarray]]:
