@@ -20,17 +20,17 @@ import signal
 import subprocess
 import warnings
 
+import fuzzing
 import numpy as np
 import pytest
 from PIL import Image
 
-import fuzzing
-from helpers import make_tiny_mnist, run_module
-
 from distmnist.common.config import TrainConfig
 from distmnist.common.errors import DataError, UserError
 from distmnist.data import dataset, images
-from distmnist.runs import checkpoints, rundir, runclaim
+from distmnist.runs import checkpoints, runclaim, rundir
+
+from helpers import make_tiny_mnist, run_module
 
 pytestmark = pytest.mark.fuzz
 
@@ -48,8 +48,10 @@ class Hang(Exception):
 def time_limit(seconds: float):
     """Hang raised in this (the main) thread once `seconds` pass: Pillow's and numpy's loops return to Python
     between their pieces, where the signal handler runs."""
+
     def on_alarm(signum, frame):
         raise Hang(f"still running after {seconds} s")
+
     previous = signal.signal(signal.SIGALRM, on_alarm)
     signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
@@ -116,6 +118,7 @@ def changes(before: dict, after: dict) -> set:
 
 # --- in this process: each reader over every kind of mutated file -------------------------------------------------
 
+
 def test_every_format_pillow_reads_has_a_seed_pillow_identifies():
     """The picture cases start from a file of each format Pillow reads here: a format added to Pillow fails this
     until it has one."""
@@ -169,8 +172,11 @@ def test_predict_reads_mutated_files_within_the_contract(tmp_path, kind):
 
 def test_the_data_readers_take_mutated_idx_and_npz_files_within_the_contract(tmp_path):
     tiny = fuzzing.seeds("idx")
-    good = {f"{split}-{what}": data for split in ("train", "t10k") for what, (_, data) in
-            (("images-idx3-ubyte", tiny["images"]), ("labels-idx1-ubyte", tiny["labels"]))}
+    good = {
+        f"{split}-{what}": data
+        for split in ("train", "t10k")
+        for what, (_, data) in (("images-idx3-ubyte", tiny["images"]), ("labels-idx1-ubyte", tiny["labels"]))
+    }
     results = []
     for case in fuzzing.cases("idx", CASES) + fuzzing.cases("mnist_npz", CASES):
         folder = tmp_path / case.name.replace("#", "-")
@@ -183,7 +189,7 @@ def test_the_data_readers_take_mutated_idx_and_npz_files_within_the_contract(tmp
             stem = "train-images-idx3-ubyte" if case.name.startswith("images") else "train-labels-idx1-ubyte"
             os.remove(folder / stem)
             (folder / (stem + (".gz" if case.suffix.endswith(".gz") else ""))).write_bytes(case.data)
-        results.append(outcome(lambda: dataset.load(str(folder)), DataError, case))
+        results.append(outcome(lambda folder=folder: dataset.load(str(folder)), DataError, case))
     check_all(results)
 
 
@@ -274,10 +280,12 @@ def claim_cases(cases, logdir, path, tmp_path, warned, results):
         def take():
             runclaim.take(str(logdir), "r").release()
             return "taken"
+
         result = outcome(take, UserError, case)
         after = tree(tmp_path)
-        if changes(before, after) - {".r.claim", "logs/.r.claim"} or \
-                (isinstance(result, tuple) and result[0] == "refused" and after != before):
+        if changes(before, after) - {".r.claim", "logs/.r.claim"} or (
+            isinstance(result, tuple) and result[0] == "refused" and after != before
+        ):
             result = f"{case}: changed {sorted(changes(before, after))} ({result})"
         if not all(one_line(line) for line in warned.lines):
             result = f"{case}: a warning of several lines: {warned.lines!r}"
@@ -288,14 +296,17 @@ def claim_cases(cases, logdir, path, tmp_path, warned, results):
 
 # --- what the fuzzer found, kept: each case that broke the contract before distmnist was fixed -------------------
 
-FOUND = [("array", "npy-2d#12"),  # a .npy header with a bracket left open: numpy's tokenizer raised TokenError
-         ("array", "npy-uint8#8"),  # the same, through a header whose length field was changed
-         ("mnist_npz", "mnist#11"),  # the same in a member of --data_dir's mnist.npz
-         ("array", "npy-2d#18"),  # float32 paper and ink near its limits: numpy's overflow warning on stderr
-         ("mnist_npz", "mnist#737"),  # a zip member's name with line breaks: a refusal of five lines
-         ("array", "npy-float32#295"),  # a float picture in 0-1 but for one value near -float32's limit: warned
-         ("picture", "TIFF#3"), ("picture", "TIFF#6"),  # Pillow's UserWarning for a TIFF tag past the file's end,
-         ("picture", "TIFF#19")]  # and for corrupt EXIF: two more lines on stderr
+FOUND = [
+    ("array", "npy-2d#12"),  # a .npy header with a bracket left open: numpy's tokenizer raised TokenError
+    ("array", "npy-uint8#8"),  # the same, through a header whose length field was changed
+    ("mnist_npz", "mnist#11"),  # the same in a member of --data_dir's mnist.npz
+    ("array", "npy-2d#18"),  # float32 paper and ink near its limits: numpy's overflow warning on stderr
+    ("mnist_npz", "mnist#737"),  # a zip member's name with line breaks: a refusal of five lines
+    ("array", "npy-float32#295"),  # a float picture in 0-1 but for one value near -float32's limit: warned
+    ("picture", "TIFF#3"),
+    ("picture", "TIFF#6"),  # Pillow's UserWarning for a TIFF tag past the file's end,
+    ("picture", "TIFF#19"),
+]  # and for corrupt EXIF: two more lines on stderr
 
 
 @pytest.mark.parametrize("kind,name", FOUND)
@@ -318,11 +329,13 @@ def test_settings_nested_deep_or_holding_line_breaks_are_one_line(tmp_path, monk
     (tmp_path / "logs" / "r" / "checkpoints" / "ckpt-24.index").write_bytes(b"")
     flags = fuzzing.run_config()
     config = tmp_path / "logs" / "r" / rundir.RUN_CONFIG
-    for text, said in (('{"logdir": ' + "[" * 10_000 + "]" * 10_000 + "}", "maximum recursion depth"),
-                       (json.dumps({**flags, "logdir": "a\nb"}), r"--logdir='a\nb'"),
-                       (json.dumps({**flags, "seed": "1\u000b2"}), r"--seed='1\x0b2'"),
-                       (json.dumps({**flags, "logdir": "lo\u0000gs"}), r"--logdir='lo\x00gs'"),
-                       (json.dumps({**flags, "events_dir": "\ud800"}), r"--events_dir='\ud800'")):
+    for text, said in (
+        ('{"logdir": ' + "[" * 10_000 + "]" * 10_000 + "}", "maximum recursion depth"),
+        (json.dumps({**flags, "logdir": "a\nb"}), r"--logdir='a\nb'"),
+        (json.dumps({**flags, "seed": "1\u000b2"}), r"--seed='1\x0b2'"),
+        (json.dumps({**flags, "logdir": "lo\u0000gs"}), r"--logdir='lo\x00gs'"),
+        (json.dumps({**flags, "events_dir": "\ud800"}), r"--events_dir='\ud800'"),
+    ):
         config.write_text(text)
         result = outcome(lambda: rundir.plan("logs", "r", flags), UserError, text[:40])
         assert isinstance(result, tuple) and result[0] == "refused" and said in result[1], result
@@ -339,8 +352,7 @@ def test_claims_with_beats_past_float_or_holders_that_break_lines_are_one_line(t
     assert isinstance(result, tuple) and result[0] == "refused" and "no valid 'beat'" in result[1], result
     claim.write_text(json.dumps({**holder, "host": "a\nb", "since": "c\u2028d", "beat": 1e12}))  # fresh: held
     result = outcome(lambda: runclaim.take(str(tmp_path / "logs"), "r"), runclaim.Claimed, "a host of two lines")
-    assert isinstance(result, tuple) and result[0] == "refused" and r"on 'a\nb', since 'c\u2028d'" in result[1], \
-        result
+    assert isinstance(result, tuple) and result[0] == "refused" and r"on 'a\nb', since 'c\u2028d'" in result[1], result
     claim.write_text(json.dumps({**holder, "host": "a\nb", "beat": 1.0}))  # stale: taken over, with a warning
     with caplog.at_level(logging.WARNING):
         runclaim.take(str(tmp_path / "logs"), "r").release()
@@ -349,6 +361,7 @@ def test_claims_with_beats_past_float_or_holders_that_break_lines_are_one_line(t
 
 
 # --- as processes: predict over good and mutated files; train resuming a run whose files were mutated -----------
+
 
 def run(module: str, *args: str, cwd, env=None) -> subprocess.CompletedProcess:
     """The entry point as a user runs it: a fresh process, in `cwd`, TensorFlow's log level as a shell has it."""
@@ -380,8 +393,9 @@ def test_predict_answers_the_good_files_beside_mutated_ones(tmp_path, model, par
     good = [("good.png", fuzzing.picture_seeds()["PNG"][1]), ("good.npy", fuzzing.array_seeds()["npy-uint8"][1])]
     mutated = fuzzing.cases("picture", 1, start=1000 + part) + fuzzing.cases("array", 2, start=1000 + 2 * part)
     paths, expected_errors, expected_names = [], [], []
-    for number, (name, data) in enumerate(good[:1] + [(f"{i}{c.suffix}", c.data) for i, c in enumerate(mutated)]
-                                          + good[1:]):
+    for number, (name, data) in enumerate(
+        good[:1] + [(f"{i}{c.suffix}", c.data) for i, c in enumerate(mutated)] + good[1:]
+    ):
         path = str(pictures / name)
         with open(path, "wb") as f:
             f.write(data)
@@ -398,15 +412,24 @@ def test_predict_answers_the_good_files_beside_mutated_ones(tmp_path, model, par
     no_traceback(answered)
     assert answered.returncode == (2 if expected_errors else 0), answered.stderr[-3000:]
     addresses = re.compile(r" at 0x[0-9a-f]+")  # an object's address in a message numpy quotes from ast
-    assert [addresses.sub("", line) for line in answered.stderr.splitlines()] == \
-        [addresses.sub("", f"distmnist.predict: error: {m}") for m in expected_errors]
+    assert [addresses.sub("", line) for line in answered.stderr.splitlines()] == [
+        addresses.sub("", f"distmnist.predict: error: {m}") for m in expected_errors
+    ]
     names = [json.loads(line)["path"] for line in answered.stdout.splitlines()]
     assert names == expected_names and names[0] == paths[0] and names[-1].startswith(paths[-1])  # the good ones too
     assert tree(root) == before  # predict writes nothing
 
 
-SMALL = dict(max_steps=24, batch_size=16, log_every=6, eval_every=12, steps_per_loop=6, checkpoint_every=6,
-             keep_checkpoints=3, jit_compile=False)
+SMALL = dict(
+    max_steps=24,
+    batch_size=16,
+    log_every=6,
+    eval_every=12,
+    steps_per_loop=6,
+    checkpoint_every=6,
+    keep_checkpoints=3,
+    jit_compile=False,
+)
 
 
 @pytest.fixture(scope="module")
@@ -430,17 +453,24 @@ def finished_run(tmp_path_factory):
 
 
 def resume(root, env=None):
-    return run("distmnist.train", "--data_dir=data", "--logdir=logs", "--run_name=r",
-               *(f"--{name}={str(value).lower()}" for name, value in SMALL.items()), cwd=root, env=env)
+    return run(
+        "distmnist.train",
+        "--data_dir=data",
+        "--logdir=logs",
+        "--run_name=r",
+        *(f"--{name}={str(value).lower()}" for name, value in SMALL.items()),
+        cwd=root,
+        env=env,
+    )
 
 
-MUTATED = {"index": "logs/r/checkpoints/checkpoint", "run_config": "logs/r/run_config.json",
-           "claim": "logs/.r.claim"}
+MUTATED = {"index": "logs/r/checkpoints/checkpoint", "run_config": "logs/r/run_config.json", "claim": "logs/.r.claim"}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind,part", [("none", 0)] + [(kind, part) for kind in MUTATED
-                                                      for part in range(PROCESS_CASES)])
+@pytest.mark.parametrize(
+    "kind,part", [("none", 0)] + [(kind, part) for kind in MUTATED for part in range(PROCESS_CASES)]
+)
 def test_a_run_whose_files_were_mutated_resumes_or_is_refused_in_one_line(tmp_path, finished_run, kind, part):
     """kind none: the run as it was, which the same command must resume (else every case would pass refused)."""
     root = tmp_path / "root"
@@ -452,7 +482,7 @@ def test_a_run_whose_files_were_mutated_resumes_or_is_refused_in_one_line(tmp_pa
     seed = ("lock", "lease", "lease-here")[part % 3] if kind == "claim" else None
     if kind != "none":
         override = {"run_config": (".json", (root / MUTATED[kind]).read_bytes())} if kind == "run_config" else None
-        case, = fuzzing.cases(kind, 1, {seed} if seed else None, start=1000 + part, override=override)
+        (case,) = fuzzing.cases(kind, 1, {seed} if seed else None, start=1000 + part, override=override)
         (root / MUTATED[kind]).write_bytes(case.data)
     before = tree(root)
     resumed = resume(root, env={"DISTMNIST_RUN_CLAIM": seed.partition("-")[0]} if seed else None)
