@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 TRAIN_FLAGS ?=
 SWEEP_FLAGS ?= --learning_rate=0.5,1.0,1.5 --batch_size=64,128 --epochs=2
 
-.PHONY: train test test-fast lint format data bench sweep doctor tensorboard image image-lock clean
+.PHONY: train test test-fast test-fuzz lint format data bench sweep doctor tensorboard image image-lock clean
 
 $(PY):
 	$(if $(strip $(PYTHON)),,$(error no Python 3.10-3.13 here (TensorFlow 2.21 has wheels for those only): \
@@ -70,6 +70,14 @@ test: lint $(VENV)/.installed-test
 # No cluster, network or real-MNIST training, few subprocesses: under a minute on 2 cores.
 test-fast: $(VENV)/.installed-test
 	$(PY) -m pytest -q -n $(TESTS_N) -m "not slow and not cluster and not network and not gpu" tests
+
+# The fuzz tier at size (make test runs it small: 3 mutated files per seed, one process per kind): mutated files of
+# every kind distmnist reads, in this process and through the entry points (tests/test_fuzz.py, docs/testing.md).
+FUZZ_CASES ?= 200
+FUZZ_PROCESSES ?= 4
+test-fuzz: $(VENV)/.installed-test
+	DISTMNIST_FUZZ_CASES=$(FUZZ_CASES) DISTMNIST_FUZZ_PROCESSES=$(FUZZ_PROCESSES) \
+	  $(PY) -m pytest -q -n $(TESTS_N) --durations=10 -m fuzz tests
 
 doctor: $(VENV)/.installed
 	$(PY) -m distmnist.doctor

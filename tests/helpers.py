@@ -34,16 +34,16 @@ def _environment(env=None, gpu: bool = False, unset=()) -> dict:
 
 
 def run_module(
-    module: str, *args: str, timeout_s: int = 300, env=None, gpu: bool = False, unset=()
+    module: str, *args: str, timeout_s: int = 300, env=None, gpu: bool = False, unset=(), cwd=REPO
 ) -> subprocess.CompletedProcess:
     """The entry point in a fresh process, on the CPU (gpu=True: with the GPUs the machine shows); `unset` names
-    environment variables to remove, as a user's shell would not have them."""
+    environment variables to remove, as a user's shell would not have them; `cwd`: the folder it runs in."""
     return subprocess.run(
         [sys.executable, "-m", module, *args],
         capture_output=True,
         text=True,
         timeout=timeout_s,
-        cwd=REPO,
+        cwd=str(cwd),
         env=_environment(env, gpu, unset),
     )
 

@@ -28,7 +28,10 @@ def same_place(a: Optional[str], b: Optional[str]) -> bool:
     """Whether two paths (None: no path) name one place now: `runs/`, `./runs` and `runs` do."""
     if a is None or b is None or is_url(a) != is_url(b):
         return a == b
-    return a == b or place(a) == place(b)
+    try:
+        return a == b or place(a) == place(b)
+    except ValueError:  # a NUL or a lone surrogate (a damaged run_config.json): no place, so not this one
+        return False
 
 
 def within(path: str, folder: str) -> bool:

@@ -11,6 +11,7 @@ import math
 import os
 import stat
 import struct
+import tokenize
 import warnings
 import zipfile
 import zlib
@@ -159,8 +160,9 @@ def _npy_header(f: BinaryIO, name: str, key: str) -> ArrayHeader:
         with warnings.catch_warnings():  # numpy's note on headers written by Python 2: read all the same
             warnings.simplefilter("ignore")
             shape, fortran_order, dtype = reader(io.BytesIO(length_bytes + header))
-    except (ValueError, EOFError, struct.error) as exc:
-        raise UserError(f"{name}: not a readable numpy array ({exc})") from None
+    # numpy parses the header's dict as Python: brackets left open are tokenize's error, other text ast's.
+    except (ValueError, EOFError, struct.error, tokenize.TokenError, SyntaxError, RecursionError) as exc:
+        raise UserError(f"{name}: not a readable numpy array ({' '.join(str(exc).split())})") from None
     if dtype.hasobject:
         raise UserError(f"{name}: holds Python objects, which only pickle can load, and distmnist never unpickles; "
                         "save plain numbers")
@@ -215,7 +217,7 @@ def _in_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo, where: str, re
             data.read(1)  # reaches the member's end, where zipfile checks its CRC
             return result
     except _ZIP_ERRORS + (OSError,) as exc:
-        raise UserError(f"{where}: cannot be read ({exc})") from None
+        raise UserError(f"{where}: cannot be read ({' '.join(str(exc).split())})") from None
 
 
 def _zip_directory_size(f: BinaryIO) -> int:
@@ -239,10 +241,11 @@ def _read_npz(f: BinaryIO, name: str, limit: int,
     with archive:
         members, headers, total = archive.infolist(), [], 0
         for member in members:
-            where = f"{name}:{member.filename}"
+            shown = member.filename if member.filename.isprintable() else repr(member.filename)  # a line break, ...
+            where = f"{name}:{shown}"
             if member.file_size > limit + MAX_NPY_HEADER + 16:  # what the zip says the member unpacks to
                 raise TooLarge(f"{where}: unpacks to {_size(member.file_size)}, more than {_size(limit)}")
-            key = member.filename[:-4] if member.filename.endswith(".npy") else member.filename
+            key = shown[:-4] if shown.endswith(".npy") else shown
             header = _in_member(archive, member, where, functools.partial(_npy_header, name=where, key=key))
             _check_size(header, limit, member.file_size - header.offset)
             headers.append(header)

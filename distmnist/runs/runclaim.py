@@ -71,9 +71,14 @@ def _now() -> str:
 
 
 def _holder_line(run_dir: str, holder: dict) -> str:
-    who = f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}, since {holder.get('since', '?')}"
+    who = f"pid {holder.get('pid', '?')} on {_shown(holder.get('host', '?'))}, since {_shown(holder.get('since', '?'))}"
     return (f"run directory {run_dir} is in use by another distmnist process ({who}); wait for it to end, or "
             "choose another --run_name")
+
+
+def _shown(text: str) -> str:
+    """A claim's text as it goes into a line: quoted and escaped when it holds a line break or another control."""
+    return text if text.isprintable() else repr(text)
 
 
 def _mount_type(path: str) -> str:
@@ -182,7 +187,7 @@ def _parse(path: str, data: bytes, fields: dict) -> dict:
     for name, kind in fields.items():
         if not isinstance(value.get(name), kind) or isinstance(value.get(name), bool):
             raise NotAClaim(_not_a_claim(path, f"no valid {name!r}"))
-    if "beat" in fields and not math.isfinite(value["beat"]):
+    if "beat" in fields and not (abs(value["beat"]) < 1e300 and math.isfinite(value["beat"])):  # 10**400: no float
         raise NotAClaim(_not_a_claim(path, "no valid 'beat'"))
     return value
 
@@ -340,7 +345,7 @@ def _take_lease(path: str, run_dir: str, me: dict, created: list, beat_s: float,
     if holder:
         why = "which is no longer running" if gone else f"whose last heartbeat is {age_s:.0f} s old"
         logging.warning("run directory %s: taking over the claim of pid %s on %s, %s", run_dir, holder["pid"],
-                        holder["host"], why)
+                        _shown(holder["host"]), why)
     _write_lease(path, {**me, "beat": time.time()})
     time.sleep(min(beat_s, 2.0))  # another newcomer's write, if any, lands meanwhile: the file has one winner
     now = _read(path)
