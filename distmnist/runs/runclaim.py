@@ -373,8 +373,8 @@ def _heartbeat(claim: Claim, me: dict, beat_s: float, stale_s: float) -> None:
             holder = None  # unreadable now: not evidence of a takeover
         if holder and holder["token"] != me["token"]:
             claim.taken_over = True
-            claim.lost = (f"another distmnist process (pid {holder['pid']} on {holder['host']}, since "
-                          f"{holder['since']}) took over this run's claim {claim.path}")
+            claim.lost = (f"another distmnist process (pid {holder['pid']} on {_shown(holder['host'])}, since "
+                          f"{_shown(holder['since'])}) took over this run's claim {claim.path}")
             return
         try:
             _write_lease(claim.path, {**me, "beat": time.time()})
