@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 TRAIN_FLAGS ?=
 SWEEP_FLAGS ?= --learning_rate=0.5,1.0,1.5 --batch_size=64,128 --epochs=2
 
-.PHONY: train test test-fast data bench sweep doctor tensorboard image image-lock clean
+.PHONY: train test test-fast test-fuzz lint format data bench sweep doctor tensorboard image image-lock clean
 
 $(PY):
 	$(if $(strip $(PYTHON)),,$(error no Python 3.10-3.13 here (TensorFlow 2.21 has wheels for those only): \
@@ -24,6 +24,10 @@ $(VENV)/.installed: setup.cfg pyproject.toml | $(PY)
 
 $(VENV)/.installed-test: $(VENV)/.installed
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	touch $@
+
+$(VENV)/.installed-lint: $(VENV)/.installed
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[lint]'
 	touch $@
 
 $(VENV)/.installed-lock: $(VENV)/.installed
@@ -44,15 +48,36 @@ train: data
 sweep: data
 	$(PY) -m distmnist.sweep $(SWEEP_FLAGS)
 
+# The tools of the lint extra, from the venv (never whichever ones the PATH offers): ruff's linter and formatter
+# over the package, the bench and the tests (pyproject.toml), mypy over the package, and ShellCheck over the launch
+# scripts and the scripts they write for the VMs (.ci/shellcheck). `make format` applies ruff's formatting and fixes.
+lint: $(VENV)/.installed-lint
+	$(VENV)/bin/ruff check distmnist bench tests
+	$(VENV)/bin/ruff format --check distmnist bench tests
+	$(VENV)/bin/mypy
+	.ci/shellcheck $(VENV)/bin/shellcheck
+
+format: $(VENV)/.installed-lint
+	$(VENV)/bin/ruff format distmnist bench tests
+	$(VENV)/bin/ruff check --fix distmnist bench tests
+
 # Two test processes (pytest-xdist): most tests wait on processes they start (TensorFlow's import is mostly one
 # core), so two at a time fill both cores. TESTS_N=1 runs them one at a time.
 TESTS_N ?= 2
-test: $(VENV)/.installed-test
+test: lint $(VENV)/.installed-test
 	$(PY) -m pytest -q -n $(TESTS_N) --durations=15 tests
 
 # No cluster, network or real-MNIST training, few subprocesses: under a minute on 2 cores.
 test-fast: $(VENV)/.installed-test
 	$(PY) -m pytest -q -n $(TESTS_N) -m "not slow and not cluster and not network and not gpu" tests
+
+# The fuzz tier at size (make test runs it small: 3 mutated files per seed, one process per kind): mutated files of
+# every kind distmnist reads, in this process and through the entry points (tests/test_fuzz.py, docs/testing.md).
+FUZZ_CASES ?= 200
+FUZZ_PROCESSES ?= 4
+test-fuzz: $(VENV)/.installed-test
+	DISTMNIST_FUZZ_CASES=$(FUZZ_CASES) DISTMNIST_FUZZ_PROCESSES=$(FUZZ_PROCESSES) \
+	  $(PY) -m pytest -q -n $(TESTS_N) --durations=10 -m fuzz tests
 
 doctor: $(VENV)/.installed
 	$(PY) -m distmnist.doctor

@@ -25,7 +25,8 @@ import tempfile
 
 from absl import flags
 
-from bench import machine, report as report_lib, wholeprocess
+from bench import machine, wholeprocess
+from bench import report as report_lib
 from distmnist.common import cli, files
 from distmnist.common.config import TrainConfig
 from distmnist.common.errors import UserError
@@ -36,31 +37,63 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
     flags.DEFINE_string("out", ".", "Folder for bench.json and bench.svg.")
-    flags.DEFINE_boolean("quick", False, "A short smoke run: few steps, one replica count, accuracy target 90% "
-                         "within one epoch, one whole-process round of short runs.")
+    flags.DEFINE_boolean(
+        "quick",
+        False,
+        "A short smoke run: few steps, one replica count, accuracy target 90% "
+        "within one epoch, one whole-process round of short runs.",
+    )
     flags.DEFINE_integer("batch_size", 128, "Per-replica batch size for every contender.")
     flags.DEFINE_integer("steps", 400, "Timed steps per contender.")
     flags.DEFINE_integer("warmup_steps", 50, "Untimed steps first (tracing, compiling, caches).")
     flags.DEFINE_integer("rounds", 3, "Times each contender is measured, all contenders in turn; the best counts.")
-    flags.DEFINE_integer("turns", 16, "Turns that distmnist's default and JAX's scan take, each in a process of its "
-                         "own, for each replica count (where JAX is installed); the median paired ratio counts.")
-    flags.DEFINE_integer("breakdown_rounds", 3, "Rounds of the step breakdown: one CPU replica of distmnist's "
-                         "default and of JAX's scan, each profiled in a process of its own with XLA's kernel events, "
-                         "alternating (where JAX is installed and there is no GPU); 0 skips it.")
+    flags.DEFINE_integer(
+        "turns",
+        16,
+        "Turns that distmnist's default and JAX's scan take, each in a process of its "
+        "own, for each replica count (where JAX is installed); the median paired ratio counts.",
+    )
+    flags.DEFINE_integer(
+        "breakdown_rounds",
+        3,
+        "Rounds of the step breakdown: one CPU replica of distmnist's "
+        "default and of JAX's scan, each profiled in a process of its own with XLA's kernel events, "
+        "alternating (where JAX is installed and there is no GPU); 0 skips it.",
+    )
     flags.DEFINE_integer("max_epochs", 15, "Give up the time-to-accuracy race after this many epochs.")
-    flags.DEFINE_integer("race_rounds", 3, "Rounds of each time-to-accuracy race (every contender in turn, the order "
-                         "rotating); each contender's median round counts.")
+    flags.DEFINE_integer(
+        "race_rounds",
+        3,
+        "Rounds of each time-to-accuracy race (every contender in turn, the order "
+        "rotating); each contender's median round counts.",
+    )
     flags.DEFINE_string("data_dir", None, "As for distmnist.train.")
-    flags.DEFINE_integer("checkpoint_rounds", 30, "Paired rounds of the checkpoint section (training with and "
-                         "without a checkpoint every --checkpoint_every steps); 0 skips it.")
+    flags.DEFINE_integer(
+        "checkpoint_rounds",
+        30,
+        "Paired rounds of the checkpoint section (training with and "
+        "without a checkpoint every --checkpoint_every steps); 0 skips it.",
+    )
     flags.DEFINE_integer("checkpoint_every", TrainConfig.checkpoint_every, "Steps between checkpoints in that section.")
-    flags.DEFINE_integer("precision_rounds", 3, "Rounds of the precisions section (every precision at batch 128 and "
-                         "512: distmnist, tuned Keras under the matching policy, JAX), then the time to the accuracy "
-                         "target in each mixed precision; 0 skips it.")
-    flags.DEFINE_integer("process_rounds", 3, "Rounds of the whole-process section (distmnist.train at its defaults, "
-                         "a Keras fit script, a bare TensorFlow import, each a fresh process); 0 skips it.")
-    flags.DEFINE_boolean("results", True, "Write the figures to bench/results/<kind of machine>.md, replacing that "
-                         "file (--quick never does; --noresults for a run that should not).")
+    flags.DEFINE_integer(
+        "precision_rounds",
+        3,
+        "Rounds of the precisions section (every precision at batch 128 and "
+        "512: distmnist, tuned Keras under the matching policy, JAX), then the time to the accuracy "
+        "target in each mixed precision; 0 skips it.",
+    )
+    flags.DEFINE_integer(
+        "process_rounds",
+        3,
+        "Rounds of the whole-process section (distmnist.train at its defaults, "
+        "a Keras fit script, a bare TensorFlow import, each a fresh process); 0 skips it.",
+    )
+    flags.DEFINE_boolean(
+        "results",
+        True,
+        "Write the figures to bench/results/<kind of machine>.md, replacing that "
+        "file (--quick never does; --noresults for a run that should not).",
+    )
 
 
 TARGET_ACCURACY = 0.98
@@ -72,18 +105,32 @@ def replica_setups(num_gpus: int, gpu_name: str = "GPU"):
 
     if num_gpus:
         return [(n, gpu_name, lambda n=n: make_strategy(num_gpus=n).strategy) for n in range(1, num_gpus + 1)]
-    return [(1, "CPU", lambda: make_strategy(num_gpus=0).strategy),
-            (2, "2 logical CPUs", lambda: make_strategy(cpu_replicas=2).strategy)]
+    return [
+        (1, "CPU", lambda: make_strategy(num_gpus=0).strategy),
+        (2, "2 logical CPUs", lambda: make_strategy(cpu_replicas=2).strategy),
+    ]
 
 
 def run_bench() -> dict:
     # Settings checked before TensorFlow is imported, as the train entry point does: bad flags fail at once.
-    if FLAGS.batch_size <= 0 or FLAGS.steps <= 0 or FLAGS.rounds <= 0 or FLAGS.turns <= 0 or FLAGS.warmup_steps < 0 \
-            or FLAGS.process_rounds < 0 or FLAGS.checkpoint_rounds < 0 or FLAGS.checkpoint_every <= 0 \
-            or FLAGS.breakdown_rounds < 0 or FLAGS.precision_rounds < 0 or FLAGS.race_rounds <= 0:
-        raise UserError("--batch_size, --steps, --rounds, --turns, --race_rounds and --checkpoint_every must be "
-                        "positive, --warmup_steps, --checkpoint_rounds, --process_rounds, --breakdown_rounds and "
-                        "--precision_rounds >= 0")
+    if (
+        FLAGS.batch_size <= 0
+        or FLAGS.steps <= 0
+        or FLAGS.rounds <= 0
+        or FLAGS.turns <= 0
+        or FLAGS.warmup_steps < 0
+        or FLAGS.process_rounds < 0
+        or FLAGS.checkpoint_rounds < 0
+        or FLAGS.checkpoint_every <= 0
+        or FLAGS.breakdown_rounds < 0
+        or FLAGS.precision_rounds < 0
+        or FLAGS.race_rounds <= 0
+    ):
+        raise UserError(
+            "--batch_size, --steps, --rounds, --turns, --race_rounds and --checkpoint_every must be "
+            "positive, --warmup_steps, --checkpoint_rounds, --process_rounds, --breakdown_rounds and "
+            "--precision_rounds >= 0"
+        )
     started, code = report_lib.now(), report_lib.provenance()  # the code measured: as it was when the run began
     tf = tfquiet.import_tensorflow()
     from bench import mnist_npz
@@ -96,8 +143,11 @@ def run_bench() -> dict:
     if not num_gpus:
         make_strategy(cpu_replicas=2)  # split the CPU before any op runs
     quick = FLAGS.quick
-    timing = Timing(per_replica_batch_size=FLAGS.batch_size, warmup_steps=5 if quick else FLAGS.warmup_steps,
-                    timed_steps=50 if quick else FLAGS.steps)
+    timing = Timing(
+        per_replica_batch_size=FLAGS.batch_size,
+        warmup_steps=5 if quick else FLAGS.warmup_steps,
+        timed_steps=50 if quick else FLAGS.steps,
+    )
     mnist = dataset.load(FLAGS.data_dir)
     installed = {name: importlib.util.find_spec(name) is not None for name in ("jax", "torch")}
     own_dir = tempfile.mkdtemp(prefix="distmnist-bench-") if any(installed.values()) else None
@@ -136,11 +186,32 @@ def measure(tf, mnist, num_gpus: int, timing, quick: bool, npz, installed: dict)
     setups = replica_setups(num_gpus, device_name)
     setups = setups[:1] if quick else setups  # --quick: one replica count
     # --quick: one round of each section (two turns, two checkpoint rounds), a race of one epoch.
-    counts = {"rounds": 1, "turns": 2, "breakdown_rounds": 1, "race_rounds": 1,
-              "precision_rounds": min(1, FLAGS.precision_rounds), "checkpoint_rounds": min(2, FLAGS.checkpoint_rounds),
-              "process_rounds": min(1, FLAGS.process_rounds), "max_epochs": 1} if quick else {
-        name: FLAGS[name].value for name in ("rounds", "turns", "breakdown_rounds", "race_rounds", "precision_rounds",
-                                             "checkpoint_rounds", "process_rounds", "max_epochs")}
+    counts = (
+        {
+            "rounds": 1,
+            "turns": 2,
+            "breakdown_rounds": 1,
+            "race_rounds": 1,
+            "precision_rounds": min(1, FLAGS.precision_rounds),
+            "checkpoint_rounds": min(2, FLAGS.checkpoint_rounds),
+            "process_rounds": min(1, FLAGS.process_rounds),
+            "max_epochs": 1,
+        }
+        if quick
+        else {
+            name: FLAGS[name].value
+            for name in (
+                "rounds",
+                "turns",
+                "breakdown_rounds",
+                "race_rounds",
+                "precision_rounds",
+                "checkpoint_rounds",
+                "process_rounds",
+                "max_epochs",
+            )
+        }
+    )
     rounds, max_epochs, race_rounds = counts["rounds"], counts["max_epochs"], counts["race_rounds"]
     platform = "gpu" if num_gpus else "cpu"
     results = lineup.measure(mnist, setups, device_name, first_device, timing, rounds, quick)["results"]
@@ -159,18 +230,39 @@ def measure(tf, mnist, num_gpus: int, timing, quick: bool, npz, installed: dict)
         "ratios": lineup.ratios(results, None if "skipped" in jax else jax["by_replicas"]["1"]["median"]),
         "distmnist_over_jax": jax,
         "step_breakdown": breakdown.measure(jax_npz, num_gpus, timing, counts["breakdown_rounds"]),
-        "time_to_accuracy": race.measure(mnist, setups[0][2], 0.90 if quick else TARGET_ACCURACY, max_epochs,
-                                         trainer_settings(TrainConfig(batch_size=FLAGS.batch_size), max_epochs * (
-                                             len(mnist.x_train) // FLAGS.batch_size)), npz, platform, absent,
-                                         race_rounds),
+        "time_to_accuracy": race.measure(
+            mnist,
+            setups[0][2],
+            0.90 if quick else TARGET_ACCURACY,
+            max_epochs,
+            trainer_settings(
+                TrainConfig(batch_size=FLAGS.batch_size), max_epochs * (len(mnist.x_train) // FLAGS.batch_size)
+            ),
+            npz,
+            platform,
+            absent,
+            race_rounds,
+        ),
     }
     precision_rounds = counts["precision_rounds"]
     if precision_rounds:
         report["precisions"] = precisions.measure(
-            mnist, setups[0][2], timing, precision_rounds, npz, platform, absent, xla_setting(tf, num_gpus),
-            report["time_to_accuracy"]["target"], max_epochs, trainer_settings(
-                TrainConfig(batch_size=FLAGS.batch_size), max_epochs * (len(mnist.x_train) // FLAGS.batch_size)),
-            precision_support(tf, num_gpus).native, race_rounds)
+            mnist,
+            setups[0][2],
+            timing,
+            precision_rounds,
+            npz,
+            platform,
+            absent,
+            xla_setting(tf, num_gpus),
+            report["time_to_accuracy"]["target"],
+            max_epochs,
+            trainer_settings(
+                TrainConfig(batch_size=FLAGS.batch_size), max_epochs * (len(mnist.x_train) // FLAGS.batch_size)
+            ),
+            precision_support(tf, num_gpus).native,
+            race_rounds,
+        )
     checkpoint_rounds = counts["checkpoint_rounds"]
     if checkpoint_rounds:
         gc.collect()
@@ -204,10 +296,14 @@ def table(report: dict) -> str:
     from bench import breakdown, checkpointcost, lineup, precisions, race, turns
 
     m = report["machine"]
-    lines = [f"machine: {m['cpu']}, {m['cores']} cores, GPUs: {', '.join(m['gpus']) or 'none'}, "
-             f"TensorFlow {m['tf_version']}", lineup.table(report["results"], report["ratios"]),
-             turns.table(report["distmnist_over_jax"]), breakdown.table(report["step_breakdown"]),
-             race.table(report["time_to_accuracy"])]
+    lines = [
+        f"machine: {m['cpu']}, {m['cores']} cores, GPUs: {', '.join(m['gpus']) or 'none'}, "
+        f"TensorFlow {m['tf_version']}",
+        lineup.table(report["results"], report["ratios"]),
+        turns.table(report["distmnist_over_jax"]),
+        breakdown.table(report["step_breakdown"]),
+        race.table(report["time_to_accuracy"]),
+    ]
     if "precisions" in report:
         lines.append(precisions.table(report["precisions"]))
     if "checkpoints" in report:
@@ -225,8 +321,10 @@ def plot(report: dict, path: str) -> None:
     rows = report["results"]
     labels = [f"{r['name']} ({r['replicas']}x {r['device']})" for r in rows]
     fig, ax = plt.subplots(figsize=(8, 0.4 * len(rows) + 1.5))
-    colors = ["tab:red" if "distmnist (default)" in label else "tab:gray" if "bound" in label else "tab:blue"
-              for label in labels]
+    colors = [
+        "tab:red" if "distmnist (default)" in label else "tab:gray" if "bound" in label else "tab:blue"
+        for label in labels
+    ]
     ax.barh(range(len(rows)), [r["examples_per_sec"] for r in rows], color=colors)
     ax.set_yticks(range(len(rows)), labels)
     ax.invert_yaxis()

@@ -18,9 +18,16 @@ def profiled_rounds(npz: str, timing: Timing, rounds: int) -> dict:
     for round_number in range(rounds):
         for name in ("distmnist", "jax") if round_number % 2 == 0 else ("jax", "distmnist"):
             with tempfile.TemporaryDirectory(prefix="distmnist-profile-") as logdir:
-                reply = ownprocess.run(name, npz, kernels=True, batch_size=timing.per_replica_batch_size,
-                                       steps=timing.timed_steps, learning_rate=timing.learning_rate, seed=timing.seed,
-                                       profile=logdir)
+                reply = ownprocess.run(
+                    name,
+                    npz,
+                    kernels=True,
+                    batch_size=timing.per_replica_batch_size,
+                    steps=timing.timed_steps,
+                    learning_rate=timing.learning_rate,
+                    seed=timing.seed,
+                    profile=logdir,
+                )
                 if "skipped" in reply:
                     return reply
                 with open(reply["trace"], "rb") as trace:
@@ -36,8 +43,11 @@ def measure(npz, num_gpus: int, timing, rounds: int) -> dict:
         return {"skipped": "XLA's kernel events are read on CPUs only"}
     if npz is None:
         return {"skipped": jax_scan.NOT_INSTALLED}
-    print(f"step breakdown: {rounds} round(s) of {timing.timed_steps} profiled steps on one CPU replica, "
-          "distmnist and JAX alternating", flush=True)
+    print(
+        f"step breakdown: {rounds} round(s) of {timing.timed_steps} profiled steps on one CPU replica, "
+        "distmnist and JAX alternating",
+        flush=True,
+    )
     made = profiled_rounds(npz, timing, rounds)
     if "skipped" in made:
         return made
@@ -48,9 +58,13 @@ def measure(npz, num_gpus: int, timing, rounds: int) -> dict:
 def table(section: dict) -> str:
     if "skipped" in section:
         return f"step breakdown: skipped, {section['skipped']}"
-    lines = ["step breakdown, one CPU replica, us a step (median round): wall = in XLA's executable + outside it; "
-             "the largest kernels' shares"]
+    lines = [
+        "step breakdown, one CPU replica, us a step (median round): wall = in XLA's executable + outside it; "
+        "the largest kernels' shares"
+    ]
     for name, b in section["median"].items():
-        lines.append(f"  {name:<10} wall {b['wall_us']:6.0f} = in XLA {b['in_xla_us']:6.0f} + outside "
-                     f"{b['outside_us']:4.0f}; " + ", ".join(f"{kernel} {us:.0f}" for kernel, us in b["top"][:5]))
+        lines.append(
+            f"  {name:<10} wall {b['wall_us']:6.0f} = in XLA {b['in_xla_us']:6.0f} + outside "
+            f"{b['outside_us']:4.0f}; " + ", ".join(f"{kernel} {us:.0f}" for kernel, us in b["top"][:5])
+        )
     return "\n".join(lines)

@@ -47,12 +47,20 @@ def measure(mnist: Mnist, strategy, every: int, rounds: int) -> dict:
     finally:
         checkpointer.close()  # waits for the last write
     base = statistics.median(without)
-    return {"every": every, "rounds": rounds, "block_s": base, "block_with_save_s": statistics.median(with_save),
-            "cost_s": statistics.median(differences), "cost_fraction": statistics.median(differences) / base,
-            "goal": GOAL}
+    return {
+        "every": every,
+        "rounds": rounds,
+        "block_s": base,
+        "block_with_save_s": statistics.median(with_save),
+        "cost_s": statistics.median(differences),
+        "cost_fraction": statistics.median(differences) / base,
+        "goal": GOAL,
+    }
 
 
 def table(section: dict) -> str:
-    return (f"checkpoints every {section['every']} steps (median of {section['rounds']} paired rounds): "
-            f"{section['block_s'] * 1e3:.0f} ms of training per checkpoint, each costs "
-            f"{section['cost_s'] * 1e3:.1f} ms = {section['cost_fraction']:.1%} (goal <= {section['goal']:.0%})")
+    return (
+        f"checkpoints every {section['every']} steps (median of {section['rounds']} paired rounds): "
+        f"{section['block_s'] * 1e3:.0f} ms of training per checkpoint, each costs "
+        f"{section['cost_s'] * 1e3:.1f} ms = {section['cost_fraction']:.1%} (goal <= {section['goal']:.0%})"
+    )

@@ -36,8 +36,9 @@ def main() -> None:
     layers = [tf.keras.Input(shape=(784,))]
     for fan_in, units, activation in ((784, 512, "relu"), (512, 256, "relu"), (256, 10, None)):
         init = tf.keras.initializers.RandomUniform(-1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in))
-        layers.append(tf.keras.layers.Dense(units, activation=activation, kernel_initializer=init,
-                                            bias_initializer=init))
+        layers.append(
+            tf.keras.layers.Dense(units, activation=activation, kernel_initializer=init, bias_initializer=init)
+        )
     model = tf.keras.Sequential(layers)
     model.compile(optimizer=tf.keras.optimizers.SGD(learning_rate=1.5), loss="mse", metrics=["accuracy"])
     model.fit(x_train, y_train, batch_size=128, epochs=args.epochs, steps_per_epoch=args.steps, verbose=0)

@@ -12,13 +12,23 @@ import importlib.metadata
 import os
 import platform
 import re
-from typing import Optional
 
 CPUINFO = "/proc/cpuinfo"
 # What the kernels' speed depends on: vector width and FMA for float32, the low types' instructions for the mixed
 # precisions (docs/precision.md), Arm's scalable vectors.
-FEATURES = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_fp16", "asimd", "sve", "sve2",
-            "bf16")
+FEATURES = (
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512_bf16",
+    "avx512_fp16",
+    "amx_bf16",
+    "amx_fp16",
+    "asimd",
+    "sve",
+    "sve2",
+    "bf16",
+)
 X86_TIERS = (("amx_bf16", "amx"), ("avx512_bf16", "avx512-bf16"), ("avx512f", "avx512"), ("avx2", "avx2"))
 ARM_TIERS = (("sve2", "sve2"), ("sve", "sve"))
 
@@ -48,8 +58,11 @@ def _slug(text: str) -> str:
 def cpu_kind(model: str, features: set, arch: str = "") -> str:
     """The kind of CPU: vendor and line from the model name (its words without digits, trademarks, "CPU" or
     "Processor"; the architecture where there is no model name), then its widest instructions (module docstring)."""
-    words = [w for w in re.sub(r"\((R|TM|C)\)", " ", model, flags=re.I).split()
-             if w.isalpha() and w.lower() not in ("cpu", "processor")]
+    words = [
+        w
+        for w in re.sub(r"\((R|TM|C)\)", " ", model, flags=re.I).split()
+        if w.isalpha() and w.lower() not in ("cpu", "processor")
+    ]
     name = _slug(" ".join(words[:2])) or _slug(arch) or "unknown"
     tiers = X86_TIERS if any(feature in features for feature, _ in X86_TIERS) else ARM_TIERS
     tier = next((label for feature, label in tiers if feature in features), "")
@@ -64,7 +77,7 @@ def kind(cpu: str, features: set, gpus: list) -> str:
     return f"{made}-{len(gpus)}x-{_slug(gpus[0])}" if gpus else made
 
 
-def version(package: str) -> Optional[str]:
+def version(package: str) -> str | None:
     """An installed distribution's version, without importing it (JAX and PyTorch run in processes of their own)."""
     try:
         return importlib.metadata.version(package)
@@ -76,8 +89,18 @@ def describe(tf) -> dict:
     """What bench.json's `machine` holds."""
     model, features = read_cpuinfo()
     cpu = model or platform.processor() or platform.machine()
-    gpus = [tf.config.experimental.get_device_details(g).get("device_name", g.name)
-            for g in tf.config.get_visible_devices("GPU")]
-    return {"cpu": cpu, "cpu_features": [f for f in FEATURES if f in features], "cores": os.cpu_count(), "gpus": gpus,
-            "kind": kind(model, features, gpus), "python": platform.python_version(), "tf_version": tf.__version__,
-            "jax_version": version("jax"), "torch_version": version("torch")}
+    gpus = [
+        tf.config.experimental.get_device_details(g).get("device_name", g.name)
+        for g in tf.config.get_visible_devices("GPU")
+    ]
+    return {
+        "cpu": cpu,
+        "cpu_features": [f for f in FEATURES if f in features],
+        "cores": os.cpu_count(),
+        "gpus": gpus,
+        "kind": kind(model, features, gpus),
+        "python": platform.python_version(),
+        "tf_version": tf.__version__,
+        "jax_version": version("jax"),
+        "torch_version": version("torch"),
+    }

@@ -36,16 +36,29 @@ def environment(contender: str, replicas: int, platform: str = "cpu", kernels: b
 def command(contender: str, npz: str, platform: str = "cpu", jit_compile=None, **settings) -> list:
     """`python -m bench.solo` for the contender with these flags (jit_compile: distmnist's XLA, None for its
     default)."""
-    return [sys.executable, "-m", "bench.solo", f"--contender={contender}", f"--npz={npz}", f"--platform={platform}",
-            *(f"--{flag}={value}" for flag, value in settings.items()),
-            *([f"--{'' if jit_compile else 'no'}jit_compile"] if jit_compile is not None else [])]
+    return [
+        sys.executable,
+        "-m",
+        "bench.solo",
+        f"--contender={contender}",
+        f"--npz={npz}",
+        f"--platform={platform}",
+        *(f"--{flag}={value}" for flag, value in settings.items()),
+        *([f"--{'' if jit_compile else 'no'}jit_compile"] if jit_compile is not None else []),
+    ]
 
 
 def start(contender: str, npz: str, replicas: int, platform: str, errors, **settings) -> subprocess.Popen:
     """A process of the contender that stays up (solo.py --serve), its stdin and stdout pipes, stderr into errors."""
-    return subprocess.Popen(command(contender, npz, platform, replicas=replicas, **settings),
-                            env=environment(contender, replicas, platform), stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=errors, text=True, cwd=CHECKOUT)
+    return subprocess.Popen(
+        command(contender, npz, platform, replicas=replicas, **settings),
+        env=environment(contender, replicas, platform),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=errors,
+        text=True,
+        cwd=CHECKOUT,
+    )
 
 
 def reply(contender: str, process: subprocess.Popen, errors) -> dict:
@@ -58,33 +71,63 @@ def reply(contender: str, process: subprocess.Popen, errors) -> dict:
     return json.loads(line)
 
 
-def run(contender: str, npz: str, platform: str = "cpu", jit_compile=None, replicas: int = 1, kernels: bool = False,
-        **settings) -> dict:
+def run(
+    contender: str,
+    npz: str,
+    platform: str = "cpu",
+    jit_compile=None,
+    replicas: int = 1,
+    kernels: bool = False,
+    **settings,
+) -> dict:
     """The last line solo.py prints, parsed, for the contender in a fresh process with these flags; RunFailed with
     its last stderr line."""
-    done = subprocess.run(command(contender, npz, platform, jit_compile, replicas=replicas, **settings),
-                          env=environment(contender, replicas, platform, kernels), capture_output=True, text=True,
-                          cwd=CHECKOUT)
+    done = subprocess.run(
+        command(contender, npz, platform, jit_compile, replicas=replicas, **settings),
+        env=environment(contender, replicas, platform, kernels),
+        capture_output=True,
+        text=True,
+        cwd=CHECKOUT,
+    )
     if done.returncode != 0 or not done.stdout.strip():
         raise failed(contender, done.stderr, done.returncode)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def measure(contender: str, npz: str, timing: Timing, precision: str = "float32", jit_compile=None,
-            platform: str = "cpu") -> dict:
+def measure(
+    contender: str, npz: str, timing: Timing, precision: str = "float32", jit_compile=None, platform: str = "cpu"
+) -> dict:
     """One contender ("jax", "torch" or "distmnist") on one replica (the platform's first device), in a fresh
     process: its {"examples_per_sec", ...} (one untimed run of timed_steps first), or {"skipped": why}."""
-    return run(contender, npz, platform, jit_compile, batch_size=timing.per_replica_batch_size,
-               steps=timing.timed_steps, learning_rate=timing.learning_rate, seed=timing.seed, precision=precision)
+    return run(
+        contender,
+        npz,
+        platform,
+        jit_compile,
+        batch_size=timing.per_replica_batch_size,
+        steps=timing.timed_steps,
+        learning_rate=timing.learning_rate,
+        seed=timing.seed,
+        precision=precision,
+    )
 
 
 def race(contender: str, npz: str, settings, target: float, max_epochs: int, platform: str = "cpu") -> dict:
     """solo.py's race for "distmnist", "jax" or "torch" on one replica, in a fresh process, with the
     TrainerSettings' batch, learning rate, seed and precision (and, for distmnist, XLA): {"seconds" (None: not
     reached), "epochs", "accuracy", "epoch_seconds", ...}."""
-    return run(contender, npz, platform, settings.jit_compile if contender == "distmnist" else None,
-               batch_size=settings.batch_size, learning_rate=settings.learning_rate, seed=settings.seed,
-               precision=settings.precision, target_accuracy=target, max_epochs=max_epochs)
+    return run(
+        contender,
+        npz,
+        platform,
+        settings.jit_compile if contender == "distmnist" else None,
+        batch_size=settings.batch_size,
+        learning_rate=settings.learning_rate,
+        seed=settings.seed,
+        precision=settings.precision,
+        target_accuracy=target,
+        max_epochs=max_epochs,
+    )
 
 
 def failed(contender: str, stderr: str, status: int) -> RunFailed:

@@ -19,8 +19,21 @@ from distmnist.common.config import PRECISIONS
 BATCHES = (128, 512)
 
 
-def measure(mnist, strategy_fn, timing, rounds: int, npz, platform: str, absent: dict, xla_for, race_target: float,
-            max_epochs: int, race_settings, native: dict, race_rounds: int = 1) -> dict:
+def measure(
+    mnist,
+    strategy_fn,
+    timing,
+    rounds: int,
+    npz,
+    platform: str,
+    absent: dict,
+    xla_for,
+    race_target: float,
+    max_epochs: int,
+    race_settings,
+    native: dict,
+    race_rounds: int = 1,
+) -> dict:
     """{"rows": [{"name", "precision", "batch", "rounds", "examples_per_sec"}], "ratios": {batch: {precision:
     distmnist's over the fastest other contender in any precision}}, "over_float32": {batch: {mixed precision:
     distmnist's over its own float32, the median of the rounds' ratios}}, "race": {precision: {contender: ...}},
@@ -33,8 +46,10 @@ def measure(mnist, strategy_fn, timing, rounds: int, npz, platform: str, absent:
 
     skipped = {name: absent[module] for name, module in IN_OWN_PROCESS.items() if module in absent}
     if "torch" not in absent and not native["mixed_bfloat16"]:
-        skipped["pytorch eager mixed_bfloat16"] = ("bfloat16 is emulated on this CPU (no amx_bf16 or avx512_bf16), "
-                                                   "where PyTorch's autocast runs tens of times slower than float32")
+        skipped["pytorch eager mixed_bfloat16"] = (
+            "bfloat16 is emulated on this CPU (no amx_bf16 or avx512_bf16), "
+            "where PyTorch's autocast runs tens of times slower than float32"
+        )
     for name, why in skipped.items():
         print(f"precisions: {name} skipped, {why}", flush=True)
 
@@ -52,23 +67,58 @@ def measure(mnist, strategy_fn, timing, rounds: int, npz, platform: str, absent:
         at = dataclasses.replace(timing, per_replica_batch_size=batch)
         for precision in PRECISIONS:
             if npz is None:  # neither JAX nor PyTorch: distmnist in this process, as the lineup's rows
-                lineup.append(("distmnist", precision, batch, lambda at=at, p=precision:
-                               distmnist_trainer.examples_per_sec(mnist, strategy_fn(), at, "device", p, xla_for(p))))
+                lineup.append(
+                    (
+                        "distmnist",
+                        precision,
+                        batch,
+                        lambda at=at, p=precision: distmnist_trainer.examples_per_sec(
+                            mnist, strategy_fn(), at, "device", p, xla_for(p)
+                        ),
+                    )
+                )
             else:  # beside them, each in a fresh process of its own, as the turns section compares them
-                lineup.append(("distmnist", precision, batch, lambda at=at, p=precision: ownprocess.measure(
-                    "distmnist", npz, at, p, xla_for(p), platform)["examples_per_sec"]))
-            lineup.append(("keras fit (tuned)", precision, batch, lambda at=at, p=precision: keras_fit.examples_per_sec(
-                mnist, strategy_fn(), at, tuned=True, policy=p)))
+                lineup.append(
+                    (
+                        "distmnist",
+                        precision,
+                        batch,
+                        lambda at=at, p=precision: ownprocess.measure("distmnist", npz, at, p, xla_for(p), platform)[
+                            "examples_per_sec"
+                        ],
+                    )
+                )
+            lineup.append(
+                (
+                    "keras fit (tuned)",
+                    precision,
+                    batch,
+                    lambda at=at, p=precision: keras_fit.examples_per_sec(
+                        mnist, strategy_fn(), at, tuned=True, policy=p
+                    ),
+                )
+            )
             for name in entrants(precision):
-                lineup.append((name, precision, batch, lambda at=at, p=precision, m=IN_OWN_PROCESS[name]:
-                               ownprocess.measure(m, npz, at, p, platform=platform)["examples_per_sec"]))
-    rows = [{"name": name, "precision": precision, "batch": batch, "rounds": []}
-            for name, precision, batch, _ in lineup]
-    print(f"precisions: {rounds} round(s) of {len(lineup)} contenders at batch {' and '.join(map(str, BATCHES))}",
-          flush=True)
+                lineup.append(
+                    (
+                        name,
+                        precision,
+                        batch,
+                        lambda at=at, p=precision, m=IN_OWN_PROCESS[name]: ownprocess.measure(
+                            m, npz, at, p, platform=platform
+                        )["examples_per_sec"],
+                    )
+                )
+    rows = [
+        {"name": name, "precision": precision, "batch": batch, "rounds": []} for name, precision, batch, _ in lineup
+    ]
+    print(
+        f"precisions: {rounds} round(s) of {len(lineup)} contenders at batch {' and '.join(map(str, BATCHES))}",
+        flush=True,
+    )
     bar = progress.Bar(rounds * len(lineup), "precisions")
     for _ in range(rounds):
-        for (name, precision, batch, measure_one), row in zip(lineup, rows):
+        for (name, precision, batch, measure_one), row in zip(lineup, rows, strict=True):
             gc.collect()
             row["rounds"].append(measure_one())
             bar.say(f"  {name:<18} {precision:<15} batch {batch:>4} {row['rounds'][-1]:>12,.0f} examples/s")
@@ -83,15 +133,34 @@ def measure(mnist, strategy_fn, timing, rounds: int, npz, platform: str, absent:
         ours = {r["precision"]: r for r in at_batch if r["name"] == "distmnist"}
         ratios[str(batch)] = {p: r["examples_per_sec"] / others for p, r in ours.items()}
         # Within a round the precisions ran minutes apart at most, not a whole bench: paired by round.
-        over_float32[str(batch)] = {p: statistics.median(
-            a / b for a, b in zip(r["rounds"], ours["float32"]["rounds"])) for p, r in ours.items() if p != "float32"}
+        over_float32[str(batch)] = {
+            p: statistics.median(a / b for a, b in zip(r["rounds"], ours["float32"]["rounds"], strict=True))
+            for p, r in ours.items()
+            if p != "float32"
+        }
     race = {}
     for precision in PRECISIONS[1:]:
         settings = dataclasses.replace(race_settings, precision=precision, jit_compile=xla_for(precision))
-        race[precision] = contest(mnist, strategy_fn, race_target, max_epochs, settings, npz, platform,
-                                  ["distmnist", "keras fit (tuned)", *entrants(precision)], race_rounds)
-    return {"rows": rows, "ratios": ratios, "over_float32": over_float32, "race": race, "target": race_target,
-            "race_rounds": race_rounds, "skipped": skipped}
+        race[precision] = contest(
+            mnist,
+            strategy_fn,
+            race_target,
+            max_epochs,
+            settings,
+            npz,
+            platform,
+            ["distmnist", "keras fit (tuned)", *entrants(precision)],
+            race_rounds,
+        )
+    return {
+        "rows": rows,
+        "ratios": ratios,
+        "over_float32": over_float32,
+        "race": race,
+        "target": race_target,
+        "race_rounds": race_rounds,
+        "skipped": skipped,
+    }
 
 
 def table(section: dict) -> str:
@@ -101,12 +170,18 @@ def table(section: dict) -> str:
     for name, why in section["skipped"].items():
         lines.append(f"  {name}: skipped, {why}")
     for batch, by in section["ratios"].items():
-        lines.append(f"  batch {batch}: distmnist over the fastest other contender in any precision: " + ", ".join(
-            f"{p} {v:.2f}" for p, v in by.items()))
+        lines.append(
+            f"  batch {batch}: distmnist over the fastest other contender in any precision: "
+            + ", ".join(f"{p} {v:.2f}" for p, v in by.items())
+        )
     for batch, by in section["over_float32"].items():
-        lines.append(f"  batch {batch}: distmnist's mixed precisions over its float32 (median of the rounds): " +
-                     ", ".join(f"{p} {v:.2f}" for p, v in by.items()))
+        lines.append(
+            f"  batch {batch}: distmnist's mixed precisions over its float32 (median of the rounds): "
+            + ", ".join(f"{p} {v:.2f}" for p, v in by.items())
+        )
     for precision, by in section["race"].items():
-        lines.append(f"  time to {section['target']:.1%} in {precision} (median of {section['race_rounds']} "
-                     f"round(s)): " + lap_times(by))
+        lines.append(
+            f"  time to {section['target']:.1%} in {precision} (median of {section['race_rounds']} "
+            f"round(s)): " + lap_times(by)
+        )
     return "\n".join(lines)

@@ -13,8 +13,9 @@ from bench.contenders import distmnist_trainer, keras_fit
 IN_OWN_PROCESS = {"jax scan": "jax", "pytorch eager": "torch"}  # the bench's name -> solo.py's contender
 
 
-def contest(mnist, strategy_fn, target: float, max_epochs: int, settings, npz, platform: str, names,
-            rounds: int = 1) -> dict:
+def contest(
+    mnist, strategy_fn, target: float, max_epochs: int, settings, npz, platform: str, names, rounds: int = 1
+) -> dict:
     """{name: {"seconds" (the median round's; None: not reached in some round), "rounds" (each round's seconds, None
     where not reached: "-" in the table), "epochs", "accuracy" (the last round's)}} for each of names, in the
     settings' precision, on one replica: "distmnist..." (distmnist's trainer, in a process of its own where npz is
@@ -29,9 +30,15 @@ def contest(mnist, strategy_fn, target: float, max_epochs: int, settings, npz, p
             seconds, epochs, accuracy = _one(mnist, strategy_fn, target, max_epochs, settings, npz, platform, name)
             race[name].update(epochs=epochs, accuracy=accuracy)
             race[name]["rounds"].append(seconds)
-            print(f"  time to {target:.1%} in {settings.precision}: {name:<22} "
-                  + (f"{seconds:6.1f} s ({epochs} epochs, {accuracy:.2%})" if seconds else
-                     f"not reached in {epochs} epochs ({accuracy:.2%})"), flush=True)
+            print(
+                f"  time to {target:.1%} in {settings.precision}: {name:<22} "
+                + (
+                    f"{seconds:6.1f} s ({epochs} epochs, {accuracy:.2%})"
+                    if seconds
+                    else f"not reached in {epochs} epochs ({accuracy:.2%})"
+                ),
+                flush=True,
+            )
     for result in race.values():
         reached = None not in result["rounds"]
         result["seconds"] = statistics.median(result["rounds"]) if reached else None
@@ -48,16 +55,29 @@ def _one(mnist, strategy_fn, target: float, max_epochs: int, settings, npz, plat
     return fn(mnist, strategy_fn(), target, max_epochs, settings)
 
 
-def measure(mnist, strategy_fn, target: float, max_epochs: int, settings, npz=None, platform: str = "cpu",
-            absent=None, rounds: int = 1) -> dict:
+def measure(
+    mnist,
+    strategy_fn,
+    target: float,
+    max_epochs: int,
+    settings,
+    npz=None,
+    platform: str = "cpu",
+    absent=None,
+    rounds: int = 1,
+) -> dict:
     """{"target", "learning_rate", "rounds", "by": {contender: contest's}}, in float32. absent: solo.py's
     contenders that cannot run here ("jax", "torch") -> why (npz: MNIST for the others' processes, None when there
     are none)."""
     absent = absent if npz else dict.fromkeys(IN_OWN_PROCESS.values(), "")
     names = ["distmnist (default)", "keras fit (tuned)"]
     names += [name for name, module in IN_OWN_PROCESS.items() if module not in absent]
-    return {"target": target, "learning_rate": settings.learning_rate, "rounds": rounds,
-            "by": contest(mnist, strategy_fn, target, max_epochs, settings, npz, platform, names, rounds)}
+    return {
+        "target": target,
+        "learning_rate": settings.learning_rate,
+        "rounds": rounds,
+        "by": contest(mnist, strategy_fn, target, max_epochs, settings, npz, platform, names, rounds),
+    }
 
 
 def table(section: dict) -> str:
@@ -66,8 +86,7 @@ def table(section: dict) -> str:
 
 def lap_times(by: dict) -> str:
     def rounds(r):
-        return "" if len(r["rounds"]) < 2 else ", rounds " + " ".join(
-            f"{s:.1f}" if s else "-" for s in r["rounds"])
+        return "" if len(r["rounds"]) < 2 else ", rounds " + " ".join(f"{s:.1f}" if s else "-" for s in r["rounds"])
 
     def one(name, r):
         if r["seconds"]:

@@ -28,32 +28,66 @@ from absl import flags
 
 from distmnist.common import cli
 
-CONTENDERS = {"jax": "bench.contenders.jax_scan", "torch": "bench.contenders.pytorch_eager",
-              "distmnist": "bench.contenders.distmnist_trainer"}  # imported only when it is the one that runs
+CONTENDERS = {
+    "jax": "bench.contenders.jax_scan",
+    "torch": "bench.contenders.pytorch_eager",
+    "distmnist": "bench.contenders.distmnist_trainer",
+}  # imported only when it is the one that runs
 
 
 def _contender(name: str):
     return importlib.import_module(CONTENDERS[name])
 
 
-def _warmed(contender: str, npz: str, replicas: int, per_replica_batch_size: int, steps: int, learning_rate: float,
-            seed: int, platform: str, turns: int = 1, precision: str = "float32", jit_compile=None):
+def _warmed(
+    contender: str,
+    npz: str,
+    replicas: int,
+    per_replica_batch_size: int,
+    steps: int,
+    learning_rate: float,
+    seed: int,
+    platform: str,
+    turns: int = 1,
+    precision: str = "float32",
+    jit_compile=None,
+):
     """The contender's (run, global batch, facts) after one untimed run of `steps` steps (compilation, caches);
     run is None where the contender is not installed."""
     extra = {"turns": turns, "jit_compile": jit_compile} if contender == "distmnist" else {}
-    run, global_batch, facts = _contender(contender).runner(npz, replicas, per_replica_batch_size, steps,
-                                                            learning_rate, seed, platform, precision=precision,
-                                                            **extra)
+    run, global_batch, facts = _contender(contender).runner(
+        npz, replicas, per_replica_batch_size, steps, learning_rate, seed, platform, precision=precision, **extra
+    )
     if run is not None:
         run()
     return run, global_batch, facts
 
 
-def measure(contender: str, npz: str, replicas: int, per_replica_batch_size: int, steps: int, learning_rate: float,
-            seed: int, platform: str = "cpu", precision: str = "float32", jit_compile=None) -> dict:
+def measure(
+    contender: str,
+    npz: str,
+    replicas: int,
+    per_replica_batch_size: int,
+    steps: int,
+    learning_rate: float,
+    seed: int,
+    platform: str = "cpu",
+    precision: str = "float32",
+    jit_compile=None,
+) -> dict:
     """One untimed run of `steps` steps (compilation, caches), then one timed."""
-    run, global_batch, facts = _warmed(contender, npz, replicas, per_replica_batch_size, steps, learning_rate, seed,
-                                       platform, precision=precision, jit_compile=jit_compile)
+    run, global_batch, facts = _warmed(
+        contender,
+        npz,
+        replicas,
+        per_replica_batch_size,
+        steps,
+        learning_rate,
+        seed,
+        platform,
+        precision=precision,
+        jit_compile=jit_compile,
+    )
     if run is None:
         return facts
     return {**_timed(run, steps * global_batch), **facts}
@@ -64,12 +98,22 @@ def _timed(run, examples: int) -> dict:
     return {"examples_per_sec": examples / seconds, "final_loss": final_loss}
 
 
-def serve(contender: str, npz: str, replicas: int, per_replica_batch_size: int, steps: int, learning_rate: float,
-          seed: int, platform: str = "cpu", turns: int = 1000) -> None:
+def serve(
+    contender: str,
+    npz: str,
+    replicas: int,
+    per_replica_batch_size: int,
+    steps: int,
+    learning_rate: float,
+    seed: int,
+    platform: str = "cpu",
+    turns: int = 1000,
+) -> None:
     """Turn-taking: after one untimed run prints {"ready": ...}; then each line "go" on stdin runs `steps` steps
     and prints {"examples_per_sec": ...}, until stdin ends."""
-    run, global_batch, facts = _warmed(contender, npz, replicas, per_replica_batch_size, steps, learning_rate, seed,
-                                       platform, turns)
+    run, global_batch, facts = _warmed(
+        contender, npz, replicas, per_replica_batch_size, steps, learning_rate, seed, platform, turns
+    )
     if run is None:
         print(json.dumps(facts), flush=True)
         return
@@ -80,8 +124,17 @@ def serve(contender: str, npz: str, replicas: int, per_replica_batch_size: int, 
         print(json.dumps(_timed(run, steps * global_batch)), flush=True)
 
 
-def profile(contender: str, npz: str, replicas: int, per_replica_batch_size: int, steps: int,
-            learning_rate: float, seed: int, platform: str, logdir: str) -> dict:
+def profile(
+    contender: str,
+    npz: str,
+    replicas: int,
+    per_replica_batch_size: int,
+    steps: int,
+    learning_rate: float,
+    seed: int,
+    platform: str,
+    logdir: str,
+) -> dict:
     """One untimed run, then one run of `steps` steps under the contender's profiler, its trace written under
     logdir: {"seconds", "steps", "trace"} for xlaprofile.breakdown (the process needs XLA_FLAGS with
     xlaprofile.TRACE_FLAG: ownprocess.environment(..., kernels=True))."""
@@ -119,8 +172,9 @@ def define_flags() -> None:
     flags.DEFINE_string("profile", "", "Profile the timed run, its trace written under this folder.")
     flags.DEFINE_enum("precision", "float32", ["float32", "mixed_bfloat16", "mixed_float16"], "The layers' type.")
     flags.DEFINE_boolean("jit_compile", None, "distmnist: XLA on or off (unset: the trainer's default).")
-    flags.DEFINE_float("target_accuracy", 0, "Instead of timing steps, the time to this test accuracy, checked "
-                       "every epoch (0: off).")
+    flags.DEFINE_float(
+        "target_accuracy", 0, "Instead of timing steps, the time to this test accuracy, checked every epoch (0: off)."
+    )
     flags.DEFINE_integer("max_epochs", 15, "With --target_accuracy: give up after this many epochs.")
     flags.mark_flags_as_required(["contender", "npz"])
 
@@ -130,9 +184,23 @@ def main() -> None:
     common = (f.contender, f.npz, f.replicas, f.batch_size, f.steps, f.learning_rate, f.seed, f.platform)
     if f.target_accuracy:
         xla = {"jit_compile": f.jit_compile} if f.contender == "distmnist" else {}
-        print(json.dumps(_contender(f.contender).race(f.npz, f.replicas, f.batch_size, f.learning_rate, f.seed,
-                                                      f.platform, f.precision, f.target_accuracy, f.max_epochs,
-                                                      **xla)), flush=True)
+        print(
+            json.dumps(
+                _contender(f.contender).race(
+                    f.npz,
+                    f.replicas,
+                    f.batch_size,
+                    f.learning_rate,
+                    f.seed,
+                    f.platform,
+                    f.precision,
+                    f.target_accuracy,
+                    f.max_epochs,
+                    **xla,
+                )
+            ),
+            flush=True,
+        )
     elif f.serve:
         serve(*common, turns=f.serve)
     elif f.profile:

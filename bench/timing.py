@@ -32,7 +32,7 @@ def until_accuracy(epoch, target: float, max_epochs: int) -> dict:
     "epochs", "accuracy", "epoch_seconds" (each epoch's, its check included)}, timed from the first step."""
     start = last = time.perf_counter()
     laps = []
-    for done in range(1, max_epochs + 1):
+    for _ in range(max_epochs):
         accuracy = epoch()
         now = time.perf_counter()
         laps.append(now - last)
@@ -40,4 +40,9 @@ def until_accuracy(epoch, target: float, max_epochs: int) -> dict:
         if accuracy >= target:
             break
     reached = accuracy >= target
-    return {"seconds": last - start if reached else None, "epochs": done, "accuracy": accuracy, "epoch_seconds": laps}
+    return {
+        "seconds": last - start if reached else None,
+        "epochs": len(laps),
+        "accuracy": accuracy,
+        "epoch_seconds": laps,
+    }

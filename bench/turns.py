@@ -26,9 +26,18 @@ def take_turns(npz: str, replicas: int, platform: str, timing: Timing, turns: in
     try:
         for name in names:
             errors = tempfile.TemporaryFile(mode="w+")
-            process = ownprocess.start(name, npz, replicas, platform, errors,
-                                       batch_size=timing.per_replica_batch_size, steps=timing.timed_steps,
-                                       learning_rate=timing.learning_rate, seed=timing.seed, serve=turns)
+            process = ownprocess.start(
+                name,
+                npz,
+                replicas,
+                platform,
+                errors,
+                batch_size=timing.per_replica_batch_size,
+                steps=timing.timed_steps,
+                learning_rate=timing.learning_rate,
+                seed=timing.seed,
+                serve=turns,
+            )
             processes[name] = (process, errors)
             ready = ownprocess.reply(name, process, errors)
             if "skipped" in ready:
@@ -40,7 +49,7 @@ def take_turns(npz: str, replicas: int, platform: str, timing: Timing, turns: in
                 process.stdin.write("go\n")
                 process.stdin.flush()
                 rates[name].append(ownprocess.reply(name, process, errors)["examples_per_sec"])
-        return dict(rates, ratios=[d / j for d, j in zip(rates["distmnist"], rates["jax"])])
+        return dict(rates, ratios=[d / j for d, j in zip(rates["distmnist"], rates["jax"], strict=True)])
     finally:
         for process, errors in processes.values():
             process.stdin.close()
@@ -67,21 +76,38 @@ def measure(npz, setups, platform: str, timing: Timing, turns: int) -> dict:
             print(f"  {JAX_NAME}: skipped, {made['skipped']}", flush=True)
             return {"skipped": made["skipped"]}
         for name, contender in ((SOLO_NAME, "distmnist"), (JAX_NAME, "jax")):
-            section["results"].append({"name": name, "replicas": replicas, "device": device,
-                                       "per_replica_batch_size": timing.per_replica_batch_size,
-                                       "rounds": made[contender],
-                                       "examples_per_sec": statistics.median(made[contender])})
+            section["results"].append(
+                {
+                    "name": name,
+                    "replicas": replicas,
+                    "device": device,
+                    "per_replica_batch_size": timing.per_replica_batch_size,
+                    "rounds": made[contender],
+                    "examples_per_sec": statistics.median(made[contender]),
+                }
+            )
         ratios = made["ratios"]
         quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
-        section["by_replicas"][str(replicas)] = {"median": statistics.median(ratios),
-                                                 "quartiles": [quartiles[0], quartiles[2]], "ratios": ratios}
-        print(f"  {replicas} x {device}: distmnist / jax median {statistics.median(ratios):.3f} "
-              f"(quartiles {quartiles[0]:.3f}-{quartiles[2]:.3f})", flush=True)
+        section["by_replicas"][str(replicas)] = {
+            "median": statistics.median(ratios),
+            "quartiles": [quartiles[0], quartiles[2]],
+            "ratios": ratios,
+        }
+        print(
+            f"  {replicas} x {device}: distmnist / jax median {statistics.median(ratios):.3f} "
+            f"(quartiles {quartiles[0]:.3f}-{quartiles[2]:.3f})",
+            flush=True,
+        )
     return section
 
 
 def table(section: dict) -> str:
     return "distmnist default / jax scan, each in its own process, paired turns: " + (
-        f"skipped, {section['skipped']}" if "skipped" in section else ", ".join(
+        f"skipped, {section['skipped']}"
+        if "skipped" in section
+        else ", ".join(
             f"{replicas} replica(s) median {by['median']:.3f} (quartiles {by['quartiles'][0]:.3f}-"
-            f"{by['quartiles'][1]:.3f})" for replicas, by in section["by_replicas"].items()))
+            f"{by['quartiles'][1]:.3f})"
+            for replicas, by in section["by_replicas"].items()
+        )
+    )

@@ -15,7 +15,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Optional
 
 from bench import CHECKOUT
 from distmnist.common.errors import RunFailed
@@ -38,7 +37,7 @@ def _run(name: str, command: list) -> tuple:
     return seconds, result.stdout
 
 
-def commands(logdir: str, round_number: int, data_dir: Optional[str], quick: bool) -> dict:
+def commands(logdir: str, round_number: int, data_dir: str | None, quick: bool) -> dict:
     data = [f"--data_dir={data_dir}"] if data_dir else []
     # The file distmnist reads (the Keras cache holds it, but in a layout whose checksum Keras's own
     # load_data rejects when it came from the offline mirror).
@@ -47,13 +46,20 @@ def commands(logdir: str, round_number: int, data_dir: Optional[str], quick: boo
     keras_short = ["--epochs=1", f"--steps={QUICK_STEPS}"] if quick else []
     return {
         "tensorflow import": [sys.executable, "-c", "import tensorflow"],
-        "distmnist.train": [sys.executable, "-m", "distmnist.train", f"--logdir={logdir}",
-                            f"--run_name=round{round_number}", *data, *short],
+        "distmnist.train": [
+            sys.executable,
+            "-m",
+            "distmnist.train",
+            f"--logdir={logdir}",
+            f"--run_name=round{round_number}",
+            *data,
+            *short,
+        ],
         "keras fit script": [sys.executable, KERAS_SCRIPT, f"--data={npz}", *keras_short],
     }
 
 
-def measure(rounds: int, data_dir: Optional[str] = None, quick: bool = False, say=print) -> dict:
+def measure(rounds: int, data_dir: str | None = None, quick: bool = False, say=print) -> dict:
     """Times the three commands `rounds` times each; returns what bench.json's `whole_process` holds."""
     times = {}
     runs = []  # distmnist's run.json of each round
@@ -68,8 +74,14 @@ def measure(rounds: int, data_dir: Optional[str] = None, quick: bool = False, sa
                 if name == "distmnist.train":
                     with open(os.path.join(logdir, f"round{round_number}", "run.json")) as f:
                         run = json.load(f)
-                    runs.append({"wall_s": seconds, "train_time_s": run["train_time_s"],
-                                 "accuracy": run["final_test_accuracy"], "timings": run["timings"]})
+                    runs.append(
+                        {
+                            "wall_s": seconds,
+                            "train_time_s": run["train_time_s"],
+                            "accuracy": run["final_test_accuracy"],
+                            "timings": run["timings"],
+                        }
+                    )
                 elif name == "keras fit script":
                     keras_accuracy.append(float(stdout.strip().splitlines()[-1].split()[-1]))
                 say(f"  round {round_number}: {name:<20} {seconds:7.1f} s")
@@ -94,15 +106,21 @@ def table(section: dict) -> str:
     """The bench table's lines for this section."""
     m, acc = section["median_s"], section["accuracy"]
     timings = section["distmnist_timings"]
-    parts = ", ".join(f"{name.removesuffix('_s').replace('_', ' ')} {value:.1f}" for name, value in timings.items()
-                      if value and name != "total_s")
-    return "\n".join([
-        f"whole process, median of {section['rounds']} round(s), seconds from the command to the finished model:",
-        f"  python -c 'import tensorflow'  {m['tensorflow import']:7.1f}",
-        f"  distmnist.train (defaults)     {m['distmnist.train']:7.1f}  test accuracy {acc['distmnist.train']:.2%}",
-        f"  Keras fit script               {m['keras fit script']:7.1f}  test accuracy {acc['keras fit script']:.2%}",
-        f"  Keras script / distmnist: {section['keras_over_distmnist']:.2f}x (goal >= {section['ratio_goal']}x)",
-        f"  distmnist outside the training steps: {section['distmnist_outside_training_s']:.1f} s = "
-        f"{section['outside_over_import']:.2f}x the bare import (goal <= {section['outside_goal']}x)",
-        f"  distmnist's parts (s): {parts}",
-    ])
+    parts = ", ".join(
+        f"{name.removesuffix('_s').replace('_', ' ')} {value:.1f}"
+        for name, value in timings.items()
+        if value and name != "total_s"
+    )
+    return "\n".join(
+        [
+            f"whole process, median of {section['rounds']} round(s), seconds from the command to the finished model:",
+            f"  python -c 'import tensorflow'  {m['tensorflow import']:7.1f}",
+            f"  distmnist.train (defaults)     {m['distmnist.train']:7.1f}  test accuracy {acc['distmnist.train']:.2%}",
+            f"  Keras fit script               {m['keras fit script']:7.1f}  "
+            f"test accuracy {acc['keras fit script']:.2%}",
+            f"  Keras script / distmnist: {section['keras_over_distmnist']:.2f}x (goal >= {section['ratio_goal']}x)",
+            f"  distmnist outside the training steps: {section['distmnist_outside_training_s']:.1f} s = "
+            f"{section['outside_over_import']:.2f}x the bare import (goal <= {section['outside_goal']}x)",
+            f"  distmnist's parts (s): {parts}",
+        ]
+    )

@@ -27,8 +27,10 @@ TRACE_FLAG = "--xla_cpu_enable_xprof_traceme"
 _EXECUTABLE = re.compile(r"^(ThunkExecutor::Execute|CpuExecutable::)")
 # The runtime's other events (and its markers of a kernel's end), and control flow, whose events hold its body's
 # kernels.
-_NOT_KERNEL = re.compile(r"^(ThunkExecutor|SlinkyThreadPool|ThreadpoolListener|CpuExecutable|BlockUntilReady|Wait|"
-                         r"Rendezvous|end: )|^(while|conditional|call)(\.\d+)?$")
+_NOT_KERNEL = re.compile(
+    r"^(ThunkExecutor|SlinkyThreadPool|ThreadpoolListener|CpuExecutable|BlockUntilReady|Wait|"
+    r"Rendezvous|end: )|^(while|conditional|call)(\.\d+)?$"
+)
 TOP = 8  # the largest kernels reported by name
 
 
@@ -65,13 +67,17 @@ def _events(space):
         names = {key: meta.name for key, meta in plane.event_metadata.items()}
         for line in plane.lines:
             base = line.timestamp_ns * 1000
-            events = [(base + e.offset_ps, base + e.offset_ps + e.duration_ps, names[e.metadata_id])
-                      for e in line.events]
+            events = [
+                (base + e.offset_ps, base + e.offset_ps + e.duration_ps, names[e.metadata_id]) for e in line.events
+            ]
             spans = _merged((start, end) for start, end, name in events if _EXECUTABLE.search(name))
             starts = [start for start, _ in spans]
             runtime += spans
-            kernels += [(start, end, name) for start, end, name in events
-                        if not _NOT_KERNEL.search(name) and _inside(spans, starts, start, end)]
+            kernels += [
+                (start, end, name)
+                for start, end, name in events
+                if not _NOT_KERNEL.search(name) and _inside(spans, starts, start, end)
+            ]
     return runtime, kernels
 
 
@@ -89,7 +95,7 @@ def breakdown(xspace_bytes: bytes, steps: int, seconds: float) -> dict:
     run_starts = [start for start, _ in runs]
     kernels.sort()
     shares = {}
-    for (start, end, name), following in zip(kernels, kernels[1:] + [None]):
+    for (start, end, name), following in zip(kernels, kernels[1:] + [None], strict=True):
         run_end = _inside(runs, run_starts, start, end)[1]
         until = min(following[0], run_end) if following else run_end
         shares[name] = shares.get(name, 0) + until - start

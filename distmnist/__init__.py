@@ -12,8 +12,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # numpy asks the kernel for huge pages for every array of 4 MB or more. Where the kernel then compacts memory to
 # find them (transparent_hugepage/defrag "madvise", Ubuntu's default), the first large arrays after TensorFlow's
-# import stall: loading MNIST and making the trainer took 0.5 s more (docs/performance.md). Read when numpy is
-# first imported; a setting the user made wins.
+# import stall, loading MNIST and making the trainer among them (docs/performance.md). Read when numpy is first
+# imported; a setting the user made wins.
 os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0")
 
 __version__ = "0.1.0"

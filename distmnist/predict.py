@@ -15,6 +15,7 @@ import json
 import os
 import stat
 import sys
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 from absl import flags
@@ -55,7 +56,7 @@ def model_path(path: str) -> str:
                     "pass logs/RUN from a finished distmnist.train run")
 
 
-def load_model(path: str):
+def load_model(path: str) -> Callable[[np.ndarray], np.ndarray]:
     """The serving function of the SavedModel that --model names, checked to be distmnist's: images uint8
     [None, 28, 28] in, probabilities [None, 10] among its outputs. UserError otherwise."""
     saved_model = model_path(path)
@@ -86,7 +87,7 @@ def load_model(path: str):
     return lambda batch: serve(images=tf.constant(batch))["probabilities"].numpy()
 
 
-def answer(serve, prepared) -> np.ndarray:
+def answer(serve: Callable[[np.ndarray], np.ndarray], prepared: Sequence[np.ndarray]) -> np.ndarray:
     """float32 [N, 10]: the model's probabilities for the N prepared pictures, SERVE_BATCH at a time."""
     return np.concatenate([serve(np.stack(prepared[i:i + SERVE_BATCH])) for i in range(0, len(prepared), SERVE_BATCH)])
 
@@ -113,7 +114,7 @@ def check_grid_path(path: str) -> None:
         raise UserError(f"{flag}: the folder {folder} is not writable; name a file elsewhere")
 
 
-def write_grid(path: str, prepared, probabilities) -> None:
+def write_grid(path: str, prepared: Sequence[np.ndarray], probabilities: np.ndarray) -> None:
     """The first GRID_MAX prepared pictures with their answers, as a PNG, written to a temporary file beside
     `path` and renamed over it: a reader sees the old file or the new one, never a part of one."""
     shown = min(len(prepared), GRID_MAX)
@@ -127,17 +128,19 @@ def write_grid(path: str, prepared, probabilities) -> None:
     print(f"wrote {path}" + (f" (the first {shown:,} of {len(prepared):,} pictures)" if shown < len(prepared) else ""))
 
 
-def read_pictures(paths, max_pictures: int):
+def read_pictures(paths: Sequence[str], max_pictures: int) -> tuple[list[str], list[np.ndarray], int]:
     """(names, prepared uint8 [28, 28] pictures, failures) for the files named: every file is read, within
     max_pictures in all; each file or picture that cannot be used is one line on stderr."""
-    names, prepared, failures = [], [], 0
+    names: list[str] = []
+    prepared: list[np.ndarray] = []
+    failures = 0
     bar = progress.Bar(len(paths), "reading", sys.stderr) if len(paths) > PROGRESS_FROM else None
 
     def report(message: str) -> None:
         (bar.say if bar else lambda line: print(line, file=sys.stderr))(f"distmnist.predict: error: {message}")
     for done, path in enumerate(paths, 1):
         try:
-            pictures = digits.load(path, room=max_pictures - len(names))
+            pictures: Iterable[tuple[str, np.ndarray]] = digits.load(path, room=max_pictures - len(names))
         except digits.TooManyPictures as exc:
             report(f"{path}: holds {digits.picture_count(exc.count)}" + (
                 f", more than --max_pictures={max_pictures:,}; raise it, or split the file" if exc.count > max_pictures
@@ -161,7 +164,7 @@ def read_pictures(paths, max_pictures: int):
     return names, prepared, failures
 
 
-def main(paths) -> int:
+def main(paths: list[str]) -> int:
     if not FLAGS.model:
         raise UserError("--model is required: a run directory (logs/RUN) or its saved_model folder")
     if not paths:
@@ -178,7 +181,7 @@ def main(paths) -> int:
     if not names:
         return 2
     probabilities = answer(serve, prepared)
-    for name, p in zip(names, probabilities):
+    for name, p in zip(names, probabilities, strict=True):
         top = np.argsort(-p, kind="stable")[:FLAGS.top_k]
         if FLAGS.json:
             print(json.dumps({"path": name, "digit": int(top[0]), "probability": float(p[top[0]]),

@@ -24,7 +24,9 @@ import signal
 import subprocess
 import sys
 import threading
-from typing import Optional
+from collections.abc import Callable
+from types import FrameType
+from typing import Any, Optional
 
 from absl import flags
 
@@ -65,15 +67,15 @@ class Point:
                 *(f"--{name}={value}" for name, value in self.flags.items())]
 
 
-def _parse(name: str, text: str):
+def _parse(name: str, text: str) -> Any:
     """One setting's value from its text, as its flag would read it (UserError naming it when it does not)."""
     kind = {n: k for n, _, k, *_ in config.field_descriptions()}[name]
     try:
-        if kind in (bool, Optional[bool]):
+        if kind in (bool, bool | None):
             if text.lower() not in ("true", "false", "1", "0"):
                 raise ValueError
             return text.lower() in ("true", "1")
-        if kind in (int, Optional[int]):
+        if kind in (int, int | None):
             return int(text)
         if kind is float:
             return float(text)
@@ -92,12 +94,12 @@ def plan(given: dict, zipped: bool) -> list:
         if len(lengths) > 1:
             raise UserError("--zip pairs the lists element by element: give every swept setting the same number of "
                             f"values (got {', '.join(f'--{n}: {len(v)}' for n, v in swept.items())})")
-        combos = list(zip(*swept.values()))
+        combos = list(zip(*swept.values(), strict=True))
     else:
         combos = list(itertools.product(*swept.values()))
     points = []
     for combo in combos:
-        settings = dict(zip(swept, combo))
+        settings = dict(zip(swept, combo, strict=True))
         values = {name: _parse(name, text.strip()) for name, text in {**fixed, **settings}.items()}
         run_name = ",".join(f"{name}={text.strip()}" for name, text in settings.items()) or "run"
         if "/" in run_name:
@@ -138,14 +140,14 @@ class Runner:
     """Runs points as child processes; a SIGINT or SIGTERM to the sweep goes on to every running point (each
     stops at its next call boundary with a checkpoint) and no further point starts."""
 
-    def __init__(self, logdir: str, say):
+    def __init__(self, logdir: str, say: Callable[[str], None]) -> None:
         self.logdir = logdir
         self.say = say
-        self.signum = None
-        self._children = set()
+        self.signum: Optional[int] = None
+        self._children: set[subprocess.Popen] = set()
         self._lock = threading.Lock()
 
-    def _stop(self, signum, frame) -> None:
+    def _stop(self, signum: int, frame: Optional[FrameType]) -> None:
         with self._lock:
             self.signum = signum
             for child in self._children:
@@ -155,7 +157,7 @@ class Runner:
         self._previous = {s: signal.signal(s, self._stop) for s in (signal.SIGINT, signal.SIGTERM)}
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         for number, handler in self._previous.items():
             signal.signal(number, handler)
 
@@ -176,7 +178,7 @@ class Runner:
         return _outcome(self.logdir, point, status, log_path, self.say)
 
 
-def _outcome(logdir: str, point: Point, status: int, log_path: str, say) -> dict:
+def _outcome(logdir: str, point: Point, status: int, log_path: str, say: Callable[[str], None]) -> dict:
     result = _result(logdir, point)
     if status == 0 and result is not None:
         say(f"  done   {point.run_name}: test accuracy {result['final_test_accuracy']:.4f}")
@@ -212,7 +214,9 @@ def table(rows: list) -> str:
     return "\n".join(lines)
 
 
-def run_sweep(given: dict, logdir: str, zipped: bool = False, parallel: int = 1, say=print) -> dict:
+def run_sweep(
+    given: dict, logdir: str, zipped: bool = False, parallel: int = 1, say: Callable[[str], None] = print
+) -> dict:
     """Runs every point not yet done; writes and returns sweep.json's content."""
     if parallel < 1:
         raise UserError(f"--parallel must be >= 1, got {parallel}")
@@ -227,14 +231,14 @@ def run_sweep(given: dict, logdir: str, zipped: bool = False, parallel: int = 1,
         + (f", {parallel} at a time" if parallel > 1 and todo else ""))
     lock = threading.Lock()
 
-    def locked_say(line):
+    def locked_say(line: str) -> None:
         with lock:
             say(line)
 
     with Runner(logdir, locked_say) as runner, concurrent.futures.ThreadPoolExecutor(max_workers=parallel) as pool:
-        for point, outcome in zip(todo, pool.map(runner.run, todo)):
+        for point, outcome in zip(todo, pool.map(runner.run, todo), strict=True):
             results[point.run_name] = outcome or {"status": "not started"}
-    rows = [{"run_name": p.run_name, "settings": p.settings, **results[p.run_name]} for p in points]
+    rows = [{"run_name": p.run_name, "settings": p.settings, **(results[p.run_name] or {})} for p in points]
     swept = sorted({name for p in points for name in p.settings})
     report = {"logdir": logdir, "swept": swept,
               "fixed": {n: v for n, v in given.items() if "," not in v}, "points": rows}
@@ -258,11 +262,11 @@ def _plot(report: dict, path: str) -> None:
     swept = report["swept"] or ["run_name"]
     fig, axes = plt.subplots(1, len(swept), figsize=(4.2 * len(swept), 3.6), squeeze=False)
     done = [r for r in report["points"] if r["status"] == "ok"]
-    for ax, name in zip(axes[0], swept):
+    for ax, name in zip(axes[0], swept, strict=True):
         values = [r["settings"].get(name, r["run_name"]) for r in done]
         numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
-        labels = sorted({str(v) for v in values}) if not numeric else None
-        xs = values if numeric else [labels.index(str(v)) for v in values]
+        labels = None if numeric else sorted({str(v) for v in values})
+        xs = values if labels is None else [labels.index(str(v)) for v in values]
         ax.scatter(xs, [r["final_test_accuracy"] for r in done], color="tab:blue")
         if labels is not None:
             ax.set_xticks(range(len(labels)), labels)

@@ -125,7 +125,7 @@ set -uxo pipefail
 # (GCP: gcloud compute instances get-serial-port-output; AWS: aws ec2 get-console-output), and to the bucket
 # ($BUCKET/$NAME/startup-$index.log) as it grows, at the end and on the way down.
 exec > >(tee -a /var/log/distmnist.log) 2>&1
-# shellcheck disable=SC2329  # run by the EXIT trap
+# shellcheck disable=SC2317,SC2329  # run by the EXIT trap (unreachable to ShellCheck 0.9, unused to later ones)
 finish() {
   local status=\$?
   if [ "\$status" -ne 0 ]; then
@@ -206,7 +206,7 @@ watch=\$!
 # While it trains: this worker's log to the bucket, and the chief's run directory after each new checkpoint,
 # every DISTMNIST_SYNC_S at most. What a VM lost without warning (a host failure) takes with it is what came
 # after that; a checkpoint caught half-copied is passed over when the run resumes (the one before it is read).
-# shellcheck disable=SC2329  # run in the background below
+# shellcheck disable=SC2317,SC2329  # run in the background below (as above)
 save_loop() {
   local every=\${DISTMNIST_SYNC_S:-300}
   local logged=-\$every

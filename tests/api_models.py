@@ -19,8 +19,15 @@ import zipfile
 import pydantic
 from kubeflow_trainer_api import models as trainer_models
 
-PRIMITIVES = {"str": str, "int": int, "bool": bool, "float": (int, float), "object": object, "datetime": str,
-              "date": str}
+PRIMITIVES = {
+    "str": str,
+    "int": int,
+    "bool": bool,
+    "float": (int, float),
+    "object": object,
+    "datetime": str,
+    "date": str,
+}
 
 
 def _model(name: str):
@@ -46,8 +53,9 @@ def check(value, type_name: str, path: str = "") -> None:
             check(item, mapped.group(2), f"{path}.{key}")
     elif type_name in PRIMITIVES:
         kind = PRIMITIVES[type_name]
-        assert isinstance(value, kind) and not (kind is int and isinstance(value, bool)), \
+        assert isinstance(value, kind) and not (kind is int and isinstance(value, bool)), (
             f"{path}: expected {type_name}, got {value!r}"
+        )
     else:
         model = _model(type_name)
         assert isinstance(value, dict), f"{path}: expected a {type_name} object, got {value!r}"
@@ -95,8 +103,9 @@ def check_pydantic(value, model, path: str = "") -> None:
         if kind == "dict" and isinstance(item, dict):
             return {key: walk(element, inner, f"{where}.{key}") for key, element in item.items()}
         if kind == "model" and inner is trainer_models.IoK8sApimachineryPkgApiResourceQuantity:
-            assert isinstance(item, (str, int)) and QUANTITY.fullmatch(str(item)), \
+            assert isinstance(item, (str, int)) and QUANTITY.fullmatch(str(item)), (
                 f"{where}: {item!r} is not a Kubernetes quantity"
+            )
             return {}
         if kind == "model" and isinstance(item, dict):
             fields = {(f.alias or name): f for name, f in inner.model_fields.items()}
@@ -104,8 +113,9 @@ def check_pydantic(value, model, path: str = "") -> None:
                 fields = {key: f for key, f in fields.items() if key in EMBEDDED_METADATA}
             unknown = sorted(set(item) - set(fields))
             assert not unknown, f"{where}: {inner.__name__} has no field {', '.join(unknown)}"
-            return {key: walk(element, _model_of(fields[key].annotation), f"{where}.{key}")
-                    for key, element in item.items()}
+            return {
+                key: walk(element, _model_of(fields[key].annotation), f"{where}.{key}") for key, element in item.items()
+            }
         return item
 
     try:
@@ -116,11 +126,15 @@ def check_pydantic(value, model, path: str = "") -> None:
 
 def check_manifest(document: dict) -> None:
     """One Kubernetes manifest (apiVersion and kind pick the model)."""
-    models = {("kubeflow.org/v1", "TFJob"): "KubeflowOrgV1TFJob",
-              ("v1", "PersistentVolumeClaim"): "V1PersistentVolumeClaim",
-              ("networking.k8s.io/v1", "NetworkPolicy"): "V1NetworkPolicy"}
-    trainer = {("trainer.kubeflow.org/v1alpha1", "TrainJob"): trainer_models.TrainerV1alpha1TrainJob,
-               ("trainer.kubeflow.org/v1alpha1", "TrainingRuntime"): trainer_models.TrainerV1alpha1TrainingRuntime}
+    models = {
+        ("kubeflow.org/v1", "TFJob"): "KubeflowOrgV1TFJob",
+        ("v1", "PersistentVolumeClaim"): "V1PersistentVolumeClaim",
+        ("networking.k8s.io/v1", "NetworkPolicy"): "V1NetworkPolicy",
+    }
+    trainer = {
+        ("trainer.kubeflow.org/v1alpha1", "TrainJob"): trainer_models.TrainerV1alpha1TrainJob,
+        ("trainer.kubeflow.org/v1alpha1", "TrainingRuntime"): trainer_models.TrainerV1alpha1TrainingRuntime,
+    }
     key = (document.get("apiVersion"), document.get("kind"))
     assert key in models or key in trainer, f"no model for {key}"
     if key in trainer:
@@ -156,12 +170,28 @@ def trainer_release_models(release: str) -> str:
         requirement = os.path.join(scratch, "requirements.txt")
         with open(requirement, "w") as out:
             out.write(f"kubeflow-trainer-api=={version} --hash=sha256:{sha256}\n")
-        download = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
-                                   "--only-binary=:all:", "--require-hashes", "-r", requirement,
-                                   "-d", os.path.join(scratch, "wheel")], capture_output=True, text=True,
-                                  timeout=300, check=False)
+        download = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--quiet",
+                "--no-deps",
+                "--only-binary=:all:",
+                "--require-hashes",
+                "-r",
+                requirement,
+                "-d",
+                os.path.join(scratch, "wheel"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
         assert download.returncode == 0, f"pip download kubeflow-trainer-api=={version}: {download.stderr[-2000:]}"
-        wheel, = os.listdir(os.path.join(scratch, "wheel"))
+        (wheel,) = os.listdir(os.path.join(scratch, "wheel"))
         with open(os.path.join(scratch, "wheel", wheel), "rb") as data:
             assert hashlib.sha256(data.read()).hexdigest() == sha256, wheel
         zipfile.ZipFile(os.path.join(scratch, "wheel", wheel)).extractall(os.path.join(scratch, "site"))
@@ -196,9 +226,15 @@ print(json.dumps({"errors": [errors(document) for document in json.load(sys.stdi
 def _in_release(release: str, documents: list) -> dict:
     models = trainer_release_models(release)
     path = os.pathsep.join([models, os.path.dirname(os.path.abspath(__file__)), os.environ.get("PYTHONPATH", "")])
-    result = subprocess.run([sys.executable, "-c", _IN_RELEASE, models], input=json.dumps(documents),
-                            capture_output=True, text=True, timeout=300, check=False,
-                            env={**os.environ, "PYTHONPATH": path})
+    result = subprocess.run(
+        [sys.executable, "-c", _IN_RELEASE, models],
+        input=json.dumps(documents),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={**os.environ, "PYTHONPATH": path},
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     return json.loads(result.stdout)
 

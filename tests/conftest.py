@@ -17,16 +17,18 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from distmnist.data.dataset import Mnist  # noqa: E402
+
 from helpers import hide_gpus_from_subprocesses, make_tiny_mnist  # noqa: E402
 
 # Split the CPU before any op runs, so tests can build 1-, 2- and 4-replica MirroredStrategies in one process.
 tf.config.set_logical_device_configuration(
-    tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * 4)
+    tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * 4
+)
 GPUS = tf.config.list_physical_devices("GPU")  # physical: hiding them below does not change this list
 tf.config.set_visible_devices([], "GPU")
 hide_gpus_from_subprocesses()
 # What is alive now (TensorFlow's and the other modules' objects) lives for the whole session: out of the
-# collector's sight, so that the collection after each test walks only what tests made (0.24 s a test before).
+# collector's sight, so that the collection after each test walks only what tests made.
 gc.freeze()
 
 
@@ -43,10 +45,10 @@ def pytest_collection_modifyitems(config, items):
 def collect_garbage():
     """Collect each test's TensorFlow objects when it ends: tf.data iterators left uncollected keep prefetching
     on their own threads and slow the tests after them, and a single collection at the end of the session (pytest
-    makes one) took a minute (all tests: 7 min 36 s of tests plus 63 s at exit, before this). What outlives the
-    collection (modules imported, the module fixtures' data, TensorFlow's caches) is frozen with the rest, so
-    that each collection walks only what its own test made: otherwise they grew with the session, to 0.3 s each
-    by its end. No module fixture holds a trainer or a tf.data iterator, which would then never be collected."""
+    makes one) is long. What outlives the collection (modules imported, the module fixtures' data, TensorFlow's
+    caches) is frozen with the rest, so that each collection walks only what its own test made: otherwise they
+    grow with the session. No module fixture holds a trainer or a tf.data iterator, which would then never be
+    collected."""
     yield
     gc.collect()
     gc.freeze()

@@ -6,7 +6,6 @@ import os
 import socket
 import subprocess
 import sys
-from typing import Optional
 
 import numpy as np
 
@@ -34,12 +33,19 @@ def _environment(env=None, gpu: bool = False, unset=()) -> dict:
     return full_env
 
 
-def run_module(module: str, *args: str, timeout_s: int = 300, env=None, gpu: bool = False,
-               unset=()) -> subprocess.CompletedProcess:
+def run_module(
+    module: str, *args: str, timeout_s: int = 300, env=None, gpu: bool = False, unset=(), cwd=REPO
+) -> subprocess.CompletedProcess:
     """The entry point in a fresh process, on the CPU (gpu=True: with the GPUs the machine shows); `unset` names
-    environment variables to remove, as a user's shell would not have them."""
-    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
-                          timeout=timeout_s, cwd=REPO, env=_environment(env, gpu, unset))
+    environment variables to remove, as a user's shell would not have them; `cwd`: the folder it runs in."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        cwd=str(cwd),
+        env=_environment(env, gpu, unset),
+    )
 
 
 def without_tensorflow(folder) -> dict:
@@ -55,8 +61,14 @@ def without_tensorflow(folder) -> dict:
 def run_python(code: str, timeout_s: int = 120, gpu: bool = False, env=None, unset=()) -> subprocess.CompletedProcess:
     """Runs code in a fresh interpreter outside the repository, so distmnist cannot be imported by accident;
     `unset` as for run_module."""
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout_s,
-                          cwd="/", env=_environment({"TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}, gpu, unset))
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        cwd="/",
+        env=_environment({"TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}, gpu, unset),
+    )
 
 
 def free_ports(count: int) -> list:
@@ -74,10 +86,14 @@ def free_ports(count: int) -> list:
 def tensorboard_server(logdir):
     """A real TensorBoard (what `make tensorboard` runs) on a free loopback port over logdir: yields (the server
     process, its data API's base URL); always stopped at the end."""
-    port, = free_ports(1)
+    (port,) = free_ports(1)
     tensorboard = os.path.join(os.path.dirname(sys.executable), "tensorboard")
-    server = subprocess.Popen([tensorboard, "--logdir", str(logdir), "--host", "127.0.0.1", "--port", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        [tensorboard, "--logdir", str(logdir), "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         yield server, f"http://127.0.0.1:{port}/data"
     finally:
@@ -94,8 +110,9 @@ def saved_weights(run_dir) -> dict:
     import tensorflow as tf
 
     reader = tf.train.load_checkpoint(os.path.join(run_dir, "saved_model", "variables", "variables"))
-    return {name: reader.get_tensor(name) for name in sorted(reader.get_variable_to_shape_map())
-            if name.startswith("mlp/")}
+    return {
+        name: reader.get_tensor(name) for name in sorted(reader.get_variable_to_shape_map()) if name.startswith("mlp/")
+    }
 
 
 def assert_same_weights(a: dict, b: dict) -> None:
@@ -128,8 +145,11 @@ def read_scalars(run_dir: str) -> dict:
 
     acc = event_accumulator.EventAccumulator(run_dir, size_guidance={event_accumulator.TENSORS: 0})
     acc.Reload()
-    return {tag: [(e.step, float(tensor_util.MakeNdarray(e.tensor_proto))) for e in acc.Tensors(tag)]
-            for tag in acc.Tags()["tensors"] if acc.SummaryMetadata(tag).plugin_data.plugin_name == "scalars"}
+    return {
+        tag: [(e.step, float(tensor_util.MakeNdarray(e.tensor_proto))) for e in acc.Tensors(tag)]
+        for tag in acc.Tags()["tensors"]
+        if acc.SummaryMetadata(tag).plugin_data.plugin_name == "scalars"
+    }
 
 
 def model_weights(model) -> list:
@@ -150,8 +170,7 @@ def export_saved_model(weights, path: str, temperature: float = 1.0):
     return classifier
 
 
-def trainer_settings(total_steps: Optional[int] = None, loss_scale_growth_steps: Optional[int] = None,
-                     **config_values):
+def trainer_settings(total_steps: int | None = None, loss_scale_growth_steps: int | None = None, **config_values):
     """A trainer's settings as a run makes them (run.trainer_settings) from TrainConfig(**config_values), XLA
     resolved without a machine's precision support; total_steps None: the run's length not known."""
     import dataclasses
@@ -172,20 +191,29 @@ def evaluator(trainer, mnist: Mnist):
     return Evaluator(trainer.strategy, trainer.model, mnist)
 
 
-def run_schedule(trainer, mnist: Mnist, total_steps: int, reporter=None, log_every: int = 1, eval_every: int = 500,
-                 **schedule) -> dict:
+def run_schedule(
+    trainer, mnist: Mnist, total_steps: int, reporter=None, log_every: int = 1, eval_every: int = 500, **schedule
+) -> dict:
     """The controller over `trainer` (evaluating on mnist's test set) to total_steps, evaluating at 0, every
     eval_every and at the end, every step's loss reported (log_every=1); returns its timings."""
     from distmnist.training.controller import Controller, Reporter
 
     schedule.setdefault("steps_per_call", trainer.steps_per_loop)
-    return Controller(trainer, evaluator(trainer, mnist), reporter or Reporter(), start_step=trainer.step,
-                      total_steps=total_steps, eval_every=eval_every, log_every=log_every,
-                      global_batch_size=trainer.global_batch_size,
-                      loss_scale_state=trainer.loss_scale_state if trainer.loss_scale else None, **schedule).run()
+    return Controller(
+        trainer,
+        evaluator(trainer, mnist),
+        reporter or Reporter(),
+        start_step=trainer.step,
+        total_steps=total_steps,
+        eval_every=eval_every,
+        log_every=log_every,
+        global_batch_size=trainer.global_batch_size,
+        loss_scale_state=trainer.loss_scale_state if trainer.loss_scale else None,
+        **schedule,
+    ).run()
 
 
-def graphs(trainer, mnist: Optional[Mnist] = None) -> dict:
+def graphs(trainer, mnist: Mnist | None = None) -> dict:
     """The GraphDefs of every function a run runs with this trainer, by name, traced for its strategy and input
     path: what TensorFlow will place on the devices (the tests check them against the GPU kernel registry). The
     training call (and, where a call can run again, the checked one), the agreement's collectives and, given the
@@ -205,6 +233,7 @@ def graphs(trainer, mnist: Optional[Mnist] = None) -> dict:
         evaluation = evaluator(trainer, mnist)
         functions["evaluate"] = evaluation._evaluate.get_concrete_function(*evaluation._test)
     if not trainer.checks_each_step:  # run again after a non-finite call
-        functions["train_checked"] = trainer._checked_call.get_concrete_function(tf.constant(1),
-                                                                                 *trainer.input.traced_args())
+        functions["train_checked"] = trainer._checked_call.get_concrete_function(
+            tf.constant(1), *trainer.input.traced_args()
+        )
     return {name: fn.graph.as_graph_def() for name, fn in functions.items()}

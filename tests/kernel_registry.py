@@ -15,21 +15,46 @@ from tensorflow.python.framework import kernels, op_def_registry
 
 GPU_DEVICE_TYPES = ("GPU", "DEFAULT")
 # Ops that run on the host by design, wherever the model runs: tf.data's iterator hands batches over there.
-HOST_BY_DESIGN = {"IteratorGetNext", "IteratorGetNextAsOptional", "OptionalGetValue", "OptionalHasValue",
-                  "MultiDeviceIteratorGetNextFromShard", "AnonymousIteratorV3", "MakeIterator"}
-COLLECTIVE_OPS = {"CollectiveReduce", "CollectiveReduceV2", "CollectiveReduceV3", "CollectiveGather",
-                  "CollectiveGatherV2", "CollectiveBcastSend", "CollectiveBcastRecv", "CollectiveBcastSendV2",
-                  "CollectiveBcastRecvV2", "CollectiveAllToAllV2", "CollectiveAllToAllV3", "NcclAllReduce",
-                  "NcclReduce", "NcclBroadcast"}
+HOST_BY_DESIGN = {
+    "IteratorGetNext",
+    "IteratorGetNextAsOptional",
+    "OptionalGetValue",
+    "OptionalHasValue",
+    "MultiDeviceIteratorGetNextFromShard",
+    "AnonymousIteratorV3",
+    "MakeIterator",
+}
+COLLECTIVE_OPS = {
+    "CollectiveReduce",
+    "CollectiveReduceV2",
+    "CollectiveReduceV3",
+    "CollectiveGather",
+    "CollectiveGatherV2",
+    "CollectiveBcastSend",
+    "CollectiveBcastRecv",
+    "CollectiveBcastSendV2",
+    "CollectiveBcastRecvV2",
+    "CollectiveAllToAllV2",
+    "CollectiveAllToAllV3",
+    "NcclAllReduce",
+    "NcclReduce",
+    "NcclBroadcast",
+}
 XLA_MUST_COMPILE = "_XlaMustCompile"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _gpu_kernels(op: str) -> tuple:
     """Each GPU/DEFAULT kernel of op as (device type, {attr name: allowed dtypes}, its host-memory arguments)."""
-    return tuple((k.device_type, {c.name: frozenset(c.allowed_values.list.type) for c in k.constraint},
-                  frozenset(k.host_memory_arg))
-                 for k in kernels.get_registered_kernels_for_op(op).kernel if k.device_type in GPU_DEVICE_TYPES)
+    return tuple(
+        (
+            k.device_type,
+            {c.name: frozenset(c.allowed_values.list.type) for c in k.constraint},
+            frozenset(k.host_memory_arg),
+        )
+        for k in kernels.get_registered_kernels_for_op(op).kernel
+        if k.device_type in GPU_DEVICE_TYPES
+    )
 
 
 def _attr_types(node, name: str) -> list:
@@ -42,8 +67,11 @@ def _attr_types(node, name: str) -> list:
 def _gpu_kernel(node):
     """The kernel a GPU would run the node with, as _gpu_kernels gives it: a GPU one whose type constraints fit,
     else a DEFAULT one; None when there is neither."""
-    fitting = [k for k in _gpu_kernels(node.op)
-               if all(set(_attr_types(node, name)) <= allowed for name, allowed in k[1].items())]
+    fitting = [
+        k
+        for k in _gpu_kernels(node.op)
+        if all(set(_attr_types(node, name)) <= allowed for name, allowed in k[1].items())
+    ]
     return next((k for k in fitting if k[0] == "GPU"), fitting[0] if fitting else None)
 
 
@@ -96,8 +124,13 @@ def ops_without_gpu_kernel(graph_def: graph_pb2.GraphDef) -> list:
     for node in nodes_outside_xla(graph_def):
         if node.op in library or node.op in HOST_BY_DESIGN or has_gpu_kernel(node):
             continue
-        types = tuple(sorted((name, tuple(_attr_types(node, name))) for name in node.attr
-                             if node.attr[name].HasField("type") or node.attr[name].list.type))
+        types = tuple(
+            sorted(
+                (name, tuple(_attr_types(node, name)))
+                for name in node.attr
+                if node.attr[name].HasField("type") or node.attr[name].list.type
+            )
+        )
         missing.add((node.op, types))
     return sorted(missing)
 
@@ -115,8 +148,11 @@ def collective_dtypes(graph_def: graph_pb2.GraphDef) -> set:
 def loop_body_ops(graph_def: graph_pb2.GraphDef) -> set:
     """The op types a step of the graph's one while loop runs: its body and every function it calls, XLA's too."""
     library = {f.signature.name: f for f in graph_def.library.function}
-    loops = [n for n in list(graph_def.node) + [n for f in library.values() for n in f.node_def]
-             if n.op in ("While", "StatelessWhile")]
+    loops = [
+        n
+        for n in list(graph_def.node) + [n for f in library.values() for n in f.node_def]
+        if n.op in ("While", "StatelessWhile")
+    ]
     assert len(loops) == 1, [n.name for n in loops]
     found, seen, pending = set(), set(), [loops[0].attr["body"].func.name]
     while pending:
@@ -140,8 +176,15 @@ def loop_body_ops(graph_def: graph_pb2.GraphDef) -> set:
 # whose two ends disagree is a copy between host and device each time it runs.
 HOST, DEVICE = "host", "device"
 ALWAYS_ON_HOST = {types_pb2.DT_STRING, types_pb2.DT_STRING_REF, types_pb2.DT_RESOURCE}
-FUNCTION_CALLS = {"PartitionedCall", "StatefulPartitionedCall", "While", "StatelessWhile", "If", "StatelessIf",
-                  "SymbolicGradient"}
+FUNCTION_CALLS = {
+    "PartitionedCall",
+    "StatefulPartitionedCall",
+    "While",
+    "StatelessWhile",
+    "If",
+    "StatelessIf",
+    "SymbolicGradient",
+}
 
 
 def _flat_args(node, args) -> list:
@@ -197,8 +240,10 @@ def step_crossings(graph_def: graph_pb2.GraphDef, compiled_whole: bool = False) 
         seen.add(name)
         function = library[name]
         nodes = {n.name: n for n in function.node_def}
-        args = {a.name: (HOST if a.type in ALWAYS_ON_HOST or a.type == types_pb2.DT_INT32 else DEVICE, a.type)
-                for a in function.signature.input_arg}
+        args = {
+            a.name: (HOST if a.type in ALWAYS_ON_HOST or a.type == types_pb2.DT_INT32 else DEVICE, a.type)
+            for a in function.signature.input_arg
+        }
         for node in function.node_def:
             if not compiled_by_xla(node):
                 pending += _called_functions(node, library)

@@ -10,7 +10,7 @@ the bound, element by element; it is computed here from the model's own weights 
 
 import numpy as np
 
-UNIT_ROUNDOFF = 2.0 ** -24
+UNIT_ROUNDOFF = 2.0**-24
 
 
 def gamma(n: int) -> float:

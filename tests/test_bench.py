@@ -13,7 +13,8 @@ import zipfile
 
 import pytest
 
-from bench import machine, report as report_lib
+from bench import machine
+from bench import report as report_lib
 from bench.contenders import jax_scan, pytorch_eager
 from distmnist.training import devices
 
@@ -21,16 +22,25 @@ from helpers import REPO, run_module, run_python
 
 pytestmark = [pytest.mark.slow]
 
-CONTENDERS = {"compute bound", "tutorial eager", "keras fit (default)", "keras fit (tuned)",
-              "distmnist --input=tfdata", "distmnist (default)", "distmnist (default, own process)",
-              "jax scan"}  # the test extra brings JAX
+CONTENDERS = {
+    "compute bound",
+    "tutorial eager",
+    "keras fit (default)",
+    "keras fit (tuned)",
+    "distmnist --input=tfdata",
+    "distmnist (default)",
+    "distmnist (default, own process)",
+    "jax scan",
+}  # the test extra brings JAX
 
 
 def results_files() -> dict:
     """{name: (size, mtime)} of what bench/results holds now."""
     folder = report_lib.RESULTS_DIR
-    return {name: (os.stat(os.path.join(folder, name)).st_size, os.stat(os.path.join(folder, name)).st_mtime_ns)
-            for name in (os.listdir(folder) if os.path.isdir(folder) else [])}
+    return {
+        name: (os.stat(os.path.join(folder, name)).st_size, os.stat(os.path.join(folder, name)).st_mtime_ns)
+        for name in (os.listdir(folder) if os.path.isdir(folder) else [])
+    }
 
 
 def test_quick_bench_writes_a_complete_report(tmp_path):
@@ -41,8 +51,17 @@ def test_quick_bench_writes_a_complete_report(tmp_path):
     assert results_files() == before  # --quick: no machine's figures, bench/results untouched
     assert sorted(os.listdir(tmp_path)) == ["bench.json", "bench.svg"]
 
-    assert set(report["machine"]) == {"cpu", "cpu_features", "cores", "gpus", "kind", "python", "tf_version",
-                                      "jax_version", "torch_version"}
+    assert set(report["machine"]) == {
+        "cpu",
+        "cpu_features",
+        "cores",
+        "gpus",
+        "kind",
+        "python",
+        "tf_version",
+        "jax_version",
+        "torch_version",
+    }
     assert report["machine"]["cores"] >= 1 and report["machine"]["tf_version"].startswith("2.")
     assert report["machine"]["kind"] == machine.cpu_kind(*machine.read_cpuinfo(), platform.machine())
     assert report["machine"]["jax_version"] == importlib.metadata.version("jax")  # the test extra brings JAX
@@ -63,12 +82,19 @@ def test_quick_bench_writes_a_complete_report(tmp_path):
 
     ours = next(r["examples_per_sec"] for r in rows if r["name"] == "distmnist (default)" and r["replicas"] == 1)
     keras = next(r["examples_per_sec"] for r in rows if r["name"] == "keras fit (default)" and r["replicas"] == 1)
-    assert set(report["ratios"]) == {"vs_keras_default", "vs_keras_tuned", "vs_tutorial_eager", "of_compute_bound",
-                                     "vs_jax_scan"}
+    assert set(report["ratios"]) == {
+        "vs_keras_default",
+        "vs_keras_tuned",
+        "vs_tutorial_eager",
+        "of_compute_bound",
+        "vs_jax_scan",
+    }
     assert abs(report["ratios"]["vs_keras_default"] - ours / keras) < 1e-9
-    jax, solo = (next(r["rounds"] for r in rows if r["name"] == name)
-                 for name in ("jax scan", "distmnist (default, own process)"))
-    paired = [s / j for s, j in zip(solo, jax)]
+    jax, solo = (
+        next(r["rounds"] for r in rows if r["name"] == name)
+        for name in ("jax scan", "distmnist (default, own process)")
+    )
+    paired = [s / j for s, j in zip(solo, jax, strict=True)]
     by_turns = report["distmnist_over_jax"]
     assert by_turns["turns"] == 2 and set(by_turns["by_replicas"]) == {"1"}
     assert by_turns["by_replicas"]["1"]["ratios"] == pytest.approx(paired)
@@ -101,27 +127,40 @@ def test_quick_bench_writes_a_complete_report(tmp_path):
     section = report["precisions"]
     made = {(r["name"], r["precision"], r["batch"]) for r in section["rows"]}
     bf16 = devices.support_of([]).native["mixed_bfloat16"]
-    expected = {(name, precision, batch) for batch in (128, 512)
-                for precision in ("float32", "mixed_bfloat16", "mixed_float16")
-                for name in ("distmnist", "keras fit (tuned)", "jax scan", *(["pytorch eager"] if torch else []))
-                if not (name in ("jax scan", "pytorch eager") and precision == "mixed_float16")
-                and not (name == "pytorch eager" and precision == "mixed_bfloat16" and not bf16)}
-    assert set(section["skipped"]) == ({"pytorch eager"} if not torch else set() if bf16 else
-                                       {"pytorch eager mixed_bfloat16"})
+    expected = {
+        (name, precision, batch)
+        for batch in (128, 512)
+        for precision in ("float32", "mixed_bfloat16", "mixed_float16")
+        for name in ("distmnist", "keras fit (tuned)", "jax scan", *(["pytorch eager"] if torch else []))
+        if not (name in ("jax scan", "pytorch eager") and precision == "mixed_float16")
+        and not (name == "pytorch eager" and precision == "mixed_bfloat16" and not bf16)
+    }
+    assert set(section["skipped"]) == (
+        {"pytorch eager"} if not torch else set() if bf16 else {"pytorch eager mixed_bfloat16"}
+    )
     assert torch or f"pytorch eager: skipped, {pytorch_eager.NOT_INSTALLED}" in result.stdout
     assert made == expected and all(r["examples_per_sec"] > 0 and len(r["rounds"]) == 1 for r in section["rows"])
     for batch, by in section["ratios"].items():
-        fastest_other = max(r["examples_per_sec"] for r in section["rows"]
-                            if r["batch"] == int(batch) and r["name"] != "distmnist")
-        ours = {r["precision"]: r["examples_per_sec"] for r in section["rows"]
-                if r["batch"] == int(batch) and r["name"] == "distmnist"}
+        fastest_other = max(
+            r["examples_per_sec"] for r in section["rows"] if r["batch"] == int(batch) and r["name"] != "distmnist"
+        )
+        ours = {
+            r["precision"]: r["examples_per_sec"]
+            for r in section["rows"]
+            if r["batch"] == int(batch) and r["name"] == "distmnist"
+        }
         assert by == pytest.approx({p: v / fastest_other for p, v in ours.items()})
         assert section["over_float32"][batch] == pytest.approx(
-            {p: v / ours["float32"] for p, v in ours.items() if p != "float32"})  # one round in quick mode
+            {p: v / ours["float32"] for p, v in ours.items() if p != "float32"}
+        )  # one round in quick mode
     assert set(section["race"]) == {"mixed_bfloat16", "mixed_float16"}
     assert set(section["race"]["mixed_float16"]) == {"distmnist", "keras fit (tuned)"}
-    assert set(section["race"]["mixed_bfloat16"]) == {"distmnist", "keras fit (tuned)", "jax scan",
-                                                      *(["pytorch eager"] if torch and bf16 else [])}
+    assert set(section["race"]["mixed_bfloat16"]) == {
+        "distmnist",
+        "keras fit (tuned)",
+        "jax scan",
+        *(["pytorch eager"] if torch and bf16 else []),
+    }
     assert "precisions, one replica" in result.stdout and "mixed precisions over its float32" in result.stdout
 
     root = ET.parse(tmp_path / "bench.svg").getroot()
@@ -139,8 +178,11 @@ def test_quick_bench_writes_a_complete_report(tmp_path):
 
     # The whole-process section: each command once in quick mode, distmnist's parts from its run.json.
     whole = report["whole_process"]
-    assert whole["rounds"] == 1 and set(whole["seconds"]) == {"tensorflow import", "distmnist.train",
-                                                              "keras fit script"}
+    assert whole["rounds"] == 1 and set(whole["seconds"]) == {
+        "tensorflow import",
+        "distmnist.train",
+        "keras fit script",
+    }
     m = whole["median_s"]
     assert all(len(v) == 1 and v[0] == m[k] > 0 for k, v in whole["seconds"].items())
     assert whole["keras_over_distmnist"] == pytest.approx(m["keras fit script"] / m["distmnist.train"])
@@ -188,8 +230,9 @@ def check_results_file(report: dict, folder) -> None:
 
     steady = section(sections, "Steady state")
     for r in report["results"]:
-        assert [r["name"], str(r["replicas"]), r["device"], f"{r['examples_per_sec']:,.0f}"] in [row[:4]
-                                                                                                for row in steady]
+        assert [r["name"], str(r["replicas"]), r["device"], f"{r['examples_per_sec']:,.0f}"] in [
+            row[:4] for row in steady
+        ]
     assert {row[1] for row in steady if len(row) == 2} >= {f"{v:.2f}" for v in report["ratios"].values()}
     by = report["distmnist_over_jax"]["by_replicas"]["1"]
     assert section(sections, "distmnist's default over JAX")[1][:2] == ["1", f"{by['median']:.3f}"]
@@ -200,8 +243,13 @@ def check_results_file(report: dict, folder) -> None:
     race = section(sections, "Time to 90.0%")
     for name, r in report["time_to_accuracy"]["by"].items():
         seconds = "not reached" if r["seconds"] is None else f"{r['seconds']:.1f}"
-        assert [name, seconds, "-" if r["seconds"] is None else seconds, str(r["epochs"]),
-                f"{r['accuracy']:.2%}"] in race
+        assert [
+            name,
+            seconds,
+            "-" if r["seconds"] is None else seconds,
+            str(r["epochs"]),
+            f"{r['accuracy']:.2%}",
+        ] in race
     precisions = section(sections, "Precisions")
     for r in report["precisions"]["rows"]:
         row = next(row for row in precisions if row[:2] == [r["name"], r["precision"]])
@@ -210,8 +258,12 @@ def check_results_file(report: dict, folder) -> None:
     assert section(sections, "Checkpoints")[1][4:6] == [f"{saves['cost_s'] * 1e3:.1f}", f"{saves['cost_fraction']:.1%}"]
     whole, process = section(sections, "Whole process"), report["whole_process"]
     median = f"{process['median_s']['distmnist.train']:.1f}"  # one round: its only round
-    assert ["`python -m distmnist.train` (defaults)", median, median,
-            f"{process['accuracy']['distmnist.train']:.2%}"] in whole
+    assert [
+        "`python -m distmnist.train` (defaults)",
+        median,
+        median,
+        f"{process['accuracy']['distmnist.train']:.2%}",
+    ] in whole
     assert [f"{process['keras_over_distmnist']:.2f}x", ">= 1.8x"] in [row[1:] for row in whole]
 
 
@@ -234,8 +286,9 @@ def test_the_jax_contender_trains_on_two_devices_in_its_own_process(tmp_path):
     npz = tmp_path / "mnist.npz"
     np.savez(npz, **make_tiny_mnist().arrays())
     run = [sys.executable, "-m", "bench.solo", "--contender=jax", f"--npz={npz}", *SOLO_ARGS]
-    trained = subprocess.run(run, env=ownprocess.environment("jax", 2), capture_output=True, text=True, timeout=300,
-                             cwd=REPO)
+    trained = subprocess.run(
+        run, env=ownprocess.environment("jax", 2), capture_output=True, text=True, timeout=300, cwd=REPO
+    )
     assert trained.returncode == 0, trained.stderr[-2000:]
     report = json.loads(trained.stdout.strip().splitlines()[-1])
     assert len(report["devices"]) == 2 and report["examples_per_sec"] > 0
@@ -250,10 +303,12 @@ def test_the_bench_starts_its_own_processes_in_its_checkout_wherever_it_was_star
 
     npz = tmp_path / "mnist.npz"
     np.savez(npz, **tiny_mnist.arrays())
-    code = (f"import json, sys; sys.path.insert(0, {REPO!r}); from bench import ownprocess; "
-            "from bench.timing import Timing; "
-            f"print(json.dumps(ownprocess.measure('jax', {str(npz)!r}, Timing(per_replica_batch_size=16, "
-            "timed_steps=5))))")
+    code = (
+        f"import json, sys; sys.path.insert(0, {REPO!r}); from bench import ownprocess; "
+        "from bench.timing import Timing; "
+        f"print(json.dumps(ownprocess.measure('jax', {str(npz)!r}, Timing(per_replica_batch_size=16, "
+        "timed_steps=5))))"
+    )
     result = run_python(code, timeout_s=300, unset=("PYTHONPATH",))  # in /, outside the checkout
     assert result.returncode == 0, result.stderr[-2000:]
     reply = json.loads(result.stdout.strip().splitlines()[-1])
@@ -265,8 +320,12 @@ def test_without_jax_the_jax_contender_says_so(tmp_path):
     import sys
 
     args = ["--contender=jax", f"--npz={tmp_path / 'unused.npz'}", *SOLO_ARGS]
-    hidden = [sys.executable, "-c", "import runpy, sys; sys.modules['jax'] = None; "
-              f"sys.argv = ['solo', *{args!r}]; runpy.run_module('bench.solo', run_name='__main__')"]
+    hidden = [
+        sys.executable,
+        "-c",
+        "import runpy, sys; sys.modules['jax'] = None; "
+        f"sys.argv = ['solo', *{args!r}]; runpy.run_module('bench.solo', run_name='__main__')",
+    ]
     missing = subprocess.run(hidden, capture_output=True, text=True, timeout=60, cwd=REPO)
     assert missing.returncode == 0 and json.loads(missing.stdout) == {"skipped": jax_scan.NOT_INSTALLED}
 
@@ -280,8 +339,14 @@ def test_a_jax_without_a_gpu_backend_is_skipped_on_gpus_with_one_line(tmp_path):
     from bench import ownprocess
 
     args = ["--contender=jax", f"--npz={tmp_path / 'unused.npz'}", "--platform=gpu", *SOLO_ARGS]
-    asked = subprocess.run([sys.executable, "-m", "bench.solo", *args], env=ownprocess.environment("jax", 1, "gpu"),
-                           capture_output=True, text=True, timeout=120, cwd=REPO)
+    asked = subprocess.run(
+        [sys.executable, "-m", "bench.solo", *args],
+        env=ownprocess.environment("jax", 1, "gpu"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
     assert asked.returncode == 0, asked.stderr[-2000:]
     assert json.loads(asked.stdout) == {"skipped": jax_scan.NO_BACKEND.format(platform="gpu")}
     assert "pip install -e '.[bench-gpu]'" in jax_scan.NO_BACKEND
@@ -289,14 +354,22 @@ def test_a_jax_without_a_gpu_backend_is_skipped_on_gpus_with_one_line(tmp_path):
 
 def test_bad_counts_are_one_line_and_write_nothing(tmp_path):
     out = tmp_path / "out"
-    for bad in ("--rounds=0", "--turns=0", "--checkpoint_every=0", "--checkpoint_rounds=-1", "--breakdown_rounds=-1",
-                "--precision_rounds=-1", "--race_rounds=0"):
+    for bad in (
+        "--rounds=0",
+        "--turns=0",
+        "--checkpoint_every=0",
+        "--checkpoint_rounds=-1",
+        "--breakdown_rounds=-1",
+        "--precision_rounds=-1",
+        "--race_rounds=0",
+    ):
         result = run_module("bench", bad, f"--out={out}")
         assert result.returncode == 2, bad
         assert result.stderr.strip().splitlines() == [
             "bench: error: --batch_size, --steps, --rounds, --turns, --race_rounds and --checkpoint_every "
             "must be positive, --warmup_steps, --checkpoint_rounds, --process_rounds, --breakdown_rounds and "
-            "--precision_rounds >= 0"], bad
+            "--precision_rounds >= 0"
+        ], bad
         assert not out.exists()
 
 
@@ -315,8 +388,12 @@ def test_without_pytorch_its_contender_says_so_in_one_line(tmp_path):
     import sys
 
     args = ["--contender=torch", f"--npz={tmp_path / 'unused.npz'}", "--batch_size=16", "--steps=5"]
-    hidden = [sys.executable, "-c", "import runpy, sys; sys.modules['torch'] = None; "
-              f"sys.argv = ['solo', *{args!r}]; runpy.run_module('bench.solo', run_name='__main__')"]
+    hidden = [
+        sys.executable,
+        "-c",
+        "import runpy, sys; sys.modules['torch'] = None; "
+        f"sys.argv = ['solo', *{args!r}]; runpy.run_module('bench.solo', run_name='__main__')",
+    ]
     missing = subprocess.run(hidden, capture_output=True, text=True, timeout=60, cwd=REPO)
     assert missing.returncode == 0 and json.loads(missing.stdout) == {"skipped": pytorch_eager.NOT_INSTALLED}
     assert missing.stderr == ""
@@ -331,8 +408,16 @@ def test_the_pytorch_contender_trains(tmp_path, tiny_mnist, precision):
 
     npz = tmp_path / "mnist.npz"
     np.savez(npz, **tiny_mnist.arrays())
-    result = run_module("bench.solo", "--contender=torch", f"--npz={npz}", "--batch_size=32",
-                        "--steps=200", "--learning_rate=0.5", f"--precision={precision}", timeout_s=300)
+    result = run_module(
+        "bench.solo",
+        "--contender=torch",
+        f"--npz={npz}",
+        "--batch_size=32",
+        "--steps=200",
+        "--learning_rate=0.5",
+        f"--precision={precision}",
+        timeout_s=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     reply = json.loads(result.stdout.strip().splitlines()[-1])
     assert reply["examples_per_sec"] > 0 and 0 < reply["final_loss"] < 0.05  # the best constant guess: 0.09
@@ -351,8 +436,9 @@ def test_each_contender_races_to_a_test_accuracy_in_its_own_process(tmp_path, ti
     np.savez(npz, **tiny_mnist.arrays())
     args = [f"--contender={contender}", f"--npz={npz}", "--batch_size=32", "--learning_rate=0.5"]
     for target, max_epochs in ((0.9, 20), (1.01, 2)):
-        result = run_module("bench.solo", *args, f"--target_accuracy={target}",
-                            f"--max_epochs={max_epochs}", timeout_s=300)
+        result = run_module(
+            "bench.solo", *args, f"--target_accuracy={target}", f"--max_epochs={max_epochs}", timeout_s=300
+        )
         assert result.returncode == 0, result.stderr[-2000:]
         reply = json.loads(result.stdout.strip().splitlines()[-1])
         laps = reply["epoch_seconds"]
@@ -367,6 +453,7 @@ def test_the_race_rotates_its_order_and_counts_each_contenders_median_round(monk
     """Each round races every contender in turn, starting one further along each time (the machine drifts); a
     contender's figure is its median round, none where a round did not reach the target."""
     from bench import race
+
     from helpers import trainer_settings
 
     laps = {"a": [9.0, 7.0, 8.0], "b": [5.0, None, 6.0], "c": [3.0, 4.0, 2.0]}
@@ -383,8 +470,10 @@ def test_the_race_rotates_its_order_and_counts_each_contenders_median_round(monk
     assert by["a"] == {"rounds": [9.0, 7.0, 8.0], "seconds": 8.0, "epochs": 7, "accuracy": 0.981}
     assert by["b"]["seconds"] is None and by["b"]["rounds"] == [5.0, None, 6.0]
     assert by["c"]["seconds"] == 3.0
-    assert race.lap_times(by) == ("a 8.0 s (7 epochs, rounds 9.0 7.0 8.0); b not reached in every round, rounds "
-                                  "5.0 - 6.0; c 3.0 s (7 epochs, rounds 3.0 4.0 2.0)")
+    assert race.lap_times(by) == (
+        "a 8.0 s (7 epochs, rounds 9.0 7.0 8.0); b not reached in every round, rounds "
+        "5.0 - 6.0; c 3.0 s (7 epochs, rounds 3.0 4.0 2.0)"
+    )
 
 
 def test_a_bad_or_hostile_npz_is_one_line_from_every_contender(tmp_path):
@@ -398,14 +487,23 @@ def test_a_bad_or_hostile_npz_is_one_line_from_every_contender(tmp_path):
     junk.write_bytes(b"not a zip")
     np.savez(pickled, x_train=np.array([object()], dtype=object))
     header = io.BytesIO()
-    npy_format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": (10 ** 12,)})
+    npy_format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": (10**12,)})
     with zipfile.ZipFile(huge, "w") as archive:
         archive.writestr("x_train.npy", header.getvalue() + bytes(64))
-    for npz, why in ((missing, "No such file or directory"), (junk, "not a readable .npz file"),
-                     (pickled, "only pickle can load"), (huge, "its header declares")):
+    for npz, why in (
+        (missing, "No such file or directory"),
+        (junk, "not a readable .npz file"),
+        (pickled, "only pickle can load"),
+        (huge, "its header declares"),
+    ):
         for contender in ("distmnist", "jax"):
-            result = run_module("bench.solo", f"--contender={contender}", f"--npz={npz}",
-                                "--target_accuracy=0.9", unset=("TF_CPP_MIN_LOG_LEVEL",))
+            result = run_module(
+                "bench.solo",
+                f"--contender={contender}",
+                f"--npz={npz}",
+                "--target_accuracy=0.9",
+                unset=("TF_CPP_MIN_LOG_LEVEL",),
+            )
             assert result.returncode == 2 and result.stdout == "", (contender, npz, result.stderr[-2000:])
             (line,) = result.stderr.splitlines()
             assert line.startswith("bench.solo: error: ") and str(npz) in line and why in line, line

@@ -34,16 +34,17 @@ def test_ece_by_hand():
     probabilities = np.array([[0.95, 0.05], [0.95, 0.05], [0.55, 0.45], [0.45, 0.55]])
     labels = np.array([0, 1, 0, 1])
     assert calibration.expected_calibration_error(probabilities, labels) == pytest.approx(
-        0.5 * abs(0.5 - 0.95) + 0.5 * abs(1.0 - 0.55))
-    assert calibration.nll(probabilities, labels) == pytest.approx(
-        -np.mean(np.log([0.95, 0.05, 0.55, 0.55])))
+        0.5 * abs(0.5 - 0.95) + 0.5 * abs(1.0 - 0.55)
+    )
+    assert calibration.nll(probabilities, labels) == pytest.approx(-np.mean(np.log([0.95, 0.05, 0.55, 0.55])))
 
 
 def test_the_temperature_is_fitted_without_the_test_set(tiny_mnist):
     """What a run calibrates with does not depend on the test set: scrambled test labels, the same temperature."""
     weights = model_weights(MLP(seed=3))
-    scrambled = dataclasses.replace(tiny_mnist, y_test=np.roll(tiny_mnist.y_test, 3),
-                                    x_test=np.zeros_like(tiny_mnist.x_test))
+    scrambled = dataclasses.replace(
+        tiny_mnist, y_test=np.roll(tiny_mnist.y_test, 3), x_test=np.zeros_like(tiny_mnist.x_test)
+    )
     first = run._calibrate(Classifier(weights), tiny_mnist)
     second = run._calibrate(Classifier(weights), scrambled)
     assert first == second and first["fitted_on"] == "86 training images (every 6th)"
@@ -64,6 +65,7 @@ def test_on_real_mnist_the_exported_probabilities_are_calibrated():
     report = calibration.report(out["outputs"], mnist.y_test, temperature)
     assert report["ece_before"] > 0.5 and report["ece_after"] < 0.03 and report["nll_after"] < 0.3
     assert calibration.expected_calibration_error(out["probabilities"], mnist.y_test) == pytest.approx(
-        report["ece_after"], abs=1e-4)
+        report["ece_after"], abs=1e-4
+    )
     assert np.array_equal(out["classes"], out["outputs"].argmax(axis=1))
     assert np.mean(out["classes"] == mnist.y_test) == pytest.approx(evaluator(trainer, mnist).evaluate()[0], abs=1e-4)

@@ -31,8 +31,15 @@ from distmnist.training.trainer import Trainer, run_steps
 from helpers import REPO, assert_same_weights, read_scalars, run_module, saved_weights, trainer_settings
 
 STEPS = 1000
-FLAGS = ("--batch_size=32", "--log_every=20", "--eval_every=200", "--checkpoint_every=400", "--steps_per_loop=25",
-         f"--max_steps={STEPS}", "--deterministic")
+FLAGS = (
+    "--batch_size=32",
+    "--log_every=20",
+    "--eval_every=200",
+    "--checkpoint_every=400",
+    "--steps_per_loop=25",
+    f"--max_steps={STEPS}",
+    "--deterministic",
+)
 
 
 def tensor_steps(run_dir) -> dict:
@@ -41,10 +48,17 @@ def tensor_steps(run_dir) -> dict:
     return {tag: [e.step for e in acc.Tensors(tag)] for tag in acc.Tags()["tensors"]}
 
 
-
 def command(tiny_npz_dir, logdir, run_name, *extra):
-    return [sys.executable, "-m", "distmnist.train", f"--data_dir={tiny_npz_dir}", f"--logdir={logdir}",
-            f"--run_name={run_name}", *FLAGS, *extra]
+    return [
+        sys.executable,
+        "-m",
+        "distmnist.train",
+        f"--data_dir={tiny_npz_dir}",
+        f"--logdir={logdir}",
+        f"--run_name={run_name}",
+        *FLAGS,
+        *extra,
+    ]
 
 
 def train(tiny_npz_dir, logdir, run_name, *extra):
@@ -67,8 +81,10 @@ class Run:
             self.lines.append(line)
             if text in line:
                 return
-        raise AssertionError(f"the run ended before printing {text!r}: {''.join(self.lines)[-2000:]}"
-                             f"{open(self.stderr_path).read()[-2000:]}")
+        raise AssertionError(
+            f"the run ended before printing {text!r}: {''.join(self.lines)[-2000:]}"
+            f"{open(self.stderr_path).read()[-2000:]}"
+        )
 
     def signal_and_wait(self, signum) -> tuple:
         self.proc.send_signal(signum)
@@ -79,15 +95,19 @@ class Run:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("extra, stop_signal", [
-    (("--input=tfdata",), signal.SIGTERM),
-    (("--cpu_replicas=2",), signal.SIGINT),
-])
+@pytest.mark.parametrize(
+    "extra, stop_signal",
+    [
+        (("--input=tfdata",), signal.SIGTERM),
+        (("--cpu_replicas=2",), signal.SIGINT),
+    ],
+)
 def test_killed_and_stopped_runs_resume_bit_identical(tmp_path, tiny_npz_dir, extra, stop_signal):
     # The uninterrupted run to compare with shares nothing with the others, so it runs beside them.
     with open(tmp_path / "whole.out", "w") as out:
-        whole = subprocess.Popen(command(tiny_npz_dir, tmp_path, "whole", *extra), cwd=REPO, stdout=out,
-                                 stderr=subprocess.STDOUT)
+        whole = subprocess.Popen(
+            command(tiny_npz_dir, tmp_path, "whole", *extra), cwd=REPO, stdout=out, stderr=subprocess.STDOUT
+        )
     args = command(tiny_npz_dir, tmp_path, "killed", *extra)
     checkpoints = tmp_path / "killed" / "checkpoints"
 
@@ -141,9 +161,18 @@ def test_killed_and_stopped_runs_resume_bit_identical(tmp_path, tiny_npz_dir, ex
 
 @pytest.mark.slow
 def test_a_diverging_run_keeps_its_last_good_checkpoint_and_exports_nothing(tmp_path, tiny_npz_dir):
-    result = run_module("distmnist.train", f"--data_dir={tiny_npz_dir}", f"--logdir={tmp_path}", "--run_name=nan",
-                        "--learning_rate=50", "--batch_size=32", "--checkpoint_every=2", "--steps_per_loop=10",
-                        "--max_steps=200", "--cpu_replicas=2")
+    result = run_module(
+        "distmnist.train",
+        f"--data_dir={tiny_npz_dir}",
+        f"--logdir={tmp_path}",
+        "--run_name=nan",
+        "--learning_rate=50",
+        "--batch_size=32",
+        "--checkpoint_every=2",
+        "--steps_per_loop=10",
+        "--max_steps=200",
+        "--cpu_replicas=2",
+    )
     assert result.returncode == 1, result.stderr[-3000:]
     errors = [line for line in result.stderr.splitlines() if "error:" in line]
     assert len(errors) == 1 and "Traceback" not in result.stderr
@@ -160,8 +189,9 @@ def test_a_diverging_run_keeps_its_last_good_checkpoint_and_exports_nothing(tmp_
 @pytest.mark.slow
 def test_flags_must_match_to_resume_and_overwrite_starts_afresh(tmp_path, tiny_npz_dir):
     train(tiny_npz_dir, tmp_path, "r", "--max_steps=50")
-    refused = run_module("distmnist.train", *command(tiny_npz_dir, tmp_path, "r", "--max_steps=50",
-                                                     "--learning_rate=0.5")[3:])
+    refused = run_module(
+        "distmnist.train", *command(tiny_npz_dir, tmp_path, "r", "--max_steps=50", "--learning_rate=0.5")[3:]
+    )
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
     assert "was started with --learning_rate=1.5, not 0.5" in refused.stderr
     again = train(tiny_npz_dir, tmp_path, "r", "--max_steps=50", "--learning_rate=0.5", "--overwrite")
@@ -206,8 +236,11 @@ def test_a_half_written_or_corrupt_latest_checkpoint_is_never_used(tmp_path, tin
     data = next(directory.glob("ckpt-10.data-*"))
     data.write_bytes(b"")
     # The index now lists ckpt-10 alone: a checkpoint after the one restored is never listed again (nor pruned).
-    with pytest.raises(UserError, match=r"no checkpoint in .* can be used \(ckpt-10: .*\); nothing was changed: "
-                                        "restore the folder from a copy, or start afresh with --overwrite"):
+    with pytest.raises(
+        UserError,
+        match=r"no checkpoint in .* can be used \(ckpt-10: .*\); nothing was changed: "
+        "restore the folder from a copy, or start afresh with --overwrite",
+    ):
         Checkpointer(trainer(), str(tmp_path), keep=3).restore_latest()
 
 
@@ -255,8 +288,9 @@ def _signal_twice():
         assert stop.requested and stop.exit_status == 143
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
-    assert stream.getvalue().splitlines() == ["SIGTERM received: stopping after the current steps and writing a "
-                                              "checkpoint (Ctrl-C or SIGKILL quits at once)"]
+    assert stream.getvalue().splitlines() == [
+        "SIGTERM received: stopping after the current steps and writing a checkpoint (Ctrl-C or SIGKILL quits at once)"
+    ]
     # Training has stopped, but the process has its checkpoint's run to finish: a late SIGTERM (a watcher's and a
     # shutdown script's both come) is still absorbed, until the process exits with 143.
     os.kill(os.getpid(), signal.SIGTERM)
@@ -272,8 +306,16 @@ def _signal_twice():
 
 # --- a damaged index: the checkpoints themselves say where to resume ----------------------------------------------
 
-SMALL = dict(max_steps=24, batch_size=16, log_every=2, eval_every=6, steps_per_loop=3, checkpoint_every=6,
-             keep_checkpoints=3, jit_compile=False)
+SMALL = dict(
+    max_steps=24,
+    batch_size=16,
+    log_every=2,
+    eval_every=6,
+    steps_per_loop=3,
+    checkpoint_every=6,
+    keep_checkpoints=3,
+    jit_compile=False,
+)
 
 
 def small_config(logdir, name="r") -> TrainConfig:
@@ -326,8 +368,7 @@ def finished_run(tmp_path_factory, tiny_mnist):
 
 
 @pytest.mark.parametrize("damage", INDEX_DAMAGE)
-def test_a_damaged_index_resumes_from_the_newest_checkpoint_with_one_warning(tiny_mnist, finished_run, damage,
-                                                                              caplog):
+def test_a_damaged_index_resumes_from_the_newest_checkpoint_with_one_warning(tiny_mnist, finished_run, damage, caplog):
     from distmnist.runs.run import set_up, train
 
     logdir, pristine, history = finished_run
@@ -354,6 +395,7 @@ def test_a_damaged_index_resumes_from_the_newest_checkpoint_with_one_warning(tin
 
 def shaped_like_another_model(prefix: str, step: int) -> None:
     """A checkpoint numbered `step` holding `step`, whose kernels have other shapes than the MLP's."""
+
     class Other(tf.Module):
         def __init__(self):
             super().__init__()
@@ -394,9 +436,11 @@ def test_a_checkpoint_is_used_only_when_it_verifies_and_pruning_spares_the_newer
         assert restorer.restore_latest() == 10
     warnings = distmnist_warnings(caplog)
     assert len(warnings) == 1, warnings
-    assert "is missing; resuming from ckpt-10, the newest checkpoint that verifies (ckpt-30: it holds step 20; " \
-        "ckpt-20: Received incompatible tensor with shape (3,) when attempting to restore variable with shape " \
-        "(512,)" in warnings[0], warnings
+    assert (
+        "is missing; resuming from ckpt-10, the newest checkpoint that verifies (ckpt-30: it holds step 20; "
+        "ckpt-20: Received incompatible tensor with shape (3,) when attempting to restore variable with shape "
+        "(512,)" in warnings[0]
+    ), warnings
     for a, b in zip(resumed.weights(), saved[10], strict=True):
         np.testing.assert_array_equal(a, b)
     assert restorer.history(10) == {"loss": [[0, 1.0]], "accuracy": []}
@@ -441,9 +485,12 @@ def test_checkpoint_files_none_of_which_verifies_are_one_line_and_nothing_is_cha
         data.write_bytes(data.read_bytes()[:100])
     (directory / "checkpoint").write_text("garbage")
     before = files_under(tmp_path)
-    with pytest.raises(UserError, match=r"^no checkpoint in .*checkpoints can be used \(ckpt-20: .+; ckpt-10: .+\); "
-                                        r"nothing was changed: restore the folder from a copy, or start afresh with "
-                                        r"--overwrite, which deletes this run$") as caught:
+    with pytest.raises(
+        UserError,
+        match=r"^no checkpoint in .*checkpoints can be used \(ckpt-20: .+; ckpt-10: .+\); "
+        r"nothing was changed: restore the folder from a copy, or start afresh with "
+        r"--overwrite, which deletes this run$",
+    ) as caught:
         Checkpointer(trainer, str(tmp_path), keep=3).restore_latest()
     assert "\n" not in str(caught.value)
     assert files_under(tmp_path) == before
@@ -452,7 +499,8 @@ def test_checkpoint_files_none_of_which_verifies_are_one_line_and_nothing_is_cha
 @pytest.mark.slow  # two in-process runs that train
 @pytest.mark.parametrize("spoil", ["truncated", "another step", "history behind"])
 def test_a_damaged_index_and_a_spoilt_newest_checkpoint_resume_from_the_one_before_bit_identical(
-        tmp_path, tiny_mnist, spoil, caplog):
+    tmp_path, tiny_mnist, spoil, caplog
+):
     whole = train_and_evaluate(small_config(tmp_path, "whole"), choice=make_strategy(), mnist=tiny_mnist)
     train_and_evaluate(small_config(tmp_path), choice=make_strategy(), mnist=tiny_mnist)
     directory = tmp_path / "r" / "checkpoints"
@@ -465,42 +513,68 @@ def test_a_damaged_index_and_a_spoilt_newest_checkpoint_resume_from_the_one_befo
             shutil.copy(path, directory / path.name.replace("ckpt-18", "ckpt-24"))
     else:
         history = json.loads((directory / "history.json").read_text())
-        (directory / "history.json").write_text(json.dumps({"loss": [p for p in history["loss"] if p[0] < 18],
-                                                            "accuracy": [p for p in history["accuracy"] if p[0] <= 18],
-                                                            "step": 18}))
+        (directory / "history.json").write_text(
+            json.dumps(
+                {
+                    "loss": [p for p in history["loss"] if p[0] < 18],
+                    "accuracy": [p for p in history["accuracy"] if p[0] <= 18],
+                    "step": 18,
+                }
+            )
+        )
     (tmp_path / "r" / "run.json").unlink()
     with caplog.at_level(logging.WARNING):
         again = train_and_evaluate(small_config(tmp_path), choice=make_strategy(), mnist=tiny_mnist)
     warnings = distmnist_warnings(caplog)
-    assert len(warnings) == 1 and "resuming from ckpt-18, the newest checkpoint that verifies (ckpt-24: " in \
-        warnings[0], warnings
+    assert (
+        len(warnings) == 1 and "resuming from ckpt-18, the newest checkpoint that verifies (ckpt-24: " in warnings[0]
+    ), warnings
     assert again["global_step"] == 24 and again["timings"]["first_call_s"] > 0  # it trained steps 18 to 24
     assert_same_weights(saved_weights(tmp_path / "whole"), saved_weights(tmp_path / "r"))
     assert as_json(again["history"]) == as_json(whole["history"])
     resumed, uninterrupted = read_scalars(str(tmp_path / "r")), read_scalars(str(tmp_path / "whole"))
-    assert {tag: [s for s, _ in values] for tag, values in resumed.items()} == \
-        {tag: [s for s, _ in values] for tag, values in uninterrupted.items()}  # every step once
+    assert {tag: [s for s, _ in values] for tag, values in resumed.items()} == {
+        tag: [s for s, _ in values] for tag, values in uninterrupted.items()
+    }  # every step once
     assert resumed["loss"] == uninterrupted["loss"] and resumed["accuracy"] == uninterrupted["accuracy"]
 
 
 @pytest.mark.slow
 def test_the_entry_point_recovers_a_garbled_index_with_one_warning_line(tmp_path, tiny_npz_dir, tiny_mnist):
-    settings = dict(max_steps=60, batch_size=16, checkpoint_every=20, eval_every=20, log_every=10, steps_per_loop=10,
-                    jit_compile=False)
-    train_and_evaluate(TrainConfig(logdir=str(tmp_path), run_name="r", data_dir=tiny_npz_dir, **settings),
-                       choice=make_strategy(), mnist=tiny_mnist)  # what the same command would have done
+    settings = dict(
+        max_steps=60,
+        batch_size=16,
+        checkpoint_every=20,
+        eval_every=20,
+        log_every=10,
+        steps_per_loop=10,
+        jit_compile=False,
+    )
+    train_and_evaluate(
+        TrainConfig(logdir=str(tmp_path), run_name="r", data_dir=tiny_npz_dir, **settings),
+        choice=make_strategy(),
+        mnist=tiny_mnist,
+    )  # what the same command would have done
     directory = tmp_path / "r" / "checkpoints"
     (directory / "checkpoint").write_bytes(b"\x89garbled\x00")
     data = next(directory.glob("ckpt-60.data-*"))
     data.write_bytes(data.read_bytes()[:1000])
     (tmp_path / "r" / "run.json").unlink()
-    again = run_module("distmnist.train", f"--data_dir={tiny_npz_dir}", f"--logdir={tmp_path}", "--run_name=r",
-                       *(f"--{name}={str(value).lower()}" for name, value in settings.items()))
+    again = run_module(
+        "distmnist.train",
+        f"--data_dir={tiny_npz_dir}",
+        f"--logdir={tmp_path}",
+        "--run_name=r",
+        *(f"--{name}={str(value).lower()}" for name, value in settings.items()),
+    )
     assert again.returncode == 0, again.stderr[-3000:]
     lines = [line for line in again.stderr.splitlines() if "dataset.py" not in line]  # where MNIST came from
-    assert len(lines) == 1 and re.search(rf"\] the checkpoint index {directory}/checkpoint is garbled "
-                                         r"\(not text\); resuming from ckpt-40, the newest checkpoint that "
-                                         r"verifies \(ckpt-60: .+\)$", lines[0]), again.stderr
+    assert len(lines) == 1 and re.search(
+        rf"\] the checkpoint index {directory}/checkpoint is garbled "
+        r"\(not text\); resuming from ckpt-40, the newest checkpoint that "
+        r"verifies \(ckpt-60: .+\)$",
+        lines[0],
+    ), again.stderr
     assert "resuming from step 40," in again.stdout
     history = json.loads((tmp_path / "r" / "run.json").read_text())["history"]
     assert [s for s, _ in history["loss"]] == list(range(0, 60, 10))

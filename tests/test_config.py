@@ -34,30 +34,38 @@ def test_every_flag_is_made_from_its_field():
             assert tuple(flag.parser.enum_values) == choices
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"batch_size": 0}, "--batch_size must be a positive integer, got 0"),
-    ({"learning_rate": float("nan")}, "--learning_rate must be a positive finite number"),
-    ({"input": "disk"}, "--input must be one of device, tfdata"),
-    ({"run_name": "a/b"}, "--run_name must be a plain directory name"),
-    ({"logdir": ""}, "--logdir must not be empty"),
-    ({"export_dir": ""}, "--export_dir must not be empty; leave it unset instead"),
-    ({"events_dir": "runs/x\0y"}, "--events_dir must not contain a NUL byte"),
-    ({"run_name": "r\udcff"}, "--run_name must be UTF-8 text"),  # a byte the command line could not decode
-    ({"run_name": "r" * 201}, "--run_name is 201 bytes long; it must be at most 200"),
-    ({"run_name": "é" * 101}, "--run_name is 202 bytes long"),  # bytes, not characters
-    ({"logdir": "runs/" + "x" * 256}, "--logdir holds a name of 256 bytes (xxxxxxxxxxxxxxxxxxxx...); file names end at "
-                                      "255 bytes"),
-    ({"seed": 2 ** 63}, "--seed must be at most 9,223,372,036,854,775,807 (tf.random and tf.data take int64 seeds)"),
-    ({"seed": -2 ** 63 - 1}, "--seed must be at least -9,223,372,036,854,775,808"),
-    ({"max_steps": 2 ** 63}, "--max_steps must be at most 9,223,372,036,854,775,807 (TensorFlow takes it as an int64)"),
-    ({"keep_checkpoints": 2 ** 64}, "--keep_checkpoints must be at most 9,223,372,036,854,775,807"),
-    ({"shuffle_buffer": 10 ** 9}, "--shuffle_buffer must be at most 1,000,000 (tf.data reserves the whole buffer"),
-    ({"steps_per_loop": 10 ** 8}, "--steps_per_loop must be at most 10,000"),
-    ({"cpu_replicas": 100_000}, "--cpu_replicas must be at most 64"),
-    ({"intra_op_threads": 2 ** 31 - 1}, "--intra_op_threads must be at most 1,024"),
-    ({"collective_timeout_s": 2 ** 31}, "--collective_timeout_s must be at most 2,147,483,647"),
-    ({"profile_steps": "1,9223372036854775808"}, "--profile_steps must read START,END with 0 <= START < END"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"batch_size": 0}, "--batch_size must be a positive integer, got 0"),
+        ({"learning_rate": float("nan")}, "--learning_rate must be a positive finite number"),
+        ({"input": "disk"}, "--input must be one of device, tfdata"),
+        ({"run_name": "a/b"}, "--run_name must be a plain directory name"),
+        ({"logdir": ""}, "--logdir must not be empty"),
+        ({"export_dir": ""}, "--export_dir must not be empty; leave it unset instead"),
+        ({"events_dir": "runs/x\0y"}, "--events_dir must not contain a NUL byte"),
+        ({"run_name": "r\udcff"}, "--run_name must be UTF-8 text"),  # a byte the command line could not decode
+        ({"run_name": "r" * 201}, "--run_name is 201 bytes long; it must be at most 200"),
+        ({"run_name": "é" * 101}, "--run_name is 202 bytes long"),  # bytes, not characters
+        (
+            {"logdir": "runs/" + "x" * 256},
+            "--logdir holds a name of 256 bytes (xxxxxxxxxxxxxxxxxxxx...); file names end at 255 bytes",
+        ),
+        ({"seed": 2**63}, "--seed must be at most 9,223,372,036,854,775,807 (tf.random and tf.data take int64 seeds)"),
+        ({"seed": -(2**63) - 1}, "--seed must be at least -9,223,372,036,854,775,808"),
+        (
+            {"max_steps": 2**63},
+            "--max_steps must be at most 9,223,372,036,854,775,807 (TensorFlow takes it as an int64)",
+        ),
+        ({"keep_checkpoints": 2**64}, "--keep_checkpoints must be at most 9,223,372,036,854,775,807"),
+        ({"shuffle_buffer": 10**9}, "--shuffle_buffer must be at most 1,000,000 (tf.data reserves the whole buffer"),
+        ({"steps_per_loop": 10**8}, "--steps_per_loop must be at most 10,000"),
+        ({"cpu_replicas": 100_000}, "--cpu_replicas must be at most 64"),
+        ({"intra_op_threads": 2**31 - 1}, "--intra_op_threads must be at most 1,024"),
+        ({"collective_timeout_s": 2**31}, "--collective_timeout_s must be at most 2,147,483,647"),
+        ({"profile_steps": "1,9223372036854775808"}, "--profile_steps must read START,END with 0 <= START < END"),
+    ],
+)
 def test_a_config_that_exists_is_valid(changes, message):
     with pytest.raises(UserError, match=re.escape(message)):
         TrainConfig(**changes)
@@ -106,11 +114,21 @@ def test_the_trainers_settings_are_made_from_the_config():
     from distmnist.runs import run
     from distmnist.training.trainer import TrainerSettings
 
-    config = TrainConfig(batch_size=64, learning_rate=0.5, seed=7, steps_per_loop=20, shuffle_buffer=500,
-                         input="tfdata", precision="mixed_bfloat16")
+    config = TrainConfig(
+        batch_size=64,
+        learning_rate=0.5,
+        seed=7,
+        steps_per_loop=20,
+        shuffle_buffer=500,
+        input="tfdata",
+        precision="mixed_bfloat16",
+    )
     made = run.trainer_settings(config, total_steps=4680)
-    shared = {f.name for f in dataclasses.fields(TrainerSettings)} - {"total_steps", "loss_scale_growth_steps",
-                                                                      "jit_compile"}
+    shared = {f.name for f in dataclasses.fields(TrainerSettings)} - {
+        "total_steps",
+        "loss_scale_growth_steps",
+        "jit_compile",
+    }
     assert {name: getattr(made, name) for name in shared} == {name: getattr(config, name) for name in shared}
     assert {name: getattr(made, name) for name in shared} != {name: getattr(TrainConfig(), name) for name in shared}
     assert made.total_steps == 4680 and made.jit_compile is False

@@ -16,6 +16,7 @@ import pytest
 
 from distmnist.common.errors import DataError
 from distmnist.data import dataset, mirror
+
 from helpers import REPO
 
 NOTES_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
@@ -139,9 +140,12 @@ def test_offline_mirror_fills_an_empty_keras_cache_that_the_next_load_uses(tmp_p
 
 def test_idx_sizes_are_python_integers(tmp_path, tiny_mnist):
     """2^31 x 2^31 x 4 is 2^64: numpy's int64 product wrapped to 0, matched the empty body, and reshape raised."""
-    header = struct.pack(">HBB", 0, 8, 3) + struct.pack(">3I", 2 ** 31, 2 ** 31, 4)
-    with pytest.raises(DataError, match=r"images: header says 2147483648x2147483648x4 = 18,446,744,073,709,551,616 "
-                                        r"bytes of data, found 0 \(truncated or corrupt\)"):
+    header = struct.pack(">HBB", 0, 8, 3) + struct.pack(">3I", 2**31, 2**31, 4)
+    with pytest.raises(
+        DataError,
+        match=r"images: header says 2147483648x2147483648x4 = 18,446,744,073,709,551,616 "
+        r"bytes of data, found 0 \(truncated or corrupt\)",
+    ):
         dataset.parse_idx(header, "images", 3)
     folder = write_idx_dir(tmp_path, tiny_mnist, compress=False)
     (tmp_path / "train-images-idx3-ubyte").write_bytes(header)
@@ -153,6 +157,7 @@ def make_unreadable(path, kind: str) -> None:
     """Puts at `path` (the place of mnist.npz) something that cannot be read as a file: a folder, a FIFO (which
     hung the reader), corrupt bytes, or an encrypted zip member."""
     from test_safeio import npz_bytes, patched_zip
+
     if kind == "folder":
         path.mkdir()
         (path / "x_train.npy").write_bytes(b"not ours to remove")
@@ -164,14 +169,20 @@ def make_unreadable(path, kind: str) -> None:
         path.write_bytes(patched_zip(npz_bytes(x_train=np.zeros([1, 28, 28], np.uint8)), "flags", 0x1))
 
 
-BROKEN = {"folder": ": is a folder, not a file", "fifo": r": is a FIFO \(named pipe\), not a file",
-          "corrupt": ": not a readable .npz file", "encrypted": ":x_train.npy: is encrypted"}
+BROKEN = {
+    "folder": ": is a folder, not a file",
+    "fifo": r": is a FIFO \(named pipe\), not a file",
+    "corrupt": ": not a readable .npz file",
+    "encrypted": ":x_train.npy: is encrypted",
+}
 
 
 def watching(path, kind: str):
     """A FifoWatch on the FIFO, for the kind that is one."""
     import contextlib
+
     from test_safeio import FifoWatch
+
     return FifoWatch(str(path)) if kind == "fifo" else contextlib.nullcontext()
 
 
@@ -196,8 +207,11 @@ def test_a_broken_keras_cache_is_passed_over_for_the_next_source(tmp_path, monke
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert re.fullmatch(f"MNIST: Keras cache unusable, ignoring it: {cache}{BROKEN[kind]}.*", warnings[0]), warnings
     if kind in ("folder", "fifo"):
-        assert (cache / "x_train.npy").read_bytes() == b"not ours to remove" if kind == "folder" else \
-            stat.S_ISFIFO(os.lstat(cache).st_mode)
+        assert (
+            (cache / "x_train.npy").read_bytes() == b"not ours to remove"
+            if kind == "folder"
+            else stat.S_ISFIFO(os.lstat(cache).st_mode)
+        )
         assert "something other than a file is there" in warnings[1]
     else:
         assert cache.read_bytes() == served.getvalue()
@@ -220,8 +234,9 @@ def as_another_user(code: str, env: dict) -> subprocess.CompletedProcess:
         if not shutil.which("setpriv"):
             pytest.skip("root ignores file modes, and setpriv (util-linux) is not here to run as another user")
         command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] + command
-    return subprocess.run(command, capture_output=True, text=True, timeout=120, cwd="/",
-                          env={**os.environ, "PYTHONPATH": REPO, **env})
+    return subprocess.run(
+        command, capture_output=True, text=True, timeout=120, cwd="/", env={**os.environ, "PYTHONPATH": REPO, **env}
+    )
 
 
 def test_an_unreadable_cache_and_data_dir_are_one_line_each(tiny_mnist):
@@ -234,15 +249,18 @@ def test_an_unreadable_cache_and_data_dir_are_one_line_each(tiny_mnist):
         cache = os.path.join(home, "datasets", "mnist.npz")
         np.savez(cache, **tiny_mnist.arrays())
         os.chmod(cache, 0)
-        code = ("from absl import logging; logging.use_absl_handler(); from distmnist.data import dataset\n"
-                "print(dataset._from_cache(dataset.keras_cache_path()))\n"
-                "try:\n    dataset.load(dataset.os.path.dirname(dataset.keras_cache_path()))\n"
-                "except dataset.DataError as exc:\n    print(exc)\n")
+        code = (
+            "from absl import logging; logging.use_absl_handler(); from distmnist.data import dataset\n"
+            "print(dataset._from_cache(dataset.keras_cache_path()))\n"
+            "try:\n    dataset.load(dataset.os.path.dirname(dataset.keras_cache_path()))\n"
+            "except dataset.DataError as exc:\n    print(exc)\n"
+        )
         result = as_another_user(code, {"KERAS_HOME": home})
         assert result.returncode == 0, result.stderr[-2000:]
         assert result.stdout.splitlines() == ["None", f"{cache}: cannot be read (Permission denied)"]
         warnings = [line for line in result.stderr.splitlines() if "MNIST:" in line]
         assert len(warnings) == 1 and warnings[0].endswith(
-            f"MNIST: Keras cache unusable, ignoring it: {cache}: cannot be read (Permission denied)"), result.stderr
+            f"MNIST: Keras cache unusable, ignoring it: {cache}: cannot be read (Permission denied)"
+        ), result.stderr
     finally:
         shutil.rmtree(home)

@@ -24,13 +24,23 @@ def no_driver(tmp_path) -> dict:
 
 
 def test_a_cpu_machine_is_fine_and_says_so(tmp_path):
-    result = run_module("distmnist.doctor", "--smoke_steps=30", unset=("TF_CPP_MIN_LOG_LEVEL",),
-                        env=no_driver(tmp_path))
+    result = run_module(
+        "distmnist.doctor", "--smoke_steps=30", unset=("TF_CPP_MIN_LOG_LEVEL",), env=no_driver(tmp_path)
+    )
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     assert result.stderr == ""
     lines = result.stdout.splitlines()
-    assert [line.split()[0] for line in lines if not line.startswith(" ")][:-1] == \
-        ["ok", "ok", "info", "info", "info", "ok", "ok", "ok", "ok"]
+    assert [line.split()[0] for line in lines if not line.startswith(" ")][:-1] == [
+        "ok",
+        "ok",
+        "info",
+        "info",
+        "info",
+        "ok",
+        "ok",
+        "ok",
+        "ok",
+    ]
     assert "no NVIDIA driver" in result.stdout and "none: TensorFlow trains on the CPU" in result.stdout
     assert "2 logical CPUs: sum of 2 replicas correct" in result.stdout
     precision = next(line for line in lines if " precision " in line)
@@ -46,8 +56,7 @@ def test_gpus_that_tensorflow_cannot_use_are_broken_and_json_says_why(tmp_path):
     fake = tmp_path / "nvidia-smi"  # the driver lists two GPUs; TensorFlow (CUDA hidden) registers none
     fake.write_text("#!/bin/sh\nprintf '0, NVIDIA L4, 23034, 570.86.15\\n1, NVIDIA L4, 23034, 570.86.15\\n'\n")
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
-    result = run_module("distmnist.doctor", "--json", "--smoke_steps=0",
-                        env={"PATH": str(tmp_path)})
+    result = run_module("distmnist.doctor", "--json", "--smoke_steps=0", env={"PATH": str(tmp_path)})
     assert result.returncode == 1, result.stdout + result.stderr[-3000:]
     report = json.loads(result.stdout)
     checks = {c["name"]: c for c in report["checks"]}
@@ -74,21 +83,33 @@ def test_an_old_driver_is_named(tmp_path):
 def test_require_gpus_on_a_machine_without_one_stops_before_training_in_one_line(tmp_path):
     """What every launch path that asks for GPUs passes: a job that got none stops with the doctor's finding and
     status 2, which the job engines do not retry (Kubeflow's podFailurePolicy and ExitCode: 1-127 permanent)."""
-    result = run_module("distmnist.train", "--require_gpus", f"--logdir={tmp_path / 'logs'}",
-                        unset=("TF_CPP_MIN_LOG_LEVEL",), env=no_driver(tmp_path), timeout_s=60)
+    result = run_module(
+        "distmnist.train",
+        "--require_gpus",
+        f"--logdir={tmp_path / 'logs'}",
+        unset=("TF_CPP_MIN_LOG_LEVEL",),
+        env=no_driver(tmp_path),
+        timeout_s=60,
+    )
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.splitlines() == [
         "distmnist.train: error: --require_gpus: TensorFlow registered no GPU for this process: no NVIDIA driver (no "
         "nvidia-smi): this machine trains on its CPU; nothing was trained (python -m distmnist.doctor has the whole "
-        "report)"]
+        "report)"
+    ]
     assert not (tmp_path / "logs").exists()
     # The driver lists a GPU that TensorFlow does not register: TensorFlow's own words for why are the finding.
     fake = tmp_path / "bin" / "nvidia-smi"
     fake.parent.mkdir()
     fake.write_text("#!/bin/sh\nprintf '0, NVIDIA L4, 23034, 570.86.15\\n'\n")
     fake.chmod(0o755)
-    result = run_module("distmnist.train", "--require_gpus", f"--logdir={tmp_path / 'logs'}",
-                        env={"PATH": str(fake.parent)}, timeout_s=60)
+    result = run_module(
+        "distmnist.train",
+        "--require_gpus",
+        f"--logdir={tmp_path / 'logs'}",
+        env={"PATH": str(fake.parent)},
+        timeout_s=60,
+    )
     assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr
     assert "registered no GPU for this process: TensorFlow said: " in result.stderr and "cuda" in result.stderr
 
@@ -107,11 +128,30 @@ def test_the_tests_that_need_no_driver_pass_on_a_machine_with_one(tmp_path):
     fake.write_text("#!/bin/sh\nprintf '0, NVIDIA L4, 23034, 570.86.15\\n1, NVIDIA L4, 23034, 570.86.15\\n'\n")
     fake.chmod(0o755)
     (tmp_path / "version").write_text("NVRM version: NVIDIA UNIX x86_64 Kernel Module  570.86.15\n")
-    env = {**os.environ, "PATH": f"{fake.parent}{os.pathsep}{os.environ['PATH']}",
-           "DISTMNIST_NVIDIA_PROC": str(tmp_path / "version")}
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "0",
-                             "tests/test_strategy.py", "tests/test_doctor.py::test_a_cpu_machine_is_fine_and_says_so",
-                             "tests/test_launch.py::test_local_cluster_gives_each_worker_its_own_gpus"],
-                            cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    env = {
+        **os.environ,
+        "PATH": f"{fake.parent}{os.pathsep}{os.environ['PATH']}",
+        "DISTMNIST_NVIDIA_PROC": str(tmp_path / "version"),
+    }
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-n",
+            "0",
+            "tests/test_strategy.py",
+            "tests/test_doctor.py::test_a_cpu_machine_is_fine_and_says_so",
+            "tests/test_launch.py::test_local_cluster_gives_each_worker_its_own_gpus",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stdout[-3000:]
     assert " passed" in result.stdout and "failed" not in result.stdout

@@ -29,8 +29,8 @@ model = tf.saved_model.load({str(path)!r})
 serve = model.signatures["serving_default"]
 spec = serve.structured_input_signature[1]["images"]
 assert spec.dtype == tf.uint8 and spec.shape.as_list() == [None, 28, 28], spec
-out = serve(images=tf.constant(np.load({str(tmp_path / 'images.npy')!r})))
-np.savez({str(tmp_path / 'out.npz')!r}, **{{k: v.numpy() for k, v in out.items()}})
+out = serve(images=tf.constant(np.load({str(tmp_path / "images.npy")!r})))
+np.savez({str(tmp_path / "out.npz")!r}, **{{k: v.numpy() for k, v in out.items()}})
 assert "distmnist" not in sys.modules
 """)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -88,7 +88,14 @@ def test_a_float32_pass_keeps_within_the_rounding_bound_the_gpu_comparison_uses(
     jit = tf.function(lambda x: classifier.mlp(images_to_features(x)), jit_compile=True)(tf.constant(images))
     assert np.all(np.abs(jit.numpy() - outputs) <= 2 * bound)
     # TF32 keeps 10 of float32's 23 mantissa bits in a matmul's inputs: the first layer's relative error 2**-11.
-    coarse = tf.cast(tf.bitcast(tf.bitwise.bitwise_and(tf.bitcast(images_to_features(tf.constant(images)), tf.int32),
-                                                       tf.constant(~0x1FFF, tf.int32)), tf.float32), tf.float32)
+    coarse = tf.cast(
+        tf.bitcast(
+            tf.bitwise.bitwise_and(
+                tf.bitcast(images_to_features(tf.constant(images)), tf.int32), tf.constant(~0x1FFF, tf.int32)
+            ),
+            tf.float32,
+        ),
+        tf.float32,
+    )
     truncated = classifier.mlp(coarse).numpy().astype(np.float64)
     assert np.any(np.abs(truncated - exact) > bound)

@@ -34,13 +34,19 @@ def mount_tmpfs(tmp_path):
         path = tmp_path / name
         path.mkdir()
         try:
-            result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(path)],
-                                    capture_output=True, text=True, timeout=30)
+            result = subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(path)],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
         except FileNotFoundError:
             pytest.skip("no mount command here: the full-filesystem tests mount small tmpfs")
         if result.returncode:
-            pytest.skip(f"this process may not mount a tmpfs ({result.stderr.strip()}): the full-filesystem tests "
-                        "need root or CAP_SYS_ADMIN")
+            pytest.skip(
+                f"this process may not mount a tmpfs ({result.stderr.strip()}): the full-filesystem tests "
+                "need root or CAP_SYS_ADMIN"
+            )
         mounted.append(path)
         return path
 
@@ -50,8 +56,9 @@ def mount_tmpfs(tmp_path):
 
 
 def remount(path, options: str) -> None:
-    result = subprocess.run(["mount", "-o", f"remount,{options}", str(path)], capture_output=True, text=True,
-                            timeout=30)
+    result = subprocess.run(
+        ["mount", "-o", f"remount,{options}", str(path)], capture_output=True, text=True, timeout=30
+    )
     assert result.returncode == 0, result.stderr
 
 
@@ -76,21 +83,37 @@ def unfill(path) -> None:
 
 
 def tiny_config(logdir, **changes) -> TrainConfig:
-    return TrainConfig(logdir=str(logdir), run_name="r", max_steps=12, batch_size=16, log_every=4, eval_every=6,
-                       steps_per_loop=4, checkpoint_every=6, **changes)
+    return TrainConfig(
+        logdir=str(logdir),
+        run_name="r",
+        max_steps=12,
+        batch_size=16,
+        log_every=4,
+        eval_every=6,
+        steps_per_loop=4,
+        checkpoint_every=6,
+        **changes,
+    )
 
 
-@pytest.mark.parametrize("number, advice", [(errno.ENOSPC, "free space on its filesystem"),
-                                            (errno.EDQUOT, "free space or raise the quota"),
-                                            (errno.EROFS, "make its filesystem writable again")])
+@pytest.mark.parametrize(
+    "number, advice",
+    [
+        (errno.ENOSPC, "free space on its filesystem"),
+        (errno.EDQUOT, "free space or raise the quota"),
+        (errno.EROFS, "make its filesystem writable again"),
+    ],
+)
 def test_tensorflows_words_for_a_full_disk_a_quota_and_a_read_only_filesystem_are_read(number, advice):
     """TensorFlow's file errors carry the C library's words after the path, not the number (as its SaveV2 said on a
     full tmpfs); a quota, which no tmpfs here can set, is read the same way."""
     message = f"{{{{function_node __wrapped__SaveV2}}}} /b/ckpt_temp/part-0.data; {os.strerror(number)} [Op:SaveV2]"
     error = files.no_room_in(message)
     assert (error.errno, error.filename) == (number, "/b/ckpt_temp/part-0.data")
-    assert str(OutOfRoom(error, "run it again")) == f"cannot write /b/ckpt_temp/part-0.data: {os.strerror(number)}; " \
-                                                    f"{advice}, then run it again"
+    assert (
+        str(OutOfRoom(error, "run it again")) == f"cannot write /b/ckpt_temp/part-0.data: {os.strerror(number)}; "
+        f"{advice}, then run it again"
+    )
     assert files.no_room_in("/b/x; Permission denied") is None
 
 
@@ -102,21 +125,25 @@ def test_events_that_find_no_room_name_their_file_and_the_same_call_then_resumes
     with pytest.raises(OutOfRoom) as failed:
         run.train_and_evaluate(tiny_config(fs), choice=make_strategy(), mnist=tiny_mnist)
     assert str(failed.value).startswith(f"cannot write {fs}/r/events.out.tfevents.")
-    assert str(failed.value).endswith(": No space left on device; free space on its filesystem, then run the same "
-                                      "command with --run_name=r: it starts afresh")
+    assert str(failed.value).endswith(
+        ": No space left on device; free space on its filesystem, then run the same "
+        "command with --run_name=r: it starts afresh"
+    )
     unfill(fs)
     summary = run.train_and_evaluate(tiny_config(fs), choice=make_strategy(), mnist=tiny_mnist)
     assert summary["global_step"] == 12
 
 
 @pytest.mark.slow  # trains and exports, twice: make test, not test-fast
-def test_an_export_dir_without_room_still_gets_run_json_and_the_same_call_writes_it(mount_tmpfs, tmp_path,
-                                                                                     tiny_mnist):
+def test_an_export_dir_without_room_still_gets_run_json_and_the_same_call_writes_it(mount_tmpfs, tmp_path, tiny_mnist):
     small = mount_tmpfs("small", "64k")  # a SavedModel of this model is 2.2 MB
     config = tiny_config(tmp_path / "logs", export_dir=str(small / "model"))
-    with pytest.raises(OutOfRoom, match=rf"^cannot write {small}/model: No space left on device; free space on its "
-                                        r"filesystem, then run the same command with --run_name=r to write it \(the "
-                                        rf"run is complete in {tmp_path}/logs/r\)$"):
+    with pytest.raises(
+        OutOfRoom,
+        match=rf"^cannot write {small}/model: No space left on device; free space on its "
+        r"filesystem, then run the same command with --run_name=r to write it \(the "
+        rf"run is complete in {tmp_path}/logs/r\)$",
+    ):
         run.train_and_evaluate(config, choice=make_strategy(), mnist=tiny_mnist)
     done = json.loads((tmp_path / "logs" / "r" / "run.json").read_text())
     assert done["global_step"] == 12 and os.listdir(small) == []  # nothing half-written left in the export's place
@@ -141,8 +168,14 @@ def test_pictures_that_find_no_room_name_their_file(mount_tmpfs, tiny_mnist):
     assert started.checkpointer.latest_step == 12  # the last checkpoint stays
 
 
-TRAIN = ("--batch_size=16", "--log_every=50", "--eval_every=500", "--checkpoint_every=100", "--steps_per_loop=10",
-         "--max_steps=2000")
+TRAIN = (
+    "--batch_size=16",
+    "--log_every=50",
+    "--eval_every=500",
+    "--checkpoint_every=100",
+    "--steps_per_loop=10",
+    "--max_steps=2000",
+)
 
 
 def the_line(result_stderr: str) -> str:
@@ -156,8 +189,15 @@ def the_line(result_stderr: str) -> str:
 def test_a_run_out_of_room_at_each_stage_says_so_in_one_line_and_resumes_once_freed(mount_tmpfs, tiny_npz_dir):
     fs = mount_tmpfs("fs", "16m")
     logdir, run_dir = fs / "logs", fs / "logs" / "r"
-    args = [sys.executable, "-m", "distmnist.train", f"--data_dir={tiny_npz_dir}", f"--logdir={logdir}",
-            "--run_name=r", *TRAIN]
+    args = [
+        sys.executable,
+        "-m",
+        "distmnist.train",
+        f"--data_dir={tiny_npz_dir}",
+        f"--logdir={logdir}",
+        "--run_name=r",
+        *TRAIN,
+    ]
 
     def train():
         return subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300)
@@ -167,7 +207,8 @@ def test_a_run_out_of_room_at_each_stage_says_so_in_one_line_and_resumes_once_fr
     full = train()
     assert full.returncode == 1 and the_line(full.stderr) == (
         f"distmnist.train: error: cannot write {logdir}/.r.claim: No space left on device; free space on its "
-        "filesystem, then run the same command")
+        "filesystem, then run the same command"
+    )
 
     # Room for the claim, none for the run's settings: no run directory is left to lock the name.
     unfill(fs)
@@ -175,7 +216,8 @@ def test_a_run_out_of_room_at_each_stage_says_so_in_one_line_and_resumes_once_fr
     full = train()
     assert full.returncode == 1 and the_line(full.stderr) == (
         f"distmnist.train: error: cannot write {run_dir}/run_config.json: No space left on device; free space on "
-        "its filesystem, then run the same command with --run_name=r: it starts afresh")
+        "its filesystem, then run the same command with --run_name=r: it starts afresh"
+    )
     assert not run_dir.exists()
 
     # Room to train to a checkpoint, then none: whichever write comes next (events, history, checkpoint) fails.
@@ -202,7 +244,8 @@ def test_a_run_out_of_room_at_each_stage_says_so_in_one_line_and_resumes_once_fr
     read_only = train()
     assert read_only.returncode == 1 and the_line(read_only.stderr) == (
         f"distmnist.train: error: cannot write {logdir}: Read-only file system; make its filesystem writable again, "
-        "then run the same command")
+        "then run the same command"
+    )
 
     # Writable again: the same command resumes from the checkpoint kept, and finishes.
     remount(fs, "rw")

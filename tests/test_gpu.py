@@ -25,8 +25,16 @@ TWO_GPUS = pytest.mark.skipif(len(GPUS) < 2, reason="needs two GPUs (MirroredStr
 
 
 def train(tmp_path, name, *flags, env=None, gpu=True):
-    result = run_module("distmnist.train", f"--logdir={tmp_path}", f"--run_name={name}", "--checkpoint_every=0",
-                        *flags, gpu=gpu, env=env, timeout_s=900)
+    result = run_module(
+        "distmnist.train",
+        f"--logdir={tmp_path}",
+        f"--run_name={name}",
+        "--checkpoint_every=0",
+        *flags,
+        gpu=gpu,
+        env=env,
+        timeout_s=900,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads((tmp_path / name / "run.json").read_text())
 
@@ -56,8 +64,12 @@ print("REPORT " + json.dumps({{
 
 def placement(gpus: int) -> tuple:
     """(the report, the functions TensorFlow logged executing, with their devices) of 10 steps on `gpus` GPUs."""
-    result = run_python(PLACEMENT.format(tests=os.path.join(REPO, "tests"), gpus=gpus), gpu=True, timeout_s=300,
-                        env={"TF_CPP_MIN_LOG_LEVEL": "0"})
+    result = run_python(
+        PLACEMENT.format(tests=os.path.join(REPO, "tests"), gpus=gpus),
+        gpu=True,
+        timeout_s=300,
+        env={"TF_CPP_MIN_LOG_LEVEL": "0"},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(next(line for line in result.stdout.splitlines() if line.startswith("REPORT "))[7:])
     executed = re.findall(r"Executing op (\S+) in device (\S+)", result.stdout + result.stderr)
@@ -87,8 +99,8 @@ def test_the_gpu_trained_savedmodel_answers_on_a_cpu_within_float32s_rounding(tm
     np.save(tmp_path / "images.npy", images)
     code = f"""
 import numpy as np, tensorflow as tf
-model = tf.saved_model.load({str(tmp_path / 'r' / 'saved_model')!r})
-out = model.signatures["serving_default"](images=tf.constant(np.load({str(tmp_path / 'images.npy')!r})))
+model = tf.saved_model.load({str(tmp_path / "r" / "saved_model")!r})
+out = model.signatures["serving_default"](images=tf.constant(np.load({str(tmp_path / "images.npy")!r})))
 where = "gpu" if tf.config.list_logical_devices("GPU") else "cpu"
 np.savez({str(tmp_path)!r} + "/" + where + ".npz", outputs=out["outputs"].numpy(), logits=out["logits"].numpy(),
          temperature=model.temperature.numpy())
@@ -99,7 +111,7 @@ np.savez({str(tmp_path)!r} + "/" + where + ".npz", outputs=out["outputs"].numpy(
     on_gpu, on_cpu = np.load(tmp_path / "gpu.npz"), np.load(tmp_path / "cpu.npz")
     _, bound = forward_and_bound(saved_weights(tmp_path / "r"), images)
     assert np.all(np.abs(on_gpu["outputs"] - on_cpu["outputs"]) <= 2 * bound)
-    logits_bound = 2 * bound / on_cpu["temperature"] + 2 ** -23 * np.abs(on_cpu["logits"])  # and the division's
+    logits_bound = 2 * bound / on_cpu["temperature"] + 2**-23 * np.abs(on_cpu["logits"])  # and the division's
     assert np.all(np.abs(on_gpu["logits"] - on_cpu["logits"]) <= logits_bound)
 
 
@@ -137,10 +149,22 @@ def test_two_gpus_all_reduce_with_nccl_and_run_xla_on_each_gpu():
 
 @TWO_GPUS
 def test_a_two_process_cluster_trains_with_a_gpu_each(tmp_path):
-    result = subprocess.run(["bash", os.path.join(REPO, "launch", "local_cluster.sh"), "2", "--",
-                             f"--logdir={tmp_path}", "--run_name=c", "--max_steps=60", "--require_gpus"],
-                            capture_output=True, text=True, timeout=900, env={**os.environ, "PYTHON": sys.executable,
-                                                                              "CUDA_VISIBLE_DEVICES": "0,1"})
+    result = subprocess.run(
+        [
+            "bash",
+            os.path.join(REPO, "launch", "local_cluster.sh"),
+            "2",
+            "--",
+            f"--logdir={tmp_path}",
+            "--run_name=c",
+            "--max_steps=60",
+            "--require_gpus",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "PYTHON": sys.executable, "CUDA_VISIBLE_DEVICES": "0,1"},
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = json.loads((tmp_path / "c" / "run.json").read_text())
     assert summary["strategy"] == "MultiWorkerMirroredStrategy (2 workers, NCCL collectives)"

@@ -54,8 +54,10 @@ def test_the_base_is_a_python_tensorflow_has_wheels_for_by_digest_and_the_packag
     assert (3, 10) <= tuple(int(p) for p in named.group(1).split(".")) <= (3, 13)
     assert ("ARG", "TARGETARCH") in steps
     locked, built = [" ".join(args.split()) for kind, args in steps if kind == "RUN" and "pip install" in args]
-    assert locked.startswith('python3 -m pip install --require-hashes --no-deps --only-binary=:all: -r '
-                             '"requirements/image-${TARGETARCH}.txt" && python3 -m pip check')
+    assert locked.startswith(
+        "python3 -m pip install --require-hashes --no-deps --only-binary=:all: -r "
+        '"requirements/image-${TARGETARCH}.txt" && python3 -m pip check'
+    )
     # distmnist itself: nothing fetched, nothing but distmnist installed.
     assert built.startswith("python3 -m pip install --no-deps --no-build-isolation --no-index /opt/distmnist/src")
     healthcheck = next(args for kind, args in steps if kind == "HEALTHCHECK")
@@ -105,8 +107,13 @@ def test_the_lock_pins_every_package_with_its_hashes_and_holds_what_distmnist_ne
             assert name in pins and requirement.specifier.contains(pins[name][0], prereleases=True), (arch, requirement)
         # TensorFlow's own and-cuda extra, where the lock's TensorFlow is the one installed here (its metadata).
         if importlib.metadata.version("tensorflow") == pins["tensorflow"][0]:
-            environment = {"extra": "and-cuda", "sys_platform": "linux", "platform_system": "Linux",
-                           "platform_machine": machine, "python_version": "3.12"}
+            environment = {
+                "extra": "and-cuda",
+                "sys_platform": "linux",
+                "platform_system": "Linux",
+                "platform_machine": machine,
+                "python_version": "3.12",
+            }
             cuda = [Requirement(r) for r in importlib.metadata.requires("tensorflow") if "and-cuda" in r]
             cuda = [r for r in cuda if Marker(str(r.marker)).evaluate(environment)]
             assert len(cuda) >= 10, cuda  # the CUDA, cuDNN and NCCL wheels
@@ -116,12 +123,27 @@ def test_the_lock_pins_every_package_with_its_hashes_and_holds_what_distmnist_ne
 
 def test_make_image_lock_resolves_for_the_images_python_on_both_machines():
     python = re.fullmatch(r"python:(3\.\d+)-.*", next(a for k, a in instructions() if k == "FROM")).group(1)
-    dry = subprocess.run(["make", "-n", "image-lock", f"VENV={os.path.dirname(os.path.dirname(sys.executable))}",
-                          "-o", "installed-lock"], capture_output=True, text=True, cwd=REPO, timeout=60, check=False)
+    dry = subprocess.run(
+        [
+            "make",
+            "-n",
+            "image-lock",
+            f"VENV={os.path.dirname(os.path.dirname(sys.executable))}",
+            "-o",
+            "installed-lock",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+        check=False,
+    )
     assert dry.returncode == 0, dry.stderr
     command = " ".join(dry.stdout.replace("\\\n", " ").split())
-    assert "uv pip compile --quiet setup.cfg requirements/image.in --extra gpu --generate-hashes --only-binary :all: " \
-           f"--python-version {python} --python-platform ${{target#*:}}-manylinux_2_36" in command
+    assert (
+        "uv pip compile --quiet setup.cfg requirements/image.in --extra gpu --generate-hashes --only-binary :all: "
+        f"--python-version {python} --python-platform ${{target#*:}}-manylinux_2_36" in command
+    )
     assert "for target in amd64:x86_64 arm64:aarch64" in command
     assert "-o requirements/image-${target%%:*}.txt" in command
 
@@ -153,9 +175,15 @@ def test_the_images_data_step_and_entry_point_run_here(tmp_path):
     assert "verified" in data.stdout and (home / "datasets" / "mnist.npz").exists()
 
     checkpoints = tmp_path / "bucket" / "checkpoints"  # AIP_CHECKPOINT_DIR; gs:// goes through the FUSE mount
-    train = subprocess.run([*entrypoint, "--max_steps=20", "--eval_every=10"], capture_output=True, text=True,
-                           timeout=300, check=False, cwd=REPO, env=as_the_image(KERAS_HOME=str(home),
-                                                                   AIP_CHECKPOINT_DIR=f"{checkpoints}/"))
+    train = subprocess.run(
+        [*entrypoint, "--max_steps=20", "--eval_every=10"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        cwd=REPO,
+        env=as_the_image(KERAS_HOME=str(home), AIP_CHECKPOINT_DIR=f"{checkpoints}/"),
+    )
     assert train.returncode == 0, train.stderr[-2000:]
     summary = json.loads((checkpoints / "run" / "run.json").read_text())
     assert summary["data_source"] == "Keras cache" and summary["global_step"] == 20
@@ -200,16 +228,28 @@ def test_sigterm_during_start_up_stops_the_container_with_status_143(tmp_path, t
         pytest.skip("a PID namespace of its own needs root and util-linux's unshare")
     pid_1 = ["unshare", "--pid", "--fork", "--kill-child"]
     # The check itself: in such a namespace a shell's SIGTERM to its own PID 1 is dropped.
-    control = subprocess.run([*pid_1, "sh", "-c", "kill -TERM $$; echo dropped"], capture_output=True, text=True,
-                             timeout=30, check=False)
+    control = subprocess.run(
+        [*pid_1, "sh", "-c", "kill -TERM $$; echo dropped"], capture_output=True, text=True, timeout=30, check=False
+    )
     assert control.returncode == 0 and control.stdout == "dropped\n", control
 
     entrypoint = json.loads(next(args for kind, args in instructions() if kind == "ENTRYPOINT"))
     logs = tmp_path / "logs"
     with open(tmp_path / "output", "w") as output:
-        unshare = subprocess.Popen([*pid_1, *entrypoint, f"--data_dir={tiny_npz_dir}", f"--logdir={logs}",
-                                    "--max_steps=40", "--eval_every=20"], cwd=REPO, env=as_the_image(),
-                                   stdout=output, stderr=subprocess.STDOUT)
+        unshare = subprocess.Popen(
+            [
+                *pid_1,
+                *entrypoint,
+                f"--data_dir={tiny_npz_dir}",
+                f"--logdir={logs}",
+                "--max_steps=40",
+                "--eval_every=20",
+            ],
+            cwd=REPO,
+            env=as_the_image(),
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
         try:
             deadline = time.monotonic() + 120  # only against a hang
             while not importing_tensorflow(tree(unshare.pid)):

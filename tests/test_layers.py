@@ -16,8 +16,13 @@ BENCH = "bench"  # the top-level folder beside distmnist/, not part of the packa
 # Low to high: a module may import its own layer and the ones before it.
 LAYERS = ("common", "data", "training", "runs", "environment", "entry", "bench")
 FOLDERS = LAYERS[:5]  # the package's layers that are folders of distmnist/
-ENTRY_POINTS = {"distmnist.train", "distmnist.predict", "distmnist.sweep", "distmnist.doctor",
-                "distmnist.data.__main__"}
+ENTRY_POINTS = {
+    "distmnist.train",
+    "distmnist.predict",
+    "distmnist.sweep",
+    "distmnist.doctor",
+    "distmnist.data.__main__",
+}
 
 
 def imported_modules(path: str) -> set:
@@ -33,7 +38,7 @@ def imported_modules(path: str) -> set:
 
 def module_name(path: str) -> str:
     name = os.path.relpath(path, REPO)[:-3].replace(os.sep, ".")
-    return name[:-len(".__init__")] if name.endswith(".__init__") else name
+    return name[: -len(".__init__")] if name.endswith(".__init__") else name
 
 
 def layer(module: str):
@@ -50,8 +55,11 @@ def layer(module: str):
 
 def modules():
     """{module: path} for every module of the package and of the bench."""
-    paths = [p for folder in ("distmnist", BENCH) for p in glob.glob(os.path.join(REPO, folder, "**", "*.py"),
-                                                                     recursive=True)]
+    paths = [
+        p
+        for folder in ("distmnist", BENCH)
+        for p in glob.glob(os.path.join(REPO, folder, "**", "*.py"), recursive=True)
+    ]
     return {module_name(p): p for p in paths}
 
 
@@ -85,20 +93,30 @@ def test_every_module_is_in_a_layer_and_imports_only_layers_below_it():
 def test_nothing_outside_the_bench_imports_it():
     library = {m: p for m, p in modules().items() if layer(m) != "bench"}
     assert library and all(m.startswith("distmnist") for m in library)
-    offenders = {m: sorted(i for i in imported_modules(p) if i == BENCH or i.startswith(BENCH + "."))
-                 for m, p in library.items()}
+    offenders = {
+        m: sorted(i for i in imported_modules(p) if i == BENCH or i.startswith(BENCH + ".")) for m, p in library.items()
+    }
     assert {m: found for m, found in offenders.items() if found} == {}
 
 
-@pytest.mark.parametrize("module, source, imported", [
-    ("distmnist.training.planted", "def f():\n    from distmnist.runs import checkpoints\n",
-     "distmnist.runs.checkpoints"),
-    ("distmnist.common.planted", "import distmnist.data.dataset\n", "distmnist.data.dataset"),
-    ("distmnist.runs.planted", "from distmnist.environment.tfquiet import import_tensorflow\n",
-     "distmnist.environment.tfquiet"),
-    ("distmnist.training.planted", "def f():\n    from bench.timing import Timing\n", "bench.timing"),
-    ("distmnist.train", "import bench.solo\n", "bench.solo"),
-])
+@pytest.mark.parametrize(
+    "module, source, imported",
+    [
+        (
+            "distmnist.training.planted",
+            "def f():\n    from distmnist.runs import checkpoints\n",
+            "distmnist.runs.checkpoints",
+        ),
+        ("distmnist.common.planted", "import distmnist.data.dataset\n", "distmnist.data.dataset"),
+        (
+            "distmnist.runs.planted",
+            "from distmnist.environment.tfquiet import import_tensorflow\n",
+            "distmnist.environment.tfquiet",
+        ),
+        ("distmnist.training.planted", "def f():\n    from bench.timing import Timing\n", "bench.timing"),
+        ("distmnist.train", "import bench.solo\n", "bench.solo"),
+    ],
+)
 def test_the_check_sees_an_upward_import_lazy_or_not(tmp_path, module, source, imported):
     planted = tmp_path / "planted.py"
     planted.write_text(source)

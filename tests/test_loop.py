@@ -1,7 +1,6 @@
 """The training loop: replica-count invariance, input-path agreement, logging independent of steps_per_loop,
 exact evaluation, no retracing, divergence detection, and accuracy on the real MNIST."""
 
-
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -43,7 +42,7 @@ def train(mnist, replicas, steps=20, loss_fn=None, eval_every=500, **overrides):
 
 
 def max_weight_difference(a, b):
-    return max(float(np.abs(x - y).max()) for x, y in zip(a.weights(), b.weights()))
+    return max(float(np.abs(x - y).max()) for x, y in zip(a.weights(), b.weights(), strict=True))
 
 
 @pytest.mark.parametrize("input_path", ["device", pytest.param("tfdata", marks=pytest.mark.slow)])
@@ -84,13 +83,13 @@ def test_device_and_tfdata_inputs_train_the_same_model(mnist, replicas):
 
 
 def test_logged_values_do_not_depend_on_steps_per_loop(mnist):
-    runs = [train(mnist, 1, steps=70, batch_size=32, steps_per_loop=k, eval_every=25)[1]
-            for k in (1, 7, 50)]
+    runs = [train(mnist, 1, steps=70, batch_size=32, steps_per_loop=k, eval_every=25)[1] for k in (1, 7, 50)]
     for other in runs[1:]:
         assert sorted(other.loss) == list(range(70))
         assert sorted(other.acc) == [0, 25, 50, 70]
-        np.testing.assert_allclose([other.loss[s] for s in range(70)], [runs[0].loss[s] for s in range(70)],
-                                   rtol=0, atol=1e-6)
+        np.testing.assert_allclose(
+            [other.loss[s] for s in range(70)], [runs[0].loss[s] for s in range(70)], rtol=0, atol=1e-6
+        )
         np.testing.assert_allclose(list(other.acc.values()), list(runs[0].acc.values()), atol=1e-9)
 
 
@@ -119,10 +118,16 @@ def test_evaluation_counts_every_test_image_once(mnist, replicas):
 @pytest.mark.parametrize("replicas", [1, 2])
 def test_non_finite_loss_stops_on_the_device_and_names_the_step_and_replica(mnist, replicas):
     recorder = Recorder()
-    trainer = Trainer(trainer_settings(learning_rate=50.0, batch_size=32, steps_per_loop=50),
-                      make_strategy(cpu_replicas=replicas).strategy, mnist)
-    with pytest.raises(TrainingDiverged, match=r"non-finite at step (\d+) on replica 0 \(loss (nan|inf)\); "
-                                               r"lower --learning_rate") as caught:
+    trainer = Trainer(
+        trainer_settings(learning_rate=50.0, batch_size=32, steps_per_loop=50),
+        make_strategy(cpu_replicas=replicas).strategy,
+        mnist,
+    )
+    with pytest.raises(
+        TrainingDiverged,
+        match=r"non-finite at step (\d+) on replica 0 \(loss (nan|inf)\); "
+        r"lower --learning_rate",
+    ) as caught:
         run_schedule(trainer, mnist, 60, recorder)
     # Nothing was reported, and on the device the bad step and every later one in the call were masked, not
     # branched on: the weights are those after the last good step, as a run of exactly that many steps leaves them.
@@ -157,7 +162,7 @@ def test_epoch_orders_past_the_runs_epochs_go_on_as_one_unbounded_draw():
 
 def test_epoch_orders_are_drawn_without_autotuning():
     """Nothing in the orders' pipeline is tuned; with tf.data's autotuning on, its model thread ran beside the
-    training and a deleted iterator waited for it (up to 3.7 s in these tests). The orders themselves are the
+    training and a deleted iterator waited for it. The orders themselves are the
     tutorial pipeline's, autotuned there (test_device_and_tfdata_inputs_train_the_same_model)."""
     from distmnist.training.inputs import EpochOrder
 

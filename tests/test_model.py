@@ -29,4 +29,3 @@ def test_preprocessing_matches_the_tutorial():
     assert features.shape == (1, 784) and features.dtype == np.float32
     np.testing.assert_array_equal(features[0, :4], [0.0, 1.0, 0.0, 1.0])
     np.testing.assert_array_equal(labels_to_targets(np.array([3], np.uint8)).numpy(), [np.eye(10)[3]])
-

@@ -67,21 +67,27 @@ def cwd(tmp_path, monkeypatch):
     return work
 
 
-@pytest.mark.parametrize("export_dir, message", [
-    (".", "--export_dir=. is the working directory or holds it; an export replaces its folder"),
-    ("..", "--export_dir=.. is the working directory or holds it"),
-    ("logs", "--export_dir=logs overlaps --logdir=logs, where runs live"),
-    ("logs/r/model", "--export_dir=logs/r/model overlaps --logdir=logs"),
-    ("logs/model", "--export_dir=logs/model overlaps --logdir=logs"),
-    ("notes.txt", "--export_dir=notes.txt is a file; an export is a folder"),
-    ("mine", "--export_dir=mine holds files distmnist did not write (a.txt); an export replaces its folder, and "
-             "distmnist replaces only its own exports: choose a new or empty folder"),
-    ("theirs", "--export_dir=theirs holds a SavedModel distmnist did not mark as its own"),
-    ("missing/model", "--export_dir=missing/model: its folder {cwd}/missing does not exist; create it"),
-    ("tb", "--export_dir=tb overlaps --events_dir=tb"),
-    ("elsewhere/r/model", "--export_dir=elsewhere/r/model is inside the distmnist run directory {cwd}/elsewhere/r"),
-    ("link", "--export_dir=link is a link; give the folder it leads to"),
-])
+@pytest.mark.parametrize(
+    "export_dir, message",
+    [
+        (".", "--export_dir=. is the working directory or holds it; an export replaces its folder"),
+        ("..", "--export_dir=.. is the working directory or holds it"),
+        ("logs", "--export_dir=logs overlaps --logdir=logs, where runs live"),
+        ("logs/r/model", "--export_dir=logs/r/model overlaps --logdir=logs"),
+        ("logs/model", "--export_dir=logs/model overlaps --logdir=logs"),
+        ("notes.txt", "--export_dir=notes.txt is a file; an export is a folder"),
+        (
+            "mine",
+            "--export_dir=mine holds files distmnist did not write (a.txt); an export replaces its folder, and "
+            "distmnist replaces only its own exports: choose a new or empty folder",
+        ),
+        ("theirs", "--export_dir=theirs holds a SavedModel distmnist did not mark as its own"),
+        ("missing/model", "--export_dir=missing/model: its folder {cwd}/missing does not exist; create it"),
+        ("tb", "--export_dir=tb overlaps --events_dir=tb"),
+        ("elsewhere/r/model", "--export_dir=elsewhere/r/model is inside the distmnist run directory {cwd}/elsewhere/r"),
+        ("link", "--export_dir=link is a link; give the folder it leads to"),
+    ],
+)
 def test_an_export_dir_that_would_replace_what_is_not_distmnists_is_refused(cwd, an_export, export_dir, message):
     (cwd / "mine").mkdir()
     (cwd / "mine" / "a.txt").write_text("the user's")
@@ -105,15 +111,18 @@ def test_an_export_dir_that_is_new_empty_or_an_earlier_export_is_taken(cwd, an_e
     outputs.check(TrainConfig(run_name="r", export_dir=export_dir))
 
 
-@pytest.mark.parametrize("events_dir, message", [
-    ("logs", "--events_dir=logs is --logdir=logs or holds it"),
-    (".", "--events_dir=. is --logdir=logs or holds it"),
-    ("logs/r/tb", "--events_dir=logs/r/tb is inside the run directory logs/r; leave --events_dir unset"),
-    ("elsewhere/r/tb", "--events_dir=elsewhere/r/tb is inside the distmnist run directory {cwd}/elsewhere/r"),
-    ("notes.txt", "--events_dir=notes.txt is a file"),
-    ("mixed", "--events_dir=mixed holds files that are not TensorBoard events (a.txt)"),
-    ("others", "--events_dir=others holds the events of another run"),
-])
+@pytest.mark.parametrize(
+    "events_dir, message",
+    [
+        ("logs", "--events_dir=logs is --logdir=logs or holds it"),
+        (".", "--events_dir=. is --logdir=logs or holds it"),
+        ("logs/r/tb", "--events_dir=logs/r/tb is inside the run directory logs/r; leave --events_dir unset"),
+        ("elsewhere/r/tb", "--events_dir=elsewhere/r/tb is inside the distmnist run directory {cwd}/elsewhere/r"),
+        ("notes.txt", "--events_dir=notes.txt is a file"),
+        ("mixed", "--events_dir=mixed holds files that are not TensorBoard events (a.txt)"),
+        ("others", "--events_dir=others holds the events of another run"),
+    ],
+)
 def test_an_events_dir_that_holds_what_is_not_this_runs_events_is_refused(cwd, events_dir, message):
     make_run(cwd / "elsewhere")
     for name in ("mixed", "others"):
@@ -176,8 +185,9 @@ def test_an_export_onto_a_folder_that_cannot_be_renamed_never_deletes_the_users_
     in. A user's folder is left whole; an earlier export there is replaced file by file."""
     target = tmp_path / "mounted"
     target.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(target)], capture_output=True,
-                             text=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(target)], capture_output=True, text=True
+    )
     if mounted.returncode:
         pytest.skip(f"this process may not mount a tmpfs ({mounted.stderr.strip()})")
     try:
@@ -200,16 +210,25 @@ def test_paths_compare_as_places_when_a_run_resumes(tmp_path, monkeypatch):
     os.symlink(tmp_path, tmp_path / "here")
     make_run("runs", export_dir="exports/m")
     flags = dataclasses.asdict(TrainConfig(logdir="runs", run_name="r", export_dir="exports/m"))
-    for logdir, export_dir in (("runs/", "exports/m/"), ("./runs", "./exports//m"), (str(tmp_path / "runs"),
-                                                                                      "here/exports/m")):
+    for logdir, export_dir in (
+        ("runs/", "exports/m/"),
+        ("./runs", "./exports//m"),
+        (str(tmp_path / "runs"), "here/exports/m"),
+    ):
         changed = {**flags, "logdir": logdir, "export_dir": export_dir}
         assert rundir.plan(logdir, "r", changed) == "resume"
-    with pytest.raises(UserError, match=r"was started with --export_dir=exports/m, not exports/n; rerun with "
-                                        r"--export_dir=exports/m to resume it, or pass --overwrite to delete it \(its "
-                                        r"checkpoints, events and results\) and start afresh"):
+    with pytest.raises(
+        UserError,
+        match=r"was started with --export_dir=exports/m, not exports/n; rerun with "
+        r"--export_dir=exports/m to resume it, or pass --overwrite to delete it \(its "
+        r"checkpoints, events and results\) and start afresh",
+    ):
         rundir.plan("runs", "r", {**flags, "export_dir": "exports/n"})
-    with pytest.raises(UserError, match=r"was started with --export_dir=exports/m, not without it; rerun with "
-                                        r"--export_dir=exports/m to resume it"):
+    with pytest.raises(
+        UserError,
+        match=r"was started with --export_dir=exports/m, not without it; rerun with "
+        r"--export_dir=exports/m to resume it",
+    ):
         rundir.plan("runs", "r", {**flags, "export_dir": None})
 
 
@@ -229,8 +248,11 @@ def test_a_start_that_failed_before_its_first_checkpoint_never_locks_its_name(tm
     assert json.loads((tmp_path / "r" / "run_config.json").read_text())["events_dir"] == "good"
 
     (tmp_path / "r" / "notes.txt").write_text("the user's")  # but what is not distmnist's is never deleted
-    with pytest.raises(UserError, match=r"holds no checkpoint, and files distmnist did not write \(notes.txt\); move "
-                                        "them out to start it afresh, or choose another --run_name"):
+    with pytest.raises(
+        UserError,
+        match=r"holds no checkpoint, and files distmnist did not write \(notes.txt\); move "
+        "them out to start it afresh, or choose another --run_name",
+    ):
         rundir.plan(logdir, "r", fixed)
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "a.txt").write_text("the user's")
@@ -242,13 +264,19 @@ def test_overwrite_is_advised_only_where_a_run_would_be_deleted_and_deletes_only
     logdir = str(tmp_path)
     flags = dataclasses.asdict(TrainConfig(logdir=logdir, run_name="r"))
     make_run(tmp_path)
-    with pytest.raises(UserError, match=r"not 0.5; rerun with --learning_rate=1.5 to resume it, or pass --overwrite "
-                                        r"to delete it \(its checkpoints, events and results\) and start afresh"):
+    with pytest.raises(
+        UserError,
+        match=r"not 0.5; rerun with --learning_rate=1.5 to resume it, or pass --overwrite "
+        r"to delete it \(its checkpoints, events and results\) and start afresh",
+    ):
         rundir.plan(logdir, "r", {**flags, "learning_rate": 0.5})
     (tmp_path / "r" / "notes.txt").write_text("the user's")
     assert rundir.plan(logdir, "r", flags) == "resume"  # resuming deletes nothing
-    with pytest.raises(UserError, match=r"--overwrite would delete run directory .*/r, which holds files distmnist "
-                                        r"did not write \(notes.txt\); move them out first"):
+    with pytest.raises(
+        UserError,
+        match=r"--overwrite would delete run directory .*/r, which holds files distmnist "
+        r"did not write \(notes.txt\); move them out first",
+    ):
         rundir.plan(logdir, "r", {**flags, "overwrite": True})
     os.remove(tmp_path / "r" / "notes.txt")
     assert rundir.plan(logdir, "r", {**flags, "overwrite": True}) == "overwrite"
@@ -265,8 +293,14 @@ def test_the_entry_point_refuses_an_export_over_the_working_directory_or_the_log
     before = sorted(work.rglob("*"))
     env = {**os.environ, **without_tensorflow(tmp_path)}
     env["PYTHONPATH"] += os.pathsep + REPO
-    result = subprocess.run([sys.executable, "-m", "distmnist.train", f"--export_dir={export_dir}"], cwd=work,
-                            capture_output=True, text=True, timeout=60, env=env)
+    result = subprocess.run(
+        [sys.executable, "-m", "distmnist.train", f"--export_dir={export_dir}"],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.startswith(f"distmnist.train: error: --export_dir={export_dir} ")
     assert len(result.stderr.splitlines()) == 1

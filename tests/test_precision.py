@@ -25,7 +25,7 @@ from helpers import evaluator, make_tiny_mnist, model_weights, run_module, run_p
 
 MIXED = ("mixed_bfloat16", "mixed_float16")
 ROUNDINGS = 12  # the most roundings to the low type between the pixels and a weight's gradient: 4 per layer
-UNIT_ROUNDOFF = {"float32": 2.0 ** -24, "mixed_bfloat16": 2.0 ** -8, "mixed_float16": 2.0 ** -11}
+UNIT_ROUNDOFF = {"float32": 2.0**-24, "mixed_bfloat16": 2.0**-8, "mixed_float16": 2.0**-11}
 LOW_TYPES = {"mixed_bfloat16": tf.bfloat16, "mixed_float16": tf.float16}
 SIGMAS = 6  # a rounding error beyond 6 standard deviations of the model below: odds under 1e-8 an output
 
@@ -39,11 +39,11 @@ def rounding_sigma(precision: str, features: np.ndarray, weights: list) -> np.nd
     layers (Higham, Accuracy and Stability of Numerical Algorithms, 2.8: the statistical estimate)."""
     u2_3 = UNIT_ROUNDOFF[precision] ** 2 / 3
     h = features.astype(np.float64)
-    var = u2_3 * h ** 2
+    var = u2_3 * h**2
     for i in range(len(weights) // 2):
         kernel, bias = weights[2 * i].astype(np.float64), weights[2 * i + 1].astype(np.float64)
         z = h @ kernel
-        var = var @ kernel ** 2 + u2_3 * (h ** 2 @ kernel ** 2 + z ** 2 + bias ** 2 + (z + bias) ** 2)
+        var = var @ kernel**2 + u2_3 * (h**2 @ kernel**2 + z**2 + bias**2 + (z + bias) ** 2)
         h = z + bias
         if i < len(weights) // 2 - 1:
             var, h = np.where(h > 0, var, 0.0), np.maximum(h, 0.0)
@@ -65,14 +65,17 @@ def mnist():
 
 
 def trained(mnist, precision, replicas=1, steps=20, **settings):
-    trainer = Trainer(trainer_settings(precision=precision, **{"batch_size": 64 // replicas, **settings}),
-                      make_strategy(cpu_replicas=replicas).strategy, mnist)
+    trainer = Trainer(
+        trainer_settings(precision=precision, **{"batch_size": 64 // replicas, **settings}),
+        make_strategy(cpu_replicas=replicas).strategy,
+        mnist,
+    )
     losses = run_steps(trainer, steps)
     return trainer, losses
 
 
 def max_difference(a, b):
-    return max(float(np.abs(x - y).max()) for x, y in zip(a.weights(), b.weights()))
+    return max(float(np.abs(x - y).max()) for x, y in zip(a.weights(), b.weights(), strict=True))
 
 
 @pytest.mark.parametrize("precision", MIXED)
@@ -82,12 +85,17 @@ def test_the_forward_pass_runs_in_the_low_precision_and_answers_in_float32(preci
     deviations, and their root mean square within one and a half (the model's variance is an upper bound). The
     other mixed type's outputs, or float32's, fail this: the bound tells the types apart."""
     rng = np.random.default_rng(0)
-    weights = [rng.uniform(-0.05, 0.05, s).astype(np.float32) for s in
-               ((784, 512), (512,), (512, 256), (256,), (256, 10), (10,))]
+    weights = [
+        rng.uniform(-0.05, 0.05, s).astype(np.float32)
+        for s in ((784, 512), (512,), (512, 256), (256,), (256, 10), (10,))
+    ]
     features = rng.uniform(0, 1, (32, 784)).astype(np.float32)
     low = LOW_TYPES[precision]
-    graph = tf.function(lambda x: forward(weights, x, low)).get_concrete_function(
-        tf.TensorSpec([None, 784], tf.float32)).graph
+    graph = (
+        tf.function(lambda x: forward(weights, x, low))
+        .get_concrete_function(tf.TensorSpec([None, 784], tf.float32))
+        .graph
+    )
     assert {op.get_attr("T") for op in graph.get_operations() if op.type == "MatMul"} == {low}
     exact = exact_forward(weights, features)
     sigma = rounding_sigma(precision, features, weights)
@@ -98,7 +106,7 @@ def test_the_forward_pass_runs_in_the_low_precision_and_answers_in_float32(preci
         return (outputs.numpy() - exact) / sigma
 
     z = deviations(low)
-    assert np.abs(z).max() < SIGMAS and 0.1 < np.sqrt(np.mean(z ** 2)) < 1.5
+    assert np.abs(z).max() < SIGMAS and 0.1 < np.sqrt(np.mean(z**2)) < 1.5
     other = LOW_TYPES[next(p for p in MIXED if p != precision)]
     assert (np.abs(deviations(other)).max() > SIGMAS) == (precision == "mixed_float16")  # bfloat16's: 8x float16's
     assert np.sqrt(np.mean(deviations(tf.float32) ** 2)) < 0.1  # float32 is no rounding of the type at all
@@ -113,10 +121,11 @@ def test_the_training_images_are_resident_in_the_low_type_and_change_no_number(m
     settings = trainer_settings(batch_size=32, precision=precision, jit_compile=jit)
     resident, as_float32 = (Trainer(settings, make_strategy().strategy, mnist) for _ in range(2))
     assert resident.strategy.experimental_local_results(resident.input.features)[0].dtype == low
-    as_float32.input.features = inputs.on_each_replica(as_float32.strategy,
-                                                       lambda r, n: images_to_features(mnist.x_train))
+    as_float32.input.features = inputs.on_each_replica(
+        as_float32.strategy, lambda r, n: images_to_features(mnist.x_train)
+    )
     np.testing.assert_array_equal(run_steps(resident, 12), run_steps(as_float32, 12))
-    for a, b in zip(model_weights(resident.model), model_weights(as_float32.model)):
+    for a, b in zip(model_weights(resident.model), model_weights(as_float32.model), strict=True):
         np.testing.assert_array_equal(a, b)
 
 
@@ -140,15 +149,20 @@ def matmuls_as_run(tmp_path, precision: str, env: dict, unset=()) -> list:
     fusions, oneDNN's kernels): (op, type, fused ops) for each, from the graphs TensorFlow dumps."""
     from google.protobuf import text_format
 
-    result = run_python(TRAIN_TWO_STEPS.format(precision=precision), env={
-        **env, "TF_DUMP_GRAPH_PREFIX": str(tmp_path), "TF_DUMP_GRAPH_NAME_FILTER": "*"}, unset=unset)
+    result = run_python(
+        TRAIN_TWO_STEPS.format(precision=precision),
+        env={**env, "TF_DUMP_GRAPH_PREFIX": str(tmp_path), "TF_DUMP_GRAPH_NAME_FILTER": "*"},
+        unset=unset,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     found = []
     for path in tmp_path.glob("*_partition_*after_partition_passes.pbtxt"):  # as the executor gets it
         graph = text_format.Parse(path.read_text(), tf.compat.v1.GraphDef())
-        found += [(node.op, tf.as_dtype(node.attr["T"].type).name,
-                   tuple(op.decode() for op in node.attr["fused_ops"].list.s))
-                  for node in graph.node if "MatMul" in node.op]
+        found += [
+            (node.op, tf.as_dtype(node.attr["T"].type).name, tuple(op.decode() for op in node.attr["fused_ops"].list.s))
+            for node in graph.node
+            if "MatMul" in node.op
+        ]
     return sorted(found)
 
 
@@ -168,8 +182,11 @@ def test_with_onednn_every_matmul_of_the_step_is_onednns_and_the_layers_are_fuse
     matmuls = matmuls_as_run(tmp_path, precision, env, unset)
     dtype = "float32" if precision == "float32" else "bfloat16"
     assert len(matmuls) == 8 and all(op.startswith("_Mkl") and t == dtype for op, t, _ in matmuls), matmuls
-    assert sorted(fused for _, _, fused in matmuls if fused) == [("BiasAdd",), ("BiasAdd", "Relu"),
-                                                                  ("BiasAdd", "Relu")], matmuls
+    assert sorted(fused for _, _, fused in matmuls if fused) == [
+        ("BiasAdd",),
+        ("BiasAdd", "Relu"),
+        ("BiasAdd", "Relu"),
+    ], matmuls
 
 
 @pytest.mark.slow
@@ -196,7 +213,7 @@ def first_loss_bound(mnist, precision: str, seed: int, batch_size: int, examples
     features = images_to_features(mnist.x_train[:examples]).numpy()
     outputs, targets = exact_forward(weights, features), labels_to_targets(mnist.y_train[:examples]).numpy()
     sigma = rounding_sigma(precision, features, weights)
-    per_example = np.sum((outputs - targets) ** 2 * sigma ** 2, axis=1)  # each example's share of the variance
+    per_example = np.sum((outputs - targets) ** 2 * sigma**2, axis=1)  # each example's share of the variance
     worst = np.sort(per_example)[-batch_size:].sum()
     return float(SIGMAS * 2 * np.sqrt(worst) / (10 * batch_size) + np.max(sigma) ** 2)
 
@@ -215,8 +232,11 @@ def test_the_first_loss_bound_tells_a_loss_taken_in_the_low_type_apart(mnist, pr
     bound = first_loss_bound(mnist, precision, 42, 64, examples=64)  # the batch itself: its worst 64 of 64
     reference = float(stepmaths.mse_loss(targets, forward(weights, features), 64))
     mixed = float(stepmaths.mse_loss(targets, forward(weights, features, low), 64))
-    in_the_low_type = float(tf.cast(stepmaths.mse_loss(tf.cast(targets, low), tf.cast(forward(weights, features, low),
-                                                                                  low), 64), tf.float32))
+    in_the_low_type = float(
+        tf.cast(
+            stepmaths.mse_loss(tf.cast(targets, low), tf.cast(forward(weights, features, low), low), 64), tf.float32
+        )
+    )
     assert abs(mixed - reference) < bound < abs(in_the_low_type - reference)
 
 
@@ -241,8 +261,9 @@ def test_the_replica_count_changes_only_the_low_precision_rounding(mnist, precis
     largest = 0.0
     for weights in (fresh.weights(), one.weights()):
         for start in range(0, 2048, 64):
-            grads, _ = stepmaths.gradients([tf.constant(w) for w in weights], features[start:start + 64],
-                                      targets[start:start + 64], 64)
+            grads, _ = stepmaths.gradients(
+                [tf.constant(w) for w in weights], features[start : start + 64], targets[start : start + 64], 64
+            )
             largest = max(largest, max(float(np.abs(g).max()) for g in grads))
     bound = 2 * 5 * 1.5 * ROUNDINGS * UNIT_ROUNDOFF[precision] * largest
     assert max_difference(one, two) < bound
@@ -250,10 +271,18 @@ def test_the_replica_count_changes_only_the_low_precision_rounding(mnist, precis
     def per_replica_mean(targets, outputs, global_batch_size):
         return tf.reduce_mean(tf.square(targets - outputs))  # wrong: ignores the other replicas
 
-    wrong_one = Trainer(trainer_settings(batch_size=64, precision=precision, jit_compile=False),
-                        make_strategy().strategy, mnist, loss_fn=per_replica_mean)
-    wrong_two = Trainer(trainer_settings(batch_size=32, precision=precision, jit_compile=False),
-                        make_strategy(cpu_replicas=2).strategy, mnist, loss_fn=per_replica_mean)
+    wrong_one = Trainer(
+        trainer_settings(batch_size=64, precision=precision, jit_compile=False),
+        make_strategy().strategy,
+        mnist,
+        loss_fn=per_replica_mean,
+    )
+    wrong_two = Trainer(
+        trainer_settings(batch_size=32, precision=precision, jit_compile=False),
+        make_strategy(cpu_replicas=2).strategy,
+        mnist,
+        loss_fn=per_replica_mean,
+    )
     run_steps(wrong_one, 5)
     run_steps(wrong_two, 5)
     assert max_difference(wrong_one, wrong_two) > bound
@@ -264,8 +293,12 @@ def test_the_replica_count_changes_only_the_low_precision_rounding(mnist, precis
 def test_the_losses_do_not_depend_on_steps_per_loop(mnist, precision):
     """Without XLA every step runs the same kernels whatever the call's length, so 1, 7 and 50 steps per call give
     the same 70 losses and weights, bit for bit, in each precision (the float16 loss scale's state included)."""
-    runs = [trained(mnist, precision, steps=70, batch_size=32, steps_per_loop=k, jit_compile=False,
-                    loss_scale_growth_steps=20) for k in (1, 7, 50)]
+    runs = [
+        trained(
+            mnist, precision, steps=70, batch_size=32, steps_per_loop=k, jit_compile=False, loss_scale_growth_steps=20
+        )
+        for k in (1, 7, 50)
+    ]
     for trainer, losses in runs[1:]:
         np.testing.assert_array_equal(losses, runs[0][1])
         assert max_difference(trainer, runs[0][0]) == 0.0
@@ -294,19 +327,23 @@ def test_a_planted_overflow_skips_the_step_and_halves_the_scale_on_every_replica
     """huge overflows float16's gradients at the initial scale: the step changes no weight and halves the scale, on
     both replicas, and the run goes on; once the scale is small enough, it trains. Over tf.data every call is the
     checked one, where an overflow must still skip, not diverge."""
-    trainer = Trainer(trainer_settings(batch_size=32, precision="mixed_float16", learning_rate=1e-12,
-                                      input=input_path), make_strategy(cpu_replicas=2).strategy, mnist, loss_fn=huge)
+    trainer = Trainer(
+        trainer_settings(batch_size=32, precision="mixed_float16", learning_rate=1e-12, input=input_path),
+        make_strategy(cpu_replicas=2).strategy,
+        mnist,
+        loss_fn=huge,
+    )
     before = trainer.weights()
     run_steps(trainer, 1)
     assert trainer.loss_scale_state() == {"loss_scale": INITIAL_LOSS_SCALE / 2, "skipped_steps": 1}
-    for a, b in zip(before, trainer.weights()):
+    for a, b in zip(before, trainer.weights(), strict=True):
         np.testing.assert_array_equal(a, b)
     assert copies(trainer, [trainer.loss_scale.scale]) == [[INITIAL_LOSS_SCALE / 2] * 2]
     assert_replicas_agree(trainer)
     run_steps(trainer, 30)  # halves until the scaled gradients fit, then trains
     state = trainer.loss_scale_state()
     assert 1 < state["skipped_steps"] < 31 and state["loss_scale"] == INITIAL_LOSS_SCALE / 2 ** state["skipped_steps"]
-    assert max(float(np.abs(a - b).max()) for a, b in zip(before, trainer.weights())) > 0
+    assert max(float(np.abs(a - b).max()) for a, b in zip(before, trainer.weights(), strict=True)) > 0
     assert_replicas_agree(trainer)
 
 
@@ -315,23 +352,31 @@ def test_an_overflow_on_one_replica_skips_the_step_on_every_replica(mnist, input
     """Only replica 1's gradients overflow (its loss is huge's): both replicas skip the step and halve the scale,
     their weights stay equal and as they were; once the scale fits replica 1's gradients, both train, alike. A
     replica that applied its step while the other skipped would leave the copies apart."""
+
     def huge_on_replica_1(targets, outputs, global_batch_size):
         factor = tf.where(tf.equal(tf.distribute.get_replica_context().replica_id_in_sync_group, 1), 1e3, 1.0)
         return factor * tf.reduce_sum(tf.square(targets - outputs)) / global_batch_size
 
-    trainer = Trainer(trainer_settings(batch_size=32, precision="mixed_float16", learning_rate=1e-3, input=input_path,
-                                      jit_compile=False),  # a replica's id is a constant of its own trace
-                      make_strategy(cpu_replicas=2).strategy, mnist, loss_fn=huge_on_replica_1)
+    trainer = Trainer(
+        trainer_settings(
+            batch_size=32, precision="mixed_float16", learning_rate=1e-3, input=input_path, jit_compile=False
+        ),  # a replica's id is a constant of its own trace
+        make_strategy(cpu_replicas=2).strategy,
+        mnist,
+        loss_fn=huge_on_replica_1,
+    )
     before = trainer.weights()
     run_steps(trainer, 1)
-    assert copies(trainer, [trainer.loss_scale.scale, trainer.loss_scale.skipped]) == \
-        [[INITIAL_LOSS_SCALE / 2] * 2, [1.0, 1.0]]
-    for weight, copy in zip(before, copies(trainer, trainer.model.weights)):
+    assert copies(trainer, [trainer.loss_scale.scale, trainer.loss_scale.skipped]) == [
+        [INITIAL_LOSS_SCALE / 2] * 2,
+        [1.0, 1.0],
+    ]
+    for weight, copy in zip(before, copies(trainer, trainer.model.weights), strict=True):
         for value in copy:
             np.testing.assert_array_equal(value, weight)
     run_steps(trainer, 20)
     assert 1 < trainer.loss_scale_state()["skipped_steps"] < 21
-    assert max(float(np.abs(a - b).max()) for a, b in zip(before, trainer.weights())) > 0
+    assert max(float(np.abs(a - b).max()) for a, b in zip(before, trainer.weights(), strict=True)) > 0
     assert_replicas_agree(trainer)
 
 
@@ -341,25 +386,38 @@ def overflowing_at_any_scale(targets, outputs, global_batch_size):
     return 1e9 * tf.reduce_sum(tf.square(targets - outputs)) / global_batch_size
 
 
-@pytest.mark.parametrize("input_path, replicas", [("device", 1), pytest.param("device", 2, marks=pytest.mark.slow),
-                                                  pytest.param("tfdata", 1, marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "input_path, replicas",
+    [
+        ("device", 1),
+        pytest.param("device", 2, marks=pytest.mark.slow),
+        pytest.param("tfdata", 1, marks=pytest.mark.slow),
+    ],
+)
 def test_skipping_step_after_step_at_loss_scale_1_stops_as_a_divergence(mnist, input_path, replicas):
     """The scale halves from 2^15 to 1 in 15 skipped steps; then no halving can help, and MAX_SKIPPED_AT_SCALE_1
     steps skipped in a row at scale 1 end the run (GradientsOverflowed, a divergence), instead of a run that trains
     nothing to its end. The weights are still the initial ones."""
-    trainer = Trainer(trainer_settings(batch_size=32 // replicas, precision="mixed_float16", steps_per_loop=5,
-                                      input=input_path, jit_compile=False),
-                      make_strategy(cpu_replicas=replicas).strategy, mnist, loss_fn=overflowing_at_any_scale)
+    trainer = Trainer(
+        trainer_settings(
+            batch_size=32 // replicas, precision="mixed_float16", steps_per_loop=5, input=input_path, jit_compile=False
+        ),
+        make_strategy(cpu_replicas=replicas).strategy,
+        mnist,
+        loss_fn=overflowing_at_any_scale,
+    )
     before = trainer.weights()
     with pytest.raises(GradientsOverflowed) as caught:
         run_steps(trainer, 1000)
     assert isinstance(caught.value, TrainingDiverged)
     assert (caught.value.step, caught.value.skipped) == (15, MAX_SKIPPED_AT_SCALE_1)
-    assert str(caught.value) == ("the float16 gradients overflowed at loss scale 1 in 100 steps in a row from step "
-                                 "15 on, each one skipped: nothing was learned; lower --learning_rate, or train with "
-                                 "--precision=mixed_bfloat16 or float32")
+    assert str(caught.value) == (
+        "the float16 gradients overflowed at loss scale 1 in 100 steps in a row from step "
+        "15 on, each one skipped: nothing was learned; lower --learning_rate, or train with "
+        "--precision=mixed_bfloat16 or float32"
+    )
     assert trainer.step == 115 and trainer.loss_scale_state() == {"loss_scale": 1.0, "skipped_steps": 115}
-    for a, b in zip(before, trainer.weights()):
+    for a, b in zip(before, trainer.weights(), strict=True):
         np.testing.assert_array_equal(a, b)
     assert_replicas_agree(trainer)
 
@@ -370,18 +428,28 @@ def test_a_run_that_skips_every_step_at_scale_1_keeps_its_last_checkpoint_and_ex
     the last checkpoint (every 50 steps) the latest, no SavedModel, no run.json."""
     from distmnist.runs.run import set_up, train
 
-    config = TrainConfig(logdir=str(tmp_path), run_name="r", precision="mixed_float16", max_steps=1000,
-                         batch_size=16, steps_per_loop=5, checkpoint_every=50, jit_compile=False)
+    config = TrainConfig(
+        logdir=str(tmp_path),
+        run_name="r",
+        precision="mixed_float16",
+        max_steps=1000,
+        batch_size=16,
+        steps_per_loop=5,
+        checkpoint_every=50,
+        jit_compile=False,
+    )
     run = set_up(config, make_strategy(), mnist)
     run.trainer = Trainer(run.trainer.settings, run.choice.strategy, mnist, loss_fn=overflowing_at_any_scale)
     run.checkpointer = Checkpointer(run.trainer, run.run_dir, config.keep_checkpoints)
     with pytest.raises(GradientsOverflowed) as caught:
         train(run)
     assert caught.value.exit_status == 1
-    assert str(caught.value) == ("the float16 gradients overflowed at loss scale 1 in 100 steps in a row from step "
-                                 "15 on, each one skipped: nothing was learned; the checkpoint of step 100 stays the "
-                                 "latest, nothing exported; lower --learning_rate, or train with "
-                                 "--precision=mixed_bfloat16 or float32")
+    assert str(caught.value) == (
+        "the float16 gradients overflowed at loss scale 1 in 100 steps in a row from step "
+        "15 on, each one skipped: nothing was learned; the checkpoint of step 100 stays the "
+        "latest, nothing exported; lower --learning_rate, or train with "
+        "--precision=mixed_bfloat16 or float32"
+    )
     assert tf.train.latest_checkpoint(str(tmp_path / "r" / "checkpoints")).endswith("ckpt-100")
     assert not (tmp_path / "r" / "saved_model").exists() and not (tmp_path / "r" / "run.json").exists()
 
@@ -396,24 +464,44 @@ def test_good_steps_between_skipped_ones_at_scale_1_keep_the_run_going(mnist):
     def overflowing_on_some_batches(targets, outputs, global_batch_size):
         return tf.where(tf.argmax(targets[0]) < 5, 1e9, 1.0) * mse_loss(targets, outputs, global_batch_size)
 
-    trainer = Trainer(trainer_settings(batch_size=32, precision="mixed_float16", learning_rate=0.5, jit_compile=False),
-                      make_strategy().strategy, mnist, loss_fn=overflowing_on_some_batches)
+    trainer = Trainer(
+        trainer_settings(batch_size=32, precision="mixed_float16", learning_rate=0.5, jit_compile=False),
+        make_strategy().strategy,
+        mnist,
+        loss_fn=overflowing_on_some_batches,
+    )
     run_steps(trainer, 400)
     state = trainer.loss_scale_state()
     assert state["loss_scale"] == 1.0 and MAX_SKIPPED_AT_SCALE_1 < state["skipped_steps"] < 300
 
 
-@pytest.mark.parametrize("input_path, replicas", [("device", 1), pytest.param("device", 2, marks=pytest.mark.slow),
-                                                  pytest.param("tfdata", 2, marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "input_path, replicas",
+    [
+        ("device", 1),
+        pytest.param("device", 2, marks=pytest.mark.slow),
+        pytest.param("tfdata", 2, marks=pytest.mark.slow),
+    ],
+)
 def test_a_divergence_after_skipped_steps_rolls_the_loss_scale_back_with_the_weights(mnist, input_path, replicas):
     """huge's gradients overflow at the first scales (skipped steps), then at learning rate 1.5 they blow the
     weights up and the loss becomes infinite: the run diverges at that step, and the weights and every replica's
     loss scale state (the scale, the good steps, the steps skipped, those skipped at scale 1) are those of a run of
     exactly the steps before it: the call's steps are rolled back, then replayed with the checks."""
+
     def trainer():
-        return Trainer(trainer_settings(batch_size=32 // replicas, precision="mixed_float16", learning_rate=1.5,
-                                       input=input_path, jit_compile=False),
-                       make_strategy(cpu_replicas=replicas).strategy, mnist, loss_fn=huge)
+        return Trainer(
+            trainer_settings(
+                batch_size=32 // replicas,
+                precision="mixed_float16",
+                learning_rate=1.5,
+                input=input_path,
+                jit_compile=False,
+            ),
+            make_strategy(cpu_replicas=replicas).strategy,
+            mnist,
+            loss_fn=huge,
+        )
 
     diverging = trainer()
     with pytest.raises(TrainingDiverged) as caught:
@@ -425,8 +513,8 @@ def test_a_divergence_after_skipped_steps_rolls_the_loss_scale_back_with_the_wei
     run_steps(good, diverged_at)
     skipped = good.loss_scale_state()["skipped_steps"]
     assert 0 < skipped < diverged_at  # it skipped steps, then trained, before diverging
-    for mine, theirs in zip(copies(diverging, diverging._state), copies(good, good._state)):
-        for a, b in zip(mine, theirs):
+    for mine, theirs in zip(copies(diverging, diverging._state), copies(good, good._state), strict=True):
+        for a, b in zip(mine, theirs, strict=True):
             np.testing.assert_array_equal(a, b)
     assert_replicas_agree(diverging)
 
@@ -455,7 +543,7 @@ def test_a_resumed_run_continues_bit_for_bit(mnist, tmp_path, precision):
     second.resume_at(restorer.restore_latest())
     run_steps(second, 10)
     restorer.close()
-    for a, b in zip(whole.weights(), second.weights()):
+    for a, b in zip(whole.weights(), second.weights(), strict=True):
         np.testing.assert_array_equal(a, b)
     assert whole.loss_scale_state() == second.loss_scale_state()
 
@@ -464,43 +552,61 @@ def test_a_resume_that_changes_the_precision_is_refused_in_one_line(tmp_path):
     flags = dict(vars(TrainConfig(logdir=str(tmp_path), run_name="r")))
     rundir.open_dir(str(tmp_path), "r", flags, rundir.plan(str(tmp_path), "r", flags))
     (tmp_path / "r" / "run.json").write_text("{}")  # a run, not a start that failed before its first checkpoint
-    with pytest.raises(UserError, match="was started with --precision=float32, not mixed_bfloat16; rerun with "
-                                        "--precision=float32 to resume it"):
+    with pytest.raises(
+        UserError,
+        match="was started with --precision=float32, not mixed_bfloat16; rerun with --precision=float32 to resume it",
+    ):
         rundir.plan(str(tmp_path), "r", {**flags, "precision": "mixed_bfloat16"})
     older = {name: value for name, value in flags.items() if name != "precision"}  # a run from before the flag
     (tmp_path / "r" / "run_config.json").write_text(__import__("json").dumps(older))
     assert rundir.plan(str(tmp_path), "r", flags) == "resume"
 
 
-@pytest.mark.parametrize("flags, capabilities, onednn_off, recommended, native", [
-    ({"avx2", "fma"}, [], False, "float32", {"mixed_bfloat16": False, "mixed_float16": False}),
-    ({"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}, [], False, "mixed_bfloat16",
-     {"mixed_bfloat16": True, "mixed_float16": False}),
-    ({"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}, [], True, "float32",
-     {"mixed_bfloat16": False, "mixed_float16": False}),
-    ({"avx2"}, [(8, 0), (9, 0)], False, "mixed_bfloat16", {"mixed_bfloat16": True, "mixed_float16": True}),
-    ({"avx2"}, [(7, 5)], True, "mixed_float16", {"mixed_bfloat16": False, "mixed_float16": True}),
-    ({"avx2"}, [(6, 1)], False, "float32", {"mixed_bfloat16": False, "mixed_float16": False}),
-    ({"amx_bf16"}, [(8, 6), (7, 0)], False, "mixed_float16", {"mixed_bfloat16": False, "mixed_float16": True}),
-])
-def test_what_each_machine_runs_natively_and_what_it_recommends(flags, capabilities, onednn_off, recommended,
-                                                                native):
+@pytest.mark.parametrize(
+    "flags, capabilities, onednn_off, recommended, native",
+    [
+        ({"avx2", "fma"}, [], False, "float32", {"mixed_bfloat16": False, "mixed_float16": False}),
+        (
+            {"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"},
+            [],
+            False,
+            "mixed_bfloat16",
+            {"mixed_bfloat16": True, "mixed_float16": False},
+        ),
+        (
+            {"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"},
+            [],
+            True,
+            "float32",
+            {"mixed_bfloat16": False, "mixed_float16": False},
+        ),
+        ({"avx2"}, [(8, 0), (9, 0)], False, "mixed_bfloat16", {"mixed_bfloat16": True, "mixed_float16": True}),
+        ({"avx2"}, [(7, 5)], True, "mixed_float16", {"mixed_bfloat16": False, "mixed_float16": True}),
+        ({"avx2"}, [(6, 1)], False, "float32", {"mixed_bfloat16": False, "mixed_float16": False}),
+        ({"amx_bf16"}, [(8, 6), (7, 0)], False, "mixed_float16", {"mixed_bfloat16": False, "mixed_float16": True}),
+    ],
+)
+def test_what_each_machine_runs_natively_and_what_it_recommends(flags, capabilities, onednn_off, recommended, native):
     support = devices.precision_support(flags, capabilities, onednn_off)
     assert support.recommended == recommended and support.native == native
     assert support.on_cpu == (not capabilities)
 
 
-@pytest.mark.parametrize("precision, jit_flag, flags, capabilities, onednn_off, xla", [
-    ("mixed_bfloat16", None, {"amx_bf16"}, [], False, False),  # oneDNN's kernels take the matmuls
-    ("mixed_bfloat16", True, {"amx_bf16"}, [], False, True),  # unless --jit_compile says otherwise
-    ("mixed_bfloat16", None, {"amx_bf16"}, [], True, True),  # oneDNN switched off: nothing uses the tiles
-    ("mixed_bfloat16", None, {"avx2"}, [], False, True),  # emulated: XLA as in float32
-    ("mixed_bfloat16", None, {"amx_bf16"}, [(8, 0)], False, True),  # GPUs: the XLA call
-    ("mixed_float16", None, {"amx_bf16"}, [], False, True),  # no float16 features
-    ("float32", None, {"amx_bf16"}, [], False, True),
-])
-def test_xla_is_left_off_only_where_onednn_runs_the_precision_natively(precision, jit_flag, flags, capabilities,
-                                                                        onednn_off, xla):
+@pytest.mark.parametrize(
+    "precision, jit_flag, flags, capabilities, onednn_off, xla",
+    [
+        ("mixed_bfloat16", None, {"amx_bf16"}, [], False, False),  # oneDNN's kernels take the matmuls
+        ("mixed_bfloat16", True, {"amx_bf16"}, [], False, True),  # unless --jit_compile says otherwise
+        ("mixed_bfloat16", None, {"amx_bf16"}, [], True, True),  # oneDNN switched off: nothing uses the tiles
+        ("mixed_bfloat16", None, {"avx2"}, [], False, True),  # emulated: XLA as in float32
+        ("mixed_bfloat16", None, {"amx_bf16"}, [(8, 0)], False, True),  # GPUs: the XLA call
+        ("mixed_float16", None, {"amx_bf16"}, [], False, True),  # no float16 features
+        ("float32", None, {"amx_bf16"}, [], False, True),
+    ],
+)
+def test_xla_is_left_off_only_where_onednn_runs_the_precision_natively(
+    precision, jit_flag, flags, capabilities, onednn_off, xla
+):
     from distmnist.runs.run import trainer_settings
 
     support = devices.precision_support(flags, capabilities, onednn_off)
@@ -515,7 +621,8 @@ def test_a_cpu_with_bfloat16_features_and_onednn_switched_off_says_what_to_unset
     assert "TF_ENABLE_ONEDNN_OPTS=0" in support.why
     assert devices.emulated("mixed_bfloat16", support) == (
         "--precision=mixed_bfloat16 cannot use this CPU's amx_bf16, avx512_bf16 with TF_ENABLE_ONEDNN_OPTS=0 "
-        "(oneDNN's kernels off): no faster than float32; unset it to train faster")
+        "(oneDNN's kernels off): no faster than float32; unset it to train faster"
+    )
     assert devices.emulated("mixed_float16", support).startswith("--precision=mixed_float16 is emulated on this CPU")
     for value, off in [("0", True), ("false", True), (" False ", True), ("1", False), ("true", False), ("", False)]:
         assert devices.onednn_switched_off({"TF_ENABLE_ONEDNN_OPTS": value}) == off, value
@@ -523,9 +630,21 @@ def test_a_cpu_with_bfloat16_features_and_onednn_switched_off_says_what_to_unset
 
 
 # numpy's own CPUID reading (its dispatch) and the names Linux's /proc/cpuinfo gives the same features.
-NUMPY_TO_LINUX = {"SSE": "sse", "SSE2": "sse2", "SSE3": "pni", "SSSE3": "ssse3", "SSE41": "sse4_1", "SSE42": "sse4_2",
-                  "POPCNT": "popcnt", "AVX": "avx", "F16C": "f16c", "FMA3": "fma", "AVX2": "avx2",
-                  "AVX512F": "avx512f", "AVX512CD": "avx512cd"}
+NUMPY_TO_LINUX = {
+    "SSE": "sse",
+    "SSE2": "sse2",
+    "SSE3": "pni",
+    "SSSE3": "ssse3",
+    "SSE41": "sse4_1",
+    "SSE42": "sse4_2",
+    "POPCNT": "popcnt",
+    "AVX": "avx",
+    "F16C": "f16c",
+    "FMA3": "fma",
+    "AVX2": "avx2",
+    "AVX512F": "avx512f",
+    "AVX512CD": "avx512cd",
+}
 
 
 @pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="x86 flags: this is not x86")
@@ -543,8 +662,9 @@ def test_this_machines_cpu_flags_are_read():
 
 def test_cpu_flags_are_the_first_processors_and_none_without_cpuinfo(tmp_path):
     cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text("processor\t: 0\nmodel name\t: A\nflags\t\t: fpu sse2 avx2\n\n"
-                       "processor\t: 1\nflags\t\t: fpu sse2\n")
+    cpuinfo.write_text(
+        "processor\t: 0\nmodel name\t: A\nflags\t\t: fpu sse2 avx2\n\nprocessor\t: 1\nflags\t\t: fpu sse2\n"
+    )
     assert devices.cpu_flags(str(cpuinfo)) == {"fpu", "sse2", "avx2"}
     assert devices.cpu_flags(str(tmp_path / "nonexistent")) == set()
 
@@ -554,23 +674,33 @@ def test_the_default_run_in_bfloat16_reaches_98_percent_calibrated(tmp_path):
     """The default 10 epochs on real MNIST with --precision=mixed_bfloat16: >= 98% test accuracy and a calibrated
     SavedModel (ECE <= 0.02, served in float32 from the float32 weights); stderr holds the one emulation warning
     on a CPU without bfloat16 hardware, and nothing at all on one with it."""
-    result = run_module("distmnist.train", "--precision=mixed_bfloat16", f"--logdir={tmp_path}", "--run_name=bf16",
-                        timeout_s=600)
+    result = run_module(
+        "distmnist.train", "--precision=mixed_bfloat16", f"--logdir={tmp_path}", "--run_name=bf16", timeout_s=600
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / "bf16" / "run.json").read_text())
     assert summary["final_test_accuracy"] >= 0.98 and summary["calibration"]["test"]["ece_after"] <= 0.02
     assert summary["precision"] == {"policy": "mixed_bfloat16"} and summary["flags"]["precision"] == "mixed_bfloat16"
     support = devices.support_of([])  # as the run decides, TF_ENABLE_ONEDNN_OPTS included
-    expected = [] if support.native["mixed_bfloat16"] else [
-        f"warning: {devices.emulated('mixed_bfloat16', support)}; training anyway"]
+    expected = (
+        []
+        if support.native["mixed_bfloat16"]
+        else [f"warning: {devices.emulated('mixed_bfloat16', support)}; training anyway"]
+    )
     assert [line for line in result.stderr.splitlines() if "dataset.py" not in line] == expected
     assert "precision:            mixed_bfloat16" in result.stdout
 
 
 @pytest.mark.gpu
 def test_the_default_run_in_float16_on_a_gpu_reaches_98_percent(tmp_path):
-    result = run_module("distmnist.train", "--precision=mixed_float16", f"--logdir={tmp_path}", "--run_name=fp16",
-                        timeout_s=600, gpu=True)
+    result = run_module(
+        "distmnist.train",
+        "--precision=mixed_float16",
+        f"--logdir={tmp_path}",
+        "--run_name=fp16",
+        timeout_s=600,
+        gpu=True,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / "fp16" / "run.json").read_text())
     assert summary["final_test_accuracy"] >= 0.98 and summary["calibration"]["test"]["ece_after"] <= 0.02
@@ -588,16 +718,19 @@ def assert_reachable_loss_scale(state: dict, steps: int, growth_steps: int = 200
     assert max(0, 15 - skipped) <= exponent <= 15 + (steps - skipped) // growth_steps, state
 
 
-@pytest.mark.parametrize("state, steps, reachable", [
-    ({"loss_scale": 2.0 ** 15, "skipped_steps": 0}, 10, True),
-    ({"loss_scale": 2.0 ** 12, "skipped_steps": 3}, 10, True),
-    ({"loss_scale": 2.0 ** 16, "skipped_steps": 0}, 2000, True),
-    ({"loss_scale": 1.0, "skipped_steps": 15}, 20, True),
-    ({"loss_scale": 2.0 ** 16, "skipped_steps": 0}, 1999, False),  # doubled before 2000 good steps
-    ({"loss_scale": 2.0 ** 12, "skipped_steps": 2}, 10, False),  # halved without a skipped step
-    ({"loss_scale": 0.5, "skipped_steps": 16}, 20, False),  # below 1
-    ({"loss_scale": 3000.0, "skipped_steps": 4}, 10, False),  # not a power of two
-])
+@pytest.mark.parametrize(
+    "state, steps, reachable",
+    [
+        ({"loss_scale": 2.0**15, "skipped_steps": 0}, 10, True),
+        ({"loss_scale": 2.0**12, "skipped_steps": 3}, 10, True),
+        ({"loss_scale": 2.0**16, "skipped_steps": 0}, 2000, True),
+        ({"loss_scale": 1.0, "skipped_steps": 15}, 20, True),
+        ({"loss_scale": 2.0**16, "skipped_steps": 0}, 1999, False),  # doubled before 2000 good steps
+        ({"loss_scale": 2.0**12, "skipped_steps": 2}, 10, False),  # halved without a skipped step
+        ({"loss_scale": 0.5, "skipped_steps": 16}, 20, False),  # below 1
+        ({"loss_scale": 3000.0, "skipped_steps": 4}, 10, False),  # not a power of two
+    ],
+)
 def test_what_dynamic_loss_scaling_can_reach(state, steps, reachable):
     if reachable:
         assert_reachable_loss_scale(state, steps)
@@ -610,15 +743,25 @@ def test_what_dynamic_loss_scaling_can_reach(state, steps, reachable):
 def test_a_float16_run_reports_a_loss_scale_it_can_reach_and_its_steps_skipped(tmp_path, mnist):
     """run.json's precision entry on the CPU (float16 emulated) after skipped steps and growths: the scale and the
     steps skipped are those the trainer reached, and a scale that dynamic loss scaling can reach from them."""
-    from distmnist.runs.run import set_up, train, write_artifacts
     from distmnist.runs.painter import Painter
+    from distmnist.runs.run import set_up, train, write_artifacts
 
-    config = TrainConfig(logdir=str(tmp_path), run_name="r", precision="mixed_float16", max_steps=40,
-                         batch_size=16, steps_per_loop=10, eval_every=40, log_every=10, jit_compile=False,
-                         learning_rate=1e-3)  # huge's gradients, a thousand times the loss's
+    config = TrainConfig(
+        logdir=str(tmp_path),
+        run_name="r",
+        precision="mixed_float16",
+        max_steps=40,
+        batch_size=16,
+        steps_per_loop=10,
+        eval_every=40,
+        log_every=10,
+        jit_compile=False,
+        learning_rate=1e-3,
+    )  # huge's gradients, a thousand times the loss's
     run = set_up(config, make_strategy(), mnist)
-    run.trainer = Trainer(dataclasses.replace(run.trainer.settings, loss_scale_growth_steps=8),
-                          run.choice.strategy, mnist, loss_fn=huge)  # skips first, then grows: both kinds of change
+    run.trainer = Trainer(
+        dataclasses.replace(run.trainer.settings, loss_scale_growth_steps=8), run.choice.strategy, mnist, loss_fn=huge
+    )  # skips first, then grows: both kinds of change
     run.checkpointer = Checkpointer(run.trainer, run.run_dir, config.keep_checkpoints)
     run.timings["imports_s"] = None  # as train_and_evaluate leaves it for a caller that is not an entry point
     timing, history = train(run)
@@ -637,14 +780,21 @@ def test_the_low_precision_graphs_have_gpu_kernels_in_their_types(mnist, precisi
     whole call, which test_gpu_ready.py's XLA tests check)."""
     from kernel_registry import ops_without_gpu_kernel
 
-    trainer = Trainer(trainer_settings(batch_size=16, precision=precision, jit_compile=jit),
-                      make_strategy(cpu_replicas=replicas).strategy, mnist)
+    trainer = Trainer(
+        trainer_settings(batch_size=16, precision=precision, jit_compile=jit),
+        make_strategy(cpu_replicas=replicas).strategy,
+        mnist,
+    )
     graphs = helpers.graphs(trainer, mnist)
     for name, graph in graphs.items():
         assert ops_without_gpu_kernel(graph) == [], name
     low = {"mixed_bfloat16": tf.bfloat16, "mixed_float16": tf.float16}[precision].as_datatype_enum
-    matmul_types = {node.attr["T"].type for function in graphs["train"].library.function
-                    for node in function.node_def if node.op == "MatMul"}
+    matmul_types = {
+        node.attr["T"].type
+        for function in graphs["train"].library.function
+        for node in function.node_def
+        if node.op == "MatMul"
+    }
     matmul_types |= {node.attr["T"].type for node in graphs["train"].node if node.op == "MatMul"}
     assert matmul_types == {low}  # under per-replica XLA, inside the functions it compiles
     run_steps(trainer, 3)  # and the traced code runs

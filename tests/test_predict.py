@@ -46,9 +46,9 @@ def test_the_readme_example_prints_what_the_readme_shows(tmp_path, mnist, saved_
     """The README's predict example, on the test-set digit it is written from: the same command gives a line of
     the documented form, with the same digit."""
     readme = open(os.path.join(REPO, "README.md")).read()
-    section = readme[readme.index("### Predicting digits in pictures"):]
+    section = readme[readme.index("### Predicting digits in pictures") :]
     start = section.index("```sh\n") + 6
-    example = section[start:section.index("\n```", start)].splitlines()
+    example = section[start : section.index("\n```", start)].splitlines()
     command = next(line for line in example if "-m distmnist.predict" in line)
     documented = example[example.index(command) + 1]
     assert command == "$ .venv/bin/python -m distmnist.predict --model=logs/RUN digit.png"
@@ -100,9 +100,19 @@ def test_cli_agrees_with_the_saved_model_and_reports_bad_files(tmp_path, mnist, 
     (tmp_path / "notes.png").write_text("not an image")
     bad = [str(tmp_path / "missing.png"), str(tmp_path / "empty.png"), str(tmp_path / "notes.png")]
 
-    result = run_module("distmnist.predict", f"--model={saved_model}", "--json", "--top_k=3",
-                        f"--show_preprocessed={tmp_path / 'seen.png'}",
-                        *plain, bad[0], *altered, bad[1], str(tmp_path / "batch.npy"), bad[2])
+    result = run_module(
+        "distmnist.predict",
+        f"--model={saved_model}",
+        "--json",
+        "--top_k=3",
+        f"--show_preprocessed={tmp_path / 'seen.png'}",
+        *plain,
+        bad[0],
+        *altered,
+        bad[1],
+        str(tmp_path / "batch.npy"),
+        bad[2],
+    )
     assert result.returncode == 2, result.stderr[-3000:]
     errors = [line for line in result.stderr.splitlines() if "error:" in line]
     assert len(errors) == 3 and "Traceback" not in result.stderr
@@ -127,7 +137,7 @@ def test_cli_agrees_with_the_saved_model_and_reports_bad_files(tmp_path, mnist, 
         assert answer["digit"] == int(np.argmax(direct[i]))
         assert answer["probability"] == pytest.approx(float(direct[i].max()), abs=1e-6)
     raw_accuracy = np.mean(np.argmax(direct, axis=1) == labels)
-    altered_accuracy = np.mean([by_path[p]["digit"] == y for p, y in zip(altered, labels)])
+    altered_accuracy = np.mean([by_path[p]["digit"] == y for p, y in zip(altered, labels, strict=True)])
     assert raw_accuracy >= 0.9 and altered_accuracy >= raw_accuracy - 0.1, (raw_accuracy, altered_accuracy)
 
     seen = Image.open(tmp_path / "seen.png")
@@ -170,7 +180,7 @@ def test_a_decompression_bomb_among_good_pictures_is_one_line_and_the_rest_answe
     huge = tmp_path / "huge.npy"
     huge.write_bytes(npy_declaring((100000, 100000)))
     many = tmp_path / "many.npz"
-    many.write_bytes(tiny_pictures_npz(2 ** 24))
+    many.write_bytes(tiny_pictures_npz(2**24))
     assert many.stat().st_size < 300_000
     foreign, fifo, encrypted = tmp_path / "foreign.png", tmp_path / "fifo.png", tmp_path / "encrypted.npz"
     foreign.write_bytes(png_with_a_foreign_chunk())
@@ -182,14 +192,37 @@ def test_a_decompression_bomb_among_good_pictures_is_one_line_and_the_rest_answe
         good.append(str(tmp_path / f"good{i}.png"))
 
     # A parent of its own, whose RUSAGE_CHILDREN is this one process's peak resident memory, written to a file.
-    measured = ("import resource, subprocess, sys; status = subprocess.run(sys.argv[2:]).returncode; "
-                "open(sys.argv[1], 'w').write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)); "
-                "sys.exit(status)")
-    process = subprocess.Popen([sys.executable, "-c", measured, str(tmp_path / "peak_kib"), sys.executable, "-m",
-                                "distmnist.predict", f"--model={saved_model}", good[0], str(bomb), good[1], str(huge),
-                                str(many), str(foreign), str(fifo), str(encrypted), good[2]], cwd=REPO,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"})
+    measured = (
+        "import resource, subprocess, sys; status = subprocess.run(sys.argv[2:]).returncode; "
+        "open(sys.argv[1], 'w').write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)); "
+        "sys.exit(status)"
+    )
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            measured,
+            str(tmp_path / "peak_kib"),
+            sys.executable,
+            "-m",
+            "distmnist.predict",
+            f"--model={saved_model}",
+            good[0],
+            str(bomb),
+            good[1],
+            str(huge),
+            str(many),
+            str(foreign),
+            str(fifo),
+            str(encrypted),
+            good[2],
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"},
+    )
     out, err = process.communicate(timeout=300)
     peak_mib = int((tmp_path / "peak_kib").read_text()) / 1024
     print(f"predict's peak resident memory: {peak_mib:.0f} MiB")
@@ -205,11 +238,13 @@ def test_a_decompression_bomb_among_good_pictures_is_one_line_and_the_rest_answe
         f"distmnist.predict: error: {foreign}: cannot be read as an image (broken PNG file (chunk b'XY-W'))",
         f"distmnist.predict: error: {fifo}: is a FIFO (named pipe), not a file",
         f"distmnist.predict: error: {encrypted}:a.npy: is encrypted, and distmnist reads no passwords; save it without "
-        "one"]
+        "one",
+    ]
     assert [line.split(":")[0] for line in out.splitlines()] == good
 
 
 # In this process: predict's readers and checks, over real hostile files.
+
 
 def png_with_a_foreign_chunk() -> bytes:
     """A 28x28 PNG whose image data is split in two IDAT chunks with a chunk between them whose type is not a
@@ -219,33 +254,59 @@ def png_with_a_foreign_chunk() -> bytes:
 
     def chunk(kind, body):
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
     rows = zlib.compress(b"".join(b"\0" + bytes([255 * (abs(x - 14) < 3)] * 28) for x in range(28)))
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 28, 28, 8, 0, 0, 0, 0)) +
-            chunk(b"IDAT", rows[:10]) + chunk(b"XY-W", b"foreign") + chunk(b"IDAT", rows[10:]) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", 28, 28, 8, 0, 0, 0, 0))
+        + chunk(b"IDAT", rows[:10])
+        + chunk(b"XY-W", b"foreign")
+        + chunk(b"IDAT", rows[10:])
+        + chunk(b"IEND", b"")
+    )
 
 
 def tiny_pictures_npz(count: int) -> bytes:
     """A .npz of `count` 1x1 pictures: a few KB that would be `count` x 784 bytes once prepared."""
     import io
+
     packed = io.BytesIO()
     np.savez_compressed(packed, many=np.zeros([count, 1, 1], np.uint8))
     return packed.getvalue()
 
 
 HOSTILE = {  # name: (what to write there, the one line expected after "<path>: ")
-    "foreign-chunk.png": (png_with_a_foreign_chunk(), r"cannot be read as an image \(broken PNG file \(chunk "
-                                                      r"b'XY-W'\)\)"),
-    "nan.npy": (np.full([2, 28, 28], np.nan, np.float32), r"holds NaN or infinite values; a picture's pixels are "
-                                                           r"finite numbers"),
-    "inf.npy": (np.where(np.eye(28) > 0, np.inf, 0.0), r"holds NaN or infinite values; a picture's pixels are finite "
-                                                       r"numbers"),
+    "foreign-chunk.png": (
+        png_with_a_foreign_chunk(),
+        r"cannot be read as an image \(broken PNG file \(chunk "
+        r"b'XY-W'\)\)",
+    ),
+    "nan.npy": (
+        np.full([2, 28, 28], np.nan, np.float32),
+        r"holds NaN or infinite values; a picture's pixels are "
+        r"finite numbers",
+    ),
+    "inf.npy": (
+        np.where(np.eye(28) > 0, np.inf, 0.0),
+        r"holds NaN or infinite values; a picture's pixels are finite "
+        r"numbers",
+    ),
     "huge.npy": (np.full([28, 28], 1e300), r"holds values beyond float32's range; scale its pixels to 0-255 or 0-1"),
-    "many.npz": (tiny_pictures_npz(100_001), r"holds 100,001 pictures, more than the 100,000 this "
-                                                             r"batch has room for"),
-    "complex.npy": (np.zeros([28, 28], np.complex64), r"expected a picture \[H, W\] or pictures \[N, H, W\] of "
-                                                      r"numbers, got complex64 \[28, 28\]"),
-    "flat.npy": (np.zeros([2, 3, 28, 28], np.uint8), r"expected a picture \[H, W\] or pictures \[N, H, W\] of "
-                                                     r"numbers, got uint8 \[2, 3, 28, 28\]"),
+    "many.npz": (
+        tiny_pictures_npz(100_001),
+        r"holds 100,001 pictures, more than the 100,000 this "
+        r"batch has room for",
+    ),
+    "complex.npy": (
+        np.zeros([28, 28], np.complex64),
+        r"expected a picture \[H, W\] or pictures \[N, H, W\] of "
+        r"numbers, got complex64 \[28, 28\]",
+    ),
+    "flat.npy": (
+        np.zeros([2, 3, 28, 28], np.uint8),
+        r"expected a picture \[H, W\] or pictures \[N, H, W\] of "
+        r"numbers, got uint8 \[2, 3, 28, 28\]",
+    ),
 }
 
 
@@ -271,6 +332,7 @@ def test_what_is_not_a_file_is_refused_unopened(tmp_path, kind, suffix):
     refused from its stat, and the FIFO watch sees no reader. The device is a link to /dev/null (links are
     followed, as open() follows them): old code read /dev/zero, as a .npy, until the kernel killed it."""
     import contextlib
+
     from test_safeio import FifoWatch, special_files
 
     found = special_files(tmp_path)[kind]
@@ -300,12 +362,22 @@ def test_every_file_and_picture_that_can_be_answered_is(tmp_path, capsys):
     Image.fromarray(good[0]).save(tmp_path / "one.png")
     (tmp_path / "foreign.png").write_bytes(png_with_a_foreign_chunk())
     np.save(tmp_path / "nan.npy", np.full([28, 28], np.nan))
-    paths = [str(tmp_path / name) for name in ("one.png", "foreign.png", "three.npy", "nan.npy", "with-blank.npy",
-                                                "missing.png", "three.npy", "one.png")]
+    paths = [
+        str(tmp_path / name)
+        for name in (
+            "one.png",
+            "foreign.png",
+            "three.npy",
+            "nan.npy",
+            "with-blank.npy",
+            "missing.png",
+            "three.npy",
+            "one.png",
+        )
+    ]
     names, prepared, failures = predict.read_pictures(paths, max_pictures=8)
     lines = capsys.readouterr().err.splitlines()
-    assert names == [paths[0], *(f"{paths[2]}[{i}]" for i in range(3)), f"{paths[4]}[0]", f"{paths[4]}[2]",
-                     paths[7]]
+    assert names == [paths[0], *(f"{paths[2]}[{i}]" for i in range(3)), f"{paths[4]}[0]", f"{paths[4]}[2]", paths[7]]
     assert len(prepared) == len(names) and all(p.shape == (28, 28) and p.dtype == np.uint8 for p in prepared)
     assert failures == len(lines) == 5, lines
     assert lines == [
@@ -314,22 +386,28 @@ def test_every_file_and_picture_that_can_be_answered_is(tmp_path, capsys):
         f"distmnist.predict: error: {paths[4]}[1]: no digit found (the picture is blank)",
         f"distmnist.predict: error: {paths[5]}: no such file",
         f"distmnist.predict: error: {paths[6]}: holds 3 pictures; with the 6 read before it, more than "
-        "--max_pictures=8 in all; raise it, or predict in several runs"]
+        "--max_pictures=8 in all; raise it, or predict in several runs",
+    ]
     predict.read_pictures([paths[2]], max_pictures=2)
-    assert capsys.readouterr().err == (f"distmnist.predict: error: {paths[2]}: holds 3 pictures, more than "
-                                       "--max_pictures=2; raise it, or split the file\n")
+    assert capsys.readouterr().err == (
+        f"distmnist.predict: error: {paths[2]}: holds 3 pictures, more than "
+        "--max_pictures=2; raise it, or split the file\n"
+    )
     names, _, failures = predict.read_pictures([paths[0], paths[7]], max_pictures=1)
     assert names == [paths[0]] and failures == 1
-    assert capsys.readouterr().err == (f"distmnist.predict: error: {paths[7]}: holds 1 picture; with the 1 read "
-                                       "before it, more than --max_pictures=1 in all; raise it, or predict in "
-                                       "several runs\n")
+    assert capsys.readouterr().err == (
+        f"distmnist.predict: error: {paths[7]}: holds 1 picture; with the 1 read "
+        "before it, more than --max_pictures=1 in all; raise it, or predict in "
+        "several runs\n"
+    )
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     """A distmnist export (untrained weights) and folders that are not one: each kind --model may be given."""
-    from helpers import export_saved_model, model_weights
     from distmnist.training.model import MLP
+
+    from helpers import export_saved_model, model_weights
 
     root = tmp_path_factory.mktemp("models")
     (root / "good").mkdir()
@@ -342,6 +420,7 @@ def models(tmp_path_factory):
         @tf.function(input_signature=[tf.TensorSpec([None, 784], tf.float32, name="x")])
         def f(self, x):
             return {"y": x * 2.0}
+
     other = Other()
     tf.saved_model.save(other, str(root / "other-signature"), signatures={"serving_default": other.f})
     tf.saved_model.save(other, str(root / "other-name"), signatures={"predict": other.f})
@@ -355,16 +434,16 @@ def models(tmp_path_factory):
 BAD_MODELS = {
     "missing": r"--model={}/missing does not exist; pass logs/RUN from a finished distmnist.train run",
     "a-file": r"--model={}/a-file is a file, not a folder; pass the run directory \(logs/RUN\) or its saved_model "
-              r"folder",
+    r"folder",
     "empty": r"--model={}/empty is neither a SavedModel nor a run directory holding saved_model/",
     "garbage": r"--model={0}/garbage: {0}/garbage cannot be loaded as a SavedModel \(Cannot parse file .*\); pass a "
-               r"run directory of a finished distmnist.train run",
+    r"run directory of a finished distmnist.train run",
     "no-signature": r"--model={}/no-signature: the SavedModel has no serving_default signature \(it has: none\); "
-                    r"pass a model that distmnist.train exported",
+    r"pass a model that distmnist.train exported",
     "other-name": r"--model={}/other-name: the SavedModel has no serving_default signature \(it has: predict\)",
     "other-signature": r"--model={}/other-signature: its serving_default takes \(x float32 \(None, 784\)\) and "
-                       r"returns \(y\), not images uint8 \[None, 28, 28\] to probabilities \[None, 10\]; pass a model "
-                       r"that distmnist.train exported",
+    r"returns \(y\), not images uint8 \[None, 28, 28\] to probabilities \[None, 10\]; pass a model "
+    r"that distmnist.train exported",
 }
 
 
@@ -396,11 +475,13 @@ def test_the_model_answers_in_batches_of_bounded_size(models):
 def small_tmpfs(path, size_kib: int = 64):
     """A real tmpfs of size_kib mounted at path for the block (skipped where this process may not mount one)."""
     os.makedirs(path)
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kib}k", "tmpfs", str(path)],
-                             capture_output=True, text=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size_kib}k", "tmpfs", str(path)], capture_output=True, text=True
+    )
     if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip() or 'mount failed'}): needs root and "
-                    "CAP_SYS_ADMIN")
+        pytest.skip(
+            f"cannot mount a tmpfs here ({mounted.stderr.strip() or 'mount failed'}): needs root and CAP_SYS_ADMIN"
+        )
     try:
         yield path
     finally:
@@ -410,8 +491,9 @@ def small_tmpfs(path, size_kib: int = 64):
 def test_show_preprocessed_takes_a_new_file_or_a_grid_distmnist_drew(tmp_path):
     """Checked before any picture is read: an existing file distmnist did not draw (it was replaced after the
     predictions), a folder, a FIFO, a link, a missing folder, a read-only one; an earlier grid is replaced."""
-    from distmnist import predict
     from test_safeio import special_files
+
+    from distmnist import predict
 
     mine = tmp_path / "mine.png"
     Image.fromarray(np.zeros([28, 28], np.uint8)).save(mine)  # a user's PNG: never replaced
@@ -419,19 +501,20 @@ def test_show_preprocessed_takes_a_new_file_or_a_grid_distmnist_drew(tmp_path):
     fifo = special_files(tmp_path)["a FIFO (named pipe)"]
     refused = {
         str(mine): "exists and is not a grid that distmnist.predict drew; distmnist replaces only its own files: "
-                   "name a new file, or move this one away",
+        "name a new file, or move this one away",
         fifo: "exists and is not a grid that distmnist.predict drew",
         str(tmp_path): f"is a folder; name a .png file in it, such as {tmp_path / 'seen.png'}",
         str(tmp_path / "link.png"): "is a symbolic link; name the file itself",
         str(tmp_path / "nowhere" / "seen.png"): f": the folder {tmp_path / 'nowhere'} does not exist; create it or "
-                                                "name a file elsewhere",
+        "name a file elsewhere",
         "": "is not a file name; name a local .png file, such as seen.png",
         f"{tmp_path}/out/": "is not a file name",
     }
     before = mine.read_bytes()
     for path, message in refused.items():
-        with pytest.raises(UserError, match=re.escape(f"--show_preprocessed={path}{'' if message[0] == ':' else ' '}"
-                                                      f"{message}")):
+        with pytest.raises(
+            UserError, match=re.escape(f"--show_preprocessed={path}{'' if message[0] == ':' else ' '}{message}")
+        ):
             predict.check_grid_path(path)
     assert mine.read_bytes() == before
 
@@ -466,8 +549,12 @@ def test_the_grid_is_bounded_and_a_failed_write_leaves_the_old_one(tmp_path, cap
                     os.write(fd, b"\0" * 4096)
         finally:
             os.close(fd)
-        with pytest.raises(RunFailed, match=re.escape(f"--show_preprocessed={seen} could not be written (No space "
-                                                      "left on device); the answers above stand")):
+        with pytest.raises(
+            RunFailed,
+            match=re.escape(
+                f"--show_preprocessed={seen} could not be written (No space left on device); the answers above stand"
+            ),
+        ):
             predict.write_grid(str(seen), many[:8], np.eye(10)[np.arange(8) % 10])
         assert seen.read_bytes() == before and sorted(os.listdir(disk)) == ["filler", "seen.png"]
         subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
@@ -485,13 +572,24 @@ def test_a_bad_model_or_output_is_one_line_before_any_picture(tmp_path, models, 
     Image.fromarray(np.zeros([28, 28], np.uint8)).save(tmp_path / "digit.png")
     mine = tmp_path / "mine.png"
     mine.write_bytes(b"\x89PNG the user's own")
-    flags = [f"--model={models / 'other-signature'}"] if case == "model" else [
-        f"--model={models / 'good'}", f"--show_preprocessed={mine}"]
-    result = run_module("distmnist.predict", *flags, str(tmp_path / "digit.png"), str(tmp_path / "missing.png"),
-                        unset=["TF_CPP_MIN_LOG_LEVEL"])
+    flags = (
+        [f"--model={models / 'other-signature'}"]
+        if case == "model"
+        else [f"--model={models / 'good'}", f"--show_preprocessed={mine}"]
+    )
+    result = run_module(
+        "distmnist.predict",
+        *flags,
+        str(tmp_path / "digit.png"),
+        str(tmp_path / "missing.png"),
+        unset=["TF_CPP_MIN_LOG_LEVEL"],
+    )
     assert result.returncode == 2 and result.stdout == ""
-    expected = (f"--model={models / 'other-signature'}: its serving_default takes (x float32" if case == "model" else
-                f"--show_preprocessed={mine} exists and is not a grid that distmnist.predict drew")
+    expected = (
+        f"--model={models / 'other-signature'}: its serving_default takes (x float32"
+        if case == "model"
+        else f"--show_preprocessed={mine} exists and is not a grid that distmnist.predict drew"
+    )
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"distmnist.predict: error: {expected}"), result.stderr
     assert mine.read_bytes() == b"\x89PNG the user's own"

@@ -24,13 +24,17 @@ def saved_model(tmp_path_factory):
     return str(path)
 
 
-@pytest.mark.parametrize("module,args,message", [
-    ("distmnist.train", ["--batch_size=0"], "--batch_size must be a positive integer, got 0"),
-    ("distmnist.train", ["--data_dir=/nonexistent/mnist"], "/nonexistent/mnist"),
-    ("bench", ["--rounds=0"], "--turns, --race_rounds and --checkpoint_every must be positive"),
-    ("distmnist.predict", ["--model=/nonexistent", "x.png"], "--model=/nonexistent does not exist"),
-    ("distmnist.doctor", ["--smoke_steps=-1"], "--smoke_steps must be >= 0"),
-], ids=["train-flag", "train-data", "bench", "predict-model", "doctor"])
+@pytest.mark.parametrize(
+    "module,args,message",
+    [
+        ("distmnist.train", ["--batch_size=0"], "--batch_size must be a positive integer, got 0"),
+        ("distmnist.train", ["--data_dir=/nonexistent/mnist"], "/nonexistent/mnist"),
+        ("bench", ["--rounds=0"], "--turns, --race_rounds and --checkpoint_every must be positive"),
+        ("distmnist.predict", ["--model=/nonexistent", "x.png"], "--model=/nonexistent does not exist"),
+        ("distmnist.doctor", ["--smoke_steps=-1"], "--smoke_steps must be >= 0"),
+    ],
+    ids=["train-flag", "train-data", "bench", "predict-model", "doctor"],
+)
 def test_bad_input_is_one_line(tmp_path, module, args, message):
     result = run_module(module, *args, **AS_USERS_RUN)
     assert result.returncode == 2
@@ -41,18 +45,32 @@ def test_bad_input_is_one_line(tmp_path, module, args, message):
 def test_a_bad_picture_beside_good_ones_is_one_line_and_the_others_are_served(tmp_path, saved_model):
     np.save(tmp_path / "good.npy", np.zeros([2, 28, 28], np.uint8))
     (tmp_path / "bad.png").write_text("not an image")
-    result = run_module("distmnist.predict", f"--model={saved_model}", str(tmp_path / "good.npy"),
-                        str(tmp_path / "bad.png"), **AS_USERS_RUN)
+    result = run_module(
+        "distmnist.predict",
+        f"--model={saved_model}",
+        str(tmp_path / "good.npy"),
+        str(tmp_path / "bad.png"),
+        **AS_USERS_RUN,
+    )
     assert result.returncode == 2
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"distmnist.predict: error: {tmp_path / 'bad.png'}: not an image")
-    assert [line.split(":")[0] for line in result.stdout.splitlines()] == [f"{tmp_path / 'good.npy'}[0]",
-                                                                          f"{tmp_path / 'good.npy'}[1]"]
+    assert [line.split(":")[0] for line in result.stdout.splitlines()] == [
+        f"{tmp_path / 'good.npy'}[0]",
+        f"{tmp_path / 'good.npy'}[1]",
+    ]
 
 
 def test_a_training_run_prints_nothing_from_tensorflow(tmp_path, tiny_npz_dir):
-    result = run_module("distmnist.train", f"--data_dir={tiny_npz_dir}", f"--logdir={tmp_path}", "--max_steps=4",
-                        "--batch_size=16", "--cpu_replicas=2", **AS_USERS_RUN)
+    result = run_module(
+        "distmnist.train",
+        f"--data_dir={tiny_npz_dir}",
+        f"--logdir={tmp_path}",
+        "--max_steps=4",
+        "--batch_size=16",
+        "--cpu_replicas=2",
+        **AS_USERS_RUN,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert [line for line in result.stderr.splitlines() if TENSORFLOW_LINE.search(line)] == []
 

@@ -13,14 +13,32 @@ from distmnist.training.strategy import make_strategy
 
 from helpers import read_scalars
 
-ARTIFACTS = {"train.svg", "test.svg", "confusion.svg", "mistakes.png", "calibration.svg", "saved_model",
-             "checkpoints", "run.json", "run_config.json"}
+ARTIFACTS = {
+    "train.svg",
+    "test.svg",
+    "confusion.svg",
+    "mistakes.png",
+    "calibration.svg",
+    "saved_model",
+    "checkpoints",
+    "run.json",
+    "run_config.json",
+}
 
 
 @pytest.mark.parametrize("replicas", [1, 2])
 def test_a_run_in_process(tmp_path, tiny_mnist, replicas):
-    config = TrainConfig(logdir=str(tmp_path), run_name="r", max_steps=12, batch_size=16, log_every=4,
-                         eval_every=6, steps_per_loop=4, checkpoint_every=6, cpu_replicas=replicas)
+    config = TrainConfig(
+        logdir=str(tmp_path),
+        run_name="r",
+        max_steps=12,
+        batch_size=16,
+        log_every=4,
+        eval_every=6,
+        steps_per_loop=4,
+        checkpoint_every=6,
+        cpu_replicas=replicas,
+    )
     summary = train_and_evaluate(config, choice=make_strategy(cpu_replicas=replicas), mnist=tiny_mnist)
     run_dir = tmp_path / "r"
     assert ARTIFACTS <= {p.name for p in run_dir.iterdir()}
@@ -31,15 +49,25 @@ def test_a_run_in_process(tmp_path, tiny_mnist, replicas):
     assert [s for s, _ in scalars["loss"]] == [0, 4, 8] and [s for s, _ in scalars["accuracy"]] == [0, 6, 12]
     assert summary["calibration"]["temperature"] > 0
     timings = summary["timings"]
-    parts = ("data_s", "setup_s", "first_call_s", "steps_s", "evaluations_s", "checkpoints_s", "profile_s",
-             "export_s", "pictures_s")
+    parts = (
+        "data_s",
+        "setup_s",
+        "first_call_s",
+        "steps_s",
+        "evaluations_s",
+        "checkpoints_s",
+        "profile_s",
+        "export_s",
+        "pictures_s",
+    )
     assert set(timings) == {"imports_s", "total_s", *parts} and timings["imports_s"] is None  # not an entry point
     assert all(timings[p] >= 0 for p in parts) and sum(timings[p] for p in parts) <= timings["total_s"]
     assert timings["checkpoints_s"] > 0 and timings["evaluations_s"] > 0  # 2 checkpoints, 3 evaluations
     assert timings["profile_s"] == 0  # no --profile_steps
 
-    again = train_and_evaluate(dataclasses.replace(config), choice=make_strategy(cpu_replicas=replicas),
-                               mnist=tiny_mnist)  # the same command: resumes at step 12, nothing left to train
+    again = train_and_evaluate(
+        dataclasses.replace(config), choice=make_strategy(cpu_replicas=replicas), mnist=tiny_mnist
+    )  # the same command: resumes at step 12, nothing left to train
     assert again["global_step"] == 12 and again["final_test_accuracy"] == summary["final_test_accuracy"]
     assert [s for s, _ in read_scalars(str(run_dir))["loss"]] == [0, 4, 8]  # each step once
 

@@ -37,8 +37,13 @@ time.sleep(600)
 
 def holder(logdir, env=None, host=None):
     """A process that claims <logdir>/r and holds it, once it says so; host: the host name it gives."""
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(logdir), *([host] if host else [])],
-                            stdout=subprocess.PIPE, text=True, env={**os.environ, **(env or {})}, cwd=REPO)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(logdir), *([host] if host else [])],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+        cwd=REPO,
+    )
     assert proc.stdout.readline().strip() == "claimed"
     return proc
 
@@ -48,9 +53,12 @@ def test_a_held_lock_is_named_and_a_killed_holders_lock_is_gone_at_once(tmp_path
     monkeypatch.delenv("DISTMNIST_RUN_CLAIM", raising=False)
     first = holder(tmp_path / "logs")
     try:
-        with pytest.raises(runclaim.Claimed, match=rf"run directory {tmp_path}/logs/r is in use by another "
-                                                   rf"distmnist process \(pid {first.pid} on \S+, since \S+\); "
-                                                   "wait for it to end, or choose another --run_name"):
+        with pytest.raises(
+            runclaim.Claimed,
+            match=rf"run directory {tmp_path}/logs/r is in use by another "
+            rf"distmnist process \(pid {first.pid} on \S+, since \S+\); "
+            "wait for it to end, or choose another --run_name",
+        ):
             runclaim.take(str(tmp_path / "logs"), "r")
         assert sorted(os.listdir(tmp_path / "logs")) == [".r.claim"]  # the claim lives beside the run, not in it
     finally:
@@ -104,14 +112,20 @@ def test_the_claim_kind_follows_the_mount(tmp_path, monkeypatch):
         runclaim.kind_for(str(tmp_path))
 
 
-TRAIN = ("--max_steps=100000000", "--batch_size=32", "--log_every=50", "--checkpoint_every=100",
-         "--eval_every=100000")
+TRAIN = ("--max_steps=100000000", "--batch_size=32", "--log_every=50", "--checkpoint_every=100", "--eval_every=100000")
 
 
 @pytest.mark.slow
 def test_two_trainings_of_one_run_one_trains_the_other_stops_at_once(tmp_path, tiny_npz_dir):
-    args = [sys.executable, "-m", "distmnist.train", f"--data_dir={tiny_npz_dir}", f"--logdir={tmp_path}",
-            "--run_name=same", *TRAIN]
+    args = [
+        sys.executable,
+        "-m",
+        "distmnist.train",
+        f"--data_dir={tiny_npz_dir}",
+        f"--logdir={tmp_path}",
+        "--run_name=same",
+        *TRAIN,
+    ]
     with open(tmp_path / "first.log", "w") as log:
         first = subprocess.Popen(args, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -124,14 +138,25 @@ def test_two_trainings_of_one_run_one_trains_the_other_stops_at_once(tmp_path, t
         no_tf.mkdir(parents=True)
         (no_tf / "__init__.py").write_text("raise ImportError('the second process imported TensorFlow')\n")
         started = time.monotonic()
-        second = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=60,
-                                env={**{k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"},
-                                     "PYTHONPATH": str(no_tf.parent)})
+        second = subprocess.run(
+            args,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={
+                **{k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"},
+                "PYTHONPATH": str(no_tf.parent),
+            },
+        )
         took_s = time.monotonic() - started
         assert second.returncode == 2 and second.stdout == ""
-        assert re.fullmatch(rf"distmnist.train: error: run directory {tmp_path}/same is in use by another "
-                            rf"distmnist process \(pid {first.pid} on \S+, since \S+\); wait for it to end, or "
-                            r"choose another --run_name\n", second.stderr), second.stderr
+        assert re.fullmatch(
+            rf"distmnist.train: error: run directory {tmp_path}/same is in use by another "
+            rf"distmnist process \(pid {first.pid} on \S+, since \S+\); wait for it to end, or "
+            r"choose another --run_name\n",
+            second.stderr,
+        ), second.stderr
         print(f"the second process stopped {took_s:.2f} s after it started, before importing TensorFlow")
         overwrite = subprocess.run(args + ["--overwrite"], cwd=REPO, capture_output=True, text=True, timeout=60)
         assert overwrite.returncode == 2 and "is in use by another distmnist process" in overwrite.stderr
@@ -161,10 +186,20 @@ def test_two_trainings_of_one_run_one_trains_the_other_stops_at_once(tmp_path, t
 
 @pytest.mark.slow
 def test_two_trainings_started_together_one_trains(tmp_path, tiny_npz_dir):
-    args = [sys.executable, "-m", "distmnist.train", f"--data_dir={tiny_npz_dir}", f"--logdir={tmp_path}",
-            "--run_name=same", "--max_steps=60", "--batch_size=32", "--eval_every=30"]
-    both = [subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            for _ in range(2)]
+    args = [
+        sys.executable,
+        "-m",
+        "distmnist.train",
+        f"--data_dir={tiny_npz_dir}",
+        f"--logdir={tmp_path}",
+        "--run_name=same",
+        "--max_steps=60",
+        "--batch_size=32",
+        "--eval_every=30",
+    ]
+    both = [
+        subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)
+    ]
     results = [(p.pid,) + p.communicate(timeout=300) + (p.returncode,) for p in both]
     statuses = sorted(status for *_, status in results)
     assert statuses == [0, 2], [(status, err[-500:]) for _, _, err, status in results]
@@ -180,8 +215,15 @@ def test_a_stopped_run_lets_its_lease_go_so_a_restarted_job_resumes_at_once(tmp_
     """On a FUSE mount (a lease stands for it here) a run stopped by SIGTERM, as a preempted Vertex AI job is,
     releases its claim on the way out: the restarted job, a few seconds later, is not refused for a minute."""
     lease = {**os.environ, "DISTMNIST_RUN_CLAIM": "lease", "DISTMNIST_LEASE_BEAT_S": "0.3"}
-    args = [sys.executable, "-m", "distmnist.train", f"--data_dir={tiny_npz_dir}", f"--logdir={tmp_path}",
-            "--run_name=job", *TRAIN]
+    args = [
+        sys.executable,
+        "-m",
+        "distmnist.train",
+        f"--data_dir={tiny_npz_dir}",
+        f"--logdir={tmp_path}",
+        "--run_name=job",
+        *TRAIN,
+    ]
     first = subprocess.Popen(args, cwd=REPO, env=lease, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         for line in first.stdout:
@@ -204,9 +246,16 @@ LEASE = {"DISTMNIST_RUN_CLAIM": "lease", "DISTMNIST_LEASE_BEAT_S": "0.1"}
 
 def write_claim(logdir, **fields) -> dict:
     """A lease claim on <logdir>/r as a holder writes it: this host, this boot, a fresh heartbeat, unless told."""
-    claim = {"host": socket.gethostname(), "boot_id": runclaim.boot_id(), "pid": os.getpid(),
-             "started": runclaim.process_started(os.getpid()), "since": "2026-12-07T00:00:00+00:00",
-             "token": uuid.uuid4().hex, "beat": time.time(), **fields}
+    claim = {
+        "host": socket.gethostname(),
+        "boot_id": runclaim.boot_id(),
+        "pid": os.getpid(),
+        "started": runclaim.process_started(os.getpid()),
+        "since": "2026-12-07T00:00:00+00:00",
+        "token": uuid.uuid4().hex,
+        "beat": time.time(),
+        **fields,
+    }
     with open(runclaim.claim_path(str(logdir), "r"), "w") as f:
         json.dump(claim, f)
     return claim
@@ -246,9 +295,12 @@ def test_a_fresh_lease_whose_holder_may_be_alive_is_refused(tmp_path, monkeypatc
     machine's pid, a pid of an earlier boot (another process may have it now), a claim without a boot id."""
     for key, value in LEASE.items():
         monkeypatch.setenv(key, value)
-    fields = {"alive": {}, "on another host": {"host": "elsewhere", "pid": _ended_pid()},
-              "of another boot": {"boot_id": "an-earlier-boot", "pid": _ended_pid()},
-              "of an older version": {"boot_id": None, "started": None, "pid": _ended_pid()}}[holder_is]
+    fields = {
+        "alive": {},
+        "on another host": {"host": "elsewhere", "pid": _ended_pid()},
+        "of another boot": {"boot_id": "an-earlier-boot", "pid": _ended_pid()},
+        "of an older version": {"boot_id": None, "started": None, "pid": _ended_pid()},
+    }[holder_is]
     held = write_claim(tmp_path, **{k: v for k, v in fields.items()})
     with pytest.raises(runclaim.Claimed, match=rf"is in use by another distmnist process \(pid {held['pid']} on "):
         runclaim.take(str(tmp_path), "r")
@@ -274,15 +326,18 @@ def test_a_claim_file_that_is_not_a_claim_is_one_line_and_left_as_it_is(tmp_path
     with pytest.raises(runclaim.NotAClaim) as caught:
         runclaim.take(str(tmp_path), "r")
     why = "not JSON" if content == "deeply nested" else content
-    assert str(caught.value) == (f"{path} is not a distmnist run claim ({why}); if no distmnist process is using this "
-                                 "run, remove it and run the same command again")
+    assert str(caught.value) == (
+        f"{path} is not a distmnist run claim ({why}); if no distmnist process is using this "
+        "run, remove it and run the same command again"
+    )
     assert path.read_bytes() == NOT_CLAIMS[content] and sorted(os.listdir(tmp_path)) == [".r.claim"]
 
 
 @pytest.mark.parametrize("kind", ["lock", "lease"])
 @pytest.mark.parametrize("thing", ["a folder", "a link", "a FIFO", "a socket"])
-def test_a_claim_path_that_is_not_a_file_is_one_line_and_nothing_is_written_through_it(tmp_path, monkeypatch, kind,
-                                                                                        thing):
+def test_a_claim_path_that_is_not_a_file_is_one_line_and_nothing_is_written_through_it(
+    tmp_path, monkeypatch, kind, thing
+):
     monkeypatch.setenv("DISTMNIST_RUN_CLAIM", kind)
     path = tmp_path / ".r.claim"
     target = tmp_path / "someone's file"
@@ -297,8 +352,11 @@ def test_a_claim_path_that_is_not_a_file_is_one_line_and_nothing_is_written_thro
         server = socket.socket(socket.AF_UNIX)
         server.bind(str(path))
         server.close()  # the socket file stays
-    with pytest.raises(runclaim.NotAClaim, match=rf"^{path} is not a distmnist run claim \((not a regular file|a "
-                                                 r"symbolic link)\); if no distmnist process"):
+    with pytest.raises(
+        runclaim.NotAClaim,
+        match=rf"^{path} is not a distmnist run claim \((not a regular file|a "
+        r"symbolic link)\); if no distmnist process",
+    ):
         runclaim.take(str(tmp_path), "r")  # a FIFO would hang a reader that waits for a writer
     assert target.read_text() == "theirs" and sorted(os.listdir(tmp_path)) == [".r.claim", "someone's file"]
 
@@ -309,16 +367,23 @@ def test_an_empty_claim_file_is_a_holder_that_died_before_writing(tmp_path, monk
     runclaim.take(str(tmp_path), "r").release()
 
 
-@pytest.mark.parametrize("name, value, message", [
-    ("DISTMNIST_LEASE_STALE_S", "abc", "DISTMNIST_LEASE_STALE_S must be a positive number of seconds, got 'abc'"),
-    ("DISTMNIST_LEASE_STALE_S", "nan", "DISTMNIST_LEASE_STALE_S must be a positive number of seconds, got 'nan'"),
-    ("DISTMNIST_LEASE_STALE_S", "inf", "DISTMNIST_LEASE_STALE_S must be a positive number of seconds, got 'inf'"),
-    ("DISTMNIST_LEASE_STALE_S", "-5", "DISTMNIST_LEASE_STALE_S must be a positive number of seconds, got '-5'"),
-    ("DISTMNIST_LEASE_STALE_S", "", "DISTMNIST_LEASE_STALE_S must be a positive number of seconds, got ''"),
-    ("DISTMNIST_LEASE_STALE_S", "15", "DISTMNIST_LEASE_STALE_S (15 s) must be more than twice "
-                                      "DISTMNIST_LEASE_BEAT_S (10 s): a holder that beats must never look stale"),
-    ("DISTMNIST_LEASE_BEAT_S", "0", "DISTMNIST_LEASE_BEAT_S must be a positive number of seconds, got '0'"),
-])
+@pytest.mark.parametrize(
+    "name, value, message",
+    [
+        ("DISTMNIST_LEASE_STALE_S", "abc", "DISTMNIST_LEASE_STALE_S must be a positive number of seconds, got 'abc'"),
+        ("DISTMNIST_LEASE_STALE_S", "nan", "DISTMNIST_LEASE_STALE_S must be a positive number of seconds, got 'nan'"),
+        ("DISTMNIST_LEASE_STALE_S", "inf", "DISTMNIST_LEASE_STALE_S must be a positive number of seconds, got 'inf'"),
+        ("DISTMNIST_LEASE_STALE_S", "-5", "DISTMNIST_LEASE_STALE_S must be a positive number of seconds, got '-5'"),
+        ("DISTMNIST_LEASE_STALE_S", "", "DISTMNIST_LEASE_STALE_S must be a positive number of seconds, got ''"),
+        (
+            "DISTMNIST_LEASE_STALE_S",
+            "15",
+            "DISTMNIST_LEASE_STALE_S (15 s) must be more than twice "
+            "DISTMNIST_LEASE_BEAT_S (10 s): a holder that beats must never look stale",
+        ),
+        ("DISTMNIST_LEASE_BEAT_S", "0", "DISTMNIST_LEASE_BEAT_S must be a positive number of seconds, got '0'"),
+    ],
+)
 @pytest.mark.parametrize("kind", ["lock", "lease"])
 def test_a_malformed_lease_setting_is_one_line_and_nothing_is_made(tmp_path, monkeypatch, name, value, message, kind):
     monkeypatch.setenv("DISTMNIST_RUN_CLAIM", kind)
@@ -331,6 +396,7 @@ def test_a_malformed_lease_setting_is_one_line_and_nothing_is_made(tmp_path, mon
 
 # --- a lease lost while the run trains ----------------------------------------------------------------------------
 
+
 def train_while(tmp_path, tiny_mnist, monkeypatch, spoil, **settings) -> tuple:
     """Trains under a lease (a heartbeat every 0.1 s, stale after 1 s) until spoil(claim path) is done to it after
     the first checkpoint, and the run fails as it must; returns (its one line, the checkpoints there were when it
@@ -340,8 +406,16 @@ def train_while(tmp_path, tiny_mnist, monkeypatch, spoil, **settings) -> tuple:
 
     for key, value in {**LEASE, "DISTMNIST_LEASE_STALE_S": "1"}.items():
         monkeypatch.setenv(key, value)
-    config = TrainConfig(logdir=str(tmp_path), run_name="r", max_steps=10 ** 7, batch_size=16, eval_every=10 ** 7,
-                         log_every=10 ** 6, jit_compile=False, **settings)
+    config = TrainConfig(
+        logdir=str(tmp_path),
+        run_name="r",
+        max_steps=10**7,
+        batch_size=16,
+        eval_every=10**7,
+        log_every=10**6,
+        jit_compile=False,
+        **settings,
+    )
     claim = runclaim.take(str(tmp_path), "r")
     checkpoints = tmp_path / "r" / "checkpoints"
     spoilt = {}
@@ -373,24 +447,29 @@ def test_a_takeover_seen_by_the_heartbeat_stops_the_run_without_writing_more(tmp
     newcomer = {}
 
     def take_over(path):
-        newcomer.update(host="elsewhere", pid=4242, since="2026-12-07T00:00:00+00:00", token=uuid.uuid4().hex,
-                        beat=time.time())
+        newcomer.update(
+            host="elsewhere", pid=4242, since="2026-12-07T00:00:00+00:00", token=uuid.uuid4().hex, beat=time.time()
+        )
         with open(f"{path}.new", "w") as f:
             json.dump(newcomer, f)
         os.replace(f"{path}.new", path)
 
-    message, at_takeover, at_end = train_while(tmp_path, tiny_mnist, monkeypatch, take_over, steps_per_loop=2,
-                                               checkpoint_every=100)
-    match = re.fullmatch(rf"another distmnist process \(pid 4242 on elsewhere, since 2026-12-07T00:00:00\+00:00\) "
-                         rf"took over this run's claim {tmp_path}/\.r\.claim: stopped at step (\d+) of 10000000 "
-                         r"without a checkpoint, so that one process writes the run \(its latest checkpoint: step "
-                         r"(\d+)\)", message)
+    message, at_takeover, at_end = train_while(
+        tmp_path, tiny_mnist, monkeypatch, take_over, steps_per_loop=2, checkpoint_every=100
+    )
+    match = re.fullmatch(
+        rf"another distmnist process \(pid 4242 on elsewhere, since 2026-12-07T00:00:00\+00:00\) "
+        rf"took over this run's claim {tmp_path}/\.r\.claim: stopped at step (\d+) of 10000000 "
+        r"without a checkpoint, so that one process writes the run \(its latest checkpoint: step "
+        r"(\d+)\)",
+        message,
+    )
     assert match, message
     stopped, latest = int(match.group(1)), int(match.group(2))
     assert at_takeover == [100] and at_end[-1] == latest
     # It stopped within a few calls (its heartbeat every 0.1 s) and wrote no checkpoint at its stop: the latest is
     # one of every 100 steps, written before the heartbeat saw the takeover.
-    assert 100 < stopped < 10 ** 7 and (latest < stopped or stopped % 100 == 0)
+    assert 100 < stopped < 10**7 and (latest < stopped or stopped % 100 == 0)
     assert runclaim._read(runclaim.claim_path(str(tmp_path), "r"))["token"] == newcomer["token"]
 
 
@@ -398,16 +477,21 @@ def test_a_heartbeat_that_cannot_be_written_stops_the_run_with_a_checkpoint(tmp_
     """The lease cannot be written (a folder where the file was; on a FUSE mount, the bucket gone for a while):
     after LEASE_STALE_S / 2 without a heartbeat the run stops with a checkpoint, before a newcomer could take the
     run over."""
+
     def unwritable(path):
         os.remove(path)
         os.mkdir(path)
 
-    message, _, at_end = train_while(tmp_path, tiny_mnist, monkeypatch, unwritable, steps_per_loop=3,
-                                     checkpoint_every=7)
-    match = re.fullmatch(rf"no heartbeat could be written to this run's claim {tmp_path}/\.r\.claim for "
-                         r"0\.\d s \(Is a directory\): stopped at step (\d+) of 10000000 with a checkpoint in "
-                         rf"{tmp_path}/r/checkpoints, before another process could take the run over; once the claim "
-                         r"can be written, run the same command with --run_name=r to resume", message)
+    message, _, at_end = train_while(
+        tmp_path, tiny_mnist, monkeypatch, unwritable, steps_per_loop=3, checkpoint_every=7
+    )
+    match = re.fullmatch(
+        rf"no heartbeat could be written to this run's claim {tmp_path}/\.r\.claim for "
+        r"0\.\d s \(Is a directory\): stopped at step (\d+) of 10000000 with a checkpoint in "
+        rf"{tmp_path}/r/checkpoints, before another process could take the run over; once the claim "
+        r"can be written, run the same command with --run_name=r to resume",
+        message,
+    )
     assert match, message
     assert at_end[-1] == int(match.group(1))
     os.rmdir(runclaim.claim_path(str(tmp_path), "r"))
@@ -423,12 +507,20 @@ def test_the_entry_point_refuses_a_bad_claim_file_or_setting_in_one_line(tmp_pat
     else:
         env["DISTMNIST_LEASE_STALE_S"] = "soon"
     before = sorted(os.listdir(tmp_path))
-    result = subprocess.run([sys.executable, "-m", "distmnist.train", f"--data_dir={tiny_npz_dir}",
-                             f"--logdir={tmp_path}", "--run_name=r"], cwd=REPO, capture_output=True, text=True,
-                            timeout=120, env=env)
+    result = subprocess.run(
+        [sys.executable, "-m", "distmnist.train", f"--data_dir={tiny_npz_dir}", f"--logdir={tmp_path}", "--run_name=r"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert result.returncode == 2 and result.stdout == ""
-    expected = (f"{tmp_path}/.r.claim is not a distmnist run claim (no valid 'pid')" if case == "claim file" else
-                "DISTMNIST_LEASE_STALE_S must be a positive number of seconds, got 'soon'")
+    expected = (
+        f"{tmp_path}/.r.claim is not a distmnist run claim (no valid 'pid')"
+        if case == "claim file"
+        else "DISTMNIST_LEASE_STALE_S must be a positive number of seconds, got 'soon'"
+    )
     assert result.stderr.startswith(f"distmnist.train: error: {expected}") and result.stderr.count("\n") == 1
     assert sorted(os.listdir(tmp_path)) == before
 
@@ -438,8 +530,15 @@ def test_a_chief_killed_and_restarted_at_once_resumes_its_run_under_a_lease(tmp_
     """A Kubernetes chief OOM-killed and restarted at once, its logdir on a FUSE mount: the same command takes
     its dead self's fresh lease and resumes, instead of failing the job with exit 2."""
     env = {**os.environ, "DISTMNIST_RUN_CLAIM": "lease"}
-    args = [sys.executable, "-m", "distmnist.train", f"--data_dir={tiny_npz_dir}", f"--logdir={tmp_path}",
-            "--run_name=job", *TRAIN]
+    args = [
+        sys.executable,
+        "-m",
+        "distmnist.train",
+        f"--data_dir={tiny_npz_dir}",
+        f"--logdir={tmp_path}",
+        "--run_name=job",
+        *TRAIN,
+    ]
     first = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         for line in first.stdout:
@@ -458,8 +557,10 @@ def test_a_chief_killed_and_restarted_at_once_resumes_its_run_under_a_lease(tmp_
             if line.startswith("step "):
                 break
         assert any(line.startswith("resuming from step") for line in lines), "".join(lines)
-        assert any(f"taking over the claim of pid {first.pid} on {socket.gethostname()}, which is no longer running"
-                   in line for line in lines), "".join(lines)
+        assert any(
+            f"taking over the claim of pid {first.pid} on {socket.gethostname()}, which is no longer running" in line
+            for line in lines
+        ), "".join(lines)
         again.send_signal(signal.SIGTERM)
         assert again.wait(timeout=60) == 143
     finally:

@@ -31,10 +31,16 @@ def npy_declaring(shape, dtype="<u1", payload=b"\0" * 64) -> bytes:
 def png_declaring(width: int, height: int, idat: bytes = b"") -> bytes:
     """A PNG whose header declares width x height 8-bit grey pixels, with `idat` as its compressed rows (one row
     of black when not given)."""
+
     def chunk(kind, body):
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)) +
-            chunk(b"IDAT", idat or zlib.compress(b"\0" * (width + 1))) + chunk(b"IEND", b""))
+
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+        + chunk(b"IDAT", idat or zlib.compress(b"\0" * (width + 1)))
+        + chunk(b"IEND", b"")
+    )
 
 
 @pytest.mark.slow  # compresses a 256 MiB stream
@@ -48,10 +54,13 @@ def test_a_gzip_bomb_is_refused_without_inflating_it():
         safeio.gunzip(gzip.compress(b"abc")[:-12], "x.gz")
 
 
-@pytest.mark.parametrize("shape, message", [
-    ((100000, 100000), r"its header declares uint8 \[100000, 100000\], 9,537 MiB, more than 256 MiB"),
-    ((2 ** 62, 8), "more than 256 MiB"),
-])
+@pytest.mark.parametrize(
+    "shape, message",
+    [
+        ((100000, 100000), r"its header declares uint8 \[100000, 100000\], 9,537 MiB, more than 256 MiB"),
+        ((2**62, 8), "more than 256 MiB"),
+    ],
+)
 def test_an_array_header_declaring_too_much_is_refused_before_reading(tmp_path, shape, message):
     path = tmp_path / "big.npy"
     path.write_bytes(npy_declaring(shape))
@@ -76,24 +85,30 @@ def test_the_data_dir_readers_refuse_bombs_in_one_line(tmp_path):
     idx = tmp_path / "idx"
     idx.mkdir()
     with gzip.open(idx / "train-images-idx3-ubyte.gz", "wb", compresslevel=9) as f:
-        for _ in range(safeio.MAX_DATA_BYTES // 2 ** 24 + 1):
-            f.write(b"\0" * 2 ** 24)
+        for _ in range(safeio.MAX_DATA_BYTES // 2**24 + 1):
+            f.write(b"\0" * 2**24)
     with pytest.raises(dataset.DataError, match="train-images-idx3-ubyte.gz: unpacks to more than 256 MiB"):
         dataset.load(str(idx))
     npz = tmp_path / "npz"
     npz.mkdir()
     with zipfile.ZipFile(npz / "mnist.npz", "w") as archive:
-        archive.writestr("x_train.npy", npy_declaring((10 ** 6, 28, 28 * 100)))
-    with pytest.raises(dataset.DataError, match=r"mnist.npz:x_train.npy: its header declares uint8 \[1000000, 28, "
-                                             r"2800\]"):
+        archive.writestr("x_train.npy", npy_declaring((10**6, 28, 28 * 100)))
+    with pytest.raises(
+        dataset.DataError,
+        match=r"mnist.npz:x_train.npy: its header declares uint8 \[1000000, 28, "
+        r"2800\]",
+    ):
         dataset.load(str(npz))
 
 
 def test_pictures_declaring_more_than_a_digit_needs_are_refused_from_the_header(tmp_path):
     over_ours = tmp_path / "large.png"  # 50 megapixels: past distmnist's bound, under Pillow's
     over_ours.write_bytes(png_declaring(10000, 5000))
-    with pytest.raises(digits.ImageError, match=r"large.png: declares 10000x5000 pixels \(50 megapixels\), more "
-                                                "than the 24 a picture of a digit needs; scale it down"):
+    with pytest.raises(
+        digits.ImageError,
+        match=r"large.png: declares 10000x5000 pixels \(50 megapixels\), more "
+        "than the 24 a picture of a digit needs; scale it down",
+    ):
         digits.load(str(over_ours))
     over_pillows = tmp_path / "bomb.png"  # 900 megapixels: Pillow's own bomb error, as one line too
     over_pillows.write_bytes(png_declaring(30000, 30000))
@@ -139,7 +154,7 @@ def patched_zip(data: bytes, field: str, value: int) -> bytes:
     for signature, at in ((b"PK\x03\x04", local), (b"PK\x01\x02", central)):
         start = patched.find(signature)
         while start >= 0:
-            old, = struct.unpack_from(form, patched, start + at)
+            (old,) = struct.unpack_from(form, patched, start + at)
             struct.pack_into(form, patched, start + at, old | value if field == "flags" else value)
             start = patched.find(signature, start + 4)
     return bytes(patched)
@@ -163,27 +178,54 @@ def zip_with_directory_of(size: int) -> bytes:
     entry = struct.pack("<4s6H3L5H2L", b"PK\x01\x02", 20, 20, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0) + b"a"
     count = -(-size // len(entry))
     directory = entry * count
-    end = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, min(count, 0xFFFF), min(count, 0xFFFF), len(directory),
-                      len(local), 0)
+    end = struct.pack(
+        "<4s4H2LH", b"PK\x05\x06", 0, 0, min(count, 0xFFFF), min(count, 0xFFFF), len(directory), len(local), 0
+    )
     return local + directory + end
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda: patched_zip(npz_bytes(a=np.zeros([2, 2])), "flags", 0x1),
-     r"bad.npz:a.npy: is encrypted, and distmnist reads no passwords; save it without one"),
-    (lambda: patched_zip(npz_bytes(a=np.zeros([2, 2])), "method", 98),  # PPMd: zipfile has no decoder
-     r"bad.npz:a.npy: is compressed with zip method 98, which Python's zipfile cannot read"),
-    (lambda: npz_bytes(a=np.arange(4.0))[:-120], r"bad.npz: not a readable .npz file"),
-    (lambda: zip_with_directory_of(safeio.MAX_ZIP_DIRECTORY + 1),
-     r"bad.npz: its zip directory is 8 MiB, more than 8 MiB: far more members than a .npz of pictures holds"),
-    (lambda: zip_declaring({"a": (100, 2 ** 20), "b": (100, 2 ** 20), "c": (100, 2 ** 20)}),
-     r"bad.npz: its arrays declare 300 MiB or more in all, more than 256 MiB"),
-    (lambda: npy_declaring((-1, 28)), r"bad.npz: not a readable numpy array \(its header declares uint8 \[-1, 28\]\)"),
-    (lambda: npy_declaring((28, 28)), r"bad.npz: its header declares 784 bytes of data, but 64 follow it"),
-    (lambda: b"\x93NUMPY\x02\x00" + struct.pack("<I", 2 ** 31) + b"{",
-     r"bad.npz: not a readable numpy array \(a header of 2,147,483,648 bytes, more than numpy's bound of 10,000\)"),
-], ids=["encrypted", "unknown-method", "truncated-zip", "huge-directory", "members-past-the-bound-in-all",
-        "negative-dimension", "truncated-array", "huge-header"])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (
+            lambda: patched_zip(npz_bytes(a=np.zeros([2, 2])), "flags", 0x1),
+            r"bad.npz:a.npy: is encrypted, and distmnist reads no passwords; save it without one",
+        ),
+        (
+            lambda: patched_zip(npz_bytes(a=np.zeros([2, 2])), "method", 98),  # PPMd: zipfile has no decoder
+            r"bad.npz:a.npy: is compressed with zip method 98, which Python's zipfile cannot read",
+        ),
+        (lambda: npz_bytes(a=np.arange(4.0))[:-120], r"bad.npz: not a readable .npz file"),
+        (
+            lambda: zip_with_directory_of(safeio.MAX_ZIP_DIRECTORY + 1),
+            r"bad.npz: its zip directory is 8 MiB, more than 8 MiB: far more members than a .npz of pictures holds",
+        ),
+        (
+            lambda: zip_declaring({"a": (100, 2**20), "b": (100, 2**20), "c": (100, 2**20)}),
+            r"bad.npz: its arrays declare 300 MiB or more in all, more than 256 MiB",
+        ),
+        (
+            lambda: npy_declaring((-1, 28)),
+            r"bad.npz: not a readable numpy array \(its header declares uint8 \[-1, 28\]\)",
+        ),
+        (lambda: npy_declaring((28, 28)), r"bad.npz: its header declares 784 bytes of data, but 64 follow it"),
+        (
+            lambda: b"\x93NUMPY\x02\x00" + struct.pack("<I", 2**31) + b"{",
+            r"bad.npz: not a readable numpy array "
+            r"\(a header of 2,147,483,648 bytes, more than numpy's bound of 10,000\)",
+        ),
+    ],
+    ids=[
+        "encrypted",
+        "unknown-method",
+        "truncated-zip",
+        "huge-directory",
+        "members-past-the-bound-in-all",
+        "negative-dimension",
+        "truncated-array",
+        "huge-header",
+    ],
+)
 def test_each_array_file_that_cannot_be_read_is_one_line(tmp_path, make, message):
     """In both readers of arrays, predict's pictures and --data_dir's or the Keras cache's mnist.npz: each is one
     UserError naming the file (or the member), refused from the headers before any data is read or inflated.
@@ -201,15 +243,19 @@ def test_a_member_whose_data_is_damaged_is_one_line(tmp_path):
     good = npz_bytes(a=np.arange(4096, dtype=np.uint8).reshape(64, 64) % 7)
     assert [h.key for h, _ in safeio.read_arrays(good, "good.npz")] == ["a"]
     crc_at = good.find(b"PK\x01\x02") + 16  # the member's CRC-32, as the central directory records it
-    damaged = good[:crc_at] + bytes(b ^ 0xFF for b in good[crc_at:crc_at + 4]) + good[crc_at + 4:]
+    damaged = good[:crc_at] + bytes(b ^ 0xFF for b in good[crc_at : crc_at + 4]) + good[crc_at + 4 :]
     (tmp_path / "bad.npz").write_bytes(damaged)
     with pytest.raises(digits.ImageError, match=r"bad.npz:a.npy: cannot be read \(Bad CRC-32 for file 'a.npy'\)"):
         digits.load(str(tmp_path / "bad.npz"))  # zipfile's BadZipFile: a traceback before
 
 
 def test_arrays_are_read_as_numpy_reads_them(tmp_path):
-    arrays = {"c_order": np.arange(24, dtype=">u2").reshape(2, 3, 4), "fortran": np.asfortranarray(
-        np.arange(12.0).reshape(3, 4)), "scalar": np.float32(7.5), "empty": np.zeros([0, 3], np.int8)}
+    arrays = {
+        "c_order": np.arange(24, dtype=">u2").reshape(2, 3, 4),
+        "fortran": np.asfortranarray(np.arange(12.0).reshape(3, 4)),
+        "scalar": np.float32(7.5),
+        "empty": np.zeros([0, 3], np.int8),
+    }
     np.savez_compressed(tmp_path / "all.npz", **arrays)
     read = {header.key: array for header, array in safeio.read_arrays(str(tmp_path / "all.npz"), "all.npz")}
     assert read.keys() == arrays.keys()
@@ -217,7 +263,7 @@ def test_arrays_are_read_as_numpy_reads_them(tmp_path):
         assert read[key].dtype == array.dtype and read[key].shape == array.shape
         np.testing.assert_array_equal(read[key], array)
     np.save(tmp_path / "one.npy", arrays["fortran"])
-    (header, array), = safeio.read_arrays(str(tmp_path / "one.npy"), "one.npy")
+    ((header, array),) = safeio.read_arrays(str(tmp_path / "one.npy"), "one.npy")
     assert header.key == "" and header.fortran_order and header.nbytes == 96
     np.testing.assert_array_equal(array, arrays["fortran"])
 
@@ -225,13 +271,18 @@ def test_arrays_are_read_as_numpy_reads_them(tmp_path):
 def special_files(tmp_path) -> dict:
     """A folder, a FIFO, a socket and a character device: what no reader may open as a file."""
     import socket
+
     fifo, sock = tmp_path / "fifo", tmp_path / "socket"
     os.mkfifo(fifo)
     with socket.socket(socket.AF_UNIX) as server:
         server.bind(str(sock))  # the socket's file stays after it is closed
     (tmp_path / "folder").mkdir()
-    return {"a folder": str(tmp_path / "folder"), "a FIFO (named pipe)": str(fifo), "a socket": str(sock),
-            "a character device": "/dev/null"}
+    return {
+        "a folder": str(tmp_path / "folder"),
+        "a FIFO (named pipe)": str(fifo),
+        "a socket": str(sock),
+        "a character device": "/dev/null",
+    }
 
 
 class FifoWatch:
@@ -241,6 +292,7 @@ class FifoWatch:
 
     def __init__(self, fifo: str):
         import threading
+
         self.fifo, self.opened, self._stop = fifo, False, threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
 

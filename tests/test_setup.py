@@ -30,8 +30,14 @@ def make(tmp_path, *targets, extra_bin=()):
     for name, target in extra_bin:
         os.symlink(target, bin_dir / name)
     venv = tmp_path / "venv"
-    return subprocess.run(["/usr/bin/make", "--no-print-directory", "-n", f"VENV={venv}", *targets],
-                          capture_output=True, text=True, cwd=REPO, env={"PATH": str(bin_dir)}, timeout=60), venv
+    return subprocess.run(
+        ["/usr/bin/make", "--no-print-directory", "-n", f"VENV={venv}", *targets],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={"PATH": str(bin_dir)},
+        timeout=60,
+    ), venv
 
 
 def test_a_supported_python_is_found_beside_an_unsupported_python3(tmp_path):
@@ -49,17 +55,37 @@ def test_without_a_supported_python_make_says_which_to_install(tmp_path):
     assert not venv.exists()
 
 
-@pytest.mark.skipif(not (importlib.util.find_spec("setuptools") and importlib.util.find_spec("wheel")),
-                    reason="builds the wheel with this venv's setuptools and wheel (no index needed), absent here")
+@pytest.mark.skipif(
+    not (importlib.util.find_spec("setuptools") and importlib.util.find_spec("wheel")),
+    reason="builds the wheel with this venv's setuptools and wheel (no index needed), absent here",
+)
 def test_the_wheel_holds_the_package_and_not_the_bench(tmp_path):
     """What `pip install .` installs is distmnist/ alone: not the bench (bench/, a tool run from the checkout), and
     no module in it imports JAX or PyTorch (the bench's contenders)."""
     source = tmp_path / "source"
-    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".git", ".venv", "logs", "build", "*.egg-info",
-                                                                "__pycache__", ".pytest_cache"))
+    shutil.copytree(
+        REPO,
+        source,
+        ignore=shutil.ignore_patterns(".git", ".venv", "logs", "build", "*.egg-info", "__pycache__", ".pytest_cache"),
+    )
     assert (source / "bench" / "__main__.py").exists()  # beside the package in the tree that is built
-    built = subprocess.run([sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation",
-                            "-q", "-w", str(tmp_path / "wheel")], capture_output=True, text=True, timeout=300)
+    built = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            str(source),
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path / "wheel"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert built.returncode == 0, built.stderr[-2000:]
     (wheel,) = (tmp_path / "wheel").iterdir()
     with zipfile.ZipFile(wheel) as archive:

@@ -18,11 +18,23 @@ PLANS = [  # (visible, physical, plan's arguments, kind, GPUs used, warning): on
     (FOUR, FOUR, {"num_gpus": 0}, "one_device", 0, ""),  # the CPU
     (FOUR[:1], FOUR, {}, "one_device", 1, ""),  # CUDA_VISIBLE_DEVICES or the process left one: one, not four
     ([], FOUR, {}, "one_device", 0, ""),  # the process hid them all (as the tests do): the CPU, no /gpu:0
-    ([], FOUR, {"num_gpus": 2}, "one_device", 0, "--num_gpus=2 requested but 0 GPU(s) visible, 4 more hidden "
-                                                 "from this process: using 0"),
+    (
+        [],
+        FOUR,
+        {"num_gpus": 2},
+        "one_device",
+        0,
+        "--num_gpus=2 requested but 0 GPU(s) visible, 4 more hidden from this process: using 0",
+    ),
     (FOUR[:2], FOUR[:2], {"num_gpus": 3}, "mirrored", 2, "--num_gpus=3 requested but 2 GPU(s) visible: using 2"),
-    ([], [], {"driver_present": True}, "one_device", 0, "this machine has an NVIDIA driver but TensorFlow "
-                                                         "registered no GPU: training on the CPU"),
+    (
+        [],
+        [],
+        {"driver_present": True},
+        "one_device",
+        0,
+        "this machine has an NVIDIA driver but TensorFlow registered no GPU: training on the CPU",
+    ),
     ([], [], {}, "one_device", 0, ""),  # a CPU machine
     (FOUR, FOUR, {"cpu_replicas": 2}, "logical_cpus", 0, ""),  # logical CPUs leave every GPU alone
     (FOUR, FOUR, {"kind": "one_device"}, "one_device", 4, ""),

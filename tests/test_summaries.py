@@ -27,8 +27,11 @@ def test_a_terminal_gets_the_lines_and_a_bar():
 
 
 def test_a_pipe_gets_plain_lines_only():
-    assert report(io.StringIO()).splitlines() == ["step 0 Evaluate Acc: 0.1000", "step 0 loss: 0.5000",
-                                                  "step 2 loss: 0.3000"]
+    assert report(io.StringIO()).splitlines() == [
+        "step 0 Evaluate Acc: 0.1000",
+        "step 0 loss: 0.5000",
+        "step 2 loss: 0.3000",
+    ]
 
 
 def test_the_bar_counts_and_says_lines_above_itself():

@@ -34,8 +34,15 @@ def svg_texts(path: str) -> list:
 def test_a_run_writes_every_artifact(tmp_path, tiny_npz_dir, tiny_mnist, replica_flags, replicas):
     logdir = tmp_path / "logs"
     profile = ("--profile_steps=8,16",) if replicas == 1 else ()
-    result = run_module("distmnist.train", f"--data_dir={tiny_npz_dir}", f"--logdir={logdir}", "--run_name=r",
-                        *TINY_FLAGS, *replica_flags, *profile)
+    result = run_module(
+        "distmnist.train",
+        f"--data_dir={tiny_npz_dir}",
+        f"--logdir={logdir}",
+        "--run_name=r",
+        *TINY_FLAGS,
+        *replica_flags,
+        *profile,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = logdir / "r"
     assert f"replicas:             {replicas}" in result.stdout
@@ -66,8 +73,9 @@ def test_a_run_writes_every_artifact(tmp_path, tiny_npz_dir, tiny_mnist, replica
     assert set(calibration["test"]) == {"ece_before", "nll_before", "ece_after", "nll_after"}
     title = next(t for t in svg_texts(run_dir / "calibration.svg") if t.startswith("Calibration on"))
     assert title.startswith(f"Calibration on 100 test images: ECE {calibration['test']['ece_after']:.4f}")
-    assert {"confidence (top probability)", "accuracy", "perfect calibration"} <= set(svg_texts(
-        run_dir / "calibration.svg"))
+    assert {"confidence (top probability)", "accuracy", "perfect calibration"} <= set(
+        svg_texts(run_dir / "calibration.svg")
+    )
     last = result.stdout.strip().splitlines()[-1]  # the total and its three largest parts
     part = r"[a-z -]+ \d+\.\d s"
     assert re.fullmatch(rf"time: \d+\.\d s in all; {part}, {part}, {part}", last), last
@@ -80,11 +88,11 @@ def test_a_run_writes_every_artifact(tmp_path, tiny_npz_dir, tiny_mnist, replica
 
     reload = run_python(f"""
 import sys, numpy as np, tensorflow as tf
-serve = tf.saved_model.load({str(run_dir / 'saved_model')!r}).signatures["serving_default"]
-out = serve(images=tf.constant(np.load({tiny_npz_dir + '/mnist.npz'!r})["x_test"]))
+serve = tf.saved_model.load({str(run_dir / "saved_model")!r}).signatures["serving_default"]
+out = serve(images=tf.constant(np.load({tiny_npz_dir + "/mnist.npz"!r})["x_test"]))
 assert "distmnist" not in sys.modules
 print(sorted(out), out["probabilities"].dtype.name, out["classes"].dtype.name, out["logits"].shape)
-print(float(np.mean(out["classes"].numpy() == np.load({tiny_npz_dir + '/mnist.npz'!r})["y_test"])))
+print(float(np.mean(out["classes"].numpy() == np.load({tiny_npz_dir + "/mnist.npz"!r})["y_test"])))
 """)
     assert reload.returncode == 0, reload.stderr[-3000:]
     names, accuracy = reload.stdout.strip().splitlines()
@@ -111,8 +119,10 @@ def assert_tensorboard_serves(logdir, run: str, history: dict):
             assert server.poll() is None, server.stderr.read()[-3000:]
             try:
                 if run in get_json(f"{base}/runs"):
-                    series = {tag: get_json(f"{base}/plugin/scalars/scalars?run={run}&tag={tag}")
-                              for tag in ("loss", "accuracy")}
+                    series = {
+                        tag: get_json(f"{base}/plugin/scalars/scalars?run={run}&tag={tag}")
+                        for tag in ("loss", "accuracy")
+                    }
                     profiles = get_json(f"{base}/plugin/profile/runs")
                     if all(series.values()) and profiles:
                         break
@@ -123,14 +133,17 @@ def assert_tensorboard_serves(logdir, run: str, history: dict):
             raise AssertionError("TensorBoard did not serve the run's loss, accuracy and profile within 90 s")
         # --profile_steps=8,16: the Profile tab lists the run's profile, with its tools; the overview page counts
         # one step per compiled call, at the calls' first steps (the schedule cuts calls at 8, 10 and 16).
-        profile_run, = profiles
+        (profile_run,) = profiles
         assert profile_run.startswith(f"{run}/")
         tools = get_json(f"{base}/plugin/profile/run_tools?run={profile_run}")
         assert {"overview_page", "trace_viewer@"} <= set(tools)
-        host, = [h["hostname"] for h in get_json(f"{base}/plugin/profile/hosts?run={profile_run}&tag=overview_page")]
+        (host,) = [h["hostname"] for h in get_json(f"{base}/plugin/profile/hosts?run={profile_run}&tag=overview_page")]
         overview = get_json(f"{base}/plugin/profile/data?run={profile_run}&tag=overview_page&host={host}")
-        steps, = [[row["c"][0]["v"] for row in table["rows"]] for table in overview
-                  if "stepnum" in [col["id"] for col in table.get("cols", [])]]
+        (steps,) = [
+            [row["c"][0]["v"] for row in table["rows"]]
+            for table in overview
+            if "stepnum" in [col["id"] for col in table.get("cols", [])]
+        ]
         assert steps == ["train 8", "train 10", "train 14"]
         # The Images dashboard shows each evaluation's mistakes: the PNGs written as they are come back as PNGs.
         mistakes = get_json(f"{base}/plugin/images/images?run={run}&tag=mistakes&sample=0")
@@ -139,8 +152,9 @@ def assert_tensorboard_serves(logdir, run: str, history: dict):
             assert Image.open(io.BytesIO(r.read())).format == "PNG"
 
     # Each point is [wall_time, step, value]: the same steps and values the run recorded.
-    assert [(step, round(value, 5)) for _, step, value in series["loss"]] == \
-        [(step, round(value, 5)) for step, value in history["loss"]]
+    assert [(step, round(value, 5)) for _, step, value in series["loss"]] == [
+        (step, round(value, 5)) for step, value in history["loss"]
+    ]
     assert [step for _, step, _ in series["accuracy"]] == [0, 10, 20, 25]
     assert series["accuracy"][-1][2] == history["accuracy"][-1][1]
 
@@ -170,7 +184,8 @@ def assert_run_described_in_tensorboard(run_dir: str, flags: dict):
     assert acc.SummaryMetadata("mistakes").plugin_data.plugin_name == "images"
     assert acc.Tensors("mistakes")[0].step == 0  # at step 0 the untrained model gets most digits wrong
     start = plugin_data_pb2.HParamsPluginData.FromString(
-        acc.PluginTagToContent("hparams")["_hparams_/session_start_info"]).session_start_info
+        acc.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    ).session_start_info
     assert start.hparams["batch_size"].number_value == 32 and start.hparams["input"].string_value == flags["input"]
     replicas = max(1, flags["cpu_replicas"])
     assert start.hparams["replicas"].number_value == replicas
@@ -195,35 +210,49 @@ def assert_one_line_error(result, *fragments):
         assert fragment in lines[0]
 
 
-@pytest.mark.parametrize("args, fragments", [
-    (("--batch_size=0",), ("--batch_size must be a positive integer, got 0",)),
-    (("--epochs=-1",), ("--epochs must be a positive integer",)),
-    (("--learning_rate=0",), ("--learning_rate must be a positive finite number",)),
-    (("--learning_rate=abc",), ("flag --learning_rate=abc",)),
-    (("--num_gpus=-1",), ("--num_gpus must be >= 0",)),
-    (("--input=gpu",), ("flag --input=gpu",)),
-    (("--profile_steps=100",), ("--profile_steps must read START,END", "got '100'")),
-    (("--profile_steps=300,200",), ("--profile_steps must read START,END with 0 <= START < END",)),
-    (("positional",), ("unexpected arguments ['positional']",)),
-])
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (("--batch_size=0",), ("--batch_size must be a positive integer, got 0",)),
+        (("--epochs=-1",), ("--epochs must be a positive integer",)),
+        (("--learning_rate=0",), ("--learning_rate must be a positive finite number",)),
+        (("--learning_rate=abc",), ("flag --learning_rate=abc",)),
+        (("--num_gpus=-1",), ("--num_gpus must be >= 0",)),
+        (("--input=gpu",), ("flag --input=gpu",)),
+        (("--profile_steps=100",), ("--profile_steps must read START,END", "got '100'")),
+        (("--profile_steps=300,200",), ("--profile_steps must read START,END with 0 <= START < END",)),
+        (("positional",), ("unexpected arguments ['positional']",)),
+    ],
+)
 def test_bad_flags_get_one_line_and_exit_2(args, fragments):
     assert_one_line_error(run_module("distmnist.train", *args, timeout_s=60), *fragments)
 
 
-@pytest.mark.parametrize("flag, fragment", [
-    ("--seed=9223372036854775808", "--seed must be at most 9,223,372,036,854,775,807"),
-    ("--steps_per_loop=100000000", "--steps_per_loop must be at most 10,000"),
-    ("--run_name=" + "r" * 300, "--run_name is 300 bytes long; it must be at most 200"),
-    ("--logdir=", "--logdir must not be empty"),
-    ("--export_dir=", "--export_dir must not be empty"),
-])
+@pytest.mark.parametrize(
+    "flag, fragment",
+    [
+        ("--seed=9223372036854775808", "--seed must be at most 9,223,372,036,854,775,807"),
+        ("--steps_per_loop=100000000", "--steps_per_loop must be at most 10,000"),
+        ("--run_name=" + "r" * 300, "--run_name is 300 bytes long; it must be at most 200"),
+        ("--logdir=", "--logdir must not be empty"),
+        ("--export_dir=", "--export_dir must not be empty"),
+    ],
+)
 def test_unusable_values_stop_before_tensorflow_and_leave_nothing(tmp_path, tiny_npz_dir, flag, fragment):
     """Out of TensorFlow's range, or no name a filesystem takes: one line before TensorFlow is imported, and no
     claim, logdir or run directory made."""
     work = tmp_path / "work"
     work.mkdir()
-    result = run_module("distmnist.train", f"--data_dir={tiny_npz_dir}", f"--logdir={work / 'logs'}",
-                        "--run_name=r", *TINY_FLAGS, flag, env=without_tensorflow(tmp_path), timeout_s=60)
+    result = run_module(
+        "distmnist.train",
+        f"--data_dir={tiny_npz_dir}",
+        f"--logdir={work / 'logs'}",
+        "--run_name=r",
+        *TINY_FLAGS,
+        flag,
+        env=without_tensorflow(tmp_path),
+        timeout_s=60,
+    )
     assert_one_line_error(result, fragment)
     assert os.listdir(work) == []
 
@@ -233,26 +262,27 @@ def test_bad_data_and_existing_runs_leave_everything_untouched(tmp_path, tiny_np
     earlier = logdir / "earlier"
     earlier.mkdir(parents=True)
     (earlier / "run.json").write_text("{}")
-    result = run_module("distmnist.train", f"--data_dir={tiny_npz_dir}", f"--logdir={logdir}",
-                        "--run_name=earlier", *TINY_FLAGS)
+    result = run_module(
+        "distmnist.train", f"--data_dir={tiny_npz_dir}", f"--logdir={logdir}", "--run_name=earlier", *TINY_FLAGS
+    )
     assert_one_line_error(result, "already exists and is not a distmnist run; choose another --run_name")
     assert os.listdir(earlier) == ["run.json"] and (earlier / "run.json").read_text() == "{}"
 
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "mnist.npz").write_bytes(b"PK\x03\x04truncated")
-    result = run_module("distmnist.train", f"--data_dir={broken}", f"--logdir={logdir}", "--run_name=new",
-                        *TINY_FLAGS)
+    result = run_module("distmnist.train", f"--data_dir={broken}", f"--logdir={logdir}", "--run_name=new", *TINY_FLAGS)
     assert_one_line_error(result, "not a readable .npz file")
     assert sorted(os.listdir(logdir)) == ["earlier"]
 
     not_a_folder = tmp_path / "file"
     not_a_folder.write_text("x")
-    result = run_module("distmnist.train", f"--data_dir={tiny_npz_dir}", f"--logdir={not_a_folder}/logs",
-                        *TINY_FLAGS)
+    result = run_module("distmnist.train", f"--data_dir={tiny_npz_dir}", f"--logdir={not_a_folder}/logs", *TINY_FLAGS)
     assert_one_line_error(result, "is not a writable folder; choose another --logdir")
 
 
 def test_data_entry_point_reports_a_missing_folder():
-    assert_one_line_error(run_module("distmnist.data", "--data_dir=/nonexistent/mnist", timeout_s=60),
-                          "--data_dir=/nonexistent/mnist does not exist")
+    assert_one_line_error(
+        run_module("distmnist.data", "--data_dir=/nonexistent/mnist", timeout_s=60),
+        "--data_dir=/nonexistent/mnist does not exist",
+    )

@@ -12,8 +12,10 @@ from distmnist.environment import xlaflags
 
 def test_ynnpack_dots_are_added_and_a_users_choice_is_kept():
     assert xlaflags.with_ynnpack_dots("") == "--xla_cpu_experimental_ynn_fusion_type=dot,reduce"
-    assert xlaflags.with_ynnpack_dots("--xla_dump_to=/d") == \
-        "--xla_dump_to=/d --xla_cpu_experimental_ynn_fusion_type=dot,reduce"
+    assert (
+        xlaflags.with_ynnpack_dots("--xla_dump_to=/d")
+        == "--xla_dump_to=/d --xla_cpu_experimental_ynn_fusion_type=dot,reduce"
+    )
     mine = "--xla_cpu_experimental_ynn_fusion_type=reduce"
     assert xlaflags.with_ynnpack_dots(mine) == mine
 
@@ -35,8 +37,10 @@ def entry_matmuls(tmp_path, xla_flags):
     (path,) = glob.glob(str(tmp_path / "*cpu_after_optimizations.txt"))
     entry = open(path).read().split("\nENTRY ", 1)[1]
     matmuls = [line for line in entry.splitlines() if 'op_type="MatMul"' in line]
-    return sorted("kCustom" if "kind=kCustom" in line and "ynn_fusion" in line else
-                  "dot" if " dot(" in line else line for line in matmuls)
+    return sorted(
+        "kCustom" if "kind=kCustom" in line and "ynn_fusion" in line else "dot" if " dot(" in line else line
+        for line in matmuls
+    )
 
 
 @pytest.mark.slow
@@ -53,7 +57,9 @@ def test_jax_in_the_bench_runs_with_the_users_flags_not_ours(monkeypatch):
     monkeypatch.setattr(xlaflags, "added", True)
     monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/d --xla_cpu_experimental_ynn_fusion_type=dot,reduce")
     assert ownprocess.environment("jax", 2)["XLA_FLAGS"] == "--xla_dump_to=/d --xla_force_host_platform_device_count=2"
-    assert ownprocess.environment("distmnist", 2)["XLA_FLAGS"] == \
-        "--xla_dump_to=/d --xla_cpu_experimental_ynn_fusion_type=dot,reduce --xla_force_host_platform_device_count=2"
+    assert (
+        ownprocess.environment("distmnist", 2)["XLA_FLAGS"]
+        == "--xla_dump_to=/d --xla_cpu_experimental_ynn_fusion_type=dot,reduce --xla_force_host_platform_device_count=2"
+    )
     monkeypatch.setattr(xlaflags, "added", False)  # the user's own choice: kept for JAX too
     assert "ynn_fusion_type" in ownprocess.environment("jax", 1)["XLA_FLAGS"]

@@ -25,15 +25,30 @@ def _trace(lines) -> bytes:
 
 
 def test_each_kernel_has_the_time_until_the_next_one_and_the_host_the_time_outside_the_executable():
-    trace = _trace([
-        ("python", 0, [("CpuExecutable::ExecuteAsyncOnStream", 0, 100),
-                       ("EagerExecute", 120, 130)]),  # the host between two calls: outside the executable
-        ("worker", 0, [("ThunkExecutor::Execute", 0, 100), ("while.7", 1, 99), ("gather_fusion", 0, 10),
-                       ("MatMul.23", 10, 20),  # an Eigen matmul whose threads run on until 70
-                       ("SlinkyThreadPool::Await", 12, 20), ("select_subtract_fusion", 70, 75),
-                       ("end: select_subtract_fusion", 75, 75), ("copy.1", 75, 80),
-                       ("AddN", 150, 170)]),  # a TensorFlow op outside XLA's executable: not a kernel
-    ])
+    trace = _trace(
+        [
+            (
+                "python",
+                0,
+                [("CpuExecutable::ExecuteAsyncOnStream", 0, 100), ("EagerExecute", 120, 130)],
+            ),  # the host between two calls: outside the executable
+            (
+                "worker",
+                0,
+                [
+                    ("ThunkExecutor::Execute", 0, 100),
+                    ("while.7", 1, 99),
+                    ("gather_fusion", 0, 10),
+                    ("MatMul.23", 10, 20),  # an Eigen matmul whose threads run on until 70
+                    ("SlinkyThreadPool::Await", 12, 20),
+                    ("select_subtract_fusion", 70, 75),
+                    ("end: select_subtract_fusion", 75, 75),
+                    ("copy.1", 75, 80),
+                    ("AddN", 150, 170),
+                ],
+            ),  # a TensorFlow op outside XLA's executable: not a kernel
+        ]
+    )
     got = xlaprofile.breakdown(trace, steps=2, seconds=200e-6)
     top = got.pop("top")
     assert got == pytest.approx({"steps": 2, "wall_us": 100.0, "in_xla_us": 50.0, "outside_us": 50.0})

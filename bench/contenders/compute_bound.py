@@ -27,7 +27,7 @@ def flops_per_sec(device: str, sizes=(2048, 3072), min_seconds: float = 0.5) -> 
         for size in sizes:
             a = tf.random.uniform([size, size])
             b = tf.random.uniform([size, size])
-            repeats = max(1, int(8e10 // (2 * size ** 3)))
+            repeats = max(1, int(8e10 // (2 * size**3)))
             float(_repeated_matmul(a, b, tf.constant(1)))
             while True:
                 start = time.perf_counter()
@@ -36,7 +36,7 @@ def flops_per_sec(device: str, sizes=(2048, 3072), min_seconds: float = 0.5) -> 
                 if seconds >= min_seconds:
                     break
                 repeats = int(repeats * min(100.0, 1.2 * min_seconds / max(seconds, 1e-6))) + 1
-            best = max(best, 2.0 * size ** 3 * repeats / seconds)
+            best = max(best, 2.0 * size**3 * repeats / seconds)
     return best
 
 

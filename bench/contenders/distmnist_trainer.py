@@ -4,14 +4,13 @@
 TensorFlow is imported inside the functions: in a process of its own, quietly (tfquiet) and only when this
 contender is the one that runs."""
 
-from typing import Optional
-
 from bench import mnist_npz
 from bench import timing as timing_lib
 
 
-def examples_per_sec(mnist, strategy, timing: timing_lib.Timing, input_path: str, precision: str = "float32",
-                     jit_compile=None) -> float:
+def examples_per_sec(
+    mnist, strategy, timing: timing_lib.Timing, input_path: str, precision: str = "float32", jit_compile=None
+) -> float:
     """distmnist's own loop with the given input path and precision, its defaults otherwise (XLA as the run
     resolves it for this precision on these devices: jit_compile)."""
     import functools
@@ -20,10 +19,17 @@ def examples_per_sec(mnist, strategy, timing: timing_lib.Timing, input_path: str
     from distmnist.runs.run import trainer_settings
     from distmnist.training.trainer import Trainer, run_steps
 
-    settings = trainer_settings(TrainConfig(batch_size=timing.per_replica_batch_size,
-                                            learning_rate=timing.learning_rate, seed=timing.seed, input=input_path,
-                                            precision=precision, jit_compile=jit_compile),
-                                total_steps=timing.warmup_steps + timing.timed_steps)
+    settings = trainer_settings(
+        TrainConfig(
+            batch_size=timing.per_replica_batch_size,
+            learning_rate=timing.learning_rate,
+            seed=timing.seed,
+            input=input_path,
+            precision=precision,
+            jit_compile=jit_compile,
+        ),
+        total_steps=timing.warmup_steps + timing.timed_steps,
+    )
     trainer = Trainer(settings, strategy, mnist)
     return timing_lib.examples_per_sec(functools.partial(run_steps, trainer), timing, trainer.global_batch_size)
 
@@ -54,7 +60,8 @@ def time_to_accuracy(mnist, strategy, target: float, max_epochs: int, settings) 
 
 def _from_npz(npz: str, replicas: int, platform: str, total_steps, **settings):
     """TensorFlow imported quietly, then (distmnist's Trainer on 1 device or N: logical CPUs, or GPUs, with MNIST
-    from npz and the trainer's settings from a TrainConfig of these values; the devices; the data). total_steps(steps per epoch): the steps it will train."""
+    from npz and the trainer's settings from a TrainConfig of these values; the devices; the data).
+    total_steps(steps per epoch): the steps it will train."""
     from distmnist.environment import tfquiet
 
     arrays = mnist_npz.read(npz)
@@ -75,15 +82,33 @@ def _from_npz(npz: str, replicas: int, platform: str, total_steps, **settings):
     return trainer, list(choice.devices), mnist
 
 
-def runner(npz: str, replicas: int, per_replica_batch_size: int, steps: int, learning_rate: float, seed: int,
-           platform: str = "cpu", precision: str = "float32", turns: int = 1, jit_compile: Optional[bool] = None):
+def runner(
+    npz: str,
+    replicas: int,
+    per_replica_batch_size: int,
+    steps: int,
+    learning_rate: float,
+    seed: int,
+    platform: str = "cpu",
+    precision: str = "float32",
+    turns: int = 1,
+    jit_compile: bool | None = None,
+):
     """(run, global batch, facts): run() trains `steps` more steps with distmnist's default trainer and returns
     (its seconds, the last loss); it runs turns + 1 times (the first untimed)."""
     import time
 
-    trainer, devices, _ = _from_npz(npz, replicas, platform, lambda steps_per_epoch: (turns + 1) * steps,
-                                    batch_size=per_replica_batch_size, learning_rate=learning_rate, seed=seed,
-                                    precision=precision, jit_compile=jit_compile)
+    trainer, devices, _ = _from_npz(
+        npz,
+        replicas,
+        platform,
+        lambda steps_per_epoch: (turns + 1) * steps,
+        batch_size=per_replica_batch_size,
+        learning_rate=learning_rate,
+        seed=seed,
+        precision=precision,
+        jit_compile=jit_compile,
+    )
     from distmnist.training.trainer import run_steps
 
     def run():
@@ -94,10 +119,28 @@ def runner(npz: str, replicas: int, per_replica_batch_size: int, steps: int, lea
     return run, trainer.global_batch_size, {"devices": devices}
 
 
-def race(npz: str, replicas: int, per_replica_batch_size: int, learning_rate: float, seed: int, platform: str,
-         precision: str, target: float, max_epochs: int, jit_compile: Optional[bool] = None) -> dict:
+def race(
+    npz: str,
+    replicas: int,
+    per_replica_batch_size: int,
+    learning_rate: float,
+    seed: int,
+    platform: str,
+    precision: str,
+    target: float,
+    max_epochs: int,
+    jit_compile: bool | None = None,
+) -> dict:
     """Time to the target test accuracy with distmnist's trainer, as jax_scan.race (trainer_race)."""
-    trainer, devices, mnist = _from_npz(npz, replicas, platform, lambda steps_per_epoch: max_epochs * steps_per_epoch,
-                                        batch_size=per_replica_batch_size, learning_rate=learning_rate, seed=seed,
-                                        precision=precision, jit_compile=jit_compile)
+    trainer, devices, mnist = _from_npz(
+        npz,
+        replicas,
+        platform,
+        lambda steps_per_epoch: max_epochs * steps_per_epoch,
+        batch_size=per_replica_batch_size,
+        learning_rate=learning_rate,
+        seed=seed,
+        precision=precision,
+        jit_compile=jit_compile,
+    )
     return {**trainer_race(trainer, mnist, target, max_epochs), "devices": devices}

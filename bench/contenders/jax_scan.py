@@ -15,8 +15,7 @@ from bench import timing as timing_lib
 from distmnist.training import LAYER_SIZES  # without TensorFlow, which this process must not import
 
 NOT_INSTALLED = "JAX is not installed (pip install -e '.[bench]' adds it)"
-NO_BACKEND = ("this JAX has no {platform} backend (pip install -e '.[bench-gpu]' adds JAX with CUDA 12, "
-              "jax[cuda12])")
+NO_BACKEND = "this JAX has no {platform} backend (pip install -e '.[bench-gpu]' adds JAX with CUDA 12, jax[cuda12])"
 
 
 def model(npz: str, replicas: int, learning_rate: float, seed: int, platform: str, precision: str):
@@ -48,10 +47,12 @@ def model(npz: str, replicas: int, learning_rate: float, seed: int, platform: st
 
     rng = np.random.default_rng(seed)
     params = []
-    for fan_in, fan_out in zip(LAYER_SIZES[:-1], LAYER_SIZES[1:]):
+    for fan_in, fan_out in zip(LAYER_SIZES[:-1], LAYER_SIZES[1:], strict=True):
         limit = 1.0 / np.sqrt(fan_in)
-        params += [rng.uniform(-limit, limit, [fan_in, fan_out]).astype(np.float32),
-                   rng.uniform(-limit, limit, [fan_out]).astype(np.float32)]
+        params += [
+            rng.uniform(-limit, limit, [fan_in, fan_out]).astype(np.float32),
+            rng.uniform(-limit, limit, [fan_out]).astype(np.float32),
+        ]
     params = jax.device_put(params, replicated)
 
     low = {"float32": None, "mixed_bfloat16": jnp.bfloat16, "mixed_float16": jnp.float16}[precision]
@@ -72,7 +73,8 @@ def model(npz: str, replicas: int, learning_rate: float, seed: int, platform: st
     def train_steps(params, features, targets, indices):
         def one_step(params, batch):
             loss, grads = jax.value_and_grad(loss_fn)(params, features[batch], targets[batch])
-            return [p - learning_rate * g for p, g in zip(params, grads)], loss
+            return [p - learning_rate * g for p, g in zip(params, grads, strict=True)], loss
+
         return jax.lax.scan(one_step, params, indices)
 
     @jax.jit
@@ -80,14 +82,33 @@ def model(npz: str, replicas: int, learning_rate: float, seed: int, platform: st
         return jnp.argmax(forward(params, x), axis=-1)
 
     return types.SimpleNamespace(
-        jax=jax, devices=devices, replicated=replicated, by_batch=NamedSharding(mesh, PartitionSpec(None, "batch")),
-        features=features, targets=targets, n=len(x_train), test_x=test_x, test_y=y_test, params=params, rng=rng,
-        train_steps=train_steps, predict=predict,
-        facts={"jax_version": jax.__version__, "devices": [str(d) for d in devices]})
+        jax=jax,
+        devices=devices,
+        replicated=replicated,
+        by_batch=NamedSharding(mesh, PartitionSpec(None, "batch")),
+        features=features,
+        targets=targets,
+        n=len(x_train),
+        test_x=test_x,
+        test_y=y_test,
+        params=params,
+        rng=rng,
+        train_steps=train_steps,
+        predict=predict,
+        facts={"jax_version": jax.__version__, "devices": [str(d) for d in devices]},
+    )
 
 
-def runner(npz: str, replicas: int, per_replica_batch_size: int, steps: int, learning_rate: float, seed: int,
-           platform: str = "cpu", precision: str = "float32"):
+def runner(
+    npz: str,
+    replicas: int,
+    per_replica_batch_size: int,
+    steps: int,
+    learning_rate: float,
+    seed: int,
+    platform: str = "cpu",
+    precision: str = "float32",
+):
     """(run, global batch, facts): run() trains `steps` more steps in one compiled call and returns (its seconds,
     the last loss) (the first call compiles); None, 0 and {"skipped": why} where JAX is not installed."""
     m = model(npz, replicas, learning_rate, seed, platform, precision)
@@ -96,7 +117,7 @@ def runner(npz: str, replicas: int, per_replica_batch_size: int, steps: int, lea
     global_batch = per_replica_batch_size * replicas
     epochs = -(-steps * global_batch // m.n)  # enough shuffled epochs for the steps
     order = np.concatenate([m.rng.permutation(m.n) for _ in range(epochs)])
-    order = order[:steps * global_batch].reshape(steps, global_batch)
+    order = order[: steps * global_batch].reshape(steps, global_batch)
     indices = m.jax.device_put(order.astype(np.int32), m.by_batch)
 
     def run():
@@ -108,8 +129,17 @@ def runner(npz: str, replicas: int, per_replica_batch_size: int, steps: int, lea
     return run, global_batch, m.facts
 
 
-def race(npz: str, replicas: int, per_replica_batch_size: int, learning_rate: float, seed: int, platform: str,
-         precision: str, target: float, max_epochs: int) -> dict:
+def race(
+    npz: str,
+    replicas: int,
+    per_replica_batch_size: int,
+    learning_rate: float,
+    seed: int,
+    platform: str,
+    precision: str,
+    target: float,
+    max_epochs: int,
+) -> dict:
     """Time to the target test accuracy, checked every epoch, as the bench's race times distmnist and Keras: from
     the first step (the first call compiles) to the check that reaches it. An epoch is one compiled call over a
     fresh permutation, the partial batch dropped."""
@@ -120,9 +150,10 @@ def race(npz: str, replicas: int, per_replica_batch_size: int, learning_rate: fl
     steps = m.n // global_batch
 
     def epoch():
-        order = m.rng.permutation(m.n)[:steps * global_batch].reshape(steps, global_batch)
-        m.params, _ = m.train_steps(m.params, m.features, m.targets, m.jax.device_put(order.astype(np.int32),
-                                                                                      m.by_batch))
+        order = m.rng.permutation(m.n)[: steps * global_batch].reshape(steps, global_batch)
+        m.params, _ = m.train_steps(
+            m.params, m.features, m.targets, m.jax.device_put(order.astype(np.int32), m.by_batch)
+        )
         return float(np.mean(np.asarray(m.predict(m.params, m.test_x)) == m.test_y))
 
     return {**timing_lib.until_accuracy(epoch, target, max_epochs), **m.facts}

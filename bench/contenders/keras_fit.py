@@ -18,17 +18,27 @@ def model(seed: int):
     import keras
 
     layers = [keras.Input([LAYER_SIZES[0]])]
-    for i, (fan_in, fan_out) in enumerate(zip(LAYER_SIZES[:-1], LAYER_SIZES[1:])):
+    for i, (fan_in, fan_out) in enumerate(zip(LAYER_SIZES[:-1], LAYER_SIZES[1:], strict=True)):
         limit = 1 / np.sqrt(fan_in)
-        layers.append(keras.layers.Dense(
-            fan_out, activation="relu" if i < len(LAYER_SIZES) - 2 else None,
-            kernel_initializer=keras.initializers.RandomUniform(-limit, limit, seed=seed + 2 * i),
-            bias_initializer=keras.initializers.RandomUniform(-limit, limit, seed=seed + 2 * i + 1)))
+        layers.append(
+            keras.layers.Dense(
+                fan_out,
+                activation="relu" if i < len(LAYER_SIZES) - 2 else None,
+                kernel_initializer=keras.initializers.RandomUniform(-limit, limit, seed=seed + 2 * i),
+                bias_initializer=keras.initializers.RandomUniform(-limit, limit, seed=seed + 2 * i + 1),
+            )
+        )
     return keras.Sequential(layers)
 
 
-def compiled(strategy: tf.distribute.Strategy, learning_rate: float, seed: int, tuned: bool,
-             steps_per_execution: int = 50, policy: str = "float32"):
+def compiled(
+    strategy: tf.distribute.Strategy,
+    learning_rate: float,
+    seed: int,
+    tuned: bool,
+    steps_per_execution: int = 50,
+    policy: str = "float32",
+):
     """policy: Keras's global dtype policy while the model is built (mixed_float16 also wraps the optimizer in
     Keras's LossScaleOptimizer, which compile does itself)."""
     import keras
@@ -60,8 +70,9 @@ def _fit(made, data, **kwargs):
         made.fit(data, **kwargs)
 
 
-def examples_per_sec(mnist: Mnist, strategy: tf.distribute.Strategy, timing: timing_lib.Timing, tuned: bool,
-                     policy: str = "float32") -> float:
+def examples_per_sec(
+    mnist: Mnist, strategy: tf.distribute.Strategy, timing: timing_lib.Timing, tuned: bool, policy: str = "float32"
+) -> float:
     """Keras Model.fit on the tutorial's pipeline: default settings, or tuned (steps_per_execution, XLA)."""
     made = compiled(strategy, timing.learning_rate, timing.seed, tuned, policy=policy)
     global_batch_size = timing.per_replica_batch_size * strategy.num_replicas_in_sync
@@ -81,8 +92,14 @@ def time_to_accuracy(mnist: Mnist, strategy, target: float, max_epochs: int, set
     global_batch_size = settings.batch_size * strategy.num_replicas_in_sync
     steps_per_epoch = len(mnist.x_train) // global_batch_size  # as distmnist: the partial batch dropped
     per_execution = max(k for k in range(1, 51) if steps_per_epoch % k == 0)  # must divide an epoch
-    made = compiled(strategy, settings.learning_rate, settings.seed, tuned=True, steps_per_execution=per_execution,
-                    policy=settings.precision)
+    made = compiled(
+        strategy,
+        settings.learning_rate,
+        settings.seed,
+        tuned=True,
+        steps_per_execution=per_execution,
+        policy=settings.precision,
+    )
     test_x = mnist.x_test.reshape(-1, LAYER_SIZES[0]).astype(np.float32) / 255.0
     reached = {}
 

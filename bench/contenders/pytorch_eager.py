@@ -11,8 +11,9 @@ from bench import mnist_npz
 from bench import timing as timing_lib
 from distmnist.training import LAYER_SIZES
 
-NOT_INSTALLED = ("PyTorch is not installed (its CPU build: pip install torch --index-url "
-                 "https://download.pytorch.org/whl/cpu)")
+NOT_INSTALLED = (
+    "PyTorch is not installed (its CPU build: pip install torch --index-url https://download.pytorch.org/whl/cpu)"
+)
 
 
 def model(npz: str, replicas: int, learning_rate: float, seed: int, platform: str, precision: str):
@@ -31,10 +32,12 @@ def model(npz: str, replicas: int, learning_rate: float, seed: int, platform: st
     test_y = torch.from_numpy(y_test.astype(np.int64))
     rng = np.random.default_rng(seed)
     params = []
-    for fan_in, fan_out in zip(LAYER_SIZES[:-1], LAYER_SIZES[1:]):
+    for fan_in, fan_out in zip(LAYER_SIZES[:-1], LAYER_SIZES[1:], strict=True):
         limit = 1.0 / np.sqrt(fan_in)
-        params += [torch.tensor(rng.uniform(-limit, limit, [fan_in, fan_out]).astype(np.float32), requires_grad=True),
-                   torch.tensor(rng.uniform(-limit, limit, [fan_out]).astype(np.float32), requires_grad=True)]
+        params += [
+            torch.tensor(rng.uniform(-limit, limit, [fan_in, fan_out]).astype(np.float32), requires_grad=True),
+            torch.tensor(rng.uniform(-limit, limit, [fan_out]).astype(np.float32), requires_grad=True),
+        ]
     low = precision == "mixed_bfloat16"
 
     def forward(h):
@@ -49,7 +52,7 @@ def model(npz: str, replicas: int, learning_rate: float, seed: int, platform: st
         loss = torch.mean(torch.square(targets[batch] - forward(features[batch])))
         grads = torch.autograd.grad(loss, params)
         with torch.no_grad():
-            for p, g in zip(params, grads):
+            for p, g in zip(params, grads, strict=True):
                 p.sub_(learning_rate * g)
         return loss
 
@@ -57,19 +60,34 @@ def model(npz: str, replicas: int, learning_rate: float, seed: int, platform: st
         with torch.no_grad():
             return float(torch.mean((torch.argmax(forward(test_x), dim=-1) == test_y).float()))
 
-    return types.SimpleNamespace(n=len(x_train), rng=rng, step=step, accuracy=accuracy, facts={
-        "torch_version": torch.__version__, "threads": torch.get_num_threads()}, torch=torch)
+    return types.SimpleNamespace(
+        n=len(x_train),
+        rng=rng,
+        step=step,
+        accuracy=accuracy,
+        facts={"torch_version": torch.__version__, "threads": torch.get_num_threads()},
+        torch=torch,
+    )
 
 
-def runner(npz: str, replicas: int, per_replica_batch_size: int, steps: int, learning_rate: float, seed: int,
-           platform: str = "cpu", precision: str = "float32"):
+def runner(
+    npz: str,
+    replicas: int,
+    per_replica_batch_size: int,
+    steps: int,
+    learning_rate: float,
+    seed: int,
+    platform: str = "cpu",
+    precision: str = "float32",
+):
     """(run, global batch, facts): run() runs `steps` more steps of PyTorch's eager loop over shuffled epochs and
     returns (its seconds, the last loss); None, 0 and {"skipped": why} where PyTorch is not installed."""
     m = model(npz, replicas, learning_rate, seed, platform, precision)
     if isinstance(m, dict):
         return None, 0, m
-    order = m.torch.from_numpy(np.concatenate([m.rng.permutation(m.n) for _ in range(
-        -(-2 * steps * per_replica_batch_size // m.n))]))
+    order = m.torch.from_numpy(
+        np.concatenate([m.rng.permutation(m.n) for _ in range(-(-2 * steps * per_replica_batch_size // m.n))])
+    )
     position = 0
 
     def run():
@@ -78,7 +96,7 @@ def runner(npz: str, replicas: int, per_replica_batch_size: int, steps: int, lea
         for _ in range(steps):
             if position + per_replica_batch_size > len(order):
                 position = 0
-            loss = m.step(order[position:position + per_replica_batch_size])
+            loss = m.step(order[position : position + per_replica_batch_size])
             position += per_replica_batch_size
         final = float(loss.detach())
         return time.perf_counter() - start, final
@@ -86,8 +104,17 @@ def runner(npz: str, replicas: int, per_replica_batch_size: int, steps: int, lea
     return run, per_replica_batch_size, m.facts
 
 
-def race(npz: str, replicas: int, per_replica_batch_size: int, learning_rate: float, seed: int, platform: str,
-         precision: str, target: float, max_epochs: int) -> dict:
+def race(
+    npz: str,
+    replicas: int,
+    per_replica_batch_size: int,
+    learning_rate: float,
+    seed: int,
+    platform: str,
+    precision: str,
+    target: float,
+    max_epochs: int,
+) -> dict:
     """Time to the target test accuracy, as jax_scan.race: each epoch a fresh permutation, the partial batch
     dropped."""
     m = model(npz, replicas, learning_rate, seed, platform, precision)
@@ -98,7 +125,7 @@ def race(npz: str, replicas: int, per_replica_batch_size: int, learning_rate: fl
     def epoch():
         order = m.torch.from_numpy(m.rng.permutation(m.n))
         for i in range(steps):
-            m.step(order[i * per_replica_batch_size:(i + 1) * per_replica_batch_size])
+            m.step(order[i * per_replica_batch_size : (i + 1) * per_replica_batch_size])
         return m.accuracy()
 
     return {**timing_lib.until_accuracy(epoch, target, max_epochs), **m.facts}

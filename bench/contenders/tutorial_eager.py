@@ -12,11 +12,12 @@ def examples_per_sec(mnist: Mnist, device: str, timing: timing_lib.Timing) -> fl
     with tf.device(device):
         sizes = LAYER_SIZES
         params = []
-        for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+        for fan_in, fan_out in zip(sizes[:-1], sizes[1:], strict=True):
             params.append(tf.Variable(tf.random.truncated_normal([fan_in, fan_out], stddev=0.1)))
             params.append(tf.Variable(tf.zeros([fan_out])))
-        dataset = inputs.tfdata_pipeline(mnist.x_train, mnist.y_train, timing.per_replica_batch_size, 10000,
-                                         timing.seed)
+        dataset = inputs.tfdata_pipeline(
+            mnist.x_train, mnist.y_train, timing.per_replica_batch_size, 10000, timing.seed
+        )
         batches = iter(dataset)
 
         def step():
@@ -27,7 +28,7 @@ def examples_per_sec(mnist: Mnist, device: str, timing: timing_lib.Timing) -> fl
                 out = h2 @ params[4] + params[5]
                 loss = tf.reduce_mean(tf.square(y - out))
             grads = tape.gradient(loss, params)
-            for p, g in zip(params, grads):
+            for p, g in zip(params, grads, strict=True):
                 p.assign_sub(timing.learning_rate * g)
             return loss
 

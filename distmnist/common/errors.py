@@ -24,8 +24,9 @@ class OutOfRoom(RunFailed):
     """A write that failed for want of room (a full disk, a quota) or of write access (a read-only filesystem):
     the line names the path and what to do; `then` says what the same command does afterwards."""
 
-    ADVICE = {errno.ENOSPC: "free space on its filesystem", errno.EDQUOT: "free space or raise the quota",
-              errno.EROFS: "make its filesystem writable again"}
+    ADVICE: dict[int | None, str] = {errno.ENOSPC: "free space on its filesystem",
+                                     errno.EDQUOT: "free space or raise the quota",
+                                     errno.EROFS: "make its filesystem writable again"}
 
     def __init__(self, error: OSError, then: str):
         advice = self.ADVICE.get(error.errno, "free space")
@@ -35,6 +36,9 @@ class OutOfRoom(RunFailed):
 class TrainingDiverged(RunFailed):
     """The loss or a gradient became NaN or infinite at `step` on `replica`; `saved` says what was kept."""
 
+    replica: int | None  # None, with the loss, for GradientsOverflowed: no one replica's loss went non-finite
+    loss: float | None
+
     def __init__(self, step: int, replica: int, loss: float, saved: str = ""):
         super().__init__(f"the loss or a gradient became non-finite at step {step} on replica {replica} (loss "
                          f"{loss:.4g}){'; ' + saved if saved else ''}; lower --learning_rate")
@@ -42,6 +46,7 @@ class TrainingDiverged(RunFailed):
 
     def with_saved(self, saved: str) -> "TrainingDiverged":
         """The same failure, saying what was kept."""
+        assert self.replica is not None and self.loss is not None  # GradientsOverflowed has a with_saved of its own
         return type(self)(self.step, self.replica, self.loss, saved)
 
 

@@ -3,12 +3,13 @@ leads (places, not strings); whether a folder can be made where a run wants it; 
 room or of write access."""
 
 import errno
+import functools
 import json
 import os
 import re
 import shutil
 import tempfile
-from typing import Callable, Optional
+from typing import IO, Any, Callable, Optional
 
 from distmnist.common.errors import UserError
 
@@ -27,7 +28,10 @@ def same_place(a: Optional[str], b: Optional[str]) -> bool:
     """Whether two paths (None: no path) name one place now: `runs/`, `./runs` and `runs` do."""
     if a is None or b is None or is_url(a) != is_url(b):
         return a == b
-    return a == b or place(a) == place(b)
+    try:
+        return a == b or place(a) == place(b)
+    except ValueError:  # a NUL or a lone surrogate (a damaged run_config.json): no place, so not this one
+        return False
 
 
 def within(path: str, folder: str) -> bool:
@@ -90,7 +94,7 @@ def _umask() -> int:
     return mask
 
 
-def write_with(path: str, write) -> None:
+def write_with(path: str, write: Callable[[IO[bytes]], object]) -> None:
     """Calls write(binary_file) on a temporary file beside `path`, then renames it into place. An OSError names
     `path`, not the temporary file."""
     try:
@@ -113,11 +117,11 @@ def write_bytes(path: str, data: bytes) -> None:
     write_with(path, lambda f: f.write(data))
 
 
-def write_json(path: str, value) -> None:
+def write_json(path: str, value: Any) -> None:
     write_bytes(path, (json.dumps(value, indent=2, sort_keys=True) + "\n").encode())
 
 
-def replace_dir(path: str, fill, replaceable: Callable[[str], bool]) -> None:
+def replace_dir(path: str, fill: Callable[[str], object], replaceable: Callable[[str], bool]) -> None:
     """Calls fill(tmp_dir) on a fresh folder beside `path`, then swaps it into place. What is at `path` is replaced
     only if replaceable(path) says so, asked once the new folder is complete (FileExistsError naming it otherwise),
     and stays whole until then: it is renamed aside, the new folder renamed into place, and only then removed (put
@@ -165,12 +169,12 @@ def _copy_into_place(tmp: str, path: str) -> None:
         if os.path.isdir(source):
             _copy_into_place(source, target)
         else:
-            write_with(target, lambda f, source=source: _copy_file(source, f))
+            write_with(target, functools.partial(_copy_file, source))
     for name in set(os.listdir(path)) - set(os.listdir(tmp)):
         gone = os.path.join(path, name)
         shutil.rmtree(gone) if os.path.isdir(gone) and not os.path.islink(gone) else os.remove(gone)
 
 
-def _copy_file(source: str, f) -> None:
+def _copy_file(source: str, f: IO[bytes]) -> None:
     with open(source, "rb") as s:
         shutil.copyfileobj(s, f)

@@ -8,6 +8,7 @@ import logging as std_logging
 import os
 import sys
 import tempfile
+from collections.abc import Iterator
 
 from absl import logging
 
@@ -19,11 +20,11 @@ _NOISE = (
     "To enable the following instructions",
     "oneDNN custom operations are on",
 )
-captured = []  # every line TensorFlow printed while stderr was captured, the dropped ones included
+captured: list[str] = []  # every line TensorFlow printed while stderr was captured, the dropped ones included
 
 
 @contextlib.contextmanager
-def capturing_stderr(replay: bool = True):
+def capturing_stderr(replay: bool = True) -> Iterator[None]:
     """Captures file descriptor 2 (where TensorFlow's C++ runtime writes) into `captured`; at the end, replays
     the lines that are not known noise to stderr, or none when replay is False."""
     sys.stderr.flush()
@@ -49,7 +50,7 @@ class _CheckpointNarration(std_logging.Filter):
 
     FILES = ("async_checkpoint_helper.py", "functional_saver.py")  # the modules that log through absl
 
-    def filter(self, record) -> bool:
+    def filter(self, record: std_logging.LogRecord) -> bool:
         return record.levelno >= std_logging.WARNING or record.filename not in self.FILES
 
 
@@ -62,7 +63,7 @@ def quiet_checkpoint_writer() -> None:
 
 
 @contextlib.contextmanager
-def absl_warnings_only():
+def absl_warnings_only() -> Iterator[None]:
     """TensorFlow narrates saving a SavedModel (every file) through absl at INFO."""
     verbosity = logging.get_verbosity()
     logging.set_verbosity(logging.WARNING)

@@ -2,13 +2,13 @@
 a terminal (a pipe, a log file, CI), the lines alone, with no bar and no control codes."""
 
 import sys
-from typing import Optional
+from typing import Any, Optional, TextIO
 
 
 class Bar:
     """Counts `total` units of work labelled `label`; rate_unit (e.g. "ex/s") adds a rate column."""
 
-    def __init__(self, total: int, label: str, stream=None, rate_unit: Optional[str] = None):
+    def __init__(self, total: int, label: str, stream: TextIO | None = None, rate_unit: Optional[str] = None):
         self.stream = stream or sys.stdout
         self._progress = None
         if self.stream.isatty():
@@ -33,7 +33,9 @@ class Bar:
 
     def update(self, completed: int, rate: Optional[float] = None) -> None:
         if self._progress:
-            fields = {"rate": f"{rate:,.0f} {self._rate_unit}"} if rate is not None and self._rate_unit else {}
+            fields: dict[str, Any] = {}
+            if rate is not None and self._rate_unit:
+                fields["rate"] = f"{rate:,.0f} {self._rate_unit}"
             self._progress.update(self._task, completed=completed, **fields)
 
     def close(self) -> None:

@@ -11,15 +11,18 @@ import math
 import os
 import stat
 import struct
+import tokenize
 import warnings
 import zipfile
 import zlib
-from typing import BinaryIO, Callable, List, Optional, Tuple
+from typing import IO, BinaryIO, Callable, List, Optional, Tuple, TypeVar, Union
 
 import numpy as np
 from numpy.lib import format as npy_format
 
 from distmnist.common.errors import UserError
+
+T = TypeVar("T")
 
 MiB = 2 ** 20
 # A data file read whole, or what a compressed one holds: MNIST's largest (train-images-idx3-ubyte) is 45 MiB.
@@ -157,8 +160,9 @@ def _npy_header(f: BinaryIO, name: str, key: str) -> ArrayHeader:
         with warnings.catch_warnings():  # numpy's note on headers written by Python 2: read all the same
             warnings.simplefilter("ignore")
             shape, fortran_order, dtype = reader(io.BytesIO(length_bytes + header))
-    except (ValueError, EOFError, struct.error) as exc:
-        raise UserError(f"{name}: not a readable numpy array ({exc})") from None
+    # numpy parses the header's dict as Python: brackets left open are tokenize's error, other text ast's.
+    except (ValueError, EOFError, struct.error, tokenize.TokenError, SyntaxError, RecursionError) as exc:
+        raise UserError(f"{name}: not a readable numpy array ({' '.join(str(exc).split())})") from None
     if dtype.hasobject:
         raise UserError(f"{name}: holds Python objects, which only pickle can load, and distmnist never unpickles; "
                         "save plain numbers")
@@ -181,7 +185,7 @@ def _check_size(header: ArrayHeader, limit: int, available: int) -> None:
 def _read_data(f: BinaryIO, header: ArrayHeader) -> np.ndarray:
     """The array whose data starts at f's position, read in pieces into one allocation of its declared size."""
     array = np.empty(header.count, header.dtype)
-    buffer = memoryview(array.view(np.uint8))
+    buffer = array.view(np.uint8).data
     filled = 0
     while filled < header.nbytes:
         piece = f.read(min(header.nbytes - filled, 16 * MiB))
@@ -200,7 +204,7 @@ def _data_after_header(f: BinaryIO, header: ArrayHeader) -> np.ndarray:
     return _read_data(f, header)
 
 
-def _in_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo, where: str, read):
+def _in_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo, where: str, read: Callable[[IO[bytes]], T]) -> T:
     """read(member's stream), what zipfile and its decompressors raise turned into one line naming the member."""
     if member.flag_bits & 0x1:
         raise UserError(f"{where}: is encrypted, and distmnist reads no passwords; save it without one")
@@ -213,16 +217,17 @@ def _in_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo, where: str, re
             data.read(1)  # reaches the member's end, where zipfile checks its CRC
             return result
     except _ZIP_ERRORS + (OSError,) as exc:
-        raise UserError(f"{where}: cannot be read ({exc})") from None
+        raise UserError(f"{where}: cannot be read ({' '.join(str(exc).split())})") from None
 
 
 def _zip_directory_size(f: BinaryIO) -> int:
     """The size of the zip's central directory, as the end record that ZipFile itself reads declares it."""
-    end_record = zipfile._EndRecData(f)  # noqa: SLF001  the very record ZipFile's constructor reads
-    return end_record[zipfile._ECD_SIZE] if end_record else 0  # noqa: SLF001
+    end_record = zipfile._EndRecData(f)  # type: ignore[attr-defined]  # the very record ZipFile's constructor reads
+    return end_record[zipfile._ECD_SIZE] if end_record else 0  # type: ignore[attr-defined]
 
 
-def _read_npz(f: BinaryIO, name: str, limit: int, check) -> List[Tuple[ArrayHeader, np.ndarray]]:
+def _read_npz(f: BinaryIO, name: str, limit: int,
+              check: Optional[Callable[[List[ArrayHeader]], None]]) -> List[Tuple[ArrayHeader, np.ndarray]]:
     """read_arrays for a zip: its directory's size, then each member's declared size and header, then the data."""
     directory = _zip_directory_size(f)
     if directory > MAX_ZIP_DIRECTORY:
@@ -236,10 +241,11 @@ def _read_npz(f: BinaryIO, name: str, limit: int, check) -> List[Tuple[ArrayHead
     with archive:
         members, headers, total = archive.infolist(), [], 0
         for member in members:
-            where = f"{name}:{member.filename}"
+            shown = member.filename if member.filename.isprintable() else repr(member.filename)  # a line break, ...
+            where = f"{name}:{shown}"
             if member.file_size > limit + MAX_NPY_HEADER + 16:  # what the zip says the member unpacks to
                 raise TooLarge(f"{where}: unpacks to {_size(member.file_size)}, more than {_size(limit)}")
-            key = member.filename[:-4] if member.filename.endswith(".npy") else member.filename
+            key = shown[:-4] if shown.endswith(".npy") else shown
             header = _in_member(archive, member, where, functools.partial(_npy_header, name=where, key=key))
             _check_size(header, limit, member.file_size - header.offset)
             headers.append(header)
@@ -250,10 +256,10 @@ def _read_npz(f: BinaryIO, name: str, limit: int, check) -> List[Tuple[ArrayHead
         if check:
             check(headers)
         return [(header, _in_member(archive, member, header.name, functools.partial(_data_after_header, header=header)))
-                for member, header in zip(members, headers)]
+                for member, header in zip(members, headers, strict=True)]
 
 
-def read_arrays(source, name: str, limit: int = MAX_ARRAY_BYTES,
+def read_arrays(source: Union[str, bytes], name: str, limit: int = MAX_ARRAY_BYTES,
                 check: Optional[Callable[[List[ArrayHeader]], None]] = None) -> List[Tuple[ArrayHeader, np.ndarray]]:
     """Every array of a .npy or .npz file (a path, or the file's bytes), as (its header, the array).
 

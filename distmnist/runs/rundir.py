@@ -80,8 +80,8 @@ def plan(logdir: str, run_name: str, flags: dict) -> str:
     saved_path = os.path.join(run_dir, RUN_CONFIG)
     try:
         saved = json.loads(safeio.read_path(saved_path, safeio.MAX_JSON_BYTES))
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{saved_path} cannot be read ({exc}); {OVERWRITE}") from None
+    except (OSError, ValueError, RecursionError) as exc:  # RecursionError: JSON nested thousands deep
+        raise UserError(f"{saved_path} cannot be read ({' '.join(str(exc).split())}); {OVERWRITE}") from None
     if not isinstance(saved, dict):
         raise UserError(f"{saved_path} is not a distmnist run's settings; {OVERWRITE}")
     leaving = safeio.links_leaving(run_dir)
@@ -93,7 +93,8 @@ def plan(logdir: str, run_name: str, flags: dict) -> str:
         same = files.same_place(started, value) if name in PATH_SETTINGS and isinstance(started, (str, type(None))) \
             else started == value
         if name not in RESUMABLE and not same:
-            then = f"with --{name}={started}" if started is not None else f"without --{name}"
+            shown = started if not isinstance(started, str) or started.isprintable() else repr(started)  # one line
+            then = f"with --{name}={shown}" if started is not None else f"without --{name}"
             now = "without it" if value is None else f"with --{name}={value}" if started is None else value
             raise UserError(f"run directory {run_dir} was started {then}, not {now}; rerun {then} to resume it, or "
                             f"{OVERWRITE}")

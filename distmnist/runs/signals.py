@@ -9,7 +9,8 @@ checkpoint or the run's last writes short (SIGKILL quits at once).
 
 import signal
 import sys
-from typing import Optional
+from types import FrameType
+from typing import Any, Optional, TextIO
 
 HANDLED = (signal.SIGTERM, signal.SIGINT)
 
@@ -17,10 +18,10 @@ HANDLED = (signal.SIGTERM, signal.SIGINT)
 class StopOnSignal:
     """Context manager: while active, SIGTERM/SIGINT set `signum` instead of killing the process."""
 
-    def __init__(self, stream=None):
+    def __init__(self, stream: Optional[TextIO] = None) -> None:
         self.signum: Optional[int] = None
         self._stream = stream or sys.stderr
-        self._previous = {}
+        self._previous: dict[int, Any] = {}  # signal number -> the handler it had
 
     @property
     def requested(self) -> bool:
@@ -32,9 +33,10 @@ class StopOnSignal:
 
     @property
     def exit_status(self) -> int:
+        assert self.signum is not None, "asked once a signal came"
         return 128 + self.signum
 
-    def _handle(self, signum, frame) -> None:
+    def _handle(self, signum: int, frame: Optional[FrameType]) -> None:
         if self.requested:  # a repeated SIGTERM: already stopping
             return
         self.signum = signum
@@ -59,5 +61,5 @@ class StopOnSignal:
                 break
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._restore()

@@ -3,7 +3,7 @@ that the plots and run.json are drawn from."""
 
 import io
 import sys
-from typing import Optional
+from typing import Optional, TextIO
 
 import numpy as np
 import tensorflow as tf
@@ -43,9 +43,9 @@ class RunReporter(Reporter):
     misclassified test digits (`mistakes`) at evaluations; at the start of a run its config (its values of the
     experiment's HParams, and every setting in a text table) and the model's graph."""
 
-    def __init__(self, run_dir: Optional[str], total_steps: int, learning_rate: float, stream=None,
-                 verbose: bool = True, history: Optional[dict] = None, test_set=None,
-                 description: Optional[tuple] = None):
+    def __init__(self, run_dir: Optional[str], total_steps: int, learning_rate: float, stream: Optional[TextIO] = None,
+                 verbose: bool = True, history: Optional[dict] = None,
+                 test_set: Optional[tuple[np.ndarray, np.ndarray]] = None, description: Optional[tuple] = None) -> None:
         """run_dir None: keep the history only (a cluster's non-chief workers); verbose False: no console;
         history: what a resumed run logged before (lists of [step, value] under "loss" and "accuracy");
         test_set: (images, labels), for the pictures of mistakes; description: what a fresh run logs once,
@@ -66,7 +66,7 @@ class RunReporter(Reporter):
     def _describe_run(self, run_name: str, hparam_values: dict, config_text: str) -> None:
         """What a fresh run logs once: its config for the HParams and Text dashboards, and the model's graph."""
         model = MLP()
-        graph = tf.function(model, autograph=False).get_concrete_function(  # AutoGraph's first use costs 0.13 s
+        graph = tf.function(model, autograph=False).get_concrete_function(  # AutoGraph's first use is slow
             tf.TensorSpec([None, 784], tf.float32, name="features"))
         with self.writer.as_default():
             hparams.hparams(hparam_values, trial_id=run_name)
@@ -75,7 +75,7 @@ class RunReporter(Reporter):
         self.writer.flush()
 
     def _say(self, line: str) -> None:
-        if self.verbose:
+        if self.bar:
             self.bar.say(line)
 
     def losses(self, logged: list, end_step: int, examples_per_sec: float) -> None:

@@ -22,8 +22,8 @@ def _shuffled(dataset: tf.data.Dataset, shuffle_buffer: int, seed: int) -> tf.da
 
 _UNTUNED = tf.data.Options()
 # The orders' pipeline has nothing to tune (its prefetch is fixed): without tf.data's autotuning there is no
-# model thread beside the training, and an iterator is deleted at once (one waited up to 3.7 s for that thread,
-# in the tests).
+# model thread beside the training, and an iterator is deleted at once (with autotuning, its deletion waits for
+# that thread).
 _UNTUNED.autotune.enabled = False
 
 
