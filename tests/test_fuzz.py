@@ -27,7 +27,7 @@ from PIL import Image
 
 from distmnist.common.config import TrainConfig
 from distmnist.common.errors import DataError, UserError
-from distmnist.data import dataset, images
+from distmnist.data import dataset, digits
 from distmnist.runs import checkpoints, runclaim, rundir
 
 from helpers import make_tiny_mnist, run_module
@@ -134,11 +134,11 @@ def prepared(path: str):
     """What predict makes of a file: for each picture in it, (name, the MNIST-style picture), or (name, the one
     line that says why it cannot be prepared: a blank one, ...), as predict answers the others of its file."""
     pictures = []
-    for name, gray in images.load(path):
+    for name, gray in digits.load(path):
         try:
-            picture = images.to_mnist(gray, name)
+            picture = digits.to_mnist(gray, name)
             assert picture.dtype == np.uint8 and picture.shape == (28, 28)
-        except images.ImageError as exc:
+        except digits.ImageError as exc:
             picture = str(exc)
         pictures.append((name, picture))
     return pictures
@@ -147,7 +147,7 @@ def prepared(path: str):
 def predict_outcome(path: str, case) -> object:
     """As predict reads a file: its pictures (each prepared or refused in one line), or one ImageError naming the
     file."""
-    result = outcome(lambda: prepared(path), images.ImageError, case)
+    result = outcome(lambda: prepared(path), digits.ImageError, case)
     if isinstance(result, tuple) and result[0] == "refused" and not result[1].startswith(path):
         return f"{case}: a refusal that does not name the file: {result[1][:200]!r}"
     if isinstance(result, tuple) and result[0] == "served":
@@ -374,11 +374,12 @@ def no_traceback(result) -> None:
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    from distmnist.runs.export import export_saved_model
     from distmnist.training.model import MLP
 
+    from helpers import export_saved_model, model_weights
+
     path = tmp_path_factory.mktemp("model") / "saved_model"
-    export_saved_model(MLP().get_numpy(), str(path))
+    export_saved_model(model_weights(MLP()), str(path))
     return str(path)
 
 
