@@ -132,6 +132,24 @@ def read_scalars(run_dir: str) -> dict:
             for tag in acc.Tags()["tensors"] if acc.SummaryMetadata(tag).plugin_data.plugin_name == "scalars"}
 
 
+def model_weights(model) -> list:
+    """A model's weights as numpy arrays, kernel_0, bias_0, ..."""
+    return [v.numpy() for v in model.weights]
+
+
+def parameter_count(model) -> int:
+    return sum(int(np.prod(v.shape)) for v in model.weights)
+
+
+def export_saved_model(weights, path: str, temperature: float = 1.0):
+    """A Classifier of these weights and temperature, saved to `path` as a run exports it; returns it."""
+    from distmnist.runs.export import Classifier, save
+
+    classifier = Classifier(weights, temperature)
+    save(classifier, path)
+    return classifier
+
+
 def trainer_settings(total_steps: Optional[int] = None, loss_scale_growth_steps: Optional[int] = None,
                      **config_values):
     """A trainer's settings as a run makes them (run.trainer_settings) from TrainConfig(**config_values), XLA

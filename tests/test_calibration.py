@@ -13,7 +13,7 @@ from distmnist.training.model import MLP
 from distmnist.training.strategy import make_strategy
 from distmnist.training.trainer import Trainer
 
-from helpers import evaluator, run_schedule, trainer_settings
+from helpers import evaluator, model_weights, run_schedule, trainer_settings
 
 
 def test_the_fit_recovers_the_temperature_that_made_the_labels():
@@ -41,7 +41,7 @@ def test_ece_by_hand():
 
 def test_the_temperature_is_fitted_without_the_test_set(tiny_mnist):
     """What a run calibrates with does not depend on the test set: scrambled test labels, the same temperature."""
-    weights = MLP(seed=3).get_numpy()
+    weights = model_weights(MLP(seed=3))
     scrambled = dataclasses.replace(tiny_mnist, y_test=np.roll(tiny_mnist.y_test, 3),
                                     x_test=np.zeros_like(tiny_mnist.x_test))
     first = run._calibrate(Classifier(weights), tiny_mnist)

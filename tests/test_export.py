@@ -6,12 +6,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from distmnist.runs.export import export_saved_model
 from distmnist.training.model import MLP, images_to_features
 from distmnist.training.strategy import make_strategy
 from distmnist.training.trainer import Trainer
 
-from helpers import run_python, run_schedule, trainer_settings
+from helpers import export_saved_model, run_python, run_schedule, trainer_settings
 
 
 @pytest.mark.slow

@@ -21,7 +21,7 @@ from distmnist.training.strategy import make_strategy
 from distmnist.training.trainer import INITIAL_LOSS_SCALE, MAX_SKIPPED_AT_SCALE_1, Trainer, run_steps
 
 import helpers
-from helpers import evaluator, make_tiny_mnist, run_module, run_python, trainer_settings
+from helpers import evaluator, make_tiny_mnist, model_weights, run_module, run_python, trainer_settings
 
 MIXED = ("mixed_bfloat16", "mixed_float16")
 ROUNDINGS = 12  # the most roundings to the low type between the pixels and a weight's gradient: 4 per layer
@@ -116,7 +116,7 @@ def test_the_training_images_are_resident_in_the_low_type_and_change_no_number(m
     as_float32.input.features = inputs.on_each_replica(as_float32.strategy,
                                                        lambda r, n: images_to_features(mnist.x_train))
     np.testing.assert_array_equal(run_steps(resident, 12), run_steps(as_float32, 12))
-    for a, b in zip(resident.model.get_numpy(), as_float32.model.get_numpy()):
+    for a, b in zip(model_weights(resident.model), model_weights(as_float32.model)):
         np.testing.assert_array_equal(a, b)
 
 
@@ -192,7 +192,7 @@ def first_loss_bound(mnist, precision: str, seed: int, batch_size: int, examples
     worst of the training set's first `examples` (all of them by default), and the second-order mean of d^2."""
     from distmnist.training.model import MLP, images_to_features, labels_to_targets
 
-    weights = MLP(seed=seed).get_numpy()
+    weights = model_weights(MLP(seed=seed))
     features = images_to_features(mnist.x_train[:examples]).numpy()
     outputs, targets = exact_forward(weights, features), labels_to_targets(mnist.y_train[:examples]).numpy()
     sigma = rounding_sigma(precision, features, weights)
@@ -209,7 +209,7 @@ def test_the_first_loss_bound_tells_a_loss_taken_in_the_low_type_apart(mnist, pr
     from distmnist.training import stepmaths
     from distmnist.training.model import MLP, images_to_features, labels_to_targets
 
-    weights = MLP(seed=42).get_numpy()
+    weights = model_weights(MLP(seed=42))
     features, targets = images_to_features(mnist.x_train[:64]), labels_to_targets(mnist.y_train[:64])
     low = LOW_TYPES[precision]
     bound = first_loss_bound(mnist, precision, 42, 64, examples=64)  # the batch itself: its worst 64 of 64

@@ -328,12 +328,12 @@ def test_every_file_and_picture_that_can_be_answered_is(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     """A distmnist export (untrained weights) and folders that are not one: each kind --model may be given."""
-    from distmnist.runs.export import export_saved_model
+    from helpers import export_saved_model, model_weights
     from distmnist.training.model import MLP
 
     root = tmp_path_factory.mktemp("models")
     (root / "good").mkdir()
-    export_saved_model(MLP().get_numpy(), str(root / "good" / "saved_model"))
+    export_saved_model(model_weights(MLP()), str(root / "good" / "saved_model"))
     bare = tf.Module()
     bare.v = tf.Variable(1.0)
     tf.saved_model.save(bare, str(root / "no-signature"))

@@ -231,8 +231,8 @@ class Trainer:
         return grads, loss, tf.math.is_finite(loss) if loss_scale is not None else stepmaths.all_finite(loss, grads)
 
     def _update_copies(self, targets, strategy, values, update):
-        """The merge_call target (replicas.update_copies): SGD on the weights (one XLA launch a replica under
-        per-replica XLA) or the loss scale's state."""
+        """The merge_call target, as replicas.update_copies: SGD on the weights (one XLA launch a replica under
+        per-replica XLA) or the loss scale's state, on every replica's copy in one call."""
         self._on_each_copy(targets, values, update)
 
     def _on_each_copy(self, targets, values, update) -> None:
