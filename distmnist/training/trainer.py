@@ -249,8 +249,8 @@ class Trainer:
         The loop runs steps_per_loop iterations, a constant of the trace, when the input can mask a step (the
         device-resident one: XLA then knows the trip count, and no GPU copies a loop condition to the host);
         over tf.data it runs num_steps, as a masked step would still take a batch (and so does the unchecked call
-        without XLA: _lean_call_fn). A step past num_steps changes nothing (and, unchecked on CPUs, computes nothing), nor, in the checked call, one at or after a non-finite
-        one.
+        without XLA: _lean_call_fn). A step past num_steps changes nothing (and, unchecked on CPUs, computes
+        nothing), nor, in the checked call, one at or after a non-finite one.
         """
         if checked == self.checks_each_step:
             self.trace_count += 1  # the call a run makes
