@@ -284,7 +284,7 @@ class Trainer:
 
     def _lean_call_fn(self, num_steps, *call_args):
         """_call_fn's unchecked call without XLA, on TensorFlow's graph executor, where every node of every step
-        costs a few microseconds beside matmuls of a millisecond or two. The same steps and numbers, with less
+        is the executor's work beside the matmuls (docs/precision.md). The same steps and numbers, with less
         around them: the loop runs num_steps iterations (no trip count for XLA to find, so no step to mask and no
         branch around the step), carries only the losses, and each step is _lean_replica_step. Returns (losses
         [steps_per_loop], whether the weights it ends with are finite), as _call_fn."""
