@@ -65,6 +65,14 @@ def sgd_all(variables, grads, learning_rate: tf.Tensor, apply: tf.Tensor) -> Non
         sgd(variable, grad, learning_rate, apply)
 
 
+def sgd_every_step(variables, grads, learning_rate: tf.Tensor) -> None:
+    """Plain SGD on every weight of one replica's copy of the model, for a call whose every step applies (the lean
+    graph call): one ResourceApplyGradientDescent a weight, var -= learning_rate * grad, where sgd_all runs three
+    ops (the product, the select, the subtraction). The same product and subtraction, so the same numbers."""
+    for variable, grad in zip(variables, grads):
+        tf.raw_ops.ResourceApplyGradientDescent(var=variable.handle, alpha=learning_rate, delta=grad)
+
+
 def update_loss_scale(variables, values, growth_steps: int) -> None:
     """Dynamic loss scaling's state after one step, on one replica's copy of [scale, good_steps, skipped,
     skipped_at_1]; values: [[active, overflowed]] (1.0 or 0.0, the same on every replica: the overflow count is

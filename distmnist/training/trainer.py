@@ -15,7 +15,9 @@ cannot replay a call's batches, so over tf.data every call is the checked one.
 
 With jit_compile, XLA compiles the whole multi-step call when there is one replica and the input allows it;
 otherwise each replica's step is two XLA launches, its batch and gradients, then its SGD update, with the
-all-reduce between them outside XLA; docs/performance.md has what each is worth.
+all-reduce between them outside XLA; docs/performance.md has what each is worth. Without XLA (the bfloat16 path on
+CPUs that have it, docs/precision.md), the unchecked call is the lean one: TensorFlow's graph executor pays for every
+node of every step, so it runs num_steps iterations with nothing to mask and nothing to mark (_lean_call_fn).
 """
 
 import dataclasses
@@ -149,6 +151,9 @@ class Trainer:
         self._update_loss_scale = functools.partial(stepmaths.update_loss_scale,
                                                     growth_steps=float(config.loss_scale_growth_steps))
         self.checks_each_step = not self.input.replayable  # every call checked: it cannot be run again
+        # The unchecked call on the graph executor, without XLA: the lean one (without loss scaling, whose state
+        # every step updates on its own terms).
+        self.lean_call = not jit and self.loss_scale is None
         call = functools.partial(tf.function, jit_compile=whole_call_jit or None, autograph=False)
         self._call = call(functools.partial(self._call_fn, False))  # what a run uses
         self._checked_call = call(functools.partial(self._call_fn, True))  # traced when a call must be checked
@@ -198,6 +203,20 @@ class Trainer:
         ctx.merge_call(functools.partial(self._update_copies, self.model.weights, update=sgd), args=(grads,))
         return stats[0], marks
 
+    def _lean_replica_step(self, *batch_args):
+        """_replica_train_step's unchecked step as the lean call runs it (every step applies, no loss scale): the
+        same gradients, sum and update, with no branch, no marks and no select; with one replica the loss is
+        returned as it is, the all-reduce of one replica being its identity. Returns the global batch's loss."""
+        weights = [tf.convert_to_tensor(v) for v in self.model.weights]
+        grads, loss = self._gradients(weights, None, *batch_args)
+        ctx = tf.distribute.get_replica_context()
+        if self.num_replicas > 1:  # the loss in the gradients' all-reduce, as ever: no collective of its own
+            *grads, loss = ctx.all_reduce(tf.distribute.ReduceOp.SUM, list(grads) + [tf.reshape(loss, [1])])
+            loss = loss[0]
+        sgd = functools.partial(stepmaths.sgd_every_step, learning_rate=self._learning_rate)
+        ctx.merge_call(functools.partial(self._update_copies, self.model.weights, update=sgd), args=(grads,))
+        return loss
+
     def _batch_gradients(self, weights, loss_scale, *batch_args):
         """This replica's batch (the device-resident input's gather) and its gradients: one XLA launch a replica
         when XLA cannot take the whole call. loss_scale: mixed_float16's (None otherwise)."""
@@ -229,12 +248,14 @@ class Trainer:
 
         The loop runs steps_per_loop iterations, a constant of the trace, when the input can mask a step (the
         device-resident one: XLA then knows the trip count, and no GPU copies a loop condition to the host);
-        over tf.data it runs num_steps, as a masked step would still take a batch. A step past num_steps changes
-        nothing (and, unchecked on CPUs, computes nothing), nor, in the checked call, one at or after a non-finite
-        one.
+        over tf.data it runs num_steps, as a masked step would still take a batch (and so does the unchecked call
+        without XLA: _lean_call_fn). A step past num_steps changes nothing (and, unchecked on CPUs, computes
+        nothing), nor, in the checked call, one at or after a non-finite one.
         """
         if checked == self.checks_each_step:
             self.trace_count += 1  # the call a run makes
+        if not checked and self.lean_call:
+            return self._lean_call_fn(num_steps, *call_args)
         size = self.steps_per_loop
         trip = size if self.input.static_trip_count else num_steps
         local = self.strategy.experimental_local_results
@@ -257,6 +278,25 @@ class Trainer:
         _, losses, first_bad, bad_marks = tf.while_loop(lambda i, *_: i < trip, body, start)
         if checked:
             return losses.stack(), first_bad, bad_marks
+        first_copies = [local(v)[0] for v in self.model.weights]
+        with tf.device(first_copies[0].device):
+            return losses.stack(), stepmaths.finite_weights(first_copies)
+
+    def _lean_call_fn(self, num_steps, *call_args):
+        """_call_fn's unchecked call without XLA, on TensorFlow's graph executor, where every node of every step
+        is the executor's work beside the matmuls (docs/precision.md). The same steps and numbers, with less
+        around them: the loop runs num_steps iterations (no trip count for XLA to find, so no step to mask and no
+        branch around the step), carries only the losses, and each step is _lean_replica_step. Returns (losses
+        [steps_per_loop], whether the weights it ends with are finite), as _call_fn."""
+        local = self.strategy.experimental_local_results
+        self._on_each_copy(self._call_start, self._state, stepmaths.assign_all)
+
+        def body(i, losses):
+            loss = self.strategy.run(self._lean_replica_step, args=self.input.step_args(call_args, i))
+            return i + 1, losses.write(i, local(loss)[0])
+
+        start = (tf.constant(0), tf.TensorArray(tf.float32, size=self.steps_per_loop))
+        _, losses = tf.while_loop(lambda i, _: i < num_steps, body, start)
         first_copies = [local(v)[0] for v in self.model.weights]
         with tf.device(first_copies[0].device):
             return losses.stack(), stepmaths.finite_weights(first_copies)
