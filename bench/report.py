@@ -129,13 +129,23 @@ def _breakdown(section: dict) -> str:
     head = "## Step breakdown: one CPU replica, microseconds a step (median round)"
     if "skipped" in section:
         return f"{head}\n\nSkipped: {section['skipped']}."
-    parts = [head, _table(["contender", "wall", "in XLA's executable", "outside it"],
-                          [[name, f"{b['wall_us']:,.0f}", f"{b['in_xla_us']:,.0f}", f"{b['outside_us']:,.0f}"]
-                           for name, b in section["median"].items()])]
-    for name, b in section["median"].items():
+    parts = [head] + _breakdown_tables(section["median"])
+    if "two_replicas" in section:
+        parts += ["## Step breakdown: two CPU replicas, microseconds a step (median round)",
+                  "JAX's all-reduce is a kernel of its XLA program (its wait for the other replica included); "
+                  "distmnist's is TensorFlow's ReductionToOneDevice between each replica's two XLA launches, outside "
+                  "them."] + _breakdown_tables(section["two_replicas"]["median"], all_reduce=True)
+    return "\n\n".join(parts)
+
+
+def _breakdown_tables(median: dict, all_reduce: bool = False) -> list:
+    parts = [_table(["contender", "wall", "in XLA's executable", "outside it", *(["all-reduce"] if all_reduce else [])],
+                    [[name, f"{b['wall_us']:,.0f}", f"{b['in_xla_us']:,.0f}", f"{b['outside_us']:,.0f}",
+                      *([f"{b['all_reduce_us']:,.0f}"] if all_reduce else [])] for name, b in median.items()])]
+    for name, b in median.items():
         parts += [f"The largest kernels of {name}, their share of a step:",
                   _table(["kernel", "us a step"], [[f"`{kernel}`", f"{us:,.0f}"] for kernel, us in b["top"]])]
-    return "\n\n".join(parts)
+    return parts
 
 
 def _race_rows(by: dict) -> list:
