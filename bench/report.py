@@ -181,6 +181,12 @@ def _precisions(section: dict) -> str:
                      [[batch, *(f"{section['ratios'][batch][p]:.2f}" for p in precisions),
                        *(f"{section['over_float32'][batch][p]:.2f}" for p in precisions if p != "float32")]
                       for batch in section["ratios"]], "r")]
+    parts += ["distmnist at its best precision over each contender at its own best, per batch:",
+              _table(["batch", "distmnist's best", "contender", "its best", "distmnist's best over it"],
+                     [[batch, f"{by['distmnist']['precision']} ({_rate(by['distmnist']['examples_per_sec'])})", name,
+                       f"{b['precision']} ({_rate(b['examples_per_sec'])})", f"{b['ratio']:.2f}x"]
+                      for batch, by in section["best"].items() for name, b in by.items() if name != "distmnist"],
+                     "rllll")]
     for precision, by in section["race"].items():
         parts += [f"Time to {section['target']:.1%} in {precision} ({section['race_rounds']} round(s)):",
                   _table(RACE_HEADER, _race_rows(by), RACE_ALIGN)]
