@@ -196,10 +196,11 @@ def _precisions(section: dict) -> str:
 def _checkpoints(section: dict) -> str:
     return "\n\n".join(["## Checkpoints: what a save costs the training", _table(
         ["every", "paired rounds", "block without a save (ms)", "with a save (ms)", "a save costs (ms)",
-         "share of the training", "goal"],
+         "share of the training", "goal", "in CPU seconds: a save costs (ms)", "share"],
         [[f"{section['every']} steps", section["rounds"], f"{section['block_s'] * 1e3:.0f}",
           f"{section['block_with_save_s'] * 1e3:.0f}", f"{section['cost_s'] * 1e3:.1f}",
-          f"{section['cost_fraction']:.1%}", f"<= {section['goal']:.0%}"]])])
+          f"{section['cost_fraction']:.1%}", f"<= {section['goal']:.0%}", f"{section['cpu_cost_s'] * 1e3:.1f}",
+          f"{section['cpu_cost_fraction']:.1%}"]])])
 
 
 def _whole_process(section: dict) -> str:
