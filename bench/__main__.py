@@ -30,7 +30,7 @@ from bench import machine, report as report_lib, wholeprocess
 from distmnist.common import cli, files
 from distmnist.common.config import TrainConfig
 from distmnist.common.errors import UserError
-from distmnist.startup import tfquiet
+from distmnist.environment import tfquiet
 
 FLAGS = flags.FLAGS
 
@@ -129,7 +129,7 @@ def measure(tf, mnist, num_gpus: int, timing, quick: bool, npz, installed: dict)
     jax_npz = npz if installed["jax"] else None
     from bench import breakdown, checkpointcost, lineup, precisions, race, turns
     from bench.contenders import pytorch_eager
-    from distmnist.training.trainer import TrainerSettings
+    from distmnist.runs.run import trainer_settings
 
     first_device = "/gpu:0" if num_gpus else "/cpu:0"
     this_machine = machine.describe(tf)
@@ -162,7 +162,7 @@ def measure(tf, mnist, num_gpus: int, timing, quick: bool, npz, installed: dict)
         "step_breakdown": breakdown.measure(jax_npz, num_gpus, timing, counts["breakdown_rounds"],
                                             two_replicas=not quick),
         "time_to_accuracy": race.measure(mnist, setups[0][2], 0.90 if quick else TARGET_ACCURACY, max_epochs,
-                                         TrainerSettings(batch_size=FLAGS.batch_size, total_steps=max_epochs * (
+                                         trainer_settings(TrainConfig(batch_size=FLAGS.batch_size), max_epochs * (
                                              len(mnist.x_train) // FLAGS.batch_size)), npz, platform, absent,
                                          race_rounds),
     }
@@ -170,8 +170,8 @@ def measure(tf, mnist, num_gpus: int, timing, quick: bool, npz, installed: dict)
     if precision_rounds:
         report["precisions"] = precisions.measure(
             mnist, setups[0][2], timing, precision_rounds, npz, platform, absent, xla_setting(tf, num_gpus),
-            report["time_to_accuracy"]["target"], max_epochs, TrainerSettings(
-                batch_size=FLAGS.batch_size, total_steps=max_epochs * (len(mnist.x_train) // FLAGS.batch_size)),
+            report["time_to_accuracy"]["target"], max_epochs, trainer_settings(
+                TrainConfig(batch_size=FLAGS.batch_size), max_epochs * (len(mnist.x_train) // FLAGS.batch_size)),
             precision_support(tf, num_gpus).native, race_rounds)
     checkpoint_rounds = counts["checkpoint_rounds"]
     if checkpoint_rounds:
@@ -195,10 +195,10 @@ def precision_support(tf, num_gpus: int):
 
 def xla_setting(tf, num_gpus: int):
     """precision -> distmnist's XLA setting for it on this machine's first device, as a run resolves it."""
-    from distmnist.runs import run as run_lib
+    from distmnist.training import devices
 
     support = precision_support(tf, num_gpus)
-    return lambda precision: run_lib.trainer_settings(TrainConfig(precision=precision), 1, support).jit_compile
+    return lambda precision: devices.resolve_xla(None, TrainConfig.input, precision, support)
 
 
 def table(report: dict) -> str:

@@ -12,17 +12,18 @@ that other work shares, a block's wall time carries that work's noise, its CPU s
 import statistics
 import time
 
+from distmnist.common.config import TrainConfig
 from distmnist.data.dataset import Mnist
 from distmnist.runs.checkpoints import Checkpointer
-from distmnist.training.controller import run_steps
-from distmnist.training.trainer import Trainer, TrainerSettings
+from distmnist.runs.run import trainer_settings
+from distmnist.training.trainer import Trainer, run_steps
 
 GOAL = 0.03  # of the training time, at the default checkpoint_every
 
 
 def measure(mnist: Mnist, strategy, every: int, rounds: int) -> dict:
     """What bench.json's `checkpoints` holds: the medians of both blocks and the cost as a fraction."""
-    trainer = Trainer(TrainerSettings(), strategy, mnist)
+    trainer = Trainer(trainer_settings(TrainConfig(), None), strategy, mnist)
     checkpointer = Checkpointer(trainer, None, keep=3)  # a scratch folder, removed by close()
 
     def block(save: bool) -> tuple:

@@ -18,7 +18,7 @@ def environment(contender: str, replicas: int, platform: str = "cpu", kernels: b
     """The environment the contender needs: on CPUs, JAX's host platform split into `replicas` devices; JAX's
     XLA as JAX's users run it, without the options distmnist sets for TensorFlow's (xlaflags.py). With kernels,
     XLA records every kernel it runs for the profiler (xlaprofile.py)."""
-    from distmnist.startup import xlaflags
+    from distmnist.environment import xlaflags
 
     env = dict(os.environ)
     xla_flags = env.get("XLA_FLAGS", "")

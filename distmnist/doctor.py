@@ -14,7 +14,7 @@ from absl import flags
 
 from distmnist.common import cli
 from distmnist.common.errors import UserError
-from distmnist.startup.checks import diagnose
+from distmnist.environment.checks import diagnose
 
 FLAGS = flags.FLAGS
 

@@ -5,10 +5,10 @@
   python -m distmnist.predict --model=logs/RUN --show_preprocessed=seen.png photo.jpg
 
 Images: PNG, JPEG, BMP, ... of any size and colour, dark-on-light or light-on-dark, and .npy/.npz arrays
-([H, W] or [N, H, W]). Each is prepared as MNIST's digits were (see data/images.py). The model and
+([H, W] or [N, H, W]). Each is prepared as MNIST's digits were (see data/digits.py). The model and
 --show_preprocessed are checked before any picture is read. A file, or a picture in one, that cannot be used gets
 one line on stderr; the others are still predicted, and the exit status is 2. At most --max_pictures pictures in
-all; each file is bounded as data/images.py and common/safeio.py say.
+all; each file is bounded as data/digits.py and common/safeio.py say.
 """
 
 import json
@@ -21,8 +21,8 @@ from absl import flags
 
 from distmnist.common import cli, files, progress
 from distmnist.common.errors import RunFailed, UserError
-from distmnist.data import images
-from distmnist.startup import tfquiet
+from distmnist.data import digits
+from distmnist.environment import tfquiet
 
 FLAGS = flags.FLAGS
 PROGRESS_FROM = 20  # files: more than this draw a progress bar on a terminal's stderr
@@ -37,7 +37,7 @@ def define_flags() -> None:
     flags.DEFINE_integer("top_k", 3, "How many most likely digits to list per image (1-10).")
     flags.DEFINE_string("show_preprocessed", None, "Write the 28x28 images the model saw, as a PNG grid, here "
                         f"(the first {GRID_MAX:,}): a new file, or one an earlier run of this wrote.")
-    flags.DEFINE_integer("max_pictures", images.MAX_PICTURES, "At most this many pictures in all; a file that "
+    flags.DEFINE_integer("max_pictures", digits.MAX_PICTURES, "At most this many pictures in all; a file that "
                          "would pass it is refused in one line, before its data is read.")
 
 
@@ -93,7 +93,7 @@ def answer(serve, prepared) -> np.ndarray:
 
 def check_grid_path(path: str) -> None:
     """--show_preprocessed names a new file in a writable folder, or a grid that distmnist drew (its PNG text
-    says so, images.drawn_by_distmnist), which alone it may replace. UserError otherwise."""
+    says so, digits.drawn_by_distmnist), which alone it may replace. UserError otherwise."""
     flag = f"--show_preprocessed={path}"
     if not path.strip() or path.endswith(os.sep) or files.is_url(path):
         raise UserError(f"{flag} is not a file name; name a local .png file, such as seen.png")
@@ -103,7 +103,7 @@ def check_grid_path(path: str) -> None:
         mode = os.stat(path).st_mode
         if stat.S_ISDIR(mode):
             raise UserError(f"{flag} is a folder; name a .png file in it, such as {os.path.join(path, 'seen.png')}")
-        if not stat.S_ISREG(mode) or not images.drawn_by_distmnist(path):
+        if not stat.S_ISREG(mode) or not digits.drawn_by_distmnist(path):
             raise UserError(f"{flag} exists and is not a grid that distmnist.predict drew; distmnist replaces "
                             "only its own files: name a new file, or move this one away")
     folder = os.path.dirname(os.path.abspath(path))
@@ -117,7 +117,7 @@ def write_grid(path: str, prepared, probabilities) -> None:
     """The first GRID_MAX prepared pictures with their answers, as a PNG, written to a temporary file beside
     `path` and renamed over it: a reader sees the old file or the new one, never a part of one."""
     shown = min(len(prepared), GRID_MAX)
-    png = images.grid_png(prepared[:shown], [str(int(np.argmax(p))) for p in probabilities[:shown]],
+    png = digits.grid_png(prepared[:shown], [str(int(np.argmax(p))) for p in probabilities[:shown]],
                           title=GRID_TITLE)
     try:
         files.write_bytes(path, png)
@@ -137,21 +137,21 @@ def read_pictures(paths, max_pictures: int):
         (bar.say if bar else lambda line: print(line, file=sys.stderr))(f"distmnist.predict: error: {message}")
     for done, path in enumerate(paths, 1):
         try:
-            pictures = images.load(path, room=max_pictures - len(names))
-        except images.TooManyPictures as exc:
-            report(f"{path}: holds {images.picture_count(exc.count)}" + (
+            pictures = digits.load(path, room=max_pictures - len(names))
+        except digits.TooManyPictures as exc:
+            report(f"{path}: holds {digits.picture_count(exc.count)}" + (
                 f", more than --max_pictures={max_pictures:,}; raise it, or split the file" if exc.count > max_pictures
                 else f"; with the {len(names):,} read before it, more than --max_pictures={max_pictures:,} in all; "
                      "raise it, or predict in several runs"))
             pictures, failures = [], failures + 1
-        except images.ImageError as exc:
+        except digits.ImageError as exc:
             report(str(exc))
             pictures, failures = [], failures + 1
         for name, gray in pictures:
             try:
-                prepared.append(images.to_mnist(gray, name))
+                prepared.append(digits.to_mnist(gray, name))
                 names.append(name)
-            except images.ImageError as exc:
+            except digits.ImageError as exc:
                 report(str(exc))
                 failures += 1
         if bar:

@@ -39,7 +39,7 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
     """The sweep's flags: every train setting as text (one value or a list), and its own."""
-    for name, _, _, help_text, _, _ in config.settings():
+    for name, _, _, help_text, _, _ in config.field_descriptions():
         if name not in NOT_SWEPT:
             flags.DEFINE_string(name, None, f"{help_text} (one value, or a comma-separated list to sweep)")
     flags.DEFINE_string("logdir", "logs/sweep", "the sweep's folder: one run directory per point, sweep.json, "
@@ -49,7 +49,7 @@ def define_flags() -> None:
     flags.DEFINE_integer("parallel", 1, "points trained at once, each its own process")
 
 
-SWEPT_NAMES = [name for name, *_ in config.settings() if name not in NOT_SWEPT]
+SWEPT_NAMES = [name for name, *_ in config.field_descriptions() if name not in NOT_SWEPT]
 FAILED = "failed"
 
 
@@ -67,7 +67,7 @@ class Point:
 
 def _parse(name: str, text: str):
     """One setting's value from its text, as its flag would read it (UserError naming it when it does not)."""
-    kind = {n: k for n, _, k, *_ in config.settings()}[name]
+    kind = {n: k for n, _, k, *_ in config.field_descriptions()}[name]
     try:
         if kind in (bool, Optional[bool]):
             if text.lower() not in ("true", "false", "1", "0"):
@@ -189,7 +189,7 @@ def _outcome(logdir: str, point: Point, status: int, log_path: str, say) -> dict
 
 
 def _declare(logdir: str, configs: list) -> None:
-    from distmnist.startup import tfquiet
+    from distmnist.environment import tfquiet
 
     tfquiet.import_tensorflow()
     from distmnist.runs import experiment

@@ -15,17 +15,18 @@ from typing import Optional
 from absl import flags
 
 import distmnist
-from distmnist.common import cli, config, files
-from distmnist.common.config import TrainConfig
+from distmnist.common import cli, files
+from distmnist.common.config import TrainConfig, field_descriptions, with_run_name
 from distmnist.common.errors import OutOfRoom, UserError
-from distmnist.runs import outputs, pictures, runclaim, rundir
-from distmnist.startup import tfquiet, vertex
-from distmnist.training.cluster import parse_tf_config, tf_config_from_jobset
+from distmnist.runs import outputs, runclaim, rundir
+from distmnist.runs.painter import Painter
+from distmnist.environment import tfquiet, vertex
+from distmnist.training import cluster as cluster_lib
 
 
 def define_flags(flag_values=flags.FLAGS) -> None:
     """One flag per TrainConfig field, its help and default taken from the field."""
-    for name, default, kind, help_text, _, choices in config.settings():
+    for name, default, kind, help_text, _, choices in field_descriptions():
         text = help_text.replace("`", "").replace("**", "")
         if choices:
             flags.DEFINE_enum(name, default, choices, text, flag_values=flag_values)
@@ -44,33 +45,28 @@ FLAGS = flags.FLAGS
 
 def config_from_flags() -> TrainConfig:
     """The validated config (UserError naming the first bad value), before TensorFlow is imported."""
-    return TrainConfig(**{name: FLAGS[name].value for name, *_ in config.settings()})
+    return TrainConfig(**{name: FLAGS[name].value for name, *_ in field_descriptions()})
 
 
 def main() -> None:
     # Before TensorFlow is imported: bad flags fail in a blink. Vertex AI's AIP_* folders fill what was not given.
-    settings = vertex.from_environment(config_from_flags(), os.environ)
-    if not os.environ.get("TF_CONFIG"):  # a Kubeflow Trainer v2 pod: TF_CONFIG from its JobSet's names
-        jobset = tf_config_from_jobset(os.environ)
-        if jobset:
-            os.environ["TF_CONFIG"] = jobset
-    cluster = None
-    if settings.strategy in ("auto", "multi_worker"):  # a bad TF_CONFIG, or a task with no role here, too
-        cluster = parse_tf_config(os.environ.get("TF_CONFIG"))
-    if settings.run_name is None:
-        settings = dataclasses.replace(settings, run_name=config.default_run_name())
+    config = vertex.from_environment(config_from_flags(), os.environ)
+    # The cluster (TF_CONFIG, or a Kubeflow pod's JobSet names; a bad one, or a task with no role here, is one line)
+    # and the run's name, each decided once, here, and passed on.
+    cluster = cluster_lib.from_environment(config.strategy, os.environ)
+    config = with_run_name(config)
     chief = cluster is None or cluster.is_chief
-    claim_path = runclaim.claim_path(settings.logdir, settings.run_name)
+    claim_path = runclaim.claim_path(config.logdir, config.run_name)
     with _no_room_is_one_line(claim_path):
         if chief:
-            outputs.check(settings)  # every output, before anything is written
+            outputs.check(config)  # every output, before anything is written
         # One writer per run: the chief claims the run directory before anything is written (runclaim.py).
-        claim = runclaim.take(settings.logdir, settings.run_name) if chief and "://" not in settings.logdir else None
+        claim = runclaim.take(config.logdir, config.run_name) if chief and "://" not in config.logdir else None
     try:
         if chief:  # the run directory's plan, made again in set_up: a directory that cannot be used fails here
             with _no_room_is_one_line(claim_path):
-                rundir.plan(settings.logdir, settings.run_name, dataclasses.asdict(settings))
-        _train(settings, claim)
+                rundir.plan(config.logdir, config.run_name, dataclasses.asdict(config))
+        _train(config, claim, cluster)
     except UserError:
         if claim:
             claim.abandon()  # a run that failed its checks leaves nothing behind, its claim included
@@ -92,17 +88,18 @@ def _no_room_is_one_line(claim_path: str):
         raise OutOfRoom(OSError(exc.errno, exc.strerror, exc.filename or claim_path), "run the same command") from None
 
 
-def _train(settings: TrainConfig, claim: Optional[runclaim.Claim]) -> None:
-    painter = pictures.Painter()  # forked now, while this process is small and single-threaded
+def _train(config: TrainConfig, claim: Optional[runclaim.Claim], cluster: Optional[cluster_lib.Cluster]) -> None:
+    painter = Painter()  # forked now, while this process is small and single-threaded
     tf = tfquiet.import_tensorflow()
-    if settings.require_gpus and not tf.config.get_visible_devices("GPU"):
-        from distmnist.startup.checks import gpu_finding
+    if config.require_gpus and not tf.config.get_visible_devices("GPU"):
+        from distmnist.environment.checks import gpu_finding
 
         raise UserError(f"--require_gpus: TensorFlow registered no GPU for this process: {gpu_finding(tf)}; nothing "
                         "was trained (python -m distmnist.doctor has the whole report)")
     from distmnist.runs.run import train_and_evaluate
 
-    train_and_evaluate(settings, imports_s=time.perf_counter() - distmnist.STARTED, painter=painter, claim=claim)
+    train_and_evaluate(config, imports_s=time.perf_counter() - distmnist.STARTED, painter=painter, claim=claim,
+                       cluster=cluster)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import gc
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-from distmnist.startup import xlaflags  # noqa: E402
+from distmnist.environment import xlaflags  # noqa: E402
 
 xlaflags.configure()  # the XLA options distmnist's entry points run with
 

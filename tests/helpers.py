@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+from typing import Optional
 
 import numpy as np
 
@@ -131,10 +132,79 @@ def read_scalars(run_dir: str) -> dict:
             for tag in acc.Tags()["tensors"] if acc.SummaryMetadata(tag).plugin_data.plugin_name == "scalars"}
 
 
-def run_schedule(trainer, total_steps: int, reporter=None, log_every: int = 1, eval_every: int = 500,
-                 **schedule) -> dict:
-    """The controller over `trainer` to total_steps, evaluating at 0, every eval_every and at the end, every step's
-    loss reported (log_every=1); returns its timings."""
-    from distmnist.training.controller import Controller, Reporter, Schedule
+def model_weights(model) -> list:
+    """A model's weights as numpy arrays, kernel_0, bias_0, ..."""
+    return [v.numpy() for v in model.weights]
 
-    return Controller(trainer, Schedule(total_steps, eval_every, log_every, **schedule), reporter or Reporter()).run()
+
+def parameter_count(model) -> int:
+    return sum(int(np.prod(v.shape)) for v in model.weights)
+
+
+def export_saved_model(weights, path: str, temperature: float = 1.0):
+    """A Classifier of these weights and temperature, saved to `path` as a run exports it; returns it."""
+    from distmnist.runs.export import Classifier, save
+
+    classifier = Classifier(weights, temperature)
+    save(classifier, path)
+    return classifier
+
+
+def trainer_settings(total_steps: Optional[int] = None, loss_scale_growth_steps: Optional[int] = None,
+                     **config_values):
+    """A trainer's settings as a run makes them (run.trainer_settings) from TrainConfig(**config_values), XLA
+    resolved without a machine's precision support; total_steps None: the run's length not known."""
+    import dataclasses
+
+    from distmnist.common.config import TrainConfig
+    from distmnist.runs.run import trainer_settings as from_config
+
+    settings = from_config(TrainConfig(**config_values), total_steps)
+    if loss_scale_growth_steps is not None:
+        settings = dataclasses.replace(settings, loss_scale_growth_steps=loss_scale_growth_steps)
+    return settings
+
+
+def evaluator(trainer, mnist: Mnist):
+    """The evaluator of the trainer's model on mnist's test set, as a run's controller has it."""
+    from distmnist.training.evaluator import Evaluator
+
+    return Evaluator(trainer.strategy, trainer.model, mnist)
+
+
+def run_schedule(trainer, mnist: Mnist, total_steps: int, reporter=None, log_every: int = 1, eval_every: int = 500,
+                 **schedule) -> dict:
+    """The controller over `trainer` (evaluating on mnist's test set) to total_steps, evaluating at 0, every
+    eval_every and at the end, every step's loss reported (log_every=1); returns its timings."""
+    from distmnist.training.controller import Controller, Reporter
+
+    schedule.setdefault("steps_per_call", trainer.steps_per_loop)
+    return Controller(trainer, evaluator(trainer, mnist), reporter or Reporter(), start_step=trainer.step,
+                      total_steps=total_steps, eval_every=eval_every, log_every=log_every,
+                      global_batch_size=trainer.global_batch_size,
+                      loss_scale_state=trainer.loss_scale_state if trainer.loss_scale else None, **schedule).run()
+
+
+def graphs(trainer, mnist: Optional[Mnist] = None) -> dict:
+    """The GraphDefs of every function a run runs with this trainer, by name, traced for its strategy and input
+    path: what TensorFlow will place on the devices (the tests check them against the GPU kernel registry). The
+    training call (and, where a call can run again, the checked one), the agreement's collectives and, given the
+    data, the evaluation."""
+    import tensorflow as tf
+
+    from distmnist.training.agreement import Agreement
+
+    call = trainer._checked_call if trainer.checks_each_step else trainer._call
+    agreement = Agreement(trainer.strategy, trainer.state)
+    functions = {
+        "train": call.get_concrete_function(tf.constant(1), *trainer.input.traced_args()),
+        "any_replica": agreement._any_replica.get_concrete_function(tf.constant(0.0)),
+        "from_replica_0": agreement._from_replica_0.get_concrete_function(tf.constant(0.0, tf.float64)),
+    }
+    if mnist is not None:
+        evaluation = evaluator(trainer, mnist)
+        functions["evaluate"] = evaluation._evaluate.get_concrete_function(*evaluation._test)
+    if not trainer.checks_each_step:  # run again after a non-finite call
+        functions["train_checked"] = trainer._checked_call.get_concrete_function(tf.constant(1),
+                                                                                 *trainer.input.traced_args())
+    return {name: fn.graph.as_graph_def() for name, fn in functions.items()}

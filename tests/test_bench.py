@@ -388,7 +388,7 @@ def test_the_race_rotates_its_order_and_counts_each_contenders_median_round(monk
     """Each round races every contender in turn, starting one further along each time (the machine drifts); a
     contender's figure is its median round, none where a round did not reach the target."""
     from bench import race
-    from distmnist.training.trainer import TrainerSettings
+    from helpers import trainer_settings
 
     laps = {"a": [9.0, 7.0, 8.0], "b": [5.0, None, 6.0], "c": [3.0, 4.0, 2.0]}
     order = []
@@ -399,7 +399,7 @@ def test_the_race_rotates_its_order_and_counts_each_contenders_median_round(monk
         return seconds, 7 if seconds else max_epochs, 0.981 if seconds else 0.97
 
     monkeypatch.setattr(race, "_one", one)
-    by = race.contest(None, None, 0.98, 15, TrainerSettings(), None, "cpu", ["a", "b", "c"], rounds=3)
+    by = race.contest(None, None, 0.98, 15, trainer_settings(), None, "cpu", ["a", "b", "c"], rounds=3)
     assert order == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
     assert by["a"] == {"rounds": [9.0, 7.0, 8.0], "seconds": 8.0, "epochs": 7, "accuracy": 0.981}
     assert by["b"]["seconds"] is None and by["b"]["rounds"] == [5.0, None, 6.0]

@@ -11,9 +11,9 @@ from distmnist.runs import calibration, run
 from distmnist.runs.export import Classifier
 from distmnist.training.model import MLP
 from distmnist.training.strategy import make_strategy
-from distmnist.training.trainer import Trainer, TrainerSettings
+from distmnist.training.trainer import Trainer
 
-from helpers import run_schedule
+from helpers import evaluator, model_weights, run_schedule, trainer_settings
 
 
 def test_the_fit_recovers_the_temperature_that_made_the_labels():
@@ -41,7 +41,7 @@ def test_ece_by_hand():
 
 def test_the_temperature_is_fitted_without_the_test_set(tiny_mnist):
     """What a run calibrates with does not depend on the test set: scrambled test labels, the same temperature."""
-    weights = MLP(seed=3).get_numpy()
+    weights = model_weights(MLP(seed=3))
     scrambled = dataclasses.replace(tiny_mnist, y_test=np.roll(tiny_mnist.y_test, 3),
                                     x_test=np.zeros_like(tiny_mnist.x_test))
     first = run._calibrate(Classifier(weights), tiny_mnist)
@@ -56,8 +56,8 @@ def test_on_real_mnist_the_exported_probabilities_are_calibrated():
     with the temperature fitted on training images 0.0075 (measured on a 2-core AMD EPYC, 2026-11-28); 0.03 is
     asserted. Accuracy is unchanged."""
     mnist = dataset.load(None)
-    trainer = Trainer(TrainerSettings(), make_strategy(num_gpus=0).strategy, mnist)
-    run_schedule(trainer, trainer.steps_per_epoch)
+    trainer = Trainer(trainer_settings(), make_strategy(num_gpus=0).strategy, mnist)
+    run_schedule(trainer, mnist, trainer.steps_per_epoch)
     classifier = Classifier(trainer.weights())
     temperature = classifier.fit_temperature(mnist.x_train[::6], mnist.y_train[::6])
     out = {k: v.numpy() for k, v in classifier.serve(mnist.x_test).items()}
@@ -66,4 +66,4 @@ def test_on_real_mnist_the_exported_probabilities_are_calibrated():
     assert calibration.expected_calibration_error(out["probabilities"], mnist.y_test) == pytest.approx(
         report["ece_after"], abs=1e-4)
     assert np.array_equal(out["classes"], out["outputs"].argmax(axis=1))
-    assert np.mean(out["classes"] == mnist.y_test) == pytest.approx(trainer.evaluate()[0], abs=1e-4)
+    assert np.mean(out["classes"] == mnist.y_test) == pytest.approx(evaluator(trainer, mnist).evaluate()[0], abs=1e-4)

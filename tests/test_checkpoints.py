@@ -25,11 +25,10 @@ from distmnist.common.errors import RunFailed, UserError
 from distmnist.runs.checkpoints import Checkpointer
 from distmnist.runs.run import train_and_evaluate
 from distmnist.runs.signals import StopOnSignal
-from distmnist.training.controller import run_steps
 from distmnist.training.strategy import make_strategy
-from distmnist.training.trainer import Trainer, TrainerSettings
+from distmnist.training.trainer import Trainer, run_steps
 
-from helpers import REPO, assert_same_weights, read_scalars, run_module, saved_weights
+from helpers import REPO, assert_same_weights, read_scalars, run_module, saved_weights, trainer_settings
 
 STEPS = 1000
 FLAGS = ("--batch_size=32", "--log_every=20", "--eval_every=200", "--checkpoint_every=400", "--steps_per_loop=25",
@@ -173,7 +172,7 @@ def test_flags_must_match_to_resume_and_overwrite_starts_afresh(tmp_path, tiny_n
 @pytest.mark.slow
 def test_a_half_written_or_corrupt_latest_checkpoint_is_never_used(tmp_path, tiny_mnist, caplog):
     def trainer():
-        return Trainer(TrainerSettings(batch_size=32), make_strategy().strategy, tiny_mnist)
+        return Trainer(trainer_settings(batch_size=32), make_strategy().strategy, tiny_mnist)
 
     first = trainer()
     saver = Checkpointer(first, str(tmp_path), keep=3)
@@ -214,7 +213,7 @@ def test_a_half_written_or_corrupt_latest_checkpoint_is_never_used(tmp_path, tin
 
 @pytest.mark.slow
 def test_a_checkpoint_that_cannot_be_written_is_reported_when_waited_for(tmp_path, tiny_mnist):
-    trainer = Trainer(TrainerSettings(batch_size=32), make_strategy().strategy, tiny_mnist)
+    trainer = Trainer(trainer_settings(batch_size=32), make_strategy().strategy, tiny_mnist)
     saver = Checkpointer(trainer, None, keep=3)  # a worker's scratch folder: no history file, no makedirs
     run_steps(trainer, 10)
     saver.save(10, {})
@@ -365,7 +364,7 @@ def shaped_like_another_model(prefix: str, step: int) -> None:
 
 
 def plain_trainer(mnist) -> Trainer:
-    return Trainer(TrainerSettings(batch_size=32, jit_compile=False), make_strategy().strategy, mnist)
+    return Trainer(trainer_settings(batch_size=32, jit_compile=False), make_strategy().strategy, mnist)
 
 
 def test_a_checkpoint_is_used_only_when_it_verifies_and_pruning_spares_the_newer_ones(tmp_path, tiny_mnist, caplog):

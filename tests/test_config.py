@@ -17,7 +17,7 @@ from helpers import REPO
 def test_the_readme_flags_table_is_the_one_the_settings_make():
     readme = open(os.path.join(REPO, "README.md")).read()
     assert config.flags_table() in readme
-    assert set(re.findall(r"^\| `--(\w+)` \|", readme, re.M)) == {name for name, *_ in config.settings()}
+    assert set(re.findall(r"^\| `--(\w+)` \|", readme, re.M)) == {name for name, *_ in config.field_descriptions()}
 
 
 def test_every_flag_is_made_from_its_field():
@@ -27,7 +27,7 @@ def test_every_flag_is_made_from_its_field():
 
     defined = flags.FlagValues()
     train.define_flags(defined)
-    for name, default, _, help_text, _, choices in config.settings():
+    for name, default, _, help_text, _, choices in config.field_descriptions():
         flag = defined[name]
         assert flag.default == default and flag.help.endswith(help_text.replace("`", "").replace("**", "")), name
         if choices:
@@ -100,14 +100,17 @@ def test_the_longest_run_name_takes_its_claim_of_either_kind(tmp_path, monkeypat
     assert len(f".{name}.claim.{'0' * 32}".encode()) <= config.NAME_MAX
 
 
-def test_the_trainers_settings_are_made_from_the_config_and_default_as_it_does():
+def test_the_trainers_settings_are_made_from_the_config():
+    """Every field the trainer shares with the config carries the config's value (none the default), XLA as
+    devices.resolve_xla decides it (here: tf.data, so off)."""
     from distmnist.runs import run
     from distmnist.training.trainer import TrainerSettings
 
-    config = TrainConfig()
+    config = TrainConfig(batch_size=64, learning_rate=0.5, seed=7, steps_per_loop=20, shuffle_buffer=500,
+                         input="tfdata", precision="mixed_bfloat16")
     made = run.trainer_settings(config, total_steps=4680)
     shared = {f.name for f in dataclasses.fields(TrainerSettings)} - {"total_steps", "loss_scale_growth_steps",
                                                                       "jit_compile"}
     assert {name: getattr(made, name) for name in shared} == {name: getattr(config, name) for name in shared}
-    assert made.jit_compile == config.resolved_jit_compile()  # XLA as resolved (on this machine, for float32)
-    assert TrainerSettings(total_steps=4680, jit_compile=True) == made  # its own defaults are the config's
+    assert {name: getattr(made, name) for name in shared} != {name: getattr(TrainConfig(), name) for name in shared}
+    assert made.total_steps == 4680 and made.jit_compile is False

@@ -6,18 +6,17 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from distmnist.runs.export import export_saved_model
 from distmnist.training.model import MLP, images_to_features
 from distmnist.training.strategy import make_strategy
-from distmnist.training.trainer import Trainer, TrainerSettings
+from distmnist.training.trainer import Trainer
 
-from helpers import run_python, run_schedule
+from helpers import export_saved_model, run_python, run_schedule, trainer_settings
 
 
 @pytest.mark.slow
 def test_reloaded_model_matches_the_trained_one_exactly(tmp_path, tiny_mnist):
-    trainer = Trainer(TrainerSettings(batch_size=32), make_strategy(cpu_replicas=2).strategy, tiny_mnist)
-    run_schedule(trainer, 10)
+    trainer = Trainer(trainer_settings(batch_size=32), make_strategy(cpu_replicas=2).strategy, tiny_mnist)
+    run_schedule(trainer, tiny_mnist, 10)
     trained_logits = trainer.model(images_to_features(tiny_mnist.x_test)).numpy()
 
     path = tmp_path / "saved_model"
@@ -79,8 +78,8 @@ def test_a_float32_pass_keeps_within_the_rounding_bound_the_gpu_comparison_uses(
     from helpers import saved_weights
     from rounding import forward_and_bound
 
-    trainer = Trainer(TrainerSettings(batch_size=32), make_strategy().strategy, tiny_mnist)
-    run_schedule(trainer, 20)
+    trainer = Trainer(trainer_settings(batch_size=32), make_strategy().strategy, tiny_mnist)
+    run_schedule(trainer, tiny_mnist, 20)
     classifier = export_saved_model(trainer.weights(), str(tmp_path / "saved_model"))
     images = np.random.default_rng(0).integers(0, 256, (300, 28, 28), dtype=np.uint8)
     exact, bound = forward_and_bound(saved_weights(tmp_path), images)

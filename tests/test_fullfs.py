@@ -17,7 +17,7 @@ from distmnist.common import files
 from distmnist.common.config import TrainConfig
 from distmnist.common.errors import OutOfRoom
 from distmnist.runs import outputs, run
-from distmnist.runs.pictures import Painter
+from distmnist.runs.painter import Painter
 from distmnist.training.strategy import make_strategy
 
 from helpers import REPO

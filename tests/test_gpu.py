@@ -36,14 +36,14 @@ import json, sys
 sys.path.insert(0, {tests!r})
 import tensorflow as tf
 tf.debugging.set_log_device_placement(True)  # TensorFlow's own word for where each op and function runs
-from helpers import make_tiny_mnist
-from distmnist.training.controller import run_steps
-from distmnist.training.trainer import Trainer, TrainerSettings
+from helpers import make_tiny_mnist, trainer_settings
+from distmnist.training.trainer import Trainer, run_steps
 from distmnist.training.strategy import make_strategy
 choice = make_strategy(num_gpus={gpus})
-trainer = Trainer(TrainerSettings(batch_size=32), choice.strategy, make_tiny_mnist())
+trainer = Trainer(trainer_settings(batch_size=32), choice.strategy, make_tiny_mnist())
 run_steps(trainer, 10)
-graph = trainer.graphs()["train"]
+import helpers
+graph = helpers.graphs(trainer)["train"]
 nodes = list(graph.node) + [n for f in graph.library.function for n in f.node_def]
 print("REPORT " + json.dumps({{
     "variables": sorted({{v.device for w in trainer.model.weights

@@ -13,9 +13,10 @@ import tensorflow as tf
 
 from distmnist.runs.export import Classifier
 from distmnist.training.strategy import communication, make_strategy
-from distmnist.training.trainer import Trainer, TrainerSettings
+from distmnist.training.trainer import Trainer
 
-from helpers import REPO, free_ports, run_schedule
+import helpers
+from helpers import REPO, free_ports, run_schedule, trainer_settings
 from kernel_registry import (collective_dtypes, compiled_by_xla, loop_body_ops, memory_types, nodes_outside_xla,
                              ops_without_gpu_kernel, step_crossings)
 
@@ -40,16 +41,16 @@ def test_the_registry_check_finds_an_op_without_a_gpu_kernel():
     pytest.param(2, "tfdata", False, marks=pytest.mark.slow),
 ])
 def test_every_op_outside_xla_has_a_gpu_kernel(tiny_mnist, replicas, input_path, jit):
-    trainer = Trainer(TrainerSettings(batch_size=16, input=input_path, jit_compile=jit),
+    trainer = Trainer(trainer_settings(batch_size=16, input=input_path, jit_compile=jit),
                       make_strategy(cpu_replicas=replicas).strategy, tiny_mnist)
-    graphs = trainer.graphs()
+    graphs = helpers.graphs(trainer, tiny_mnist)
     checked = {"train_checked"} if input_path == "device" else set()  # run again after a non-finite call
     assert set(graphs) == {"train", "evaluate", "any_replica", "from_replica_0"} | checked
     for name, graph in graphs.items():
         assert ops_without_gpu_kernel(graph) == [], name
     classifier = Classifier(trainer.weights())
     assert ops_without_gpu_kernel(classifier.serve.get_concrete_function().graph.as_graph_def()) == []
-    run_schedule(trainer, 5)  # and the traced code runs
+    run_schedule(trainer, tiny_mnist, 5)  # and the traced code runs
     assert trainer.step == 5 and trainer.trace_count == 1
 
 
@@ -58,9 +59,9 @@ def test_with_xla_each_replica_step_is_two_launches_on_its_own_device(tiny_mnist
     """On 2 replicas (XLA by default) each replica's batch and gradients, and after the all-reduce its update of
     every weight, are one XLA launch each on the replica's device: no gather, matmul or variable update is left
     to TensorFlow's executor. Without XLA they are (the check can fail)."""
-    trainer = Trainer(TrainerSettings(batch_size=16, jit_compile=jit), make_strategy(cpu_replicas=2).strategy,
+    trainer = Trainer(trainer_settings(batch_size=16, jit_compile=jit), make_strategy(cpu_replicas=2).strategy,
                       tiny_mnist)
-    nodes = nodes_outside_xla(trainer.graphs()["train"])
+    nodes = nodes_outside_xla(helpers.graphs(trainer)["train"])
     executor_ops = {n.op for n in nodes} & {"GatherV2", "MatMul", "AssignSubVariableOp"}
     launches = [n.device.split("device:")[-1] for n in nodes if compiled_by_xla(n)]
     if jit is None:
@@ -69,7 +70,7 @@ def test_with_xla_each_replica_step_is_two_launches_on_its_own_device(tiny_mnist
     else:
         assert executor_ops == {"GatherV2", "MatMul", "AssignSubVariableOp"}
         assert launches == []
-    run_schedule(trainer, 5)
+    run_schedule(trainer, tiny_mnist, 5)
     assert trainer.step == 5
 
 
@@ -77,9 +78,9 @@ def test_with_xla_each_replica_step_is_two_launches_on_its_own_device(tiny_mnist
 def test_no_step_of_a_runs_call_checks_for_nan_and_the_checked_calls_steps_do(tiny_mnist, replicas):
     """The call a run makes has no finiteness check in its steps (it checks the weights once, after its loop);
     the call that runs again after a non-finite one checks every step (the test can fail both ways)."""
-    trainer = Trainer(TrainerSettings(batch_size=16), make_strategy(cpu_replicas=replicas).strategy,
+    trainer = Trainer(trainer_settings(batch_size=16), make_strategy(cpu_replicas=replicas).strategy,
                       tiny_mnist)
-    graphs = trainer.graphs()
+    graphs = helpers.graphs(trainer)
     assert "IsFinite" not in loop_body_ops(graphs["train"])
     assert "IsFinite" in loop_body_ops(graphs["train_checked"])
 
@@ -106,9 +107,9 @@ def test_the_loop_goes_on_by_its_step_count_never_a_device_value(tiny_mnist, rep
     """The call's loop condition compares step counters with limits and nothing else (no non-finite flag from the
     device: on a GPU that was a copy to the host every step); with the device input the limit is steps_per_loop,
     a constant of the trace (XLA knows the trip count), over tf.data the call's step count."""
-    trainer = Trainer(TrainerSettings(batch_size=16, steps_per_loop=7, input=input_path),
+    trainer = Trainer(trainer_settings(batch_size=16, steps_per_loop=7, input=input_path),
                       make_strategy(cpu_replicas=replicas).strategy, tiny_mnist)
-    ops, limit = training_loop_limit(trainer.graphs()["train"])
+    ops, limit = training_loop_limit(helpers.graphs(trainer)["train"])
     assert ops <= {"Less", "Const", "Identity"}
     if input_path == "device":
         assert limit.op == "Const" and tf.make_ndarray(limit.attr["value"].tensor) == 7
@@ -119,7 +120,7 @@ def test_the_loop_goes_on_by_its_step_count_never_a_device_value(tiny_mnist, rep
 def test_xla_compiles_the_call_with_a_known_trip_count(tiny_mnist):
     """One replica, device input: XLA's optimised HLO of the whole call has a while loop whose trip count XLA
     itself found (steps_per_loop), the form a GPU runs without asking the host after each step."""
-    trainer = Trainer(TrainerSettings(batch_size=16, steps_per_loop=7), make_strategy().strategy,
+    trainer = Trainer(trainer_settings(batch_size=16, steps_per_loop=7), make_strategy().strategy,
                       tiny_mnist)
     hlo = trainer._call.experimental_get_compiler_ir(tf.constant(7), *trainer.input.traced_args())(
         stage="optimized_hlo")
@@ -129,22 +130,23 @@ def test_xla_compiles_the_call_with_a_known_trip_count(tiny_mnist):
 @pytest.mark.parametrize("replicas", [2, pytest.param(4, marks=pytest.mark.slow)])
 def test_each_replica_holds_its_data_on_its_own_device(tiny_mnist, replicas):
     choice = make_strategy(cpu_replicas=replicas)
-    settings = TrainerSettings(batch_size=8)
+    settings = trainer_settings(batch_size=8)
     trainer = Trainer(settings, choice.strategy, tiny_mnist)
-    trainer.graphs()
+    helpers.graphs(trainer)
     _, _, indices = trainer.input.call_args(0, 2)
     local = choice.strategy.experimental_local_results
     _, _, fresh = Trainer(settings, choice.strategy, tiny_mnist).input.call_args(0, 2)
     for drawn, untouched in zip(local(indices), local(fresh)):  # tracing for a look draws no epoch's order
         np.testing.assert_array_equal(drawn.numpy(), untouched.numpy())
     expected = [tf.DeviceSpec.from_string(d) for d in choice.devices]
+    evaluation = helpers.evaluator(trainer, tiny_mnist)
     for name, value in [("features", trainer.input.features), ("targets", trainer.input.targets),
-                        ("batch indices", indices), ("test features", trainer._test[0]),
-                        ("test labels", trainer._test[1])]:
+                        ("batch indices", indices), ("test features", evaluation._test[0]),
+                        ("test labels", evaluation._test[1])]:
         placed = [tf.DeviceSpec.from_string(t.device) for t in local(value)]
         assert [(d.device_type, d.device_index) for d in placed] == \
             [(d.device_type.upper(), d.device_index) for d in expected], name
-    assert local(trainer.input.features)[0].dtype == tf.float32 and local(trainer._test[0])[0].dtype == tf.float32
+    assert local(trainer.input.features)[0].dtype == tf.float32 and local(evaluation._test[0])[0].dtype == tf.float32
     assert local(indices)[0].dtype == tf.int64
 
 
@@ -158,22 +160,24 @@ def test_multi_worker_asks_for_nccl_on_gpus_only():
 WORKER = """
 import json, os, sys, time
 sys.path.insert(0, {tests!r})
-from distmnist.startup import tfquiet
+from distmnist.environment import tfquiet
 tf = tfquiet.import_tensorflow()
-from helpers import make_tiny_mnist
+import helpers
+from helpers import make_tiny_mnist, trainer_settings
 from kernel_registry import collective_dtypes, ops_without_gpu_kernel
 from distmnist.training.cluster import parse_tf_config
-from distmnist.training.trainer import Trainer, TrainerSettings
+from distmnist.training.trainer import Trainer
 from distmnist.training.strategy import make_strategy
 choice = make_strategy(cluster=parse_tf_config(os.environ["TF_CONFIG"]), collective_timeout_s=60,
                        cluster_start_timeout_s=60)
 report = {{}}
 for input_path in ("device", "tfdata"):
-    trainer = Trainer(TrainerSettings(batch_size=8, input=input_path), choice.strategy, make_tiny_mnist())
-    for name, graph in trainer.graphs().items():
+    mnist = make_tiny_mnist()
+    trainer = Trainer(trainer_settings(batch_size=8, input=input_path), choice.strategy, mnist)
+    for name, graph in helpers.graphs(trainer, mnist).items():
         report[f"{{input_path}} {{name}}"] = {{"missing": ops_without_gpu_kernel(graph),
                                            "collectives": sorted(collective_dtypes(graph))}}
-    report[f"{{input_path}} accuracy"] = trainer.evaluate()[0]  # the float32 count, all-reduced across workers
+    report[f"{{input_path}} accuracy"] = helpers.evaluator(trainer, mnist).evaluate()[0]  # the float32 count, all-reduced across workers
 print("REPORT " + json.dumps(report), flush=True)
 # Leave together: a worker that exits while its peer still reads the last all-reduce resets the connection.
 open(os.path.join({done!r}, str(choice.cluster.task_index)), "w").close()
@@ -222,8 +226,8 @@ PER_REPLICA_CROSSINGS = [("Less", "bool", "StatefulPartitionedCall (XLA)"),  # a
 @pytest.mark.parametrize("replicas", [1, 2, pytest.param(4, marks=pytest.mark.slow)])
 def test_a_step_copies_between_host_and_device_only_what_is_named(tiny_mnist, replicas):
     strategy = make_strategy(cpu_replicas=replicas).strategy if replicas > 1 else make_strategy().strategy
-    trainer = Trainer(TrainerSettings(batch_size=16), strategy, tiny_mnist)
-    found = step_crossings(trainer.graphs()["train"], trainer.compiled_whole_call)
+    trainer = Trainer(trainer_settings(batch_size=16), strategy, tiny_mnist)
+    found = step_crossings(helpers.graphs(trainer)["train"], trainer.compiled_whole_call)
     expected = [] if replicas == 1 else sorted(PER_REPLICA_CROSSINGS * replicas)
     assert found == expected
 
@@ -241,13 +245,13 @@ def test_a_shorter_calls_masked_iterations_compute_nothing_on_cpus_and_branch_no
     costs what its steps cost; on GPUs there is no branch (XLA would copy each step's choice to the host), and the
     masked iterations compute and are discarded."""
     cpus = make_strategy(cpu_replicas=replicas).strategy if replicas > 1 else make_strategy().strategy
-    trainer = Trainer(TrainerSettings(batch_size=16), cpus, tiny_mnist)
-    assert trainer.skips_masked_steps and len(_branch_ops(trainer.graphs()["train"])) == replicas  # one each
-    tfdata = Trainer(TrainerSettings(batch_size=16, input="tfdata"), cpus, tiny_mnist)
-    assert not tfdata.skips_masked_steps and _branch_ops(tfdata.graphs()["train"]) == []  # every iteration a step
+    trainer = Trainer(trainer_settings(batch_size=16), cpus, tiny_mnist)
+    assert trainer.skips_masked_steps and len(_branch_ops(helpers.graphs(trainer)["train"])) == replicas  # one each
+    tfdata = Trainer(trainer_settings(batch_size=16, input="tfdata"), cpus, tiny_mnist)
+    assert not tfdata.skips_masked_steps and _branch_ops(helpers.graphs(tfdata)["train"]) == []  # every iteration a step
     gpus = tf.distribute.MirroredStrategy(devices=[f"/gpu:{i}" for i in range(replicas)])
-    on_gpus = Trainer(TrainerSettings(batch_size=16), gpus, tiny_mnist)
-    assert not on_gpus.skips_masked_steps and _branch_ops(on_gpus.graphs()["train"]) == []
+    on_gpus = Trainer(trainer_settings(batch_size=16), gpus, tiny_mnist)
+    assert not on_gpus.skips_masked_steps and _branch_ops(helpers.graphs(on_gpus)["train"]) == []
 
 
 def test_the_crossing_check_finds_a_planted_one():
@@ -305,8 +309,8 @@ def test_the_single_host_gpu_graph_with_nccl_is_ready_too(tiny_mnist):
     GPU, and a step's host-device copies are the named ones (docs/gpus.md)."""
     strategy = tf.distribute.MirroredStrategy(devices=["/gpu:0", "/gpu:1"],
                                               cross_device_ops=tf.distribute.NcclAllReduce())
-    trainer = Trainer(TrainerSettings(batch_size=16), strategy, tiny_mnist)
-    graphs = trainer.graphs()
+    trainer = Trainer(trainer_settings(batch_size=16), strategy, tiny_mnist)
+    graphs = helpers.graphs(trainer, tiny_mnist)
     for name, graph in graphs.items():
         assert ops_without_gpu_kernel(graph) == [], name
     assert collective_dtypes(graphs["train"]) == {("NcclAllReduce", NCCL)}

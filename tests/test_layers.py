@@ -1,7 +1,7 @@
 """The package's layers as its folders and imports show them (docs/design.md draws the map). Each layer imports
-only the layers below it: common <- data <- training <- runs <- startup <- the entry points <- the bench (bench/,
+only the layers below it: common <- data <- training <- runs <- environment <- the entry points <- the bench (bench/,
 beside the package), and nothing imports the bench, a tool on top of the library. The training library imports
-neither the run directory's modules nor the start-up plumbing. Imports are read from the source with ast, so that a
+neither the run directory's modules nor the environment's plumbing. Imports are read from the source with ast, so that a
 lazy import inside a function counts too."""
 
 import ast
@@ -14,7 +14,7 @@ from helpers import REPO
 
 BENCH = "bench"  # the top-level folder beside distmnist/, not part of the package
 # Low to high: a module may import its own layer and the ones before it.
-LAYERS = ("common", "data", "training", "runs", "startup", "entry", "bench")
+LAYERS = ("common", "data", "training", "runs", "environment", "entry", "bench")
 FOLDERS = LAYERS[:5]  # the package's layers that are folders of distmnist/
 ENTRY_POINTS = {"distmnist.train", "distmnist.predict", "distmnist.sweep", "distmnist.doctor",
                 "distmnist.data.__main__"}
@@ -94,8 +94,8 @@ def test_nothing_outside_the_bench_imports_it():
     ("distmnist.training.planted", "def f():\n    from distmnist.runs import checkpoints\n",
      "distmnist.runs.checkpoints"),
     ("distmnist.common.planted", "import distmnist.data.dataset\n", "distmnist.data.dataset"),
-    ("distmnist.runs.planted", "from distmnist.startup.tfquiet import import_tensorflow\n",
-     "distmnist.startup.tfquiet"),
+    ("distmnist.runs.planted", "from distmnist.environment.tfquiet import import_tensorflow\n",
+     "distmnist.environment.tfquiet"),
     ("distmnist.training.planted", "def f():\n    from bench.timing import Timing\n", "bench.timing"),
     ("distmnist.train", "import bench.solo\n", "bench.solo"),
 ])

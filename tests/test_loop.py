@@ -11,9 +11,9 @@ from distmnist.data import dataset
 from distmnist.training.controller import Reporter
 from distmnist.training.model import images_to_features
 from distmnist.training.strategy import make_strategy
-from distmnist.training.trainer import Trainer, TrainerSettings
+from distmnist.training.trainer import Trainer
 
-from helpers import make_tiny_mnist, run_schedule
+from helpers import evaluator, make_tiny_mnist, run_schedule, trainer_settings
 
 
 class Recorder(Reporter):
@@ -36,9 +36,9 @@ def mnist():
 def train(mnist, replicas, steps=20, loss_fn=None, eval_every=500, **overrides):
     """steps=None: one epoch."""
     extra = {"loss_fn": loss_fn} if loss_fn else {}
-    trainer = Trainer(TrainerSettings(**overrides), make_strategy(cpu_replicas=replicas).strategy, mnist, **extra)
+    trainer = Trainer(trainer_settings(**overrides), make_strategy(cpu_replicas=replicas).strategy, mnist, **extra)
     recorder = Recorder()
-    run_schedule(trainer, steps or trainer.steps_per_epoch, recorder, eval_every=eval_every)
+    run_schedule(trainer, mnist, steps or trainer.steps_per_epoch, recorder, eval_every=eval_every)
     return trainer, recorder
 
 
@@ -112,18 +112,18 @@ def test_evaluation_counts_every_test_image_once(mnist, replicas):
     h = np.maximum(features @ w[0] + w[1], 0)
     h = np.maximum(h @ w[2] + w[3], 0)
     expected = np.mean(np.argmax(h @ w[4] + w[5], axis=1) == mnist.y_test)
-    assert trainer.evaluate()[0] == pytest.approx(expected, abs=1e-12)
-    assert 0 < trainer.evaluate()[0] < 1  # a real mix of right and wrong, so a miscount would show
+    assert evaluator(trainer, mnist).evaluate()[0] == pytest.approx(expected, abs=1e-12)
+    assert 0 < evaluator(trainer, mnist).evaluate()[0] < 1  # a real mix of right and wrong, so a miscount would show
 
 
 @pytest.mark.parametrize("replicas", [1, 2])
 def test_non_finite_loss_stops_on_the_device_and_names_the_step_and_replica(mnist, replicas):
     recorder = Recorder()
-    trainer = Trainer(TrainerSettings(learning_rate=50.0, batch_size=32, steps_per_loop=50),
+    trainer = Trainer(trainer_settings(learning_rate=50.0, batch_size=32, steps_per_loop=50),
                       make_strategy(cpu_replicas=replicas).strategy, mnist)
     with pytest.raises(TrainingDiverged, match=r"non-finite at step (\d+) on replica 0 \(loss (nan|inf)\); "
                                                r"lower --learning_rate") as caught:
-        run_schedule(trainer, 60, recorder)
+        run_schedule(trainer, mnist, 60, recorder)
     # Nothing was reported, and on the device the bad step and every later one in the call were masked, not
     # branched on: the weights are those after the last good step, as a run of exactly that many steps leaves them.
     assert 0 < caught.value.step < 10 and trainer.step == 0 and recorder.loss == {}

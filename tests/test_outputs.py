@@ -17,10 +17,10 @@ import tensorflow as tf
 from distmnist.common import files
 from distmnist.common.config import TrainConfig
 from distmnist.common.errors import UserError
-from distmnist.runs import export, outputs, rundir
+from distmnist.runs import outputs, rundir
 from distmnist.training.model import MLP
 
-from helpers import REPO, without_tensorflow
+from helpers import REPO, export_saved_model, without_tensorflow
 
 
 def weights(shift: float = 0.0) -> list:
@@ -54,7 +54,7 @@ def make_run(logdir, name="r", checkpoint=True, **flags) -> str:
 def an_export(tmp_path_factory) -> str:
     """One export of distmnist's, made once (tf.saved_model.save traces the model): tests copy it."""
     path = str(tmp_path_factory.mktemp("export") / "model")
-    export.export_saved_model(weights(), path)
+    export_saved_model(weights(), path)
     return path
 
 
@@ -140,15 +140,15 @@ def test_an_events_dir_of_this_runs_own_is_taken_marked_or_named_by_its_settings
 
 def test_an_export_replaces_only_an_earlier_export_and_keeps_it_whole_until_the_new_one_is(tmp_path, monkeypatch):
     path = tmp_path / "model"
-    export.export_saved_model(weights(), str(path))
+    export_saved_model(weights(), str(path))
     assert outputs.is_replaceable_export(str(path)) and (path / outputs.EXPORT_MARKER).exists()
-    export.export_saved_model(weights(1.0), str(path))  # replaces its own earlier export
+    export_saved_model(weights(1.0), str(path))  # replaces its own earlier export
     assert exported(path) == pytest.approx(total(1.0))
 
     # A file of the user's appears in the export while a run trains: nothing is replaced, nothing deleted.
     (path / "notes.txt").write_text("the user's")
     with pytest.raises(FileExistsError, match="holds files distmnist did not write; nothing was replaced"):
-        export.export_saved_model(weights(2.0), str(path))
+        export_saved_model(weights(2.0), str(path))
     assert (path / "notes.txt").read_text() == "the user's" and (path / "saved_model.pb").exists()
     assert sorted(os.listdir(tmp_path)) == ["model"]
 
@@ -165,7 +165,7 @@ def test_an_export_replaces_only_an_earlier_export_and_keeps_it_whole_until_the_
     monkeypatch.setattr(os, "rename", second_rename_fails)
     monkeypatch.setattr(files, "_copy_into_place", lambda tmp, path: (_ for _ in ()).throw(OSError(5, "copy fails")))
     with pytest.raises(OSError, match="copy fails"):
-        export.export_saved_model(weights(3.0), str(path))
+        export_saved_model(weights(3.0), str(path))
     monkeypatch.undo()
     assert sorted(os.listdir(tmp_path)) == ["model"]
     assert exported(path) == pytest.approx(total(1.0))  # the old export, whole
@@ -183,11 +183,11 @@ def test_an_export_onto_a_folder_that_cannot_be_renamed_never_deletes_the_users_
     try:
         (target / "thesis.tex").write_text("the user's")
         with pytest.raises(OSError):
-            export.export_saved_model(weights(), str(target))
+            export_saved_model(weights(), str(target))
         assert os.listdir(target) == ["thesis.tex"] and (target / "thesis.tex").read_text() == "the user's"
         os.remove(target / "thesis.tex")
-        export.export_saved_model(weights(), str(target))  # an empty folder: filled in place
-        export.export_saved_model(weights(1.0), str(target))  # its own export: replaced file by file
+        export_saved_model(weights(), str(target))  # an empty folder: filled in place
+        export_saved_model(weights(1.0), str(target))  # its own export: replaced file by file
         assert exported(target) == pytest.approx(total(1.0)) and outputs.is_replaceable_export(str(target))
         assert tf.saved_model.load(str(target)).signatures["serving_default"] is not None
         assert sorted(os.listdir(tmp_path)) == ["mounted"]

@@ -16,12 +16,12 @@ from distmnist.common.errors import GradientsOverflowed, TrainingDiverged, UserE
 from distmnist.runs import rundir
 from distmnist.runs.checkpoints import Checkpointer
 from distmnist.training import devices, inputs
-from distmnist.training.controller import run_steps
 from distmnist.training.model import forward, images_to_features
 from distmnist.training.strategy import make_strategy
-from distmnist.training.trainer import INITIAL_LOSS_SCALE, MAX_SKIPPED_AT_SCALE_1, Trainer, TrainerSettings
+from distmnist.training.trainer import INITIAL_LOSS_SCALE, MAX_SKIPPED_AT_SCALE_1, Trainer, run_steps
 
-from helpers import make_tiny_mnist, run_module, run_python
+import helpers
+from helpers import evaluator, make_tiny_mnist, model_weights, run_module, run_python, trainer_settings
 
 MIXED = ("mixed_bfloat16", "mixed_float16")
 ROUNDINGS = 12  # the most roundings to the low type between the pixels and a weight's gradient: 4 per layer
@@ -65,7 +65,7 @@ def mnist():
 
 
 def trained(mnist, precision, replicas=1, steps=20, **settings):
-    trainer = Trainer(TrainerSettings(precision=precision, **{"batch_size": 64 // replicas, **settings}),
+    trainer = Trainer(trainer_settings(precision=precision, **{"batch_size": 64 // replicas, **settings}),
                       make_strategy(cpu_replicas=replicas).strategy, mnist)
     losses = run_steps(trainer, steps)
     return trainer, losses
@@ -110,13 +110,13 @@ def test_the_training_images_are_resident_in_the_low_type_and_change_no_number(m
     """The forward pass's first op casts the pixels to the low type, so they are kept in it on the device: half the
     bytes, one op a step fewer. The steps' losses and weights are bit for bit those of float32-resident images."""
     low = {"mixed_bfloat16": tf.bfloat16, "mixed_float16": tf.float16}[precision]
-    settings = TrainerSettings(batch_size=32, precision=precision, jit_compile=jit)
+    settings = trainer_settings(batch_size=32, precision=precision, jit_compile=jit)
     resident, as_float32 = (Trainer(settings, make_strategy().strategy, mnist) for _ in range(2))
     assert resident.strategy.experimental_local_results(resident.input.features)[0].dtype == low
     as_float32.input.features = inputs.on_each_replica(as_float32.strategy,
                                                        lambda r, n: images_to_features(mnist.x_train))
     np.testing.assert_array_equal(run_steps(resident, 12), run_steps(as_float32, 12))
-    for a, b in zip(resident.model.get_numpy(), as_float32.model.get_numpy()):
+    for a, b in zip(model_weights(resident.model), model_weights(as_float32.model)):
         np.testing.assert_array_equal(a, b)
 
 
@@ -128,7 +128,9 @@ from distmnist.training.strategy import make_strategy
 from distmnist.training.trainer import Trainer, TrainerSettings
 rng = np.random.default_rng(0)
 x, y = rng.integers(0, 256, (256, 28, 28), np.uint8), rng.integers(0, 10, 256).astype(np.uint8)
-settings = TrainerSettings(batch_size=32, precision={precision!r}, jit_compile=False, steps_per_loop=2)
+settings = TrainerSettings(batch_size=32, learning_rate=1.5, seed=42, steps_per_loop=2, shuffle_buffer=10000,
+                           input="device", jit_compile=False, total_steps=None, precision={precision!r},
+                           loss_scale_growth_steps=2000)
 Trainer(settings, make_strategy().strategy, Mnist(x, y, x[:32], y[:32], "random")).train(2)
 """
 
@@ -180,7 +182,7 @@ def test_a_short_run_learns_as_float32_does(mnist, precision):
     low, losses = trained(mnist, precision, steps=150, learning_rate=0.5)
     assert losses[-10:].mean() < 0.5 * losses[:10].mean()
     assert abs(losses[0] - ref_losses[0]) < first_loss_bound(mnist, precision, reference.settings.seed, 64)
-    assert abs(low.evaluate()[0] - reference.evaluate()[0]) <= 3 / 203
+    assert abs(evaluator(low, mnist).evaluate()[0] - evaluator(reference, mnist).evaluate()[0]) <= 3 / 203
 
 
 def first_loss_bound(mnist, precision: str, seed: int, batch_size: int, examples: int = None) -> float:
@@ -190,7 +192,7 @@ def first_loss_bound(mnist, precision: str, seed: int, batch_size: int, examples
     worst of the training set's first `examples` (all of them by default), and the second-order mean of d^2."""
     from distmnist.training.model import MLP, images_to_features, labels_to_targets
 
-    weights = MLP(seed=seed).get_numpy()
+    weights = model_weights(MLP(seed=seed))
     features = images_to_features(mnist.x_train[:examples]).numpy()
     outputs, targets = exact_forward(weights, features), labels_to_targets(mnist.y_train[:examples]).numpy()
     sigma = rounding_sigma(precision, features, weights)
@@ -204,16 +206,16 @@ def test_the_first_loss_bound_tells_a_loss_taken_in_the_low_type_apart(mnist, pr
     """The bound of test_a_short_run_learns_as_float32_does, against the first batch's loss computed as the trainer
     computes it, and as it would be if the loss itself were taken in the low type (outputs and mean): the first
     passes, the second does not (the bound that allowed 784 u, three times the loss in bfloat16, passed both)."""
-    from distmnist.training import step
+    from distmnist.training import stepmaths
     from distmnist.training.model import MLP, images_to_features, labels_to_targets
 
-    weights = MLP(seed=42).get_numpy()
+    weights = model_weights(MLP(seed=42))
     features, targets = images_to_features(mnist.x_train[:64]), labels_to_targets(mnist.y_train[:64])
     low = LOW_TYPES[precision]
     bound = first_loss_bound(mnist, precision, 42, 64, examples=64)  # the batch itself: its worst 64 of 64
-    reference = float(step.mse_loss(targets, forward(weights, features), 64))
-    mixed = float(step.mse_loss(targets, forward(weights, features, low), 64))
-    in_the_low_type = float(tf.cast(step.mse_loss(tf.cast(targets, low), tf.cast(forward(weights, features, low),
+    reference = float(stepmaths.mse_loss(targets, forward(weights, features), 64))
+    mixed = float(stepmaths.mse_loss(targets, forward(weights, features, low), 64))
+    in_the_low_type = float(tf.cast(stepmaths.mse_loss(tf.cast(targets, low), tf.cast(forward(weights, features, low),
                                                                                   low), 64), tf.float32))
     assert abs(mixed - reference) < bound < abs(in_the_low_type - reference)
 
@@ -229,17 +231,17 @@ def test_the_replica_count_changes_only_the_low_precision_rounding(mnist, precis
     entry differs by at most ROUNDINGS x u x |g|max between the runs (first order), and after 5 steps a weight by
     2 x 5 x learning_rate x ROUNDINGS x u x |g|max (|g|max: the largest gradient entry at the first or the last
     step). A loss wrongly averaged per replica is caught by the same bound."""
-    from distmnist.training import step
+    from distmnist.training import stepmaths
 
     one, _ = trained(mnist, precision, replicas=1, steps=5, jit_compile=False)
     two, _ = trained(mnist, precision, replicas=2, steps=5, jit_compile=False)
     features = tf.cast(tf.reshape(mnist.x_train[:2048], [2048, 784]), tf.float32) / 255.0
     targets = tf.one_hot(mnist.y_train[:2048].astype(np.int32), 10)
-    fresh = Trainer(TrainerSettings(batch_size=64), make_strategy().strategy, mnist)
+    fresh = Trainer(trainer_settings(batch_size=64), make_strategy().strategy, mnist)
     largest = 0.0
     for weights in (fresh.weights(), one.weights()):
         for start in range(0, 2048, 64):
-            grads, _ = step.gradients([tf.constant(w) for w in weights], features[start:start + 64],
+            grads, _ = stepmaths.gradients([tf.constant(w) for w in weights], features[start:start + 64],
                                       targets[start:start + 64], 64)
             largest = max(largest, max(float(np.abs(g).max()) for g in grads))
     bound = 2 * 5 * 1.5 * ROUNDINGS * UNIT_ROUNDOFF[precision] * largest
@@ -248,9 +250,9 @@ def test_the_replica_count_changes_only_the_low_precision_rounding(mnist, precis
     def per_replica_mean(targets, outputs, global_batch_size):
         return tf.reduce_mean(tf.square(targets - outputs))  # wrong: ignores the other replicas
 
-    wrong_one = Trainer(TrainerSettings(batch_size=64, precision=precision, jit_compile=False),
+    wrong_one = Trainer(trainer_settings(batch_size=64, precision=precision, jit_compile=False),
                         make_strategy().strategy, mnist, loss_fn=per_replica_mean)
-    wrong_two = Trainer(TrainerSettings(batch_size=32, precision=precision, jit_compile=False),
+    wrong_two = Trainer(trainer_settings(batch_size=32, precision=precision, jit_compile=False),
                         make_strategy(cpu_replicas=2).strategy, mnist, loss_fn=per_replica_mean)
     run_steps(wrong_one, 5)
     run_steps(wrong_two, 5)
@@ -292,7 +294,7 @@ def test_a_planted_overflow_skips_the_step_and_halves_the_scale_on_every_replica
     """huge overflows float16's gradients at the initial scale: the step changes no weight and halves the scale, on
     both replicas, and the run goes on; once the scale is small enough, it trains. Over tf.data every call is the
     checked one, where an overflow must still skip, not diverge."""
-    trainer = Trainer(TrainerSettings(batch_size=32, precision="mixed_float16", learning_rate=1e-12,
+    trainer = Trainer(trainer_settings(batch_size=32, precision="mixed_float16", learning_rate=1e-12,
                                       input=input_path), make_strategy(cpu_replicas=2).strategy, mnist, loss_fn=huge)
     before = trainer.weights()
     run_steps(trainer, 1)
@@ -317,7 +319,7 @@ def test_an_overflow_on_one_replica_skips_the_step_on_every_replica(mnist, input
         factor = tf.where(tf.equal(tf.distribute.get_replica_context().replica_id_in_sync_group, 1), 1e3, 1.0)
         return factor * tf.reduce_sum(tf.square(targets - outputs)) / global_batch_size
 
-    trainer = Trainer(TrainerSettings(batch_size=32, precision="mixed_float16", learning_rate=1e-3, input=input_path,
+    trainer = Trainer(trainer_settings(batch_size=32, precision="mixed_float16", learning_rate=1e-3, input=input_path,
                                       jit_compile=False),  # a replica's id is a constant of its own trace
                       make_strategy(cpu_replicas=2).strategy, mnist, loss_fn=huge_on_replica_1)
     before = trainer.weights()
@@ -345,7 +347,7 @@ def test_skipping_step_after_step_at_loss_scale_1_stops_as_a_divergence(mnist, i
     """The scale halves from 2^15 to 1 in 15 skipped steps; then no halving can help, and MAX_SKIPPED_AT_SCALE_1
     steps skipped in a row at scale 1 end the run (GradientsOverflowed, a divergence), instead of a run that trains
     nothing to its end. The weights are still the initial ones."""
-    trainer = Trainer(TrainerSettings(batch_size=32 // replicas, precision="mixed_float16", steps_per_loop=5,
+    trainer = Trainer(trainer_settings(batch_size=32 // replicas, precision="mixed_float16", steps_per_loop=5,
                                       input=input_path, jit_compile=False),
                       make_strategy(cpu_replicas=replicas).strategy, mnist, loss_fn=overflowing_at_any_scale)
     before = trainer.weights()
@@ -389,12 +391,12 @@ def test_good_steps_between_skipped_ones_at_scale_1_keep_the_run_going(mnist):
     """Only steps skipped in a row end a run: here the gradients overflow at any scale on the batches whose first
     example is a digit below 5, about every other batch; far more than MAX_SKIPPED_AT_SCALE_1 steps are skipped
     at scale 1 in all, and the run trains on."""
-    from distmnist.training.step import mse_loss
+    from distmnist.training.stepmaths import mse_loss
 
     def overflowing_on_some_batches(targets, outputs, global_batch_size):
         return tf.where(tf.argmax(targets[0]) < 5, 1e9, 1.0) * mse_loss(targets, outputs, global_batch_size)
 
-    trainer = Trainer(TrainerSettings(batch_size=32, precision="mixed_float16", learning_rate=0.5, jit_compile=False),
+    trainer = Trainer(trainer_settings(batch_size=32, precision="mixed_float16", learning_rate=0.5, jit_compile=False),
                       make_strategy().strategy, mnist, loss_fn=overflowing_on_some_batches)
     run_steps(trainer, 400)
     state = trainer.loss_scale_state()
@@ -409,7 +411,7 @@ def test_a_divergence_after_skipped_steps_rolls_the_loss_scale_back_with_the_wei
     loss scale state (the scale, the good steps, the steps skipped, those skipped at scale 1) are those of a run of
     exactly the steps before it: the call's steps are rolled back, then replayed with the checks."""
     def trainer():
-        return Trainer(TrainerSettings(batch_size=32 // replicas, precision="mixed_float16", learning_rate=1.5,
+        return Trainer(trainer_settings(batch_size=32 // replicas, precision="mixed_float16", learning_rate=1.5,
                                        input=input_path, jit_compile=False),
                        make_strategy(cpu_replicas=replicas).strategy, mnist, loss_fn=huge)
 
@@ -440,7 +442,7 @@ def test_good_steps_in_a_row_double_the_scale(mnist):
 def test_a_resumed_run_continues_bit_for_bit(mnist, tmp_path, precision):
     """The weights and (float16) the loss scale's state are checkpointed: 10 + 10 steps across a restore are the
     20 steps of one run, exactly."""
-    settings = TrainerSettings(batch_size=32, precision=precision, loss_scale_growth_steps=4)
+    settings = trainer_settings(batch_size=32, precision=precision, loss_scale_growth_steps=4)
     whole = Trainer(settings, make_strategy().strategy, mnist)
     run_steps(whole, 20)
     first = Trainer(settings, make_strategy().strategy, mnist)
@@ -609,7 +611,7 @@ def test_a_float16_run_reports_a_loss_scale_it_can_reach_and_its_steps_skipped(t
     """run.json's precision entry on the CPU (float16 emulated) after skipped steps and growths: the scale and the
     steps skipped are those the trainer reached, and a scale that dynamic loss scaling can reach from them."""
     from distmnist.runs.run import set_up, train, write_artifacts
-    from distmnist.runs.pictures import Painter
+    from distmnist.runs.painter import Painter
 
     config = TrainConfig(logdir=str(tmp_path), run_name="r", precision="mixed_float16", max_steps=40,
                          batch_size=16, steps_per_loop=10, eval_every=40, log_every=10, jit_compile=False,
@@ -635,9 +637,9 @@ def test_the_low_precision_graphs_have_gpu_kernels_in_their_types(mnist, precisi
     whole call, which test_gpu_ready.py's XLA tests check)."""
     from kernel_registry import ops_without_gpu_kernel
 
-    trainer = Trainer(TrainerSettings(batch_size=16, precision=precision, jit_compile=jit),
+    trainer = Trainer(trainer_settings(batch_size=16, precision=precision, jit_compile=jit),
                       make_strategy(cpu_replicas=replicas).strategy, mnist)
-    graphs = trainer.graphs()
+    graphs = helpers.graphs(trainer, mnist)
     for name, graph in graphs.items():
         assert ops_without_gpu_kernel(graph) == [], name
     low = {"mixed_bfloat16": tf.bfloat16, "mixed_float16": tf.float16}[precision].as_datatype_enum

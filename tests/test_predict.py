@@ -14,12 +14,12 @@ import tensorflow as tf
 from PIL import Image
 
 from distmnist.common.errors import RunFailed, UserError
-from distmnist.data import dataset, images
+from distmnist.data import dataset, digits
 from distmnist.runs.export import Classifier, save
 from distmnist.training.strategy import make_strategy
-from distmnist.training.trainer import Trainer, TrainerSettings
+from distmnist.training.trainer import Trainer
 
-from helpers import REPO, run_module, run_schedule
+from helpers import REPO, run_module, run_schedule, trainer_settings
 
 COUNT = 40
 
@@ -32,8 +32,8 @@ def mnist():
 @pytest.fixture(scope="module")
 def saved_model(tmp_path_factory, mnist):
     """A model trained for one epoch on real MNIST (about 95% on the test set)."""
-    trainer = Trainer(TrainerSettings(), make_strategy().strategy, mnist)
-    run_schedule(trainer, trainer.steps_per_epoch)
+    trainer = Trainer(trainer_settings(), make_strategy().strategy, mnist)
+    run_schedule(trainer, mnist, trainer.steps_per_epoch)
     path = tmp_path_factory.mktemp("run") / "saved_model"
     classifier = Classifier(trainer.weights())
     classifier.fit_temperature(mnist.x_train[::6], mnist.y_train[::6])  # as a run does
@@ -65,20 +65,20 @@ def test_the_readme_example_prints_what_the_readme_shows(tmp_path, mnist, saved_
 
 @pytest.mark.slow
 def test_mnist_digits_pass_through_and_altered_ones_come_back_close(mnist):
-    digits = mnist.x_test[:COUNT]
-    for digit in digits:
-        np.testing.assert_array_equal(images.to_mnist(digit), digit)  # already MNIST's form: untouched
-    for digit in digits[:10]:
+    samples = mnist.x_test[:COUNT]
+    for digit in samples:
+        np.testing.assert_array_equal(digits.to_mnist(digit), digit)  # already MNIST's form: untouched
+    for digit in samples[:10]:
         altered = 255 - np.asarray(Image.fromarray(digit).resize((61, 47), Image.Resampling.BICUBIC), np.float32)
-        prepared = images.to_mnist(altered)
+        prepared = digits.to_mnist(altered)
         assert prepared.dtype == np.uint8 and prepared.shape == (28, 28)
         rows, cols = np.nonzero(prepared > 64)
         assert max(rows.max() - rows.min(), cols.max() - cols.min()) < 21  # fitted into the 20x20 box
         weights = prepared.astype(np.float64)
         centre = [(np.indices(prepared.shape)[axis] * weights).sum() / weights.sum() for axis in (0, 1)]
         assert np.allclose(centre, 13.5, atol=1.0)  # centred by centre of mass
-    with pytest.raises(images.ImageError, match="no digit found"):
-        images.to_mnist(np.full([40, 30], 200.0), "blank.png")
+    with pytest.raises(digits.ImageError, match="no digit found"):
+        digits.to_mnist(np.full([40, 30], 200.0), "blank.png")
 
 
 @pytest.mark.slow
@@ -260,8 +260,8 @@ def test_each_hostile_file_is_one_image_error(tmp_path, name):
         path.write_bytes(content)
     else:
         np.save(path, content)
-    with pytest.raises(images.ImageError, match=f"^{path}: {message}$"):
-        list(images.load(str(path)))
+    with pytest.raises(digits.ImageError, match=f"^{path}: {message}$"):
+        list(digits.load(str(path)))
 
 
 @pytest.mark.parametrize("kind", ["a folder", "a FIFO (named pipe)", "a socket", "a character device"])
@@ -280,8 +280,8 @@ def test_what_is_not_a_file_is_refused_unopened(tmp_path, kind, suffix):
     else:
         os.rename(found, path)
     with FifoWatch(path) if "FIFO" in kind else contextlib.nullcontext() as watch:
-        with pytest.raises(images.ImageError, match=f"^{re.escape(path)}: is {re.escape(kind)}, not a file$"):
-            list(images.load(path))
+        with pytest.raises(digits.ImageError, match=f"^{re.escape(path)}: is {re.escape(kind)}, not a file$"):
+            list(digits.load(path))
     assert not (watch and watch.opened)
 
 
@@ -328,12 +328,12 @@ def test_every_file_and_picture_that_can_be_answered_is(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     """A distmnist export (untrained weights) and folders that are not one: each kind --model may be given."""
-    from distmnist.runs.export import export_saved_model
+    from helpers import export_saved_model, model_weights
     from distmnist.training.model import MLP
 
     root = tmp_path_factory.mktemp("models")
     (root / "good").mkdir()
-    export_saved_model(MLP().get_numpy(), str(root / "good" / "saved_model"))
+    export_saved_model(model_weights(MLP()), str(root / "good" / "saved_model"))
     bare = tf.Module()
     bare.v = tf.Variable(1.0)
     tf.saved_model.save(bare, str(root / "no-signature"))
@@ -437,11 +437,11 @@ def test_show_preprocessed_takes_a_new_file_or_a_grid_distmnist_drew(tmp_path):
 
     seen = tmp_path / "seen.png"
     predict.check_grid_path(str(seen))  # new
-    digits = [np.full([28, 28], i * 20, np.uint8) for i in range(5)]
-    predict.write_grid(str(seen), digits, np.eye(10)[:5])
+    shades = [np.full([28, 28], i * 20, np.uint8) for i in range(5)]
+    predict.write_grid(str(seen), shades, np.eye(10)[:5])
     assert Image.open(seen).text["captions"].split("\n") == ["0", "1", "2", "3", "4"]
     predict.check_grid_path(str(seen))  # drawn by distmnist: may be replaced
-    assert images.drawn_by_distmnist(str(seen)) and not images.drawn_by_distmnist(str(mine))
+    assert digits.drawn_by_distmnist(str(seen)) and not digits.drawn_by_distmnist(str(mine))
     assert sorted(os.listdir(tmp_path)) == sorted(["mine.png", "link.png", "fifo", "seen.png", "socket", "folder"])
 
 

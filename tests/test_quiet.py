@@ -7,10 +7,9 @@ import re
 import numpy as np
 import pytest
 
-from distmnist.runs.export import export_saved_model
 from distmnist.training.model import MLP
 
-from helpers import run_module, run_python
+from helpers import export_saved_model, model_weights, run_module, run_python
 
 pytestmark = [pytest.mark.slow]
 
@@ -21,7 +20,7 @@ TENSORFLOW_LINE = re.compile(r"\.cc:\d+\]|oneDNN|absl::InitializeLog|cuInit|cuda
 @pytest.fixture(scope="module")
 def saved_model(tmp_path_factory):
     path = tmp_path_factory.mktemp("model") / "saved_model"
-    export_saved_model(MLP(seed=1).get_numpy(), str(path))
+    export_saved_model(model_weights(MLP(seed=1)), str(path))
     return str(path)
 
 
@@ -61,7 +60,7 @@ def test_a_training_run_prints_nothing_from_tensorflow(tmp_path, tiny_npz_dir):
 def test_tensorflow_is_imported_without_keras_which_still_works_when_used():
     result = run_python("""
 import sys
-from distmnist.startup import tfquiet
+from distmnist.environment import tfquiet
 tf = tfquiet.import_tensorflow()
 print("keras" in sys.modules, "matplotlib" in sys.modules, any(m.startswith("keras") for m in sys.modules))
 print(tf.keras.layers.Dense(2)(tf.zeros([1, 3])).shape, tf.keras.optimizers.SGD.__name__)

@@ -17,7 +17,7 @@ import pytest
 
 from distmnist.common import safeio
 from distmnist.common.errors import UserError
-from distmnist.data import dataset, images
+from distmnist.data import dataset, digits
 from distmnist.runs import rundir
 
 
@@ -92,17 +92,17 @@ def test_the_data_dir_readers_refuse_bombs_in_one_line(tmp_path):
 def test_pictures_declaring_more_than_a_digit_needs_are_refused_from_the_header(tmp_path):
     over_ours = tmp_path / "large.png"  # 50 megapixels: past distmnist's bound, under Pillow's
     over_ours.write_bytes(png_declaring(10000, 5000))
-    with pytest.raises(images.ImageError, match=r"large.png: declares 10000x5000 pixels \(50 megapixels\), more "
+    with pytest.raises(digits.ImageError, match=r"large.png: declares 10000x5000 pixels \(50 megapixels\), more "
                                                 "than the 24 a picture of a digit needs; scale it down"):
-        images.load(str(over_ours))
+        digits.load(str(over_ours))
     over_pillows = tmp_path / "bomb.png"  # 900 megapixels: Pillow's own bomb error, as one line too
     over_pillows.write_bytes(png_declaring(30000, 30000))
-    with pytest.raises(images.ImageError, match="bomb.png: declares more than .* pixels"):
-        images.load(str(over_pillows))
+    with pytest.raises(digits.ImageError, match="bomb.png: declares more than .* pixels"):
+        digits.load(str(over_pillows))
     wide = tmp_path / "wide.npy"
     np.save(wide, np.zeros([1, 6000, 5000], np.uint8))  # 30 MB: a small array, a 30-megapixel picture
-    with pytest.raises(images.ImageError, match=r"wide.npy: declares 5000x6000 pixels"):
-        images.load(str(wide))
+    with pytest.raises(digits.ImageError, match=r"wide.npy: declares 5000x6000 pixels"):
+        digits.load(str(wide))
 
 
 def test_a_resumed_run_refuses_links_out_of_it_and_unreadable_settings(tmp_path):
@@ -191,8 +191,8 @@ def test_each_array_file_that_cannot_be_read_is_one_line(tmp_path, make, message
     the bound in all, or data shorter than declared, were allocated before they were found out."""
     path = tmp_path / "bad.npz"
     path.write_bytes(make())
-    with pytest.raises(images.ImageError, match=message):
-        images.load(str(path))
+    with pytest.raises(digits.ImageError, match=message):
+        digits.load(str(path))
     with pytest.raises(dataset.DataError, match=message.replace("bad.npz", "mnist.npz", 1)):
         dataset.read_npz(path.read_bytes(), "mnist.npz")
 
@@ -203,8 +203,8 @@ def test_a_member_whose_data_is_damaged_is_one_line(tmp_path):
     crc_at = good.find(b"PK\x01\x02") + 16  # the member's CRC-32, as the central directory records it
     damaged = good[:crc_at] + bytes(b ^ 0xFF for b in good[crc_at:crc_at + 4]) + good[crc_at + 4:]
     (tmp_path / "bad.npz").write_bytes(damaged)
-    with pytest.raises(images.ImageError, match=r"bad.npz:a.npy: cannot be read \(Bad CRC-32 for file 'a.npy'\)"):
-        images.load(str(tmp_path / "bad.npz"))  # zipfile's BadZipFile: a traceback before
+    with pytest.raises(digits.ImageError, match=r"bad.npz:a.npy: cannot be read \(Bad CRC-32 for file 'a.npy'\)"):
+        digits.load(str(tmp_path / "bad.npz"))  # zipfile's BadZipFile: a traceback before
 
 
 def test_arrays_are_read_as_numpy_reads_them(tmp_path):

@@ -13,7 +13,7 @@ import pytest
 
 from distmnist.common.config import TrainConfig
 from distmnist.common.errors import UserError
-from distmnist.startup.vertex import from_environment
+from distmnist.environment.vertex import from_environment
 
 from helpers import REPO, read_scalars, run_module, run_python
 

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from distmnist.startup import xlaflags
+from distmnist.environment import xlaflags
 
 
 def test_ynnpack_dots_are_added_and_a_users_choice_is_kept():
@@ -19,7 +19,7 @@ def test_ynnpack_dots_are_added_and_a_users_choice_is_kept():
 
 
 COMPILE = """
-from distmnist.startup import tfquiet
+from distmnist.environment import tfquiet
 tf = tfquiet.import_tensorflow()
 from distmnist.training.model import MLP
 model = MLP()

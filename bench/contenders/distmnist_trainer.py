@@ -16,24 +16,29 @@ def examples_per_sec(mnist, strategy, timing: timing_lib.Timing, input_path: str
     resolves it for this precision on these devices: jit_compile)."""
     import functools
 
-    from distmnist.training.controller import run_steps
-    from distmnist.training.trainer import Trainer, TrainerSettings
+    from distmnist.common.config import TrainConfig
+    from distmnist.runs.run import trainer_settings
+    from distmnist.training.trainer import Trainer, run_steps
 
-    settings = TrainerSettings(batch_size=timing.per_replica_batch_size, learning_rate=timing.learning_rate,
-                               seed=timing.seed, input=input_path, precision=precision, jit_compile=jit_compile,
-                               total_steps=timing.warmup_steps + timing.timed_steps)
+    settings = trainer_settings(TrainConfig(batch_size=timing.per_replica_batch_size,
+                                            learning_rate=timing.learning_rate, seed=timing.seed, input=input_path,
+                                            precision=precision, jit_compile=jit_compile),
+                                total_steps=timing.warmup_steps + timing.timed_steps)
     trainer = Trainer(settings, strategy, mnist)
     return timing_lib.examples_per_sec(functools.partial(run_steps, trainer), timing, trainer.global_batch_size)
 
 
-def trainer_race(trainer, target: float, max_epochs: int) -> dict:
+def trainer_race(trainer, mnist, target: float, max_epochs: int) -> dict:
     """timing.until_accuracy for a distmnist Trainer: its epochs (the partial batch dropped) in calls of its
-    steps_per_loop, the whole test set evaluated after each."""
-    from distmnist.training.controller import run_steps
+    steps_per_loop, mnist's whole test set evaluated after each."""
+    from distmnist.training.evaluator import Evaluator
+    from distmnist.training.trainer import run_steps
+
+    evaluator = Evaluator(trainer.strategy, trainer.model, mnist)
 
     def epoch():
         run_steps(trainer, trainer.steps_per_epoch)
-        return trainer.evaluate()[0]
+        return evaluator.evaluate()[0]
 
     return timing_lib.until_accuracy(epoch, target, max_epochs)
 
@@ -43,20 +48,22 @@ def time_to_accuracy(mnist, strategy, target: float, max_epochs: int, settings) 
     epochs; accuracy), in this process."""
     from distmnist.training.trainer import Trainer
 
-    reached = trainer_race(Trainer(settings, strategy, mnist), target, max_epochs)
+    reached = trainer_race(Trainer(settings, strategy, mnist), mnist, target, max_epochs)
     return reached["seconds"], reached["epochs"], reached["accuracy"]
 
 
 def _from_npz(npz: str, replicas: int, platform: str, total_steps, **settings):
     """TensorFlow imported quietly, then (distmnist's Trainer on 1 device or N: logical CPUs, or GPUs, with MNIST
-    from npz and these TrainerSettings; the devices). total_steps(steps per epoch): the steps it will train."""
-    from distmnist.startup import tfquiet
+    from npz and the trainer's settings from a TrainConfig of these values; the devices; the data). total_steps(steps per epoch): the steps it will train."""
+    from distmnist.environment import tfquiet
 
     arrays = mnist_npz.read(npz)
     tfquiet.import_tensorflow()
+    from distmnist.common.config import TrainConfig
     from distmnist.data.dataset import Mnist
+    from distmnist.runs.run import trainer_settings
     from distmnist.training.strategy import make_strategy
-    from distmnist.training.trainer import Trainer, TrainerSettings
+    from distmnist.training.trainer import Trainer
 
     if platform == "cpu":
         choice = make_strategy(num_gpus=0) if replicas == 1 else make_strategy(cpu_replicas=replicas)
@@ -64,8 +71,8 @@ def _from_npz(npz: str, replicas: int, platform: str, total_steps, **settings):
         choice = make_strategy(num_gpus=replicas)
     mnist = Mnist(*arrays, source=npz)
     steps_per_epoch = len(mnist.x_train) // (settings["batch_size"] * replicas)
-    trainer = Trainer(TrainerSettings(total_steps=total_steps(steps_per_epoch), **settings), choice.strategy, mnist)
-    return trainer, list(choice.devices)
+    trainer = Trainer(trainer_settings(TrainConfig(**settings), total_steps(steps_per_epoch)), choice.strategy, mnist)
+    return trainer, list(choice.devices), mnist
 
 
 def runner(npz: str, replicas: int, per_replica_batch_size: int, steps: int, learning_rate: float, seed: int,
@@ -74,10 +81,10 @@ def runner(npz: str, replicas: int, per_replica_batch_size: int, steps: int, lea
     (its seconds, the last loss); it runs turns + 1 times (the first untimed)."""
     import time
 
-    trainer, devices = _from_npz(npz, replicas, platform, lambda steps_per_epoch: (turns + 1) * steps,
-                                 batch_size=per_replica_batch_size, learning_rate=learning_rate, seed=seed,
-                                 precision=precision, jit_compile=jit_compile)
-    from distmnist.training.controller import run_steps
+    trainer, devices, _ = _from_npz(npz, replicas, platform, lambda steps_per_epoch: (turns + 1) * steps,
+                                    batch_size=per_replica_batch_size, learning_rate=learning_rate, seed=seed,
+                                    precision=precision, jit_compile=jit_compile)
+    from distmnist.training.trainer import run_steps
 
     def run():
         start = time.perf_counter()
@@ -90,7 +97,7 @@ def runner(npz: str, replicas: int, per_replica_batch_size: int, steps: int, lea
 def race(npz: str, replicas: int, per_replica_batch_size: int, learning_rate: float, seed: int, platform: str,
          precision: str, target: float, max_epochs: int, jit_compile: Optional[bool] = None) -> dict:
     """Time to the target test accuracy with distmnist's trainer, as jax_scan.race (trainer_race)."""
-    trainer, devices = _from_npz(npz, replicas, platform, lambda steps_per_epoch: max_epochs * steps_per_epoch,
-                                 batch_size=per_replica_batch_size, learning_rate=learning_rate, seed=seed,
-                                 precision=precision, jit_compile=jit_compile)
-    return {**trainer_race(trainer, target, max_epochs), "devices": devices}
+    trainer, devices, mnist = _from_npz(npz, replicas, platform, lambda steps_per_epoch: max_epochs * steps_per_epoch,
+                                        batch_size=per_replica_batch_size, learning_rate=learning_rate, seed=seed,
+                                        precision=precision, jit_compile=jit_compile)
+    return {**trainer_race(trainer, mnist, target, max_epochs), "devices": devices}

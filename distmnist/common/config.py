@@ -91,10 +91,6 @@ class TrainConfig:
     def __post_init__(self):
         self._validate()
 
-    def resolved_jit_compile(self) -> bool:
-        """XLA cannot hold a tf.data iterator, so the default is on for the device input only."""
-        return self.input == "device" if self.jit_compile is None else self.jit_compile
-
     def _validate(self) -> None:
         """Raises UserError naming the first bad value."""
         positive = ("batch_size", "epochs", "shuffle_buffer", "log_every", "eval_every", "steps_per_loop",
@@ -194,22 +190,26 @@ def _check_path(name: str, value: Optional[str], optional: bool) -> None:
                             f"end at {NAME_MAX} bytes")
 
 
-def default_run_name() -> str:
-    """A new run's name when --run_name is not given: the time it started."""
-    return datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+def with_run_name(config: TrainConfig) -> TrainConfig:
+    """The config with its run's name, decided here for every caller: --run_name, else the time the run started
+    (the entry point names the run before it claims it; train_and_evaluate names a config that comes without)."""
+    if config.run_name is not None:
+        return config
+    return dataclasses.replace(config, run_name=datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
 
 
-def settings():
-    """(name, default, type annotation, help, how the default reads, choices) for every setting, in order."""
+def field_descriptions():
+    """(name, default, type annotation, help, how the default reads, choices) for every TrainConfig field, in
+    order: what the flags, the README's table and a sweep's help are made from."""
     for field in dataclasses.fields(TrainConfig):
         meta = field.metadata
         yield field.name, field.default, field.type, meta["help"], meta["shown"], meta["choices"]
 
 
 def flags_table() -> str:
-    """The README's flags table, made from the settings."""
+    """The README's flags table, made from the config's fields."""
     rows = ["| flag | default | meaning |", "|---|---|---|"]
-    for name, default, _, help_text, shown, _ in settings():
+    for name, default, _, help_text, shown, _ in field_descriptions():
         if shown is None:
             shown = ("on" if default else "off") if isinstance(default, bool) else f"`{default}`" \
                 if isinstance(default, str) else str(default)

@@ -1,4 +1,6 @@
-"""Errors that the entry points turn into one line on stderr and an exit status."""
+"""Errors that the entry points turn into one line on stderr and an exit status (common/cli.py): a UserError
+(bad input, nothing done) exits 2; a RunFailed (a run that started and could not finish: out of room, diverged,
+float16 overflowing) exits 1, but ClusterFailed 138 (a retry resumes); Stopped 128 + the signal's number."""
 
 import errno
 

@@ -69,10 +69,3 @@ def save(classifier: Classifier, path: str, legacy: bool = False) -> None:
             write(path)
         else:
             files.replace_dir(path, write_marked, lambda p: outputs.is_replaceable_export(p, legacy))
-
-
-def export_saved_model(weights, path: str, temperature: float = 1.0) -> Classifier:
-    """A Classifier of these weights and temperature, saved to `path`; returns it."""
-    classifier = Classifier(weights, temperature)
-    save(classifier, path)
-    return classifier

@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from distmnist.common import files
-from distmnist.data import images
+from distmnist.data import digits
 from distmnist.runs import calibration  # noqa: E402
 
 
@@ -86,7 +86,7 @@ def plot_test_set(run_dir: str, x_test: np.ndarray, y_test: np.ndarray, probabil
     title = (f"the {len(worst)} most confident of {len(wrong)} mistakes on {len(y_test)} test digits: predicted, "
              "probability (true)") if len(wrong) else f"no mistakes on {len(y_test)} test digits"
     mistakes = f"{run_dir}/mistakes.png"
-    files.write_bytes(mistakes, images.grid_png(x_test[worst], captions, columns=8, scale=3, title=title))
+    files.write_bytes(mistakes, digits.grid_png(x_test[worst], captions, columns=8, scale=3, title=title))
     return [confusion, mistakes]
 
 

@@ -12,22 +12,24 @@ import tensorflow as tf
 
 import distmnist
 from distmnist.common import files
-from distmnist.common.config import INT64_MAX, TrainConfig, default_run_name
+from distmnist.common.config import INT64_MAX, TrainConfig, with_run_name
 from distmnist.common.errors import ClusterFailed, OutOfRoom, RunFailed, Stopped, TrainingDiverged, UserError
 from distmnist.data import dataset
 from distmnist.data.dataset import Mnist
 from distmnist.runs import calibration as calibration_lib
 from distmnist.runs import events, experiment, export, outputs, rundir, summaries
 from distmnist.runs.checkpoints import Checkpointer
-from distmnist.runs.pictures import Painter
+from distmnist.runs.painter import Painter
 from distmnist.runs.runclaim import Claim
 from distmnist.runs.signals import StopOnSignal
 from distmnist.runs.summaries import RunReporter
 from distmnist.training import devices
-from distmnist.training.cluster import Cluster, parse_tf_config
-from distmnist.training.controller import Controller, Schedule
+from distmnist.training.cluster import Cluster
+from distmnist.training.agreement import Agreement
+from distmnist.training.controller import Controller
+from distmnist.training.evaluator import Evaluator
 from distmnist.training.strategy import StrategyChoice, make_strategy, set_host_threads
-from distmnist.training.trainer import Trainer, TrainerSettings, steps_per_epoch
+from distmnist.training.trainer import LOSS_SCALE_GROWTH_STEPS, Trainer, TrainerSettings, steps_per_epoch
 
 CALIBRATION_STRIDE = 6
 
@@ -65,26 +67,25 @@ def events_dir(config: TrainConfig, run_dir: Optional[str]) -> Optional[str]:
     return (config.events_dir or run_dir) if run_dir else None
 
 
-def trainer_settings(config: TrainConfig, total_steps: int, support: Optional[devices.PrecisionSupport] = None
-                     ) -> TrainerSettings:
-    """What the trainer needs of the config; total_steps: the run's length; support: what the training devices
-    do with low precisions. XLA resolved: on for the device input, except that a mixed precision on a CPU that runs
-    it natively leaves the step's matmuls to oneDNN (XLA's CPU dots do not use AMX; docs/precision.md)."""
-    jit = config.resolved_jit_compile()
-    if config.jit_compile is None and config.precision != "float32" and support and support.native[config.precision] \
-            and support.on_cpu:
-        jit = False
+def trainer_settings(config: TrainConfig, total_steps: Optional[int],
+                     support: Optional[devices.PrecisionSupport] = None) -> TrainerSettings:
+    """What the trainer needs of the config: the one way a TrainerSettings is made from it. total_steps: the run's
+    length (None: not known); support: what the training devices do with low precisions (devices.resolve_xla)."""
     return TrainerSettings(batch_size=config.batch_size, learning_rate=config.learning_rate, seed=config.seed,
                            steps_per_loop=config.steps_per_loop, shuffle_buffer=config.shuffle_buffer,
-                           input=config.input, jit_compile=jit, total_steps=total_steps,
-                           precision=config.precision)
+                           input=config.input,
+                           jit_compile=devices.resolve_xla(config.jit_compile, config.input, config.precision,
+                                                           support),
+                           total_steps=total_steps, precision=config.precision,
+                           loss_scale_growth_steps=LOSS_SCALE_GROWTH_STEPS)
 
 
-def schedule(config: TrainConfig, total_steps: int, run_dir: Optional[str]) -> Schedule:
-    """The controller's schedule from the config (the profile only where there is a run directory)."""
-    return Schedule(total_steps=total_steps, eval_every=config.eval_every, log_every=config.log_every,
-                    checkpoint_every=config.checkpoint_every, steps_per_call=config.steps_per_loop,
-                    profile_steps=config.profile_range() if run_dir else None)
+def schedule(config: TrainConfig, total_steps: int, run_dir: Optional[str]) -> dict:
+    """The controller's schedule from the config, as its keyword arguments (the profile only where there is a run
+    directory)."""
+    return dict(total_steps=total_steps, eval_every=config.eval_every, log_every=config.log_every,
+                checkpoint_every=config.checkpoint_every, steps_per_call=config.steps_per_loop,
+                profile_steps=config.profile_range() if run_dir else None, profile_dir=run_dir)
 
 
 def describe_setup(choice: StrategyChoice, trainer: Trainer, config: TrainConfig, total_steps: int) -> str:
@@ -100,15 +101,15 @@ def describe_setup(choice: StrategyChoice, trainer: Trainer, config: TrainConfig
     ] + ([f"precision:            {config.precision}"] if config.precision != "float32" else []))
 
 
-def set_up(config: TrainConfig, choice: Optional[StrategyChoice] = None, mnist: Optional[Mnist] = None) -> Run:
+def set_up(config: TrainConfig, choice: Optional[StrategyChoice] = None, mnist: Optional[Mnist] = None,
+           cluster: Optional[Cluster] = None) -> Run:
     """Checks the outputs and plans the run directory before any expensive work (bad input fails fast), then loads
     the data, picks the strategy, builds the trainer, opens the run directory and, for a resumed run, restores the
-    latest checkpoint."""
+    latest checkpoint. config: named (config.with_run_name); cluster: the run's (cluster.from_environment), None
+    alone."""
     started = time.perf_counter()
     timings = {}
-    config = dataclasses.replace(config, run_name=config.run_name or default_run_name())
     flags = dataclasses.asdict(config)
-    cluster = parse_tf_config(os.environ.get("TF_CONFIG")) if config.strategy in ("auto", "multi_worker") else None
     is_chief = cluster is None or cluster.is_chief
     if is_chief:
         outputs.check(config)
@@ -144,7 +145,8 @@ def set_up(config: TrainConfig, choice: Optional[StrategyChoice] = None, mnist: 
         history = checkpointer.history(step)
         events.drop_events_after(events_dir(config, run_dir), step)
     if cluster is not None:
-        step = trainer.adopt_replica_0(step)  # only the chief has the run directory: the others take its state
+        # only the chief has the run directory: the others take its state
+        step = Agreement(choice.strategy, trainer.state).adopt_replica_0(step)
     if step:
         trainer.resume_at(step)
         print(f"resuming from step {step}, the latest checkpoint in "
@@ -174,9 +176,16 @@ def train(run: Run, claim: Optional[Claim] = None) -> tuple:
         with StopOnSignal() as stop:
             # In a cluster every worker must stop at the same step: they agree on it, one collective per call.
             requested = lambda: stop.requested or lost() is not None  # noqa: E731
-            should_stop = (lambda: trainer.any_replica(requested())) if cluster else requested
-            controller = Controller(trainer, schedule(config, run.total_steps, run.run_dir), reporter, save,
-                                    should_stop, profile_dir=run.run_dir)
+            if cluster:
+                agreement = Agreement(trainer.strategy, trainer.state)
+                should_stop = lambda: agreement.any_replica(requested())  # noqa: E731
+            else:
+                should_stop = requested
+            controller = Controller(trainer, Evaluator(trainer.strategy, trainer.model, run.mnist), reporter,
+                                    start_step=trainer.step, global_batch_size=trainer.global_batch_size,
+                                    save_checkpoint=save, should_stop=should_stop,
+                                    loss_scale_state=trainer.loss_scale_state if trainer.loss_scale else None,
+                                    **schedule(config, run.total_steps, run.run_dir))
             timing = controller.run()
     except TrainingDiverged as exc:
         kept = checkpointer.latest_step
@@ -388,11 +397,14 @@ def time_line(timings: dict) -> str:
 
 def train_and_evaluate(config: TrainConfig, choice: Optional[StrategyChoice] = None,
                        mnist: Optional[Mnist] = None, imports_s: Optional[float] = None,
-                       painter: Optional[Painter] = None, claim: Optional[Claim] = None) -> dict:
+                       painter: Optional[Painter] = None, claim: Optional[Claim] = None,
+                       cluster: Optional[Cluster] = None) -> dict:
     """Trains, evaluates and exports; returns what run.json holds. `choice` and `mnist` override for tests;
     imports_s is how long the entry point took to import TensorFlow (for run.json's timings); painter draws the
     pictures (the entry point's helper process; by default they are drawn here, at the end); claim: the run's
-    (runclaim.take), whose loss stops the run.
+    (runclaim.take), whose loss stops the run; cluster: the run's, as the entry point read it from the environment
+    (cluster.from_environment; None: this process trains alone). A config without a run name is named here
+    (config.with_run_name).
 
     The same command with the same --run_name resumes from the run's latest checkpoint. In a multi-worker
     cluster every worker trains, and only the chief writes the run directory (and holds the checkpoints).
@@ -401,10 +413,10 @@ def train_and_evaluate(config: TrainConfig, choice: Optional[StrategyChoice] = N
     cannot be written is a RunFailed once run.json is written.
     """
     painter = painter or Painter(inline=True)
-    config = dataclasses.replace(config, run_name=config.run_name or default_run_name())
+    config = with_run_name(config)
     run = None
     try:
-        run = set_up(config, choice, mnist)
+        run = set_up(config, choice, mnist, cluster)
         run.timings["imports_s"] = imports_s
         timing, history = train(run, claim)
         if not run.is_chief:

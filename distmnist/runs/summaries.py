@@ -12,7 +12,7 @@ from tensorboard.plugins.hparams import summary_v2 as hparams  # api would impor
 from tensorboard.plugins.image import metadata as image_metadata
 
 from distmnist.common import progress
-from distmnist.data import images
+from distmnist.data import digits
 from distmnist.training.controller import Reporter
 from distmnist.training.model import MLP
 
@@ -111,7 +111,7 @@ class RunReporter(Reporter):
         wrong = np.flatnonzero((classes >= 0) & (classes != y))[:MISTAKES_SHOWN]
         if not wrong.size:
             return
-        png = images.grid_png(x[wrong], [f"{classes[i]} (true {y[i]})" for i in wrong], columns=8, scale=2)
+        png = digits.grid_png(x[wrong], [f"{classes[i]} (true {y[i]})" for i in wrong], columns=8, scale=2)
         with self.writer.as_default():
             png_image("mistakes", png, step, "test digits the model got wrong: predicted (true)")
 

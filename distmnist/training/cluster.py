@@ -17,7 +17,7 @@ with parameter servers is refused by every task, so no one waits for peers that 
 import dataclasses
 import json
 import re
-from typing import Mapping, Optional
+from typing import Mapping, MutableMapping, Optional
 
 from distmnist.common.errors import UserError
 
@@ -149,3 +149,17 @@ def tf_config_from_jobset(environ: Mapping[str, str]) -> Optional[str]:
     cluster = {kind: [f"{name}-{kind}-0-{i}.{subdomain}:{port}" for i in range(count)]
                for kind, count in members.items() if count}
     return json.dumps({"cluster": cluster, "task": {"type": role, "index": index}})
+
+
+def from_environment(strategy: str, environ: MutableMapping[str, str]) -> Optional[Cluster]:
+    """The run's cluster, read from the environment once (the entry point does, and passes the answer on): TF_CONFIG,
+    which a Kubeflow Trainer v2 pod's JobSet names make when it is unset (then set in environ, where TensorFlow's
+    collectives read it too); None alone, or with a strategy other than auto and multi_worker. UserError for a bad
+    TF_CONFIG, or a task with no role here."""
+    if not environ.get("TF_CONFIG"):
+        jobset = tf_config_from_jobset(environ)
+        if jobset:
+            environ["TF_CONFIG"] = jobset
+    if strategy not in ("auto", "multi_worker"):
+        return None
+    return parse_tf_config(environ.get("TF_CONFIG"))

@@ -1,17 +1,28 @@
-"""The outer loop around a trainer, as orbit's Controller around a StandardTrainer: the schedule comes in as
+"""The outer loop around a trainer and an evaluator, as orbit's Controller: the schedule comes in as keyword
 arguments (the run's length, evaluation, checkpoint and log intervals, steps per call, the profiled range), and
 the controller cuts the compiled calls where the schedule needs them, times them, asks whether to stop, and tells
-a Reporter what happens. The trainer runs one call at a time (Trainer.train) and knows nothing of schedules."""
+a Reporter what happens. It knows the trainer and the evaluator only by the small protocols below; they know
+nothing of schedules."""
 
-import dataclasses
 import math
 import time
-from typing import Callable, Optional
+from typing import Callable, Optional, Protocol
 
 import numpy as np
 
 from distmnist.training.profiling import StepProfiler
-from distmnist.training.trainer import Trainer
+
+
+class Trainer(Protocol):
+    """Anything that trains: train(num_steps) runs that many more steps and returns their losses."""
+
+    def train(self, num_steps: int) -> np.ndarray: ...
+
+
+class Evaluator(Protocol):
+    """Anything that evaluates: (accuracy, the predicted class of every test image, -1 for another worker's)."""
+
+    def evaluate(self) -> tuple: ...
 
 
 class Reporter:
@@ -32,121 +43,139 @@ class Reporter:
         """mixed_float16, after each call that logged a loss: the loss scale and the steps skipped so far."""
 
 
-@dataclasses.dataclass(frozen=True)
-class Schedule:
-    """When the controller ends calls and what it does there."""
-
-    total_steps: int
-    eval_every: int
-    log_every: int
-    checkpoint_every: int = 0  # 0: at the end (and at a stop) only
-    steps_per_call: Optional[int] = None  # None: the trainer's steps_per_loop
-    profile_steps: Optional[tuple] = None  # (start, end)
-
-
-def run_steps(trainer: Trainer, num_steps: int, steps_per_call: Optional[int] = None) -> np.ndarray:
-    """Trains num_steps more steps in calls of at most steps_per_call (default: the trainer's steps_per_loop), with
-    no schedule around them: for harnesses and tests. Returns the losses."""
-    per_call = min(steps_per_call or trainer.steps_per_loop, trainer.steps_per_loop)
-    end = trainer.step + num_steps
-    losses = [trainer.train(min(per_call, end - trainer.step)) for _ in range(-(-num_steps // per_call))]
-    return np.concatenate(losses) if losses else np.zeros([0], np.float32)
-
-
 class Controller:
-    """Drives a Trainer from its current step to the schedule's total, telling a Reporter what happens."""
+    """Drives a trainer from start_step to total_steps, evaluating, saving, profiling and stopping as the schedule
+    says, and telling a Reporter what happens."""
 
-    def __init__(self, trainer: Trainer, schedule: Schedule, reporter: Reporter,
-                 save_checkpoint: Optional[Callable[[int], None]] = None,
-                 should_stop: Callable[[], bool] = lambda: False, profile_dir: Optional[str] = None):
-        """save_checkpoint(step) writes a checkpoint; should_stop() is asked before each compiled call; profile_dir
-        is where the profiler writes schedule.profile_steps (None: no profile)."""
+    def __init__(self, trainer: Trainer, evaluator: Evaluator, reporter: Reporter, *, total_steps: int,
+                 steps_per_call: int, global_batch_size: int, eval_every: int, log_every: int, start_step: int = 0,
+                 checkpoint_every: int = 0, save_checkpoint: Optional[Callable[[int], None]] = None,
+                 should_stop: Callable[[], bool] = lambda: False, profile_steps: Optional[tuple] = None,
+                 profile_dir: Optional[str] = None,
+                 loss_scale_state: Optional[Callable[[], dict]] = None):
+        """steps_per_call: the most steps one trainer.train call runs; global_batch_size: examples a step (for the
+        throughput); checkpoint_every: 0 saves at the end (and at a stop) only; save_checkpoint(step) writes a
+        checkpoint; should_stop() is asked before each call; profile_steps: (start, end) that the profiler writes
+        to profile_dir (None: no profile); loss_scale_state(): mixed_float16's, reported with the losses."""
         self.trainer = trainer
-        self.schedule = schedule
+        self.evaluator = evaluator
         self.reporter = reporter
+        self.step = start_step
+        self.total_steps = total_steps
+        self.steps_per_call = steps_per_call
+        self.global_batch_size = global_batch_size
+        self.eval_every = eval_every
+        self.log_every = log_every
+        self.save_every = checkpoint_every or total_steps
         self.save_checkpoint = save_checkpoint
         self.should_stop = should_stop
-        self.profiler = StepProfiler(profile_dir, schedule.profile_steps)
-        self.steps_per_call = min(schedule.steps_per_call or trainer.steps_per_loop, trainer.steps_per_loop)
+        self.loss_scale_state = loss_scale_state
+        self.profiler = StepProfiler(profile_dir, profile_steps)
         self.stopped = False  # a stop request ended the run early
+        self._saved_at = start_step
         self.first_call_s = None  # the first call includes tracing and compilation: kept out of the throughput
         self.timed_s = 0.0
         self.timed_examples = 0
         self.train_time_s = 0.0
         self.evaluations_s = 0.0
 
+    def run(self) -> dict:
+        """Trains to total_steps, or to a stop request (then self.stopped is True, and the step reached has a
+        checkpoint). Returns the timings (timings())."""
+        if self.step == 0:
+            self.evaluate()
+        while self.step < self.total_steps:
+            self.profile(self._train_until, self._next_boundary())
+            if self.stopped:
+                self.save()
+                break
+            if self._due(self.eval_every):
+                self.evaluate()
+            if self._due(self.save_every):
+                self.save()
+        return self.timings()
+
+    # --- the actions ---------------------------------------------------------------------------------------
+
+    def evaluate(self) -> None:
+        start = time.perf_counter()
+        accuracy, classes = self.evaluator.evaluate()
+        self.reporter.accuracy(self.step, accuracy)
+        self.reporter.predictions(self.step, classes)
+        self.evaluations_s += time.perf_counter() - start
+
+    def save(self) -> None:
+        """A checkpoint of the step reached, unless it has one."""
+        if self.save_checkpoint and self._saved_at != self.step:
+            self.save_checkpoint(self.step)
+            self._saved_at = self.step
+
+    def profile(self, train: Callable[[int], None], end: int) -> None:
+        """train(end), with the profiler started and stopped where its range begins and ends (and stopped when the
+        run ends or stops first, or fails: what was profiled before the error is written)."""
+        profiler = self.profiler
+        profiler.before_call(self.step)
+        try:
+            train(end)
+        except BaseException:
+            profiler.stop()
+            raise
+        profiler.after_call(self.step)
+        if self.stopped or self.step >= self.total_steps:
+            profiler.stop()  # a range cut short by a stop, or reaching beyond the end
+
+    def stop_requested(self) -> bool:
+        """Asks should_stop(); a yes ends the run at this step (self.stopped)."""
+        self.stopped = self.stopped or self.should_stop()
+        return self.stopped
+
+    # --- the schedule --------------------------------------------------------------------------------------
+
+    def _due(self, every: int) -> bool:
+        return self.step % every == 0 or self.step == self.total_steps
+
+    def _next_boundary(self) -> int:
+        """The next step at which the schedule does something: an evaluation, a checkpoint, the end, or an edge
+        of the profiled range."""
+        next_eval = (self.step // self.eval_every + 1) * self.eval_every
+        next_save = (self.step // self.save_every + 1) * self.save_every
+        profile_edge = self.profiler.boundaries(self.step)
+        return min(next_eval, next_save, self.total_steps, math.inf if profile_edge is None else profile_edge)
+
+    def _train_until(self, end: int) -> None:
+        """Calls of at most steps_per_call steps up to `end`, or to a stop request."""
+        while self.step < end:
+            if self.stop_requested():
+                return
+            self._call(min(self.steps_per_call, end - self.step))
+
     def _call(self, num_steps: int) -> None:
-        """One timed compiled call, marked for the profiler, and its losses reported."""
-        first_step = self.trainer.step
+        """One timed trainer call, marked for the profiler, and its losses reported."""
+        first_step = self.step
         start = time.perf_counter()
         with self.profiler.marker(first_step):
             losses = self.trainer.train(num_steps)
         seconds = time.perf_counter() - start
-        examples = num_steps * self.trainer.global_batch_size
+        self.step += num_steps
+        examples = num_steps * self.global_batch_size
         self.train_time_s += seconds
         if self.first_call_s is None:
             self.first_call_s = seconds
         else:
             self.timed_s += seconds
             self.timed_examples += examples
-        every = self.schedule.log_every
+        every = self.log_every
         logged = [(s, float(losses[s - first_step]))
                   for s in range(-(-first_step // every) * every, first_step + num_steps, every)]
-        self.reporter.losses(logged, self.trainer.step, examples / seconds)
-        if logged and self.trainer.loss_scale is not None:
-            self.reporter.loss_scale(logged[-1][0], self.trainer.loss_scale_state())
+        self.reporter.losses(logged, self.step, examples / seconds)
+        if logged and self.loss_scale_state is not None:
+            self.reporter.loss_scale(logged[-1][0], self.loss_scale_state())
 
-    def _train_until(self, end: int) -> None:
-        """Calls of at most steps_per_call steps up to `end`, or to a stop request (then self.stopped)."""
-        while self.trainer.step < end:
-            if self.should_stop():
-                self.stopped = True
-                return
-            self._call(min(self.steps_per_call, end - self.trainer.step))
-
-    def _evaluate(self) -> None:
-        start = time.perf_counter()
-        accuracy, classes = self.trainer.evaluate()
-        self.reporter.accuracy(self.trainer.step, accuracy)
-        self.reporter.predictions(self.trainer.step, classes)
-        self.evaluations_s += time.perf_counter() - start
-
-    def run(self) -> dict:
-        """Trains to schedule.total_steps, or to a stop request (then self.stopped is True, and the step reached
-        has a checkpoint). Returns the timings: examples_per_sec (calls after the first), first_call_s (tracing
-        and compilation included), train_time_s (all calls), evaluations_s (checkpoints are timed by their saver),
-        profile_s."""
-        trainer, schedule, profiler = self.trainer, self.schedule, self.profiler
-        total = schedule.total_steps
-        if trainer.step == 0:
-            self._evaluate()
-        every, save_every = schedule.eval_every, schedule.checkpoint_every or total
-        saved_at = trainer.step
-        while trainer.step < total:
-            next_eval = (trainer.step // every + 1) * every
-            next_save = (trainer.step // save_every + 1) * save_every
-            profile_edge = profiler.boundaries(trainer.step)
-            until = min(next_eval, next_save, total, math.inf if profile_edge is None else profile_edge)
-            profiler.before_call(trainer.step)
-            try:
-                self._train_until(until)
-            except BaseException:
-                profiler.stop()  # what was profiled before the error is written
-                raise
-            profiler.after_call(trainer.step)
-            if self.stopped or trainer.step >= total:
-                profiler.stop()  # a range cut short by a stop, or reaching beyond the end
-            if self.stopped:
-                if self.save_checkpoint and saved_at != trainer.step:
-                    self.save_checkpoint(trainer.step)
-                break
-            if trainer.step % every == 0 or trainer.step == total:
-                self._evaluate()
-            if self.save_checkpoint and (trainer.step % save_every == 0 or trainer.step == total):
-                self.save_checkpoint(trainer.step)
-                saved_at = trainer.step
+    def timings(self) -> dict:
+        """examples_per_sec (calls after the first), first_call_s (tracing and compilation included), train_time_s
+        (all calls), evaluations_s (checkpoints are timed by their saver), profile_s."""
         return {
-            "profile_s": profiler.seconds,
+            "profile_s": self.profiler.seconds,
             "examples_per_sec": self.timed_examples / self.timed_s if self.timed_s else None,
             "first_call_s": self.first_call_s,
             "train_time_s": self.train_time_s,

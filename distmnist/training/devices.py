@@ -193,6 +193,19 @@ def support_of(gpus: Sequence) -> PrecisionSupport:
                                            or (0, 0) for g in gpus], onednn_switched_off())
 
 
+def resolve_xla(jit_compile: Optional[bool], input: str, precision: str,
+                support: Optional[PrecisionSupport]) -> bool:
+    """Whether a run's training call uses XLA, decided here for every caller: the user's --jit_compile when given;
+    otherwise on for the device input (XLA cannot hold a tf.data iterator), except that a mixed precision on a CPU
+    that runs it natively leaves the step's matmuls to oneDNN (XLA's CPU dots do not use AMX; docs/precision.md).
+    support: what the training devices do with low precisions (None: not known; the input alone decides)."""
+    if jit_compile is not None:
+        return jit_compile
+    if precision != "float32" and support and support.native[precision] and support.on_cpu:
+        return False
+    return input == "device"
+
+
 def emulated(precision: str, support: PrecisionSupport) -> str:
     """Why `precision` is emulated on the training devices, in one line (for the run's warning)."""
     if precision in support.switched_off:

@@ -68,13 +68,6 @@ class MLP(tf.Module):
     def __call__(self, features: tf.Tensor) -> tf.Tensor:
         return forward(self.weights, features)
 
-    def get_numpy(self):
-        return [v.numpy() for v in self.weights]
-
     def set_numpy(self, values) -> None:
         for variable, value in zip(self.weights, values):
             variable.assign(value)
-
-
-def parameter_count(model: MLP) -> int:
-    return sum(int(np.prod(v.shape)) for v in model.weights)

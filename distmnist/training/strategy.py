@@ -1,4 +1,6 @@
-"""Choosing the tf.distribute strategy: one pure function of plain arguments."""
+"""Building the tf.distribute strategy from plain arguments: devices.plan (a pure function) chooses it from the
+visible GPUs; make_strategy then configures those GPUs (visibility, memory growth) or splits the CPU into logical
+devices, and builds the strategy, so it must run before TensorFlow has initialised its devices."""
 
 import dataclasses
 from typing import Optional

@@ -1,6 +1,7 @@
-"""The trainer: the model under a strategy, the compiled multi-step call, evaluation, and the collectives a
-cluster needs. The same code for 1 or N replicas and for either input path (inputs.DeviceInput or
-inputs.TfdataInput); when to evaluate, checkpoint and stop is the controller's business (controller.py).
+"""The trainer: the model under a strategy and the compiled multi-step training call, with its checked replay and
+mixed_float16's loss scale. The same code for 1 or N replicas and for either input path (inputs.DeviceInput or
+inputs.TfdataInput). Evaluation is the evaluator's (evaluator.py), the workers' agreement the agreement's
+(agreement.py); when to evaluate, checkpoint and stop is the controller's business (controller.py).
 
 One tf.function call runs `steps_per_loop` training steps on the device (a loop around strategy.run) and hands back
 every step's loss at the end, so the host syncs once per call, not per step. With the device-resident input the trip
@@ -26,29 +27,31 @@ import tensorflow as tf
 
 from distmnist.common.errors import GradientsOverflowed, TrainingDiverged, UserError
 from distmnist.data.dataset import Mnist
-from distmnist.training import inputs, step
-from distmnist.training.model import MLP, images_to_features
+from distmnist.training import inputs, replicas, stepmaths
+from distmnist.training.model import MLP
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainerSettings:
-    """What the trainer needs of a run's settings (run.py makes it from the TrainConfig, whose defaults these are)."""
+    """What the trainer needs of a run's config, every field given: run.trainer_settings makes it from a TrainConfig
+    (test harnesses may give it in full). No defaults here: the config's are the only ones."""
 
-    batch_size: int = 128  # per replica
-    learning_rate: float = 1.5
-    seed: int = 42
-    steps_per_loop: int = 50  # the most steps one compiled call runs (a constant of its trace)
-    shuffle_buffer: int = 10000
-    input: str = "device"  # inputs.DeviceInput or "tfdata": inputs.TfdataInput
-    jit_compile: Optional[bool] = None  # None: on for the device input (XLA cannot hold a tf.data iterator)
-    total_steps: Optional[int] = None  # the steps the run will train, so the input draws its epochs' orders ahead,
-    # while the call compiles, and no more (None: not known; each epoch's order is then drawn one ahead, as it trains)
-    precision: str = "float32"  # or "mixed_bfloat16", "mixed_float16" (with dynamic loss scaling)
-    loss_scale_growth_steps: int = 2000  # mixed_float16: good steps in a row that double the loss scale
+    batch_size: int  # per replica
+    learning_rate: float
+    seed: int
+    steps_per_loop: int  # the most steps one compiled call runs (a constant of its trace)
+    shuffle_buffer: int
+    input: str  # "device": inputs.DeviceInput, or "tfdata": inputs.TfdataInput
+    jit_compile: bool  # as devices.resolve_xla decided it for the run
+    total_steps: Optional[int]  # the steps the run will train, so the input draws its epochs' orders ahead, while
+    # the call compiles, and no more (None: not known; each epoch's order is then drawn one ahead, as it trains)
+    precision: str  # "float32", "mixed_bfloat16", "mixed_float16" (with dynamic loss scaling)
+    loss_scale_growth_steps: int  # mixed_float16: good steps in a row that double the loss scale
 
 
 COMPUTE_DTYPES = {"float32": tf.float32, "mixed_bfloat16": tf.bfloat16, "mixed_float16": tf.float16}
 INITIAL_LOSS_SCALE = 2.0 ** 15  # Keras's
+LOSS_SCALE_GROWTH_STEPS = 2000  # Keras's: good steps in a row that double the loss scale
 # mixed_float16: steps skipped in a row at loss scale 1 that end the run as a divergence does. Halving the scale
 # cannot help there, so every later step would be skipped too: a run that trains nothing and exports its start.
 MAX_SKIPPED_AT_SCALE_1 = 100
@@ -79,11 +82,20 @@ def steps_per_epoch(num_train: int, batch_size: int, num_replicas: int) -> int:
     return num_train // global_batch_size
 
 
+def run_steps(trainer: "Trainer", num_steps: int, steps_per_call: Optional[int] = None) -> np.ndarray:
+    """Trains num_steps more steps in calls of at most steps_per_call (default: the trainer's steps_per_loop), with
+    no schedule around them: for harnesses and tests. Returns the losses."""
+    per_call = min(steps_per_call or trainer.steps_per_loop, trainer.steps_per_loop)
+    end = trainer.step + num_steps
+    losses = [trainer.train(min(per_call, end - trainer.step)) for _ in range(-(-num_steps // per_call))]
+    return np.concatenate(losses) if losses else np.zeros([0], np.float32)
+
+
 class Trainer:
-    """Model and compiled calls for one strategy and one data set: train(n), evaluate() and the collectives."""
+    """Model and compiled training calls for one strategy and one training set: train(n)."""
 
     def __init__(self, settings: TrainerSettings, strategy: tf.distribute.Strategy, mnist: Mnist,
-                 loss_fn: Callable = step.mse_loss):
+                 loss_fn: Callable = stepmaths.mse_loss):
         """Raises UserError when the global batch is larger than the training set."""
         config = self.settings = settings
         self.strategy = strategy
@@ -92,7 +104,6 @@ class Trainer:
         self.per_replica_batch_size = config.batch_size
         self.global_batch_size = config.batch_size * self.num_replicas
         self.num_train = len(mnist.x_train)
-        self.num_test = len(mnist.x_test)
         self.steps_per_epoch = steps_per_epoch(self.num_train, config.batch_size, self.num_replicas)
         self.steps_per_loop = config.steps_per_loop
         self.step = 0
@@ -102,7 +113,7 @@ class Trainer:
         with strategy.scope():
             self.model = MLP(seed=config.seed)
             self.loss_scale = LossScale() if config.precision == "mixed_float16" else None
-            # The steps skipped in a row at scale 1 (step.update_loss_scale): not the LossScale's, so not in
+            # The steps skipped in a row at scale 1 (stepmaths.update_loss_scale): not the LossScale's, so not in
             # checkpoints, which a resume of an earlier run must still restore.
             self._loss_scale_state = self.loss_scale.state + [tf.Variable(0.0, trainable=False, name="skipped_at_1")] \
                 if self.loss_scale else []
@@ -112,10 +123,6 @@ class Trainer:
             self._call_start = [tf.Variable(tf.zeros(v.shape), trainable=False, name=f"call_start_{i}")
                                 for i, v in enumerate(self._state)]
         self._learning_rate = tf.constant(config.learning_rate, tf.float32)
-        self._test = self._shard_eval_set(mnist.x_test, mnist.y_test)  # (features, labels), made once
-        replica_ids = strategy.experimental_local_results(inputs.on_each_replica(strategy, lambda r, n: np.int32(r)))
-        self._local_test_rows = [slice(*inputs.shard_bounds(self.num_test, int(r), self.num_replicas))
-                                 for r in replica_ids]  # the test rows each of this worker's replicas holds
         if config.input == "device":
             self.input = inputs.DeviceInput(strategy, mnist.x_train, mnist.y_train, self.steps_per_epoch,
                                             self.per_replica_batch_size, config.steps_per_loop,
@@ -125,7 +132,7 @@ class Trainer:
         else:
             self.input = inputs.TfdataInput(strategy, mnist.x_train, mnist.y_train, self.global_batch_size,
                                             config.shuffle_buffer, config.seed)
-        jit = config.input == "device" if config.jit_compile is None else config.jit_compile
+        jit = config.jit_compile
         whole_call_jit = jit and self.num_replicas == 1 and self.input.xla_whole_call
         self.compiled_whole_call = whole_call_jit  # XLA takes the whole call, its loop included
         # A shorter call's masked iterations skip their batch and gradients on CPUs, where choosing is a branch;
@@ -138,20 +145,22 @@ class Trainer:
             if jit and not whole_call_jit else (lambda fn: fn)
         self._gradients = per_replica_jit(self._batch_gradients)
         self._checked_gradients = per_replica_jit(self._checked_batch_gradients)
-        self._sgd_all = per_replica_jit(step.sgd_all)
-        self._update_loss_scale = functools.partial(step.update_loss_scale,
+        self._sgd_all = per_replica_jit(stepmaths.sgd_all)
+        self._update_loss_scale = functools.partial(stepmaths.update_loss_scale,
                                                     growth_steps=float(config.loss_scale_growth_steps))
         self.checks_each_step = not self.input.replayable  # every call checked: it cannot be run again
         call = functools.partial(tf.function, jit_compile=whole_call_jit or None, autograph=False)
         self._call = call(functools.partial(self._call_fn, False))  # what a run uses
         self._checked_call = call(functools.partial(self._call_fn, True))  # traced when a call must be checked
-        self._evaluate = tf.function(self._evaluate_fn, autograph=False)
-        self._any_replica = tf.function(self._any_replica_fn, autograph=False)  # traced only in a cluster
-        self._from_replica_0 = tf.function(self._from_replica_0_fn, autograph=False)
 
     @property
     def epochs(self) -> float:
         return self.step / self.steps_per_epoch
+
+    @property
+    def state(self) -> list:
+        """Everything a step changes: the weights, and the loss scale's state (what a worker takes from the chief)."""
+        return self._state
 
     # --- replica functions -------------------------------------------------------------------------------
 
@@ -171,7 +180,7 @@ class Trainer:
                 if self.skips_masked_steps else compute()
             bad = tf.zeros([0])
         # mixed_float16: whether this replica's scaled gradients overflowed (then every replica skips the step).
-        overflow = [[1.0 - tf.cast(step.all_finite(0.0, grads), tf.float32)]] if self.loss_scale else []
+        overflow = [[1.0 - tf.cast(stepmaths.all_finite(0.0, grads), tf.float32)]] if self.loss_scale else []
         # One all-reduce for the gradients and, in one small vector, the loss, the overflows and the non-finite
         # marks: each tensor is a collective of its own between workers, so these must not add one.
         *grads, stats = ctx.all_reduce(tf.distribute.ReduceOp.SUM,
@@ -193,38 +202,22 @@ class Trainer:
         """This replica's batch (the device-resident input's gather) and its gradients: one XLA launch a replica
         when XLA cannot take the whole call. loss_scale: mixed_float16's (None otherwise)."""
         features, targets = self.input.batch(*batch_args)
-        return step.gradients(weights, features, targets, self.global_batch_size, self.loss_fn, self.compute_dtype,
-                              loss_scale)
+        return stepmaths.gradients(weights, features, targets, self.global_batch_size, self.loss_fn,
+                                   self.compute_dtype, loss_scale)
 
     def _checked_batch_gradients(self, weights, loss_scale, *batch_args):
         """_batch_gradients and whether the loss and every gradient are finite (under loss scaling, whether the
         loss is: an overflowing gradient skips the step instead)."""
         grads, loss = self._batch_gradients(weights, loss_scale, *batch_args)
-        return grads, loss, tf.math.is_finite(loss) if loss_scale is not None else step.all_finite(loss, grads)
+        return grads, loss, tf.math.is_finite(loss) if loss_scale is not None else stepmaths.all_finite(loss, grads)
 
     def _update_copies(self, targets, strategy, values, update):
-        """The merge_call target: update(variables, values) on every replica's copy of the target variables with
-        that replica's values, all of them in one call: SGD on the weights (one XLA launch a replica under
-        per-replica XLA), the loss scale's state, or taking replica 0's. Bind `targets` and `update` beforehand:
-        merge_call would treat its arguments as per-replica data."""
+        """The merge_call target (replicas.update_copies): SGD on the weights (one XLA launch a replica under
+        per-replica XLA) or the loss scale's state."""
         self._on_each_copy(targets, values, update)
 
     def _on_each_copy(self, targets, values, update) -> None:
-        """update(variables, values) with each replica's copies of the target variables and its values, on its own
-        device (as strategy.extended.update places one variable's update); cross-replica context."""
-        local = self.strategy.experimental_local_results
-        copies = zip(*(local(v) for v in targets))
-        replica_values = zip(*(local(x) for x in values))
-        for variables, replica_value in zip(copies, replica_values):
-            with tf.device(variables[0].device):
-                update(list(variables), list(replica_value))
-
-    def _replica_evaluate(self, features, labels):
-        """(correct answers as float32, predicted classes): GPUs do not all-reduce int32 (TensorFlow's
-        collective executor refuses it), and float32 counts exactly up to 2**24."""
-        predicted = tf.argmax(self.model(features), axis=-1, output_type=tf.int32)
-        correct = tf.cast(tf.equal(predicted, tf.cast(labels, tf.int32)), tf.float32)
-        return tf.reduce_sum(correct), predicted
+        replicas.on_each_copy(self.strategy, targets, values, update)
 
     # --- compiled functions (cross-replica context) --------------------------------------------------------
 
@@ -246,7 +239,7 @@ class Trainer:
         trip = size if self.input.static_trip_count else num_steps
         local = self.strategy.experimental_local_results
         if not checked:
-            self._on_each_copy(self._call_start, self._state, step.assign_all)
+            self._on_each_copy(self._call_start, self._state, stepmaths.assign_all)
 
         def body(i, losses, first_bad, bad_marks):
             active = tf.logical_and(i < num_steps, first_bad < 0) if checked else i < num_steps
@@ -266,74 +259,9 @@ class Trainer:
             return losses.stack(), first_bad, bad_marks
         first_copies = [local(v)[0] for v in self.model.weights]
         with tf.device(first_copies[0].device):
-            return losses.stack(), step.finite_weights(first_copies)
-
-    def _evaluate_fn(self, features, labels):
-        correct, predicted = self.strategy.run(self._replica_evaluate, args=(features, labels))
-        total = self.strategy.reduce(tf.distribute.ReduceOp.SUM, correct, axis=None)
-        return total, self.strategy.experimental_local_results(predicted)
-
-    def _any_replica_fn(self, flag):
-        summed = self.strategy.run(  # tf.identity puts the host's flag on the replica's device
-            lambda f: tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, tf.identity(f)),
-            args=(flag,))
-        return self.strategy.experimental_local_results(summed)[0]
-
-    def _from_replica_0_fn(self, at_step):
-        """Every replica takes replica 0's weights and step: a sum in which every other replica adds zeros (the
-        step in float64, exact far beyond any run's length; GPUs do not all-reduce integers)."""
-        def replica(at_step):
-            ctx = tf.distribute.get_replica_context()
-            keep = tf.cast(tf.equal(ctx.replica_id_in_sync_group, 0), tf.float32)
-            state = ctx.all_reduce(tf.distribute.ReduceOp.SUM, [tf.convert_to_tensor(v) * keep for v in self._state])
-            at_step = ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.identity(at_step) * tf.cast(keep, tf.float64))
-            ctx.merge_call(functools.partial(self._update_copies, self._state, update=step.assign_all),
-                           args=(state,))
-            return at_step
-        return self.strategy.experimental_local_results(self.strategy.run(replica, args=(at_step,)))[0]
+            return losses.stack(), stepmaths.finite_weights(first_copies)
 
     # --- host side -------------------------------------------------------------------------------------------
-
-    def any_replica(self, flag: bool) -> bool:
-        """Whether flag is true on any worker. A collective: every worker calls it at the same point."""
-        return float(self._any_replica(tf.constant(float(flag)))) > 0
-
-    def adopt_replica_0(self, step: int) -> int:
-        """Gives every worker the chief's weights and step (a resumed multi-worker run restores on the chief
-        only); returns the step. A collective, like any_replica."""
-        return int(self._from_replica_0(tf.constant(step, tf.float64)))
-
-    def graphs(self) -> dict:
-        """The GraphDefs of every function this trainer runs, by name, traced for its strategy and input path:
-        what TensorFlow will place on the devices (the tests check them against the GPU kernel registry)."""
-        call = self._checked_call if self.checks_each_step else self._call
-        functions = {
-            "train": call.get_concrete_function(tf.constant(1), *self.input.traced_args()),
-            "evaluate": self._evaluate.get_concrete_function(*self._test),
-            "any_replica": self._any_replica.get_concrete_function(tf.constant(0.0)),
-            "from_replica_0": self._from_replica_0.get_concrete_function(tf.constant(0.0, tf.float64)),
-        }
-        if not self.checks_each_step:  # run again after a non-finite call
-            functions["train_checked"] = self._checked_call.get_concrete_function(tf.constant(1),
-                                                                                   *self.input.traced_args())
-        return {name: fn.graph.as_graph_def() for name, fn in functions.items()}
-
-    def _shard_eval_set(self, x, y):
-        """Each replica's rows of the evaluation set on its own device: float32 features, converted once rather
-        than at every evaluation, and the labels."""
-        def rows(r, n):
-            return slice(*inputs.shard_bounds(len(x), r, n))
-        return (inputs.on_each_replica(self.strategy, lambda r, n: images_to_features(x[rows(r, n)])),
-                inputs.on_each_replica(self.strategy, lambda r, n: y[rows(r, n)]))
-
-    def evaluate(self) -> tuple:
-        """Accuracy over the whole test set, every image counted once whatever the replica count, and the
-        predicted class of every test image (-1 for images another worker holds)."""
-        correct, predicted = self._evaluate(*self._test)
-        classes = np.full([self.num_test], -1, np.int32)
-        for rows, replica_classes in zip(self._local_test_rows, predicted):
-            classes[rows] = replica_classes.numpy()
-        return int(round(float(correct))) / self.num_test, classes
 
     def loss_scale_state(self) -> Optional[dict]:
         """mixed_float16: the loss scale and the steps skipped so far (from the first replica); None otherwise."""
@@ -359,7 +287,7 @@ class Trainer:
             losses, finite = self._call(count, *call_args)
             losses = losses.numpy()[:num_steps]
             if not (bool(finite) and np.isfinite(losses).all()):
-                self._on_each_copy(self._state, self._call_start, step.assign_all)
+                self._on_each_copy(self._state, self._call_start, stepmaths.assign_all)
                 losses = None
         if losses is None:
             losses, first_bad, marks = self._checked_call(count, *call_args)

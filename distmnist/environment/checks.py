@@ -13,7 +13,7 @@ import time
 
 import distmnist
 from distmnist.common import logfilters
-from distmnist.startup import tfquiet
+from distmnist.environment import tfquiet
 from distmnist.training import devices
 from distmnist.training.devices import configure_gpus, driver_gpus, nvidia_driver_present
 
@@ -187,10 +187,11 @@ def check_all_reduce(tf) -> Check:
 def check_training(tf, steps: int) -> Check:
     import numpy as np
 
+    from distmnist.common.config import TrainConfig
     from distmnist.data.dataset import Mnist
-    from distmnist.training.controller import run_steps
+    from distmnist.runs.run import trainer_settings
     from distmnist.training.strategy import make_strategy
-    from distmnist.training.trainer import Trainer, TrainerSettings
+    from distmnist.training.trainer import Trainer, run_steps
 
     rng = np.random.default_rng(0)
     labels = (np.arange(8192) % 10).astype(np.uint8)
@@ -198,7 +199,7 @@ def check_training(tf, steps: int) -> Check:
     mnist = Mnist(images, labels, images[:1000], labels[:1000], source="random pixels")
     choice = make_strategy(num_gpus=None if tf.config.get_visible_devices("GPU") else 0)
     try:
-        trainer = Trainer(TrainerSettings(learning_rate=0.1), choice.strategy, mnist)
+        trainer = Trainer(trainer_settings(TrainConfig(learning_rate=0.1), None), choice.strategy, mnist)
         run_steps(trainer, 20)  # tracing and compilation
         start = time.perf_counter()
         losses = run_steps(trainer, steps)

@@ -12,7 +12,7 @@ import importlib.abc
 import sys
 
 from distmnist.common.logfilters import capturing_stderr
-from distmnist.startup import xlaflags
+from distmnist.environment import xlaflags
 
 
 class _KerasLater(importlib.abc.MetaPathFinder):

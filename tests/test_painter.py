@@ -1,4 +1,4 @@
-"""The helper process that draws a run's pictures (distmnist.pictures)."""
+"""The helper process that draws a run's pictures (distmnist.runs.painter)."""
 
 import os
 import time
@@ -7,7 +7,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from distmnist.common.errors import RunFailed
-from distmnist.runs.pictures import Painter
+from distmnist.runs.painter import Painter
 
 from helpers import run_python
 
@@ -33,7 +33,7 @@ def test_the_helper_ends_with_its_run_and_ignores_its_signals():
     """A run killed outright leaves no helper behind; Ctrl-C (SIGINT to the whole group) is the run's to handle."""
     result = run_python("""
 import os, signal, sys, time
-from distmnist.runs.pictures import Painter
+from distmnist.runs.painter import Painter
 painter = Painter()
 print(painter._process.pid, flush=True)
 os.kill(painter._process.pid, signal.SIGINT)
