@@ -20,7 +20,7 @@ copy-on-write), once at most. SaveV2 writes ckpt-N.data-* and then ckpt-N.index,
 renamed when complete, so a ckpt-N.index is a whole checkpoint; the index names it only after that, then older
 ones beyond keep_checkpoints are deleted. A save waits for the one before it; wait() (and latest_step, close)
 waits for the last one and reports a write that failed. TensorFlow's own asynchronous checkpointing
-(CheckpointOptions(enable_async=True)) cost about four times as much CPU a save: its copies, and its Python
+(CheckpointOptions(enable_async=True)) took about twice the CPU a save: its copies, and its Python
 saver, run again on each save in its writer thread.
 """
 
