@@ -54,6 +54,6 @@ def measure(mnist: Mnist, strategy, every: int, rounds: int) -> dict:
 def table(section: dict) -> str:
     return (f"checkpoints every {section['every']} steps (median of {section['rounds']} paired rounds): "
             f"{section['block_s'] * 1e3:.0f} ms of training per checkpoint, each costs "
-            f"{section['cost_s'] * 1e3:.1f} ms = {section['cost_fraction']:.1%} (goal <= {section['goal']:.0%}); in CPU "
-            f"seconds {section['cpu_cost_s'] * 1e3:.1f} ms of {section['cpu_block_s'] * 1e3:.0f} = "
+            f"{section['cost_s'] * 1e3:.1f} ms = {section['cost_fraction']:.1%} (goal <= {section['goal']:.0%}); in "
+            f"CPU seconds {section['cpu_cost_s'] * 1e3:.1f} ms of {section['cpu_block_s'] * 1e3:.0f} = "
             f"{section['cpu_cost_fraction']:.1%}")

@@ -24,11 +24,11 @@ def measure(mnist, strategy_fn, timing, rounds: int, npz, platform: str, absent:
     """{"rows": [{"name", "precision", "batch", "rounds", "examples_per_sec"}], "ratios": {batch: {precision:
     distmnist's over the fastest other contender in any precision}}, "over_float32": {batch: {mixed precision:
     distmnist's over its own float32, the median of the rounds' ratios}}, "best": {batch: best(...)}, "race":
-    {precision: {contender: ...}}, "skipped": {contender: why}}. xla_for(precision): distmnist's XLA setting for it on this machine. npz: MNIST
-    for the processes of their own (None: none of solo.py's contenders installed), on the platform's first device;
-    absent: those of them that cannot run here ("jax", "torch") -> why. native: precision -> whether this machine
-    runs it in hardware (PyTorch's bfloat16 autocast is timed only where it does: emulated, it runs tens of times
-    slower, docs/precision.md)."""
+    {precision: {contender: ...}}, "skipped": {contender: why}}. xla_for(precision): distmnist's XLA setting for
+    it on this machine. npz: MNIST for the processes of their own (None: none of solo.py's contenders installed),
+    on the platform's first device; absent: those of them that cannot run here ("jax", "torch") -> why. native:
+    precision -> whether this machine runs it in hardware (PyTorch's bfloat16 autocast is timed only where it does:
+    emulated, it runs tens of times slower, docs/precision.md)."""
     import dataclasses
 
     skipped = {name: absent[module] for name, module in IN_OWN_PROCESS.items() if module in absent}

@@ -10,14 +10,14 @@ TensorFlow's `CpuExecutable::...`). From the trace, per step, in microseconds:
 - in_xla: the time during which XLA's executable runs (the union of the runtime's events on every thread);
 - outside: wall minus in_xla: the host's work between two compiled calls (for JAX's single call, almost none);
 - each kernel's share: from its start to the next kernel's start (or the end of the executable's run), so the
-  shares add up to in_xla.
+  shares add up to in_xla. Not the event's own length: an Eigen matmul's event ends when its work is handed to
+  the thread pool (XLA waits for it at the next kernel that needs its result), so its event alone would leave
+  most of its time to nobody. Where two kernels run at once, the time goes to the one that started last.
 - all_reduce: with two replicas or more, the time during which the all-reduce between them runs (the union of its
   events on every thread): JAX's is a kernel of its XLA program (`all-reduce.N`, waiting at its rendezvous for the
   other replicas included), so it lies within in_xla; distmnist's, on logical CPUs, is TensorFlow's
-  ReductionToOneDevice between each replica's two XLA launches (its gradients, then its update), its sums `AddN` ops
-  of TensorFlow's executor that start when both replicas' gradients are there, so it lies outside. Not the event's own length: an Eigen matmul's event ends when its work is handed to
-  the thread pool (XLA waits for it at the next kernel that needs its result), so its event alone would leave
-  most of its time to nobody. Where two kernels run at once, the time goes to the one that started last.
+  ReductionToOneDevice between each replica's two XLA launches (its gradients, then its update), its sums `AddN`
+  ops of TensorFlow's executor that start when both replicas' gradients are there, so it lies outside.
 
 TensorFlow and JAX run the same XLA CPU runtime code (different versions), so the same reading applies to both.
 """
@@ -86,7 +86,8 @@ def _events(space):
 
 def breakdown(xspace_bytes: bytes, steps: int, seconds: float) -> dict:
     """The per-step figures of a trace of `steps` steps that took `seconds`: wall, in_xla, outside, all_reduce
-    (0 with one replica), and the largest kernels by their share (us). Needs TensorFlow's protobuf for the trace (any process with TensorFlow)."""
+    (0 with one replica), and the largest kernels by their share (us). Needs TensorFlow's protobuf for the trace
+    (any process with TensorFlow)."""
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
     space = xplane_pb2.XSpace()
