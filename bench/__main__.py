@@ -8,7 +8,8 @@ and tuned), distmnist --input=tfdata, distmnist's default, and where JAX is inst
 compiled scan against distmnist's default, each in a fresh process of its own (solo.py), and the compute bound (a
 large matmul's FLOP/s over 2.41 MFLOP per example); for 1 and 2 CPU replicas, or 1..N GPUs. All of them are timed in
 turn, --rounds times, and each one's best round counts. Where JAX is installed, on a CPU, the step breakdown: where
-one replica's step goes in each of those two, kernel by kernel in XLA's executable or outside it (xlaprofile.py).
+the step goes in each of those two, on one replica and on two, kernel by kernel in XLA's executables or outside
+them, and the all-reduce between two replicas (breakdown.py, xlaprofile.py).
 Then time to 98% test accuracy (JAX and PyTorch too, where installed). Then what checkpoints cost the training
 (checkpointcost.py). Then the whole process (wholeprocess.py): `python -m distmnist.train` at its defaults against a
 Keras fit script doing the same training, and a bare `import tensorflow`, each a fresh process timed from outside,
@@ -56,9 +57,9 @@ def define_flags() -> None:
     flags.DEFINE_integer(
         "breakdown_rounds",
         3,
-        "Rounds of the step breakdown: one CPU replica of distmnist's "
-        "default and of JAX's scan, each profiled in a process of its own with XLA's kernel events, "
-        "alternating (where JAX is installed and there is no GPU); 0 skips it.",
+        "Rounds of the step breakdown: distmnist's default and JAX's scan "
+        "on one CPU replica and on two (--quick: one), each profiled in a process of its own with "
+        "XLA's kernel events, alternating (where JAX is installed and there is no GPU); 0 skips it.",
     )
     flags.DEFINE_integer("max_epochs", 15, "Give up the time-to-accuracy race after this many epochs.")
     flags.DEFINE_integer(
@@ -229,7 +230,9 @@ def measure(tf, mnist, num_gpus: int, timing, quick: bool, npz, installed: dict)
         "results": results,
         "ratios": lineup.ratios(results, None if "skipped" in jax else jax["by_replicas"]["1"]["median"]),
         "distmnist_over_jax": jax,
-        "step_breakdown": breakdown.measure(jax_npz, num_gpus, timing, counts["breakdown_rounds"]),
+        "step_breakdown": breakdown.measure(
+            jax_npz, num_gpus, timing, counts["breakdown_rounds"], two_replicas=not quick
+        ),
         "time_to_accuracy": race.measure(
             mnist,
             setups[0][2],

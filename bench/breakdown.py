@@ -1,5 +1,12 @@
-"""Where one CPU replica's step goes in distmnist's default and in JAX's scan: each profiled in a process of its
-own with XLA's kernel events (xlaprofile.py), inside XLA's executable kernel by kernel, or outside it."""
+"""Where a CPU step goes in distmnist's default and in JAX's scan, on one replica and on two (logical CPUs, as the
+bench's lineup and turns run them): each profiled in a process of its own with XLA's kernel events (xlaprofile.py),
+inside XLA's executables kernel by kernel, or outside them, and on two replicas the all-reduce between them.
+
+On two replicas the two do not run the same way. JAX's scan is one XLA program for both devices (its SPMD
+partitioner puts the all-reduce in it), run once for all the steps. distmnist's call is TensorFlow's graph: a
+while loop whose body runs, for each replica, two XLA launches (its batch and gradients; its update) with
+TensorFlow's ReductionToOneDevice between them (the sums on the first logical CPU, read by the second), the
+executor scheduling each of them every step."""
 
 import tempfile
 
@@ -8,10 +15,10 @@ from bench.contenders import jax_scan
 from bench.timing import Timing
 
 
-def profiled_rounds(npz: str, timing: Timing, rounds: int) -> dict:
-    """Where one CPU replica's steps go, for distmnist's default trainer and JAX's scan, each in a process of its
-    own (solo.py --profile) with XLA's kernel events on, the two alternating for `rounds` rounds: {"distmnist":
-    [xlaprofile.breakdown per round], "jax": [...]}, or {"skipped": why} without JAX.
+def profiled_rounds(npz: str, timing: Timing, rounds: int, replicas: int = 1) -> dict:
+    """Where the steps go on `replicas` CPU replicas, for distmnist's default trainer and JAX's scan, each in a
+    process of its own (solo.py --profile) with XLA's kernel events on, the two alternating for `rounds` rounds:
+    {"distmnist": [xlaprofile.breakdown per round], "jax": [...]}, or {"skipped": why} without JAX.
 
     RunFailed with the last line a contender wrote to stderr when one fails."""
     made = {"distmnist": [], "jax": []}
@@ -27,6 +34,7 @@ def profiled_rounds(npz: str, timing: Timing, rounds: int) -> dict:
                     learning_rate=timing.learning_rate,
                     seed=timing.seed,
                     profile=logdir,
+                    replicas=replicas,
                 )
                 if "skipped" in reply:
                     return reply
@@ -35,8 +43,13 @@ def profiled_rounds(npz: str, timing: Timing, rounds: int) -> dict:
     return made
 
 
-def measure(npz, num_gpus: int, timing, rounds: int) -> dict:
-    """Every round's figures for each contender and its median round (by wall time), or why it was skipped."""
+def _medians(made: dict) -> dict:
+    return {name: sorted(runs, key=lambda r: r["wall_us"])[(len(runs) - 1) // 2] for name, runs in made.items()}
+
+
+def measure(npz, num_gpus: int, timing, rounds: int, two_replicas: bool = True) -> dict:
+    """Every round's figures for each contender and its median round (by wall time), on one replica ("rounds",
+    "median") and, with two_replicas, on two ("two_replicas": {"rounds", "median"}); or why it was skipped."""
     if not rounds:
         return {"skipped": "--breakdown_rounds=0"}
     if num_gpus:
@@ -44,15 +57,18 @@ def measure(npz, num_gpus: int, timing, rounds: int) -> dict:
     if npz is None:
         return {"skipped": jax_scan.NOT_INSTALLED}
     print(
-        f"step breakdown: {rounds} round(s) of {timing.timed_steps} profiled steps on one CPU replica, "
-        "distmnist and JAX alternating",
+        f"step breakdown: {rounds} round(s) of {timing.timed_steps} profiled steps on one CPU replica"
+        f"{' and on two' if two_replicas else ''}, distmnist and JAX alternating",
         flush=True,
     )
     made = profiled_rounds(npz, timing, rounds)
     if "skipped" in made:
         return made
-    median = {name: sorted(runs, key=lambda r: r["wall_us"])[(len(runs) - 1) // 2] for name, runs in made.items()}
-    return {"rounds": made, "median": median}
+    section = {"rounds": made, "median": _medians(made)}
+    if two_replicas:
+        two = profiled_rounds(npz, timing, rounds, replicas=2)
+        section["two_replicas"] = {"rounds": two, "median": _medians(two)}
+    return section
 
 
 def table(section: dict) -> str:
@@ -62,9 +78,21 @@ def table(section: dict) -> str:
         "step breakdown, one CPU replica, us a step (median round): wall = in XLA's executable + outside it; "
         "the largest kernels' shares"
     ]
-    for name, b in section["median"].items():
+    lines += _lines(section["median"])
+    if "two_replicas" in section:
         lines.append(
-            f"  {name:<10} wall {b['wall_us']:6.0f} = in XLA {b['in_xla_us']:6.0f} + outside "
-            f"{b['outside_us']:4.0f}; " + ", ".join(f"{kernel} {us:.0f}" for kernel, us in b["top"][:5])
+            "step breakdown, two CPU replicas, us a step (median round): wall = in XLA's executables + "
+            "outside them; the all-reduce (JAX's within XLA, distmnist's outside)"
         )
+        lines += _lines(section["two_replicas"]["median"], all_reduce=True)
     return "\n".join(lines)
+
+
+def _lines(median: dict, all_reduce: bool = False) -> list:
+    return [
+        f"  {name:<10} wall {b['wall_us']:6.0f} = in XLA {b['in_xla_us']:6.0f} + outside {b['outside_us']:4.0f}"
+        + (f"; all-reduce {b['all_reduce_us']:5.0f}" if all_reduce else "")
+        + "; "
+        + ", ".join(f"{kernel} {us:.0f}" for kernel, us in b["top"][:5])
+        for name, b in median.items()
+    ]

@@ -1,11 +1,12 @@
 """The bench's checkpoint section: what a checkpoint every `every` steps costs the training, as a share of it.
 
-A save's files are written by TensorFlow's writer thread while the next call trains, so the caller's own
+A save's files are written by the checkpointer's writer thread while the next call trains, so the caller's own
 seconds (run.json's checkpoints_s) miss what the writer takes from the training's cores. Measured instead in
 one process, on one trainer, in rounds of two modes: `every` steps then a save, and `every` steps alone. Each
 mode runs two blocks back to back and the second is timed, so a timed block pays for its own save and for the
 write of the save before it, as in a run. The cost is the median over rounds of the paired difference, over
-the median block without saves.
+the median block without saves. Beside it, the same for the process's CPU seconds (every thread's): on a machine
+that other work shares, a block's wall time carries that work's noise, its CPU seconds much less of it.
 """
 
 import statistics
@@ -25,35 +26,36 @@ def measure(mnist: Mnist, strategy, every: int, rounds: int) -> dict:
     trainer = Trainer(trainer_settings(TrainConfig(), None), strategy, mnist)
     checkpointer = Checkpointer(trainer, None, keep=3)  # a scratch folder, removed by close()
 
-    def block(save: bool) -> float:
-        start = time.perf_counter()
+    def block(save: bool) -> tuple:
+        start, cpu = time.perf_counter(), time.process_time()
         run_steps(trainer, every)
         if save:
             checkpointer.save(trainer.step, {"loss": [], "accuracy": []})
-        return time.perf_counter() - start
+        return time.perf_counter() - start, time.process_time() - cpu
 
     try:
         for save in (True, True, False):  # warm-up: tracing, the writer thread, its copies' function
             block(save)
-        with_save, without, differences = [], [], []
+        timed = {True: [], False: []}
         for round_number in range(rounds):
-            timed = {}
             for save in (True, False) if round_number % 2 == 0 else (False, True):
                 block(save)
-                timed[save] = block(save)
-            with_save.append(timed[True])
-            without.append(timed[False])
-            differences.append(timed[True] - timed[False])
+                timed[save].append(block(save))
     finally:
         checkpointer.close()  # waits for the last write
-    base = statistics.median(without)
+    with_save, without = timed[True], timed[False]
+    base, cpu_base = (statistics.median(column) for column in zip(*without, strict=True))
+    cost, cpu_cost = (statistics.median(a[i] - b[i] for a, b in zip(with_save, without, strict=True)) for i in (0, 1))
     return {
         "every": every,
         "rounds": rounds,
         "block_s": base,
-        "block_with_save_s": statistics.median(with_save),
-        "cost_s": statistics.median(differences),
-        "cost_fraction": statistics.median(differences) / base,
+        "block_with_save_s": statistics.median(s for s, _ in with_save),
+        "cost_s": cost,
+        "cost_fraction": cost / base,
+        "cpu_block_s": cpu_base,
+        "cpu_cost_s": cpu_cost,
+        "cpu_cost_fraction": cpu_cost / cpu_base,
         "goal": GOAL,
     }
 
@@ -62,5 +64,7 @@ def table(section: dict) -> str:
     return (
         f"checkpoints every {section['every']} steps (median of {section['rounds']} paired rounds): "
         f"{section['block_s'] * 1e3:.0f} ms of training per checkpoint, each costs "
-        f"{section['cost_s'] * 1e3:.1f} ms = {section['cost_fraction']:.1%} (goal <= {section['goal']:.0%})"
+        f"{section['cost_s'] * 1e3:.1f} ms = {section['cost_fraction']:.1%} (goal <= {section['goal']:.0%}); in "
+        f"CPU seconds {section['cpu_cost_s'] * 1e3:.1f} ms of {section['cpu_block_s'] * 1e3:.0f} = "
+        f"{section['cpu_cost_fraction']:.1%}"
     )

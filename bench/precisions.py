@@ -36,12 +36,12 @@ def measure(
 ) -> dict:
     """{"rows": [{"name", "precision", "batch", "rounds", "examples_per_sec"}], "ratios": {batch: {precision:
     distmnist's over the fastest other contender in any precision}}, "over_float32": {batch: {mixed precision:
-    distmnist's over its own float32, the median of the rounds' ratios}}, "race": {precision: {contender: ...}},
-    "skipped": {contender: why}}. xla_for(precision): distmnist's XLA setting for it on this machine. npz: MNIST
-    for the processes of their own (None: none of solo.py's contenders installed), on the platform's first device;
-    absent: those of them that cannot run here ("jax", "torch") -> why. native: precision -> whether this machine
-    runs it in hardware (PyTorch's bfloat16 autocast is timed only where it does: emulated, it runs tens of times
-    slower, docs/precision.md)."""
+    distmnist's over its own float32, the median of the rounds' ratios}}, "best": {batch: best(...)}, "race":
+    {precision: {contender: ...}}, "skipped": {contender: why}}. xla_for(precision): distmnist's XLA setting for
+    it on this machine. npz: MNIST for the processes of their own (None: none of solo.py's contenders installed),
+    on the platform's first device; absent: those of them that cannot run here ("jax", "torch") -> why. native:
+    precision -> whether this machine runs it in hardware (PyTorch's bfloat16 autocast is timed only where it does:
+    emulated, it runs tens of times slower, docs/precision.md)."""
     import dataclasses
 
     skipped = {name: absent[module] for name, module in IN_OWN_PROCESS.items() if module in absent}
@@ -156,11 +156,42 @@ def measure(
         "rows": rows,
         "ratios": ratios,
         "over_float32": over_float32,
+        "best": best(rows),
         "race": race,
         "target": race_target,
         "race_rounds": race_rounds,
         "skipped": skipped,
     }
+
+
+def best(rows: list) -> dict:
+    """{batch: {contender: {"precision", "examples_per_sec"} of its fastest precision, "ratio": distmnist's best
+    over it (distmnist's own entry: 1)}}: what each contender gets at its best at that batch, distmnist's first."""
+    made = {}
+    for batch in sorted({r["batch"] for r in rows}):
+        fastest = {}
+        for r in rows:
+            if r["batch"] == batch and r["examples_per_sec"] > fastest.get(r["name"], {}).get("examples_per_sec", 0):
+                fastest[r["name"]] = {"precision": r["precision"], "examples_per_sec": r["examples_per_sec"]}
+        ours = fastest.pop("distmnist")
+        made[str(batch)] = {
+            name: dict(b, ratio=ours["examples_per_sec"] / b["examples_per_sec"])
+            for name, b in {"distmnist": ours, **fastest}.items()
+        }
+    return made
+
+
+def best_lines(by_batch: dict) -> list:
+    """One line a batch: distmnist's best precision over each contender's best."""
+    lines = []
+    for batch, by in by_batch.items():
+        ours = by["distmnist"]
+        lines.append(
+            f"batch {batch}: distmnist's best ({ours['precision']}, {ours['examples_per_sec']:,.0f}/s) over "
+            "each contender's best: "
+            + ", ".join(f"{name} ({b['precision']}) {b['ratio']:.2f}x" for name, b in by.items() if name != "distmnist")
+        )
+    return lines
 
 
 def table(section: dict) -> str:
@@ -174,6 +205,7 @@ def table(section: dict) -> str:
             f"  batch {batch}: distmnist over the fastest other contender in any precision: "
             + ", ".join(f"{p} {v:.2f}" for p, v in by.items())
         )
+    lines += [f"  {line}" for line in best_lines(section["best"])]
     for batch, by in section["over_float32"].items():
         lines.append(
             f"  batch {batch}: distmnist's mixed precisions over its float32 (median of the rounds): "

@@ -94,9 +94,9 @@ def _header(report: dict) -> str:
             ("`--quick`, a smoke run: not this machine's figures; " if s["quick"] else "")
             + f"batch {s['per_replica_batch_size']} per replica, {s['warmup_steps']} warm-up and "
             f"{s['timed_steps']} timed steps; rounds: lineup {s['rounds']}, turns {s['turns']}, "
-            f"breakdown {s['breakdown_rounds']}, race {s['race_rounds']} (at most {s['max_epochs']} epochs), "
-            f"precisions {s['precision_rounds']}, checkpoints {s['checkpoint_rounds']}, "
-            f"whole process {s['process_rounds']}",
+            f"breakdown {s['breakdown_rounds']}, race "
+            f"{s['race_rounds']} (at most {s['max_epochs']} epochs), precisions {s['precision_rounds']}, checkpoints "
+            f"{s['checkpoint_rounds']}, whole process {s['process_rounds']}",
         ),
     ]
     return "\n\n".join(
@@ -104,8 +104,8 @@ def _header(report: dict) -> str:
             f"# Bench results: {m['kind']}",
             "The last full `python -m bench` (`make bench`) on this kind of machine: every full run on one replaces "
             "this file. How the figures are measured and how to read them: "
-            "[docs/performance.md](../../docs/performance.md). Compare figures within this file: another run, even "
-            "on the same kind of machine, meets other neighbours.",
+            "[docs/performance.md](../../docs/performance.md). "
+            "Compare figures within this file: another run, even on the same kind of machine, meets other neighbours.",
             _table(["run", ""], rows, "ll"),
         ]
     )
@@ -163,22 +163,39 @@ def _breakdown(section: dict) -> str:
     head = "## Step breakdown: one CPU replica, microseconds a step (median round)"
     if "skipped" in section:
         return f"{head}\n\nSkipped: {section['skipped']}."
+    parts = [head] + _breakdown_tables(section["median"])
+    if "two_replicas" in section:
+        parts += [
+            "## Step breakdown: two CPU replicas, microseconds a step (median round)",
+            "JAX's all-reduce is a kernel of its XLA program (its wait for the other replica included); "
+            "distmnist's is TensorFlow's ReductionToOneDevice between each replica's two XLA launches, outside "
+            "them.",
+        ] + _breakdown_tables(section["two_replicas"]["median"], all_reduce=True)
+    return "\n\n".join(parts)
+
+
+def _breakdown_tables(median: dict, all_reduce: bool = False) -> list:
     parts = [
-        head,
         _table(
-            ["contender", "wall", "in XLA's executable", "outside it"],
+            ["contender", "wall", "in XLA's executable", "outside it", *(["all-reduce"] if all_reduce else [])],
             [
-                [name, f"{b['wall_us']:,.0f}", f"{b['in_xla_us']:,.0f}", f"{b['outside_us']:,.0f}"]
-                for name, b in section["median"].items()
+                [
+                    name,
+                    f"{b['wall_us']:,.0f}",
+                    f"{b['in_xla_us']:,.0f}",
+                    f"{b['outside_us']:,.0f}",
+                    *([f"{b['all_reduce_us']:,.0f}"] if all_reduce else []),
+                ]
+                for name, b in median.items()
             ],
-        ),
+        )
     ]
-    for name, b in section["median"].items():
+    for name, b in median.items():
         parts += [
             f"The largest kernels of {name}, their share of a step:",
             _table(["kernel", "us a step"], [[f"`{kernel}`", f"{us:,.0f}"] for kernel, us in b["top"]]),
         ]
-    return "\n\n".join(parts)
+    return parts
 
 
 def _race_rows(by: dict) -> list:
@@ -241,6 +258,25 @@ def _precisions(section: dict) -> str:
             "r",
         ),
     ]
+    parts += [
+        "distmnist at its best precision over each contender at its own best, per batch:",
+        _table(
+            ["batch", "distmnist's best", "contender", "its best", "distmnist's best over it"],
+            [
+                [
+                    batch,
+                    f"{by['distmnist']['precision']} ({_rate(by['distmnist']['examples_per_sec'])})",
+                    name,
+                    f"{b['precision']} ({_rate(b['examples_per_sec'])})",
+                    f"{b['ratio']:.2f}x",
+                ]
+                for batch, by in section["best"].items()
+                for name, b in by.items()
+                if name != "distmnist"
+            ],
+            "rllll",
+        ),
+    ]
     for precision, by in section["race"].items():
         parts += [
             f"Time to {section['target']:.1%} in {precision} ({section['race_rounds']} round(s)):",
@@ -262,6 +298,8 @@ def _checkpoints(section: dict) -> str:
                     "a save costs (ms)",
                     "share of the training",
                     "goal",
+                    "in CPU seconds: a save costs (ms)",
+                    "share",
                 ],
                 [
                     [
@@ -272,6 +310,8 @@ def _checkpoints(section: dict) -> str:
                         f"{section['cost_s'] * 1e3:.1f}",
                         f"{section['cost_fraction']:.1%}",
                         f"<= {section['goal']:.0%}",
+                        f"{section['cpu_cost_s'] * 1e3:.1f}",
+                        f"{section['cpu_cost_fraction']:.1%}",
                     ]
                 ],
             ),

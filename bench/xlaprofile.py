@@ -13,6 +13,11 @@ TensorFlow's `CpuExecutable::...`). From the trace, per step, in microseconds:
   shares add up to in_xla. Not the event's own length: an Eigen matmul's event ends when its work is handed to
   the thread pool (XLA waits for it at the next kernel that needs its result), so its event alone would leave
   most of its time to nobody. Where two kernels run at once, the time goes to the one that started last.
+- all_reduce: with two replicas or more, the time during which the all-reduce between them runs (the union of its
+  events on every thread): JAX's is a kernel of its XLA program (`all-reduce.N`, waiting at its rendezvous for the
+  other replicas included), so it lies within in_xla; distmnist's, on logical CPUs, is TensorFlow's
+  ReductionToOneDevice between each replica's two XLA launches (its gradients, then its update), its sums `AddN`
+  ops of TensorFlow's executor that start when both replicas' gradients are there, so it lies outside.
 
 TensorFlow and JAX run the same XLA CPU runtime code (different versions), so the same reading applies to both.
 """
@@ -29,8 +34,11 @@ _EXECUTABLE = re.compile(r"^(ThunkExecutor::Execute|CpuExecutable::)")
 # kernels.
 _NOT_KERNEL = re.compile(
     r"^(ThunkExecutor|SlinkyThreadPool|ThreadpoolListener|CpuExecutable|BlockUntilReady|Wait|"
-    r"Rendezvous|end: )|^(while|conditional|call)(\.\d+)?$"
+    r"Rendezvous|InvokeRendezvous|Memory(Allocation|Deallocation)|end: )|"
+    r"^(while|conditional|call)(\.\d+)?$"
 )
+# The all-reduce between replicas: XLA's kernel, or the ops of TensorFlow's cross-device reductions (`name:type`).
+_ALL_REDUCE = re.compile(r"^all-reduce(-start|-done)?(\.\d+)?$|:(AddN|CollectiveReduceV2|NcclAllReduce)$")
 TOP = 8  # the largest kernels reported by name
 
 
@@ -60,9 +68,9 @@ def _inside(spans: list, starts: list, start: int, end: int):
 
 
 def _events(space):
-    """(runtime spans, kernels): every thread's executable events as (start, end) and its kernel events as
-    (start, end, name), in picoseconds."""
-    runtime, kernels = [], []
+    """(runtime spans, kernels, all-reduce spans): every thread's executable events as (start, end), its kernel
+    events as (start, end, name), and its all-reduce's events as (start, end), in picoseconds."""
+    runtime, kernels, all_reduce = [], [], []
     for plane in space.planes:
         names = {key: meta.name for key, meta in plane.event_metadata.items()}
         for line in plane.lines:
@@ -73,22 +81,24 @@ def _events(space):
             spans = _merged((start, end) for start, end, name in events if _EXECUTABLE.search(name))
             starts = [start for start, _ in spans]
             runtime += spans
+            all_reduce += [(start, end) for start, end, name in events if _ALL_REDUCE.search(name)]
             kernels += [
                 (start, end, name)
                 for start, end, name in events
                 if not _NOT_KERNEL.search(name) and _inside(spans, starts, start, end)
             ]
-    return runtime, kernels
+    return runtime, kernels, all_reduce
 
 
 def breakdown(xspace_bytes: bytes, steps: int, seconds: float) -> dict:
-    """The per-step figures of a trace of `steps` steps that took `seconds`: wall, in_xla, outside, and the
-    largest kernels by their share (us). Needs TensorFlow's protobuf for the trace (any process with TensorFlow)."""
+    """The per-step figures of a trace of `steps` steps that took `seconds`: wall, in_xla, outside, all_reduce
+    (0 with one replica), and the largest kernels by their share (us). Needs TensorFlow's protobuf for the trace
+    (any process with TensorFlow)."""
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
     space = xplane_pb2.XSpace()
     space.ParseFromString(xspace_bytes)
-    runtime, kernels = _events(space)
+    runtime, kernels, all_reduce = _events(space)
     if not kernels:
         raise ValueError(f"no XLA kernel events in the trace: was XLA_FLAGS {TRACE_FLAG} set before XLA started?")
     runs = _merged(runtime)
@@ -107,5 +117,6 @@ def breakdown(xspace_bytes: bytes, steps: int, seconds: float) -> dict:
         "wall_us": wall,
         "in_xla_us": in_xla,
         "outside_us": wall - in_xla,
+        "all_reduce_us": sum(end - start for start, end in _merged(all_reduce)) * per_step_us,
         "top": [[name, ps * per_step_us] for name, ps in sorted(shares.items(), key=lambda kv: -kv[1])[:TOP]],
     }

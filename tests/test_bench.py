@@ -112,6 +112,7 @@ def test_quick_bench_writes_a_complete_report(tmp_path):
         assert any(kernel.startswith("ynn_fusion") for kernel, _ in only["top"])  # YNNPACK's dots in both
         assert 0 < sum(us for _, us in only["top"]) <= only["in_xla_us"]
     assert "step breakdown, one CPU replica" in result.stdout
+    assert "two_replicas" not in split  # --quick: one replica count
 
     torch = importlib.util.find_spec("torch") is not None  # an optional extra: its absence is said in one line
     race = report["time_to_accuracy"]["by"]
@@ -162,6 +163,16 @@ def test_quick_bench_writes_a_complete_report(tmp_path):
         *(["pytorch eager"] if torch and bf16 else []),
     }
     assert "precisions, one replica" in result.stdout and "mixed precisions over its float32" in result.stdout
+    # Per batch, each contender at its fastest precision, and distmnist's best over it.
+    assert set(section["best"]) == {"128", "512"}
+    for batch, by in section["best"].items():
+        at = [r for r in section["rows"] if r["batch"] == int(batch)]
+        assert set(by) == {r["name"] for r in at}
+        for name, b in by.items():
+            fastest = max((r for r in at if r["name"] == name), key=lambda r: r["examples_per_sec"])
+            assert (b["precision"], b["examples_per_sec"]) == (fastest["precision"], fastest["examples_per_sec"])
+            assert b["ratio"] == pytest.approx(by["distmnist"]["examples_per_sec"] / b["examples_per_sec"])
+        assert f"batch {batch}: distmnist's best ({by['distmnist']['precision']}, " in result.stdout
 
     root = ET.parse(tmp_path / "bench.svg").getroot()
     texts = {t.text for t in root.iter() if t.tag.endswith("text") and t.text}
@@ -174,6 +185,8 @@ def test_quick_bench_writes_a_complete_report(tmp_path):
     assert (saves["every"], saves["rounds"], saves["goal"]) == (10, 2, 0.03)
     assert saves["block_s"] > 0 and saves["block_with_save_s"] > 0
     assert saves["cost_fraction"] == pytest.approx(saves["cost_s"] / saves["block_s"])
+    assert saves["cpu_block_s"] > 0 and saves["cpu_cost_fraction"] == pytest.approx(saves["cpu_cost_s"] /
+                                                                                     saves["cpu_block_s"])
     assert "checkpoints every 10 steps (median of 2 paired rounds)" in result.stdout
 
     # The whole-process section: each command once in quick mode, distmnist's parts from its run.json.
@@ -254,8 +267,16 @@ def check_results_file(report: dict, folder) -> None:
     for r in report["precisions"]["rows"]:
         row = next(row for row in precisions if row[:2] == [r["name"], r["precision"]])
         assert row[2 + [128, 512].index(r["batch"])] == f"{r['examples_per_sec']:,.0f}"  # a column per batch
+    for batch, by in report["precisions"]["best"].items():
+        ours = by["distmnist"]
+        for name, b in by.items():
+            if name != "distmnist":
+                assert [batch, f"{ours['precision']} ({ours['examples_per_sec']:,.0f})", name,
+                        f"{b['precision']} ({b['examples_per_sec']:,.0f})", f"{b['ratio']:.2f}x"] in precisions
     saves = report["checkpoints"]
     assert section(sections, "Checkpoints")[1][4:6] == [f"{saves['cost_s'] * 1e3:.1f}", f"{saves['cost_fraction']:.1%}"]
+    assert section(sections, "Checkpoints")[1][7:] == [f"{saves['cpu_cost_s'] * 1e3:.1f}",
+                                                       f"{saves['cpu_cost_fraction']:.1%}"]
     whole, process = section(sections, "Whole process"), report["whole_process"]
     median = f"{process['median_s']['distmnist.train']:.1f}"  # one round: its only round
     assert [

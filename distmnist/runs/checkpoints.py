@@ -11,9 +11,17 @@ there, while ckpt-* files are, is not trusted: the newest ckpt-* that verifies i
 Whenever the checkpoint used is not the index's latest, the index is written again listing it and the
 checkpoints before it, never one after it, which keep_checkpoints would otherwise prune.
 
-Saving is TensorFlow's asynchronous checkpointing: save() copies the variables (2 MB) and returns, a thread of
-TensorFlow's writes the files and records them while the next training call runs. A save waits for the one
-before it; wait() (and latest_step, close) waits for the last one and reports a write that failed.
+Saving does not copy and does not go through TensorFlow's Python saver each time: save() reads every value the
+checkpoint holds in one compiled call (TensorFlow's own serialisation of the checkpoint, traced once: the same
+keys and object graph as tf.train.Checkpoint.write), and a thread writes those tensors with one SaveV2 op and
+records them in the index, while the next training call runs. The read tensors are a consistent snapshot without a
+copy: a variable whose old value is still held is copied by the update that replaces it (TensorFlow's
+copy-on-write), once at most. SaveV2 writes ckpt-N.data-* and then ckpt-N.index, each under a temporary name
+renamed when complete, so a ckpt-N.index is a whole checkpoint; the index names it only after that, then older
+ones beyond keep_checkpoints are deleted. A save waits for the one before it; wait() (and latest_step, close)
+waits for the last one and reports a write that failed. TensorFlow's own asynchronous checkpointing
+(CheckpointOptions(enable_async=True)) took about twice the CPU a save: its copies, and its Python
+saver, run again on each save in its writer thread.
 """
 
 import json
@@ -21,6 +29,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 import time
 from typing import List, Optional, Tuple
 
@@ -29,6 +38,7 @@ from absl import logging
 from google.protobuf import text_format
 from tensorflow.python.checkpoint import checkpoint_management
 from tensorflow.python.training.checkpoint_state_pb2 import CheckpointState
+from tensorflow.python.training.saving import saveable_object
 
 from distmnist.common import files, logfilters, safeio
 from distmnist.common.errors import RunFailed, UserError
@@ -53,14 +63,29 @@ class Checkpointer:
         extra = {"loss_scale": trainer.loss_scale} if trainer.loss_scale else {}  # mixed_float16's state
         self._checkpoint = tf.train.Checkpoint(model=trainer.model, step=self._step, **extra)
         self._keep = keep
-        # A damaged index is not read (TensorFlow's manager would take it for no checkpoint at all, or fail): the
-        # manager is made once restore_latest has found the checkpoint to resume from and written the index again.
+        # The save counter is made now, so that every checkpoint holds it as tf.train.CheckpointManager's did: a
+        # checkpoint restored creates it, and assert_existing_objects_matched wants a value for it.
+        self._checkpoint.save_counter  # noqa: B018  the property creates it
+        self._snapshot = tf.function(self._values)
+        # A damaged index is not read: restore_latest lists the checkpoint it resumes from, writing the index again.
         self._listed, self._damage = ([], None) if self._scratch else read_index(self.directory)
-        self._manager: Optional[tf.train.CheckpointManager] = None if self._damage else self._new_manager()
-        self._options = tf.train.CheckpointOptions(enable_async=True)
         logfilters.quiet_checkpoint_writer()
-        self._pending: Optional[int] = None  # the step of a save not yet waited for
-        self.seconds = 0.0  # what saving has cost the caller: the copies, and the waits for the writes
+        # (step, writer thread, its outcome) of a save not yet waited for
+        self._pending: Optional[Tuple[int, threading.Thread, dict]] = None
+        self.seconds = 0.0  # what saving has cost the caller: the snapshots, and the waits for the writes
+
+    def _values(self) -> dict:
+        """Every value the checkpoint holds, by its key (the object graph under its own key): traced once."""
+        serialized = self._checkpoint._saver._gather_serialized_tensors(None)[0]  # noqa: SLF001  TF's own keys
+        values = {}
+        for tensors in serialized.values():
+            for key, tensor in tensors.items():
+                if isinstance(tensor, dict):  # a sliced variable (partitioned): none in this model
+                    raise ValueError(f"checkpoint value {key} is sliced; the saver writes whole tensors only")
+                if isinstance(tensor, saveable_object.SaveSpec):  # a value read when saving (a variable's)
+                    tensor = tensor.tensor
+                values[key] = tf.identity(tensor)
+        return values
 
     def save(self, step: int, history: dict) -> None:
         """Writes the history first, then starts the checkpoint: a checkpoint never lacks the history up to it."""
@@ -73,22 +98,59 @@ class Checkpointer:
             except OSError as exc:
                 raise self._failed(step, exc.strerror or str(exc)) from None
         self._step.assign(step)
-        assert self._manager is not None, "restore_latest comes first where the index was damaged"
-        self._manager.save(checkpoint_number=step, options=self._options)
-        self._pending = step
+        self._checkpoint.save_counter.assign_add(1)
+        values = self._snapshot()
+        keys = sorted(values)
+        outcome: dict = {}
+        writer = threading.Thread(target=self._write, args=(step, keys, [values[k] for k in keys], outcome),
+                                  name=f"distmnist-checkpoint-{step}")
+        writer.start()
+        self._pending = (step, writer, outcome)
         self.seconds += time.perf_counter() - start
+
+    def _write(self, step: int, keys: list, values: list, outcome: dict) -> None:
+        """The writer thread: the files, then the index naming them, then the pruning; outcome["error"] when the
+        files or the index could not be written."""
+        name = f"ckpt-{step}"
+        try:
+            with tf.device("/cpu:0"):
+                tf.raw_ops.SaveV2(prefix=os.path.join(self.directory, name), tensor_names=keys,
+                                  shape_and_slices=[""] * len(keys), tensors=values)
+            listed = [n for n in self._listed if n != name] + [name]
+            kept, pruned = listed[-self._keep:], listed[:-self._keep]
+            self._record(kept)
+            self._listed = kept
+        except (OSError, tf.errors.OpError) as exc:
+            detail = getattr(exc, "message", None) or getattr(exc, "strerror", None) or str(exc)
+            outcome["error"] = (str(detail).strip().splitlines() or [type(exc).__name__])[0]
+            return
+        for old in pruned:  # after the index stopped naming them: a kill in between leaves files, never a gap
+            for path in [os.path.join(self.directory, old + ".index")] + tf.io.gfile.glob(
+                    os.path.join(self.directory, old + ".data-?????-of-?????")):
+                try:
+                    os.remove(path)
+                except OSError:
+                    pass
+
+    def _record(self, names: list) -> None:
+        """Writes the index (TensorFlow's format, as its CheckpointManager writes it) listing names, the last the
+        latest."""
+        now = time.time()
+        checkpoint_management.update_checkpoint_state_internal(
+            self.directory, names[-1], all_model_checkpoint_paths=names,
+            all_model_checkpoint_timestamps=[now] * len(names), last_preserved_timestamp=now - 1,
+            save_relative_paths=True)
 
     def wait(self) -> None:
         """Returns when the last save is written and recorded; RunFailed when it could not be written."""
         if self._pending is None:
             return
         start = time.perf_counter()
-        step, self._pending = self._pending, None
-        assert self._manager is not None  # made for the save being waited for
-        self._manager.sync()
+        (step, writer, outcome), self._pending = self._pending, None
+        writer.join()
         self.seconds += time.perf_counter() - start
-        if self._latest() != step:
-            raise self._failed(step, _write_error(self._checkpoint))
+        if "error" in outcome:
+            raise self._failed(step, outcome["error"])
 
     def _failed(self, step: int, why: str) -> RunFailed:
         return RunFailed(f"the checkpoint of step {step} could not be written to {self.directory}: {why}; free "
@@ -102,12 +164,7 @@ class Checkpointer:
         return self._latest()
 
     def _latest(self) -> Optional[int]:
-        assert self._manager is not None, "restore_latest comes first where the index was damaged"
-        latest = self._manager.latest_checkpoint
-        return int(latest.rpartition("-")[2]) if latest else None
-
-    def _new_manager(self) -> tf.train.CheckpointManager:
-        return tf.train.CheckpointManager(self._checkpoint, self.directory, max_to_keep=self._keep)
+        return _number(self._listed[-1]) if self._listed and not self._damage else None
 
     def restore_latest(self) -> int:
         """Restores the newest checkpoint that verifies and returns its step (0 when there is none). With a sound
@@ -157,20 +214,16 @@ class Checkpointer:
         """Writes the index again, listing the restored checkpoint last and those before it (what keep_checkpoints
         may prune), never one after it: those that did not verify are left as they are until the run's own
         checkpoint of their step replaces them."""
-        kept = [path for n, path in candidates if n <= number]
-        now = time.time()
+        kept = [os.path.basename(path) for n, path in candidates if n <= number]
         try:
-            checkpoint_management.update_checkpoint_state_internal(
-                self.directory, kept[-1], all_model_checkpoint_paths=kept,
-                all_model_checkpoint_timestamps=[now] * len(kept), last_preserved_timestamp=now - 1,
-                save_relative_paths=True)
+            self._record(kept)
         except (OSError, tf.errors.OpError) as exc:
             detail = getattr(exc, "message", None) or getattr(exc, "strerror", None) or str(exc)
             raise RunFailed(f"the checkpoint index {os.path.join(self.directory, INDEX)} could not be written "
                             f"({detail}); free space or fix the folder's permissions, then run {self._same} to "
                             "resume") from None
         self._damage = None
-        self._manager = self._new_manager()
+        self._listed = kept
 
     def _history_file(self) -> Optional[dict]:
         """history.json as written (None when there is none); UserError when it is not a distmnist history."""
@@ -197,15 +250,6 @@ class Checkpointer:
         finally:
             if self._scratch:
                 shutil.rmtree(self._scratch, ignore_errors=True)
-
-
-def _write_error(checkpoint: tf.train.Checkpoint) -> str:
-    """The error TensorFlow's writer thread kept (taken, so that it is not raised again when the process exits)."""
-    helper = getattr(checkpoint, "_async_checkpointer_impl", None)
-    error = getattr(helper, "_async_error", None)
-    if helper is not None:
-        helper._async_error = None
-    return (str(error).strip().splitlines() or [type(error).__name__])[0] if error else "no error was reported"
 
 
 def _number(path: str) -> int:
