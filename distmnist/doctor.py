@@ -34,9 +34,15 @@ def main() -> int:
     else:
         for c in checks:
             print(f"{c.status:<5} {c.name:<15} {c.found}" + (f"\n      {'':<15} -> {c.fix}" if c.fix else ""))
-        print("verdict: " + ("this machine can train on " + ("its GPUs" if any(
-            c.name == "gpus" and c.status == "ok" for c in checks) else "its CPU") if not broken else
-            f"broken: {', '.join(c.name for c in broken)} (see the lines above)"))
+        print(
+            "verdict: "
+            + (
+                "this machine can train on "
+                + ("its GPUs" if any(c.name == "gpus" and c.status == "ok" for c in checks) else "its CPU")
+                if not broken
+                else f"broken: {', '.join(c.name for c in broken)} (see the lines above)"
+            )
+        )
     return 1 if broken else 0
 
 

@@ -36,10 +36,17 @@ def define_flags() -> None:
     flags.DEFINE_string("model", None, "A SavedModel written by distmnist.train, or its run directory.")
     flags.DEFINE_boolean("json", False, "One JSON object per image and line: path, digit, probability, top_k.")
     flags.DEFINE_integer("top_k", 3, "How many most likely digits to list per image (1-10).")
-    flags.DEFINE_string("show_preprocessed", None, "Write the 28x28 images the model saw, as a PNG grid, here "
-                        f"(the first {GRID_MAX:,}): a new file, or one an earlier run of this wrote.")
-    flags.DEFINE_integer("max_pictures", digits.MAX_PICTURES, "At most this many pictures in all; a file that "
-                         "would pass it is refused in one line, before its data is read.")
+    flags.DEFINE_string(
+        "show_preprocessed",
+        None,
+        "Write the 28x28 images the model saw, as a PNG grid, here "
+        f"(the first {GRID_MAX:,}): a new file, or one an earlier run of this wrote.",
+    )
+    flags.DEFINE_integer(
+        "max_pictures",
+        digits.MAX_PICTURES,
+        "At most this many pictures in all; a file that would pass it is refused in one line, before its data is read.",
+    )
 
 
 def model_path(path: str) -> str:
@@ -47,13 +54,16 @@ def model_path(path: str) -> str:
     if not os.path.exists(path):
         raise UserError(f"--model={path} does not exist; pass logs/RUN from a finished distmnist.train run")
     if not os.path.isdir(path):
-        raise UserError(f"--model={path} is a file, not a folder; pass the run directory (logs/RUN) or its "
-                        "saved_model folder")
+        raise UserError(
+            f"--model={path} is a file, not a folder; pass the run directory (logs/RUN) or its saved_model folder"
+        )
     for candidate in (path, os.path.join(path, "saved_model")):
         if os.path.isfile(os.path.join(candidate, "saved_model.pb")):
             return candidate
-    raise UserError(f"--model={path} is neither a SavedModel nor a run directory holding saved_model/; "
-                    "pass logs/RUN from a finished distmnist.train run")
+    raise UserError(
+        f"--model={path} is neither a SavedModel nor a run directory holding saved_model/; "
+        "pass logs/RUN from a finished distmnist.train run"
+    )
 
 
 def load_model(path: str) -> Callable[[np.ndarray], np.ndarray]:
@@ -65,31 +75,44 @@ def load_model(path: str) -> Callable[[np.ndarray], np.ndarray]:
         loaded = tf.saved_model.load(saved_model)
     except Exception as exc:  # noqa: BLE001  TensorFlow raises OSError, ValueError, its own errors, ...
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]  # TensorFlow's advice follows
-        raise UserError(f"--model={path}: {saved_model} cannot be loaded as a SavedModel ({reason[:300]}); pass a "
-                        "run directory of a finished distmnist.train run") from None
+        raise UserError(
+            f"--model={path}: {saved_model} cannot be loaded as a SavedModel ({reason[:300]}); pass a "
+            "run directory of a finished distmnist.train run"
+        ) from None
     serve = loaded.signatures.get("serving_default")
     if serve is None:
         found = ", ".join(sorted(loaded.signatures)) or "none"
-        raise UserError(f"--model={path}: the SavedModel has no serving_default signature (it has: {found}); pass a "
-                        "model that distmnist.train exported")
+        raise UserError(
+            f"--model={path}: the SavedModel has no serving_default signature (it has: {found}); pass a "
+            "model that distmnist.train exported"
+        )
     expected = tf.TensorSpec([None, 28, 28], tf.uint8)
     args, kwargs = serve.structured_input_signature
     outputs = serve.structured_outputs
     probabilities = outputs.get("probabilities") if isinstance(outputs, dict) else None
-    if args or set(kwargs) != {"images"} or not expected.is_compatible_with(kwargs["images"]) or \
-            kwargs["images"].dtype != tf.uint8 or probabilities is None or \
-            not probabilities.shape.is_compatible_with([None, 10]):
+    if (
+        args
+        or set(kwargs) != {"images"}
+        or not expected.is_compatible_with(kwargs["images"])
+        or kwargs["images"].dtype != tf.uint8
+        or probabilities is None
+        or not probabilities.shape.is_compatible_with([None, 10])
+    ):
         taken = ", ".join(f"{name} {spec.dtype.name} {spec.shape}" for name, spec in sorted(kwargs.items()))
-        raise UserError(f"--model={path}: its serving_default takes ({taken or 'nothing by name'}) and returns "
-                        f"({', '.join(sorted(outputs)) if isinstance(outputs, dict) else 'no named outputs'}), not "
-                        "images uint8 [None, 28, 28] to probabilities [None, 10]; pass a model that distmnist.train "
-                        "exported")
+        raise UserError(
+            f"--model={path}: its serving_default takes ({taken or 'nothing by name'}) and returns "
+            f"({', '.join(sorted(outputs)) if isinstance(outputs, dict) else 'no named outputs'}), not "
+            "images uint8 [None, 28, 28] to probabilities [None, 10]; pass a model that distmnist.train "
+            "exported"
+        )
     return lambda batch: serve(images=tf.constant(batch))["probabilities"].numpy()
 
 
 def answer(serve: Callable[[np.ndarray], np.ndarray], prepared: Sequence[np.ndarray]) -> np.ndarray:
     """float32 [N, 10]: the model's probabilities for the N prepared pictures, SERVE_BATCH at a time."""
-    return np.concatenate([serve(np.stack(prepared[i:i + SERVE_BATCH])) for i in range(0, len(prepared), SERVE_BATCH)])
+    return np.concatenate(
+        [serve(np.stack(prepared[i : i + SERVE_BATCH])) for i in range(0, len(prepared), SERVE_BATCH)]
+    )
 
 
 def check_grid_path(path: str) -> None:
@@ -105,8 +128,10 @@ def check_grid_path(path: str) -> None:
         if stat.S_ISDIR(mode):
             raise UserError(f"{flag} is a folder; name a .png file in it, such as {os.path.join(path, 'seen.png')}")
         if not stat.S_ISREG(mode) or not digits.drawn_by_distmnist(path):
-            raise UserError(f"{flag} exists and is not a grid that distmnist.predict drew; distmnist replaces "
-                            "only its own files: name a new file, or move this one away")
+            raise UserError(
+                f"{flag} exists and is not a grid that distmnist.predict drew; distmnist replaces "
+                "only its own files: name a new file, or move this one away"
+            )
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise UserError(f"{flag}: the folder {folder} does not exist; create it or name a file elsewhere")
@@ -118,13 +143,14 @@ def write_grid(path: str, prepared: Sequence[np.ndarray], probabilities: np.ndar
     """The first GRID_MAX prepared pictures with their answers, as a PNG, written to a temporary file beside
     `path` and renamed over it: a reader sees the old file or the new one, never a part of one."""
     shown = min(len(prepared), GRID_MAX)
-    png = digits.grid_png(prepared[:shown], [str(int(np.argmax(p))) for p in probabilities[:shown]],
-                          title=GRID_TITLE)
+    png = digits.grid_png(prepared[:shown], [str(int(np.argmax(p))) for p in probabilities[:shown]], title=GRID_TITLE)
     try:
         files.write_bytes(path, png)
     except OSError as exc:
-        raise RunFailed(f"--show_preprocessed={path} could not be written ({exc.strerror or exc}); the answers above "
-                        "stand, nothing was left behind; free space or name a file elsewhere") from None
+        raise RunFailed(
+            f"--show_preprocessed={path} could not be written ({exc.strerror or exc}); the answers above "
+            "stand, nothing was left behind; free space or name a file elsewhere"
+        ) from None
     print(f"wrote {path}" + (f" (the first {shown:,} of {len(prepared):,} pictures)" if shown < len(prepared) else ""))
 
 
@@ -138,14 +164,20 @@ def read_pictures(paths: Sequence[str], max_pictures: int) -> tuple[list[str], l
 
     def report(message: str) -> None:
         (bar.say if bar else lambda line: print(line, file=sys.stderr))(f"distmnist.predict: error: {message}")
+
     for done, path in enumerate(paths, 1):
         try:
             pictures: Iterable[tuple[str, np.ndarray]] = digits.load(path, room=max_pictures - len(names))
         except digits.TooManyPictures as exc:
-            report(f"{path}: holds {digits.picture_count(exc.count)}" + (
-                f", more than --max_pictures={max_pictures:,}; raise it, or split the file" if exc.count > max_pictures
-                else f"; with the {len(names):,} read before it, more than --max_pictures={max_pictures:,} in all; "
-                     "raise it, or predict in several runs"))
+            report(
+                f"{path}: holds {digits.picture_count(exc.count)}"
+                + (
+                    f", more than --max_pictures={max_pictures:,}; raise it, or split the file"
+                    if exc.count > max_pictures
+                    else f"; with the {len(names):,} read before it, more than --max_pictures={max_pictures:,} in all; "
+                    "raise it, or predict in several runs"
+                )
+            )
             pictures, failures = [], failures + 1
         except digits.ImageError as exc:
             report(str(exc))
@@ -182,10 +214,18 @@ def main(paths: list[str]) -> int:
         return 2
     probabilities = answer(serve, prepared)
     for name, p in zip(names, probabilities, strict=True):
-        top = np.argsort(-p, kind="stable")[:FLAGS.top_k]
+        top = np.argsort(-p, kind="stable")[: FLAGS.top_k]
         if FLAGS.json:
-            print(json.dumps({"path": name, "digit": int(top[0]), "probability": float(p[top[0]]),
-                              "top_k": [{"digit": int(d), "probability": float(p[d])} for d in top]}))
+            print(
+                json.dumps(
+                    {
+                        "path": name,
+                        "digit": int(top[0]),
+                        "probability": float(p[top[0]]),
+                        "top_k": [{"digit": int(d), "probability": float(p[d])} for d in top],
+                    }
+                )
+            )
         else:
             others = ", ".join(f"{d} {p[d]:.1%}" for d in top[1:])
             print(f"{name}: {top[0]} ({p[top[0]]:.1%})" + (f"  then {others}" if others else ""))

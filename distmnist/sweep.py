@@ -26,7 +26,7 @@ import sys
 import threading
 from collections.abc import Callable
 from types import FrameType
-from typing import Any, Optional
+from typing import Any
 
 from absl import flags
 
@@ -44,10 +44,10 @@ def define_flags() -> None:
     for name, _, _, help_text, _, _ in config.field_descriptions():
         if name not in NOT_SWEPT:
             flags.DEFINE_string(name, None, f"{help_text} (one value, or a comma-separated list to sweep)")
-    flags.DEFINE_string("logdir", "logs/sweep", "the sweep's folder: one run directory per point, sweep.json, "
-                        "sweep.svg")
-    flags.DEFINE_boolean("zip", False, "pair the lists element by element (a list of points) instead of crossing "
-                         "them")
+    flags.DEFINE_string(
+        "logdir", "logs/sweep", "the sweep's folder: one run directory per point, sweep.json, sweep.svg"
+    )
+    flags.DEFINE_boolean("zip", False, "pair the lists element by element (a list of points) instead of crossing them")
     flags.DEFINE_integer("parallel", 1, "points trained at once, each its own process")
 
 
@@ -63,8 +63,14 @@ class Point:
     config: TrainConfig  # what the run's settings make (checked)
 
     def command(self, logdir: str) -> list:
-        return [sys.executable, "-m", "distmnist.train", f"--logdir={logdir}", f"--run_name={self.run_name}",
-                *(f"--{name}={value}" for name, value in self.flags.items())]
+        return [
+            sys.executable,
+            "-m",
+            "distmnist.train",
+            f"--logdir={logdir}",
+            f"--run_name={self.run_name}",
+            *(f"--{name}={value}" for name, value in self.flags.items()),
+        ]
 
 
 def _parse(name: str, text: str) -> Any:
@@ -92,8 +98,10 @@ def plan(given: dict, zipped: bool) -> list:
     if zipped:
         lengths = {len(values) for values in swept.values()}
         if len(lengths) > 1:
-            raise UserError("--zip pairs the lists element by element: give every swept setting the same number of "
-                            f"values (got {', '.join(f'--{n}: {len(v)}' for n, v in swept.items())})")
+            raise UserError(
+                "--zip pairs the lists element by element: give every swept setting the same number of "
+                f"values (got {', '.join(f'--{n}: {len(v)}' for n, v in swept.items())})"
+            )
         combos = list(zip(*swept.values(), strict=True))
     else:
         combos = list(itertools.product(*swept.values()))
@@ -112,7 +120,7 @@ def plan(given: dict, zipped: bool) -> list:
     return points
 
 
-def _result(logdir: str, point: Point) -> Optional[dict]:
+def _result(logdir: str, point: Point) -> dict | None:
     """The finished run's figures from its run.json, None when it has none (not run, or not finished)."""
     path = os.path.join(logdir, point.run_name, "run.json")
     if not os.path.exists(path):
@@ -120,10 +128,14 @@ def _result(logdir: str, point: Point) -> Optional[dict]:
     with open(path) as f:
         summary = json.load(f)
     loss = summary["history"]["loss"]
-    return {"status": "ok", "final_test_accuracy": summary["final_test_accuracy"],
-            "final_loss": loss[-1][1] if loss else None, "examples_per_sec": summary["examples_per_sec"],
-            "wall_time_s": summary["wall_time_s"],
-            "calibration_ece": summary.get("calibration", {}).get("test", {}).get("ece_after")}
+    return {
+        "status": "ok",
+        "final_test_accuracy": summary["final_test_accuracy"],
+        "final_loss": loss[-1][1] if loss else None,
+        "examples_per_sec": summary["examples_per_sec"],
+        "wall_time_s": summary["wall_time_s"],
+        "calibration_ece": summary.get("calibration", {}).get("test", {}).get("ece_after"),
+    }
 
 
 def _reason(log_path: str, status: int) -> str:
@@ -143,11 +155,11 @@ class Runner:
     def __init__(self, logdir: str, say: Callable[[str], None]) -> None:
         self.logdir = logdir
         self.say = say
-        self.signum: Optional[int] = None
+        self.signum: int | None = None
         self._children: set[subprocess.Popen] = set()
         self._lock = threading.Lock()
 
-    def _stop(self, signum: int, frame: Optional[FrameType]) -> None:
+    def _stop(self, signum: int, frame: FrameType | None) -> None:
         with self._lock:
             self.signum = signum
             for child in self._children:
@@ -161,15 +173,16 @@ class Runner:
         for number, handler in self._previous.items():
             signal.signal(number, handler)
 
-    def run(self, point: Point) -> Optional[dict]:
+    def run(self, point: Point) -> dict | None:
         """The point's outcome; None when the sweep was stopped before it started."""
         log_path = os.path.join(self.logdir, "sweep-logs", point.run_name + ".log")
         with self._lock:
             if self.signum is not None:
                 return None
             log = open(log_path, "w")
-            child = subprocess.Popen(point.command(self.logdir), stdout=log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)  # signals reach it through the sweep, once
+            child = subprocess.Popen(
+                point.command(self.logdir), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )  # signals reach it through the sweep, once
             self._children.add(child)
         with log:
             status = child.wait()
@@ -207,8 +220,10 @@ def table(rows: list) -> str:
     for r in ordered:
         if r["status"] == "ok":
             loss = f"{r['final_loss']:.4f}" if r["final_loss"] is not None else "-"
-            lines.append(f"{r['run_name']:<{width}}  {r['final_test_accuracy']:>8.4f}  {loss:>7}  "
-                         f"{r['examples_per_sec'] or 0:>10,.0f}  {r['wall_time_s']:>6.1f}")
+            lines.append(
+                f"{r['run_name']:<{width}}  {r['final_test_accuracy']:>8.4f}  {loss:>7}  "
+                f"{r['examples_per_sec'] or 0:>10,.0f}  {r['wall_time_s']:>6.1f}"
+            )
         else:
             lines.append(f"{r['run_name']:<{width}}  {r['status']}" + (f": {r['reason']}" if "reason" in r else ""))
     return "\n".join(lines)
@@ -227,8 +242,10 @@ def run_sweep(
     _declare(logdir, [p.config for p in points])
     results = {p.run_name: _result(logdir, p) for p in points}
     todo = [p for p in points if results[p.run_name] is None]
-    say(f"sweep: {len(points)} points in {logdir}, {len(points) - len(todo)} already done, {len(todo)} to run"
-        + (f", {parallel} at a time" if parallel > 1 and todo else ""))
+    say(
+        f"sweep: {len(points)} points in {logdir}, {len(points) - len(todo)} already done, {len(todo)} to run"
+        + (f", {parallel} at a time" if parallel > 1 and todo else "")
+    )
     lock = threading.Lock()
 
     def locked_say(line: str) -> None:
@@ -240,17 +257,26 @@ def run_sweep(
             results[point.run_name] = outcome or {"status": "not started"}
     rows = [{"run_name": p.run_name, "settings": p.settings, **(results[p.run_name] or {})} for p in points]
     swept = sorted({name for p in points for name in p.settings})
-    report = {"logdir": logdir, "swept": swept,
-              "fixed": {n: v for n, v in given.items() if "," not in v}, "points": rows}
+    report = {
+        "logdir": logdir,
+        "swept": swept,
+        "fixed": {n: v for n, v in given.items() if "," not in v},
+        "points": rows,
+    }
     files.write_json(os.path.join(logdir, "sweep.json"), report)
     _plot(report, os.path.join(logdir, "sweep.svg"))
     say(table(rows))
-    say(f"wrote {os.path.join(logdir, 'sweep.json')} and {os.path.join(logdir, 'sweep.svg')}; "
-        f"tensorboard --logdir {logdir} compares the runs (HParams tab)")
+    say(
+        f"wrote {os.path.join(logdir, 'sweep.json')} and {os.path.join(logdir, 'sweep.svg')}; "
+        f"tensorboard --logdir {logdir} compares the runs (HParams tab)"
+    )
     if runner.signum is not None:
         left = sum(r["status"] in ("stopped", "not started") for r in rows)
-        raise Stopped(f"stopped by {signal.Signals(runner.signum).name} with {left} point(s) left; run the same "
-                      "command to finish the sweep", 128 + runner.signum)
+        raise Stopped(
+            f"stopped by {signal.Signals(runner.signum).name} with {left} point(s) left; run the same "
+            "command to finish the sweep",
+            128 + runner.signum,
+        )
     return report
 
 
@@ -284,8 +310,13 @@ def main() -> None:
     try:
         run_sweep(given, FLAGS.logdir, FLAGS.zip, FLAGS.parallel)
     except Exception as exc:  # noqa: BLE001  the sweep's own files (each point's run says so of its own)
-        error = exc if isinstance(exc, OSError) and files.no_room(exc) else \
-            files.no_room_in(str(exc)) if type(exc).__module__.startswith("tensorflow") else None
+        error = (
+            exc
+            if isinstance(exc, OSError) and files.no_room(exc)
+            else files.no_room_in(str(exc))
+            if type(exc).__module__.startswith("tensorflow")
+            else None
+        )
         if error is None:
             raise
         raise OutOfRoom(error, "run the same command: finished points are kept") from None

@@ -1,16 +1,15 @@
 """Train the MNIST MLP with tf.distribute and export plots, TensorBoard events and a SavedModel.
 
-  python -m distmnist.train                    # every visible GPU, else the CPU
-  python -m distmnist.train --num_gpus=2       # MirroredStrategy over two GPUs
-  python -m distmnist.train --cpu_replicas=2   # the distributed path on two logical CPUs
-  launch/local_cluster.sh 2 -- [flags]         # two workers on this machine (MultiWorkerMirroredStrategy)
+python -m distmnist.train                    # every visible GPU, else the CPU
+python -m distmnist.train --num_gpus=2       # MirroredStrategy over two GPUs
+python -m distmnist.train --cpu_replicas=2   # the distributed path on two logical CPUs
+launch/local_cluster.sh 2 -- [flags]         # two workers on this machine (MultiWorkerMirroredStrategy)
 """
 
 import contextlib
 import dataclasses
 import os
 import time
-from typing import Optional
 
 from absl import flags
 
@@ -18,9 +17,9 @@ import distmnist
 from distmnist.common import cli, files
 from distmnist.common.config import TrainConfig, field_descriptions, with_run_name
 from distmnist.common.errors import OutOfRoom, UserError
+from distmnist.environment import tfquiet, vertex
 from distmnist.runs import outputs, runclaim, rundir
 from distmnist.runs.painter import Painter
-from distmnist.environment import tfquiet, vertex
 from distmnist.training import cluster as cluster_lib
 
 
@@ -30,9 +29,9 @@ def define_flags(flag_values=flags.FLAGS) -> None:
         text = help_text.replace("`", "").replace("**", "")
         if choices:
             flags.DEFINE_enum(name, default, choices, text, flag_values=flag_values)
-        elif kind in (bool, Optional[bool]):
+        elif kind in (bool, bool | None):
             flags.DEFINE_boolean(name, default, text, flag_values=flag_values)
-        elif kind in (int, Optional[int]):
+        elif kind in (int, int | None):
             flags.DEFINE_integer(name, default, text, flag_values=flag_values)
         elif kind is float:
             flags.DEFINE_float(name, default, text, flag_values=flag_values)
@@ -88,18 +87,21 @@ def _no_room_is_one_line(claim_path: str):
         raise OutOfRoom(OSError(exc.errno, exc.strerror, exc.filename or claim_path), "run the same command") from None
 
 
-def _train(config: TrainConfig, claim: Optional[runclaim.Claim], cluster: Optional[cluster_lib.Cluster]) -> None:
+def _train(config: TrainConfig, claim: runclaim.Claim | None, cluster: cluster_lib.Cluster | None) -> None:
     painter = Painter()  # forked now, while this process is small and single-threaded
     tf = tfquiet.import_tensorflow()
     if config.require_gpus and not tf.config.get_visible_devices("GPU"):
         from distmnist.environment.checks import gpu_finding
 
-        raise UserError(f"--require_gpus: TensorFlow registered no GPU for this process: {gpu_finding(tf)}; nothing "
-                        "was trained (python -m distmnist.doctor has the whole report)")
+        raise UserError(
+            f"--require_gpus: TensorFlow registered no GPU for this process: {gpu_finding(tf)}; nothing "
+            "was trained (python -m distmnist.doctor has the whole report)"
+        )
     from distmnist.runs.run import train_and_evaluate
 
-    train_and_evaluate(config, imports_s=time.perf_counter() - distmnist.STARTED, painter=painter, claim=claim,
-                       cluster=cluster)
+    train_and_evaluate(
+        config, imports_s=time.perf_counter() - distmnist.STARTED, painter=painter, claim=claim, cluster=cluster
+    )
 
 
 if __name__ == "__main__":

@@ -185,8 +185,9 @@ def test_quick_bench_writes_a_complete_report(tmp_path):
     assert (saves["every"], saves["rounds"], saves["goal"]) == (10, 2, 0.03)
     assert saves["block_s"] > 0 and saves["block_with_save_s"] > 0
     assert saves["cost_fraction"] == pytest.approx(saves["cost_s"] / saves["block_s"])
-    assert saves["cpu_block_s"] > 0 and saves["cpu_cost_fraction"] == pytest.approx(saves["cpu_cost_s"] /
-                                                                                     saves["cpu_block_s"])
+    assert saves["cpu_block_s"] > 0 and saves["cpu_cost_fraction"] == pytest.approx(
+        saves["cpu_cost_s"] / saves["cpu_block_s"]
+    )
     assert "checkpoints every 10 steps (median of 2 paired rounds)" in result.stdout
 
     # The whole-process section: each command once in quick mode, distmnist's parts from its run.json.
@@ -271,12 +272,19 @@ def check_results_file(report: dict, folder) -> None:
         ours = by["distmnist"]
         for name, b in by.items():
             if name != "distmnist":
-                assert [batch, f"{ours['precision']} ({ours['examples_per_sec']:,.0f})", name,
-                        f"{b['precision']} ({b['examples_per_sec']:,.0f})", f"{b['ratio']:.2f}x"] in precisions
+                assert [
+                    batch,
+                    f"{ours['precision']} ({ours['examples_per_sec']:,.0f})",
+                    name,
+                    f"{b['precision']} ({b['examples_per_sec']:,.0f})",
+                    f"{b['ratio']:.2f}x",
+                ] in precisions
     saves = report["checkpoints"]
     assert section(sections, "Checkpoints")[1][4:6] == [f"{saves['cost_s'] * 1e3:.1f}", f"{saves['cost_fraction']:.1%}"]
-    assert section(sections, "Checkpoints")[1][7:] == [f"{saves['cpu_cost_s'] * 1e3:.1f}",
-                                                       f"{saves['cpu_cost_fraction']:.1%}"]
+    assert section(sections, "Checkpoints")[1][7:] == [
+        f"{saves['cpu_cost_s'] * 1e3:.1f}",
+        f"{saves['cpu_cost_fraction']:.1%}",
+    ]
     whole, process = section(sections, "Whole process"), report["whole_process"]
     median = f"{process['median_s']['distmnist.train']:.1f}"  # one round: its only round
     assert [

@@ -82,16 +82,21 @@ def test_device_and_tfdata_inputs_train_the_same_model(mnist, replicas):
     assert device_log.loss[0] == pytest.approx(tfdata_log.loss[0], abs=1e-7)  # the same first batch
 
 
-@pytest.mark.parametrize("precision,replicas", [("float32", 1), ("mixed_bfloat16", 1),
-                                                pytest.param("mixed_bfloat16", 2, marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "precision,replicas",
+    [("float32", 1), ("mixed_bfloat16", 1), pytest.param("mixed_bfloat16", 2, marks=pytest.mark.slow)],
+)
 def test_without_xla_the_lean_call_trains_as_the_checked_one_bit_for_bit(mnist, precision, replicas):
     """Without XLA the unchecked call is the lean one: num_steps iterations, no branch around the step, no select
     around the update (one ResourceApplyGradientDescent a weight). It trains the same model, bit for bit, as the
     checked call, which masks and selects, over calls of every length (16, 16 and 5 steps)."""
     made = []
     for checked in (False, True):
-        trainer = Trainer(trainer_settings(batch_size=32 // replicas, steps_per_loop=16, precision=precision,
-                                           jit_compile=False), make_strategy(cpu_replicas=replicas).strategy, mnist)
+        trainer = Trainer(
+            trainer_settings(batch_size=32 // replicas, steps_per_loop=16, precision=precision, jit_compile=False),
+            make_strategy(cpu_replicas=replicas).strategy,
+            mnist,
+        )
         trainer.checks_each_step = checked  # every call the checked one, as over tf.data
         made.append((trainer, run_steps(trainer, 37)))
     (lean, lean_losses), (checked, checked_losses) = made

@@ -3,7 +3,8 @@ prompt exit."""
 
 import os
 import sys
-from typing import Callable, NoReturn
+from collections.abc import Callable
+from typing import NoReturn
 
 from absl import app, flags, logging
 

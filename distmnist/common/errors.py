@@ -24,9 +24,11 @@ class OutOfRoom(RunFailed):
     """A write that failed for want of room (a full disk, a quota) or of write access (a read-only filesystem):
     the line names the path and what to do; `then` says what the same command does afterwards."""
 
-    ADVICE: dict[int | None, str] = {errno.ENOSPC: "free space on its filesystem",
-                                     errno.EDQUOT: "free space or raise the quota",
-                                     errno.EROFS: "make its filesystem writable again"}
+    ADVICE: dict[int | None, str] = {
+        errno.ENOSPC: "free space on its filesystem",
+        errno.EDQUOT: "free space or raise the quota",
+        errno.EROFS: "make its filesystem writable again",
+    }
 
     def __init__(self, error: OSError, then: str):
         advice = self.ADVICE.get(error.errno, "free space")
@@ -40,8 +42,10 @@ class TrainingDiverged(RunFailed):
     loss: float | None
 
     def __init__(self, step: int, replica: int, loss: float, saved: str = ""):
-        super().__init__(f"the loss or a gradient became non-finite at step {step} on replica {replica} (loss "
-                         f"{loss:.4g}){'; ' + saved if saved else ''}; lower --learning_rate")
+        super().__init__(
+            f"the loss or a gradient became non-finite at step {step} on replica {replica} (loss "
+            f"{loss:.4g}){'; ' + saved if saved else ''}; lower --learning_rate"
+        )
         self.step, self.replica, self.loss = step, replica, loss
 
     def with_saved(self, saved: str) -> "TrainingDiverged":
@@ -55,9 +59,12 @@ class GradientsOverflowed(TrainingDiverged):
     every one was skipped, as every later one would be. `saved` says what was kept."""
 
     def __init__(self, step: int, skipped: int, saved: str = ""):
-        RunFailed.__init__(self, f"the float16 gradients overflowed at loss scale 1 in {skipped} steps in a row from "
-                                 f"step {step} on, each one skipped: nothing was learned{'; ' + saved if saved else ''}"
-                                 "; lower --learning_rate, or train with --precision=mixed_bfloat16 or float32")
+        RunFailed.__init__(
+            self,
+            f"the float16 gradients overflowed at loss scale 1 in {skipped} steps in a row from "
+            f"step {step} on, each one skipped: nothing was learned{'; ' + saved if saved else ''}"
+            "; lower --learning_rate, or train with --precision=mixed_bfloat16 or float32",
+        )
         self.step, self.skipped, self.replica, self.loss = step, skipped, None, None
 
     def with_saved(self, saved: str) -> "GradientsOverflowed":

@@ -9,7 +9,8 @@ import os
 import re
 import shutil
 import tempfile
-from typing import IO, Any, Callable, Optional
+from collections.abc import Callable
+from typing import IO, Any
 
 from distmnist.common.errors import UserError
 
@@ -24,7 +25,7 @@ def place(path: str) -> str:
     return path.rstrip("/") if is_url(path) else os.path.realpath(path)
 
 
-def same_place(a: Optional[str], b: Optional[str]) -> bool:
+def same_place(a: str | None, b: str | None) -> bool:
     """Whether two paths (None: no path) name one place now: `runs/`, `./runs` and `runs` do."""
     if a is None or b is None or is_url(a) != is_url(b):
         return a == b
@@ -65,8 +66,9 @@ def check_creatable(logdir: str, run_dir: str) -> None:
     if existing:
         refuse_read_only(existing)
     if existing and not (os.path.isdir(existing) and os.access(existing, os.W_OK)):
-        raise UserError(f"cannot create run directory {run_dir}: {existing} is not a writable folder; "
-                        "choose another --logdir")
+        raise UserError(
+            f"cannot create run directory {run_dir}: {existing} is not a writable folder; choose another --logdir"
+        )
 
 
 # Writes that fail for want of room or of write access: the user frees space (or remounts) and runs again.
@@ -77,7 +79,7 @@ def no_room(error: OSError) -> bool:
     return error.errno in NO_ROOM
 
 
-def no_room_in(text: str) -> Optional[OSError]:
+def no_room_in(text: str) -> OSError | None:
     """The OSError a message of TensorFlow's file system describes ("<path>; No space left on device": it carries
     the C library's words, not the number), None when it names none of NO_ROOM."""
     for number in NO_ROOM:

@@ -2,13 +2,13 @@
 a terminal (a pipe, a log file, CI), the lines alone, with no bar and no control codes."""
 
 import sys
-from typing import Any, Optional, TextIO
+from typing import Any, TextIO
 
 
 class Bar:
     """Counts `total` units of work labelled `label`; rate_unit (e.g. "ex/s") adds a rate column."""
 
-    def __init__(self, total: int, label: str, stream: TextIO | None = None, rate_unit: Optional[str] = None):
+    def __init__(self, total: int, label: str, stream: TextIO | None = None, rate_unit: str | None = None):
         self.stream = stream or sys.stdout
         self._progress = None
         if self.stream.isatty():
@@ -18,8 +18,9 @@ class Bar:
             columns = [TextColumn(label), BarColumn(), MofNCompleteColumn()]
             if rate_unit:
                 columns.append(TextColumn("{task.fields[rate]}"))
-            self._progress = Progress(*columns, TimeRemainingColumn(), console=Console(file=self.stream),
-                                      transient=True)
+            self._progress = Progress(
+                *columns, TimeRemainingColumn(), console=Console(file=self.stream), transient=True
+            )
             self._task = self._progress.add_task(label, total=total, rate="")
             self._rate_unit = rate_unit
             self._progress.start()
@@ -31,7 +32,7 @@ class Bar:
         else:
             print(line, file=self.stream, flush=True)
 
-    def update(self, completed: int, rate: Optional[float] = None) -> None:
+    def update(self, completed: int, rate: float | None = None) -> None:
         if self._progress:
             fields: dict[str, Any] = {}
             if rate is not None and self._rate_unit:

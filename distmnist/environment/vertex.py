@@ -11,7 +11,7 @@ support. Flags given explicitly win over the environment.
 
 import dataclasses
 import os
-from typing import Mapping
+from collections.abc import Mapping
 
 from distmnist.common.config import TrainConfig
 from distmnist.common.errors import UserError
@@ -25,13 +25,14 @@ def local_path(uri: str, fuse_root: str = GCS_FUSE_ROOT) -> str:
     if not uri.startswith("gs://"):
         return uri.rstrip("/") or uri
     if not os.path.isdir(fuse_root):
-        raise UserError(f"{uri} is in Cloud Storage, but this machine has no Cloud Storage FUSE mount at "
-                        f"{fuse_root} (Vertex AI custom training has one); pass --logdir=A_LOCAL_FOLDER")
-    return os.path.join(fuse_root, uri[len("gs://"):].rstrip("/"))
+        raise UserError(
+            f"{uri} is in Cloud Storage, but this machine has no Cloud Storage FUSE mount at "
+            f"{fuse_root} (Vertex AI custom training has one); pass --logdir=A_LOCAL_FOLDER"
+        )
+    return os.path.join(fuse_root, uri[len("gs://") :].rstrip("/"))
 
 
-def from_environment(config: TrainConfig, environ: Mapping[str, str],
-                     fuse_root: str = GCS_FUSE_ROOT) -> TrainConfig:
+def from_environment(config: TrainConfig, environ: Mapping[str, str], fuse_root: str = GCS_FUSE_ROOT) -> TrainConfig:
     """The config with --logdir/--run_name, --events_dir and --export_dir taken from Vertex AI's AIP_*
     variables where they are set and the flags were left at their defaults."""
     defaults = TrainConfig()

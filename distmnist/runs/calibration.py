@@ -62,21 +62,35 @@ def reliability(
     for b in range(bins):
         members = index == b
         count = int(members.sum())
-        rows.append((float(edges[b]), float(edges[b + 1]), count,
-                     float(confidence[members].mean()) if count else 0.0,
-                     float(correct[members].mean()) if count else 0.0))
+        rows.append(
+            (
+                float(edges[b]),
+                float(edges[b + 1]),
+                count,
+                float(confidence[members].mean()) if count else 0.0,
+                float(correct[members].mean()) if count else 0.0,
+            )
+        )
     return rows
 
 
 def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
     """Sum over bins of |accuracy - mean confidence|, weighted by the bin's share of the examples."""
     n = len(labels)
-    return float(sum(count / n * abs(accuracy - confidence)
-                     for _, _, count, confidence, accuracy in reliability(probabilities, labels, bins)))
+    return float(
+        sum(
+            count / n * abs(accuracy - confidence)
+            for _, _, count, confidence, accuracy in reliability(probabilities, labels, bins)
+        )
+    )
 
 
 def report(outputs: np.ndarray, labels: np.ndarray, temperature: float) -> dict:
     """ECE and NLL of softmax(outputs) and of softmax(outputs / temperature) on the given set."""
     before, after = softmax(outputs), softmax(outputs / temperature)
-    return {"ece_before": expected_calibration_error(before, labels), "nll_before": nll(before, labels),
-            "ece_after": expected_calibration_error(after, labels), "nll_after": nll(after, labels)}
+    return {
+        "ece_before": expected_calibration_error(before, labels),
+        "nll_before": nll(before, labels),
+        "ece_after": expected_calibration_error(after, labels),
+        "nll_after": nll(after, labels),
+    }

@@ -31,7 +31,6 @@ import shutil
 import tempfile
 import threading
 import time
-from typing import List, Optional, Tuple
 
 import tensorflow as tf
 from absl import logging
@@ -54,7 +53,7 @@ _CHECKPOINT_FILE = re.compile(r"ckpt-(\d+)\.index")
 class Checkpointer:
     """Saves and restores one trainer's model and step under <run_dir>/checkpoints."""
 
-    def __init__(self, trainer: Trainer, run_dir: Optional[str], keep: int):
+    def __init__(self, trainer: Trainer, run_dir: str | None, keep: int):
         # Workers other than the chief must take part in saving but keep nothing: a temporary folder.
         self.directory = os.path.join(run_dir, "checkpoints") if run_dir else tempfile.mkdtemp(prefix="distmnist-ckpt-")
         self._scratch = None if run_dir else self.directory
@@ -71,7 +70,7 @@ class Checkpointer:
         self._listed, self._damage = ([], None) if self._scratch else read_index(self.directory)
         logfilters.quiet_checkpoint_writer()
         # (step, writer thread, its outcome) of a save not yet waited for
-        self._pending: Optional[Tuple[int, threading.Thread, dict]] = None
+        self._pending: tuple[int, threading.Thread, dict] | None = None
         self.seconds = 0.0  # what saving has cost the caller: the snapshots, and the waits for the writes
 
     def _values(self) -> dict:
@@ -102,8 +101,11 @@ class Checkpointer:
         values = self._snapshot()
         keys = sorted(values)
         outcome: dict = {}
-        writer = threading.Thread(target=self._write, args=(step, keys, [values[k] for k in keys], outcome),
-                                  name=f"distmnist-checkpoint-{step}")
+        writer = threading.Thread(
+            target=self._write,
+            args=(step, keys, [values[k] for k in keys], outcome),
+            name=f"distmnist-checkpoint-{step}",
+        )
         writer.start()
         self._pending = (step, writer, outcome)
         self.seconds += time.perf_counter() - start
@@ -114,10 +116,14 @@ class Checkpointer:
         name = f"ckpt-{step}"
         try:
             with tf.device("/cpu:0"):
-                tf.raw_ops.SaveV2(prefix=os.path.join(self.directory, name), tensor_names=keys,
-                                  shape_and_slices=[""] * len(keys), tensors=values)
+                tf.raw_ops.SaveV2(
+                    prefix=os.path.join(self.directory, name),
+                    tensor_names=keys,
+                    shape_and_slices=[""] * len(keys),
+                    tensors=values,
+                )
             listed = [n for n in self._listed if n != name] + [name]
-            kept, pruned = listed[-self._keep:], listed[:-self._keep]
+            kept, pruned = listed[-self._keep :], listed[: -self._keep]
             self._record(kept)
             self._listed = kept
         except (OSError, tf.errors.OpError) as exc:
@@ -126,7 +132,8 @@ class Checkpointer:
             return
         for old in pruned:  # after the index stopped naming them: a kill in between leaves files, never a gap
             for path in [os.path.join(self.directory, old + ".index")] + tf.io.gfile.glob(
-                    os.path.join(self.directory, old + ".data-?????-of-?????")):
+                os.path.join(self.directory, old + ".data-?????-of-?????")
+            ):
                 try:
                     os.remove(path)
                 except OSError:
@@ -137,9 +144,13 @@ class Checkpointer:
         latest."""
         now = time.time()
         checkpoint_management.update_checkpoint_state_internal(
-            self.directory, names[-1], all_model_checkpoint_paths=names,
-            all_model_checkpoint_timestamps=[now] * len(names), last_preserved_timestamp=now - 1,
-            save_relative_paths=True)
+            self.directory,
+            names[-1],
+            all_model_checkpoint_paths=names,
+            all_model_checkpoint_timestamps=[now] * len(names),
+            last_preserved_timestamp=now - 1,
+            save_relative_paths=True,
+        )
 
     def wait(self) -> None:
         """Returns when the last save is written and recorded; RunFailed when it could not be written."""
@@ -153,17 +164,19 @@ class Checkpointer:
             raise self._failed(step, outcome["error"])
 
     def _failed(self, step: int, why: str) -> RunFailed:
-        return RunFailed(f"the checkpoint of step {step} could not be written to {self.directory}: {why}; free "
-                         f"space or fix the folder's permissions, then run {self._same} to resume from the checkpoint "
-                         "before it")
+        return RunFailed(
+            f"the checkpoint of step {step} could not be written to {self.directory}: {why}; free "
+            f"space or fix the folder's permissions, then run {self._same} to resume from the checkpoint "
+            "before it"
+        )
 
     @property
-    def latest_step(self) -> Optional[int]:
+    def latest_step(self) -> int | None:
         """The step of the newest complete checkpoint, None when there is none (a save in flight is waited for)."""
         self.wait()
         return self._latest()
 
-    def _latest(self) -> Optional[int]:
+    def _latest(self) -> int | None:
         return _number(self._listed[-1]) if self._listed and not self._damage else None
 
     def restore_latest(self) -> int:
@@ -175,16 +188,23 @@ class Checkpointer:
         history_step = history.get("step") if history else None
         # The index's own list, not the manager's: the manager leaves out checkpoints whose recorded time is ahead
         # of this machine's clock (a run moved from another machine), and would then start again from step 0.
-        candidates = checkpoint_files(self.directory) if self._damage else \
-            [(_number(name), os.path.join(self.directory, name)) for name in self._listed]
-        skipped: List[str] = []
+        candidates = (
+            checkpoint_files(self.directory)
+            if self._damage
+            else [(_number(name), os.path.join(self.directory, name)) for name in self._listed]
+        )
+        skipped: list[str] = []
         for number, path in reversed(candidates):
             why = self._restore(path, number, history_step)
             if why is None:
                 if self._damage:
-                    logging.warning("the checkpoint index %s is %s; resuming from %s, the newest checkpoint that "
-                                    "verifies%s", os.path.join(self.directory, INDEX), self._damage,
-                                    os.path.basename(path), f" ({'; '.join(skipped)[:300]})" if skipped else "")
+                    logging.warning(
+                        "the checkpoint index %s is %s; resuming from %s, the newest checkpoint that verifies%s",
+                        os.path.join(self.directory, INDEX),
+                        self._damage,
+                        os.path.basename(path),
+                        f" ({'; '.join(skipped)[:300]})" if skipped else "",
+                    )
                 if self._damage or skipped:
                     self._list_up_to(number, candidates)
                 return number
@@ -192,12 +212,14 @@ class Checkpointer:
             if not self._damage:
                 logging.warning("checkpoint %s cannot be used (%s); trying the one before it", path, why)
         if candidates:
-            raise UserError(f"no checkpoint in {self.directory} can be used ({'; '.join(skipped)[:500]}); nothing "
-                            "was changed: restore the folder from a copy, or start afresh with --overwrite, which "
-                            "deletes this run")
+            raise UserError(
+                f"no checkpoint in {self.directory} can be used ({'; '.join(skipped)[:500]}); nothing "
+                "was changed: restore the folder from a copy, or start afresh with --overwrite, which "
+                "deletes this run"
+            )
         return 0
 
-    def _restore(self, path: str, number: int, history_step: Optional[int]) -> Optional[str]:
+    def _restore(self, path: str, number: int, history_step: int | None) -> str | None:
         """Restores one checkpoint; None when it verifies, else why not."""
         try:
             self._checkpoint.restore(path).assert_existing_objects_matched()
@@ -219,13 +241,15 @@ class Checkpointer:
             self._record(kept)
         except (OSError, tf.errors.OpError) as exc:
             detail = getattr(exc, "message", None) or getattr(exc, "strerror", None) or str(exc)
-            raise RunFailed(f"the checkpoint index {os.path.join(self.directory, INDEX)} could not be written "
-                            f"({detail}); free space or fix the folder's permissions, then run {self._same} to "
-                            "resume") from None
+            raise RunFailed(
+                f"the checkpoint index {os.path.join(self.directory, INDEX)} could not be written "
+                f"({detail}); free space or fix the folder's permissions, then run {self._same} to "
+                "resume"
+            ) from None
         self._damage = None
         self._listed = kept
 
-    def _history_file(self) -> Optional[dict]:
+    def _history_file(self) -> dict | None:
         """history.json as written (None when there is none); UserError when it is not a distmnist history."""
         path = os.path.join(self.directory, HISTORY)
         if self._scratch or not os.path.exists(path):
@@ -234,8 +258,10 @@ class Checkpointer:
             history = json.loads(safeio.read_path(path, safeio.MAX_JSON_BYTES))
             rundir.kept_history(history, 0)  # the shape a history has
         except (OSError, ValueError, KeyError, TypeError, IndexError, RecursionError) as exc:
-            raise UserError(f"{path} is not a distmnist history ({type(exc).__name__}: {exc}); start afresh with "
-                            "--overwrite, which deletes this run") from None
+            raise UserError(
+                f"{path} is not a distmnist history ({type(exc).__name__}: {exc}); start afresh with "
+                "--overwrite, which deletes this run"
+            ) from None
         return history
 
     def history(self, step: int) -> dict:
@@ -256,7 +282,7 @@ def _number(path: str) -> int:
     return int(path.rpartition("-")[2])
 
 
-def checkpoint_files(directory: str) -> List[Tuple[int, str]]:
+def checkpoint_files(directory: str) -> list[tuple[int, str]]:
     """(number, path prefix) of every ckpt-N in the folder that has its .index file, oldest first."""
     try:
         names = os.listdir(directory)
@@ -266,7 +292,7 @@ def checkpoint_files(directory: str) -> List[Tuple[int, str]]:
     return [(n, os.path.join(directory, f"ckpt-{n}")) for n in numbers]
 
 
-def read_index(directory: str) -> Tuple[List[str], Optional[str]]:
+def read_index(directory: str) -> tuple[list[str], str | None]:
     """The checkpoints the folder's index lists (names, oldest first), and why it cannot be trusted while ckpt-*
     files are there (None: it can, or there are none). TensorFlow's CheckpointManager writes an index that names
     its latest checkpoint last among all it keeps, each with a time, each of them in this folder."""
@@ -291,8 +317,12 @@ def read_index(directory: str) -> Tuple[List[str], Optional[str]]:
     except text_format.ParseError as exc:
         return [], f"garbled ({str(exc).splitlines()[0][:100]})"
     listed = list(state.all_model_checkpoint_paths)
-    if not state.model_checkpoint_path or not listed or listed[-1] != state.model_checkpoint_path or \
-            len(state.all_model_checkpoint_timestamps) != len(listed):
+    if (
+        not state.model_checkpoint_path
+        or not listed
+        or listed[-1] != state.model_checkpoint_path
+        or len(state.all_model_checkpoint_timestamps) != len(listed)
+    ):
         return [], "inconsistent (not as TensorFlow's CheckpointManager writes it)"
     for name in listed:
         if os.path.dirname(name) or not _CHECKPOINT_FILE.fullmatch(name + ".index"):

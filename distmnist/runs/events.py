@@ -36,13 +36,15 @@ def open_events_dir(events_dir: str, run_dir: str, plan: str) -> None:
     except OSError as exc:
         if files.no_room(exc):
             raise
-        raise UserError(f"cannot write TensorBoard events to {events_dir} ({exc.strerror}); choose a writable "
-                        "--events_dir") from None
+        raise UserError(
+            f"cannot write TensorBoard events to {events_dir} ({exc.strerror}); choose a writable --events_dir"
+        ) from None
     except tf.errors.OpError as exc:
         if files.no_room_in(exc.message):
             raise
-        raise UserError(f"cannot write TensorBoard events to {events_dir} ({exc.message}); choose a writable "
-                        "--events_dir") from None
+        raise UserError(
+            f"cannot write TensorBoard events to {events_dir} ({exc.message}); choose a writable --events_dir"
+        ) from None
 
 
 def drop_events_after(run_dir: str, step: int) -> int:

@@ -14,7 +14,6 @@ import dataclasses
 import math
 import os
 from collections.abc import Collection, Iterable
-from typing import Optional
 
 import tensorflow as tf
 from tensorboard.plugins.hparams import plugin_data_pb2
@@ -23,7 +22,7 @@ from tensorboard.plugins.hparams import summary_v2 as hp  # hparams.api would im
 from distmnist.common import files
 from distmnist.common.config import INPUTS, PRECISIONS, STRATEGIES, TrainConfig
 
-INT = hp.IntInterval(0, 2 ** 31 - 1)
+INT = hp.IntInterval(0, 2**31 - 1)
 
 HPARAMS = (
     hp.HParam("learning_rate", hp.RealInterval(0.0, 1e6), description="plain SGD learning rate"),
@@ -46,8 +45,11 @@ METRICS = (
     ("loss", "training loss", "the last logged training loss (MSE)"),
     ("examples_per_sec", "examples/s", "training throughput at the last logged step"),
     ("run/wall_time_s", "wall time (s)", "seconds from set-up to the written artifacts"),
-    ("run/calibration_ece", "calibration error", "expected calibration error of the exported probabilities on "
-                                                 "the test set"),
+    (
+        "run/calibration_ece",
+        "calibration error",
+        "expected calibration error of the exported probabilities on the test set",
+    ),
 )
 
 MARKER = "experiment.txt"  # in the logdir: says the experiment is declared there
@@ -95,8 +97,10 @@ def declare(logdir: str, differs: Collection[str] = ()) -> bool:
     tf.io.gfile.makedirs(logdir)
     if not _claim(f"{logdir.rstrip('/')}/{MARKER}"):
         return False
-    summary = hp.hparams_config_pb(hparams=list(HPARAMS), metrics=[
-        hp.Metric(tag, display_name=name, description=text) for tag, name, text in METRICS])
+    summary = hp.hparams_config_pb(
+        hparams=list(HPARAMS),
+        metrics=[hp.Metric(tag, display_name=name, description=text) for tag, name, text in METRICS],
+    )
     plugin_data = summary.value[0].metadata.plugin_data
     content = plugin_data_pb2.HParamsPluginData.FromString(plugin_data.content)
     for info in content.experiment.hparam_infos:
@@ -112,14 +116,18 @@ def declare(logdir: str, differs: Collection[str] = ()) -> bool:
 def differing(configs: Iterable[TrainConfig]) -> list:
     """The HPARAMS whose values differ among these configs (a sweep's points; the replica count and XLA stand for
     the settings that decide them, which are known before TensorFlow sees the devices)."""
-    seen = [values(c, num_replicas=1, xla=(c.jit_compile, c.input, c.precision))
-            | {"replicas": (c.strategy, c.num_gpus, c.cpu_replicas),
-               "global_batch_size": (c.batch_size, c.num_gpus, c.cpu_replicas)}
-            for c in configs]
+    seen = [
+        values(c, num_replicas=1, xla=(c.jit_compile, c.input, c.precision))
+        | {
+            "replicas": (c.strategy, c.num_gpus, c.cpu_replicas),
+            "global_batch_size": (c.batch_size, c.num_gpus, c.cpu_replicas),
+        }
+        for c in configs
+    ]
     return sorted(name for name in seen[0] if len({repr(v[name]) for v in seen}) > 1) if seen else []
 
 
-def final_scalars(wall_time_s: float, calibration_ece: Optional[float]) -> dict:
+def final_scalars(wall_time_s: float, calibration_ece: float | None) -> dict:
     """The end-of-run metrics a run writes once (its other metrics are scalars it logs as it trains)."""
     scalars = {"run/wall_time_s": wall_time_s}
     if calibration_ece is not None and math.isfinite(calibration_ece):

@@ -56,13 +56,15 @@ def save(classifier: Classifier, path: str, legacy: bool = False) -> None:
     that makes it distmnist's to replace later), replacing only nothing, an empty folder or an export of
     distmnist's (legacy: one without the marker too, as in run directories before it; FileExistsError otherwise);
     a tf.io.gfile URL (gs://, Vertex AI's AIP_MODEL_DIR) directly."""
+
     def write(target: str) -> None:
         tf.saved_model.save(classifier, target, signatures={"serving_default": classifier.serve})
 
     def write_marked(target: str) -> None:
         write(target)
-        files.write_json(os.path.join(target, outputs.EXPORT_MARKER),
-                         {"written_by": f"distmnist {distmnist.__version__}"})
+        files.write_json(
+            os.path.join(target, outputs.EXPORT_MARKER), {"written_by": f"distmnist {distmnist.__version__}"}
+        )
 
     with logfilters.absl_warnings_only():
         if files.is_url(path):

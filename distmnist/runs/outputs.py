@@ -6,7 +6,6 @@ the store's to judge: they are written with TensorFlow's file system as they are
 
 import json
 import os
-from typing import Optional
 
 from distmnist.common import files
 from distmnist.common.config import TrainConfig
@@ -34,11 +33,12 @@ def is_replaceable_export(path: str, legacy: bool = False) -> bool:
     entries = set(os.listdir(path))
     if not entries:
         return True
-    return entries <= SAVED_MODEL_FILES | {EXPORT_MARKER} and (EXPORT_MARKER in entries or
-                                                                (legacy and "saved_model.pb" in entries))
+    return entries <= SAVED_MODEL_FILES | {EXPORT_MARKER} and (
+        EXPORT_MARKER in entries or (legacy and "saved_model.pb" in entries)
+    )
 
 
-def _inside_a_run(path: str) -> Optional[str]:
+def _inside_a_run(path: str) -> str | None:
     """The distmnist run directory that path is in or is (the nearest folder above it with run_config.json)."""
     folder = files.place(path)
     while True:
@@ -60,7 +60,7 @@ def _creatable(flag: str, path: str) -> None:
         raise UserError(f"--{flag}={path}: {existing} is not a writable folder; choose another --{flag}")
 
 
-def check(config: TrainConfig, cwd: Optional[str] = None) -> None:
+def check(config: TrainConfig, cwd: str | None = None) -> None:
     """UserError naming the first output of this run that cannot be used: a place that is not a writable folder,
     one that holds what distmnist did not write and would replace, or outputs that overlap; OSError EROFS for
     one on a read-only filesystem (to be made writable again, not chosen anew)."""
@@ -74,18 +74,23 @@ def check(config: TrainConfig, cwd: Optional[str] = None) -> None:
     except OSError as exc:  # a folder that cannot be read: what it holds is unknown
         if files.no_room(exc):
             raise
-        raise UserError(f"cannot look into {exc.filename} ({exc.strerror}); choose another output folder, or make "
-                        "it readable") from None
+        raise UserError(
+            f"cannot look into {exc.filename} ({exc.strerror}); choose another output folder, or make it readable"
+        ) from None
 
 
-def _check_export(export_dir: str, logdir: str, run_dir: str, events_dir: Optional[str], cwd: str) -> None:
+def _check_export(export_dir: str, logdir: str, run_dir: str, events_dir: str | None, cwd: str) -> None:
     where = f"--export_dir={export_dir}"
     if files.within(cwd, export_dir):
-        raise UserError(f"{where} is the working directory or holds it; an export replaces its folder: choose a "
-                        "folder of its own (a new one, or an earlier export)")
+        raise UserError(
+            f"{where} is the working directory or holds it; an export replaces its folder: choose a "
+            "folder of its own (a new one, or an earlier export)"
+        )
     if files.within(logdir, export_dir) or files.within(export_dir, logdir):
-        raise UserError(f"{where} overlaps --logdir={logdir}, where runs live (the SavedModel is in the run "
-                        f"directory already); choose a folder outside it")
+        raise UserError(
+            f"{where} overlaps --logdir={logdir}, where runs live (the SavedModel is in the run "
+            f"directory already); choose a folder outside it"
+        )
     if events_dir and (files.within(events_dir, export_dir) or files.within(export_dir, events_dir)):
         raise UserError(f"{where} overlaps --events_dir={events_dir}; choose folders apart")
     run = _inside_a_run(export_dir)
@@ -97,10 +102,15 @@ def _check_export(export_dir: str, logdir: str, run_dir: str, events_dir: Option
         raise UserError(f"{where} is a file; an export is a folder: choose another --export_dir")
     if not is_replaceable_export(export_dir):
         foreign = sorted(set(os.listdir(export_dir)) - SAVED_MODEL_FILES - {EXPORT_MARKER})
-        what = f"files distmnist did not write ({_shown(foreign)})" if foreign else \
-            "a SavedModel distmnist did not mark as its own"
-        raise UserError(f"{where} holds {what}; an export replaces its folder, and distmnist replaces only its own "
-                        "exports: choose a new or empty folder")
+        what = (
+            f"files distmnist did not write ({_shown(foreign)})"
+            if foreign
+            else "a SavedModel distmnist did not mark as its own"
+        )
+        raise UserError(
+            f"{where} holds {what}; an export replaces its folder, and distmnist replaces only its own "
+            "exports: choose a new or empty folder"
+        )
     parent = os.path.dirname(files.place(export_dir))
     if not os.path.isdir(parent):
         raise UserError(f"{where}: its folder {parent} does not exist; create it, or choose another --export_dir")
@@ -114,11 +124,14 @@ def _check_events(events_dir: str, logdir: str, run_dir: str) -> None:
     if files.same_place(events_dir, run_dir):
         return  # where the events go anyway
     if files.within(logdir, events_dir):
-        raise UserError(f"{where} is --logdir={logdir} or holds it; TensorBoard's events of one run go in a folder "
-                        "of their own")
+        raise UserError(
+            f"{where} is --logdir={logdir} or holds it; TensorBoard's events of one run go in a folder of their own"
+        )
     if files.within(events_dir, run_dir):
-        raise UserError(f"{where} is inside the run directory {run_dir}; leave --events_dir unset to keep the "
-                        "events there, or choose a folder outside it")
+        raise UserError(
+            f"{where} is inside the run directory {run_dir}; leave --events_dir unset to keep the "
+            "events there, or choose a folder outside it"
+        )
     run = _inside_a_run(events_dir)
     if run:
         raise UserError(f"{where} is inside the distmnist run directory {run}; choose a folder outside it")
@@ -126,22 +139,28 @@ def _check_events(events_dir: str, logdir: str, run_dir: str) -> None:
         raise UserError(f"{where} is a file; choose a folder")
     if os.path.isdir(events_dir):
         entries = os.listdir(events_dir)
-        foreign = [e for e in entries if not (e.startswith(EVENT_FILE) or e.startswith(".tmp-resume-")
-                                             or e == EVENTS_MARKER)]
+        foreign = [
+            e for e in entries if not (e.startswith(EVENT_FILE) or e.startswith(".tmp-resume-") or e == EVENTS_MARKER)
+        ]
         if foreign:
-            raise UserError(f"{where} holds files that are not TensorBoard events ({_shown(foreign)}); choose a new "
-                            "or empty folder for this run's events")
+            raise UserError(
+                f"{where} holds files that are not TensorBoard events ({_shown(foreign)}); choose a new "
+                "or empty folder for this run's events"
+            )
         if any(e.startswith(EVENT_FILE) for e in entries) and not events_owner(events_dir, run_dir):
-            raise UserError(f"{where} holds the events of another run; choose a new or empty folder for this "
-                            "run's events")
+            raise UserError(
+                f"{where} holds the events of another run; choose a new or empty folder for this run's events"
+            )
     _creatable("events_dir", events_dir)
 
 
 def events_owner(events_dir: str, run_dir: str) -> bool:
     """Whether the events in events_dir are run_dir's: its marker names run_dir, or (a run from before the marker)
     run_dir's run_config.json names events_dir."""
-    for path, key in ((os.path.join(events_dir, EVENTS_MARKER), "run_dir"),
-                      (os.path.join(run_dir, rundir.RUN_CONFIG), "events_dir")):
+    for path, key in (
+        (os.path.join(events_dir, EVENTS_MARKER), "run_dir"),
+        (os.path.join(run_dir, rundir.RUN_CONFIG), "events_dir"),
+    ):
         try:
             with open(path) as f:
                 named = json.loads(f.read(1 << 20)).get(key)
@@ -174,11 +193,14 @@ def check_sweep_folder(logdir: str) -> None:
         except (OSError, ValueError):
             pass
         if not is_sweeps:
-            raise UserError(f"{report} is not a distmnist sweep's report, and a sweep writes its own there; choose "
-                            "another --logdir")
+            raise UserError(
+                f"{report} is not a distmnist sweep's report, and a sweep writes its own there; choose another --logdir"
+            )
     logs = os.path.join(logdir, "sweep-logs")
     if os.path.lexists(logs) and (os.path.islink(logs) or not os.path.isdir(logs)):
         raise UserError(f"{logs} is not the folder of a sweep's logs; choose another --logdir")
     if os.path.lexists(os.path.join(logdir, "sweep.svg")) and not (is_sweeps or os.path.isdir(logs)):
-        raise UserError(f"{os.path.join(logdir, 'sweep.svg')} is not a distmnist sweep's, and a sweep writes its own "
-                        "there; choose another --logdir")
+        raise UserError(
+            f"{os.path.join(logdir, 'sweep.svg')} is not a distmnist sweep's, and a sweep writes its own "
+            "there; choose another --logdir"
+        )

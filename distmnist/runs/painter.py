@@ -25,8 +25,10 @@ from distmnist.common.errors import RunFailed
 def _serve(connection, runs_end) -> None:
     runs_end.close()  # the fork copied the run's end of the pipe too: only the run may hold it open
     import logging
+
     logging.getLogger("matplotlib").setLevel(logging.ERROR)  # "building the font cache" on a first import
     from distmnist.runs import plots
+
     while True:
         try:
             request = connection.recv()
@@ -78,13 +80,15 @@ class Painter:
         OSError itself for a write that failed for want of room (files.no_room)."""
         if self._process is None:
             from distmnist.runs import plots
+
             (name, args), self._pending = self._pending, None
             return getattr(plots, name)(*args)
         try:
             status, value = self._connection.recv()
         except (EOFError, OSError):
-            raise RunFailed(f"the process drawing the pictures ended (exit status {self._process.exitcode}) "
-                            "before it finished") from None
+            raise RunFailed(
+                f"the process drawing the pictures ended (exit status {self._process.exitcode}) before it finished"
+            ) from None
         if status == "no_room":
             raise OSError(*value)
         if status == "error":

@@ -16,7 +16,6 @@ from distmnist.common import files
 from distmnist.data import digits
 from distmnist.runs import calibration  # noqa: E402
 
-
 # Margins (figure fractions) for the run's figures, whose sizes and kinds of labels are fixed: matplotlib's
 # tight_layout measures every text with a draw of its own, as long again as the SVG itself (docs/performance.md),
 # and a run waits for its last pictures. Figures whose labels vary (the bench's, the sweep's)
@@ -56,8 +55,15 @@ def plot_confusion(path: str, labels: np.ndarray, predicted: np.ndarray) -> None
     threshold = np.log1p(matrix).max() / 2
     for true in range(10):
         for guess in range(10):
-            ax.text(guess, true, str(matrix[true, guess]), ha="center", va="center", fontsize=8,
-                    color="white" if np.log1p(matrix[true, guess]) > threshold else "black")
+            ax.text(
+                guess,
+                true,
+                str(matrix[true, guess]),
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if np.log1p(matrix[true, guess]) > threshold else "black",
+            )
     ax.set_xticks(range(10))
     ax.set_yticks(range(10))
     ax.set_xlabel("predicted digit")
@@ -77,8 +83,9 @@ def plot_run(
     return [train, test]
 
 
-def plot_test_set(run_dir: str, x_test: np.ndarray, y_test: np.ndarray, probabilities: np.ndarray,
-                  shown: int = 40) -> list:
+def plot_test_set(
+    run_dir: str, x_test: np.ndarray, y_test: np.ndarray, probabilities: np.ndarray, shown: int = 40
+) -> list:
     """confusion.svg, and mistakes.png: the `shown` most confident wrong answers, captioned
     `predicted probability (true label)`. Returns their paths."""
     predicted = np.argmax(probabilities, axis=1)
@@ -87,8 +94,14 @@ def plot_test_set(run_dir: str, x_test: np.ndarray, y_test: np.ndarray, probabil
     wrong = np.flatnonzero(predicted != y_test)
     worst = wrong[np.argsort(-probabilities[wrong, predicted[wrong]], kind="stable")][:shown]
     captions = [f"{predicted[i]} {probabilities[i, predicted[i]]:.0%} (true {y_test[i]})" for i in worst]
-    title = (f"the {len(worst)} most confident of {len(wrong)} mistakes on {len(y_test)} test digits: predicted, "
-             "probability (true)") if len(wrong) else f"no mistakes on {len(y_test)} test digits"
+    title = (
+        (
+            f"the {len(worst)} most confident of {len(wrong)} mistakes on {len(y_test)} test digits: predicted, "
+            "probability (true)"
+        )
+        if len(wrong)
+        else f"no mistakes on {len(y_test)} test digits"
+    )
     mistakes = f"{run_dir}/mistakes.png"
     files.write_bytes(mistakes, digits.grid_png(x_test[worst], captions, columns=8, scale=3, title=title))
     return [confusion, mistakes]
@@ -111,8 +124,11 @@ def plot_calibration(path: str, probabilities: np.ndarray, labels: np.ndarray, e
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("confidence (top probability)")
     ax.set_ylabel("accuracy")
-    ax.set_title(f"Calibration on {len(labels)} test images: ECE {ece:.4f}\n"
-                 f"(softmax of the raw outputs: ECE {ece_uncalibrated:.3f})", fontsize=10)
+    ax.set_title(
+        f"Calibration on {len(labels)} test images: ECE {ece:.4f}\n"
+        f"(softmax of the raw outputs: ECE {ece_uncalibrated:.3f})",
+        fontsize=10,
+    )
     ax.legend(loc="upper left", fontsize=8, markerscale=0.3)
     ax.grid(True, alpha=0.3)
     png = io.BytesIO()
@@ -121,8 +137,9 @@ def plot_calibration(path: str, probabilities: np.ndarray, labels: np.ndarray, e
     return png.getvalue()
 
 
-def draw_test_pictures(run_dir: str, x_test: np.ndarray, y_test: np.ndarray, probabilities: np.ndarray,
-                       ece_uncalibrated: float) -> tuple:
+def draw_test_pictures(
+    run_dir: str, x_test: np.ndarray, y_test: np.ndarray, probabilities: np.ndarray, ece_uncalibrated: float
+) -> tuple:
     """The final model's pictures: confusion.svg, mistakes.png and calibration.svg. Returns their paths and the
     reliability diagram as PNG bytes (for TensorBoard)."""
     written = plot_test_set(run_dir, x_test, y_test, probabilities)

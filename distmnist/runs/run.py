@@ -6,7 +6,6 @@ import dataclasses
 import os
 import sys
 import time
-from typing import Optional
 
 import tensorflow as tf
 
@@ -24,8 +23,8 @@ from distmnist.runs.runclaim import Claim
 from distmnist.runs.signals import StopOnSignal
 from distmnist.runs.summaries import RunReporter
 from distmnist.training import devices
-from distmnist.training.cluster import Cluster
 from distmnist.training.agreement import Agreement
+from distmnist.training.cluster import Cluster
 from distmnist.training.controller import Controller
 from distmnist.training.evaluator import Evaluator
 from distmnist.training.strategy import StrategyChoice, make_strategy, set_host_threads
@@ -43,9 +42,9 @@ class Run:
     choice: StrategyChoice
     trainer: Trainer
     checkpointer: Checkpointer
-    cluster: Optional[Cluster]
-    run_dir: Optional[str]  # None on a cluster's workers other than the chief
-    history: Optional[dict]  # what a resumed run logged before its checkpoint
+    cluster: Cluster | None
+    run_dir: str | None  # None on a cluster's workers other than the chief
+    history: dict | None  # what a resumed run logged before its checkpoint
     started: float
     timings: dict  # seconds per part of the run, filled as it goes
 
@@ -58,51 +57,70 @@ class Run:
         return self.cluster is None or self.cluster.is_chief
 
     @property
-    def events_dir(self) -> Optional[str]:
+    def events_dir(self) -> str | None:
         return events_dir(self.config, self.run_dir)
 
 
-def events_dir(config: TrainConfig, run_dir: Optional[str]) -> Optional[str]:
+def events_dir(config: TrainConfig, run_dir: str | None) -> str | None:
     """Where a run's TensorBoard events go: --events_dir, else the run directory (None: not written here)."""
     return (config.events_dir or run_dir) if run_dir else None
 
 
-def trainer_settings(config: TrainConfig, total_steps: Optional[int],
-                     support: Optional[devices.PrecisionSupport] = None) -> TrainerSettings:
+def trainer_settings(
+    config: TrainConfig, total_steps: int | None, support: devices.PrecisionSupport | None = None
+) -> TrainerSettings:
     """What the trainer needs of the config: the one way a TrainerSettings is made from it. total_steps: the run's
     length (None: not known); support: what the training devices do with low precisions (devices.resolve_xla)."""
-    return TrainerSettings(batch_size=config.batch_size, learning_rate=config.learning_rate, seed=config.seed,
-                           steps_per_loop=config.steps_per_loop, shuffle_buffer=config.shuffle_buffer,
-                           input=config.input,
-                           jit_compile=devices.resolve_xla(config.jit_compile, config.input, config.precision,
-                                                           support),
-                           total_steps=total_steps, precision=config.precision,
-                           loss_scale_growth_steps=LOSS_SCALE_GROWTH_STEPS)
+    return TrainerSettings(
+        batch_size=config.batch_size,
+        learning_rate=config.learning_rate,
+        seed=config.seed,
+        steps_per_loop=config.steps_per_loop,
+        shuffle_buffer=config.shuffle_buffer,
+        input=config.input,
+        jit_compile=devices.resolve_xla(config.jit_compile, config.input, config.precision, support),
+        total_steps=total_steps,
+        precision=config.precision,
+        loss_scale_growth_steps=LOSS_SCALE_GROWTH_STEPS,
+    )
 
 
-def schedule(config: TrainConfig, total_steps: int, run_dir: Optional[str]) -> dict:
+def schedule(config: TrainConfig, total_steps: int, run_dir: str | None) -> dict:
     """The controller's schedule from the config, as its keyword arguments (the profile only where there is a run
     directory)."""
-    return dict(total_steps=total_steps, eval_every=config.eval_every, log_every=config.log_every,
-                checkpoint_every=config.checkpoint_every, steps_per_call=config.steps_per_loop,
-                profile_steps=config.profile_range() if run_dir else None, profile_dir=run_dir)
+    return dict(
+        total_steps=total_steps,
+        eval_every=config.eval_every,
+        log_every=config.log_every,
+        checkpoint_every=config.checkpoint_every,
+        steps_per_call=config.steps_per_loop,
+        profile_steps=config.profile_range() if run_dir else None,
+        profile_dir=run_dir,
+    )
 
 
 def describe_setup(choice: StrategyChoice, trainer: Trainer, config: TrainConfig, total_steps: int) -> str:
-    return "\n".join([
-        f"strategy:             {choice.name}",
-        f"devices:              {', '.join(choice.devices)}",
-        f"replicas:             {trainer.num_replicas}",
-        f"per-replica batch:    {trainer.per_replica_batch_size}",
-        f"global batch:         {trainer.global_batch_size}",
-        f"steps per epoch:      {trainer.steps_per_epoch} (total {total_steps})",
-        f"input:                {config.input}, {config.steps_per_loop} steps per call, "
-        f"XLA {'on' if trainer.settings.jit_compile else 'off'}",
-    ] + ([f"precision:            {config.precision}"] if config.precision != "float32" else []))
+    return "\n".join(
+        [
+            f"strategy:             {choice.name}",
+            f"devices:              {', '.join(choice.devices)}",
+            f"replicas:             {trainer.num_replicas}",
+            f"per-replica batch:    {trainer.per_replica_batch_size}",
+            f"global batch:         {trainer.global_batch_size}",
+            f"steps per epoch:      {trainer.steps_per_epoch} (total {total_steps})",
+            f"input:                {config.input}, {config.steps_per_loop} steps per call, "
+            f"XLA {'on' if trainer.settings.jit_compile else 'off'}",
+        ]
+        + ([f"precision:            {config.precision}"] if config.precision != "float32" else [])
+    )
 
 
-def set_up(config: TrainConfig, choice: Optional[StrategyChoice] = None, mnist: Optional[Mnist] = None,
-           cluster: Optional[Cluster] = None) -> Run:
+def set_up(
+    config: TrainConfig,
+    choice: StrategyChoice | None = None,
+    mnist: Mnist | None = None,
+    cluster: Cluster | None = None,
+) -> Run:
     """Checks the outputs and plans the run directory before any expensive work (bad input fails fast), then loads
     the data, picks the strategy, builds the trainer, opens the run directory and, for a resumed run, restores the
     latest checkpoint. config: named (config.with_run_name); cluster: the run's (cluster.from_environment), None
@@ -119,14 +137,22 @@ def set_up(config: TrainConfig, choice: Optional[StrategyChoice] = None, mnist: 
     set_host_threads(config.intra_op_threads, config.inter_op_threads)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
-    choice = choice or make_strategy(config.num_gpus, config.cpu_replicas, config.strategy, cluster,
-                                     config.collective_timeout_s, config.cluster_start_timeout_s,
-                                     config.gpu_memory_growth)
+    choice = choice or make_strategy(
+        config.num_gpus,
+        config.cpu_replicas,
+        config.strategy,
+        cluster,
+        config.collective_timeout_s,
+        config.cluster_start_timeout_s,
+        config.gpu_memory_growth,
+    )
     per_epoch = steps_per_epoch(len(mnist.x_train), config.batch_size, choice.strategy.num_replicas_in_sync)
     total_steps = config.max_steps or config.epochs * per_epoch
     if total_steps > INT64_MAX:
-        raise UserError(f"--epochs={config.epochs} is {total_steps:,} steps of this data, more than TensorFlow's int64 "
-                        "step counter holds; lower --epochs")
+        raise UserError(
+            f"--epochs={config.epochs} is {total_steps:,} steps of this data, more than TensorFlow's int64 "
+            "step counter holds; lower --epochs"
+        )
     trains_on_gpus = any("GPU" in d.upper() for d in choice.devices)
     support = devices.support_of(tf.config.get_visible_devices("GPU") if trains_on_gpus else [])
     if config.precision != "float32" and not support.native[config.precision]:
@@ -136,8 +162,10 @@ def set_up(config: TrainConfig, choice: Optional[StrategyChoice] = None, mnist: 
         events.open_events_dir(config.events_dir, os.path.join(config.logdir, config.run_name), plan)
     run_dir = rundir.open_dir(config.logdir, config.run_name, flags, plan) if is_chief else None
     if plan == "restart":
-        print(f"run directory {run_dir} held no checkpoint (a start that ended before its first): starting it "
-              "afresh", flush=True)
+        print(
+            f"run directory {run_dir} held no checkpoint (a start that ended before its first): starting it afresh",
+            flush=True,
+        )
     checkpointer = Checkpointer(trainer, run_dir, config.keep_checkpoints)
     history, step = None, 0
     if plan == "resume":
@@ -149,23 +177,36 @@ def set_up(config: TrainConfig, choice: Optional[StrategyChoice] = None, mnist: 
         step = Agreement(choice.strategy, trainer.state).adopt_replica_0(step)
     if step:
         trainer.resume_at(step)
-        print(f"resuming from step {step}, the latest checkpoint in "
-              f"{checkpointer.directory if is_chief else 'the chief'}", flush=True)
+        print(
+            f"resuming from step {step}, the latest checkpoint in "
+            f"{checkpointer.directory if is_chief else 'the chief'}",
+            flush=True,
+        )
     print(describe_setup(choice, trainer, config, total_steps), flush=True)
     timings["setup_s"] = time.perf_counter() - started - timings["data_s"]
     return Run(config, mnist, choice, trainer, checkpointer, cluster, run_dir, history, started, timings)
 
 
-def train(run: Run, claim: Optional[Claim] = None) -> tuple:
+def train(run: Run, claim: Claim | None = None) -> tuple:
     """Trains to the end, or to a stop request (errors.Stopped); returns (timings, the reporter's history). In a
     cluster a collective that fails or times out means a peer is gone (errors.ClusterFailed). claim: the run's, whose
     loss stops the run (errors.RunFailed), without a checkpoint when another process took it over."""
     trainer, checkpointer, cluster = run.trainer, run.checkpointer, run.cluster
     config = run.config
-    description = (config.run_name, experiment.values(config, trainer.num_replicas, trainer.settings.jit_compile),
-                   experiment.config_table(config))
-    reporter = RunReporter(run.events_dir, run.total_steps, config.learning_rate, verbose=run.is_chief,
-                           history=run.history, test_set=(run.mnist.x_test, run.mnist.y_test), description=description)
+    description = (
+        config.run_name,
+        experiment.values(config, trainer.num_replicas, trainer.settings.jit_compile),
+        experiment.config_table(config),
+    )
+    reporter = RunReporter(
+        run.events_dir,
+        run.total_steps,
+        config.learning_rate,
+        verbose=run.is_chief,
+        history=run.history,
+        test_set=(run.mnist.x_test, run.mnist.y_test),
+        description=description,
+    )
     lost = (lambda: claim.lost) if claim else (lambda: None)
 
     def save(step: int) -> None:
@@ -181,11 +222,17 @@ def train(run: Run, claim: Optional[Claim] = None) -> tuple:
                 should_stop = lambda: agreement.any_replica(requested())  # noqa: E731
             else:
                 should_stop = requested
-            controller = Controller(trainer, Evaluator(trainer.strategy, trainer.model, run.mnist), reporter,
-                                    start_step=trainer.step, global_batch_size=trainer.global_batch_size,
-                                    save_checkpoint=save, should_stop=should_stop,
-                                    loss_scale_state=trainer.loss_scale_state if trainer.loss_scale else None,
-                                    **schedule(config, run.total_steps, run.run_dir))
+            controller = Controller(
+                trainer,
+                Evaluator(trainer.strategy, trainer.model, run.mnist),
+                reporter,
+                start_step=trainer.step,
+                global_batch_size=trainer.global_batch_size,
+                save_checkpoint=save,
+                should_stop=should_stop,
+                loss_scale_state=trainer.loss_scale_state if trainer.loss_scale else None,
+                **schedule(config, run.total_steps, run.run_dir),
+            )
             timing = controller.run()
     except TrainingDiverged as exc:
         kept = checkpointer.latest_step
@@ -195,8 +242,10 @@ def train(run: Run, claim: Optional[Claim] = None) -> tuple:
         if cluster is None or _no_room(exc):
             raise
         detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-        raise ClusterFailed(f"{cluster.name} lost contact with the cluster at step {trainer.step} (peers: "
-                            f"{', '.join(cluster.peers())}): {type(exc).__name__}: {detail}") from None
+        raise ClusterFailed(
+            f"{cluster.name} lost contact with the cluster at step {trainer.step} (peers: "
+            f"{', '.join(cluster.peers())}): {type(exc).__name__}: {detail}"
+        ) from None
     finally:
         try:
             reporter.close()
@@ -204,18 +253,25 @@ def train(run: Run, claim: Optional[Claim] = None) -> tuple:
             checkpointer.close()  # waits for the save in flight, even when the events could not be written
     if lost():
         kept = checkpointer.latest_step
-        raise RunFailed(f"{lost()}: stopped at step {trainer.step} of {run.total_steps} " + (
-            "without a checkpoint, so that one process writes the run (" + (
-                f"its latest checkpoint: step {kept})" if kept is not None else "it has no checkpoint)")
-            if claim.taken_over else f"with a checkpoint in {checkpointer.directory}, before another process could "
-            f"take the run over; once the claim can be written, run the same command with --run_name="
-            f"{config.run_name} to resume"))
+        raise RunFailed(
+            f"{lost()}: stopped at step {trainer.step} of {run.total_steps} "
+            + (
+                "without a checkpoint, so that one process writes the run ("
+                + (f"its latest checkpoint: step {kept})" if kept is not None else "it has no checkpoint)")
+                if claim.taken_over
+                else f"with a checkpoint in {checkpointer.directory}, before another process could "
+                f"take the run over; once the claim can be written, run the same command with --run_name="
+                f"{config.run_name} to resume"
+            )
+        )
     if controller.stopped:
         cause = f"by {stop.name}" if stop.requested else "because another worker was stopped"
         where = f"with a checkpoint in {checkpointer.directory}" if run.is_chief else "(the chief holds the checkpoint)"
-        raise Stopped(f"stopped {cause} at step {trainer.step} of {run.total_steps} {where}; run the same "
-                      f"command with --run_name={run.config.run_name} to resume",
-                      stop.exit_status if stop.requested else 143)
+        raise Stopped(
+            f"stopped {cause} at step {trainer.step} of {run.total_steps} {where}; run the same "
+            f"command with --run_name={run.config.run_name} to resume",
+            stop.exit_status if stop.requested else 143,
+        )
     return timing, reporter.history()
 
 
@@ -224,9 +280,12 @@ def _calibrate(classifier: export.Classifier, mnist: Mnist) -> dict:
     which stays for scoring; the fitted temperature goes into the SavedModel."""
     images, labels = mnist.x_train[::CALIBRATION_STRIDE], mnist.y_train[::CALIBRATION_STRIDE]
     temperature = classifier.fit_temperature(images, labels)
-    return {"method": "temperature scaling", "temperature": temperature,
-            "fitted_on": f"{len(labels)} training images (every {CALIBRATION_STRIDE}th)",
-            "ece_bins": calibration_lib.ECE_BINS}
+    return {
+        "method": "temperature scaling",
+        "temperature": temperature,
+        "fitted_on": f"{len(labels)} training images (every {CALIBRATION_STRIDE}th)",
+        "ece_bins": calibration_lib.ECE_BINS,
+    }
 
 
 def write_artifacts(run: Run, timing: dict, history: dict, painter: Painter) -> dict:
@@ -239,8 +298,9 @@ def write_artifacts(run: Run, timing: dict, history: dict, painter: Painter) -> 
     files.write_json(run_json, summary)
     if copy_failed:  # the run is complete and recorded; only its copy is missing
         raise copy_failed
-    _report(run, summary, [saved_model, *([run.config.export_dir] if run.config.export_dir else []), *written,
-                           run_json])
+    _report(
+        run, summary, [saved_model, *([run.config.export_dir] if run.config.export_dir else []), *written, run_json]
+    )
     return summary
 
 
@@ -258,8 +318,9 @@ def _export(run: Run, history: dict, painter: Painter) -> tuple:
     probabilities = test["probabilities"].numpy()
     calibration["test"] = calibration_lib.report(test["outputs"].numpy(), mnist.y_test, calibration["temperature"])
     written = painter.result()
-    painter.submit("draw_test_pictures", run_dir, mnist.x_test, mnist.y_test, probabilities,
-                   calibration["test"]["ece_before"])  # drawn while this exports
+    painter.submit(
+        "draw_test_pictures", run_dir, mnist.x_test, mnist.y_test, probabilities, calibration["test"]["ece_before"]
+    )  # drawn while this exports
     try:
         export.save(classifier, saved_model, legacy=True)  # the run directory is distmnist's: its own export too
     except (OSError, tf.errors.OpError) as exc:
@@ -267,8 +328,10 @@ def _export(run: Run, history: dict, painter: Painter) -> tuple:
         if error is not None:
             raise OSError(error.errno, error.strerror, saved_model) from None  # not the temporary folder's file
         if isinstance(exc, FileExistsError):
-            raise RunFailed(f"{saved_model} {exc.strerror}: move them out, then run the same command with "
-                            f"--run_name={run.config.run_name} to write the SavedModel") from None
+            raise RunFailed(
+                f"{saved_model} {exc.strerror}: move them out, then run the same command with "
+                f"--run_name={run.config.run_name} to write the SavedModel"
+            ) from None
         raise
     copy_failed = None
     if run.config.export_dir:
@@ -280,10 +343,13 @@ def _export(run: Run, history: dict, painter: Painter) -> tuple:
     start = time.perf_counter()
     test_written, png = painter.result()
     written += test_written
-    summaries.write_end_of_run(run.events_dir, trainer.step, png,
-                               "reliability diagram of the exported probabilities on the test set",
-                               experiment.final_scalars(time.perf_counter() - run.started,
-                                                        calibration["test"]["ece_after"]))
+    summaries.write_end_of_run(
+        run.events_dir,
+        trainer.step,
+        png,
+        "reliability diagram of the exported probabilities on the test set",
+        experiment.final_scalars(time.perf_counter() - run.started, calibration["test"]["ece_after"]),
+    )
     run.timings["pictures_s"] = time.perf_counter() - start  # what drawing adds: it overlaps the export
     return calibration, saved_model, written, copy_failed
 
@@ -296,14 +362,18 @@ def _copy_failed(run: Run, exc: Exception) -> RunFailed:
     if error is not None:
         return OutOfRoom(OSError(error.errno, error.strerror, where), f"{then} (the run is complete in {run.run_dir})")
     if isinstance(exc, FileExistsError):
-        return RunFailed(f"--export_dir={where} now {exc.strerror}: move those files out, or choose another "
-                         f"--export_dir, then {then} (the run is complete in {run.run_dir})")
+        return RunFailed(
+            f"--export_dir={where} now {exc.strerror}: move those files out, or choose another "
+            f"--export_dir, then {then} (the run is complete in {run.run_dir})"
+        )
     detail = exc.strerror if isinstance(exc, OSError) else (exc.message.strip().splitlines() or [""])[0][:300]
-    return RunFailed(f"the SavedModel could not be written to --export_dir={where} ({detail}); the run is complete "
-                     f"in {run.run_dir}: fix the folder, then {then}")
+    return RunFailed(
+        f"the SavedModel could not be written to --export_dir={where} ({detail}); the run is complete "
+        f"in {run.run_dir}: fix the folder, then {then}"
+    )
 
 
-def _no_room(exc: Exception) -> Optional[OSError]:
+def _no_room(exc: Exception) -> OSError | None:
     """The OSError of a write that failed for want of room or write access (files.NO_ROOM), from Python's or
     TensorFlow's file system; None for any other error."""
     if isinstance(exc, OSError):
@@ -313,7 +383,7 @@ def _no_room(exc: Exception) -> Optional[OSError]:
     return None
 
 
-def _afterwards(run: Optional[Run], run_name: str) -> str:
+def _afterwards(run: Run | None, run_name: str) -> str:
     """What the same command does after a failed write: resume from the run's latest checkpoint."""
     step = None
     if run is not None:
@@ -328,12 +398,17 @@ def _afterwards(run: Optional[Run], run_name: str) -> str:
 def _record_timings(run: Run, timing: dict) -> None:
     """The training loop's parts and the whole, into run.timings."""
     first_call_s = timing["first_call_s"] or 0.0  # none when a finished run is resumed: nothing left to train
-    run.timings.update(first_call_s=first_call_s, steps_s=timing["train_time_s"] - first_call_s,
-                       evaluations_s=timing["evaluations_s"], checkpoints_s=run.checkpointer.seconds,
-                       profile_s=timing["profile_s"])
+    run.timings.update(
+        first_call_s=first_call_s,
+        steps_s=timing["train_time_s"] - first_call_s,
+        evaluations_s=timing["evaluations_s"],
+        checkpoints_s=run.checkpointer.seconds,
+        profile_s=timing["profile_s"],
+    )
     # From the first distmnist import when the entry point timed its imports; from set_up's start otherwise.
-    run.timings["total_s"] = time.perf_counter() - (run.started if run.timings["imports_s"] is None
-                                                    else distmnist.STARTED)
+    run.timings["total_s"] = time.perf_counter() - (
+        run.started if run.timings["imports_s"] is None else distmnist.STARTED
+    )
 
 
 def _summary(run: Run, timing: dict, history: dict, calibration: dict) -> dict:
@@ -365,28 +440,40 @@ def _summary(run: Run, timing: dict, history: dict, calibration: dict) -> dict:
     }
 
 
-def _source() -> Optional[dict]:
+def _source() -> dict | None:
     """The code that ran, as the launch scripts' start-up names it (DISTMNIST_SOURCE_*: the commit and the sha256 of
     the archive installed); None elsewhere."""
-    source = {"commit": os.environ.get("DISTMNIST_SOURCE_COMMIT"),
-              "archive_sha256": os.environ.get("DISTMNIST_SOURCE_SHA256")}
+    source = {
+        "commit": os.environ.get("DISTMNIST_SOURCE_COMMIT"),
+        "archive_sha256": os.environ.get("DISTMNIST_SOURCE_SHA256"),
+    }
     return source if any(source.values()) else None
 
 
 def _report(run: Run, summary: dict, written: list) -> None:
     """The run's last lines on the console: the accuracy, everything written, where the time went."""
     eps = summary["examples_per_sec"]
-    print(f"final test accuracy {summary['final_test_accuracy']:.4f} after {summary['global_step']} steps "
-          f"({summary['epochs']:.2f} epochs) in {summary['wall_time_s']:.1f} s"
-          + (f", {eps:,.0f} examples/s" if eps else ""))
-    print("wrote:\n  " + "\n  ".join([run.events_dir + " (TensorBoard events)", run.checkpointer.directory,
-                                        *written]))
+    print(
+        f"final test accuracy {summary['final_test_accuracy']:.4f} after {summary['global_step']} steps "
+        f"({summary['epochs']:.2f} epochs) in {summary['wall_time_s']:.1f} s"
+        + (f", {eps:,.0f} examples/s" if eps else "")
+    )
+    print("wrote:\n  " + "\n  ".join([run.events_dir + " (TensorBoard events)", run.checkpointer.directory, *written]))
     print(time_line(run.timings))
 
 
-TIMING_NAMES = {"imports_s": "imports", "data_s": "data", "setup_s": "set-up", "first_call_s": "first call",
-                "steps_s": "training steps", "evaluations_s": "evaluations", "checkpoints_s": "checkpoints",
-                "profile_s": "profiler", "export_s": "export", "pictures_s": "pictures"}
+TIMING_NAMES = {
+    "imports_s": "imports",
+    "data_s": "data",
+    "setup_s": "set-up",
+    "first_call_s": "first call",
+    "steps_s": "training steps",
+    "evaluations_s": "evaluations",
+    "checkpoints_s": "checkpoints",
+    "profile_s": "profiler",
+    "export_s": "export",
+    "pictures_s": "pictures",
+}
 
 
 def time_line(timings: dict) -> str:
@@ -395,10 +482,15 @@ def time_line(timings: dict) -> str:
     return f"time: {timings['total_s']:.1f} s in all; " + ", ".join(f"{TIMING_NAMES[k]} {v:.1f} s" for v, k in parts)
 
 
-def train_and_evaluate(config: TrainConfig, choice: Optional[StrategyChoice] = None,
-                       mnist: Optional[Mnist] = None, imports_s: Optional[float] = None,
-                       painter: Optional[Painter] = None, claim: Optional[Claim] = None,
-                       cluster: Optional[Cluster] = None) -> dict:
+def train_and_evaluate(
+    config: TrainConfig,
+    choice: StrategyChoice | None = None,
+    mnist: Mnist | None = None,
+    imports_s: float | None = None,
+    painter: Painter | None = None,
+    claim: Claim | None = None,
+    cluster: Cluster | None = None,
+) -> dict:
     """Trains, evaluates and exports; returns what run.json holds. `choice` and `mnist` override for tests;
     imports_s is how long the entry point took to import TensorFlow (for run.json's timings); painter draws the
     pictures (the entry point's helper process; by default they are drawn here, at the end); claim: the run's
@@ -420,8 +512,10 @@ def train_and_evaluate(config: TrainConfig, choice: Optional[StrategyChoice] = N
         run.timings["imports_s"] = imports_s
         timing, history = train(run, claim)
         if not run.is_chief:
-            print(f"{run.cluster.name}: done after {run.trainer.step} steps; the chief writes the run directory",
-                  flush=True)
+            print(
+                f"{run.cluster.name}: done after {run.trainer.step} steps; the chief writes the run directory",
+                flush=True,
+            )
             return {"global_step": run.trainer.step, "num_replicas": run.trainer.num_replicas}
         return write_artifacts(run, timing, history, painter)
     except (OSError, tf.errors.OpError) as exc:

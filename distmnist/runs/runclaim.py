@@ -37,7 +37,6 @@ import stat
 import threading
 import time
 import uuid
-from typing import Optional
 
 from absl import logging
 
@@ -72,8 +71,10 @@ def _now() -> str:
 
 def _holder_line(run_dir: str, holder: dict) -> str:
     who = f"pid {holder.get('pid', '?')} on {_shown(holder.get('host', '?'))}, since {_shown(holder.get('since', '?'))}"
-    return (f"run directory {run_dir} is in use by another distmnist process ({who}); wait for it to end, or "
-            "choose another --run_name")
+    return (
+        f"run directory {run_dir} is in use by another distmnist process ({who}); wait for it to end, or "
+        "choose another --run_name"
+    )
 
 
 def _shown(text: str) -> str:
@@ -91,8 +92,9 @@ def _mount_type(path: str) -> str:
                 fields = line.split()
                 mount_point = fields[4].replace("\\040", " ")
                 fstype = fields[fields.index("-") + 1]
-                if (path == mount_point or path.startswith(mount_point.rstrip("/") + "/")) and \
-                        len(mount_point) >= len(best):
+                if (path == mount_point or path.startswith(mount_point.rstrip("/") + "/")) and len(mount_point) >= len(
+                    best
+                ):
                     best, kind = mount_point, fstype
     except (OSError, ValueError, IndexError):
         return ""
@@ -100,7 +102,7 @@ def _mount_type(path: str) -> str:
 
 
 def kind_for(logdir: str) -> str:
-    """"lease" on FUSE mounts (Cloud Storage FUSE and the like), "lock" elsewhere; DISTMNIST_RUN_CLAIM wins."""
+    """ "lease" on FUSE mounts (Cloud Storage FUSE and the like), "lock" elsewhere; DISTMNIST_RUN_CLAIM wins."""
     chosen = os.environ.get("DISTMNIST_RUN_CLAIM", "")
     if chosen in ("lock", "lease"):
         return chosen
@@ -116,10 +118,10 @@ class Claim:
     path: str
     token: str
     created: list  # folders and the claim file this process made, for `abandon`
-    fd: Optional[int] = None
-    _stop: Optional[threading.Event] = None
-    _heartbeat: Optional[threading.Thread] = None
-    lost: Optional[str] = None  # set by a lease's heartbeat: why the run must stop now
+    fd: int | None = None
+    _stop: threading.Event | None = None
+    _heartbeat: threading.Thread | None = None
+    lost: str | None = None  # set by a lease's heartbeat: why the run must stop now
     taken_over: bool = False  # lost to another process: write nothing more into the run
 
     def release(self) -> None:
@@ -167,8 +169,10 @@ def _read_bytes(path: str) -> bytes:
 
 
 def _not_a_claim(path: str, why: str) -> str:
-    return (f"{path} is not a distmnist run claim ({why}); if no distmnist process is using this run, remove it "
-            "and run the same command again")
+    return (
+        f"{path} is not a distmnist run claim ({why}); if no distmnist process is using this run, remove it "
+        "and run the same command again"
+    )
 
 
 def _parse(path: str, data: bytes, fields: dict) -> dict:
@@ -200,8 +204,9 @@ def _existing_claim(path: str, fields: dict) -> dict:
         return {}
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.ENXIO):  # a link; a socket
-            raise NotAClaim(_not_a_claim(path, "a symbolic link" if exc.errno == errno.ELOOP else
-                                         "not a regular file")) from None
+            raise NotAClaim(
+                _not_a_claim(path, "a symbolic link" if exc.errno == errno.ELOOP else "not a regular file")
+            ) from None
         raise UserError(f"cannot read the run claim {path} ({exc.strerror}); fix its permissions") from None
 
 
@@ -214,7 +219,7 @@ def boot_id() -> str:
         return ""
 
 
-def process_started(pid: int) -> Optional[int]:
+def process_started(pid: int) -> int | None:
     """When the live process `pid` started (clock ticks since boot), None when there is no such process or it is
     a zombie (it has ended; its parent has not collected it)."""
     try:
@@ -271,11 +276,15 @@ def _seconds(name: str, default: float) -> float:
 def lease_timing() -> tuple:
     """(heartbeat interval, staleness) in seconds, from DISTMNIST_LEASE_BEAT_S and DISTMNIST_LEASE_STALE_S;
     UserError when either is not a positive number, or a holder that beats could look stale."""
-    beat_s, stale_s = _seconds("DISTMNIST_LEASE_BEAT_S", LEASE_BEAT_S), _seconds("DISTMNIST_LEASE_STALE_S",
-                                                                                  LEASE_STALE_S)
+    beat_s, stale_s = (
+        _seconds("DISTMNIST_LEASE_BEAT_S", LEASE_BEAT_S),
+        _seconds("DISTMNIST_LEASE_STALE_S", LEASE_STALE_S),
+    )
     if stale_s <= 2 * beat_s:
-        raise UserError(f"DISTMNIST_LEASE_STALE_S ({stale_s:g} s) must be more than twice DISTMNIST_LEASE_BEAT_S "
-                        f"({beat_s:g} s): a holder that beats must never look stale")
+        raise UserError(
+            f"DISTMNIST_LEASE_STALE_S ({stale_s:g} s) must be more than twice DISTMNIST_LEASE_BEAT_S "
+            f"({beat_s:g} s): a holder that beats must never look stale"
+        )
     return beat_s, stale_s
 
 
@@ -290,8 +299,14 @@ def take(logdir: str, run_name: str) -> Claim:
         _existing_claim(path, LEASE_FIELDS)  # before anything is made
     created = _make_logdir(logdir, run_dir)
     token = uuid.uuid4().hex
-    me = {"host": socket.gethostname(), "boot_id": boot_id(), "pid": os.getpid(),
-          "started": process_started(os.getpid()), "since": _now(), "token": token}
+    me = {
+        "host": socket.gethostname(),
+        "boot_id": boot_id(),
+        "pid": os.getpid(),
+        "started": process_started(os.getpid()),
+        "since": _now(),
+        "token": token,
+    }
     if not os.path.exists(path):
         created.append(path)
     if kind == "lock":
@@ -304,8 +319,9 @@ def _take_lock(path: str, run_dir: str, me: dict, created: list) -> Claim:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):  # a link; a folder; a socket
-            raise NotAClaim(_not_a_claim(path, "a symbolic link" if exc.errno == errno.ELOOP else
-                                         "not a regular file")) from None
+            raise NotAClaim(
+                _not_a_claim(path, "a symbolic link" if exc.errno == errno.ELOOP else "not a regular file")
+            ) from None
         raise UserError(f"cannot open the run claim {path} ({exc.strerror}); fix its permissions") from None
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
@@ -344,16 +360,22 @@ def _take_lease(path: str, run_dir: str, me: dict, created: list, beat_s: float,
         raise Claimed(_holder_line(run_dir, holder))
     if holder:
         why = "which is no longer running" if gone else f"whose last heartbeat is {age_s:.0f} s old"
-        logging.warning("run directory %s: taking over the claim of pid %s on %s, %s", run_dir, holder["pid"],
-                        _shown(holder["host"]), why)
+        logging.warning(
+            "run directory %s: taking over the claim of pid %s on %s, %s",
+            run_dir,
+            holder["pid"],
+            _shown(holder["host"]),
+            why,
+        )
     _write_lease(path, {**me, "beat": time.time()})
     time.sleep(min(beat_s, 2.0))  # another newcomer's write, if any, lands meanwhile: the file has one winner
     now = _read(path)
     if now.get("token") != me["token"]:
         raise Claimed(_holder_line(run_dir, now))
     claim = Claim(path, me["token"], created, _stop=threading.Event())
-    claim._heartbeat = threading.Thread(target=_heartbeat, args=(claim, me, beat_s, stale_s),
-                                        name="run-claim-heartbeat", daemon=True)
+    claim._heartbeat = threading.Thread(
+        target=_heartbeat, args=(claim, me, beat_s, stale_s), name="run-claim-heartbeat", daemon=True
+    )
     claim._heartbeat.start()
     return claim
 
@@ -373,8 +395,10 @@ def _heartbeat(claim: Claim, me: dict, beat_s: float, stale_s: float) -> None:
             holder = None  # unreadable now: not evidence of a takeover
         if holder and holder["token"] != me["token"]:
             claim.taken_over = True
-            claim.lost = (f"another distmnist process (pid {holder['pid']} on {_shown(holder['host'])}, since "
-                          f"{_shown(holder['since'])}) took over this run's claim {claim.path}")
+            claim.lost = (
+                f"another distmnist process (pid {holder['pid']} on {_shown(holder['host'])}, since "
+                f"{_shown(holder['since'])}) took over this run's claim {claim.path}"
+            )
             return
         try:
             _write_lease(claim.path, {**me, "beat": time.time()})
@@ -382,6 +406,8 @@ def _heartbeat(claim: Claim, me: dict, beat_s: float, stale_s: float) -> None:
         except OSError as exc:
             silent_s = time.monotonic() - written
             if silent_s >= stale_s / 2:
-                claim.lost = (f"no heartbeat could be written to this run's claim {claim.path} for {silent_s:.1f} s "
-                              f"({exc.strerror or exc})")
+                claim.lost = (
+                    f"no heartbeat could be written to this run's claim {claim.path} for {silent_s:.1f} s "
+                    f"({exc.strerror or exc})"
+                )
                 return

@@ -20,8 +20,18 @@ RUN_CONFIG = "run_config.json"
 RESUMABLE = ("overwrite", "data_dir", "require_gpus")
 ADDED_LATER = {"precision": "float32"}  # settings newer than some runs: what those runs trained with
 # What distmnist writes in a run directory: the names, and the prefixes of the event files and temporary names.
-WRITTEN = {RUN_CONFIG, "run.json", "checkpoints", "saved_model", "plugins", "train.svg", "test.svg", "confusion.svg",
-           "mistakes.png", "calibration.svg"}
+WRITTEN = {
+    RUN_CONFIG,
+    "run.json",
+    "checkpoints",
+    "saved_model",
+    "plugins",
+    "train.svg",
+    "test.svg",
+    "confusion.svg",
+    "mistakes.png",
+    "calibration.svg",
+}
 WRITTEN_PREFIXES = ("events.out.tfevents.", ".tmp-", ".old-")
 OVERWRITE = "pass --overwrite to delete it (its checkpoints, events and results) and start afresh"
 
@@ -39,8 +49,9 @@ def holds_a_run(run_dir: str) -> bool:
         names = os.listdir(checkpoints) if os.path.isdir(checkpoints) else []
     except OSError:
         names = []
-    return any(n.startswith("ckpt-") and n.endswith(".index") for n in names) or \
-        any(os.path.lexists(os.path.join(run_dir, n)) for n in ("run.json", "saved_model"))
+    return any(n.startswith("ckpt-") and n.endswith(".index") for n in names) or any(
+        os.path.lexists(os.path.join(run_dir, n)) for n in ("run.json", "saved_model")
+    )
 
 
 def plan(logdir: str, run_name: str, flags: dict) -> str:
@@ -63,19 +74,22 @@ def plan(logdir: str, run_name: str, flags: dict) -> str:
     if RUN_CONFIG not in entries:
         if all(name.startswith(".tmp-") for name in entries):
             return "new"  # empty, or what a start cut short before its settings were written left
-        raise UserError(f"run directory {run_dir} already exists and is not a distmnist run; choose another "
-                        "--run_name")
+        raise UserError(f"run directory {run_dir} already exists and is not a distmnist run; choose another --run_name")
     foreign = sorted(name for name in entries if not written_by_distmnist(name))
     if not holds_a_run(run_dir):
         if foreign:
-            raise UserError(f"run directory {run_dir} holds no checkpoint, and files distmnist did not write "
-                            f"({', '.join(foreign[:3])}); move them out to start it afresh, or choose another "
-                            "--run_name")
+            raise UserError(
+                f"run directory {run_dir} holds no checkpoint, and files distmnist did not write "
+                f"({', '.join(foreign[:3])}); move them out to start it afresh, or choose another "
+                "--run_name"
+            )
         return "restart"
     if flags.get("overwrite"):
         if foreign:
-            raise UserError(f"--overwrite would delete run directory {run_dir}, which holds files distmnist did not "
-                            f"write ({', '.join(foreign[:3])}); move them out first, or choose another --run_name")
+            raise UserError(
+                f"--overwrite would delete run directory {run_dir}, which holds files distmnist did not "
+                f"write ({', '.join(foreign[:3])}); move them out first, or choose another --run_name"
+            )
         return "overwrite"
     saved_path = os.path.join(run_dir, RUN_CONFIG)
     try:
@@ -86,18 +100,23 @@ def plan(logdir: str, run_name: str, flags: dict) -> str:
         raise UserError(f"{saved_path} is not a distmnist run's settings; {OVERWRITE}")
     leaving = safeio.links_leaving(run_dir)
     if leaving:  # resuming rewrites the run's files in place: a link would have them written elsewhere
-        raise UserError(f"run directory {run_dir} holds a link that leads out of it ({leaving[0]}); remove it, or "
-                        f"{OVERWRITE}")
+        raise UserError(
+            f"run directory {run_dir} holds a link that leads out of it ({leaving[0]}); remove it, or {OVERWRITE}"
+        )
     for name, value in flags.items():
         started = saved.get(name, ADDED_LATER.get(name))
-        same = files.same_place(started, value) if name in PATH_SETTINGS and isinstance(started, (str, type(None))) \
+        same = (
+            files.same_place(started, value)
+            if name in PATH_SETTINGS and isinstance(started, (str, type(None)))
             else started == value
+        )
         if name not in RESUMABLE and not same:
             shown = started if not isinstance(started, str) or started.isprintable() else repr(started)  # one line
             then = f"with --{name}={shown}" if started is not None else f"without --{name}"
             now = "without it" if value is None else f"with --{name}={value}" if started is None else value
-            raise UserError(f"run directory {run_dir} was started {then}, not {now}; rerun {then} to resume it, or "
-                            f"{OVERWRITE}")
+            raise UserError(
+                f"run directory {run_dir} was started {then}, not {now}; rerun {then} to resume it, or {OVERWRITE}"
+            )
     return "resume"
 
 
@@ -145,5 +164,7 @@ def kept(logged_step: int, resumed_step: int, evaluation: bool) -> bool:
 
 def kept_history(history: dict, resumed_step: int) -> dict:
     """The logged history ({"loss": [[step, value]], "accuracy": [...]}) a run resumed at resumed_step keeps."""
-    return {"loss": [p for p in history["loss"] if kept(p[0], resumed_step, evaluation=False)],
-            "accuracy": [p for p in history["accuracy"] if kept(p[0], resumed_step, evaluation=True)]}
+    return {
+        "loss": [p for p in history["loss"] if kept(p[0], resumed_step, evaluation=False)],
+        "accuracy": [p for p in history["accuracy"] if kept(p[0], resumed_step, evaluation=True)],
+    }

@@ -10,7 +10,7 @@ checkpoint or the run's last writes short (SIGKILL quits at once).
 import signal
 import sys
 from types import FrameType
-from typing import Any, Optional, TextIO
+from typing import Any, TextIO
 
 HANDLED = (signal.SIGTERM, signal.SIGINT)
 
@@ -18,8 +18,8 @@ HANDLED = (signal.SIGTERM, signal.SIGINT)
 class StopOnSignal:
     """Context manager: while active, SIGTERM/SIGINT set `signum` instead of killing the process."""
 
-    def __init__(self, stream: Optional[TextIO] = None) -> None:
-        self.signum: Optional[int] = None
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.signum: int | None = None
         self._stream = stream or sys.stderr
         self._previous: dict[int, Any] = {}  # signal number -> the handler it had
 
@@ -36,15 +36,19 @@ class StopOnSignal:
         assert self.signum is not None, "asked once a signal came"
         return 128 + self.signum
 
-    def _handle(self, signum: int, frame: Optional[FrameType]) -> None:
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.requested:  # a repeated SIGTERM: already stopping
             return
         self.signum = signum
         if signal.SIGINT in self._previous:
             signal.signal(signal.SIGINT, self._previous.pop(signal.SIGINT))
         quits = "Ctrl-C again" if signum == signal.SIGINT else "Ctrl-C or SIGKILL"
-        print(f"{signal.Signals(signum).name} received: stopping after the current steps and writing a checkpoint "
-              f"({quits} quits at once)", file=self._stream, flush=True)
+        print(
+            f"{signal.Signals(signum).name} received: stopping after the current steps and writing a checkpoint "
+            f"({quits} quits at once)",
+            file=self._stream,
+            flush=True,
+        )
 
     def _restore(self) -> None:
         for signum, handler in self._previous.items():

@@ -3,7 +3,7 @@ that the plots and run.json are drawn from."""
 
 import io
 import sys
-from typing import Optional, TextIO
+from typing import TextIO
 
 import numpy as np
 import tensorflow as tf
@@ -23,8 +23,12 @@ def png_image(name: str, png: bytes, step: int, description: str) -> None:
     """An image summary of one PNG as it is: what tf.summary.image writes ([width, height, PNG] for TensorBoard's
     Images dashboard) without decoding the picture and encoding it again."""
     width, height = Image.open(io.BytesIO(png)).size  # reads the header only
-    tf.summary.write(name, tf.constant([str(width).encode(), str(height).encode(), png]), step=step,
-                     metadata=image_metadata.create_summary_metadata(display_name=None, description=description))
+    tf.summary.write(
+        name,
+        tf.constant([str(width).encode(), str(height).encode(), png]),
+        step=step,
+        metadata=image_metadata.create_summary_metadata(display_name=None, description=description),
+    )
 
 
 def write_end_of_run(run_dir: str, step: int, png: bytes, description: str, scalars: dict) -> None:
@@ -43,9 +47,17 @@ class RunReporter(Reporter):
     misclassified test digits (`mistakes`) at evaluations; at the start of a run its config (its values of the
     experiment's HParams, and every setting in a text table) and the model's graph."""
 
-    def __init__(self, run_dir: Optional[str], total_steps: int, learning_rate: float, stream: Optional[TextIO] = None,
-                 verbose: bool = True, history: Optional[dict] = None,
-                 test_set: Optional[tuple[np.ndarray, np.ndarray]] = None, description: Optional[tuple] = None) -> None:
+    def __init__(
+        self,
+        run_dir: str | None,
+        total_steps: int,
+        learning_rate: float,
+        stream: TextIO | None = None,
+        verbose: bool = True,
+        history: dict | None = None,
+        test_set: tuple[np.ndarray, np.ndarray] | None = None,
+        description: tuple | None = None,
+    ) -> None:
         """run_dir None: keep the history only (a cluster's non-chief workers); verbose False: no console;
         history: what a resumed run logged before (lists of [step, value] under "loss" and "accuracy");
         test_set: (images, labels), for the pictures of mistakes; description: what a fresh run logs once,
@@ -67,7 +79,8 @@ class RunReporter(Reporter):
         """What a fresh run logs once: its config for the HParams and Text dashboards, and the model's graph."""
         model = MLP()
         graph = tf.function(model, autograph=False).get_concrete_function(  # AutoGraph's first use is slow
-            tf.TensorSpec([None, 784], tf.float32, name="features"))
+            tf.TensorSpec([None, 784], tf.float32, name="features")
+        )
         with self.writer.as_default():
             hparams.hparams(hparam_values, trial_id=run_name)
             tf.summary.text("config", config_text, step=0)

@@ -20,20 +20,24 @@ class Agreement:
     def _any_replica_fn(self, flag):
         summed = self.strategy.run(  # tf.identity puts the host's flag on the replica's device
             lambda f: tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, tf.identity(f)),
-            args=(flag,))
+            args=(flag,),
+        )
         return self.strategy.experimental_local_results(summed)[0]
 
     def _from_replica_0_fn(self, at_step):
         """Every replica takes replica 0's weights and step: a sum in which every other replica adds zeros (the
         step in float64, exact far beyond any run's length; GPUs do not all-reduce integers)."""
+
         def replica(at_step):
             ctx = tf.distribute.get_replica_context()
             keep = tf.cast(tf.equal(ctx.replica_id_in_sync_group, 0), tf.float32)
             state = ctx.all_reduce(tf.distribute.ReduceOp.SUM, [tf.convert_to_tensor(v) * keep for v in self._state])
             at_step = ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.identity(at_step) * tf.cast(keep, tf.float64))
-            ctx.merge_call(functools.partial(replicas.update_copies, self._state, update=stepmaths.assign_all),
-                           args=(state,))
+            ctx.merge_call(
+                functools.partial(replicas.update_copies, self._state, update=stepmaths.assign_all), args=(state,)
+            )
             return at_step
+
         return self.strategy.experimental_local_results(self.strategy.run(replica, args=(at_step,)))[0]
 
     def any_replica(self, flag: bool) -> bool:

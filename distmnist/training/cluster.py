@@ -17,7 +17,7 @@ with parameter servers is refused by every task, so no one waits for peers that 
 import dataclasses
 import json
 import re
-from typing import Mapping, MutableMapping, Optional
+from collections.abc import Mapping, MutableMapping
 
 from distmnist.common.errors import UserError
 
@@ -26,7 +26,7 @@ ALIASES = {"master": "chief"}  # AI Platform's and older Estimator jobs' name fo
 NO_ROLE = ("ps", "evaluator")
 
 
-FORM = ('TF_CONFIG needs {"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", "index": N}}')
+FORM = 'TF_CONFIG needs {"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", "index": N}}'
 
 
 class NoRole(UserError):
@@ -62,11 +62,15 @@ class Cluster:
         return f"{self.task_type} {self.task_index} ({self.spec[self.task_type][self.task_index]})"
 
     def peers(self) -> list:
-        return [f"{kind} {i} ({address})" for kind, addresses in self.spec.items()
-                for i, address in enumerate(addresses) if (kind, i) != (self.task_type, self.task_index)]
+        return [
+            f"{kind} {i} ({address})"
+            for kind, addresses in self.spec.items()
+            for i, address in enumerate(addresses)
+            if (kind, i) != (self.task_type, self.task_index)
+        ]
 
 
-def parse_tf_config(text: Optional[str]) -> Optional[Cluster]:
+def parse_tf_config(text: str | None) -> Cluster | None:
     """Returns the Cluster that TF_CONFIG describes, None when it is unset or empty; UserError when it is bad."""
     if not text or not text.strip():
         return None
@@ -74,24 +78,31 @@ def parse_tf_config(text: Optional[str]) -> Optional[Cluster]:
         config = json.loads(text)
     except json.JSONDecodeError as exc:
         raise UserError(f"TF_CONFIG is not valid JSON ({exc}); see launch/local_cluster.sh for its form") from None
-    if not isinstance(config, dict) or not isinstance(config.get("cluster"), dict) or \
-            not isinstance(config.get("task"), dict):
+    if (
+        not isinstance(config, dict)
+        or not isinstance(config.get("cluster"), dict)
+        or not isinstance(config.get("task"), dict)
+    ):
         raise UserError(FORM)
     task = config["task"]
     kind = _task_type(task.get("type"))
     if kind in NO_ROLE:
-        raise NoRole(f"TF_CONFIG gives this process the task type {task.get('type')!r}; distmnist trains with "
-                     "MultiWorkerMirroredStrategy (a chief and workers), which has none: leave parameter servers and "
-                     "evaluators out of the job")
+        raise NoRole(
+            f"TF_CONFIG gives this process the task type {task.get('type')!r}; distmnist trains with "
+            "MultiWorkerMirroredStrategy (a chief and workers), which has none: leave parameter servers and "
+            "evaluators out of the job"
+        )
     spec = {}
     for name, addresses in config["cluster"].items():
         normal = _task_type(name)
         if normal == "evaluator":
             continue  # not part of the training collective; that task itself exits above
         if normal == "ps":
-            raise UserError("TF_CONFIG's cluster has parameter servers ('ps'); distmnist trains with "
-                            "MultiWorkerMirroredStrategy, which uses none: submit the job with a chief and workers "
-                            "only")
+            raise UserError(
+                "TF_CONFIG's cluster has parameter servers ('ps'); distmnist trains with "
+                "MultiWorkerMirroredStrategy, which uses none: submit the job with a chief and workers "
+                "only"
+            )
         if normal in spec:
             raise UserError(f"TF_CONFIG cluster names {normal!r} twice (as {name!r})")
         spec[normal] = addresses
@@ -99,11 +110,15 @@ def parse_tf_config(text: Optional[str]) -> Optional[Cluster]:
         raise UserError(FORM)
     for kind_in_spec, addresses in spec.items():
         if kind_in_spec not in TASK_TYPES:
-            raise UserError(f"TF_CONFIG cluster has task type {kind_in_spec!r}; distmnist runs only "
-                            f"{' and '.join(TASK_TYPES)}")
-        if not isinstance(addresses, list) or not addresses or \
-                not all(isinstance(a, str) and a.rpartition(":")[2].isdigit() for a in addresses):
-            raise UserError(f"TF_CONFIG cluster {kind_in_spec!r} must be a non-empty list of \"host:port\" strings")
+            raise UserError(
+                f"TF_CONFIG cluster has task type {kind_in_spec!r}; distmnist runs only {' and '.join(TASK_TYPES)}"
+            )
+        if (
+            not isinstance(addresses, list)
+            or not addresses
+            or not all(isinstance(a, str) and a.rpartition(":")[2].isdigit() for a in addresses)
+        ):
+            raise UserError(f'TF_CONFIG cluster {kind_in_spec!r} must be a non-empty list of "host:port" strings')
     if len(spec.get("chief", [])) > 1:
         raise UserError("TF_CONFIG cluster may have at most one chief")
     everyone = [a for addresses in spec.values() for a in addresses]
@@ -121,7 +136,7 @@ JOBSET_PORT = 2222
 _JOBSET_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 
 
-def tf_config_from_jobset(environ: Mapping[str, str]) -> Optional[str]:
+def tf_config_from_jobset(environ: Mapping[str, str]) -> str | None:
     """TF_CONFIG for a pod of the JobSet that launch/k8s.sh's TrainingRuntime makes (Kubeflow Trainer v2), None
     where DISTMNIST_JOBSET_NAME is unset. JobSet names each pod JOBSET-ROLE-0-INDEX in the subdomain JOBSET (a
     headless service), so every pod knows every address: the chief JOBSET-chief-0-0, the workers
@@ -131,13 +146,16 @@ def tf_config_from_jobset(environ: Mapping[str, str]) -> Optional[str]:
         return None
     role = environ.get("DISTMNIST_JOBSET_ROLE", "")
     subdomain = environ.get("DISTMNIST_JOBSET_SUBDOMAIN") or name
-    fields = {"JOB_COMPLETION_INDEX": environ.get("JOB_COMPLETION_INDEX", ""),
-              "DISTMNIST_JOBSET_WORKERS": environ.get("DISTMNIST_JOBSET_WORKERS", ""),
-              "DISTMNIST_JOBSET_PORT": environ.get("DISTMNIST_JOBSET_PORT", str(JOBSET_PORT))}
+    fields = {
+        "JOB_COMPLETION_INDEX": environ.get("JOB_COMPLETION_INDEX", ""),
+        "DISTMNIST_JOBSET_WORKERS": environ.get("DISTMNIST_JOBSET_WORKERS", ""),
+        "DISTMNIST_JOBSET_PORT": environ.get("DISTMNIST_JOBSET_PORT", str(JOBSET_PORT)),
+    }
     for key, value in fields.items():
         if not value.isdigit():
-            raise UserError(f"{key} must be a whole number in a Kubeflow Trainer pod (launch/k8s.sh sets it), got "
-                            f"{value!r}")
+            raise UserError(
+                f"{key} must be a whole number in a Kubeflow Trainer pod (launch/k8s.sh sets it), got {value!r}"
+            )
     index, workers, port = (int(value) for value in fields.values())
     if not _JOBSET_NAME.fullmatch(name) or not _JOBSET_NAME.fullmatch(subdomain):
         raise UserError(f"DISTMNIST_JOBSET_NAME {name!r} (and its subdomain {subdomain!r}) must be DNS labels")
@@ -146,12 +164,15 @@ def tf_config_from_jobset(environ: Mapping[str, str]) -> Optional[str]:
     members = {"chief": 1, "worker": workers}
     if not 0 <= index < members[role]:
         raise UserError(f"JOB_COMPLETION_INDEX {index} is out of range for {members[role]} {role} pod(s)")
-    cluster = {kind: [f"{name}-{kind}-0-{i}.{subdomain}:{port}" for i in range(count)]
-               for kind, count in members.items() if count}
+    cluster = {
+        kind: [f"{name}-{kind}-0-{i}.{subdomain}:{port}" for i in range(count)]
+        for kind, count in members.items()
+        if count
+    }
     return json.dumps({"cluster": cluster, "task": {"type": role, "index": index}})
 
 
-def from_environment(strategy: str, environ: MutableMapping[str, str]) -> Optional[Cluster]:
+def from_environment(strategy: str, environ: MutableMapping[str, str]) -> Cluster | None:
     """The run's cluster, read from the environment once (the entry point does, and passes the answer on): TF_CONFIG,
     which a Kubeflow Trainer v2 pod's JobSet names make when it is unset (then set in environ, where TensorFlow's
     collectives read it too); None alone, or with a strategy other than auto and multi_worker. UserError for a bad

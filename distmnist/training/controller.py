@@ -6,7 +6,8 @@ nothing of schedules."""
 
 import math
 import time
-from typing import Callable, Optional, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 import numpy as np
 
@@ -47,12 +48,25 @@ class Controller:
     """Drives a trainer from start_step to total_steps, evaluating, saving, profiling and stopping as the schedule
     says, and telling a Reporter what happens."""
 
-    def __init__(self, trainer: Trainer, evaluator: Evaluator, reporter: Reporter, *, total_steps: int,
-                 steps_per_call: int, global_batch_size: int, eval_every: int, log_every: int, start_step: int = 0,
-                 checkpoint_every: int = 0, save_checkpoint: Optional[Callable[[int], None]] = None,
-                 should_stop: Callable[[], bool] = lambda: False, profile_steps: Optional[tuple] = None,
-                 profile_dir: Optional[str] = None,
-                 loss_scale_state: Optional[Callable[[], dict]] = None):
+    def __init__(
+        self,
+        trainer: Trainer,
+        evaluator: Evaluator,
+        reporter: Reporter,
+        *,
+        total_steps: int,
+        steps_per_call: int,
+        global_batch_size: int,
+        eval_every: int,
+        log_every: int,
+        start_step: int = 0,
+        checkpoint_every: int = 0,
+        save_checkpoint: Callable[[int], None] | None = None,
+        should_stop: Callable[[], bool] = lambda: False,
+        profile_steps: tuple | None = None,
+        profile_dir: str | None = None,
+        loss_scale_state: Callable[[], dict] | None = None,
+    ):
         """steps_per_call: the most steps one trainer.train call runs; global_batch_size: examples a step (for the
         throughput); checkpoint_every: 0 saves at the end (and at a stop) only; save_checkpoint(step) writes a
         checkpoint; should_stop() is asked before each call; profile_steps: (start, end) that the profiler writes
@@ -165,8 +179,10 @@ class Controller:
             self.timed_s += seconds
             self.timed_examples += examples
         every = self.log_every
-        logged = [(s, float(losses[s - first_step]))
-                  for s in range(-(-first_step // every) * every, first_step + num_steps, every)]
+        logged = [
+            (s, float(losses[s - first_step]))
+            for s in range(-(-first_step // every) * every, first_step + num_steps, every)
+        ]
         self.reporter.losses(logged, self.step, examples / seconds)
         if logged and self.loss_scale_state is not None:
             self.reporter.loss_scale(logged[-1][0], self.loss_scale_state())

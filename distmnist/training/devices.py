@@ -16,7 +16,7 @@ import dataclasses
 import os
 import shutil
 import subprocess
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 from distmnist.common.errors import UserError
 
@@ -28,8 +28,9 @@ NVIDIA_PROC = "/proc/driver/nvidia/version"
 
 def nvidia_driver_present() -> bool:
     """Whether this machine has an NVIDIA driver (so TensorFlow ought to see GPUs), without asking TensorFlow."""
-    return os.path.exists(os.environ.get("DISTMNIST_NVIDIA_PROC", NVIDIA_PROC)) or \
-        shutil.which("nvidia-smi") is not None
+    return (
+        os.path.exists(os.environ.get("DISTMNIST_NVIDIA_PROC", NVIDIA_PROC)) or shutil.which("nvidia-smi") is not None
+    )
 
 
 def nvidia_smi(*query: str) -> list:
@@ -37,8 +38,12 @@ def nvidia_smi(*query: str) -> list:
     if not shutil.which("nvidia-smi"):
         return []
     try:
-        out = subprocess.run(["nvidia-smi", f"--query-gpu={','.join(query)}", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=30)
+        out = subprocess.run(
+            ["nvidia-smi", f"--query-gpu={','.join(query)}", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return []
     if out.returncode != 0:
@@ -62,8 +67,15 @@ class DevicePlan:
     warnings: tuple = ()
 
 
-def plan(visible_gpus: Sequence, physical_gpus: Sequence, num_gpus: Optional[int] = None, cpu_replicas: int = 0,
-         kind: str = "auto", in_cluster: bool = False, driver_present: bool = False) -> DevicePlan:
+def plan(
+    visible_gpus: Sequence,
+    physical_gpus: Sequence,
+    num_gpus: int | None = None,
+    cpu_replicas: int = 0,
+    kind: str = "auto",
+    in_cluster: bool = False,
+    driver_present: bool = False,
+) -> DevicePlan:
     """The devices of a run, from plain lists: `visible_gpus` those TensorFlow lets this process use,
     `physical_gpus` those it registered (hidden ones included). kind "auto": a cluster means multi_worker;
     otherwise two or more GPUs give a mirrored strategy over exactly that many, one GPU or none one device.
@@ -79,8 +91,10 @@ def plan(visible_gpus: Sequence, physical_gpus: Sequence, num_gpus: Optional[int
         if not in_cluster:
             raise UserError("--strategy=multi_worker needs TF_CONFIG naming the cluster (see launch/local_cluster.sh)")
         if cpu_replicas:
-            raise UserError("--cpu_replicas cannot be combined with a multi-worker cluster: each worker trains on "
-                            "its GPUs or its CPU")
+            raise UserError(
+                "--cpu_replicas cannot be combined with a multi-worker cluster: each worker trains on "
+                "its GPUs or its CPU"
+            )
     elif cpu_replicas >= 2:
         return DevicePlan("logical_cpus", 0, cpu_replicas)
     visible, hidden = len(visible_gpus), len(physical_gpus) - len(visible_gpus)
@@ -88,11 +102,13 @@ def plan(visible_gpus: Sequence, physical_gpus: Sequence, num_gpus: Optional[int
     warnings = []
     if num_gpus is not None and num_gpus > visible:
         unseen = f", {hidden} more hidden from this process" if hidden > 0 else ""
-        warnings.append(f"--num_gpus={num_gpus} requested but {visible} GPU(s) visible{unseen}: using {visible} "
-                        f"({DOCTOR_HINT})")
+        warnings.append(
+            f"--num_gpus={num_gpus} requested but {visible} GPU(s) visible{unseen}: using {visible} ({DOCTOR_HINT})"
+        )
     elif not physical_gpus and num_gpus != 0 and driver_present:
-        warnings.append(f"this machine has an NVIDIA driver but TensorFlow registered no GPU: training on the CPU "
-                        f"({DOCTOR_HINT})")
+        warnings.append(
+            f"this machine has an NVIDIA driver but TensorFlow registered no GPU: training on the CPU ({DOCTOR_HINT})"
+        )
     if kind != "multi_worker":
         kind = "mirrored" if kind == "mirrored" or (kind != "one_device" and use >= 2) else "one_device"
     return DevicePlan(kind, use, 0, tuple(warnings))
@@ -114,8 +130,9 @@ def configure_gpus(count: int, memory_growth: bool = True) -> list:
             for gpu in wanted:
                 tf.config.experimental.set_memory_growth(gpu, memory_growth)
     except RuntimeError:
-        logging.warning("TensorFlow has initialised its GPUs already: --num_gpus visibility and memory growth "
-                        "are as they were")
+        logging.warning(
+            "TensorFlow has initialised its GPUs already: --num_gpus visibility and memory growth are as they were"
+        )
     return [f"/gpu:{i}" for i in range(len(wanted))]
 
 
@@ -165,36 +182,58 @@ def precision_support(flags: set, gpu_capabilities: Sequence, onednn_off: bool =
         native = {p: lowest >= cc for p, cc in MIN_GPU_CAPABILITY.items()}
         shown = ".".join(map(str, lowest))
         if native["mixed_bfloat16"]:
-            return PrecisionSupport(native, "mixed_bfloat16", f"GPUs of compute capability {shown} run bfloat16 "
-                                    "natively, without loss scaling", on_cpu=False)
+            return PrecisionSupport(
+                native,
+                "mixed_bfloat16",
+                f"GPUs of compute capability {shown} run bfloat16 natively, without loss scaling",
+                on_cpu=False,
+            )
         if native["mixed_float16"]:
-            return PrecisionSupport(native, "mixed_float16", f"GPUs of compute capability {shown} have float16 tensor "
-                                    "cores (bfloat16 needs 8.0)", on_cpu=False)
-        return PrecisionSupport(native, "float32", f"GPUs of compute capability {shown} have no tensor cores",
-                                on_cpu=False)
+            return PrecisionSupport(
+                native,
+                "mixed_float16",
+                f"GPUs of compute capability {shown} have float16 tensor cores (bfloat16 needs 8.0)",
+                on_cpu=False,
+            )
+        return PrecisionSupport(
+            native, "float32", f"GPUs of compute capability {shown} have no tensor cores", on_cpu=False
+        )
     hardware = {p: ", ".join(f for f in features if f in flags) for p, features in NATIVE_CPU_FEATURES.items()}
     native = {p: bool(found) and not onednn_off for p, found in hardware.items()}
     if native["mixed_bfloat16"]:
-        return PrecisionSupport(native, "mixed_bfloat16", f"the CPU has {hardware['mixed_bfloat16']}: oneDNN runs "
-                                "bfloat16 matmuls in hardware")
+        return PrecisionSupport(
+            native,
+            "mixed_bfloat16",
+            f"the CPU has {hardware['mixed_bfloat16']}: oneDNN runs bfloat16 matmuls in hardware",
+        )
     if hardware["mixed_bfloat16"]:
-        return PrecisionSupport(native, "float32", f"the CPU has {hardware['mixed_bfloat16']}, but {ONEDNN_SWITCH}=0 "
-                                "switches off the oneDNN kernels that use it: unset it for --precision=mixed_bfloat16",
-                                switched_off={p: found for p, found in hardware.items() if found})
-    return PrecisionSupport(native, "float32", "the CPU has neither amx_bf16 nor avx512_bf16: bfloat16 and float16 "
-                            "are emulated here, no faster than float32 and less precise")
+        return PrecisionSupport(
+            native,
+            "float32",
+            f"the CPU has {hardware['mixed_bfloat16']}, but {ONEDNN_SWITCH}=0 "
+            "switches off the oneDNN kernels that use it: unset it for --precision=mixed_bfloat16",
+            switched_off={p: found for p, found in hardware.items() if found},
+        )
+    return PrecisionSupport(
+        native,
+        "float32",
+        "the CPU has neither amx_bf16 nor avx512_bf16: bfloat16 and float16 "
+        "are emulated here, no faster than float32 and less precise",
+    )
 
 
 def support_of(gpus: Sequence) -> PrecisionSupport:
     """precision_support for this CPU and the given TensorFlow GPU devices (empty: the CPU trains)."""
     import tensorflow as tf
 
-    return precision_support(cpu_flags(), [tf.config.experimental.get_device_details(g).get("compute_capability")
-                                           or (0, 0) for g in gpus], onednn_switched_off())
+    return precision_support(
+        cpu_flags(),
+        [tf.config.experimental.get_device_details(g).get("compute_capability") or (0, 0) for g in gpus],
+        onednn_switched_off(),
+    )
 
 
-def resolve_xla(jit_compile: Optional[bool], input: str, precision: str,
-                support: Optional[PrecisionSupport]) -> bool:
+def resolve_xla(jit_compile: bool | None, input: str, precision: str, support: PrecisionSupport | None) -> bool:
     """Whether a run's training call uses XLA, decided here for every caller: the user's --jit_compile when given;
     otherwise on for the device input (XLA cannot hold a tf.data iterator), except that a mixed precision on a CPU
     that runs it natively leaves the step's matmuls to oneDNN (XLA's CPU dots do not use AMX; docs/precision.md).
@@ -209,10 +248,14 @@ def resolve_xla(jit_compile: Optional[bool], input: str, precision: str,
 def emulated(precision: str, support: PrecisionSupport) -> str:
     """Why `precision` is emulated on the training devices, in one line (for the run's warning)."""
     if precision in support.switched_off:
-        return (f"--precision={precision} cannot use this CPU's {support.switched_off[precision]} with "
-                f"{ONEDNN_SWITCH}=0 (oneDNN's kernels off): no faster than float32; unset it to train faster")
+        return (
+            f"--precision={precision} cannot use this CPU's {support.switched_off[precision]} with "
+            f"{ONEDNN_SWITCH}=0 (oneDNN's kernels off): no faster than float32; unset it to train faster"
+        )
     if support.on_cpu:
-        return (f"--precision={precision} is emulated on this CPU (it has none of "
-                f"{', '.join(NATIVE_CPU_FEATURES[precision])}): no faster than float32, and less precise")
+        return (
+            f"--precision={precision} is emulated on this CPU (it has none of "
+            f"{', '.join(NATIVE_CPU_FEATURES[precision])}): no faster than float32, and less precise"
+        )
     needed = ".".join(map(str, MIN_GPU_CAPABILITY[precision]))
     return f"--precision={precision} is emulated on GPUs below compute capability {needed}: no faster than float32"

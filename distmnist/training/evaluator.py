@@ -19,8 +19,9 @@ class Evaluator:
         self.num_test = len(mnist.x_test)
         self._test = self._shard_eval_set(mnist.x_test, mnist.y_test)  # (features, labels), made once
         replica_ids = strategy.experimental_local_results(inputs.on_each_replica(strategy, lambda r, n: np.int32(r)))
-        self._local_test_rows = [slice(*inputs.shard_bounds(self.num_test, int(r), self.num_replicas))
-                                 for r in replica_ids]  # the test rows each of this worker's replicas holds
+        self._local_test_rows = [
+            slice(*inputs.shard_bounds(self.num_test, int(r), self.num_replicas)) for r in replica_ids
+        ]  # the test rows each of this worker's replicas holds
         self._evaluate = tf.function(self._evaluate_fn, autograph=False)
 
     def _replica_evaluate(self, features, labels):
@@ -38,16 +39,20 @@ class Evaluator:
     def _shard_eval_set(self, x, y):
         """Each replica's rows of the evaluation set on its own device: float32 features, converted once rather
         than at every evaluation, and the labels."""
+
         def rows(r, n):
             return slice(*inputs.shard_bounds(len(x), r, n))
-        return (inputs.on_each_replica(self.strategy, lambda r, n: images_to_features(x[rows(r, n)])),
-                inputs.on_each_replica(self.strategy, lambda r, n: y[rows(r, n)]))
+
+        return (
+            inputs.on_each_replica(self.strategy, lambda r, n: images_to_features(x[rows(r, n)])),
+            inputs.on_each_replica(self.strategy, lambda r, n: y[rows(r, n)]),
+        )
 
     def evaluate(self) -> tuple:
         """Accuracy over the whole test set, every image counted once whatever the replica count, and the
         predicted class of every test image (-1 for images another worker holds)."""
         correct, predicted = self._evaluate(*self._test)
         classes = np.full([self.num_test], -1, np.int32)
-        for rows, replica_classes in zip(self._local_test_rows, predicted):
+        for rows, replica_classes in zip(self._local_test_rows, predicted, strict=True):
             classes[rows] = replica_classes.numpy()
         return int(round(float(correct))) / self.num_test, classes

@@ -6,8 +6,6 @@ order in which `from_tensor_slices((x, y)).shuffle(...)` delivers images. Each e
 batch is dropped, so every step sees a full global batch and the loss scaling is exact.
 """
 
-from typing import Optional
-
 import numpy as np
 import tensorflow as tf
 
@@ -39,10 +37,14 @@ class EpochOrder:
     again and the first `epochs` dropped).
     """
 
-    def __init__(self, num_examples: int, shuffle_buffer: int, seed: int, epochs: Optional[int] = None):
+    def __init__(self, num_examples: int, shuffle_buffer: int, seed: int, epochs: int | None = None):
         # A new dataset draws the sequence from its start: iterators of one dataset share its shuffle's seeds.
-        self._sequence = lambda: _shuffled(tf.data.Dataset.range(num_examples), shuffle_buffer, seed).batch(
-            num_examples).repeat().with_options(_UNTUNED)
+        self._sequence = lambda: (
+            _shuffled(tf.data.Dataset.range(num_examples), shuffle_buffer, seed)
+            .batch(num_examples)
+            .repeat()
+            .with_options(_UNTUNED)
+        )
         self._bound = epochs
         ahead = min(MAX_EPOCHS_AHEAD, epochs) if epochs else 1
         self._epochs = iter((self._sequence() if epochs is None else self._sequence().take(epochs)).prefetch(ahead))
@@ -62,9 +64,15 @@ def preprocess(images: tf.Tensor, labels: tf.Tensor):
     return images_to_features(images), labels_to_targets(labels)
 
 
-def tfdata_pipeline(x: np.ndarray, y: np.ndarray, global_batch_size: int, shuffle_buffer: int, seed: int,
-                    input_context: Optional[tf.distribute.InputContext] = None,
-                    start_step: int = 0) -> tf.data.Dataset:
+def tfdata_pipeline(
+    x: np.ndarray,
+    y: np.ndarray,
+    global_batch_size: int,
+    shuffle_buffer: int,
+    seed: int,
+    input_context: tf.distribute.InputContext | None = None,
+    start_step: int = 0,
+) -> tf.data.Dataset:
     """The tutorial's pipeline, repeated forever: shuffle -> batch(global) -> map(preprocess) -> prefetch.
 
     With an input_context (tf.distribute calls it once per worker), each global batch is cut into this
@@ -83,9 +91,12 @@ def tfdata_pipeline(x: np.ndarray, y: np.ndarray, global_batch_size: int, shuffl
 
         @tf.autograph.experimental.do_not_convert  # plain tensor ops: nothing for AutoGraph to convert
         def split(images, labels):
-            return tf.data.Dataset.from_tensor_slices((
-                tf.reshape(images[first:first + size], [local_replicas, per_replica, 28, 28]),
-                tf.reshape(labels[first:first + size], [local_replicas, per_replica])))
+            return tf.data.Dataset.from_tensor_slices(
+                (
+                    tf.reshape(images[first : first + size], [local_replicas, per_replica, 28, 28]),
+                    tf.reshape(labels[first : first + size], [local_replicas, per_replica]),
+                )
+            )
 
         # flat_map hides that the stream never ends; said again, tf.distribute skips the check that every worker
         # still has data, an int64 all-reduce in every step (and a SplitV that GPUs have no int64 kernel for).
@@ -105,6 +116,7 @@ def on_each_replica(strategy: tf.distribute.Strategy, value_fn):
     def place(ctx):
         with tf.device(devices[ctx.replica_id_in_sync_group % len(devices)]):
             return tf.identity(value_fn(ctx.replica_id_in_sync_group, ctx.num_replicas_in_sync))
+
     return strategy.experimental_distribute_values_from_function(place)
 
 
@@ -113,8 +125,16 @@ def shard_bounds(num_examples: int, replica_id: int, num_replicas: int):
     return num_examples * replica_id // num_replicas, num_examples * (replica_id + 1) // num_replicas
 
 
-def replica_call_indices(epoch_order, first_step: int, count: int, steps_per_loop: int, steps_per_epoch: int,
-                         num_replicas: int, per_replica_batch_size: int, replica_id: int) -> np.ndarray:
+def replica_call_indices(
+    epoch_order,
+    first_step: int,
+    count: int,
+    steps_per_loop: int,
+    steps_per_epoch: int,
+    num_replicas: int,
+    per_replica_batch_size: int,
+    replica_id: int,
+) -> np.ndarray:
     """The indices that one replica trains on at each step of a call: int64 [steps_per_loop, batch] for global
     steps first_step .. first_step + count - 1, across epoch ends; rows past `count` are zeros (the call masks
     those steps). epoch_order(e) is epoch e's order of example indices. Int64, as int32 tensors on a GPU live in
@@ -126,7 +146,7 @@ def replica_call_indices(epoch_order, first_step: int, count: int, steps_per_loo
     global_batch = num_replicas * per_replica_batch_size
     for row, step in enumerate(range(first_step, first_step + count)):
         at = (step % steps_per_epoch) * global_batch + replica_id * per_replica_batch_size
-        rows[row] = epoch_order(step // steps_per_epoch)[at:at + per_replica_batch_size]
+        rows[row] = epoch_order(step // steps_per_epoch)[at : at + per_replica_batch_size]
     return rows
 
 
@@ -143,9 +163,19 @@ class DeviceInput:
     static_trip_count = True  # every call runs steps_per_loop iterations and masks those past its count
     replayable = True  # call_args(step, count) gives the same batches every time: a call can run again
 
-    def __init__(self, strategy: tf.distribute.Strategy, x: np.ndarray, y: np.ndarray, steps_per_epoch: int,
-                 per_replica_batch_size: int, steps_per_loop: int, shuffle_buffer: int, seed: int,
-                 epochs: Optional[int] = None, dtype: tf.DType = tf.float32):
+    def __init__(
+        self,
+        strategy: tf.distribute.Strategy,
+        x: np.ndarray,
+        y: np.ndarray,
+        steps_per_epoch: int,
+        per_replica_batch_size: int,
+        steps_per_loop: int,
+        shuffle_buffer: int,
+        seed: int,
+        epochs: int | None = None,
+        dtype: tf.DType = tf.float32,
+    ):
         self.strategy = strategy
         self.steps_per_epoch = steps_per_epoch
         self.per_replica_batch_size = per_replica_batch_size
@@ -175,9 +205,19 @@ class DeviceInput:
         first_epoch = first_step // self.steps_per_epoch
         for epoch in [e for e in self._orders if e < first_epoch]:
             del self._orders[epoch]  # epochs behind the run are not needed again
-        indices = on_each_replica(self.strategy, lambda r, n: replica_call_indices(
-            self._epoch_order, first_step, count, self.steps_per_loop, self.steps_per_epoch, n,
-            self.per_replica_batch_size, r))
+        indices = on_each_replica(
+            self.strategy,
+            lambda r, n: replica_call_indices(
+                self._epoch_order,
+                first_step,
+                count,
+                self.steps_per_loop,
+                self.steps_per_epoch,
+                n,
+                self.per_replica_batch_size,
+                r,
+            ),
+        )
         return self.features, self.targets, indices
 
     def traced_args(self) -> tuple:
@@ -206,11 +246,21 @@ class TfdataInput:
     static_trip_count = False  # a masked step would still take a batch from the iterator
     replayable = False  # the iterator has moved on
 
-    def __init__(self, strategy: tf.distribute.Strategy, x: np.ndarray, y: np.ndarray, global_batch_size: int,
-                 shuffle_buffer: int, seed: int):
+    def __init__(
+        self,
+        strategy: tf.distribute.Strategy,
+        x: np.ndarray,
+        y: np.ndarray,
+        global_batch_size: int,
+        shuffle_buffer: int,
+        seed: int,
+    ):
         self.strategy = strategy
-        self._make = lambda start_step: iter(strategy.distribute_datasets_from_function(
-            lambda context: tfdata_pipeline(x, y, global_batch_size, shuffle_buffer, seed, context, start_step)))
+        self._make = lambda start_step: iter(
+            strategy.distribute_datasets_from_function(
+                lambda context: tfdata_pipeline(x, y, global_batch_size, shuffle_buffer, seed, context, start_step)
+            )
+        )
         self.iterator = self._make(0)
 
     def seek(self, step: int) -> None:

@@ -53,7 +53,7 @@ class MLP(tf.Module):
     def __init__(self, seed: int = 0, name: str = "mlp"):
         super().__init__(name=name)
         self.kernels, self.biases = [], []
-        for i, (fan_in, fan_out) in enumerate(zip(LAYER_SIZES[:-1], LAYER_SIZES[1:])):
+        for i, (fan_in, fan_out) in enumerate(zip(LAYER_SIZES[:-1], LAYER_SIZES[1:], strict=True)):
             limit = 1.0 / np.sqrt(fan_in)
             kernel = tf.random.stateless_uniform([fan_in, fan_out], [seed, 2 * i], -limit, limit)
             bias = tf.random.stateless_uniform([fan_out], [seed, 2 * i + 1], -limit, limit)
@@ -63,11 +63,11 @@ class MLP(tf.Module):
     @property
     def weights(self):
         """Variables in a fixed order: kernel_0, bias_0, kernel_1, ..."""
-        return [v for pair in zip(self.kernels, self.biases) for v in pair]
+        return [v for pair in zip(self.kernels, self.biases, strict=True) for v in pair]
 
     def __call__(self, features: tf.Tensor) -> tf.Tensor:
         return forward(self.weights, features)
 
     def set_numpy(self, values) -> None:
-        for variable, value in zip(self.weights, values):
+        for variable, value in zip(self.weights, values, strict=True):
             variable.assign(value)

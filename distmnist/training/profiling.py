@@ -10,7 +10,6 @@ docs/performance.md.
 
 import contextlib
 import time
-from typing import Optional
 
 import tensorflow as tf
 
@@ -20,7 +19,7 @@ from distmnist.common import logfilters
 class StepProfiler:
     """Starts TensorFlow's profiler when training reaches `start`, stops it (writing the profile) at `end`."""
 
-    def __init__(self, run_dir: Optional[str], steps: Optional[tuple]):
+    def __init__(self, run_dir: str | None, steps: tuple | None):
         """steps: (start, end) or None (no profile). Only a process with a run directory profiles."""
         self.run_dir = run_dir
         self.start, self.end = steps if steps and run_dir else (None, None)
@@ -28,7 +27,7 @@ class StepProfiler:
         self.done = self.start is None
         self.seconds = 0.0  # starting and stopping the profiler (writing the profile), not training
 
-    def boundaries(self, step: int) -> Optional[int]:
+    def boundaries(self, step: int) -> int | None:
         """The next step after `step` where a call must end so that the profile covers exactly its steps; None
         when there is none (no profile, or a run resumed past its range)."""
         if self.done or step >= self.end:
@@ -38,8 +37,9 @@ class StepProfiler:
     def before_call(self, step: int) -> None:
         if not self.done and not self.active and self.start <= step < self.end:
             began = time.perf_counter()
-            options = tf.profiler.experimental.ProfilerOptions(host_tracer_level=2, python_tracer_level=0,
-                                                               device_tracer_level=1)
+            options = tf.profiler.experimental.ProfilerOptions(
+                host_tracer_level=2, python_tracer_level=0, device_tracer_level=1
+            )
             with logfilters.capturing_stderr():  # the profiler's C++ start-up lines
                 tf.profiler.experimental.start(self.run_dir, options=options)
             self.active = True

@@ -8,9 +8,9 @@ def on_each_copy(strategy: tf.distribute.Strategy, targets, values, update) -> N
     """update(variables, values) with each replica's copies of the target variables and its values, on its own
     device (as strategy.extended.update places one variable's update); cross-replica context."""
     local = strategy.experimental_local_results
-    copies = zip(*(local(v) for v in targets))
-    replica_values = zip(*(local(x) for x in values))
-    for variables, replica_value in zip(copies, replica_values):
+    copies = zip(*(local(v) for v in targets), strict=True)
+    replica_values = zip(*(local(x) for x in values), strict=True)
+    for variables, replica_value in zip(copies, replica_values, strict=True):
         with tf.device(variables[0].device):
             update(list(variables), list(replica_value))
 

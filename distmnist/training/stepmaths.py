@@ -4,7 +4,7 @@ No strategy here: these run inside one replica (and XLA can compile them); the t
 across replicas and applies the update to every replica's copy of the weights.
 """
 
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import tensorflow as tf
 
@@ -21,9 +21,15 @@ def mse_loss(targets: tf.Tensor, outputs: tf.Tensor, global_batch_size: int) -> 
     return tf.math.divide_no_nan(tf.reduce_sum(per_example), tf.constant(global_batch_size, per_example.dtype))
 
 
-def gradients(weights, features: tf.Tensor, targets: tf.Tensor, global_batch_size: int,
-              loss_fn: Callable = mse_loss, compute_dtype: tf.DType = tf.float32,
-              loss_scale: Optional[tf.Tensor] = None):
+def gradients(
+    weights,
+    features: tf.Tensor,
+    targets: tf.Tensor,
+    global_batch_size: int,
+    loss_fn: Callable = mse_loss,
+    compute_dtype: tf.DType = tf.float32,
+    loss_scale: tf.Tensor | None = None,
+):
     """Returns (the loss's gradients for each weight, this replica's loss), both float32.
 
     compute_dtype: the forward pass's type (model.forward); the loss is float32 whatever it is. loss_scale (float16):
@@ -61,7 +67,7 @@ def sgd(variable: tf.Variable, grad: tf.Tensor, learning_rate: tf.Tensor, apply:
 def sgd_all(variables, grads, learning_rate: tf.Tensor, apply: tf.Tensor) -> None:
     """sgd on every weight of one replica's copy of the model: under XLA one launch a replica, not three ops a
     weight that wait for the intra-op threads another replica's step holds."""
-    for variable, grad in zip(variables, grads):
+    for variable, grad in zip(variables, grads, strict=True):
         sgd(variable, grad, learning_rate, apply)
 
 
@@ -69,7 +75,7 @@ def sgd_every_step(variables, grads, learning_rate: tf.Tensor) -> None:
     """Plain SGD on every weight of one replica's copy of the model, for a call whose every step applies (the lean
     graph call): one ResourceApplyGradientDescent a weight, var -= learning_rate * grad, where sgd_all runs three
     ops (the product, the select, the subtraction). The same product and subtraction, so the same numbers."""
-    for variable, grad in zip(variables, grads):
+    for variable, grad in zip(variables, grads, strict=True):
         tf.raw_ops.ResourceApplyGradientDescent(var=variable.handle, alpha=learning_rate, delta=grad)
 
 
@@ -83,8 +89,9 @@ def update_loss_scale(variables, values, growth_steps: int) -> None:
     active, overflowed = values[0][0] > 0.0, values[0][1] > 0.0
     skip = tf.logical_and(active, overflowed)
     grow = tf.logical_and(tf.logical_and(active, tf.logical_not(overflowed)), good + 1.0 >= growth_steps)
-    skipped_at_1.assign(tf.where(active, tf.where(tf.logical_and(skip, scale <= 1.0), skipped_at_1 + 1.0, 0.0),
-                                 skipped_at_1))
+    skipped_at_1.assign(
+        tf.where(active, tf.where(tf.logical_and(skip, scale <= 1.0), skipped_at_1 + 1.0, 0.0), skipped_at_1)
+    )
     scale.assign(tf.where(skip, tf.maximum(scale * 0.5, 1.0), tf.where(grow, scale * 2.0, scale)))
     good.assign(tf.where(tf.logical_or(skip, grow), 0.0, tf.where(active, good + 1.0, good)))
     skipped.assign_add(tf.where(skip, 1.0, 0.0))
@@ -92,5 +99,5 @@ def update_loss_scale(variables, values, growth_steps: int) -> None:
 
 def assign_all(variables, values) -> None:
     """Every weight of one replica's copy of the model set to the given values."""
-    for variable, value in zip(variables, values):
+    for variable, value in zip(variables, values, strict=True):
         variable.assign(value)

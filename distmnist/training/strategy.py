@@ -3,7 +3,6 @@ visible GPUs; make_strategy then configures those GPUs (visibility, memory growt
 devices, and builds the strategy, so it must run before TensorFlow has initialised its devices."""
 
 import dataclasses
-from typing import Optional
 
 import tensorflow as tf
 from absl import logging
@@ -19,7 +18,7 @@ class StrategyChoice:
     strategy: tf.distribute.Strategy
     name: str
     devices: tuple
-    cluster: Optional[Cluster] = None  # set for multi-worker runs
+    cluster: Cluster | None = None  # set for multi-worker runs
 
     @property
     def num_replicas(self) -> int:
@@ -47,8 +46,10 @@ def _logical_cpus(count: int) -> list:
             pass  # TensorFlow has started: the devices it has are all there will be
     logical = tf.config.list_logical_devices("CPU")
     if len(logical) < count:
-        raise UserError(f"--cpu_replicas={count} needs {count} logical CPUs but TensorFlow already started with "
-                        f"{len(logical)}; choose the replica count before any TensorFlow op runs")
+        raise UserError(
+            f"--cpu_replicas={count} needs {count} logical CPUs but TensorFlow already started with "
+            f"{len(logical)}; choose the replica count before any TensorFlow op runs"
+        )
     return [d.name for d in logical[:count]]
 
 
@@ -79,32 +80,49 @@ def communication(local_devices) -> "tf.distribute.experimental.CommunicationImp
     return implementation.AUTO
 
 
-def _multi_worker(cluster: Cluster, gpus: int, collective_timeout_s: int, cluster_start_timeout_s: int,
-                  gpu_memory_growth: bool) -> StrategyChoice:
+def _multi_worker(
+    cluster: Cluster, gpus: int, collective_timeout_s: int, cluster_start_timeout_s: int, gpu_memory_growth: bool
+) -> StrategyChoice:
     _bound_cluster_waits(collective_timeout_s, cluster_start_timeout_s)
     local = configure_gpus(gpus, gpu_memory_growth) or ["/cpu:0"]
     implementation = communication(local)
-    options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=collective_timeout_s,
-                                                              implementation=implementation)
+    options = tf.distribute.experimental.CommunicationOptions(
+        timeout_seconds=collective_timeout_s, implementation=implementation
+    )
     resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
-        tf.train.ClusterSpec(cluster.spec), task_type=cluster.task_type, task_id=cluster.task_index,
-        rpc_layer="grpc")
+        tf.train.ClusterSpec(cluster.spec), task_type=cluster.task_type, task_id=cluster.task_index, rpc_layer="grpc"
+    )
     strategy = tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver, communication_options=options)
     collectives = "NCCL" if implementation == implementation.NCCL else "ring"  # AUTO picks rings on CPUs
-    return StrategyChoice(strategy, f"MultiWorkerMirroredStrategy ({cluster.num_workers} workers, "
-                          f"{collectives} collectives)",
-                          tuple(f"{cluster.task_type}:{cluster.task_index}{d}" for d in local), cluster)
+    return StrategyChoice(
+        strategy,
+        f"MultiWorkerMirroredStrategy ({cluster.num_workers} workers, {collectives} collectives)",
+        tuple(f"{cluster.task_type}:{cluster.task_index}{d}" for d in local),
+        cluster,
+    )
 
 
-def make_strategy(num_gpus: Optional[int] = None, cpu_replicas: int = 0, kind: str = "auto",
-                  cluster: Optional[Cluster] = None, collective_timeout_s: int = 60,
-                  cluster_start_timeout_s: int = 600, gpu_memory_growth: bool = True) -> StrategyChoice:
+def make_strategy(
+    num_gpus: int | None = None,
+    cpu_replicas: int = 0,
+    kind: str = "auto",
+    cluster: Cluster | None = None,
+    collective_timeout_s: int = 60,
+    cluster_start_timeout_s: int = 600,
+    gpu_memory_growth: bool = True,
+) -> StrategyChoice:
     """Builds the strategy `devices.plan` chooses from this process's visible GPUs (see there): multi-worker
     with a cluster, MirroredStrategy over 2+ GPUs (or over cpu_replicas >= 2 logical CPUs, every GPU left
     alone), else a one-device strategy. The process sees only the GPUs it uses, with memory growth as asked."""
-    chosen = devices.plan(tf.config.get_visible_devices("GPU"), tf.config.list_physical_devices("GPU"), num_gpus,
-                          cpu_replicas, kind, in_cluster=cluster is not None,
-                          driver_present=devices.nvidia_driver_present())
+    chosen = devices.plan(
+        tf.config.get_visible_devices("GPU"),
+        tf.config.list_physical_devices("GPU"),
+        num_gpus,
+        cpu_replicas,
+        kind,
+        in_cluster=cluster is not None,
+        driver_present=devices.nvidia_driver_present(),
+    )
     for warning in chosen.warnings:
         logging.warning("%s", warning)
     if chosen.kind == "multi_worker":
@@ -113,7 +131,8 @@ def make_strategy(num_gpus: Optional[int] = None, cpu_replicas: int = 0, kind: s
         configure_gpus(0)
         names = _logical_cpus(chosen.cpu_replicas)
         strategy = tf.distribute.MirroredStrategy(
-            devices=names, cross_device_ops=tf.distribute.ReductionToOneDevice(reduce_to_device=names[0]))
+            devices=names, cross_device_ops=tf.distribute.ReductionToOneDevice(reduce_to_device=names[0])
+        )
         return StrategyChoice(strategy, "MirroredStrategy (logical CPUs)", tuple(names))
     gpus = configure_gpus(chosen.gpus, gpu_memory_growth)
     if chosen.kind == "mirrored":

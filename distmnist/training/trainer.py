@@ -22,7 +22,7 @@ node of every step, so it runs num_steps iterations with nothing to mask and not
 
 import dataclasses
 import functools
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import numpy as np
 import tensorflow as tf
@@ -45,14 +45,14 @@ class TrainerSettings:
     shuffle_buffer: int
     input: str  # "device": inputs.DeviceInput, or "tfdata": inputs.TfdataInput
     jit_compile: bool  # as devices.resolve_xla decided it for the run
-    total_steps: Optional[int]  # the steps the run will train, so the input draws its epochs' orders ahead, while
+    total_steps: int | None  # the steps the run will train, so the input draws its epochs' orders ahead, while
     # the call compiles, and no more (None: not known; each epoch's order is then drawn one ahead, as it trains)
     precision: str  # "float32", "mixed_bfloat16", "mixed_float16" (with dynamic loss scaling)
     loss_scale_growth_steps: int  # mixed_float16: good steps in a row that double the loss scale
 
 
 COMPUTE_DTYPES = {"float32": tf.float32, "mixed_bfloat16": tf.bfloat16, "mixed_float16": tf.float16}
-INITIAL_LOSS_SCALE = 2.0 ** 15  # Keras's
+INITIAL_LOSS_SCALE = 2.0**15  # Keras's
 LOSS_SCALE_GROWTH_STEPS = 2000  # Keras's: good steps in a row that double the loss scale
 # mixed_float16: steps skipped in a row at loss scale 1 that end the run as a divergence does. Halving the scale
 # cannot help there, so every later step would be skipped too: a run that trains nothing and exports its start.
@@ -79,12 +79,14 @@ def steps_per_epoch(num_train: int, batch_size: int, num_replicas: int) -> int:
     """Full global batches in an epoch; UserError when the global batch is larger than the training set."""
     global_batch_size = batch_size * num_replicas
     if num_train < global_batch_size:
-        raise UserError(f"the global batch ({batch_size} x {num_replicas} replicas = {global_batch_size}) is larger "
-                        f"than the {num_train} training images; lower --batch_size")
+        raise UserError(
+            f"the global batch ({batch_size} x {num_replicas} replicas = {global_batch_size}) is larger "
+            f"than the {num_train} training images; lower --batch_size"
+        )
     return num_train // global_batch_size
 
 
-def run_steps(trainer: "Trainer", num_steps: int, steps_per_call: Optional[int] = None) -> np.ndarray:
+def run_steps(trainer: "Trainer", num_steps: int, steps_per_call: int | None = None) -> np.ndarray:
     """Trains num_steps more steps in calls of at most steps_per_call (default: the trainer's steps_per_loop), with
     no schedule around them: for harnesses and tests. Returns the losses."""
     per_call = min(steps_per_call or trainer.steps_per_loop, trainer.steps_per_loop)
@@ -96,8 +98,13 @@ def run_steps(trainer: "Trainer", num_steps: int, steps_per_call: Optional[int] 
 class Trainer:
     """Model and compiled training calls for one strategy and one training set: train(n)."""
 
-    def __init__(self, settings: TrainerSettings, strategy: tf.distribute.Strategy, mnist: Mnist,
-                 loss_fn: Callable = stepmaths.mse_loss):
+    def __init__(
+        self,
+        settings: TrainerSettings,
+        strategy: tf.distribute.Strategy,
+        mnist: Mnist,
+        loss_fn: Callable = stepmaths.mse_loss,
+    ):
         """Raises UserError when the global batch is larger than the training set."""
         config = self.settings = settings
         self.strategy = strategy
@@ -117,39 +124,57 @@ class Trainer:
             self.loss_scale = LossScale() if config.precision == "mixed_float16" else None
             # The steps skipped in a row at scale 1 (stepmaths.update_loss_scale): not the LossScale's, so not in
             # checkpoints, which a resume of an earlier run must still restore.
-            self._loss_scale_state = self.loss_scale.state + [tf.Variable(0.0, trainable=False, name="skipped_at_1")] \
-                if self.loss_scale else []
+            self._loss_scale_state = (
+                self.loss_scale.state + [tf.Variable(0.0, trainable=False, name="skipped_at_1")]
+                if self.loss_scale
+                else []
+            )
             # Everything a step changes: the weights, and the loss scale's state.
             self._state = self.model.weights + self._loss_scale_state
             # Where the current call started, to run it again with checks (not in any checkpoint).
-            self._call_start = [tf.Variable(tf.zeros(v.shape), trainable=False, name=f"call_start_{i}")
-                                for i, v in enumerate(self._state)]
+            self._call_start = [
+                tf.Variable(tf.zeros(v.shape), trainable=False, name=f"call_start_{i}")
+                for i, v in enumerate(self._state)
+            ]
         self._learning_rate = tf.constant(config.learning_rate, tf.float32)
         if config.input == "device":
-            self.input = inputs.DeviceInput(strategy, mnist.x_train, mnist.y_train, self.steps_per_epoch,
-                                            self.per_replica_batch_size, config.steps_per_loop,
-                                            config.shuffle_buffer, config.seed,
-                                            epochs=-(-config.total_steps // self.steps_per_epoch)
-                                            if config.total_steps else None, dtype=self.compute_dtype)
+            self.input = inputs.DeviceInput(
+                strategy,
+                mnist.x_train,
+                mnist.y_train,
+                self.steps_per_epoch,
+                self.per_replica_batch_size,
+                config.steps_per_loop,
+                config.shuffle_buffer,
+                config.seed,
+                epochs=-(-config.total_steps // self.steps_per_epoch) if config.total_steps else None,
+                dtype=self.compute_dtype,
+            )
         else:
-            self.input = inputs.TfdataInput(strategy, mnist.x_train, mnist.y_train, self.global_batch_size,
-                                            config.shuffle_buffer, config.seed)
+            self.input = inputs.TfdataInput(
+                strategy, mnist.x_train, mnist.y_train, self.global_batch_size, config.shuffle_buffer, config.seed
+            )
         jit = config.jit_compile
         whole_call_jit = jit and self.num_replicas == 1 and self.input.xla_whole_call
         self.compiled_whole_call = whole_call_jit  # XLA takes the whole call, its loop included
         # A shorter call's masked iterations skip their batch and gradients on CPUs, where choosing is a branch;
         # on a GPU, XLA would copy each step's choice to the host, so there they compute and are discarded.
         self.skips_masked_steps = self.input.static_trip_count and all(
-            tf.DeviceSpec.from_string(d).device_type == "CPU" for d in strategy.extended.worker_devices)
+            tf.DeviceSpec.from_string(d).device_type == "CPU" for d in strategy.extended.worker_devices
+        )
         # No Python control flow on tensors in any of these: AutoGraph's conversion would only add to their tracing
         # (docs/performance.md, "No AutoGraph where nothing needs it").
-        per_replica_jit = functools.partial(tf.function, jit_compile=True, autograph=False) \
-            if jit and not whole_call_jit else (lambda fn: fn)
+        per_replica_jit = (
+            functools.partial(tf.function, jit_compile=True, autograph=False)
+            if jit and not whole_call_jit
+            else (lambda fn: fn)
+        )
         self._gradients = per_replica_jit(self._batch_gradients)
         self._checked_gradients = per_replica_jit(self._checked_batch_gradients)
         self._sgd_all = per_replica_jit(stepmaths.sgd_all)
-        self._update_loss_scale = functools.partial(stepmaths.update_loss_scale,
-                                                    growth_steps=float(config.loss_scale_growth_steps))
+        self._update_loss_scale = functools.partial(
+            stepmaths.update_loss_scale, growth_steps=float(config.loss_scale_growth_steps)
+        )
         self.checks_each_step = not self.input.replayable  # every call checked: it cannot be run again
         # The unchecked call on the graph executor, without XLA: the lean one (without loss scaling, whose state
         # every step updates on its own terms).
@@ -181,24 +206,30 @@ class Trainer:
             bad = tf.one_hot(ctx.replica_id_in_sync_group, self.num_replicas) * (1.0 - tf.cast(finite, tf.float32))
         else:
             compute = functools.partial(self._gradients, weights, scale, *batch_args)
-            grads, loss = tf.cond(active, compute, lambda: ([tf.zeros_like(w) for w in weights], tf.zeros([]))) \
-                if self.skips_masked_steps else compute()
+            grads, loss = (
+                tf.cond(active, compute, lambda: ([tf.zeros_like(w) for w in weights], tf.zeros([])))
+                if self.skips_masked_steps
+                else compute()
+            )
             bad = tf.zeros([0])
         # mixed_float16: whether this replica's scaled gradients overflowed (then every replica skips the step).
         overflow = [[1.0 - tf.cast(stepmaths.all_finite(0.0, grads), tf.float32)]] if self.loss_scale else []
         # One all-reduce for the gradients and, in one small vector, the loss, the overflows and the non-finite
         # marks: each tensor is a collective of its own between workers, so these must not add one.
-        *grads, stats = ctx.all_reduce(tf.distribute.ReduceOp.SUM,
-                                       list(grads) + [tf.concat([[loss], *overflow, bad], 0)])
-        marks = stats[1 + len(overflow):]
+        *grads, stats = ctx.all_reduce(
+            tf.distribute.ReduceOp.SUM, list(grads) + [tf.concat([[loss], *overflow, bad], 0)]
+        )
+        marks = stats[1 + len(overflow) :]
         # A step whose loss or gradient is not finite changes nothing, the loss scale's state included.
         apply = tf.logical_and(active, tf.reduce_max(marks) == 0.0) if checked else active
         if self.loss_scale:
             overflowed = stats[1] > 0.0
             flags = tf.stack([tf.cast(apply, tf.float32), tf.cast(overflowed, tf.float32)])
             apply = tf.logical_and(apply, tf.logical_not(overflowed))
-            ctx.merge_call(functools.partial(self._update_copies, self._loss_scale_state,
-                                             update=self._update_loss_scale), args=([flags],))
+            ctx.merge_call(
+                functools.partial(self._update_copies, self._loss_scale_state, update=self._update_loss_scale),
+                args=([flags],),
+            )
         sgd = functools.partial(self._sgd_all, learning_rate=self._learning_rate, apply=apply)
         ctx.merge_call(functools.partial(self._update_copies, self.model.weights, update=sgd), args=(grads,))
         return stats[0], marks
@@ -221,8 +252,9 @@ class Trainer:
         """This replica's batch (the device-resident input's gather) and its gradients: one XLA launch a replica
         when XLA cannot take the whole call. loss_scale: mixed_float16's (None otherwise)."""
         features, targets = self.input.batch(*batch_args)
-        return stepmaths.gradients(weights, features, targets, self.global_batch_size, self.loss_fn,
-                                   self.compute_dtype, loss_scale)
+        return stepmaths.gradients(
+            weights, features, targets, self.global_batch_size, self.loss_fn, self.compute_dtype, loss_scale
+        )
 
     def _checked_batch_gradients(self, weights, loss_scale, *batch_args):
         """_batch_gradients and whether the loss and every gradient are finite (under loss scaling, whether the
@@ -264,14 +296,19 @@ class Trainer:
 
         def body(i, losses, first_bad, bad_marks):
             active = tf.logical_and(i < num_steps, first_bad < 0) if checked else i < num_steps
-            outputs = self.strategy.run(self._replica_train_step,
-                                        args=(checked, active, *self.input.step_args(call_args, i)))
+            outputs = self.strategy.run(
+                self._replica_train_step, args=(checked, active, *self.input.step_args(call_args, i))
+            )
             loss, bad = (local(v)[0] for v in outputs)
             if not checked:
                 return i + 1, losses.write(i, loss), first_bad, bad_marks
             newly_bad = tf.logical_and(active, tf.reduce_max(bad) > 0.0)
-            return (i + 1, losses.write(i, loss), tf.where(newly_bad, i, first_bad),
-                    tf.where(newly_bad, bad, bad_marks))
+            return (
+                i + 1,
+                losses.write(i, loss),
+                tf.where(newly_bad, i, first_bad),
+                tf.where(newly_bad, bad, bad_marks),
+            )
 
         # A plain counter against a limit, the loop's only condition: XLA finds the trip count in it.
         start = (tf.constant(0), tf.TensorArray(tf.float32, size=size), tf.constant(-1), tf.zeros([self.num_replicas]))
@@ -303,13 +340,15 @@ class Trainer:
 
     # --- host side -------------------------------------------------------------------------------------------
 
-    def loss_scale_state(self) -> Optional[dict]:
+    def loss_scale_state(self) -> dict | None:
         """mixed_float16: the loss scale and the steps skipped so far (from the first replica); None otherwise."""
         if not self.loss_scale:
             return None
         first = self.strategy.experimental_local_results
-        return {"loss_scale": float(first(self.loss_scale.scale)[0]),
-                "skipped_steps": int(first(self.loss_scale.skipped)[0])}
+        return {
+            "loss_scale": float(first(self.loss_scale.scale)[0]),
+            "skipped_steps": int(first(self.loss_scale.skipped)[0]),
+        }
 
     def weights(self):
         """The trained values as numpy arrays, kernel_0, bias_0, ... (from the first replica)."""
