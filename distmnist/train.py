@@ -10,6 +10,8 @@ import contextlib
 import dataclasses
 import os
 import time
+from collections.abc import Iterator
+from typing import Any
 
 from absl import flags
 
@@ -23,7 +25,7 @@ from distmnist.runs.painter import Painter
 from distmnist.training import cluster as cluster_lib
 
 
-def define_flags(flag_values=flags.FLAGS) -> None:
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     """One flag per TrainConfig field, its help and default taken from the field."""
     for name, default, kind, help_text, _, choices in field_descriptions():
         text = help_text.replace("`", "").replace("**", "")
@@ -44,7 +46,8 @@ FLAGS = flags.FLAGS
 
 def config_from_flags() -> TrainConfig:
     """The validated config (UserError naming the first bad value), before TensorFlow is imported."""
-    return TrainConfig(**{name: FLAGS[name].value for name, *_ in field_descriptions()})
+    values: dict[str, Any] = {name: FLAGS[name].value for name, *_ in field_descriptions()}
+    return TrainConfig(**values)
 
 
 def main() -> None:
@@ -54,17 +57,19 @@ def main() -> None:
     # and the run's name, each decided once, here, and passed on.
     cluster = cluster_lib.from_environment(config.strategy, os.environ)
     config = with_run_name(config)
+    run_name = config.run_name
+    assert run_name is not None  # with_run_name named it
     chief = cluster is None or cluster.is_chief
-    claim_path = runclaim.claim_path(config.logdir, config.run_name)
+    claim_path = runclaim.claim_path(config.logdir, run_name)
     with _no_room_is_one_line(claim_path):
         if chief:
             outputs.check(config)  # every output, before anything is written
         # One writer per run: the chief claims the run directory before anything is written (runclaim.py).
-        claim = runclaim.take(config.logdir, config.run_name) if chief and "://" not in config.logdir else None
+        claim = runclaim.take(config.logdir, run_name) if chief and "://" not in config.logdir else None
     try:
         if chief:  # the run directory's plan, made again in set_up: a directory that cannot be used fails here
             with _no_room_is_one_line(claim_path):
-                rundir.plan(config.logdir, config.run_name, dataclasses.asdict(config))
+                rundir.plan(config.logdir, run_name, dataclasses.asdict(config))
         _train(config, claim, cluster)
     except UserError:
         if claim:
@@ -76,7 +81,7 @@ def main() -> None:
 
 
 @contextlib.contextmanager
-def _no_room_is_one_line(claim_path: str):
+def _no_room_is_one_line(claim_path: str) -> Iterator[None]:
     """A full or read-only filesystem while checking and claiming is one line (exit 1), as at any later write; an
     error without a path is the claim's (os.pwrite names none)."""
     try:

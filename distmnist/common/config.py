@@ -5,6 +5,8 @@ and the README's flags table are made from it. No TensorFlow here."""
 import dataclasses
 import datetime
 import math
+from collections.abc import Iterator
+from typing import Any, TypeVar
 
 from distmnist.common.errors import UserError
 
@@ -35,7 +37,10 @@ INT_LIMITS = {  # (lowest, highest, why); the lowest where the checks above do n
 }
 
 
-def _setting(default, help: str, shown: str | None = None, choices: tuple = ()):
+_T = TypeVar("_T")
+
+
+def _setting(default: _T, help: str, shown: str | None = None, choices: tuple[str, ...] = ()) -> _T:
     """A TrainConfig field with its help text; `shown` is how the default reads in the flags table."""
     return dataclasses.field(default=default, metadata={"help": help, "shown": shown, "choices": choices})
 
@@ -116,7 +121,7 @@ class TrainConfig:
         "", "`START,END`: a TensorBoard profile of steps START to END (Profile tab; docs/performance.md)", shown="none"
     )
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         self._validate()
 
     def _validate(self) -> None:
@@ -185,7 +190,7 @@ class TrainConfig:
             if low is not None and value < low:
                 raise UserError(f"--{field.name} must be at least {low:,} ({why}), got {value}")
 
-    def profile_range(self) -> tuple | None:
+    def profile_range(self) -> tuple[int, int] | None:
         """--profile_steps as (start, end), None when not set; UserError when it does not read START,END."""
         if not self.profile_steps:
             return None
@@ -194,7 +199,7 @@ class TrainConfig:
             start, end = (int(p) for p in parts) if len(parts) == 2 else (None, None)
         except ValueError:
             start = end = None
-        if start is None or not 0 <= start < end <= INT64_MAX:
+        if start is None or end is None or not 0 <= start < end <= INT64_MAX:
             raise UserError(
                 f"--profile_steps must read START,END with 0 <= START < END (for example 200,300), got "
                 f"{self.profile_steps!r}"
@@ -240,7 +245,7 @@ def with_run_name(config: TrainConfig) -> TrainConfig:
     return dataclasses.replace(config, run_name=datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
 
 
-def field_descriptions():
+def field_descriptions() -> Iterator[tuple[str, Any, Any, str, str | None, tuple[str, ...]]]:
     """(name, default, type annotation, help, how the default reads, choices) for every TrainConfig field, in
     order: what the flags, the README's table and a sweep's help are made from."""
     for field in dataclasses.fields(TrainConfig):

@@ -11,6 +11,7 @@ import io
 import os
 import warnings
 from collections.abc import Iterator, Sequence
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageOps, PngImagePlugin, UnidentifiedImageError
@@ -47,7 +48,7 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def _decode(f, path: str) -> np.ndarray:
+def _decode(f: BinaryIO, path: str) -> np.ndarray:
     # Pillow warns of its own bomb bound (the size check below says it in one line) and of damaged metadata (TIFF
     # tags, EXIF) as it decodes: the picture is answered, or refused in one line, all the same.
     with warnings.catch_warnings():
@@ -55,7 +56,7 @@ def _decode(f, path: str) -> np.ndarray:
         return _decode_quietly(f, path)
 
 
-def _decode_quietly(f, path: str) -> np.ndarray:
+def _decode_quietly(f: BinaryIO, path: str) -> np.ndarray:
     with Image.open(f) as image:  # reads the header only
         safeio.check_picture_size(image.width, image.height, path)  # before a pixel is decoded
         image = ImageOps.exif_transpose(image)  # photos: the orientation their camera recorded
@@ -77,6 +78,7 @@ def _gray_from_file(path: str) -> np.ndarray:
         try:
             return _decode(f, path)
         except Image.DecompressionBombError:  # past Pillow's own bound, refused by Pillow as it opens the header
+            assert Image.MAX_IMAGE_PIXELS is not None  # Pillow raises it only with its bound set
             raise ImageError(
                 f"{path}: declares more than {Image.MAX_IMAGE_PIXELS * 2:,} pixels, more than the "
                 f"{safeio.MAX_PICTURE_PIXELS / 1e6:,.0f} megapixels a picture of a digit needs; scale "
@@ -135,7 +137,7 @@ def _arrays_from_file(path: str, room: int) -> list[tuple[str, np.ndarray]]:
 
 
 def _pictures(arrays: list[tuple[str, np.ndarray]]) -> list[tuple[str, np.ndarray]]:
-    pictures = []
+    pictures: list[tuple[str, np.ndarray]] = []
     for name, array in arrays:
         pictures += [(name, array)] if array.ndim == 2 else [(f"{name}[{i}]", a) for i, a in enumerate(array)]
     return pictures
@@ -207,7 +209,11 @@ def _to_mnist(gray: np.ndarray, name: str) -> np.ndarray:
 
 
 def grid_png(
-    images: Sequence[np.ndarray], captions: Sequence[str], columns: int = 8, scale: int = 3, title: str = ""
+    images: np.ndarray | Sequence[np.ndarray],
+    captions: Sequence[str],
+    columns: int = 8,
+    scale: int = 3,
+    title: str = "",
 ) -> bytes:
     """uint8 [28, 28] digits in a grid, each enlarged `scale` times with its caption beneath, as PNG bytes.
 

@@ -9,6 +9,7 @@ import platform
 import re
 import sys
 import time
+import types
 
 import distmnist
 from distmnist.common import logfilters
@@ -69,7 +70,7 @@ def check_python() -> Check:
     )
 
 
-def check_tensorflow(tf) -> Check:
+def check_tensorflow(tf: types.ModuleType) -> Check:
     info = tf.sysconfig.get_build_info()
     if not info.get("is_cuda_build"):
         return Check(
@@ -110,7 +111,7 @@ def check_driver(gpus: list) -> Check:
     return Check("driver", "ok", found)
 
 
-def check_cuda_libraries(tf, gpus: list) -> Check:
+def check_cuda_libraries(tf: types.ModuleType, gpus: list) -> Check:
     installed = []
     for name in CUDA_WHEELS:
         try:
@@ -141,7 +142,7 @@ def check_cuda_libraries(tf, gpus: list) -> Check:
     )
 
 
-def check_gpus(tf, gpus: list) -> Check:
+def check_gpus(tf: types.ModuleType, gpus: list) -> Check:
     registered = tf.config.list_physical_devices("GPU")
     visible = tf.config.get_visible_devices("GPU")
     described = []
@@ -178,7 +179,7 @@ def check_gpus(tf, gpus: list) -> Check:
     return Check("gpus", "info", "none: TensorFlow trains on the CPU")
 
 
-def gpu_finding(tf) -> str:
+def gpu_finding(tf: types.ModuleType) -> str:
     """Why this process has no GPU to train on, in one line: the first of the doctor's checks that says why (a
     TensorFlow built without CUDA, no NVIDIA driver, CUDA libraries TensorFlow could not load, GPUs the driver
     lists that TensorFlow did not register)."""
@@ -190,14 +191,14 @@ def gpu_finding(tf) -> str:
     return "TensorFlow registered no GPU"
 
 
-def check_precision(tf) -> Check:
+def check_precision(tf: types.ModuleType) -> Check:
     """What this machine's training devices do with bfloat16 and float16, and the --precision it recommends."""
     support = devices.support_of(tf.config.get_visible_devices("GPU"))
     kinds = ", ".join(f"{p.replace('mixed_', '')} {'native' if n else 'emulated'}" for p, n in support.native.items())
     return Check("precision", "ok", f"{kinds}; recommended --precision={support.recommended} ({support.why})")
 
 
-def check_xla(tf) -> Check:
+def check_xla(tf: types.ModuleType) -> Check:
     devices = [d.name for d in tf.config.list_logical_devices("GPU")] or [tf.config.list_logical_devices("CPU")[0].name]
     results, failed = [], []
     for device in devices:
@@ -214,7 +215,7 @@ def check_xla(tf) -> Check:
     return Check("xla", "ok", "compiles and runs on " + ", ".join(results))
 
 
-def check_all_reduce(tf) -> Check:
+def check_all_reduce(tf: types.ModuleType) -> Check:
     from distmnist.training.strategy import make_strategy
 
     gpus = tf.config.list_logical_devices("GPU")
@@ -245,7 +246,7 @@ def check_all_reduce(tf) -> Check:
     return Check("all-reduce", "ok", f"{label}: sum of {n} replicas correct")
 
 
-def check_training(tf, steps: int) -> Check:
+def check_training(tf: types.ModuleType, steps: int) -> Check:
     import numpy as np
 
     from distmnist.common.config import TrainConfig

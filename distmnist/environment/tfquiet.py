@@ -10,6 +10,9 @@ was registered, and `python -m distmnist.doctor` reports them when a GPU was exp
 
 import importlib.abc
 import sys
+import types
+from collections.abc import Sequence
+from typing import Any
 
 from distmnist.common.logfilters import capturing_stderr
 from distmnist.environment import xlaflags
@@ -22,13 +25,13 @@ class _KerasLater(importlib.abc.MetaPathFinder):
     prediction use no Keras. While this finder is on sys.meta_path Keras's implementation cannot be imported;
     nothing of Keras is left half imported, and tf.keras still works afterwards (imported on first use)."""
 
-    def find_spec(self, name, path=None, target=None):
+    def find_spec(self, name: str, path: Sequence[str] | None = None, target: types.ModuleType | None = None) -> None:
         if name == "keras.src" or name.startswith("keras.src."):
             raise ImportError(f"{name} is imported on first use, not with TensorFlow")
         return None
 
 
-def import_tensorflow(replay: bool = True):
+def import_tensorflow(replay: bool = True) -> Any:
     """Imports TensorFlow (Keras left for its first use, XLA's CPU options set: xlaflags.py) and lists its devices
     with the start-up banners filtered out; returns the module."""
     xlaflags.configure()

@@ -12,6 +12,7 @@ support. Flags given explicitly win over the environment.
 import dataclasses
 import os
 from collections.abc import Mapping
+from typing import Any
 
 from distmnist.common.config import TrainConfig
 from distmnist.common.errors import UserError
@@ -36,7 +37,7 @@ def from_environment(config: TrainConfig, environ: Mapping[str, str], fuse_root:
     """The config with --logdir/--run_name, --events_dir and --export_dir taken from Vertex AI's AIP_*
     variables where they are set and the flags were left at their defaults."""
     defaults = TrainConfig()
-    changes = {}
+    changes: dict[str, Any] = {}
     if environ.get("AIP_CHECKPOINT_DIR") and config.logdir == defaults.logdir:
         changes["logdir"] = local_path(environ["AIP_CHECKPOINT_DIR"], fuse_root)
         changes["run_name"] = config.run_name or RUN_NAME

@@ -115,12 +115,14 @@ def declare(logdir: str, differs: Collection[str] = ()) -> bool:
 
 def differing(configs: Iterable[TrainConfig]) -> list:
     """The HPARAMS whose values differ among these configs (a sweep's points; the replica count and XLA stand for
-    the settings that decide them, which are known before TensorFlow sees the devices)."""
+    the settings that decide them, which are known before TensorFlow sees the devices: XLA's are those
+    devices.resolve_xla takes from the config, beside the devices' support, which is the same for every point)."""
     seen = [
-        values(c, num_replicas=1, xla=(c.jit_compile, c.input, c.precision))
+        values(c, num_replicas=1, xla=False)
         | {
             "replicas": (c.strategy, c.num_gpus, c.cpu_replicas),
             "global_batch_size": (c.batch_size, c.num_gpus, c.cpu_replicas),
+            "xla": (c.jit_compile, c.input, c.precision),
         }
         for c in configs
     ]

@@ -16,13 +16,15 @@ import multiprocessing
 import signal
 import sys
 import traceback
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from typing import Any
 
 from distmnist.common import files
 from distmnist.common.errors import RunFailed
 
 
-def _serve(connection, runs_end) -> None:
+def _serve(connection: Connection, runs_end: Connection) -> None:
     runs_end.close()  # the fork copied the run's end of the pipe too: only the run may hold it open
     import logging
 
@@ -52,8 +54,10 @@ class Painter:
     waits for its return value. One request at a time."""
 
     def __init__(self, inline: bool = False):
-        self._connection = self._process = None
-        self._pending = None
+        # Set together when the helper is forked; close() unsets _process alone (what follows is drawn inline).
+        self._connection: Connection | None = None
+        self._process: BaseProcess | None = None
+        self._pending: tuple[str, tuple] | None = None
         if not inline and sys.platform.startswith("linux"):
             context = multiprocessing.get_context("fork")
             self._connection, child_end = context.Pipe()
@@ -69,8 +73,8 @@ class Painter:
                     signal.signal(number, handler)
             child_end.close()
 
-    def submit(self, name: str, *args) -> None:
-        if self._process is None:
+    def submit(self, name: str, *args: Any) -> None:
+        if self._process is None or self._connection is None:
             self._pending = (name, args)
         else:
             self._connection.send((name, args))
@@ -78,9 +82,10 @@ class Painter:
     def result(self) -> Any:
         """The submitted function's return value; RunFailed with the helper's one-line error if it failed, the
         OSError itself for a write that failed for want of room (files.no_room)."""
-        if self._process is None:
+        if self._process is None or self._connection is None:
             from distmnist.runs import plots
 
+            assert self._pending is not None, "result() before submit()"
             (name, args), self._pending = self._pending, None
             return getattr(plots, name)(*args)
         try:
@@ -97,7 +102,7 @@ class Painter:
 
     def close(self) -> None:
         """Tells the helper to end (it also ends when this process does)."""
-        if self._process is not None:
+        if self._process is not None and self._connection is not None:
             try:
                 self._connection.send(None)
                 self._connection.close()

@@ -6,6 +6,8 @@ import dataclasses
 import os
 import sys
 import time
+from collections.abc import Callable
+from typing import cast
 
 import tensorflow as tf
 
@@ -50,7 +52,9 @@ class Run:
 
     @property
     def total_steps(self) -> int:
-        return self.trainer.settings.total_steps
+        total = self.trainer.settings.total_steps
+        assert total is not None  # set_up gives the trainer the run's length
+        return total
 
     @property
     def is_chief(self) -> bool:
@@ -128,10 +132,12 @@ def set_up(
     started = time.perf_counter()
     timings = {}
     flags = dataclasses.asdict(config)
+    run_name = config.run_name
+    assert run_name is not None, "set_up takes a named config (config.with_run_name)"
     is_chief = cluster is None or cluster.is_chief
     if is_chief:
         outputs.check(config)
-    plan = rundir.plan(config.logdir, config.run_name, flags) if is_chief else None
+    plan = rundir.plan(config.logdir, run_name, flags) if is_chief else None  # None: not the chief
     mnist = mnist or dataset.load(config.data_dir)
     timings["data_s"] = time.perf_counter() - started
     set_host_threads(config.intra_op_threads, config.inter_op_threads)
@@ -158,9 +164,9 @@ def set_up(
     if config.precision != "float32" and not support.native[config.precision]:
         print(f"warning: {devices.emulated(config.precision, support)}; training anyway", file=sys.stderr, flush=True)
     trainer = Trainer(trainer_settings(config, total_steps, support), choice.strategy, mnist)
-    if is_chief and config.events_dir:
-        events.open_events_dir(config.events_dir, os.path.join(config.logdir, config.run_name), plan)
-    run_dir = rundir.open_dir(config.logdir, config.run_name, flags, plan) if is_chief else None
+    if plan is not None and config.events_dir:
+        events.open_events_dir(config.events_dir, os.path.join(config.logdir, run_name), plan)
+    run_dir = rundir.open_dir(config.logdir, run_name, flags, plan) if plan is not None else None
     if plan == "restart":
         print(
             f"run directory {run_dir} held no checkpoint (a start that ended before its first): starting it afresh",
@@ -171,7 +177,9 @@ def set_up(
     if plan == "resume":
         step = checkpointer.restore_latest()
         history = checkpointer.history(step)
-        events.drop_events_after(events_dir(config, run_dir), step)
+        resumed_events = events_dir(config, run_dir)
+        assert resumed_events is not None  # the chief's: it has the run directory
+        events.drop_events_after(resumed_events, step)
     if cluster is not None:
         # only the chief has the run directory: the others take its state
         step = Agreement(choice.strategy, trainer.state).adopt_replica_0(step)
@@ -230,7 +238,8 @@ def train(run: Run, claim: Claim | None = None) -> tuple:
                 global_batch_size=trainer.global_batch_size,
                 save_checkpoint=save,
                 should_stop=should_stop,
-                loss_scale_state=trainer.loss_scale_state if trainer.loss_scale else None,
+                # a dict whenever the trainer has a loss scale (mixed_float16)
+                loss_scale_state=cast(Callable[[], dict], trainer.loss_scale_state) if trainer.loss_scale else None,
                 **schedule(config, run.total_steps, run.run_dir),
             )
             timing = controller.run()
@@ -258,7 +267,7 @@ def train(run: Run, claim: Claim | None = None) -> tuple:
             + (
                 "without a checkpoint, so that one process writes the run ("
                 + (f"its latest checkpoint: step {kept})" if kept is not None else "it has no checkpoint)")
-                if claim.taken_over
+                if claim and claim.taken_over
                 else f"with a checkpoint in {checkpointer.directory}, before another process could "
                 f"take the run over; once the claim can be written, run the same command with --run_name="
                 f"{config.run_name} to resume"
@@ -291,6 +300,7 @@ def _calibrate(classifier: export.Classifier, mnist: Mnist) -> dict:
 def write_artifacts(run: Run, timing: dict, history: dict, painter: Painter) -> dict:
     """The chief's SavedModel (calibrated), pictures (drawn by `painter` meanwhile), end-of-run events and run.json;
     returns what run.json holds."""
+    assert run.run_dir is not None  # the chief's
     calibration, saved_model, written, copy_failed = _export(run, history, painter)
     _record_timings(run, timing)
     summary = _summary(run, timing, history, calibration)
@@ -308,7 +318,8 @@ def _export(run: Run, history: dict, painter: Painter) -> tuple:
     """Calibrates and exports the SavedModel (and to --export_dir) while the painter draws the run's pictures,
     then writes the end-of-run events; returns (calibration, the SavedModel's path, the pictures written, the
     RunFailed of a copy to --export_dir that could not be written, else None)."""
-    trainer, mnist, run_dir = run.trainer, run.mnist, run.run_dir
+    trainer, mnist, run_dir, events_to = run.trainer, run.mnist, run.run_dir, run.events_dir
+    assert run_dir is not None and events_to is not None  # the chief's
     saved_model = os.path.join(run_dir, "saved_model")
     start = time.perf_counter()
     painter.submit("plot_run", run_dir, history["loss"], history["accuracy"])  # drawn while this calibrates
@@ -344,7 +355,7 @@ def _export(run: Run, history: dict, painter: Painter) -> tuple:
     test_written, png = painter.result()
     written += test_written
     summaries.write_end_of_run(
-        run.events_dir,
+        events_to,
         trainer.step,
         png,
         "reliability diagram of the exported probabilities on the test set",
@@ -354,7 +365,7 @@ def _export(run: Run, history: dict, painter: Painter) -> tuple:
     return calibration, saved_model, written, copy_failed
 
 
-def _copy_failed(run: Run, exc: Exception) -> RunFailed:
+def _copy_failed(run: Run, exc: OSError | tf.errors.OpError) -> RunFailed:
     """The one line for a copy to --export_dir that could not be written (what the same command then does: a
     finished run resumed writes its artifacts again)."""
     where, then = run.config.export_dir, f"run the same command with --run_name={run.config.run_name} to write it"
@@ -458,7 +469,7 @@ def _report(run: Run, summary: dict, written: list) -> None:
         f"({summary['epochs']:.2f} epochs) in {summary['wall_time_s']:.1f} s"
         + (f", {eps:,.0f} examples/s" if eps else "")
     )
-    print("wrote:\n  " + "\n  ".join([run.events_dir + " (TensorBoard events)", run.checkpointer.directory, *written]))
+    print("wrote:\n  " + "\n  ".join([f"{run.events_dir} (TensorBoard events)", run.checkpointer.directory, *written]))
     print(time_line(run.timings))
 
 
@@ -506,12 +517,14 @@ def train_and_evaluate(
     """
     painter = painter or Painter(inline=True)
     config = with_run_name(config)
+    run_name = config.run_name
+    assert run_name is not None  # with_run_name named it
     run = None
     try:
         run = set_up(config, choice, mnist, cluster)
         run.timings["imports_s"] = imports_s
         timing, history = train(run, claim)
-        if not run.is_chief:
+        if run.cluster is not None and not run.cluster.is_chief:
             print(
                 f"{run.cluster.name}: done after {run.trainer.step} steps; the chief writes the run directory",
                 flush=True,
@@ -522,6 +535,6 @@ def train_and_evaluate(
         error = _no_room(exc)
         if error is None:
             raise
-        raise OutOfRoom(error, _afterwards(run, config.run_name)) from None
+        raise OutOfRoom(error, _afterwards(run, run_name)) from None
     finally:
         painter.close()

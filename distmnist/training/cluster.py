@@ -18,6 +18,7 @@ import dataclasses
 import json
 import re
 from collections.abc import Mapping, MutableMapping
+from typing import Any
 
 from distmnist.common.errors import UserError
 
@@ -33,8 +34,9 @@ class NoRole(UserError):
     """TF_CONFIG gives this process a task that distmnist has no role for (a parameter server, an evaluator)."""
 
 
-def _task_type(name):
-    """A task type as distmnist names it: lower case, "master" read as "chief"."""
+def _task_type(name: Any) -> Any:
+    """A task type as distmnist names it: lower case, "master" read as "chief"; a JSON value other than a string
+    comes back as it is."""
     return ALIASES.get(name.lower(), name.lower()) if isinstance(name, str) else name
 
 

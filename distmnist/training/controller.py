@@ -4,7 +4,6 @@ the controller cuts the compiled calls where the schedule needs them, times them
 a Reporter what happens. It knows the trainer and the evaluator only by the small protocols below; they know
 nothing of schedules."""
 
-import math
 import time
 from collections.abc import Callable
 from typing import Protocol
@@ -87,7 +86,8 @@ class Controller:
         self.profiler = StepProfiler(profile_dir, profile_steps)
         self.stopped = False  # a stop request ended the run early
         self._saved_at = start_step
-        self.first_call_s = None  # the first call includes tracing and compilation: kept out of the throughput
+        # The first call includes tracing and compilation: kept out of the throughput.
+        self.first_call_s: float | None = None
         self.timed_s = 0.0
         self.timed_examples = 0
         self.train_time_s = 0.0
@@ -154,7 +154,8 @@ class Controller:
         next_eval = (self.step // self.eval_every + 1) * self.eval_every
         next_save = (self.step // self.save_every + 1) * self.save_every
         profile_edge = self.profiler.boundaries(self.step)
-        return min(next_eval, next_save, self.total_steps, math.inf if profile_edge is None else profile_edge)
+        edges = [next_eval, next_save, self.total_steps] + ([] if profile_edge is None else [profile_edge])
+        return min(edges)
 
     def _train_until(self, end: int) -> None:
         """Calls of at most steps_per_call steps up to `end`, or to a stop request."""

@@ -16,7 +16,7 @@ import dataclasses
 import os
 import shutil
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from distmnist.common.errors import UserError
 
@@ -144,7 +144,7 @@ MIN_GPU_CAPABILITY = {"mixed_bfloat16": (8, 0), "mixed_float16": (7, 0)}  # bflo
 ONEDNN_SWITCH = "TF_ENABLE_ONEDNN_OPTS"  # TensorFlow turns oneDNN on by default on CPUs with these features
 
 
-def onednn_switched_off(environ=os.environ) -> bool:
+def onednn_switched_off(environ: Mapping[str, str] = os.environ) -> bool:
     """Whether the user turned TensorFlow's oneDNN kernels off (TF_ENABLE_ONEDNN_OPTS=0 or false, as
     TensorFlow's own banner suggests to silence it): then no kernel uses the CPU's bfloat16 or float16 features."""
     return environ.get(ONEDNN_SWITCH, "").strip().lower() in ("0", "false")

@@ -12,7 +12,7 @@ from distmnist.training.model import images_to_features
 class Evaluator:
     """evaluate() of a model (the trainer's, as it trains) on a data set's test images, under the model's strategy."""
 
-    def __init__(self, strategy: tf.distribute.Strategy, model: tf.Module, mnist: Mnist):
+    def __init__(self, strategy: tf.distribute.Strategy, model: tf.Module, mnist: Mnist) -> None:
         self.strategy = strategy
         self.model = model
         self.num_replicas = strategy.num_replicas_in_sync
@@ -24,23 +24,27 @@ class Evaluator:
         ]  # the test rows each of this worker's replicas holds
         self._evaluate = tf.function(self._evaluate_fn, autograph=False)
 
-    def _replica_evaluate(self, features, labels):
+    def _replica_evaluate(self, features: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """(correct answers as float32, predicted classes): GPUs do not all-reduce int32 (TensorFlow's
         collective executor refuses it), and float32 counts exactly up to 2**24."""
         predicted = tf.argmax(self.model(features), axis=-1, output_type=tf.int32)
         correct = tf.cast(tf.equal(predicted, tf.cast(labels, tf.int32)), tf.float32)
         return tf.reduce_sum(correct), predicted
 
-    def _evaluate_fn(self, features, labels):
+    def _evaluate_fn(
+        self, features: tf.distribute.DistributedValues, labels: tf.distribute.DistributedValues
+    ) -> tuple[tf.Tensor, tuple[tf.Tensor, ...]]:
         correct, predicted = self.strategy.run(self._replica_evaluate, args=(features, labels))
         total = self.strategy.reduce(tf.distribute.ReduceOp.SUM, correct, axis=None)
         return total, self.strategy.experimental_local_results(predicted)
 
-    def _shard_eval_set(self, x, y):
+    def _shard_eval_set(
+        self, x: np.ndarray, y: np.ndarray
+    ) -> tuple[tf.distribute.DistributedValues, tf.distribute.DistributedValues]:
         """Each replica's rows of the evaluation set on its own device: float32 features, converted once rather
         than at every evaluation, and the labels."""
 
-        def rows(r, n):
+        def rows(r: int, n: int) -> slice:
             return slice(*inputs.shard_bounds(len(x), r, n))
 
         return (
@@ -48,7 +52,7 @@ class Evaluator:
             inputs.on_each_replica(self.strategy, lambda r, n: y[rows(r, n)]),
         )
 
-    def evaluate(self) -> tuple:
+    def evaluate(self) -> tuple[float, np.ndarray]:
         """Accuracy over the whole test set, every image counted once whatever the replica count, and the
         predicted class of every test image (-1 for images another worker holds)."""
         correct, predicted = self._evaluate(*self._test)

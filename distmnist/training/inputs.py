@@ -6,6 +6,8 @@ order in which `from_tensor_slices((x, y)).shuffle(...)` delivers images. Each e
 batch is dropped, so every step sees a full global batch and the loss scaling is exact.
 """
 
+from collections.abc import Callable, Iterator
+
 import numpy as np
 import tensorflow as tf
 
@@ -48,7 +50,7 @@ class EpochOrder:
         self._bound = epochs
         ahead = min(MAX_EPOCHS_AHEAD, epochs) if epochs else 1
         self._epochs = iter((self._sequence() if epochs is None else self._sequence().take(epochs)).prefetch(ahead))
-        self._later = None  # the orders past `epochs`, drawn on demand
+        self._later: Iterator[tf.Tensor] | None = None  # the orders past `epochs`, drawn on demand
 
     def next_epoch(self) -> np.ndarray:
         if self._later is None:
@@ -59,7 +61,7 @@ class EpochOrder:
         return next(self._later).numpy()
 
 
-def preprocess(images: tf.Tensor, labels: tf.Tensor):
+def preprocess(images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     """The tutorial's map: uint8 images and integer labels -> float features [N, 784], one-hot targets [N, 10]."""
     return images_to_features(images), labels_to_targets(labels)
 
@@ -90,7 +92,7 @@ def tfdata_pipeline(
         size = local_replicas * per_replica
 
         @tf.autograph.experimental.do_not_convert  # plain tensor ops: nothing for AutoGraph to convert
-        def split(images, labels):
+        def split(images: tf.Tensor, labels: tf.Tensor) -> tf.data.Dataset:
             return tf.data.Dataset.from_tensor_slices(
                 (
                     tf.reshape(images[first : first + size], [local_replicas, per_replica, 28, 28]),
@@ -105,7 +107,9 @@ def tfdata_pipeline(
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
-def on_each_replica(strategy: tf.distribute.Strategy, value_fn):
+def on_each_replica(
+    strategy: tf.distribute.Strategy, value_fn: Callable[[int, int], np.ndarray | tf.Tensor]
+) -> tf.distribute.DistributedValues:
     """value_fn(replica_id, num_replicas) (a numpy array or a tensor), made on each replica's own device once.
 
     value_fn runs under that replica's device scope, so what it computes runs there too. TensorFlow calls the
@@ -113,20 +117,20 @@ def on_each_replica(strategy: tf.distribute.Strategy, value_fn):
     """
     devices = strategy.extended.worker_devices  # this worker's replicas, in order
 
-    def place(ctx):
+    def place(ctx: tf.distribute.experimental.ValueContext) -> tf.Tensor:
         with tf.device(devices[ctx.replica_id_in_sync_group % len(devices)]):
             return tf.identity(value_fn(ctx.replica_id_in_sync_group, ctx.num_replicas_in_sync))
 
     return strategy.experimental_distribute_values_from_function(place)
 
 
-def shard_bounds(num_examples: int, replica_id: int, num_replicas: int):
+def shard_bounds(num_examples: int, replica_id: int, num_replicas: int) -> tuple[int, int]:
     """Rows [lo, hi) of an evaluation set that a replica owns: a partition, every row exactly once."""
     return num_examples * replica_id // num_replicas, num_examples * (replica_id + 1) // num_replicas
 
 
 def replica_call_indices(
-    epoch_order,
+    epoch_order: Callable[[int], np.ndarray],
     first_step: int,
     count: int,
     steps_per_loop: int,
@@ -182,7 +186,7 @@ class DeviceInput:
         self.steps_per_loop = steps_per_loop
         self._new_order = lambda: EpochOrder(len(x), shuffle_buffer, seed, epochs)
         self._order = self._new_order()
-        self._orders = {}  # epoch -> order, for the epochs the current call needs
+        self._orders: dict[int, np.ndarray] = {}  # epoch -> order, for the epochs the current call needs
         self._next_epoch = 0  # the epoch self._order draws next
         self.features = on_each_replica(strategy, lambda r, n: tf.cast(images_to_features(x), dtype))
         self.targets = on_each_replica(strategy, lambda r, n: labels_to_targets(y))
@@ -226,13 +230,13 @@ class DeviceInput:
         return self.features, self.targets, on_each_replica(self.strategy, lambda r, n: np.zeros(shape, np.int64))
 
     @staticmethod
-    def step_args(call_args: tuple, i) -> tuple:
+    def step_args(call_args: tuple, i: tf.Tensor) -> tuple:
         """strategy.run's arguments for the call's i-th step (cross-replica context, inside the call)."""
         features, targets, indices = call_args
         return features, targets, indices, i
 
     @staticmethod
-    def batch(features, targets, indices, i):
+    def batch(features: tf.Tensor, targets: tf.Tensor, indices: tf.Tensor, i: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """One replica's (features, targets) for a step: a gather, not a slice, so XLA keeps the step dynamic."""
         rows = tf.gather(indices, i)
         return tf.gather(features, rows), tf.gather(targets, rows)
@@ -273,9 +277,9 @@ class TfdataInput:
         return (self.iterator,)
 
     @staticmethod
-    def step_args(call_args: tuple, i) -> tuple:
+    def step_args(call_args: tuple, i: tf.Tensor) -> tuple:
         return next(call_args[0])
 
     @staticmethod
-    def batch(features, targets):
+    def batch(features: tf.Tensor, targets: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         return features, targets

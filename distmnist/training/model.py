@@ -6,6 +6,8 @@ its initialisation is a pure function of the seed (weights and biases uniform in
 MSE and plain SGD better than Glorot with zero biases; docs/design.md).
 """
 
+from collections.abc import Iterable, Sequence
+
 import numpy as np
 import tensorflow as tf
 
@@ -24,7 +26,7 @@ def labels_to_targets(labels: tf.Tensor) -> tf.Tensor:
     return tf.one_hot(tf.cast(labels, tf.int32), NUM_CLASSES)
 
 
-def forward(weights, features: tf.Tensor, compute_dtype: tf.DType = tf.float32) -> tf.Tensor:
+def forward(weights: Sequence[tf.Tensor], features: tf.Tensor, compute_dtype: tf.DType = tf.float32) -> tf.Tensor:
     """float32 outputs from [kernel_0, bias_0, kernel_1, ...] (variables or tensors) and features [N, 784].
 
     compute_dtype bfloat16 or float16 (mixed precision): the features and weights are cast to it, the matmuls,
@@ -50,9 +52,10 @@ def forward(weights, features: tf.Tensor, compute_dtype: tf.DType = tf.float32) 
 class MLP(tf.Module):
     """Three dense layers; call it on float features [N, 784] for outputs [N, 10]."""
 
-    def __init__(self, seed: int = 0, name: str = "mlp"):
+    def __init__(self, seed: int = 0, name: str = "mlp") -> None:
         super().__init__(name=name)
-        self.kernels, self.biases = [], []
+        self.kernels: list[tf.Variable] = []
+        self.biases: list[tf.Variable] = []
         for i, (fan_in, fan_out) in enumerate(zip(LAYER_SIZES[:-1], LAYER_SIZES[1:], strict=True)):
             limit = 1.0 / np.sqrt(fan_in)
             kernel = tf.random.stateless_uniform([fan_in, fan_out], [seed, 2 * i], -limit, limit)
@@ -61,13 +64,13 @@ class MLP(tf.Module):
             self.biases.append(tf.Variable(bias, name=f"bias_{i}"))
 
     @property
-    def weights(self):
+    def weights(self) -> list[tf.Variable]:
         """Variables in a fixed order: kernel_0, bias_0, kernel_1, ..."""
         return [v for pair in zip(self.kernels, self.biases, strict=True) for v in pair]
 
     def __call__(self, features: tf.Tensor) -> tf.Tensor:
         return forward(self.weights, features)
 
-    def set_numpy(self, values) -> None:
+    def set_numpy(self, values: Iterable[np.ndarray]) -> None:
         for variable, value in zip(self.weights, values, strict=True):
             variable.assign(value)

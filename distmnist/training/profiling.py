@@ -58,7 +58,7 @@ class StepProfiler:
             self.active, self.done = False, True
             self.seconds += time.perf_counter() - began
 
-    def marker(self, step: int):
+    def marker(self, step: int) -> contextlib.AbstractContextManager[object]:
         """A context around one compiled call starting at `step`: the profiler's step marker while profiling."""
         if self.active:
             return tf.profiler.experimental.Trace("train", step_num=step, _r=1)

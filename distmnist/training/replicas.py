@@ -1,10 +1,20 @@
 """Updating every replica's copy of a set of variables at once, from cross-replica context (the trainer's SGD and
 loss-scale updates, the agreement's taking of replica 0's state)."""
 
+from collections.abc import Callable, Sequence
+
 import tensorflow as tf
 
+# update(variables, values): one replica's copies of the target variables and that replica's values.
+Update = Callable[[list[tf.Variable], list[tf.Tensor]], None]
 
-def on_each_copy(strategy: tf.distribute.Strategy, targets, values, update) -> None:
+
+def on_each_copy(
+    strategy: tf.distribute.Strategy,
+    targets: Sequence[tf.Variable],
+    values: Sequence[tf.distribute.DistributedValues],
+    update: Update,
+) -> None:
     """update(variables, values) with each replica's copies of the target variables and its values, on its own
     device (as strategy.extended.update places one variable's update); cross-replica context."""
     local = strategy.experimental_local_results
@@ -15,7 +25,12 @@ def on_each_copy(strategy: tf.distribute.Strategy, targets, values, update) -> N
             update(list(variables), list(replica_value))
 
 
-def update_copies(targets, strategy, values, update) -> None:
+def update_copies(
+    targets: Sequence[tf.Variable],
+    strategy: tf.distribute.Strategy,
+    values: Sequence[tf.distribute.DistributedValues],
+    update: Update,
+) -> None:
     """The merge_call target: update(variables, values) on every replica's copy of the target variables with
     that replica's values, all of them in one call. Bind `targets` and `update` beforehand (functools.partial):
     merge_call would treat its arguments as per-replica data."""

@@ -4,11 +4,14 @@ No strategy here: these run inside one replica (and XLA can compile them); the t
 across replicas and applies the update to every replica's copy of the weights.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import tensorflow as tf
 
 from distmnist.training.model import forward
+
+# loss_fn(targets, outputs, global_batch_size): this replica's share of the global batch's loss (mse_loss's form).
+LossFn = Callable[[tf.Tensor, tf.Tensor, int], tf.Tensor]
 
 
 def mse_loss(targets: tf.Tensor, outputs: tf.Tensor, global_batch_size: int) -> tf.Tensor:
@@ -22,14 +25,14 @@ def mse_loss(targets: tf.Tensor, outputs: tf.Tensor, global_batch_size: int) -> 
 
 
 def gradients(
-    weights,
+    weights: Sequence[tf.Tensor],
     features: tf.Tensor,
     targets: tf.Tensor,
     global_batch_size: int,
-    loss_fn: Callable = mse_loss,
+    loss_fn: LossFn = mse_loss,
     compute_dtype: tf.DType = tf.float32,
     loss_scale: tf.Tensor | None = None,
-):
+) -> tuple[list[tf.Tensor], tf.Tensor]:
     """Returns (the loss's gradients for each weight, this replica's loss), both float32.
 
     compute_dtype: the forward pass's type (model.forward); the loss is float32 whatever it is. loss_scale (float16):
@@ -45,33 +48,35 @@ def gradients(
     return grads, loss
 
 
-def all_finite(loss: tf.Tensor, grads) -> tf.Tensor:
+def all_finite(loss: tf.Tensor, grads: Sequence[tf.Tensor]) -> tf.Tensor:
     """Whether the loss and every gradient are finite: a NaN or inf anywhere makes the sum of everything
     non-finite, one reduction per tensor, no per-element flags."""
     return tf.math.is_finite(loss + tf.add_n([tf.reduce_sum(g) for g in grads]))
 
 
-def finite_weights(variables) -> tf.Tensor:
+def finite_weights(variables: Sequence[tf.Variable]) -> tf.Tensor:
     """Whether every weight is finite. Once a weight is NaN or inf no SGD step makes it finite again, so after a
     run of steps this says whether any of them applied a non-finite update."""
     return tf.math.is_finite(tf.add_n([tf.reduce_sum(v) for v in variables]))
 
 
-def sgd(variable: tf.Variable, grad: tf.Tensor, learning_rate: tf.Tensor, apply: tf.Tensor):
+def sgd(variable: tf.Variable, grad: tf.Tensor, learning_rate: tf.Tensor, apply: tf.Tensor) -> tf.Variable:
     """Plain SGD on one weight, where `apply` (a boolean scalar) says so: a select, not a branch (nothing for
     the host to wait on). The select picks the step or zero, so a non-finite gradient that is not applied leaves
     the weight as it was; one op more than plain SGD outside XLA, none inside (fused)."""
     return variable.assign_sub(tf.where(apply, learning_rate * grad, 0.0))
 
 
-def sgd_all(variables, grads, learning_rate: tf.Tensor, apply: tf.Tensor) -> None:
+def sgd_all(
+    variables: Sequence[tf.Variable], grads: Sequence[tf.Tensor], learning_rate: tf.Tensor, apply: tf.Tensor
+) -> None:
     """sgd on every weight of one replica's copy of the model: under XLA one launch a replica, not three ops a
     weight that wait for the intra-op threads another replica's step holds."""
     for variable, grad in zip(variables, grads, strict=True):
         sgd(variable, grad, learning_rate, apply)
 
 
-def sgd_every_step(variables, grads, learning_rate: tf.Tensor) -> None:
+def sgd_every_step(variables: Sequence[tf.Variable], grads: Sequence[tf.Tensor], learning_rate: tf.Tensor) -> None:
     """Plain SGD on every weight of one replica's copy of the model, for a call whose every step applies (the lean
     graph call): one ResourceApplyGradientDescent a weight, var -= learning_rate * grad, where sgd_all runs three
     ops (the product, the select, the subtraction). The same product and subtraction, so the same numbers."""
@@ -79,7 +84,7 @@ def sgd_every_step(variables, grads, learning_rate: tf.Tensor) -> None:
         tf.raw_ops.ResourceApplyGradientDescent(var=variable.handle, alpha=learning_rate, delta=grad)
 
 
-def update_loss_scale(variables, values, growth_steps: int) -> None:
+def update_loss_scale(variables: Sequence[tf.Variable], values: Sequence[tf.Tensor], growth_steps: float) -> None:
     """Dynamic loss scaling's state after one step, on one replica's copy of [scale, good_steps, skipped,
     skipped_at_1]; values: [[active, overflowed]] (1.0 or 0.0, the same on every replica: the overflow count is
     all-reduced). An active step whose gradients overflowed was skipped: the scale halves (not below 1) and the run
@@ -97,7 +102,7 @@ def update_loss_scale(variables, values, growth_steps: int) -> None:
     skipped.assign_add(tf.where(skip, 1.0, 0.0))
 
 
-def assign_all(variables, values) -> None:
+def assign_all(variables: Sequence[tf.Variable], values: Sequence[tf.Tensor]) -> None:
     """Every weight of one replica's copy of the model set to the given values."""
     for variable, value in zip(variables, values, strict=True):
         variable.assign(value)

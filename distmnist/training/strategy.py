@@ -3,6 +3,7 @@ visible GPUs; make_strategy then configures those GPUs (visibility, memory growt
 devices, and builds the strategy, so it must run before TensorFlow has initialised its devices."""
 
 import dataclasses
+from collections.abc import Sequence
 
 import tensorflow as tf
 from absl import logging
@@ -71,7 +72,7 @@ def _bound_cluster_waits(collective_timeout_s: int, cluster_start_timeout_s: int
     CollectiveAllReduceExtended._check_health_initial_timeout = cluster_start_timeout_s
 
 
-def communication(local_devices) -> "tf.distribute.experimental.CommunicationImplementation":
+def communication(local_devices: Sequence[str]) -> "tf.distribute.experimental.CommunicationImplementation":
     """NCCL when every local device is a GPU (TensorFlow's AUTO picks it only when asked); else AUTO (rings over
     gRPC, for CPU workers)."""
     implementation = tf.distribute.experimental.CommunicationImplementation
@@ -126,6 +127,7 @@ def make_strategy(
     for warning in chosen.warnings:
         logging.warning("%s", warning)
     if chosen.kind == "multi_worker":
+        assert cluster is not None  # plan chooses multi_worker only in a cluster
         return _multi_worker(cluster, chosen.gpus, collective_timeout_s, cluster_start_timeout_s, gpu_memory_growth)
     if chosen.kind == "logical_cpus":
         configure_gpus(0)

@@ -22,7 +22,7 @@ node of every step, so it runs num_steps iterations with nothing to mask and not
 
 import dataclasses
 import functools
-from collections.abc import Callable
+from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -64,14 +64,14 @@ class LossScale(tf.Module):
     (float32 scalars: GPUs keep int32 variables in host memory). Checkpointed with the model. The trainer also
     counts the steps skipped in a row at scale 1: MAX_SKIPPED_AT_SCALE_1 of them end the run (GradientsOverflowed)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__(name="loss_scale")
         self.scale = tf.Variable(INITIAL_LOSS_SCALE, trainable=False, name="scale")
         self.good_steps = tf.Variable(0.0, trainable=False, name="good_steps")
         self.skipped = tf.Variable(0.0, trainable=False, name="skipped")
 
     @property
-    def state(self):
+    def state(self) -> list[tf.Variable]:
         return [self.scale, self.good_steps, self.skipped]
 
 
@@ -103,8 +103,8 @@ class Trainer:
         settings: TrainerSettings,
         strategy: tf.distribute.Strategy,
         mnist: Mnist,
-        loss_fn: Callable = stepmaths.mse_loss,
-    ):
+        loss_fn: stepmaths.LossFn = stepmaths.mse_loss,
+    ) -> None:
         """Raises UserError when the global batch is larger than the training set."""
         config = self.settings = settings
         self.strategy = strategy
@@ -138,7 +138,7 @@ class Trainer:
             ]
         self._learning_rate = tf.constant(config.learning_rate, tf.float32)
         if config.input == "device":
-            self.input = inputs.DeviceInput(
+            self.input: inputs.DeviceInput | inputs.TfdataInput = inputs.DeviceInput(
                 strategy,
                 mnist.x_train,
                 mnist.y_train,
@@ -188,13 +188,15 @@ class Trainer:
         return self.step / self.steps_per_epoch
 
     @property
-    def state(self) -> list:
+    def state(self) -> list[tf.Variable]:
         """Everything a step changes: the weights, and the loss scale's state (what a worker takes from the chief)."""
         return self._state
 
     # --- replica functions -------------------------------------------------------------------------------
 
-    def _replica_train_step(self, checked, active, *batch_args):
+    def _replica_train_step(
+        self, checked: bool, active: tf.Tensor, *batch_args: tf.Tensor
+    ) -> tuple[tf.Tensor, tf.Tensor]:
         """One SGD step on this replica's batch, applied where `active` (and, when checked, where every replica's
         loss and gradient are finite); returns the global batch's loss and, when checked, per replica, 1 where its
         loss or gradient was not finite (otherwise an empty vector)."""
@@ -234,7 +236,7 @@ class Trainer:
         ctx.merge_call(functools.partial(self._update_copies, self.model.weights, update=sgd), args=(grads,))
         return stats[0], marks
 
-    def _lean_replica_step(self, *batch_args):
+    def _lean_replica_step(self, *batch_args: tf.Tensor) -> tf.Tensor:
         """_replica_train_step's unchecked step as the lean call runs it (every step applies, no loss scale): the
         same gradients, sum and update, with no branch, no marks and no select; with one replica the loss is
         returned as it is, the all-reduce of one replica being its identity. Returns the global batch's loss."""
@@ -248,7 +250,9 @@ class Trainer:
         ctx.merge_call(functools.partial(self._update_copies, self.model.weights, update=sgd), args=(grads,))
         return loss
 
-    def _batch_gradients(self, weights, loss_scale, *batch_args):
+    def _batch_gradients(
+        self, weights: Sequence[tf.Tensor], loss_scale: tf.Tensor | None, *batch_args: tf.Tensor
+    ) -> tuple[list[tf.Tensor], tf.Tensor]:
         """This replica's batch (the device-resident input's gather) and its gradients: one XLA launch a replica
         when XLA cannot take the whole call. loss_scale: mixed_float16's (None otherwise)."""
         features, targets = self.input.batch(*batch_args)
@@ -256,23 +260,33 @@ class Trainer:
             weights, features, targets, self.global_batch_size, self.loss_fn, self.compute_dtype, loss_scale
         )
 
-    def _checked_batch_gradients(self, weights, loss_scale, *batch_args):
+    def _checked_batch_gradients(
+        self, weights: Sequence[tf.Tensor], loss_scale: tf.Tensor | None, *batch_args: tf.Tensor
+    ) -> tuple[list[tf.Tensor], tf.Tensor, tf.Tensor]:
         """_batch_gradients and whether the loss and every gradient are finite (under loss scaling, whether the
         loss is: an overflowing gradient skips the step instead)."""
         grads, loss = self._batch_gradients(weights, loss_scale, *batch_args)
         return grads, loss, tf.math.is_finite(loss) if loss_scale is not None else stepmaths.all_finite(loss, grads)
 
-    def _update_copies(self, targets, strategy, values, update):
+    def _update_copies(
+        self,
+        targets: Sequence[tf.Variable],
+        strategy: tf.distribute.Strategy,
+        values: Sequence[tf.distribute.DistributedValues],
+        update: replicas.Update,
+    ) -> None:
         """The merge_call target, as replicas.update_copies: SGD on the weights (one XLA launch a replica under
         per-replica XLA) or the loss scale's state, on every replica's copy in one call."""
         self._on_each_copy(targets, values, update)
 
-    def _on_each_copy(self, targets, values, update) -> None:
+    def _on_each_copy(
+        self, targets: Sequence[tf.Variable], values: Sequence[tf.distribute.DistributedValues], update: replicas.Update
+    ) -> None:
         replicas.on_each_copy(self.strategy, targets, values, update)
 
     # --- compiled functions (cross-replica context) --------------------------------------------------------
 
-    def _call_fn(self, checked, num_steps, *call_args):
+    def _call_fn(self, checked: bool, num_steps: tf.Tensor, *call_args: object) -> tuple[tf.Tensor, ...]:
         """Runs num_steps (<= steps_per_loop) steps on the device, collecting each step's loss (from replica 0).
         Unchecked, it first keeps the weights where it starts, and returns (losses [steps_per_loop], whether the
         weights it ends with are finite). Checked, it returns (losses, the first step whose loss or gradient was
@@ -294,7 +308,9 @@ class Trainer:
         if not checked:
             self._on_each_copy(self._call_start, self._state, stepmaths.assign_all)
 
-        def body(i, losses, first_bad, bad_marks):
+        def body(
+            i: tf.Tensor, losses: tf.TensorArray, first_bad: tf.Tensor, bad_marks: tf.Tensor
+        ) -> tuple[tf.Tensor, tf.TensorArray, tf.Tensor, tf.Tensor]:
             active = tf.logical_and(i < num_steps, first_bad < 0) if checked else i < num_steps
             outputs = self.strategy.run(
                 self._replica_train_step, args=(checked, active, *self.input.step_args(call_args, i))
@@ -319,7 +335,7 @@ class Trainer:
         with tf.device(first_copies[0].device):
             return losses.stack(), stepmaths.finite_weights(first_copies)
 
-    def _lean_call_fn(self, num_steps, *call_args):
+    def _lean_call_fn(self, num_steps: tf.Tensor, *call_args: object) -> tuple[tf.Tensor, tf.Tensor]:
         """_call_fn's unchecked call without XLA, on TensorFlow's graph executor, where every node of every step
         is the executor's work beside the matmuls (docs/precision.md). The same steps and numbers, with less
         around them: the loop runs num_steps iterations (no trip count for XLA to find, so no step to mask and no
@@ -328,7 +344,7 @@ class Trainer:
         local = self.strategy.experimental_local_results
         self._on_each_copy(self._call_start, self._state, stepmaths.assign_all)
 
-        def body(i, losses):
+        def body(i: tf.Tensor, losses: tf.TensorArray) -> tuple[tf.Tensor, tf.TensorArray]:
             loss = self.strategy.run(self._lean_replica_step, args=self.input.step_args(call_args, i))
             return i + 1, losses.write(i, local(loss)[0])
 
@@ -350,7 +366,7 @@ class Trainer:
             "skipped_steps": int(first(self.loss_scale.skipped)[0]),
         }
 
-    def weights(self):
+    def weights(self) -> list[np.ndarray]:
         """The trained values as numpy arrays, kernel_0, bias_0, ... (from the first replica)."""
         return [self.strategy.experimental_local_results(v)[0].numpy() for v in self.model.weights]
 
