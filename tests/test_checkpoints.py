@@ -244,6 +244,22 @@ def test_a_half_written_or_corrupt_latest_checkpoint_is_never_used(tmp_path, tin
         Checkpointer(trainer(), str(tmp_path), keep=3).restore_latest()
 
 
+def test_a_fault_in_the_writer_thread_is_raised_by_wait_not_taken_for_a_written_checkpoint(tiny_mnist, monkeypatch):
+    trainer = Trainer(trainer_settings(batch_size=32), make_strategy().strategy, tiny_mnist)
+    saver = Checkpointer(trainer, None, keep=3)
+    run_steps(trainer, 2)
+
+    def broken(names):
+        raise ValueError("a bug in the index writer")
+
+    monkeypatch.setattr(saver, "_record", broken)
+    saver.save(2, {})
+    with pytest.raises(ValueError, match="a bug in the index writer"):
+        saver.wait()
+    assert saver.latest_step is None  # nothing recorded as written
+    saver.close()
+
+
 @pytest.mark.slow
 def test_a_checkpoint_that_cannot_be_written_is_reported_when_waited_for(tmp_path, tiny_mnist):
     trainer = Trainer(trainer_settings(batch_size=32), make_strategy().strategy, tiny_mnist)

@@ -112,7 +112,7 @@ class Checkpointer:
 
     def _write(self, step: int, keys: list, values: list, outcome: dict) -> None:
         """The writer thread: the files, then the index naming them, then the pruning; outcome["error"] when the
-        files or the index could not be written."""
+        files or the index could not be written, outcome["raise"] for anything else (wait() raises it)."""
         name = f"ckpt-{step}"
         try:
             with tf.device("/cpu:0"):
@@ -129,6 +129,9 @@ class Checkpointer:
         except (OSError, tf.errors.OpError) as exc:
             detail = getattr(exc, "message", None) or getattr(exc, "strerror", None) or str(exc)
             outcome["error"] = (str(detail).strip().splitlines() or [type(exc).__name__])[0]
+            return
+        except BaseException as exc:  # a fault of ours, not the disk's: raised in the caller by wait(), never lost
+            outcome["raise"] = exc
             return
         for old in pruned:  # after the index stopped naming them: a kill in between leaves files, never a gap
             for path in [os.path.join(self.directory, old + ".index")] + tf.io.gfile.glob(
@@ -160,6 +163,8 @@ class Checkpointer:
         (step, writer, outcome), self._pending = self._pending, None
         writer.join()
         self.seconds += time.perf_counter() - start
+        if "raise" in outcome:
+            raise outcome["raise"]
         if "error" in outcome:
             raise self._failed(step, outcome["error"])
 
