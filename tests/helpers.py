@@ -170,15 +170,18 @@ def export_saved_model(weights, path: str, temperature: float = 1.0):
     return classifier
 
 
-def trainer_settings(total_steps: int | None = None, loss_scale_growth_steps: int | None = None, **config_values):
+def trainer_settings(
+    total_steps: int | None = None, loss_scale_growth_steps: int | None = None, streams: int = 1, **config_values
+):
     """A trainer's settings as a run makes them (run.trainer_settings) from TrainConfig(**config_values), XLA
-    resolved without a machine's precision support; total_steps None: the run's length not known."""
+    resolved without a machine's precision support; total_steps None: the run's length not known; streams: the
+    parts of each replica's batch (hostthreads.py)."""
     import dataclasses
 
     from distmnist.common.config import TrainConfig
     from distmnist.runs.run import trainer_settings as from_config
 
-    settings = from_config(TrainConfig(**config_values), total_steps)
+    settings = from_config(TrainConfig(**config_values), total_steps, streams=streams)
     if loss_scale_growth_steps is not None:
         settings = dataclasses.replace(settings, loss_scale_growth_steps=loss_scale_growth_steps)
     return settings
@@ -188,7 +191,7 @@ def evaluator(trainer, mnist: Mnist):
     """The evaluator of the trainer's model on mnist's test set, as a run's controller has it."""
     from distmnist.training.evaluator import Evaluator
 
-    return Evaluator(trainer.strategy, trainer.model, mnist)
+    return Evaluator(trainer.strategy, trainer.model, mnist, trainer.settings.streams)
 
 
 def run_schedule(

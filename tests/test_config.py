@@ -110,7 +110,7 @@ def test_the_longest_run_name_takes_its_claim_of_either_kind(tmp_path, monkeypat
 
 def test_the_trainers_settings_are_made_from_the_config():
     """Every field the trainer shares with the config carries the config's value (none the default), XLA as
-    devices.resolve_xla decides it (here: tf.data, so off)."""
+    devices.resolve_xla decides it (here: tf.data, so off), the streams as run.host_threads gives them."""
     from distmnist.runs import run
     from distmnist.training.trainer import TrainerSettings
 
@@ -123,12 +123,13 @@ def test_the_trainers_settings_are_made_from_the_config():
         input="tfdata",
         precision="mixed_bfloat16",
     )
-    made = run.trainer_settings(config, total_steps=4680)
+    made = run.trainer_settings(config, total_steps=4680, streams=2)
     shared = {f.name for f in dataclasses.fields(TrainerSettings)} - {
         "total_steps",
         "loss_scale_growth_steps",
         "jit_compile",
+        "streams",
     }
     assert {name: getattr(made, name) for name in shared} == {name: getattr(config, name) for name in shared}
     assert {name: getattr(made, name) for name in shared} != {name: getattr(TrainConfig(), name) for name in shared}
-    assert made.total_steps == 4680 and made.jit_compile is False
+    assert made.total_steps == 4680 and made.jit_compile is False and made.streams == 2

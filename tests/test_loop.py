@@ -8,6 +8,7 @@ import tensorflow as tf
 from distmnist.common.errors import TrainingDiverged
 from distmnist.data import dataset
 from distmnist.training.controller import Reporter
+from distmnist.training.evaluator import Evaluator
 from distmnist.training.model import images_to_features
 from distmnist.training.strategy import make_strategy
 from distmnist.training.trainer import Trainer, run_steps
@@ -83,17 +84,25 @@ def test_device_and_tfdata_inputs_train_the_same_model(mnist, replicas):
 
 
 @pytest.mark.parametrize(
-    "precision,replicas",
-    [("float32", 1), ("mixed_bfloat16", 1), pytest.param("mixed_bfloat16", 2, marks=pytest.mark.slow)],
+    "precision,replicas,streams",
+    [
+        ("float32", 1, 1),
+        ("mixed_bfloat16", 1, 1),
+        ("mixed_bfloat16", 1, 2),
+        pytest.param("mixed_bfloat16", 2, 1, marks=pytest.mark.slow),
+    ],
 )
-def test_without_xla_the_lean_call_trains_as_the_checked_one_bit_for_bit(mnist, precision, replicas):
+def test_without_xla_the_lean_call_trains_as_the_checked_one_bit_for_bit(mnist, precision, replicas, streams):
     """Without XLA the unchecked call is the lean one: num_steps iterations, no branch around the step, no select
     around the update (one ResourceApplyGradientDescent a weight). It trains the same model, bit for bit, as the
-    checked call, which masks and selects, over calls of every length (16, 16 and 5 steps)."""
+    checked call, which masks and selects, over calls of every length (16, 16 and 5 steps); with the batch in
+    streams (hostthreads.py), each stream has its own matmuls."""
     made = []
     for checked in (False, True):
         trainer = Trainer(
-            trainer_settings(batch_size=32 // replicas, steps_per_loop=16, precision=precision, jit_compile=False),
+            trainer_settings(
+                batch_size=32 // replicas, steps_per_loop=16, precision=precision, jit_compile=False, streams=streams
+            ),
             make_strategy(cpu_replicas=replicas).strategy,
             mnist,
         )
@@ -106,6 +115,38 @@ def test_without_xla_the_lean_call_trains_as_the_checked_one_bit_for_bit(mnist, 
     ops = [node.op for function in graphs(lean)["train"].library.function for node in function.node_def]
     assert ops.count("ResourceApplyGradientDescent") == 6 * replicas
     assert not {"If", "StatelessIf", "SelectV2"} & set(ops)
+    # forward 3 and backward 5 (the first layer's input needs no gradient) a stream, each replica
+    assert ops.count("MatMul") == 8 * streams * replicas
+
+
+def test_the_batch_in_streams_trains_the_model_the_whole_batch_trains(mnist):
+    """bfloat16's batch in two streams (hostthreads.py) is the same step, its gradients rounded to bfloat16 per
+    part and summed in float32: the first steps' losses within bfloat16's rounding of the whole batch's (later,
+    at this rate, rounding differences grow, as between any two orders of a sum), and the loss falls as far; the
+    evaluator, its test rows in two parts, answers every image as the whole does."""
+    runs = []
+    for streams in (1, 2):
+        trainer = Trainer(
+            trainer_settings(
+                batch_size=64, steps_per_loop=20, precision="mixed_bfloat16", jit_compile=False, streams=streams
+            ),
+            make_strategy().strategy,
+            mnist,
+        )
+        runs.append((trainer, run_steps(trainer, 60)))
+    (whole, whole_losses), (split, split_losses) = runs
+    np.testing.assert_allclose(split_losses[:5], whole_losses[:5], rtol=1e-2)
+    assert not np.array_equal(split_losses, whole_losses)  # two streams ran: the sums differ
+    assert np.mean(split_losses[-20:]) == pytest.approx(np.mean(whole_losses[-20:]), rel=0.25)
+    assert np.mean(split_losses[-20:]) < 0.5 * split_losses[0]
+    accuracy, answers = Evaluator(whole.strategy, whole.model, mnist).evaluate()
+    assert Evaluator(whole.strategy, whole.model, mnist, streams=2).evaluate()[0] == accuracy
+    np.testing.assert_array_equal(Evaluator(whole.strategy, whole.model, mnist, streams=2).evaluate()[1], answers)
+
+
+def test_only_a_low_precision_splits_its_batch(mnist):
+    with pytest.raises(ValueError, match="only a low precision splits its batch"):
+        Trainer(trainer_settings(batch_size=32, precision="float32", streams=2), make_strategy().strategy, mnist)
 
 
 def test_logged_values_do_not_depend_on_steps_per_loop(mnist):

@@ -139,7 +139,7 @@ rng = np.random.default_rng(0)
 x, y = rng.integers(0, 256, (256, 28, 28), np.uint8), rng.integers(0, 10, 256).astype(np.uint8)
 settings = TrainerSettings(batch_size=32, learning_rate=1.5, seed=42, steps_per_loop=2, shuffle_buffer=10000,
                            input="device", jit_compile=False, total_steps=None, precision={precision!r},
-                           loss_scale_growth_steps=2000)
+                           loss_scale_growth_steps=2000, streams=1)
 Trainer(settings, make_strategy().strategy, Mnist(x, y, x[:32], y[:32], "random")).train(2)
 """
 

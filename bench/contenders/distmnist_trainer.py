@@ -66,19 +66,29 @@ def _from_npz(npz: str, replicas: int, platform: str, total_steps, **settings):
 
     arrays = mnist_npz.read(npz)
     tfquiet.import_tensorflow()
+    import tensorflow as tf
+
     from distmnist.common.config import TrainConfig
     from distmnist.data.dataset import Mnist
-    from distmnist.runs.run import trainer_settings
-    from distmnist.training.strategy import make_strategy
+    from distmnist.runs.run import host_threads, trainer_settings
+    from distmnist.training import devices
+    from distmnist.training.strategy import device_plan, make_strategy
     from distmnist.training.trainer import Trainer
 
     if platform == "cpu":
-        choice = make_strategy(num_gpus=0) if replicas == 1 else make_strategy(cpu_replicas=replicas)
+        chosen = device_plan(num_gpus=0) if replicas == 1 else device_plan(cpu_replicas=replicas)
     else:
-        choice = make_strategy(num_gpus=replicas)
+        chosen = device_plan(num_gpus=replicas)
+    config = TrainConfig(**settings)
+    on_cpu = chosen.gpus == 0
+    threads = host_threads(config, on_cpu, chosen.cpu_replicas or 1)  # as a run's, before TensorFlow starts
+    choice = make_strategy(chosen.gpus, chosen.cpu_replicas, chosen=chosen)
     mnist = Mnist(*arrays, source=npz)
     steps_per_epoch = len(mnist.x_train) // (settings["batch_size"] * replicas)
-    trainer = Trainer(trainer_settings(TrainConfig(**settings), total_steps(steps_per_epoch)), choice.strategy, mnist)
+    support = devices.support_of([] if on_cpu else tf.config.get_visible_devices("GPU"))
+    trainer = Trainer(
+        trainer_settings(config, total_steps(steps_per_epoch), support, threads.streams), choice.strategy, mnist
+    )
     return trainer, list(choice.devices), mnist
 
 

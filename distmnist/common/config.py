@@ -115,8 +115,8 @@ class TrainConfig:
     collective_timeout_s: int = _setting(60, "multi-worker: a lost peer fails the run within about this")
     cluster_start_timeout_s: int = _setting(600, "multi-worker: how long workers wait for each other")
     deterministic: bool = _setting(False, "op determinism: bit-identical reruns on GPUs too")
-    intra_op_threads: int = _setting(0, "threads inside one op (0: TensorFlow's default)")
-    inter_op_threads: int = _setting(0, "ops run at once (0: TensorFlow's default)")
+    intra_op_threads: int = _setting(0, "threads inside one op (0: distmnist's choice, docs/performance.md)")
+    inter_op_threads: int = _setting(0, "ops run at once (0: distmnist's choice, docs/performance.md)")
     profile_steps: str = _setting(
         "", "`START,END`: a TensorBoard profile of steps START to END (Profile tab; docs/performance.md)", shown="none"
     )
@@ -152,7 +152,7 @@ class TrainConfig:
             raise UserError(f"--num_gpus must be >= 0 (leave it unset to use every visible GPU), got {self.num_gpus}")
         for name in ("intra_op_threads", "inter_op_threads"):
             if getattr(self, name) < 0:
-                raise UserError(f"--{name} must be >= 0 (0 means TensorFlow's default), got {getattr(self, name)}")
+                raise UserError(f"--{name} must be >= 0 (0 means distmnist's choice), got {getattr(self, name)}")
         if self.cpu_replicas < 0:
             raise UserError(f"--cpu_replicas must be >= 0, got {self.cpu_replicas}")
         if self.require_gpus and (self.num_gpus == 0 or self.cpu_replicas >= 2):

@@ -24,12 +24,12 @@ from distmnist.runs.painter import Painter
 from distmnist.runs.runclaim import Claim
 from distmnist.runs.signals import StopOnSignal
 from distmnist.runs.summaries import RunReporter
-from distmnist.training import devices
+from distmnist.training import devices, hostthreads
 from distmnist.training.agreement import Agreement
 from distmnist.training.cluster import Cluster
 from distmnist.training.controller import Controller
 from distmnist.training.evaluator import Evaluator
-from distmnist.training.strategy import StrategyChoice, make_strategy, set_host_threads
+from distmnist.training.strategy import StrategyChoice, device_plan, make_strategy
 from distmnist.training.trainer import LOSS_SCALE_GROWTH_STEPS, Trainer, TrainerSettings, steps_per_epoch
 
 CALIBRATION_STRIDE = 6
@@ -71,10 +71,11 @@ def events_dir(config: TrainConfig, run_dir: str | None) -> str | None:
 
 
 def trainer_settings(
-    config: TrainConfig, total_steps: int | None, support: devices.PrecisionSupport | None = None
+    config: TrainConfig, total_steps: int | None, support: devices.PrecisionSupport | None = None, streams: int = 1
 ) -> TrainerSettings:
     """What the trainer needs of the config: the one way a TrainerSettings is made from it. total_steps: the run's
-    length (None: not known); support: what the training devices do with low precisions (devices.resolve_xla)."""
+    length (None: not known); support: what the training devices do with low precisions (devices.resolve_xla);
+    streams: host_threads's (1: the batch whole)."""
     return TrainerSettings(
         batch_size=config.batch_size,
         learning_rate=config.learning_rate,
@@ -86,7 +87,29 @@ def trainer_settings(
         total_steps=total_steps,
         precision=config.precision,
         loss_scale_growth_steps=LOSS_SCALE_GROWTH_STEPS,
+        streams=streams,
     )
+
+
+def host_threads(config: TrainConfig, on_cpu: bool, local_replicas: int) -> hostthreads.HostThreads:
+    """hostthreads.plan for this run, applied (what is in effect comes back): on_cpu, whether it trains on the CPU,
+    and local_replicas, the replicas this process trains. Its batch may be split where its step runs a low precision
+    on the CPU without XLA (devices.resolve_xla)."""
+    split = (
+        on_cpu
+        and config.precision != "float32"
+        and not devices.resolve_xla(config.jit_compile, config.input, config.precision, devices.support_of([]))
+    )
+    planned = hostthreads.plan(
+        cores=hostthreads.cores(),
+        on_cpu=on_cpu,
+        local_replicas=local_replicas,
+        batch_size=config.batch_size,
+        split_batch=split,
+        intra_op=config.intra_op_threads,
+        inter_op=config.inter_op_threads,
+    )
+    return hostthreads.apply(planned, asked=bool(config.intra_op_threads or config.inter_op_threads))
 
 
 def schedule(config: TrainConfig, total_steps: int, run_dir: str | None) -> dict:
@@ -103,7 +126,13 @@ def schedule(config: TrainConfig, total_steps: int, run_dir: str | None) -> dict
     )
 
 
-def describe_setup(choice: StrategyChoice, trainer: Trainer, config: TrainConfig, total_steps: int) -> str:
+def describe_setup(
+    choice: StrategyChoice,
+    trainer: Trainer,
+    config: TrainConfig,
+    total_steps: int,
+    threads: hostthreads.HostThreads = hostthreads.TENSORFLOW_DEFAULTS,
+) -> str:
     return "\n".join(
         [
             f"strategy:             {choice.name}",
@@ -114,6 +143,7 @@ def describe_setup(choice: StrategyChoice, trainer: Trainer, config: TrainConfig
             f"steps per epoch:      {trainer.steps_per_epoch} (total {total_steps})",
             f"input:                {config.input}, {config.steps_per_loop} steps per call, "
             f"XLA {'on' if trainer.settings.jit_compile else 'off'}",
+            f"host threads:         {threads.describe()}",
         ]
         + ([f"precision:            {config.precision}"] if config.precision != "float32" else [])
     )
@@ -140,7 +170,13 @@ def set_up(
     plan = rundir.plan(config.logdir, run_name, flags) if is_chief else None  # None: not the chief
     mnist = mnist or dataset.load(config.data_dir)
     timings["data_s"] = time.perf_counter() - started
-    set_host_threads(config.intra_op_threads, config.inter_op_threads)
+    if choice is None:
+        chosen = device_plan(config.num_gpus, config.cpu_replicas, config.strategy, cluster)
+        threads = host_threads(config, chosen.gpus == 0, chosen.cpu_replicas or 1)
+    else:  # built by the caller: TensorFlow has started, its pools are as they are
+        on_cpu = not any("GPU" in d.upper() for d in choice.devices)
+        threads = host_threads(config, on_cpu, len(choice.devices) if on_cpu else 1)
+        chosen = None
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     choice = choice or make_strategy(
@@ -151,6 +187,7 @@ def set_up(
         config.collective_timeout_s,
         config.cluster_start_timeout_s,
         config.gpu_memory_growth,
+        chosen,
     )
     per_epoch = steps_per_epoch(len(mnist.x_train), config.batch_size, choice.strategy.num_replicas_in_sync)
     total_steps = config.max_steps or config.epochs * per_epoch
@@ -163,7 +200,7 @@ def set_up(
     support = devices.support_of(tf.config.get_visible_devices("GPU") if trains_on_gpus else [])
     if config.precision != "float32" and not support.native[config.precision]:
         print(f"warning: {devices.emulated(config.precision, support)}; training anyway", file=sys.stderr, flush=True)
-    trainer = Trainer(trainer_settings(config, total_steps, support), choice.strategy, mnist)
+    trainer = Trainer(trainer_settings(config, total_steps, support, threads.streams), choice.strategy, mnist)
     if plan is not None and config.events_dir:
         events.open_events_dir(config.events_dir, os.path.join(config.logdir, run_name), plan)
     run_dir = rundir.open_dir(config.logdir, run_name, flags, plan) if plan is not None else None
@@ -190,7 +227,7 @@ def set_up(
             f"{checkpointer.directory if is_chief else 'the chief'}",
             flush=True,
         )
-    print(describe_setup(choice, trainer, config, total_steps), flush=True)
+    print(describe_setup(choice, trainer, config, total_steps, threads), flush=True)
     timings["setup_s"] = time.perf_counter() - started - timings["data_s"]
     return Run(config, mnist, choice, trainer, checkpointer, cluster, run_dir, history, started, timings)
 
@@ -232,7 +269,7 @@ def train(run: Run, claim: Claim | None = None) -> tuple:
                 should_stop = requested
             controller = Controller(
                 trainer,
-                Evaluator(trainer.strategy, trainer.model, run.mnist),
+                Evaluator(trainer.strategy, trainer.model, run.mnist, trainer.settings.streams),
                 reporter,
                 start_step=trainer.step,
                 global_batch_size=trainer.global_batch_size,

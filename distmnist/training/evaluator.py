@@ -5,15 +5,18 @@ import numpy as np
 import tensorflow as tf
 
 from distmnist.data.dataset import Mnist
-from distmnist.training import inputs
+from distmnist.training import hostthreads, inputs
 from distmnist.training.model import images_to_features
 
 
 class Evaluator:
     """evaluate() of a model (the trainer's, as it trains) on a data set's test images, under the model's strategy."""
 
-    def __init__(self, strategy: tf.distribute.Strategy, model: tf.Module, mnist: Mnist) -> None:
+    def __init__(self, strategy: tf.distribute.Strategy, model: tf.Module, mnist: Mnist, streams: int = 1) -> None:
+        """streams: the trainer's (hostthreads.py): each replica's test rows in that many parts, each its own chain
+        of ops, as its training batches (every row's answer is its own: the same answers)."""
         self.strategy = strategy
+        self.streams = streams
         self.model = model
         self.num_replicas = strategy.num_replicas_in_sync
         self.num_test = len(mnist.x_test)
@@ -27,7 +30,8 @@ class Evaluator:
     def _replica_evaluate(self, features: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """(correct answers as float32, predicted classes): GPUs do not all-reduce int32 (TensorFlow's
         collective executor refuses it), and float32 counts exactly up to 2**24."""
-        predicted = tf.argmax(self.model(features), axis=-1, output_type=tf.int32)
+        parts = tf.split(features, hostthreads.part_sizes(int(features.shape[0]), self.streams))
+        predicted = tf.concat([tf.argmax(self.model(part), axis=-1, output_type=tf.int32) for part in parts], 0)
         correct = tf.cast(tf.equal(predicted, tf.cast(labels, tf.int32)), tf.float32)
         return tf.reduce_sum(correct), predicted
 

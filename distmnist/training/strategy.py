@@ -26,17 +26,6 @@ class StrategyChoice:
         return self.strategy.num_replicas_in_sync
 
 
-def set_host_threads(intra_op_threads: int = 0, inter_op_threads: int = 0) -> None:
-    """Thread pools for ops (0 keeps TensorFlow's default); must run before TensorFlow starts."""
-    try:
-        if intra_op_threads:
-            tf.config.threading.set_intra_op_parallelism_threads(intra_op_threads)
-        if inter_op_threads:
-            tf.config.threading.set_inter_op_parallelism_threads(inter_op_threads)
-    except RuntimeError:
-        logging.warning("TensorFlow has started: --intra_op_threads/--inter_op_threads not applied")
-
-
 def _logical_cpus(count: int) -> list:
     """Returns `count` logical CPU device names, splitting the CPU into that many if TensorFlow has not started."""
     cpu = tf.config.list_physical_devices("CPU")[0]
@@ -103,19 +92,11 @@ def _multi_worker(
     )
 
 
-def make_strategy(
-    num_gpus: int | None = None,
-    cpu_replicas: int = 0,
-    kind: str = "auto",
-    cluster: Cluster | None = None,
-    collective_timeout_s: int = 60,
-    cluster_start_timeout_s: int = 600,
-    gpu_memory_growth: bool = True,
-) -> StrategyChoice:
-    """Builds the strategy `devices.plan` chooses from this process's visible GPUs (see there): multi-worker
-    with a cluster, MirroredStrategy over 2+ GPUs (or over cpu_replicas >= 2 logical CPUs, every GPU left
-    alone), else a one-device strategy. The process sees only the GPUs it uses, with memory growth as asked."""
-    chosen = devices.plan(
+def device_plan(
+    num_gpus: int | None = None, cpu_replicas: int = 0, kind: str = "auto", cluster: Cluster | None = None
+) -> devices.DevicePlan:
+    """devices.plan for this process's GPUs, without starting TensorFlow: what make_strategy will build."""
+    return devices.plan(
         tf.config.get_visible_devices("GPU"),
         tf.config.list_physical_devices("GPU"),
         num_gpus,
@@ -124,6 +105,23 @@ def make_strategy(
         in_cluster=cluster is not None,
         driver_present=devices.nvidia_driver_present(),
     )
+
+
+def make_strategy(
+    num_gpus: int | None = None,
+    cpu_replicas: int = 0,
+    kind: str = "auto",
+    cluster: Cluster | None = None,
+    collective_timeout_s: int = 60,
+    cluster_start_timeout_s: int = 600,
+    gpu_memory_growth: bool = True,
+    chosen: devices.DevicePlan | None = None,
+) -> StrategyChoice:
+    """Builds the strategy `devices.plan` chooses from this process's visible GPUs (see there): multi-worker
+    with a cluster, MirroredStrategy over 2+ GPUs (or over cpu_replicas >= 2 logical CPUs, every GPU left
+    alone), else a one-device strategy. The process sees only the GPUs it uses, with memory growth as asked.
+    chosen: device_plan's answer for the same arguments, where the caller needed it first (None: made here)."""
+    chosen = chosen or device_plan(num_gpus, cpu_replicas, kind, cluster)
     for warning in chosen.warnings:
         logging.warning("%s", warning)
     if chosen.kind == "multi_worker":

@@ -49,6 +49,7 @@ class TrainerSettings:
     # the call compiles, and no more (None: not known; each epoch's order is then drawn one ahead, as it trains)
     precision: str  # "float32", "mixed_bfloat16", "mixed_float16" (with dynamic loss scaling)
     loss_scale_growth_steps: int  # mixed_float16: good steps in a row that double the loss scale
+    streams: int  # parts of each replica's batch, each its own chain of ops (hostthreads.py; 1: the batch whole)
 
 
 COMPUTE_DTYPES = {"float32": tf.float32, "mixed_bfloat16": tf.bfloat16, "mixed_float16": tf.float16}
@@ -119,6 +120,8 @@ class Trainer:
         self.trace_count = 0  # Python traces of the training function: stays 1 for a whole run
 
         self.compute_dtype = COMPUTE_DTYPES[config.precision]
+        if config.streams > 1 and (self.compute_dtype == tf.float32 or config.batch_size < config.streams):
+            raise ValueError(f"streams={config.streams}: only a low precision splits its batch, a row a part or more")
         with strategy.scope():
             self.model = MLP(seed=config.seed)
             self.loss_scale = LossScale() if config.precision == "mixed_float16" else None
@@ -257,7 +260,14 @@ class Trainer:
         when XLA cannot take the whole call. loss_scale: mixed_float16's (None otherwise)."""
         features, targets = self.input.batch(*batch_args)
         return stepmaths.gradients(
-            weights, features, targets, self.global_batch_size, self.loss_fn, self.compute_dtype, loss_scale
+            weights,
+            features,
+            targets,
+            self.global_batch_size,
+            self.loss_fn,
+            self.compute_dtype,
+            loss_scale,
+            self.settings.streams,
         )
 
     def _checked_batch_gradients(
