@@ -75,6 +75,7 @@ def test_the_describing_line():
 NATIVE_BF16 = devices.precision_support(devices.cpu_flags(), []).native["mixed_bfloat16"]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not NATIVE_BF16 or len(os.sched_getaffinity(0)) != 2, reason="needs 2 cores with bfloat16 hardware")
 @pytest.mark.parametrize(
     "flags,threads",
