@@ -300,6 +300,8 @@ def _checkpoints(section: dict) -> str:
                     "goal",
                     "in CPU seconds: a save costs (ms)",
                     "share",
+                    "its own seconds, counted (ms)",
+                    "share of a block's CPU seconds",
                 ],
                 [
                     [
@@ -312,6 +314,8 @@ def _checkpoints(section: dict) -> str:
                         f"<= {section['goal']:.0%}",
                         f"{section['cpu_cost_s'] * 1e3:.1f}",
                         f"{section['cpu_cost_fraction']:.1%}",
+                        f"{section['own_s'] * 1e3:.1f}" if "own_s" in section else "",
+                        f"{section['own_fraction']:.1%}" if "own_fraction" in section else "",
                     ]
                 ],
             ),

@@ -188,6 +188,8 @@ def test_quick_bench_writes_a_complete_report(tmp_path):
     assert saves["cpu_block_s"] > 0 and saves["cpu_cost_fraction"] == pytest.approx(
         saves["cpu_cost_s"] / saves["cpu_block_s"]
     )
+    # a save's own seconds, counted: the caller's and its writer thread's CPU, more than nothing
+    assert saves["own_s"] > 0 and saves["own_fraction"] == pytest.approx(saves["own_s"] / saves["cpu_block_s"])
     assert "checkpoints every 10 steps (median of 2 paired rounds)" in result.stdout
 
     # The whole-process section: each command once in quick mode, distmnist's parts from its run.json.
@@ -284,6 +286,8 @@ def check_results_file(report: dict, folder) -> None:
     assert section(sections, "Checkpoints")[1][7:] == [
         f"{saves['cpu_cost_s'] * 1e3:.1f}",
         f"{saves['cpu_cost_fraction']:.1%}",
+        f"{saves['own_s'] * 1e3:.1f}",
+        f"{saves['own_fraction']:.1%}",
     ]
     whole, process = section(sections, "Whole process"), report["whole_process"]
     median = f"{process['median_s']['distmnist.train']:.1f}"  # one round: its only round

@@ -50,6 +50,20 @@ MAX_INDEX_BYTES = 1 << 20  # an index lists keep_checkpoints names: a few hundre
 _CHECKPOINT_FILE = re.compile(r"ckpt-(\d+)\.index")
 
 
+WRITER_NICENESS = 10  # the writer thread's nice value over the training's threads': docs/performance.md
+
+
+def _yield_to_training() -> None:
+    """Lowers the calling thread's scheduling priority (Linux schedules threads by their own nice value): the
+    training's threads keep the cores, the writer takes what they leave, and a save still has the whole next
+    interval to be written in. Where threads cannot be so lowered, the writer runs as it is."""
+    try:
+        thread = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, thread, min(os.getpriority(os.PRIO_PROCESS, thread) + WRITER_NICENESS, 19))
+    except (OSError, AttributeError):
+        pass
+
+
 class Checkpointer:
     """Saves and restores one trainer's model and step under <run_dir>/checkpoints."""
 
@@ -72,9 +86,13 @@ class Checkpointer:
         # (step, writer thread, its outcome) of a save not yet waited for
         self._pending: tuple[int, threading.Thread, dict] | None = None
         self.seconds = 0.0  # what saving has cost the caller: the snapshots, and the waits for the writes
+        self.writer_cpu_seconds = 0.0  # the CPU seconds the writer threads took, up to the last write waited for
 
-    def _values(self) -> dict:
-        """Every value the checkpoint holds, by its key (the object graph under its own key): traced once."""
+    def _values(self, step: tf.Tensor) -> dict:
+        """The step and the save counter moved on, then every value the checkpoint holds, by its key (the object
+        graph under its own key): one call a save, traced once."""
+        self._step.assign(step)
+        self._checkpoint.save_counter.assign_add(1)
         serialized = self._checkpoint._saver._gather_serialized_tensors(None)[0]  # noqa: SLF001  TF's own keys
         values = {}
         for tensors in serialized.values():
@@ -96,9 +114,7 @@ class Checkpointer:
                 files.write_json(os.path.join(self.directory, HISTORY), {**history, "step": step})
             except OSError as exc:
                 raise self._failed(step, exc.strerror or str(exc)) from None
-        self._step.assign(step)
-        self._checkpoint.save_counter.assign_add(1)
-        values = self._snapshot()
+        values = self._snapshot(tf.constant(step, tf.int64))
         keys = sorted(values)
         outcome: dict = {}
         writer = threading.Thread(
@@ -114,25 +130,32 @@ class Checkpointer:
         """The writer thread: the files, then the index naming them, then the pruning; outcome["error"] when the
         files or the index could not be written, outcome["raise"] for anything else (wait() raises it)."""
         name = f"ckpt-{step}"
+        _yield_to_training()
+        outcome["cpu_s"] = -time.thread_time()
         try:
-            with tf.device("/cpu:0"):
-                tf.raw_ops.SaveV2(
-                    prefix=os.path.join(self.directory, name),
-                    tensor_names=keys,
-                    shape_and_slices=[""] * len(keys),
-                    tensors=values,
-                )
-            listed = [n for n in self._listed if n != name] + [name]
-            kept, pruned = listed[-self._keep :], listed[: -self._keep]
-            self._record(kept)
-            self._listed = kept
+            self._write_files(name, keys, values)
         except (OSError, tf.errors.OpError) as exc:
             detail = getattr(exc, "message", None) or getattr(exc, "strerror", None) or str(exc)
             outcome["error"] = (str(detail).strip().splitlines() or [type(exc).__name__])[0]
-            return
         except BaseException as exc:  # a fault of ours, not the disk's: raised in the caller by wait(), never lost
             outcome["raise"] = exc
-            return
+        finally:
+            outcome["cpu_s"] += time.thread_time()
+
+    def _write_files(self, name: str, keys: list, values: list) -> None:
+        """The checkpoint's files, the index naming them, then the pruning of what the index no longer names (a
+        file that will not go is left: the index no longer names it)."""
+        with tf.device("/cpu:0"):
+            tf.raw_ops.SaveV2(
+                prefix=os.path.join(self.directory, name),
+                tensor_names=keys,
+                shape_and_slices=[""] * len(keys),
+                tensors=values,
+            )
+        listed = [n for n in self._listed if n != name] + [name]
+        kept, pruned = listed[-self._keep :], listed[: -self._keep]
+        self._record(kept)
+        self._listed = kept
         for old in pruned:  # after the index stopped naming them: a kill in between leaves files, never a gap
             for path in [os.path.join(self.directory, old + ".index")] + tf.io.gfile.glob(
                 os.path.join(self.directory, old + ".data-?????-of-?????")
@@ -163,6 +186,7 @@ class Checkpointer:
         (step, writer, outcome), self._pending = self._pending, None
         writer.join()
         self.seconds += time.perf_counter() - start
+        self.writer_cpu_seconds += outcome.get("cpu_s", 0.0)
         if "raise" in outcome:
             raise outcome["raise"]
         if "error" in outcome:
