@@ -30,7 +30,11 @@ class Evaluator:
     def _replica_evaluate(self, features: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """(correct answers as float32, predicted classes): GPUs do not all-reduce int32 (TensorFlow's
         collective executor refuses it), and float32 counts exactly up to 2**24."""
-        parts = tf.split(features, hostthreads.part_sizes(int(features.shape[0]), self.streams))
+        parts = (
+            tf.split(features, hostthreads.part_sizes(int(features.shape[0]), self.streams))
+            if self.streams > 1
+            else [features]
+        )
         predicted = tf.concat([tf.argmax(self.model(part), axis=-1, output_type=tf.int32) for part in parts], 0)
         correct = tf.cast(tf.equal(predicted, tf.cast(labels, tf.int32)), tf.float32)
         return tf.reduce_sum(correct), predicted
