@@ -17,7 +17,8 @@ With jit_compile, XLA compiles the whole multi-step call when there is one repli
 otherwise each replica's step is two XLA launches, its batch and gradients, then its SGD update, with the
 all-reduce between them outside XLA; docs/performance.md has what each is worth. Without XLA (the bfloat16 path on
 CPUs that have it, docs/precision.md), the unchecked call is the lean one: TensorFlow's graph executor pays for every
-node of every step, so it runs num_steps iterations with nothing to mask and nothing to mark (_lean_call_fn).
+node of every step, so it runs num_steps iterations with nothing to mask and nothing to mark (_lean_call_fn). There,
+each replica's batch may be split into `streams` chains of ops that run side by side (hostthreads.py).
 """
 
 import dataclasses
