@@ -28,14 +28,15 @@ def test_the_oneDNN_graph_path_on_two_cores_runs_two_streams_one_thread_an_op():
 
 def test_replicas_are_chains_of_their_own():
     assert plan(local_replicas=2) == HostThreads(1, 2, 1)  # bfloat16: a stream a replica
-    assert plan(local_replicas=2, split_batch=False) == HostThreads(1, 2, 1)  # float32 on two logical CPUs
-    assert plan(local_replicas=4, split_batch=False) == HostThreads(1, 4, 1)
+    assert plan(local_replicas=4) == HostThreads(1, 4, 1)
 
 
 def test_tensorflows_defaults_where_the_chains_cannot_fill_the_cores():
     assert plan(split_batch=False) == hostthreads.TENSORFLOW_DEFAULTS  # float32 on one replica: XLA's whole call
+    # float32's numbers stay bit for bit: fewer threads an op can change XLA's sums
+    assert plan(local_replicas=2, split_batch=False) == hostthreads.TENSORFLOW_DEFAULTS
     assert plan(cores=8, batch_size=128) == hostthreads.TENSORFLOW_DEFAULTS  # 2 parts of 64 rows at most
-    assert plan(cores=4, local_replicas=2, split_batch=False) == hostthreads.TENSORFLOW_DEFAULTS
+    assert plan(cores=4, local_replicas=2, batch_size=64) == hostthreads.TENSORFLOW_DEFAULTS  # 2 chains, 4 cores
     assert plan(cores=1) == hostthreads.TENSORFLOW_DEFAULTS
     assert plan(on_cpu=False) == hostthreads.TENSORFLOW_DEFAULTS
     assert plan(batch_size=100) == hostthreads.TENSORFLOW_DEFAULTS  # no two parts of 64 rows
@@ -82,7 +83,8 @@ NATIVE_BF16 = devices.precision_support(devices.cpu_flags(), []).native["mixed_b
     [
         (["--precision=mixed_bfloat16"], "1 thread an op, 2 ops at once; each replica's batch in 2 streams"),
         (["--precision=mixed_bfloat16", "--intra_op_threads=2"], "2 threads an op, TensorFlow's default ops at once"),
-        (["--cpu_replicas=2"], "1 thread an op, 2 ops at once"),
+        (["--precision=mixed_bfloat16", "--cpu_replicas=2"], "1 thread an op, 2 ops at once"),
+        (["--cpu_replicas=2"], "TensorFlow's defaults"),
         ([], "TensorFlow's defaults"),
     ],
 )

@@ -50,20 +50,6 @@ MAX_INDEX_BYTES = 1 << 20  # an index lists keep_checkpoints names: a few hundre
 _CHECKPOINT_FILE = re.compile(r"ckpt-(\d+)\.index")
 
 
-WRITER_NICENESS = 10  # the writer thread's nice value over the training's threads': docs/performance.md
-
-
-def _yield_to_training() -> None:
-    """Lowers the calling thread's scheduling priority (Linux schedules threads by their own nice value): the
-    training's threads keep the cores, the writer takes what they leave, and a save still has the whole next
-    interval to be written in. Where threads cannot be so lowered, the writer runs as it is."""
-    try:
-        thread = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, thread, min(os.getpriority(os.PRIO_PROCESS, thread) + WRITER_NICENESS, 19))
-    except (OSError, AttributeError):
-        pass
-
-
 class Checkpointer:
     """Saves and restores one trainer's model and step under <run_dir>/checkpoints."""
 
@@ -130,7 +116,6 @@ class Checkpointer:
         """The writer thread: the files, then the index naming them, then the pruning; outcome["error"] when the
         files or the index could not be written, outcome["raise"] for anything else (wait() raises it)."""
         name = f"ckpt-{step}"
-        _yield_to_training()
         outcome["cpu_s"] = -time.thread_time()
         try:
             self._write_files(name, keys, values)

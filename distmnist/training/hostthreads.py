@@ -9,8 +9,10 @@ this process trains are such chains, and without XLA in a low precision (the one
 batch is split into `streams` parts, each its own forward and backward chain (stepmaths.gradients). When the
 chains fill the cores, the pools are one thread an op and a thread a chain; otherwise TensorFlow's defaults stand.
 
-float32 never splits its batch (its sums would change order: its numbers stay bit for bit); its replicas' chains
-are the same ops on fewer threads, and give the same numbers. docs/performance.md has the measurements.
+float32 keeps TensorFlow's defaults: its numbers stay bit for bit (a split batch sums in another order, and XLA's
+CPU matmuls can sum in another order on fewer threads: at batch 32 on two logical CPUs one thread an op changed the
+weights). Its replicas gain from the same pools (--intra_op_threads=1 --inter_op_threads=2 on two cores), numbers
+aside. docs/performance.md has the measurements.
 """
 
 import dataclasses
@@ -71,9 +73,9 @@ def plan(
     intra_op/inter_op: the user's --intra_op_threads/--inter_op_threads (either given: as given, the batch whole)."""
     if intra_op or inter_op:
         return HostThreads(intra_op, inter_op, 1)
-    if not on_cpu or cores < 2:
+    if not on_cpu or cores < 2 or not split_batch:
         return TENSORFLOW_DEFAULTS
-    streams = max(1, min(cores // max(local_replicas, 1), batch_size // MIN_STREAM_ROWS)) if split_batch else 1
+    streams = max(1, min(cores // max(local_replicas, 1), batch_size // MIN_STREAM_ROWS))
     chains = local_replicas * streams
     if chains < cores:
         return TENSORFLOW_DEFAULTS
