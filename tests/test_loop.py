@@ -88,7 +88,7 @@ def test_device_and_tfdata_inputs_train_the_same_model(mnist, replicas):
     [
         ("float32", 1, 1),
         ("mixed_bfloat16", 1, 1),
-        ("mixed_bfloat16", 1, 2),
+        pytest.param("mixed_bfloat16", 1, 2, marks=pytest.mark.slow),
         pytest.param("mixed_bfloat16", 2, 1, marks=pytest.mark.slow),
     ],
 )
