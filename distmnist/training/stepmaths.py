@@ -41,26 +41,26 @@ def gradients(
     the gradients are taken of loss x loss_scale, so that small ones do not flush to zero in float16, and divided by
     it again in float32; an overflow shows as a non-finite gradient (all_finite), the loss itself unscaled.
 
+    The weights are cast to compute_dtype once and the gradients taken of those copies, then cast to float32.
     streams > 1 (a low compute_dtype only: hostthreads.py): the batch's rows in that many parts, each its own chain
-    of forward and backward ops that TensorFlow's executor runs beside the others, on the weights cast to
-    compute_dtype once; each part's gradients come back in compute_dtype, and are summed in float32."""
-    if streams == 1:
+    of forward and backward ops that TensorFlow's executor runs beside the others, their gradients summed in
+    float32."""
+    assert streams == 1 or compute_dtype != tf.float32, "float32 takes its batch whole: its numbers stay bit for bit"
+    low = [tf.cast(w, compute_dtype) for w in weights]  # float32: the weights themselves
+    rows = hostthreads.part_sizes(int(features.shape[0]), streams)
+    batches = (
+        zip(tf.split(features, rows), tf.split(targets, rows), strict=True) if streams > 1 else [(features, targets)]
+    )
+    parts = []
+    for part_features, part_targets in batches:
         with tf.GradientTape() as tape:
-            tape.watch(weights)
-            loss = loss_fn(targets, forward(weights, features, compute_dtype), global_batch_size)
-            scaled = loss if loss_scale is None else loss * loss_scale
-        grads = tape.gradient(scaled, weights)
+            tape.watch(low)
+            part_loss = loss_fn(part_targets, forward(low, part_features, compute_dtype), global_batch_size)
+            scaled = part_loss if loss_scale is None else part_loss * loss_scale
+        parts.append((part_loss, [tf.cast(g, tf.float32) for g in tape.gradient(scaled, low)]))
+    if len(parts) == 1:
+        loss, grads = parts[0]
     else:
-        assert compute_dtype != tf.float32, "float32 takes its batch whole: its numbers stay bit for bit"
-        low = [tf.cast(w, compute_dtype) for w in weights]
-        sizes = hostthreads.part_sizes(int(features.shape[0]), streams)
-        parts = []
-        for part_features, part_targets in zip(tf.split(features, sizes), tf.split(targets, sizes), strict=True):
-            with tf.GradientTape() as tape:
-                tape.watch(low)
-                part_loss = loss_fn(part_targets, forward(low, part_features, compute_dtype), global_batch_size)
-                scaled = part_loss if loss_scale is None else part_loss * loss_scale
-            parts.append((part_loss, [tf.cast(g, tf.float32) for g in tape.gradient(scaled, low)]))
         loss = tf.add_n([part_loss for part_loss, _ in parts])
         grads = [tf.add_n(list(each)) for each in zip(*(part_grads for _, part_grads in parts), strict=True)]
     if loss_scale is not None:
