@@ -70,22 +70,16 @@ def _from_npz(npz: str, replicas: int, platform: str, total_steps, **settings):
 
     from distmnist.common.config import TrainConfig
     from distmnist.data.dataset import Mnist
-    from distmnist.runs.run import host_threads, trainer_settings
+    from distmnist.runs.run import on_cpu, start_devices, trainer_settings
     from distmnist.training import devices
-    from distmnist.training.strategy import device_plan, make_strategy
     from distmnist.training.trainer import Trainer
 
-    if platform == "cpu":
-        chosen = device_plan(num_gpus=0) if replicas == 1 else device_plan(cpu_replicas=replicas)
-    else:
-        chosen = device_plan(num_gpus=replicas)
-    config = TrainConfig(**settings)
-    on_cpu = chosen.gpus == 0
-    threads = host_threads(config, on_cpu, chosen.cpu_replicas or 1)  # as a run's, before TensorFlow starts
-    choice = make_strategy(chosen.gpus, chosen.cpu_replicas, chosen=chosen)
+    gpus, cpu_replicas = (0, replicas if replicas > 1 else 0) if platform == "cpu" else (replicas, 0)
+    config = TrainConfig(num_gpus=gpus, cpu_replicas=cpu_replicas, **settings)
+    choice, threads = start_devices(config)  # as a run's, before TensorFlow starts
     mnist = Mnist(*arrays, source=npz)
     steps_per_epoch = len(mnist.x_train) // (settings["batch_size"] * replicas)
-    support = devices.support_of([] if on_cpu else tf.config.get_visible_devices("GPU"))
+    support = devices.support_of([] if on_cpu(choice) else tf.config.get_visible_devices("GPU"))
     trainer = Trainer(
         trainer_settings(config, total_steps(steps_per_epoch), support, threads.streams), choice.strategy, mnist
     )

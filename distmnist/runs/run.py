@@ -112,6 +112,31 @@ def host_threads(config: TrainConfig, on_cpu: bool, local_replicas: int) -> host
     return hostthreads.apply(planned, asked=bool(config.intra_op_threads or config.inter_op_threads))
 
 
+def on_cpu(choice: StrategyChoice) -> bool:
+    """Whether the strategy trains on the CPU (no GPU among its devices)."""
+    return not any("GPU" in d.upper() for d in choice.devices)
+
+
+def start_devices(
+    config: TrainConfig, cluster: Cluster | None = None
+) -> tuple[StrategyChoice, hostthreads.HostThreads]:
+    """The run's strategy and the host's pools, before TensorFlow starts: the devices planned (device_plan), the
+    pools set for them (host_threads), then the strategy built on that plan (make_strategy)."""
+    chosen = device_plan(config.num_gpus, config.cpu_replicas, config.strategy, cluster)
+    threads = host_threads(config, chosen.gpus == 0, chosen.cpu_replicas or 1)
+    choice = make_strategy(
+        config.num_gpus,
+        config.cpu_replicas,
+        config.strategy,
+        cluster,
+        config.collective_timeout_s,
+        config.cluster_start_timeout_s,
+        config.gpu_memory_growth,
+        chosen,
+    )
+    return choice, threads
+
+
 def schedule(config: TrainConfig, total_steps: int, run_dir: str | None) -> dict:
     """The controller's schedule from the config, as its keyword arguments (the profile only where there is a run
     directory)."""
@@ -170,25 +195,12 @@ def set_up(
     plan = rundir.plan(config.logdir, run_name, flags) if is_chief else None  # None: not the chief
     mnist = mnist or dataset.load(config.data_dir)
     timings["data_s"] = time.perf_counter() - started
-    if choice is None:
-        chosen = device_plan(config.num_gpus, config.cpu_replicas, config.strategy, cluster)
-        threads = host_threads(config, chosen.gpus == 0, chosen.cpu_replicas or 1)
-    else:  # built by the caller: TensorFlow has started, its pools are as they are
-        on_cpu = not any("GPU" in d.upper() for d in choice.devices)
-        threads = host_threads(config, on_cpu, len(choice.devices) if on_cpu else 1)
-        chosen = None
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
-    choice = choice or make_strategy(
-        config.num_gpus,
-        config.cpu_replicas,
-        config.strategy,
-        cluster,
-        config.collective_timeout_s,
-        config.cluster_start_timeout_s,
-        config.gpu_memory_growth,
-        chosen,
-    )
+    if choice is None:
+        choice, threads = start_devices(config, cluster)
+    else:  # built by the caller: TensorFlow has started, its pools are as they are
+        threads = host_threads(config, on_cpu(choice), len(choice.devices) if on_cpu(choice) else 1)
     per_epoch = steps_per_epoch(len(mnist.x_train), config.batch_size, choice.strategy.num_replicas_in_sync)
     total_steps = config.max_steps or config.epochs * per_epoch
     if total_steps > INT64_MAX:
@@ -196,8 +208,7 @@ def set_up(
             f"--epochs={config.epochs} is {total_steps:,} steps of this data, more than TensorFlow's int64 "
             "step counter holds; lower --epochs"
         )
-    trains_on_gpus = any("GPU" in d.upper() for d in choice.devices)
-    support = devices.support_of(tf.config.get_visible_devices("GPU") if trains_on_gpus else [])
+    support = devices.support_of([] if on_cpu(choice) else tf.config.get_visible_devices("GPU"))
     if config.precision != "float32" and not support.native[config.precision]:
         print(f"warning: {devices.emulated(config.precision, support)}; training anyway", file=sys.stderr, flush=True)
     trainer = Trainer(trainer_settings(config, total_steps, support, threads.streams), choice.strategy, mnist)
