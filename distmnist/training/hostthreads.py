@@ -10,9 +10,9 @@ batch is split into `streams` parts, each its own forward and backward chain (st
 chains fill the cores, the pools are one thread an op and a thread a chain; otherwise TensorFlow's defaults stand.
 
 float32 keeps TensorFlow's defaults: its numbers stay bit for bit (a split batch sums in another order, and XLA's
-CPU matmuls can sum in another order on fewer threads: at batch 32 on two logical CPUs one thread an op changed the
-weights). Its replicas gain from the same pools (--intra_op_threads=1 --inter_op_threads=2 on two cores), numbers
-aside. docs/performance.md has the measurements.
+CPU matmuls sum in another order on a pool of another size: on the Zen 4, one step's outputs at one thread against
+two differed at 2-50 rows a replica and at 320, 384, 768 and 1024 or more). Its replicas gain from the same pools
+(--intra_op_threads=1 --inter_op_threads=2 on two cores), numbers aside. docs/performance.md has the measurements.
 """
 
 import dataclasses
