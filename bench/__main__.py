@@ -179,7 +179,7 @@ def measure(tf, mnist, num_gpus: int, timing, quick: bool, npz, installed: dict)
     jax_npz = npz if installed["jax"] else None
     from bench import breakdown, checkpointcost, lineup, precisions, race, turns
     from bench.contenders import pytorch_eager
-    from distmnist.runs.run import trainer_settings
+    from distmnist.runs.runsetup import trainer_settings
 
     first_device = "/gpu:0" if num_gpus else "/cpu:0"
     this_machine = machine.describe(tf)

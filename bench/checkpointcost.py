@@ -18,7 +18,7 @@ import time
 from distmnist.common.config import TrainConfig
 from distmnist.data.dataset import Mnist
 from distmnist.runs.checkpoints import Checkpointer
-from distmnist.runs.run import trainer_settings
+from distmnist.runs.runsetup import trainer_settings
 from distmnist.training.trainer import Trainer, run_steps
 
 GOAL = 0.03  # of the training time, at the default checkpoint_every

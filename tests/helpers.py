@@ -173,13 +173,13 @@ def export_saved_model(weights, path: str, temperature: float = 1.0):
 def trainer_settings(
     total_steps: int | None = None, loss_scale_growth_steps: int | None = None, streams: int = 1, **config_values
 ):
-    """A trainer's settings as a run makes them (run.trainer_settings) from TrainConfig(**config_values), XLA
+    """A trainer's settings as a run makes them (runsetup.trainer_settings) from TrainConfig(**config_values), XLA
     resolved without a machine's precision support; total_steps None: the run's length not known; streams: the
     parts of each replica's batch (hostthreads.py)."""
     import dataclasses
 
     from distmnist.common.config import TrainConfig
-    from distmnist.runs.run import trainer_settings as from_config
+    from distmnist.runs.runsetup import trainer_settings as from_config
 
     settings = from_config(TrainConfig(**config_values), total_steps, streams=streams)
     if loss_scale_growth_steps is not None:

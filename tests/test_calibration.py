@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from distmnist.data import dataset
-from distmnist.runs import calibration, run
+from distmnist.runs import artifacts, calibration
 from distmnist.runs.export import Classifier
 from distmnist.training.model import MLP
 from distmnist.training.strategy import make_strategy
@@ -45,8 +45,8 @@ def test_the_temperature_is_fitted_without_the_test_set(tiny_mnist):
     scrambled = dataclasses.replace(
         tiny_mnist, y_test=np.roll(tiny_mnist.y_test, 3), x_test=np.zeros_like(tiny_mnist.x_test)
     )
-    first = run._calibrate(Classifier(weights), tiny_mnist)
-    second = run._calibrate(Classifier(weights), scrambled)
+    first = artifacts.calibrate(Classifier(weights), tiny_mnist)
+    second = artifacts.calibrate(Classifier(weights), scrambled)
     assert first == second and first["fitted_on"] == "86 training images (every 6th)"
     assert first["temperature"] != 1.0  # it was fitted
 

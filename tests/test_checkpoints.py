@@ -385,7 +385,8 @@ INDEX_DAMAGE = {
 def finished_run(tmp_path_factory, tiny_mnist):
     """A run of 24 steps with checkpoints at 12, 18 and 24 in a logdir (a resume must name the same one), a copy of
     it to start each test from, and its history."""
-    from distmnist.runs.run import set_up, train
+    from distmnist.runs.run import train
+    from distmnist.runs.runsetup import set_up
 
     logdir = tmp_path_factory.mktemp("finished")
     _, history = train(set_up(small_config(logdir), make_strategy(), tiny_mnist))  # no export: not needed here
@@ -396,7 +397,8 @@ def finished_run(tmp_path_factory, tiny_mnist):
 
 @pytest.mark.parametrize("damage", INDEX_DAMAGE)
 def test_a_damaged_index_resumes_from_the_newest_checkpoint_with_one_warning(tiny_mnist, finished_run, damage, caplog):
-    from distmnist.runs.run import set_up, train
+    from distmnist.runs.run import train
+    from distmnist.runs.runsetup import set_up
 
     logdir, pristine, history = finished_run
     run_dir, index = logdir / "r", logdir / "r" / "checkpoints" / "checkpoint"

@@ -110,8 +110,8 @@ def test_the_longest_run_name_takes_its_claim_of_either_kind(tmp_path, monkeypat
 
 def test_the_trainers_settings_are_made_from_the_config():
     """Every field the trainer shares with the config carries the config's value (none the default), XLA as
-    devices.resolve_xla decides it (here: tf.data, so off), the streams as run.host_threads gives them."""
-    from distmnist.runs import run
+    devices.resolve_xla decides it (here: tf.data, so off), the streams as runsetup.host_threads gives them."""
+    from distmnist.runs import runsetup
     from distmnist.training.trainer import TrainerSettings
 
     config = TrainConfig(
@@ -123,7 +123,7 @@ def test_the_trainers_settings_are_made_from_the_config():
         input="tfdata",
         precision="mixed_bfloat16",
     )
-    made = run.trainer_settings(config, total_steps=4680, streams=2)
+    made = runsetup.trainer_settings(config, total_steps=4680, streams=2)
     shared = {f.name for f in dataclasses.fields(TrainerSettings)} - {
         "total_steps",
         "loss_scale_growth_steps",

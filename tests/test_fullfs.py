@@ -16,7 +16,7 @@ import tensorflow as tf
 from distmnist.common import files
 from distmnist.common.config import TrainConfig
 from distmnist.common.errors import OutOfRoom
-from distmnist.runs import outputs, run
+from distmnist.runs import artifacts, outputs, run, runsetup
 from distmnist.runs.painter import Painter
 from distmnist.training.strategy import make_strategy
 
@@ -157,12 +157,12 @@ def test_an_export_dir_without_room_still_gets_run_json_and_the_same_call_writes
 @pytest.mark.slow  # trains on a tmpfs: make test, not test-fast
 def test_pictures_that_find_no_room_name_their_file(mount_tmpfs, tiny_mnist):
     fs = mount_tmpfs("fs", "16m")
-    started = run.set_up(tiny_config(fs), choice=make_strategy(), mnist=tiny_mnist)
+    started = runsetup.set_up(tiny_config(fs), choice=make_strategy(), mnist=tiny_mnist)
     timing, history = run.train(started)
     fill(fs)
     painter = Painter(inline=True)
     with pytest.raises(OSError) as failed:
-        run.write_artifacts(started, timing, history, painter)
+        artifacts.write_artifacts(started, timing, history, painter)
     assert (failed.value.errno, failed.value.filename) == (errno.ENOSPC, f"{fs}/r/train.svg")
     assert not [name for name in os.listdir(fs / "r") if name.startswith(".tmp")]
     assert started.checkpointer.latest_step == 12  # the last checkpoint stays

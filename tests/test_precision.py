@@ -426,7 +426,8 @@ def test_skipping_step_after_step_at_loss_scale_1_stops_as_a_divergence(mnist, i
 def test_a_run_that_skips_every_step_at_scale_1_keeps_its_last_checkpoint_and_exports_nothing(tmp_path, mnist):
     """The run's side of GradientsOverflowed, as of a divergence: one line naming what was kept, exit status 1,
     the last checkpoint (every 50 steps) the latest, no SavedModel, no run.json."""
-    from distmnist.runs.run import set_up, train
+    from distmnist.runs.run import train
+    from distmnist.runs.runsetup import set_up
 
     config = TrainConfig(
         logdir=str(tmp_path),
@@ -607,7 +608,7 @@ def test_what_each_machine_runs_natively_and_what_it_recommends(flags, capabilit
 def test_xla_is_left_off_only_where_onednn_runs_the_precision_natively(
     precision, jit_flag, flags, capabilities, onednn_off, xla
 ):
-    from distmnist.runs.run import trainer_settings
+    from distmnist.runs.runsetup import trainer_settings
 
     support = devices.precision_support(flags, capabilities, onednn_off)
     assert trainer_settings(TrainConfig(precision=precision, jit_compile=jit_flag), 100, support).jit_compile == xla
@@ -743,8 +744,10 @@ def test_what_dynamic_loss_scaling_can_reach(state, steps, reachable):
 def test_a_float16_run_reports_a_loss_scale_it_can_reach_and_its_steps_skipped(tmp_path, mnist):
     """run.json's precision entry on the CPU (float16 emulated) after skipped steps and growths: the scale and the
     steps skipped are those the trainer reached, and a scale that dynamic loss scaling can reach from them."""
+    from distmnist.runs.artifacts import write_artifacts
     from distmnist.runs.painter import Painter
-    from distmnist.runs.run import set_up, train, write_artifacts
+    from distmnist.runs.run import train
+    from distmnist.runs.runsetup import set_up
 
     config = TrainConfig(
         logdir=str(tmp_path),

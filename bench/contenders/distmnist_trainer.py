@@ -16,7 +16,7 @@ def examples_per_sec(
     import functools
 
     from distmnist.common.config import TrainConfig
-    from distmnist.runs.run import trainer_settings
+    from distmnist.runs.runsetup import trainer_settings
     from distmnist.training.trainer import Trainer, run_steps
 
     settings = trainer_settings(
@@ -70,7 +70,7 @@ def _from_npz(npz: str, replicas: int, platform: str, total_steps, **settings):
 
     from distmnist.common.config import TrainConfig
     from distmnist.data.dataset import Mnist
-    from distmnist.runs.run import on_cpu, start_devices, trainer_settings
+    from distmnist.runs.runsetup import on_cpu, start_devices, trainer_settings
     from distmnist.training import devices
     from distmnist.training.trainer import Trainer
 

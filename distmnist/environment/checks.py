@@ -251,7 +251,7 @@ def check_training(tf: types.ModuleType, steps: int) -> Check:
 
     from distmnist.common.config import TrainConfig
     from distmnist.data.dataset import Mnist
-    from distmnist.runs.run import trainer_settings
+    from distmnist.runs.runsetup import trainer_settings
     from distmnist.training.strategy import make_strategy
     from distmnist.training.trainer import Trainer, run_steps
 

@@ -36,8 +36,8 @@ from distmnist.training.model import MLP
 
 @dataclasses.dataclass(frozen=True)
 class TrainerSettings:
-    """What the trainer needs of a run's config, every field given: run.trainer_settings makes it from a TrainConfig
-    (test harnesses may give it in full). No defaults here: the config's are the only ones."""
+    """What the trainer needs of a run's config, every field given: runsetup.trainer_settings makes it from a
+    TrainConfig (test harnesses may give it in full). No defaults here: the config's are the only ones."""
 
     batch_size: int  # per replica
     learning_rate: float
