@@ -66,12 +66,9 @@ def _from_npz(npz: str, replicas: int, platform: str, total_steps, **settings):
 
     arrays = mnist_npz.read(npz)
     tfquiet.import_tensorflow()
-    import tensorflow as tf
-
     from distmnist.common.config import TrainConfig
     from distmnist.data.dataset import Mnist
-    from distmnist.runs.runsetup import on_cpu, start_devices, trainer_settings
-    from distmnist.training import devices
+    from distmnist.runs.runsetup import precision_support, start_devices, trainer_settings
     from distmnist.training.trainer import Trainer
 
     gpus, cpu_replicas = (0, replicas if replicas > 1 else 0) if platform == "cpu" else (replicas, 0)
@@ -79,10 +76,8 @@ def _from_npz(npz: str, replicas: int, platform: str, total_steps, **settings):
     choice, threads = start_devices(config)  # as a run's, before TensorFlow starts
     mnist = Mnist(*arrays, source=npz)
     steps_per_epoch = len(mnist.x_train) // (settings["batch_size"] * replicas)
-    support = devices.support_of([] if on_cpu(choice) else tf.config.get_visible_devices("GPU"))
-    trainer = Trainer(
-        trainer_settings(config, total_steps(steps_per_epoch), support, threads.streams), choice.strategy, mnist
-    )
+    settings_made = trainer_settings(config, total_steps(steps_per_epoch), precision_support(choice), threads.streams)
+    trainer = Trainer(settings_made, choice.strategy, mnist)
     return trainer, list(choice.devices), mnist
 
 

@@ -104,6 +104,11 @@ def on_cpu(choice: StrategyChoice) -> bool:
     return not any("GPU" in d.upper() for d in choice.devices)
 
 
+def precision_support(choice: StrategyChoice) -> devices.PrecisionSupport:
+    """What the strategy's training devices do with low precisions (devices.support_of): its CPU's or its GPUs'."""
+    return devices.support_of([] if on_cpu(choice) else tf.config.get_visible_devices("GPU"))
+
+
 def start_devices(
     config: TrainConfig, cluster: Cluster | None = None
 ) -> tuple[StrategyChoice, hostthreads.HostThreads]:
@@ -181,7 +186,7 @@ def set_up(
             f"--epochs={config.epochs} is {total_steps:,} steps of this data, more than TensorFlow's int64 "
             "step counter holds; lower --epochs"
         )
-    support = devices.support_of([] if on_cpu(choice) else tf.config.get_visible_devices("GPU"))
+    support = precision_support(choice)
     if config.precision != "float32" and not support.native[config.precision]:
         print(f"warning: {devices.emulated(config.precision, support)}; training anyway", file=sys.stderr, flush=True)
     trainer = Trainer(trainer_settings(config, total_steps, support, threads.streams), choice.strategy, mnist)

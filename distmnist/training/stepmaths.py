@@ -42,10 +42,9 @@ def gradients(
     it again in float32; an overflow shows as a non-finite gradient (all_finite), the loss itself unscaled.
 
     The weights are cast to compute_dtype once and the gradients taken of those copies, then cast to float32.
-    streams > 1 (a low compute_dtype only: hostthreads.py): the batch's rows in that many parts, each its own chain
-    of forward and backward ops that TensorFlow's executor runs beside the others, their gradients summed in
-    float32."""
-    assert streams == 1 or compute_dtype != tf.float32, "float32 takes its batch whole: its numbers stay bit for bit"
+    streams > 1 (a low compute_dtype only, as the Trainer checks: hostthreads.py): the batch's rows in that many
+    parts, each its own chain of forward and backward ops that TensorFlow's executor runs beside the others, their
+    gradients summed in float32."""
     low = [tf.cast(w, compute_dtype) for w in weights]  # float32: the weights themselves
     rows = hostthreads.part_sizes(int(features.shape[0]), streams)
     batches = (
