@@ -47,6 +47,26 @@ def test_more_cores_more_streams_while_each_keeps_64_rows():
     assert plan(cores=4, batch_size=256) == HostThreads(1, 4, 4)
 
 
+def test_in_amx_tiles_parts_keep_128_rows_and_a_lone_chain_runs_on_one_thread():
+    assert plan(tiles=True) == HostThreads(1, 1, 1)  # batch 128: whole, one op at a time, one thread each
+    assert plan(tiles=True, batch_size=256) == HostThreads(1, 2, 2)
+    assert plan(tiles=True, batch_size=512) == HostThreads(1, 2, 2)
+    assert plan(tiles=True, local_replicas=2) == HostThreads(1, 2, 1)
+    assert plan(tiles=True, cores=8, batch_size=512) == HostThreads(1, 4, 4)
+    assert plan(tiles=True, split_batch=False) == hostthreads.TENSORFLOW_DEFAULTS  # float32, or XLA asked for
+    assert plan(tiles=True, intra_op=2) == HostThreads(2, 0, 1)
+
+
+def test_which_precisions_run_in_tiles():
+    amx = {"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}
+    assert devices.in_tiles("mixed_bfloat16", amx)
+    assert not devices.in_tiles("mixed_bfloat16", amx, onednn_off=True)
+    assert not devices.in_tiles("mixed_float16", amx)  # no amx_fp16 (Sapphire Rapids)
+    assert devices.in_tiles("mixed_float16", amx | {"amx_fp16"})
+    assert not devices.in_tiles("float32", amx)
+    assert not devices.in_tiles("mixed_bfloat16", {"avx512f", "avx512_bf16"})  # AMD Zen 4
+
+
 def test_part_sizes_cover_the_batch():
     assert hostthreads.part_sizes(128, 2) == [64, 64]
     assert hostthreads.part_sizes(129, 2) == [64, 65]
@@ -74,6 +94,12 @@ def test_the_describing_line():
 
 
 NATIVE_BF16 = devices.precision_support(devices.cpu_flags(), []).native["mixed_bfloat16"]
+# batch 128 in bfloat16: two streams of 64 rows, or in AMX tiles the batch whole on one thread
+BF16_AT_128 = (
+    "1 thread an op, 1 op at once"
+    if devices.in_tiles("mixed_bfloat16", devices.cpu_flags(), devices.onednn_switched_off())
+    else "1 thread an op, 2 ops at once; each replica's batch in 2 streams"
+)
 
 
 @pytest.mark.slow
@@ -81,7 +107,11 @@ NATIVE_BF16 = devices.precision_support(devices.cpu_flags(), []).native["mixed_b
 @pytest.mark.parametrize(
     "flags,threads",
     [
-        (["--precision=mixed_bfloat16"], "1 thread an op, 2 ops at once; each replica's batch in 2 streams"),
+        (["--precision=mixed_bfloat16"], BF16_AT_128),
+        (
+            ["--precision=mixed_bfloat16", "--batch_size=256"],
+            "1 thread an op, 2 ops at once; each replica's batch in 2 streams",
+        ),
         (["--precision=mixed_bfloat16", "--intra_op_threads=2"], "2 threads an op, TensorFlow's default ops at once"),
         (["--precision=mixed_bfloat16", "--cpu_replicas=2"], "1 thread an op, 2 ops at once"),
         (["--cpu_replicas=2"], "TensorFlow's defaults"),

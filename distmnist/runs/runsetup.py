@@ -93,6 +93,7 @@ def host_threads(config: TrainConfig, on_cpu: bool, local_replicas: int) -> host
         local_replicas=local_replicas,
         batch_size=config.batch_size,
         split_batch=split,
+        tiles=devices.in_tiles(config.precision, devices.cpu_flags(), devices.onednn_switched_off()),
         intra_op=config.intra_op_threads,
         inter_op=config.inter_op_threads,
     )

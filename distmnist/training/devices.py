@@ -140,6 +140,7 @@ CPUINFO = "/proc/cpuinfo"
 # CPU features whose oneDNN kernels run each low precision's matmuls in hardware (TensorFlow's CPU build uses
 # oneDNN for them outside XLA; without these, the types are converted to and from float32: emulated).
 NATIVE_CPU_FEATURES = {"mixed_bfloat16": ("amx_bf16", "avx512_bf16"), "mixed_float16": ("amx_fp16", "avx512_fp16")}
+TILE_CPU_FEATURES = {"mixed_bfloat16": "amx_bf16", "mixed_float16": "amx_fp16"}  # AMX: Intel's matrix tiles
 MIN_GPU_CAPABILITY = {"mixed_bfloat16": (8, 0), "mixed_float16": (7, 0)}  # bfloat16 from Ampere, float16 tensor cores
 ONEDNN_SWITCH = "TF_ENABLE_ONEDNN_OPTS"  # TensorFlow turns oneDNN on by default on CPUs with these features
 
@@ -160,6 +161,11 @@ def cpu_flags(path: str = CPUINFO) -> set:
     except OSError:
         pass
     return set()
+
+
+def in_tiles(precision: str, flags: set, onednn_off: bool = False) -> bool:
+    """Pure: whether oneDNN runs `precision`'s matmuls in the CPU's AMX tiles (flags: cpu_flags())."""
+    return TILE_CPU_FEATURES.get(precision, "") in flags and not onednn_off
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,6 +9,11 @@ this process trains are such chains, and without XLA in a low precision (the one
 batch is split into `streams` parts, each its own forward and backward chain (stepmaths.gradients). When the
 chains fill the cores, the pools are one thread an op and a thread a chain; otherwise TensorFlow's defaults stand.
 
+In AMX tiles (bfloat16 on Intel Xeons from the 4th generation) a matmul's fixed costs weigh more beside its fast
+multiply: a part keeps 128 rows at least, and a replica's batch too small for two runs as one chain of ops on one
+thread even where that leaves a core idle (on a 2-core Xeon with AMX, bfloat16 at batch 128: 1.15x two streams of
+64 rows, and 1.1x one thread an op with two ops at once; docs/performance.md has the measurements).
+
 float32 keeps TensorFlow's defaults: its numbers stay bit for bit (a split batch sums in another order, and XLA's
 CPU matmuls sum in another order on a pool of another size: on the Zen 4, one step's outputs at one thread against
 two differed at 2-50 rows a replica and at 320, 384, 768 and 1024 or more). Its replicas gain from the same pools
@@ -21,6 +26,7 @@ import os
 from absl import logging
 
 MIN_STREAM_ROWS = 64  # no part of a batch smaller: below it a matmul is mostly its fixed costs
+MIN_TILE_STREAM_ROWS = 128  # the same in AMX tiles
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,19 +71,22 @@ def plan(
     local_replicas: int,
     batch_size: int,
     split_batch: bool,
+    tiles: bool = False,
     intra_op: int = 0,
     inter_op: int = 0,
 ) -> HostThreads:
     """Pure. cores: this process's; on_cpu: whether it trains on its CPU; local_replicas: the replicas it trains;
     batch_size: per replica; split_batch: whether the step may run its batch in parts (a low precision without XLA);
-    intra_op/inter_op: the user's --intra_op_threads/--inter_op_threads (either given: as given, the batch whole)."""
+    tiles: whether that precision's matmuls run in AMX tiles (devices.in_tiles); intra_op/inter_op: the user's
+    --intra_op_threads/--inter_op_threads (either given: as given, the batch whole)."""
     if intra_op or inter_op:
         return HostThreads(intra_op, inter_op, 1)
     if not on_cpu or cores < 2 or not split_batch:
         return TENSORFLOW_DEFAULTS
-    streams = max(1, min(cores // max(local_replicas, 1), batch_size // MIN_STREAM_ROWS))
+    min_rows = MIN_TILE_STREAM_ROWS if tiles else MIN_STREAM_ROWS
+    streams = max(1, min(cores // max(local_replicas, 1), batch_size // min_rows))
     chains = local_replicas * streams
-    if chains < cores:
+    if chains < cores and not tiles:
         return TENSORFLOW_DEFAULTS
     return HostThreads(1, chains, streams)
 
