@@ -132,6 +132,7 @@ def test_the_training_images_are_resident_in_the_low_type_and_change_no_number(m
 # Trains two steps outside XLA; TF_DUMP_GRAPH_PREFIX has TensorFlow write each function's graph as it runs it.
 TRAIN_TWO_STEPS = """
 import numpy as np
+{preamble}
 from distmnist.data.dataset import Mnist
 from distmnist.training.strategy import make_strategy
 from distmnist.training.trainer import Trainer, TrainerSettings
@@ -144,13 +145,14 @@ Trainer(settings, make_strategy().strategy, Mnist(x, y, x[:32], y[:32], "random"
 """
 
 
-def matmuls_as_run(tmp_path, precision: str, env: dict, unset=()) -> list:
+def matmuls_as_run(tmp_path, precision: str, env: dict, unset=(), preamble: str = "") -> list:
     """The matmuls of the training call as TensorFlow runs it outside XLA, after its graph rewrites (grappler's
-    fusions, oneDNN's kernels): (op, type, fused ops) for each, from the graphs TensorFlow dumps."""
+    fusions, oneDNN's kernels): (op, type, fused ops) for each, from the graphs TensorFlow dumps. preamble: Python
+    run before the trainer is made."""
     from google.protobuf import text_format
 
     result = run_python(
-        TRAIN_TWO_STEPS.format(precision=precision),
+        TRAIN_TWO_STEPS.format(precision=precision, preamble=preamble),
         env={**env, "TF_DUMP_GRAPH_PREFIX": str(tmp_path), "TF_DUMP_GRAPH_NAME_FILTER": "*"},
         unset=unset,
     )
@@ -563,6 +565,39 @@ def test_a_resume_that_changes_the_precision_is_refused_in_one_line(tmp_path):
     assert rundir.plan(str(tmp_path), "r", flags) == "resume"
 
 
+@pytest.mark.slow
+def test_float16_on_the_cpu_without_xla_runs_its_matmuls_unfused(tmp_path):
+    """TensorFlow 2.21's oneDNN runs a float16 matmul fused with its bias add hundreds of times slower than apart
+    (docs/precision.md): a run's set-up turns Grappler's remapper off for float16 outside XLA on the CPU, as here."""
+    preamble = (
+        "from distmnist.common.config import TrainConfig\n"
+        "from distmnist.runs.runsetup import unfuse_float16\n"
+        "unfuse_float16(TrainConfig(precision='mixed_float16', jit_compile=False), on_cpu=True)"
+    )
+    matmuls = matmuls_as_run(tmp_path, "mixed_float16", {"TF_ENABLE_ONEDNN_OPTS": "1"}, preamble=preamble)
+    assert len(matmuls) == 8 and all(t == "float16" and not fused for _, t, fused in matmuls), matmuls
+    fused = matmuls_as_run(tmp_path / "fused", "mixed_float16", {"TF_ENABLE_ONEDNN_OPTS": "1"})
+    assert len([f for _, _, f in fused if f]) == 3, fused  # without it, as bfloat16: the 3 forward layers fused
+
+
+def test_only_float16_outside_xla_on_the_cpu_loses_the_fusion(monkeypatch):
+    from distmnist.runs import runsetup
+
+    set_options = []
+    monkeypatch.setattr(tf.config.optimizer, "set_experimental_options", set_options.append)
+    for precision, jit, on_cpu in [
+        ("mixed_bfloat16", False, True),
+        ("float32", False, True),
+        ("mixed_float16", True, True),
+        ("mixed_float16", None, True),  # float16 is emulated on CPUs: XLA by default
+        ("mixed_float16", False, False),  # GPUs
+    ]:
+        runsetup.unfuse_float16(TrainConfig(precision=precision, jit_compile=jit), on_cpu)
+    assert set_options == []
+    runsetup.unfuse_float16(TrainConfig(precision="mixed_float16", jit_compile=False), on_cpu=True)
+    assert set_options == [{"remapping": False}]
+
+
 @pytest.mark.parametrize(
     "flags, capabilities, onednn_off, recommended, native",
     [
@@ -585,6 +620,14 @@ def test_a_resume_that_changes_the_precision_is_refused_in_one_line(tmp_path):
         ({"avx2"}, [(7, 5)], True, "mixed_float16", {"mixed_bfloat16": False, "mixed_float16": True}),
         ({"avx2"}, [(6, 1)], False, "float32", {"mixed_bfloat16": False, "mixed_float16": False}),
         ({"amx_bf16"}, [(8, 6), (7, 0)], False, "mixed_float16", {"mixed_bfloat16": False, "mixed_float16": True}),
+        (  # Sapphire Rapids: float16 instructions, but TensorFlow's CPU kernels gain nothing from them
+            {"avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile"},
+            [],
+            False,
+            "mixed_bfloat16",
+            {"mixed_bfloat16": True, "mixed_float16": False},
+        ),
+        ({"avx512_fp16", "amx_fp16"}, [], False, "float32", {"mixed_bfloat16": False, "mixed_float16": False}),
     ],
 )
 def test_what_each_machine_runs_natively_and_what_it_recommends(flags, capabilities, onednn_off, recommended, native):
@@ -602,6 +645,7 @@ def test_what_each_machine_runs_natively_and_what_it_recommends(flags, capabilit
         ("mixed_bfloat16", None, {"avx2"}, [], False, True),  # emulated: XLA as in float32
         ("mixed_bfloat16", None, {"amx_bf16"}, [(8, 0)], False, True),  # GPUs: the XLA call
         ("mixed_float16", None, {"amx_bf16"}, [], False, True),  # no float16 features
+        ("mixed_float16", None, {"avx512_fp16", "amx_fp16"}, [], False, True),  # float16 gains nothing on CPUs
         ("float32", None, {"amx_bf16"}, [], False, True),
     ],
 )
@@ -624,7 +668,7 @@ def test_a_cpu_with_bfloat16_features_and_onednn_switched_off_says_what_to_unset
         "--precision=mixed_bfloat16 cannot use this CPU's amx_bf16, avx512_bf16 with TF_ENABLE_ONEDNN_OPTS=0 "
         "(oneDNN's kernels off): no faster than float32; unset it to train faster"
     )
-    assert devices.emulated("mixed_float16", support).startswith("--precision=mixed_float16 is emulated on this CPU")
+    assert devices.emulated("mixed_float16", support).startswith("--precision=mixed_float16 is emulated on CPUs")
     for value, off in [("0", True), ("false", True), (" False ", True), ("1", False), ("true", False), ("", False)]:
         assert devices.onednn_switched_off({"TF_ENABLE_ONEDNN_OPTS": value}) == off, value
     assert not devices.onednn_switched_off({})

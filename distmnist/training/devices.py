@@ -138,9 +138,11 @@ def configure_gpus(count: int, memory_growth: bool = True) -> list:
 
 CPUINFO = "/proc/cpuinfo"
 # CPU features whose oneDNN kernels run each low precision's matmuls in hardware (TensorFlow's CPU build uses
-# oneDNN for them outside XLA; without these, the types are converted to and from float32: emulated).
-NATIVE_CPU_FEATURES = {"mixed_bfloat16": ("amx_bf16", "avx512_bf16"), "mixed_float16": ("amx_fp16", "avx512_fp16")}
-TILE_CPU_FEATURES = {"mixed_bfloat16": "amx_bf16", "mixed_float16": "amx_fp16"}  # AMX: Intel's matrix tiles
+# oneDNN for them outside XLA; without these, the types are converted to and from float32: emulated). None for
+# float16: on a Xeon with avx512_fp16, TensorFlow 2.21's float16 matmul ran no faster than float32's (144 GFLOP/s
+# against 157 at 128x784 by 784x512) and its XLA step slower (docs/precision.md).
+NATIVE_CPU_FEATURES = {"mixed_bfloat16": ("amx_bf16", "avx512_bf16"), "mixed_float16": ()}
+TILE_CPU_FEATURES = {"mixed_bfloat16": "amx_bf16"}  # AMX: Intel's matrix tiles
 MIN_GPU_CAPABILITY = {"mixed_bfloat16": (8, 0), "mixed_float16": (7, 0)}  # bfloat16 from Ampere, float16 tensor cores
 ONEDNN_SWITCH = "TF_ENABLE_ONEDNN_OPTS"  # TensorFlow turns oneDNN on by default on CPUs with these features
 
@@ -258,10 +260,16 @@ def emulated(precision: str, support: PrecisionSupport) -> str:
             f"--precision={precision} cannot use this CPU's {support.switched_off[precision]} with "
             f"{ONEDNN_SWITCH}=0 (oneDNN's kernels off): no faster than float32; unset it to train faster"
         )
-    if support.on_cpu:
+    if support.on_cpu and NATIVE_CPU_FEATURES[precision]:
         return (
             f"--precision={precision} is emulated on this CPU (it has none of "
             f"{', '.join(NATIVE_CPU_FEATURES[precision])}): no faster than float32, and less precise"
+        )
+    if support.on_cpu:
+        return (
+            f"--precision={precision} is emulated on CPUs (TensorFlow's CPU kernels gain nothing from it): "
+            "no faster than float32, and less precise; --precision=mixed_bfloat16 where the CPU has amx_bf16 or "
+            "avx512_bf16"
         )
     needed = ".".join(map(str, MIN_GPU_CAPABILITY[precision]))
     return f"--precision={precision} is emulated on GPUs below compute capability {needed}: no faster than float32"
