@@ -132,7 +132,6 @@ def test_the_training_images_are_resident_in_the_low_type_and_change_no_number(m
 # Trains two steps outside XLA; TF_DUMP_GRAPH_PREFIX has TensorFlow write each function's graph as it runs it.
 TRAIN_TWO_STEPS = """
 import numpy as np
-{preamble}
 from distmnist.data.dataset import Mnist
 from distmnist.training.strategy import make_strategy
 from distmnist.training.trainer import Trainer, TrainerSettings
@@ -145,14 +144,13 @@ Trainer(settings, make_strategy().strategy, Mnist(x, y, x[:32], y[:32], "random"
 """
 
 
-def matmuls_as_run(tmp_path, precision: str, env: dict, unset=(), preamble: str = "") -> list:
+def matmuls_as_run(tmp_path, precision: str, env: dict, unset=()) -> list:
     """The matmuls of the training call as TensorFlow runs it outside XLA, after its graph rewrites (grappler's
-    fusions, oneDNN's kernels): (op, type, fused ops) for each, from the graphs TensorFlow dumps. preamble: Python
-    run before the trainer is made."""
+    fusions, oneDNN's kernels): (op, type, fused ops) for each, from the graphs TensorFlow dumps."""
     from google.protobuf import text_format
 
     result = run_python(
-        TRAIN_TWO_STEPS.format(precision=precision, preamble=preamble),
+        TRAIN_TWO_STEPS.format(precision=precision),
         env={**env, "TF_DUMP_GRAPH_PREFIX": str(tmp_path), "TF_DUMP_GRAPH_NAME_FILTER": "*"},
         unset=unset,
     )
@@ -568,34 +566,20 @@ def test_a_resume_that_changes_the_precision_is_refused_in_one_line(tmp_path):
 @pytest.mark.slow
 def test_float16_on_the_cpu_without_xla_runs_its_matmuls_unfused(tmp_path):
     """TensorFlow 2.21's oneDNN runs a float16 matmul fused with its bias add hundreds of times slower than apart
-    (docs/precision.md): a run's set-up turns Grappler's remapper off for float16 outside XLA on the CPU, as here."""
-    preamble = (
-        "from distmnist.common.config import TrainConfig\n"
-        "from distmnist.runs.runsetup import unfuse_float16\n"
-        "unfuse_float16(TrainConfig(precision='mixed_float16', jit_compile=False), on_cpu=True)"
-    )
-    matmuls = matmuls_as_run(tmp_path, "mixed_float16", {"TF_ENABLE_ONEDNN_OPTS": "1"}, preamble=preamble)
+    (docs/precision.md): the trainer turns Grappler's remapper off for float16 outside XLA on the CPU. The graphs
+    TensorFlow runs (float32 and bfloat16 keep the fusion: the onednn test above)."""
+    matmuls = matmuls_as_run(tmp_path, "mixed_float16", {"TF_ENABLE_ONEDNN_OPTS": "1"})
     assert len(matmuls) == 8 and all(t == "float16" and not fused for _, t, fused in matmuls), matmuls
-    fused = matmuls_as_run(tmp_path / "fused", "mixed_float16", {"TF_ENABLE_ONEDNN_OPTS": "1"})
-    assert len([f for _, _, f in fused if f]) == 3, fused  # without it, as bfloat16: the 3 forward layers fused
 
 
-def test_only_float16_outside_xla_on_the_cpu_loses_the_fusion(monkeypatch):
-    from distmnist.runs import runsetup
+def test_only_float16_outside_xla_on_the_cpu_runs_unfused():
+    from distmnist.training.trainer import unfused
 
-    set_options = []
-    monkeypatch.setattr(tf.config.optimizer, "set_experimental_options", set_options.append)
-    for precision, jit, on_cpu in [
-        ("mixed_bfloat16", False, True),
-        ("float32", False, True),
-        ("mixed_float16", True, True),
-        ("mixed_float16", None, True),  # float16 is emulated on CPUs: XLA by default
-        ("mixed_float16", False, False),  # GPUs
-    ]:
-        runsetup.unfuse_float16(TrainConfig(precision=precision, jit_compile=jit), on_cpu)
-    assert set_options == []
-    runsetup.unfuse_float16(TrainConfig(precision="mixed_float16", jit_compile=False), on_cpu=True)
-    assert set_options == [{"remapping": False}]
+    cpu, gpus = ["/job:localhost/replica:0/task:0/device:CPU:0"], ["/gpu:0", "/gpu:1"]
+    assert unfused("mixed_float16", False, cpu)
+    assert not unfused("mixed_float16", True, cpu)  # XLA's dots: no remapper
+    assert not unfused("mixed_float16", False, gpus)
+    assert not unfused("mixed_bfloat16", False, cpu) and not unfused("float32", False, cpu)
 
 
 @pytest.mark.parametrize(

@@ -88,15 +88,6 @@ def low_precision_graph(config: TrainConfig, on_cpu: bool) -> bool:
     )
 
 
-def unfuse_float16(config: TrainConfig, on_cpu: bool) -> None:
-    """float16 on the CPU without XLA: Grappler's remapper off. It fuses each matmul with its bias add (BiasAdd or
-    AddV2) and ReLU, and TensorFlow 2.21's oneDNN runs that fused matmul in float16 hundreds of times slower than the
-    matmul and the add apart: on a Xeon with avx512_fp16, 128x784 by 784x512 and a bias, 0.78 s against 1.4 ms
-    (docs/precision.md). Process-wide, as TensorFlow's optimizer options are; other precisions keep the fusion."""
-    if config.precision == "mixed_float16" and low_precision_graph(config, on_cpu):
-        tf.config.optimizer.set_experimental_options({"remapping": False})
-
-
 def host_threads(config: TrainConfig, on_cpu: bool, local_replicas: int) -> hostthreads.HostThreads:
     """hostthreads.plan for this run, applied (what is in effect comes back): on_cpu, whether it trains on the CPU,
     and local_replicas, the replicas this process trains. Its batch may be split where its step runs a low precision
@@ -128,11 +119,9 @@ def start_devices(
     config: TrainConfig, cluster: Cluster | None = None
 ) -> tuple[StrategyChoice, hostthreads.HostThreads]:
     """The run's strategy and the host's pools, before TensorFlow starts: the devices planned (device_plan), the
-    pools set for them (host_threads) and float16's fusion left out (unfuse_float16), then the strategy built on
-    that plan (make_strategy)."""
+    pools set for them (host_threads), then the strategy built on that plan (make_strategy)."""
     chosen = device_plan(config.num_gpus, config.cpu_replicas, config.strategy, cluster)
     threads = host_threads(config, chosen.gpus == 0, chosen.cpu_replicas or 1)
-    unfuse_float16(config, chosen.gpus == 0)
     choice = make_strategy(
         config.num_gpus,
         config.cpu_replicas,

@@ -97,6 +97,14 @@ def run_steps(trainer: "Trainer", num_steps: int, steps_per_call: int | None = N
     return np.concatenate(losses) if losses else np.zeros([0], np.float32)
 
 
+def unfused(precision: str, jit_compile: bool, devices: Sequence[str]) -> bool:
+    """Pure: whether a trainer's step must run without Grappler's remapper: float16 outside XLA on the CPU (devices:
+    the strategy's). The remapper fuses each matmul with its bias add (BiasAdd or AddV2) and ReLU, and TensorFlow
+    2.21's oneDNN runs that fused matmul in float16 hundreds of times slower than the matmul and the add apart: on a
+    Xeon with avx512_fp16, 128x784 by 784x512 and a bias, 0.78 s against 1.4 ms (docs/precision.md)."""
+    return precision == "mixed_float16" and not jit_compile and not any("GPU" in d.upper() for d in devices)
+
+
 class Trainer:
     """Model and compiled training calls for one strategy and one training set: train(n)."""
 
@@ -121,6 +129,9 @@ class Trainer:
         self.trace_count = 0  # Python traces of the training function: stays 1 for a whole run
 
         self.compute_dtype = COMPUTE_DTYPES[config.precision]
+        if unfused(config.precision, config.jit_compile, strategy.extended.worker_devices):
+            # Process-wide, as TensorFlow's optimizer options are: later trainers in this process lose the fusion too
+            tf.config.optimizer.set_experimental_options({"remapping": False})
         if config.streams > 1 and (self.compute_dtype == tf.float32 or config.batch_size < config.streams):
             raise ValueError(f"streams={config.streams}: only a low precision splits its batch, a row a part or more")
         with strategy.scope():
