@@ -580,6 +580,7 @@ def test_only_float16_outside_xla_on_the_cpu_runs_unfused():
     assert not unfused("mixed_float16", True, cpu)  # XLA's dots: no remapper
     assert not unfused("mixed_float16", False, gpus)
     assert not unfused("mixed_bfloat16", False, cpu) and not unfused("float32", False, cpu)
+    assert not unfused("mixed_float16", False, ["/job:worker/replica:0/task:1/device:GPU:0"])
 
 
 @pytest.mark.parametrize(

@@ -107,7 +107,7 @@ def host_threads(config: TrainConfig, on_cpu: bool, local_replicas: int) -> host
 
 def on_cpu(choice: StrategyChoice) -> bool:
     """Whether the strategy trains on the CPU (no GPU among its devices)."""
-    return not any("GPU" in d.upper() for d in choice.devices)
+    return devices.all_cpus(choice.devices)
 
 
 def precision_support(choice: StrategyChoice) -> devices.PrecisionSupport:

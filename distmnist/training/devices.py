@@ -165,6 +165,11 @@ def cpu_flags(path: str = CPUINFO) -> set:
     return set()
 
 
+def all_cpus(device_names: Sequence[str]) -> bool:
+    """Pure: whether these devices ("/cpu:0", "/job:worker/replica:0/task:1/device:GPU:0", ...) include no GPU."""
+    return not any("GPU" in name.upper() for name in device_names)
+
+
 def in_tiles(precision: str, flags: set, onednn_off: bool = False) -> bool:
     """Pure: whether oneDNN runs `precision`'s matmuls in the CPU's AMX tiles (flags: cpu_flags())."""
     return TILE_CPU_FEATURES.get(precision, "") in flags and not onednn_off
@@ -268,8 +273,8 @@ def emulated(precision: str, support: PrecisionSupport) -> str:
     if support.on_cpu:
         return (
             f"--precision={precision} is emulated on CPUs (TensorFlow's CPU kernels gain nothing from it): "
-            "no faster than float32, and less precise; --precision=mixed_bfloat16 where the CPU has amx_bf16 or "
-            "avx512_bf16"
+            "no faster than float32, and less precise; --precision=mixed_bfloat16 where the CPU has "
+            + " or ".join(NATIVE_CPU_FEATURES["mixed_bfloat16"])
         )
     needed = ".".join(map(str, MIN_GPU_CAPABILITY[precision]))
     return f"--precision={precision} is emulated on GPUs below compute capability {needed}: no faster than float32"

@@ -31,6 +31,7 @@ import tensorflow as tf
 from distmnist.common.errors import GradientsOverflowed, TrainingDiverged, UserError
 from distmnist.data.dataset import Mnist
 from distmnist.training import inputs, replicas, stepmaths
+from distmnist.training.devices import all_cpus
 from distmnist.training.model import MLP
 
 
@@ -102,7 +103,7 @@ def unfused(precision: str, jit_compile: bool, devices: Sequence[str]) -> bool:
     the strategy's). The remapper fuses each matmul with its bias add (BiasAdd or AddV2) and ReLU, and TensorFlow
     2.21's oneDNN runs that fused matmul in float16 hundreds of times slower than the matmul and the add apart: on a
     Xeon with avx512_fp16, 128x784 by 784x512 and a bias, 0.78 s against 1.4 ms (docs/precision.md)."""
-    return precision == "mixed_float16" and not jit_compile and not any("GPU" in d.upper() for d in devices)
+    return precision == "mixed_float16" and not jit_compile and all_cpus(devices)
 
 
 class Trainer:
