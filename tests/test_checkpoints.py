@@ -607,3 +607,27 @@ def test_the_entry_point_recovers_a_garbled_index_with_one_warning_line(tmp_path
     assert "resuming from step 40," in again.stdout
     history = json.loads((tmp_path / "r" / "run.json").read_text())["history"]
     assert [s for s, _ in history["loss"]] == list(range(0, 60, 10))
+
+
+@pytest.mark.parametrize("relative", [True, False])
+def test_the_index_names_its_checkpoints_for_a_run_directory_given_either_way(
+    tmp_path, tiny_mnist, caplog, monkeypatch, relative
+):
+    """--logdir=logs (the default) is relative: the index must name ckpt-N, as TensorFlow's own tools read it, and a
+    resume must find it whole, without the damaged-index warning."""
+    monkeypatch.chdir(tmp_path)
+    run_dir = os.path.join("logs", "r") if relative else str(tmp_path / "logs" / "r")
+    trainer = plain_trainer(tiny_mnist)
+    saver = Checkpointer(trainer, run_dir, keep=2)
+    for step in (10, 20, 30):
+        run_steps(trainer, 10)
+        saver.save(step, {"loss": [[step, 1.0]], "accuracy": []})
+    saver.close()
+    index = (tmp_path / "logs" / "r" / "checkpoints" / "checkpoint").read_text()
+    assert re.findall(r'all_model_checkpoint_paths: "([^"]*)"', index) == ["ckpt-20", "ckpt-30"], index
+    assert tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints")) == os.path.join(
+        run_dir, "checkpoints", "ckpt-30"
+    )
+    with caplog.at_level(logging.WARNING):
+        assert Checkpointer(plain_trainer(tiny_mnist), run_dir, keep=2).restore_latest() == 30
+    assert distmnist_warnings(caplog) == []

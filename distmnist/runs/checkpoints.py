@@ -154,10 +154,13 @@ class Checkpointer:
         """Writes the index (TensorFlow's format, as its CheckpointManager writes it) listing names, the last the
         latest."""
         now = time.time()
+        # As paths: TensorFlow takes a bare name as relative to the working directory, not to a relative directory,
+        # and would write '../../../ckpt-40' for logs/r/checkpoints; with save_relative_paths the index names them.
+        paths = [os.path.join(self.directory, name) for name in names]
         checkpoint_management.update_checkpoint_state_internal(
             self.directory,
-            names[-1],
-            all_model_checkpoint_paths=names,
+            paths[-1],
+            all_model_checkpoint_paths=paths,
             all_model_checkpoint_timestamps=[now] * len(names),
             last_preserved_timestamp=now - 1,
             save_relative_paths=True,
